@@ -1,0 +1,11 @@
+#include "compressor/cli/commands.h"
+
+#include <CLI/CLI.hpp>
+
+namespace lathe::cli {
+
+void register_commands(CLI::App& app) {
+  add_inspect_command(app);
+}
+
+}  // namespace lathe::cli

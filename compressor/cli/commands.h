@@ -1,0 +1,17 @@
+// Registration of every `lathe` subcommand. Each command lives in its own file under compressor/cli.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace lathe::cli {
+
+/// Adds every subcommand to `app`. A subcommand's callback runs during `app.parse()` and reports
+/// failure by throwing a lathe::Error; only main() turns exceptions into exit codes.
+void register_commands(CLI::App& app);
+
+/// `lathe inspect MODEL [--json] [--tensors]` (inspect_command.cpp).
+void add_inspect_command(CLI::App& app);
+
+}  // namespace lathe::cli

@@ -1,0 +1,368 @@
+#include "compressor/model/model_spec.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "compressor/common/errors.h"
+#include "compressor/common/json_fields.h"
+
+namespace lathe {
+namespace {
+
+using nlohmann::json;
+
+struct FamilyEntry {
+  Family family;
+  const char* name;
+  /// Field defaults of the transformers 5.x config class, for the fields lathe reads. HF omits a
+  /// field from config.json when it equals the class default, so these are part of the format.
+  const char* defaults;
+};
+
+// Checked against transformers by tests/python/test_model_spec_defaults.py.
+const FamilyEntry kFamilies[] = {
+    {Family::kLlama, "llama", R"({"vocab_size":32000,"hidden_size":4096,"intermediate_size":11008,
+      "num_hidden_layers":32,"num_attention_heads":32,"max_position_embeddings":2048,
+      "rms_norm_eps":1e-6,"tie_word_embeddings":false,"rope_theta":10000.0,"attention_bias":false})"},
+    {Family::kMistral, "mistral", R"({"vocab_size":32000,"hidden_size":4096,"intermediate_size":14336,
+      "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"head_dim":128,
+      "max_position_embeddings":131072,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
+      "rope_theta":10000.0,"sliding_window":4096})"},
+    {Family::kQwen2, "qwen2", R"({"vocab_size":151936,"hidden_size":4096,"intermediate_size":22016,
+      "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,
+      "max_position_embeddings":32768,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
+      "rope_theta":10000.0,"use_sliding_window":false})"},
+    {Family::kMixtral, "mixtral", R"({"vocab_size":32000,"hidden_size":4096,"intermediate_size":14336,
+      "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,
+      "max_position_embeddings":131072,"rms_norm_eps":1e-5,"tie_word_embeddings":false,
+      "rope_theta":1000000.0,"num_local_experts":8,"num_experts_per_tok":2})"},
+    {Family::kQwen2Moe, "qwen2_moe", R"({"vocab_size":151936,"hidden_size":2048,"intermediate_size":5632,
+      "num_hidden_layers":24,"num_attention_heads":16,"num_key_value_heads":16,
+      "max_position_embeddings":32768,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
+      "rope_theta":10000.0,"use_sliding_window":false,"num_experts":60,"num_experts_per_tok":4,
+      "moe_intermediate_size":1408,"shared_expert_intermediate_size":5632,"norm_topk_prob":false,
+      "decoder_sparse_step":1,"mlp_only_layers":[],"qkv_bias":true})"},
+    {Family::kQwen3Moe, "qwen3_moe", R"({"vocab_size":151936,"hidden_size":2048,"intermediate_size":6144,
+      "num_hidden_layers":24,"num_attention_heads":32,"num_key_value_heads":4,
+      "max_position_embeddings":32768,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
+      "rope_theta":10000.0,"attention_bias":false,"use_sliding_window":false,"num_experts":128,
+      "num_experts_per_tok":8,"moe_intermediate_size":768,"norm_topk_prob":false,
+      "decoder_sparse_step":1,"mlp_only_layers":[]})"},
+    {Family::kOlmoe, "olmoe", R"({"vocab_size":50304,"hidden_size":2048,"intermediate_size":2048,
+      "num_hidden_layers":16,"num_attention_heads":16,"max_position_embeddings":4096,
+      "rms_norm_eps":1e-5,"tie_word_embeddings":false,"rope_theta":10000.0,"attention_bias":false,
+      "num_experts":64,"num_experts_per_tok":8,"norm_topk_prob":false})"},
+    {Family::kDeepseekV2, "deepseek_v2", R"({"vocab_size":102400,"hidden_size":4096,
+      "intermediate_size":11008,"num_hidden_layers":32,"num_attention_heads":32,
+      "max_position_embeddings":2048,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
+      "rope_theta":10000.0,"attention_bias":false,"n_routed_experts":64,"moe_intermediate_size":1407,
+      "n_shared_experts":2,"norm_topk_prob":false,"first_k_dense_replace":0,
+      "routed_scaling_factor":1.0,"topk_method":"greedy","scoring_func":"softmax",
+      "q_lora_rank":1536,"kv_lora_rank":512,"qk_nope_head_dim":128,"qk_rope_head_dim":64,
+      "v_head_dim":128})"},
+    {Family::kDeepseekV3, "deepseek_v3", R"({"vocab_size":129280,"hidden_size":7168,
+      "intermediate_size":18432,"num_hidden_layers":61,"num_attention_heads":128,
+      "max_position_embeddings":4096,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
+      "rope_theta":10000.0,"attention_bias":false,"n_routed_experts":256,"num_experts_per_tok":8,
+      "moe_intermediate_size":2048,"n_shared_experts":1,"norm_topk_prob":true,
+      "first_k_dense_replace":3,"routed_scaling_factor":2.5,"n_group":8,"topk_group":4,
+      "topk_method":"noaux_tc","scoring_func":"sigmoid","q_lora_rank":1536,"kv_lora_rank":512,
+      "qk_nope_head_dim":128,"qk_rope_head_dim":64,"v_head_dim":128})"},
+};
+
+const FamilyEntry& family_entry(Family family) {
+  for (const auto& entry : kFamilies) {
+    if (entry.family == family) return entry;
+  }
+  throw InternalError("", "family", "family missing from the family table");
+}
+
+bool is_deepseek(Family f) { return f == Family::kDeepseekV2 || f == Family::kDeepseekV3; }
+
+int64_t positive(const JsonFields& fields, const char* name, int64_t value) {
+  if (value <= 0) throw fields.error(name, "must be positive, found " + std::to_string(value));
+  return value;
+}
+
+/// The config overlaid on the family defaults: a field the config sets (even to null) wins.
+json merged_with_defaults(const json& config, const FamilyEntry& entry) {
+  json merged = json::parse(entry.defaults);
+  for (auto it = config.begin(); it != config.end(); ++it) merged[it.key()] = it.value();
+  return merged;
+}
+
+RopeSpec parse_rope(const JsonFields& fields) {
+  RopeSpec rope;
+  // v5 writes rope_parameters {rope_type, rope_theta, ...}; v4 writes rope_theta + rope_scaling.
+  const json* params = fields.object_or_null({"rope_parameters"});
+  const json* scaling = fields.object_or_null({"rope_scaling"});
+  rope.theta = fields.number_or({"rope_theta"}, 10000.0);
+  if (params) {
+    JsonFields p(*params, fields.file(), "rope_parameters.");
+    rope.theta = p.number_or({"rope_theta"}, rope.theta);
+    rope.scaling_type = p.string_or({"rope_type", "type"}, "default");
+    rope.factor = p.number_or({"factor"}, 1.0);
+    rope.parameters_json = params->dump();
+  } else if (scaling) {
+    JsonFields s(*scaling, fields.file(), "rope_scaling.");
+    rope.scaling_type = s.string_or({"rope_type", "type"}, "default");
+    rope.factor = s.number_or({"factor"}, 1.0);
+    rope.parameters_json = scaling->dump();
+  }
+  if (!(rope.theta > 0)) throw fields.error("rope_theta", "must be positive");
+  return rope;
+}
+
+AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden) {
+  AttentionSpec a;
+  a.num_heads = positive(f, "num_attention_heads", f.required_int({"num_attention_heads"}));
+  a.num_kv_heads = positive(f, "num_key_value_heads", f.int_or({"num_key_value_heads"}, a.num_heads));
+  if (a.num_heads % a.num_kv_heads != 0) {
+    throw f.error("num_key_value_heads", std::to_string(a.num_kv_heads) + " must divide num_attention_heads " +
+                                             std::to_string(a.num_heads));
+  }
+  if (is_deepseek(family)) {
+    a.kind = AttentionKind::kMla;
+    a.q_lora_rank = f.int_or({"q_lora_rank"}, 0);
+    a.kv_lora_rank = positive(f, "kv_lora_rank", f.required_int({"kv_lora_rank"}));
+    a.qk_nope_head_dim = positive(f, "qk_nope_head_dim", f.required_int({"qk_nope_head_dim"}));
+    a.qk_rope_head_dim = positive(f, "qk_rope_head_dim", f.required_int({"qk_rope_head_dim"}));
+    a.v_head_dim = positive(f, "v_head_dim", f.required_int({"v_head_dim"}));
+    if (a.q_lora_rank < 0) throw f.error("q_lora_rank", "must be positive or null");
+    a.head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;
+    a.qkv_bias = a.o_bias = f.bool_or({"attention_bias"}, false);
+    return a;
+  }
+  if (!f.has({"head_dim"}) && hidden % a.num_heads != 0) {
+    throw f.error("num_attention_heads", std::to_string(a.num_heads) + " must divide hidden_size " +
+                                             std::to_string(hidden) + " when head_dim is not given");
+  }
+  a.head_dim = positive(f, "head_dim", f.int_or({"head_dim"}, hidden / a.num_heads));
+  switch (family) {
+    case Family::kQwen2: a.qkv_bias = true; break;
+    case Family::kQwen2Moe: a.qkv_bias = f.bool_or({"qkv_bias"}, true); break;
+    case Family::kMixtral: break;
+    default: a.qkv_bias = a.o_bias = f.bool_or({"attention_bias"}, false);
+  }
+  a.qk_norm_per_head = family == Family::kQwen3Moe;
+  a.qk_norm_full = family == Family::kOlmoe;
+  const bool window_flag = f.bool_or({"use_sliding_window"}, true);
+  auto window = f.optional_int({"sliding_window"});
+  if (window && *window > 0 && window_flag) a.sliding_window = window;
+  return a;
+}
+
+RoutingRule parse_routing(const JsonFields& f, Family family) {
+  RoutingRule r;
+  r.renormalize = family == Family::kMixtral || f.bool_or({"norm_topk_prob"}, false);
+  r.shared_expert_gate = family == Family::kQwen2Moe;
+  if (!is_deepseek(family)) return r;
+  const std::string scoring = f.string_or({"scoring_func"}, "softmax");
+  if (scoring == "sigmoid") {
+    r.scoring = ScoringFunc::kSigmoid;
+  } else if (scoring != "softmax") {
+    throw f.error("scoring_func", "expected \"softmax\" or \"sigmoid\", found \"" + scoring + "\"");
+  }
+  r.scaling_factor = f.number_or({"routed_scaling_factor"}, 1.0);
+  const std::string method = f.string_or({"topk_method"}, "greedy");
+  if (method == "noaux_tc") {
+    r.selection_bias = true;
+    r.group_score = GroupScore::kTop2Sum;
+  } else if (method != "greedy" && method != "group_limited_greedy") {
+    throw f.error("topk_method", "expected greedy, group_limited_greedy or noaux_tc, found \"" + method + "\"");
+  }
+  if (method != "greedy") {
+    r.num_groups = f.int_or({"n_group"}, 1);
+    r.topk_groups = f.int_or({"topk_group"}, r.num_groups);
+    if (r.num_groups < 1) throw f.error("n_group", "must be at least 1");
+    if (r.topk_groups < 1 || r.topk_groups > r.num_groups) {
+      throw f.error("topk_group", "must lie in [1, n_group=" + std::to_string(r.num_groups) + "], found " +
+                                      std::to_string(r.topk_groups));
+    }
+  }
+  return r;
+}
+
+/// Whether layer i is MoE under the family's own rule (before any lathe per-layer override).
+bool family_layer_is_moe(const JsonFields& f, Family family, int64_t i, const std::vector<int64_t>& mlp_only) {
+  switch (family) {
+    case Family::kMixtral:
+    case Family::kOlmoe: return true;
+    case Family::kQwen2Moe:
+    case Family::kQwen3Moe: {
+      const int64_t step = positive(f, "decoder_sparse_step", f.int_or({"decoder_sparse_step"}, 1));
+      const bool listed = std::find(mlp_only.begin(), mlp_only.end(), i) != mlp_only.end();
+      return !listed && (i + 1) % step == 0;
+    }
+    case Family::kDeepseekV2:
+    case Family::kDeepseekV3: {
+      const int64_t freq = positive(f, "moe_layer_freq", f.int_or({"moe_layer_freq"}, 1));
+      return i >= f.int_or({"first_k_dense_replace"}, 0) && i % freq == 0;
+    }
+    default: return false;
+  }
+}
+
+/// Routed experts and width of one expert, per family field names.
+void expert_fields(const JsonFields& f, Family family, int64_t* experts, int64_t* width) {
+  const bool fused_width = family == Family::kMixtral || family == Family::kOlmoe;
+  *width = fused_width ? f.required_int({"intermediate_size"}) : f.required_int({"moe_intermediate_size"});
+  *experts = f.required_int({"num_local_experts", "num_experts", "n_routed_experts"});
+  positive(f, fused_width ? "intermediate_size" : "moe_intermediate_size", *width);
+}
+
+LayerSpec moe_layer(const JsonFields& f, Family family, int64_t experts, int64_t width, int64_t top_k) {
+  LayerSpec layer;
+  layer.is_moe = true;
+  layer.num_experts = experts;
+  layer.top_k = top_k;
+  layer.expert_intermediate = width;
+  if (family == Family::kQwen2Moe) {
+    layer.shared_intermediate = f.int_or({"shared_expert_intermediate_size"}, 0);
+    layer.num_shared_experts = layer.shared_intermediate > 0 ? 1 : 0;
+  } else if (is_deepseek(family)) {
+    layer.num_shared_experts = f.int_or({"n_shared_experts"}, 0);
+    layer.shared_intermediate = layer.num_shared_experts * width;
+  }
+  return layer;
+}
+
+std::vector<LayerSpec> parse_layers(const JsonFields& f, Family family, int64_t num_layers) {
+  const bool moe_family = family != Family::kLlama && family != Family::kMistral && family != Family::kQwen2;
+  const std::vector<int64_t> mlp_only = f.int_list({"mlp_only_layers"});
+  for (size_t i = 0; i < mlp_only.size(); ++i) {
+    if (mlp_only[i] < 0 || mlp_only[i] >= num_layers) {
+      throw f.error("mlp_only_layers[" + std::to_string(i) + "]",
+                    "layer " + std::to_string(mlp_only[i]) + " is outside [0, " + std::to_string(num_layers) + ")");
+    }
+  }
+  // lathe's own per-layer counts after non-uniform pruning (FORMATS.md §6).
+  const std::vector<int64_t> per_layer = f.int_list({"num_experts_per_layer"});
+  if (!per_layer.empty() && static_cast<int64_t>(per_layer.size()) != num_layers) {
+    throw f.error("num_experts_per_layer", "has " + std::to_string(per_layer.size()) +
+                                               " entries, expected num_hidden_layers = " + std::to_string(num_layers));
+  }
+  int64_t experts = 0, width = 0, top_k = 0;
+  if (moe_family) {
+    expert_fields(f, family, &experts, &width);
+    top_k = f.required_int({"num_experts_per_tok"});
+  }
+  std::vector<LayerSpec> layers;
+  for (int64_t i = 0; i < num_layers; ++i) {
+    const bool moe = moe_family && experts > 0 && family_layer_is_moe(f, family, i, mlp_only);
+    int64_t count = experts;
+    if (!per_layer.empty()) {
+      count = per_layer[i];
+      const std::string field = "num_experts_per_layer[" + std::to_string(i) + "]";
+      if (!moe && count != 0) throw f.error(field, "layer " + std::to_string(i) + " is dense: expected 0");
+      if (moe && (count < top_k || count > experts)) {
+        throw f.error(field, std::to_string(count) + " experts: expected between num_experts_per_tok = " +
+                                 std::to_string(top_k) + " and " + std::to_string(experts));
+      }
+    }
+    if (moe) {
+      layers.push_back(moe_layer(f, family, count, width, top_k));
+    } else {
+      LayerSpec dense;
+      dense.dense_intermediate = positive(f, "intermediate_size", f.required_int({"intermediate_size"}));
+      layers.push_back(dense);
+    }
+  }
+  return layers;
+}
+
+void validate_routing(const JsonFields& f, const ModelSpec& spec) {
+  for (size_t i = 0; i < spec.layers.size(); ++i) {
+    const LayerSpec& layer = spec.layers[i];
+    if (!layer.is_moe) continue;
+    if (layer.top_k < 1 || layer.top_k > layer.num_experts) {
+      throw f.error("num_experts_per_tok", std::to_string(layer.top_k) + " must lie in [1, " +
+                                               std::to_string(layer.num_experts) + "] (experts of layer " +
+                                               std::to_string(i) + ")");
+    }
+    const RoutingRule& r = spec.routing;
+    if (r.num_groups > 1) {
+      if (layer.num_experts % r.num_groups != 0) {
+        throw f.error("n_group", std::to_string(r.num_groups) + " groups must divide the " +
+                                     std::to_string(layer.num_experts) + " experts of layer " + std::to_string(i));
+      }
+      if (layer.top_k > r.topk_groups * (layer.num_experts / r.num_groups)) {
+        throw f.error("topk_group", "the selected groups hold fewer experts than num_experts_per_tok");
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const char* family_name(Family family) { return family_entry(family).name; }
+
+std::optional<Family> family_from_name(const std::string& model_type) {
+  for (const auto& entry : kFamilies) {
+    if (model_type == entry.name) return entry.family;
+  }
+  return std::nullopt;
+}
+
+bool ModelSpec::is_moe() const {
+  return std::any_of(layers.begin(), layers.end(), [](const LayerSpec& l) { return l.is_moe; });
+}
+
+std::vector<std::optional<int64_t>> ModelSpec::experts_per_layer() const {
+  std::vector<std::optional<int64_t>> out;
+  for (const auto& layer : layers) out.push_back(layer.is_moe ? std::optional<int64_t>(layer.num_experts) : std::nullopt);
+  return out;
+}
+
+ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
+  if (!config.is_object()) throw DataError(file_label, "", "expected a JSON object at top level");
+  JsonFields top(config, file_label);
+  const std::string model_type = top.string_or({"model_type"}, "");
+  if (model_type.empty()) throw top.error("model_type", "required string field is missing");
+  auto family = family_from_name(model_type);
+  if (!family) {
+    std::string known;
+    for (const auto& entry : kFamilies) known += std::string(known.empty() ? "" : ", ") + entry.name;
+    throw UnsupportedError(file_label, "model_type", "unknown family \"" + model_type + "\"; supported: " + known);
+  }
+  const json merged = merged_with_defaults(config, family_entry(*family));
+  JsonFields f(merged, file_label);
+
+  ModelSpec spec;
+  spec.family = *family;
+  spec.model_type = model_type;
+  spec.vocab_size = positive(f, "vocab_size", f.required_int({"vocab_size"}));
+  spec.hidden_size = positive(f, "hidden_size", f.required_int({"hidden_size"}));
+  spec.num_layers = positive(f, "num_hidden_layers", f.required_int({"num_hidden_layers"}));
+  spec.max_position_embeddings = f.int_or({"max_position_embeddings"}, 0);
+  spec.rms_norm_eps = f.number_or({"rms_norm_eps"}, 1e-6);
+  if (!(spec.rms_norm_eps > 0)) throw f.error("rms_norm_eps", "must be positive");
+  spec.tie_word_embeddings = f.bool_or({"tie_word_embeddings"}, false);
+  spec.hidden_act = f.string_or({"hidden_act"}, "silu");
+  spec.torch_dtype = f.string_or({"torch_dtype", "dtype"}, "");
+  spec.attention = parse_attention(f, spec.family, spec.hidden_size);
+  spec.rope = parse_rope(f);
+  spec.routing = parse_routing(f, spec.family);
+  spec.layers = parse_layers(f, spec.family, spec.num_layers);
+  validate_routing(f, spec);
+  return spec;
+}
+
+ModelSpec load_model_spec(const std::filesystem::path& model_dir) {
+  const auto path = model_dir / "config.json";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ResourceError(path.string(), "", "cannot open: no config.json in the model directory");
+  std::stringstream text;
+  text << in.rdbuf();
+  json config;
+  try {
+    config = json::parse(text.str());
+  } catch (const json::parse_error& e) {
+    throw DataError(path.string(), "", std::string("not valid JSON: ") + e.what());
+  }
+  return parse_model_spec(config, path.string());
+}
+
+}  // namespace lathe

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for lathe and builds it: Debian packages, the project virtualenv (torch's
+# LibTorch and the Python reference packages), then CMake configure + build.
+# Idempotent: a second run installs nothing and rebuilds only what changed.
+#
+# Environment: LATHE_CACHE (default ~/.cache/lathe) holds the virtualenv and ccache outside the clone;
+# LATHE_BUILD_DIR (default ./build); LATHE_CMAKE_ARGS are passed to cmake (e.g. -DLATHE_CUDA=ON).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${LATHE_CACHE:-$HOME/.cache/lathe}
+build=${LATHE_BUILD_DIR:-$root/build}
+jobs=$(nproc)
+mkdir -p "$cache"
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# --- 1. Debian packages --------------------------------------------------------------------------
+# Build dependencies, then the packages whose text data/build_corpora.py extracts (DATA.md).
+apt_packages=(
+  build-essential cmake ninja-build ccache pkg-config python3-venv clang
+  libeigen3-dev libhdf5-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev zlib1g-dev
+  r-cran-janeaustenr bible-kjv-text bible-kjv fortunes jargon-text wordnet-base metamath-databases
+  fortunes-de manpages-de
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  log "Debian packages: all present"
+fi
+
+# --- 2. virtualenv, keyed by the pinned requirements ---------------------------------------------
+python_bin=${LATHE_PYTHON:-python3}
+key=$( (cat "$root/requirements.txt"; "$python_bin" --version) | sha256sum | cut -c1-16)
+venv="$cache/venv-$key"
+if [ ! -f "$venv/.lathe-complete" ]; then
+  log "creating virtualenv $venv"
+  rm -rf "$venv"
+  "$python_bin" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -r "$root/requirements.txt"
+  touch "$venv/.lathe-complete"
+else
+  log "virtualenv: $venv (up to date)"
+fi
+ln -sfn "$venv" "$root/.venv"
+
+# --- 3. configure and build ----------------------------------------------------------------------
+export CCACHE_DIR="$cache/ccache"
+export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+export CCACHE_MAXSIZE=5G
+torch_cmake=$("$venv/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
+generator=()
+[ -f "$build/CMakeCache.txt" ] || generator=(-G Ninja)
+log "configuring $build"
+# shellcheck disable=SC2086
+cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_PREFIX_PATH="$torch_cmake" \
+  -DPython3_EXECUTABLE="$venv/bin/python" -DLATHE_VENV="$venv" ${LATHE_CMAKE_ARGS:-} > "$build.configure.log" 2>&1 \
+  || { cat "$build.configure.log"; exit 1; }
+log "building with $jobs jobs"
+cmake --build "$build" -j "$jobs"
+log "done: $build/lathe"

@@ -1,0 +1,63 @@
+"""Reference helpers shared by the Python tests: an independent classification of transformers'
+parameter names into lathe's inspect categories, and a runner for the lathe binary."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+SOURCE_DIR = Path(os.environ.get("LATHE_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+LATHE_BIN = os.environ.get("LATHE_BIN", str(SOURCE_DIR / "build" / "lathe"))
+CATEGORIES = ["embedding", "attention", "dense_mlp", "routed_experts", "shared_experts", "router",
+              "norm", "lm_head"]
+
+
+def category_of(name: str) -> str:
+    """Category of a transformers parameter name (written from the module names, not lathe's table)."""
+    leaf = name.rsplit(".", 2)[-2] if name.endswith((".weight", ".bias")) else name.rsplit(".", 1)[-1]
+    if "embed_tokens" in name:
+        return "embedding"
+    if name.startswith("lm_head"):
+        return "lm_head"
+    if leaf.endswith("norm") or leaf.endswith("layernorm"):
+        return "norm"
+    if ".self_attn." in name:
+        return "attention"
+    if "shared_expert_gate" in name:
+        return "router"
+    if ".shared_expert." in name or ".shared_experts." in name:
+        return "shared_experts"
+    if ".experts." in name:
+        return "routed_experts"
+    if name.endswith(".gate.weight") or name.endswith("e_score_correction_bias"):
+        return "router"
+    if ".mlp." in name:
+        return "dense_mlp"
+    raise AssertionError(f"unclassified parameter {name}")
+
+
+def reference_counts(model) -> dict:
+    """Parameters per category of a transformers model: parameters (tied ones once) plus the
+    persistent buffers that checkpoints store (DeepSeek's e_score_correction_bias)."""
+    counts = {c: 0 for c in CATEGORIES}
+    seen = set()
+    for name, p in model.named_parameters():
+        counts[category_of(name)] += p.numel()
+        seen.add(name)
+    state_keys = set(model.state_dict().keys())
+    for name, b in model.named_buffers():
+        if name in state_keys and name not in seen:
+            counts[category_of(name)] += b.numel()
+    counts["total"] = sum(counts[c] for c in CATEGORIES)
+    return counts
+
+
+def run_lathe(*args, check=True):
+    """Runs the lathe binary; returns the CompletedProcess (text mode)."""
+    proc = subprocess.run([LATHE_BIN, *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lathe {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def inspect_json(model_dir) -> dict:
+    return json.loads(run_lathe("inspect", model_dir, "--json").stdout)
