@@ -88,7 +88,9 @@ TEST(ModelSpec, PerLayerExpertCountsAfterPruning) {
   const auto routers = std::count_if(tensors.begin(), tensors.end(), [](const auto& t) { return t.role == TensorRole::kRouter; });
   EXPECT_EQ(routers, 1);
   for (const auto& t : tensors) {
-    if (t.role == TensorRole::kRouter) EXPECT_EQ(t.shape, (std::vector<int64_t>{3, 64}));
+    if (t.role == TensorRole::kRouter) {
+      EXPECT_EQ(t.shape, (std::vector<int64_t>{3, 64}));
+    }
     EXPECT_LT(t.expert, 3);
   }
 }
