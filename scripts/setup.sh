@@ -17,7 +17,7 @@ log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 # --- 1. Debian packages --------------------------------------------------------------------------
 # Build dependencies, then the packages whose text data/build_corpora.py extracts (DATA.md).
 apt_packages=(
-  build-essential cmake ninja-build ccache pkg-config python3-venv clang
+  build-essential cmake ninja-build ccache pkg-config python3-venv clang libclang-rt-14-dev
   libeigen3-dev libhdf5-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev zlib1g-dev
   r-cran-janeaustenr bible-kjv-text bible-kjv fortunes jargon-text wordnet-base metamath-databases
@@ -62,10 +62,11 @@ torch_cmake=$("$venv/bin/python" -c 'import torch.utils; print(torch.utils.cmake
 generator=()
 [ -f "$build/CMakeCache.txt" ] || generator=(-G Ninja)
 log "configuring $build"
+mkdir -p "$build"
 # shellcheck disable=SC2086
 cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_PREFIX_PATH="$torch_cmake" \
-  -DPython3_EXECUTABLE="$venv/bin/python" -DLATHE_VENV="$venv" ${LATHE_CMAKE_ARGS:-} > "$build.configure.log" 2>&1 \
-  || { cat "$build.configure.log"; exit 1; }
+  -DPython3_EXECUTABLE="$venv/bin/python" -DLATHE_VENV="$venv" ${LATHE_CMAKE_ARGS:-} > "$build/configure.log" 2>&1 \
+  || { cat "$build/configure.log"; exit 1; }
 log "building with $jobs jobs"
 cmake --build "$build" -j "$jobs"
 log "done: $build/lathe"

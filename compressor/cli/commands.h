@@ -14,4 +14,7 @@ void register_commands(CLI::App& app);
 /// `lathe inspect MODEL [--json] [--tensors]` (inspect_command.cpp).
 void add_inspect_command(CLI::App& app);
 
+/// `lathe tensors MODEL [--json] [--sha256] [--as f32]` (tensors_command.cpp).
+void add_tensors_command(CLI::App& app);
+
 }  // namespace lathe::cli

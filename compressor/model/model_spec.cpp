@@ -7,6 +7,7 @@
 
 #include "compressor/common/errors.h"
 #include "compressor/common/json_fields.h"
+#include "compressor/common/strict_json.h"
 
 namespace lathe {
 namespace {
@@ -356,13 +357,8 @@ ModelSpec load_model_spec(const std::filesystem::path& model_dir) {
   if (!in) throw ResourceError(path.string(), "", "cannot open: no config.json in the model directory");
   std::stringstream text;
   text << in.rdbuf();
-  json config;
-  try {
-    config = json::parse(text.str());
-  } catch (const json::parse_error& e) {
-    throw DataError(path.string(), "", std::string("not valid JSON: ") + e.what());
-  }
-  return parse_model_spec(config, path.string());
+  // Strict: a key given twice is an error, not a silent "last one wins".
+  return parse_model_spec(parse_json_strict(text.str(), path.string(), ""), path.string());
 }
 
 }  // namespace lathe

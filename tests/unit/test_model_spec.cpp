@@ -147,7 +147,10 @@ TEST(ModelSpec, ConfigFileErrors) {
   testing::TempDir dir;
   expect_error([&] { load_model_spec(dir.path()); }, ErrorKind::kResource, "", "no config.json");
   dir.write("config.json", std::string("{\"model_type\": \"llama\","));
-  expect_error([&] { load_model_spec(dir.path()); }, ErrorKind::kData, "", "not valid JSON");
+  const std::string truncated = expect_error([&] { load_model_spec(dir.path()); }, ErrorKind::kData, "", "");
+  EXPECT_NE(truncated.find("config.json"), std::string::npos) << truncated;
+  dir.write("config.json", std::string(R"({"model_type": "llama", "hidden_size": 64, "hidden_size": 128})"));
+  expect_error([&] { load_model_spec(dir.path()); }, ErrorKind::kData, "hidden_size", "");
 }
 
 TEST(Architecture, MixtralNamesInBothLayouts) {
