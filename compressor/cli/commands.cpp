@@ -6,6 +6,7 @@ namespace lathe::cli {
 
 void register_commands(CLI::App& app) {
   add_inspect_command(app);
+  add_forward_command(app);
   add_tensors_command(app);
 }
 

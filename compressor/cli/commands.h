@@ -17,4 +17,7 @@ void add_inspect_command(CLI::App& app);
 /// `lathe tensors MODEL [--json] [--sha256] [--as f32]` (tensors_command.cpp).
 void add_tensors_command(CLI::App& app);
 
+/// `lathe forward MODEL --tokens F --out LOGITS` (forward_command.cpp).
+void add_forward_command(CLI::App& app);
+
 }  // namespace lathe::cli

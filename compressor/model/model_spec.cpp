@@ -133,6 +133,8 @@ AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden
     a.v_head_dim = positive(f, "v_head_dim", f.required_int({"v_head_dim"}));
     if (a.q_lora_rank < 0) throw f.error("q_lora_rank", "must be positive or null");
     a.head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;
+    // V2 always rotates interleaved pairs; V3 does unless rope_interleave is false.
+    a.rope_interleave = family == Family::kDeepseekV2 || f.bool_or({"rope_interleave"}, true);
     a.qkv_bias = a.o_bias = f.bool_or({"attention_bias"}, false);
     return a;
   }
@@ -149,6 +151,7 @@ AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden
   }
   a.qk_norm_per_head = family == Family::kQwen3Moe;
   a.qk_norm_full = family == Family::kOlmoe;
+  if (f.has({"clip_qkv"})) a.clip_qkv = f.number_or({"clip_qkv"}, 0.0);
   const bool window_flag = f.bool_or({"use_sliding_window"}, true);
   auto window = f.optional_int({"sliding_window"});
   if (window && *window > 0 && window_flag) a.sliding_window = window;
@@ -157,7 +160,10 @@ AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden
 
 RoutingRule parse_routing(const JsonFields& f, Family family) {
   RoutingRule r;
-  r.renormalize = family == Family::kMixtral || f.bool_or({"norm_topk_prob"}, false);
+  // transformers' DeepSeek-V2 router never renormalises (it ignores norm_topk_prob), and lathe
+  // follows transformers, the parity reference; every released V2 checkpoint sets it false anyway.
+  r.renormalize = family == Family::kMixtral ||
+                  (family != Family::kDeepseekV2 && f.bool_or({"norm_topk_prob"}, false));
   r.shared_expert_gate = family == Family::kQwen2Moe;
   if (!is_deepseek(family)) return r;
   const std::string scoring = f.string_or({"scoring_func"}, "softmax");

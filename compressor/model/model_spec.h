@@ -41,12 +41,14 @@ struct AttentionSpec {
   bool qk_norm_per_head = false;  ///< RMSNorm over each head (Qwen3): weight [head_dim]
   bool qk_norm_full = false;      ///< RMSNorm over all heads (OLMoE): weight [heads*head_dim]
   std::optional<int64_t> sliding_window;  ///< tokens, when the config enables a window
+  std::optional<double> clip_qkv;         ///< OLMoE: clamp q, k, v to ±clip_qkv
   // MLA only.
   int64_t q_lora_rank = 0;  ///< 0: q is a full projection (q_proj), else q_a_proj/q_b_proj
   int64_t kv_lora_rank = 0;
   int64_t qk_nope_head_dim = 0;
   int64_t qk_rope_head_dim = 0;
   int64_t v_head_dim = 0;
+  bool rope_interleave = false;  ///< RoPE rotates pairs (x0,x1),(x2,x3)... instead of halves
 };
 
 /// Rotary position embedding parameters. `scaling_type` is "default" when unscaled.

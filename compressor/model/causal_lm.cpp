@@ -1,0 +1,59 @@
+#include "compressor/model/causal_lm.h"
+
+#include <torch/torch.h>
+
+#include "compressor/common/errors.h"
+#include "compressor/model/layer_weights.h"
+#include "compressor/model/tensor_bridge.h"
+#include "compressor/model/weight_store.h"
+
+namespace lathe {
+
+CausalLM::CausalLM(const std::filesystem::path& model_dir, ForwardOptions options)
+    : spec_(load_model_spec(model_dir)),
+      store_(std::make_unique<WeightStore>(model_dir.string())),
+      options_(options) {
+  layout_ = detect_expert_layout(spec_, [this](const std::string& n) { return store_->contains(n); });
+}
+
+CausalLM::~CausalLM() = default;
+CausalLM::CausalLM(CausalLM&&) noexcept = default;
+
+at::Tensor CausalLM::embed(const at::Tensor& ids) const {
+  if (ids.numel() > 0) {
+    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= spec_.vocab_size) {
+      throw ConfigError("", "input_ids", "token id " + std::to_string(lo < 0 ? lo : hi) + " outside the vocabulary [0, " +
+                                             std::to_string(spec_.vocab_size) + ")");
+    }
+  }
+  // Rows are gathered from the mapped table, so the embedding is never converted whole.
+  const at::Tensor table = load_tensor(*store_, "model.embed_tokens.weight");
+  return table.index_select(0, ids.reshape({-1}).to(at::kLong))
+      .to(at::TensorOptions().dtype(options_.dtype).device(options_.device))
+      .view({ids.size(0), ids.size(1), spec_.hidden_size});
+}
+
+DecoderLayer CausalLM::load_layer(int64_t i) const {
+  const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
+  return DecoderLayer(spec_, load_layer_weights(spec_, *store_, layout_, i, opts));
+}
+
+at::Tensor CausalLM::head(const at::Tensor& hidden) const {
+  const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
+  const at::Tensor norm = load_tensor(*store_, "model.norm.weight").to(opts);
+  const std::string head_name = spec_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  const at::Tensor weight = load_tensor(*store_, head_name).to(opts);
+  return at::linear(rms_norm(hidden, norm, spec_.rms_norm_eps), weight).to(at::kFloat);
+}
+
+at::Tensor CausalLM::logits(const at::Tensor& ids, const at::Tensor& valid, TapObserver* observer) const {
+  at::NoGradGuard no_grad;
+  const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
+  const ForwardContext ctx = make_forward_context(spec_, valid, opts, observer);
+  at::Tensor hidden = embed(ids);
+  for (int64_t i = 0; i < spec_.num_layers; ++i) hidden = load_layer(i).forward(hidden, ctx);
+  return head(hidden);
+}
+
+}  // namespace lathe

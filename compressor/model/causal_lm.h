@@ -1,0 +1,55 @@
+// A causal language model opened from an HF directory: the layer-streaming forward every stage
+// (calibration, apply, eval) runs on. Holds the memory-mapped weights, never the whole model.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "compressor/model/architecture.h"
+#include "compressor/model/decoder_layer.h"
+#include "compressor/model/model_spec.h"
+
+namespace lathe {
+
+class WeightStore;
+
+/// Working precision and device of a forward.
+struct ForwardOptions {
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+};
+
+/// Opened model: config, validated weight files and expert layout. Layers are materialised one at
+/// a time on request, so resident memory is one layer plus activations.
+class CausalLM {
+ public:
+  /// Opens `model_dir` (config.json + safetensors). Throws like load_model_spec and WeightStore.
+  explicit CausalLM(const std::filesystem::path& model_dir, ForwardOptions options = {});
+  ~CausalLM();
+  CausalLM(CausalLM&&) noexcept;
+
+  const ModelSpec& spec() const { return spec_; }
+  const WeightStore& store() const { return *store_; }
+  ExpertLayout layout() const { return layout_; }
+  const ForwardOptions& options() const { return options_; }
+
+  /// Token ids [B, T] (int64, any values in [0, vocab)) → hidden [B, T, d]. ConfigError for an id
+  /// out of range.
+  at::Tensor embed(const at::Tensor& ids) const;
+  /// Materialises decoder layer `i`; DataError naming the tensor when it is missing or misshapen.
+  DecoderLayer load_layer(int64_t i) const;
+  /// Final norm and LM head: hidden [B, T, d] → logits [B, T, V] in fp32.
+  at::Tensor head(const at::Tensor& hidden) const;
+  /// Whole forward, one layer resident at a time: ids [B, T] and valid [B, T] → logits [B, T, V].
+  at::Tensor logits(const at::Tensor& ids, const at::Tensor& valid, TapObserver* observer = nullptr) const;
+
+ private:
+  ModelSpec spec_;
+  std::unique_ptr<WeightStore> store_;
+  ExpertLayout layout_ = ExpertLayout::kPerExpert;
+  ForwardOptions options_;
+};
+
+}  // namespace lathe

@@ -1,0 +1,197 @@
+#include "compressor/model/decoder_layer.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "compressor/common/errors.h"
+
+namespace lathe {
+namespace {
+
+at::Tensor linear(const at::Tensor& x, const Linear& l) {
+  return l.bias.defined() ? at::linear(x, l.weight, l.bias) : at::linear(x, l.weight);
+}
+
+at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, const at::Tensor& down) {
+  return at::linear(at::silu(at::linear(x, gate)) * at::linear(x, up), down);
+}
+
+/// [B, T, H·D] → [B, H, T, D]
+at::Tensor heads(const at::Tensor& x, int64_t n, int64_t d) {
+  return x.view({x.size(0), x.size(1), n, d}).transpose(1, 2);
+}
+
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const ForwardContext& ctx,
+                  double scale) {
+  const int64_t rep = q.size(1) / k.size(1);
+  const at::Tensor kk = rep == 1 ? k : k.repeat_interleave(rep, 1);
+  const at::Tensor vv = rep == 1 ? v : v.repeat_interleave(rep, 1);
+  const at::Tensor out = at::scaled_dot_product_attention(q, kk, vv, ctx.attn_mask, 0.0, false, scale);
+  return out.transpose(1, 2).reshape({q.size(0), q.size(2), -1});
+}
+
+}  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor make_attention_mask(const at::Tensor& valid, std::optional<int64_t> sliding_window) {
+  const int64_t t = valid.size(1);
+  const at::Tensor pos = at::arange(t, valid.options().dtype(at::kLong));
+  at::Tensor allowed = pos.unsqueeze(1) >= pos.unsqueeze(0);  // [T, T]: key j ≤ query i
+  if (sliding_window) allowed = allowed & (pos.unsqueeze(1) - pos.unsqueeze(0) < *sliding_window);
+  at::Tensor mask = allowed.unsqueeze(0) & valid.unsqueeze(1);  // [B, T, T]
+  const at::Tensor self = at::eye(t, valid.options()).unsqueeze(0);
+  mask = at::where(mask.any(-1, true), mask, self);
+  return mask.unsqueeze(1);
+}
+
+ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& valid, const at::TensorOptions& options,
+                                    TapObserver* observer) {
+  ForwardContext ctx;
+  ctx.valid = valid.to(options.device(), at::kBool);
+  ctx.attn_mask = make_attention_mask(ctx.valid, spec.attention.sliding_window);
+  const AttentionSpec& a = spec.attention;
+  const int64_t rot = a.kind == AttentionKind::kMla ? a.qk_rope_head_dim : a.head_dim;
+  ctx.rope = rotary_tables(spec.rope, rot, valid.size(1), options);
+  ctx.observer = observer;
+  return ctx;
+}
+
+DecoderLayer::DecoderLayer(const ModelSpec& spec, LayerWeights weights) : spec_(spec), weights_(std::move(weights)) {}
+
+void DecoderLayer::report(const ForwardContext& ctx, Tap tap, const at::Tensor& value, int64_t expert,
+                          const at::Tensor* index) const {
+  if (!ctx.observer || !ctx.observer->wants(tap, weights_.layer)) return;
+  const at::Tensor valid = ctx.valid.reshape({-1});
+  const at::Tensor flat = value.dim() == 3 ? value.reshape({-1, value.size(-1)}) : value;
+  ctx.observer->observe({tap, weights_.layer, expert, &flat, index, &valid});
+}
+
+at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext& ctx) const {
+  const at::Tensor attn_in = rms_norm(hidden, weights_.attn_norm, spec_.rms_norm_eps);
+  report(ctx, Tap::kAttnIn, attn_in);
+  const at::Tensor h = hidden + attention(attn_in, ctx);
+  const at::Tensor mlp_in = rms_norm(h, weights_.mlp_norm, spec_.rms_norm_eps);
+  report(ctx, Tap::kMlpIn, mlp_in);
+  const LayerSpec& l = spec_.layers[weights_.layer];
+  const at::Tensor mlp_out =
+      l.is_moe ? moe(mlp_in, ctx)
+               : swiglu(mlp_in, weights_.dense_gate.weight, weights_.dense_up.weight, weights_.dense_down.weight);
+  at::Tensor out = h + mlp_out;
+  report(ctx, Tap::kLayerOut, out);
+  return out;
+}
+
+at::Tensor DecoderLayer::attention(const at::Tensor& x, const ForwardContext& ctx) const {
+  return spec_.attention.kind == AttentionKind::kMla ? mla_attention(x, ctx) : gqa_attention(x, ctx);
+}
+
+at::Tensor DecoderLayer::gqa_attention(const at::Tensor& x, const ForwardContext& ctx) const {
+  const AttentionSpec& a = spec_.attention;
+  const LayerWeights& w = weights_;
+  at::Tensor q = linear(x, w.q), k = linear(x, w.k), v = linear(x, w.v);
+  if (a.qk_norm_full) {  // OLMoE: one norm over all heads, before the head split
+    q = rms_norm(q, w.q_norm, spec_.rms_norm_eps);
+    k = rms_norm(k, w.k_norm, spec_.rms_norm_eps);
+  }
+  if (a.clip_qkv) {
+    q = q.clamp(-*a.clip_qkv, *a.clip_qkv);
+    k = k.clamp(-*a.clip_qkv, *a.clip_qkv);
+    v = v.clamp(-*a.clip_qkv, *a.clip_qkv);
+  }
+  q = heads(q, a.num_heads, a.head_dim);
+  k = heads(k, a.num_kv_heads, a.head_dim);
+  v = heads(v, a.num_kv_heads, a.head_dim);
+  if (a.qk_norm_per_head) {  // Qwen3: a norm over each head
+    q = rms_norm(q, w.q_norm, spec_.rms_norm_eps);
+    k = rms_norm(k, w.k_norm, spec_.rms_norm_eps);
+  }
+  q = apply_rotary(q, ctx.rope, false);
+  k = apply_rotary(k, ctx.rope, false);
+  return linear(attend(q, k, v, ctx, 1.0 / std::sqrt(static_cast<double>(a.head_dim))), w.o);
+}
+
+at::Tensor DecoderLayer::mla_attention(const at::Tensor& x, const ForwardContext& ctx) const {
+  const AttentionSpec& a = spec_.attention;
+  const LayerWeights& w = weights_;
+  const int64_t b = x.size(0), t = x.size(1), nope = a.qk_nope_head_dim, rope = a.qk_rope_head_dim;
+  const at::Tensor q_in = a.q_lora_rank > 0 ? rms_norm(linear(x, w.q_a), w.q_a_norm, spec_.rms_norm_eps) : x;
+  const at::Tensor q = heads(linear(q_in, w.q_b), a.num_heads, nope + rope);
+  const at::Tensor kv = linear(x, w.kv_a);
+  const at::Tensor latent = rms_norm(kv.slice(-1, 0, a.kv_lora_rank), w.kv_a_norm, spec_.rms_norm_eps);
+  const at::Tensor k_rot = kv.slice(-1, a.kv_lora_rank).view({b, 1, t, rope});
+  const at::Tensor kv_heads = heads(linear(latent, w.kv_b), a.num_heads, nope + a.v_head_dim);
+  const at::Tensor query = at::cat({q.slice(-1, 0, nope), apply_rotary(q.slice(-1, nope), ctx.rope, a.rope_interleave)}, -1);
+  const at::Tensor k_rot_all = apply_rotary(k_rot, ctx.rope, a.rope_interleave).expand({b, a.num_heads, t, rope});
+  const at::Tensor key = at::cat({kv_heads.slice(-1, 0, nope), k_rot_all}, -1);
+  const at::Tensor value = kv_heads.slice(-1, nope);
+  return linear(attend(query, key, value, ctx, 1.0 / std::sqrt(static_cast<double>(nope + rope))), w.o);
+}
+
+void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,
+                         at::Tensor* experts) const {
+  const RoutingRule& r = spec_.routing;
+  const int64_t k = spec_.layers[weights_.layer].top_k;
+  const at::Tensor logits = at::linear(x.to(at::kFloat), weights_.router.to(at::kFloat));
+  report(ctx, Tap::kRouterLogits, logits);
+  if (r.scoring == ScoringFunc::kSoftmax) {
+    at::Tensor probs = logits.softmax(-1);
+    if (r.num_groups > 1) {  // DeepSeek-V2 group_limited_greedy: groups scored by their best expert
+      const int64_t n = probs.size(0), e = probs.size(1);
+      const at::Tensor group_best = std::get<0>(probs.view({n, r.num_groups, e / r.num_groups}).max(-1));
+      const at::Tensor keep = at::zeros_like(group_best).scatter_(1, std::get<1>(group_best.topk(r.topk_groups, -1)), 1);
+      probs = probs.masked_fill(~keep.unsqueeze(-1).expand({n, r.num_groups, e / r.num_groups}).reshape({n, e}).to(at::kBool), 0.0);
+    }
+    std::tie(*weights, *experts) = probs.topk(k, -1);
+    if (r.renormalize) *weights = *weights / weights->sum(-1, true);
+    *weights = *weights * r.scaling_factor;
+    return;
+  }
+  // Sigmoid (DeepSeek-V3): select on score + bias within the best groups, weight by the raw score.
+  const at::Tensor scores = logits.sigmoid();
+  at::Tensor choice = weights_.router_bias.defined() ? scores + weights_.router_bias.to(at::kFloat) : scores;
+  if (r.num_groups > 1) {
+    const int64_t n = choice.size(0), e = choice.size(1);
+    const at::Tensor group_score = std::get<0>(choice.view({n, r.num_groups, e / r.num_groups}).topk(2, -1)).sum(-1);
+    const at::Tensor keep = at::zeros_like(group_score).scatter_(1, std::get<1>(group_score.topk(r.topk_groups, -1)), 1);
+    const at::Tensor mask = keep.unsqueeze(-1).expand({n, r.num_groups, e / r.num_groups}).reshape({n, e}).to(at::kBool);
+    choice = choice.masked_fill(~mask, -std::numeric_limits<float>::infinity());
+  }
+  *experts = std::get<1>(choice.topk(k, -1));
+  *weights = scores.gather(1, *experts);
+  if (r.renormalize) *weights = *weights / (weights->sum(-1, true) + 1e-20);
+  *weights = *weights * r.scaling_factor;
+}
+
+at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) const {
+  const at::Tensor x = x3.reshape({-1, x3.size(-1)});
+  at::Tensor topk_weights, topk_experts;
+  route(x, ctx, &topk_weights, &topk_experts);
+  at::Tensor out = at::zeros_like(x);
+  const auto& experts = weights_.experts;
+  for (int64_t e = 0; e < static_cast<int64_t>(experts.size()); ++e) {
+    const at::Tensor hit = (topk_experts == e).nonzero();  // [n_e, 2]: (token, slot)
+    if (hit.size(0) == 0) continue;
+    const at::Tensor tokens = hit.select(1, 0), slots = hit.select(1, 1);
+    const at::Tensor xe = x.index_select(0, tokens);
+    report(ctx, Tap::kExpertIn, xe, e, &tokens);
+    const at::Tensor act = at::silu(at::linear(xe, experts[e].gate)) * at::linear(xe, experts[e].up);
+    report(ctx, Tap::kExpertAct, act, e, &tokens);
+    const at::Tensor w = topk_weights.index({tokens, slots}).unsqueeze(1).to(x.scalar_type());
+    out.index_add_(0, tokens, at::linear(act, experts[e].down) * w);
+  }
+  const LayerWeights& w = weights_;
+  if (w.shared_gate.weight.defined()) {
+    at::Tensor shared = swiglu(x, w.shared_gate.weight, w.shared_up.weight, w.shared_down.weight);
+    if (w.shared_expert_gate.defined()) shared = at::sigmoid(at::linear(x, w.shared_expert_gate)) * shared;
+    out = out + shared;
+  }
+  return out.view(x3.sizes());
+}
+
+}  // namespace lathe

@@ -1,0 +1,59 @@
+// One decoder layer's forward for every supported family (DESIGN.md "Core types": DecoderLayer).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "compressor/model/layer_weights.h"
+#include "compressor/model/model_spec.h"
+#include "compressor/model/rotary.h"
+#include "compressor/model/taps.h"
+
+namespace lathe {
+
+/// What a layer needs besides its weights, shared by all layers of one forward.
+struct ForwardContext {
+  at::Tensor valid;         ///< [B, T] bool: real tokens (false = padding)
+  at::Tensor attn_mask;     ///< [B, 1, T, T] bool: causal ∧ valid keys (see make_attention_mask)
+  RotaryTables rope;        ///< tables for the attention kind's rotary dims
+  TapObserver* observer = nullptr;
+};
+
+/// Builds the attention mask: key j is visible to query i when j ≤ i, j is a real token and (with a
+/// window) i − j < window. A query that would see nothing (leading padding) sees itself, so padded
+/// rows stay finite; their outputs are never used.
+at::Tensor make_attention_mask(const at::Tensor& valid, std::optional<int64_t> sliding_window);
+
+/// Builds the context for a [B, T] batch of `spec` on `options`' device and dtype.
+ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& valid, const at::TensorOptions& options,
+                                    TapObserver* observer);
+
+/// The weights of one layer plus the family rules to run them. Immutable after construction.
+class DecoderLayer {
+ public:
+  DecoderLayer(const ModelSpec& spec, LayerWeights weights);
+
+  /// hidden [B, T, d] → [B, T, d]. Reports taps to ctx.observer when it wants them.
+  at::Tensor forward(const at::Tensor& hidden, const ForwardContext& ctx) const;
+
+  const LayerWeights& weights() const { return weights_; }
+
+ private:
+  at::Tensor attention(const at::Tensor& x, const ForwardContext& ctx) const;
+  at::Tensor gqa_attention(const at::Tensor& x, const ForwardContext& ctx) const;
+  at::Tensor mla_attention(const at::Tensor& x, const ForwardContext& ctx) const;
+  at::Tensor moe(const at::Tensor& x, const ForwardContext& ctx) const;
+  /// Router top-k: fills `weights` [N, k] (fp32) and `experts` [N, k] (int64) per the routing rule.
+  void route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights, at::Tensor* experts) const;
+  void report(const ForwardContext& ctx, Tap tap, const at::Tensor& value, int64_t expert = -1,
+              const at::Tensor* index = nullptr) const;
+
+  const ModelSpec& spec_;
+  LayerWeights weights_;
+};
+
+/// RMSNorm as transformers computes it: x · rsqrt(mean(x²) + eps) · weight, in fp32.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+}  // namespace lathe

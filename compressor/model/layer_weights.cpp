@@ -1,0 +1,88 @@
+#include "compressor/model/layer_weights.h"
+
+#include <torch/torch.h>
+
+#include "compressor/common/errors.h"
+#include "compressor/model/safetensors.h"
+#include "compressor/model/tensor_bridge.h"
+#include "compressor/model/weight_store.h"
+
+namespace lathe {
+namespace {
+
+at::Tensor load_checked(const WeightStore& store, const ExpectedTensor& t, const at::TensorOptions& options) {
+  if (!store.contains(t.name)) {
+    throw DataError(store.path(), t.name, "missing: the config implies a tensor of shape " + format_shape(t.shape));
+  }
+  const TensorInfo& info = store.info(t.name);
+  if (info.shape != t.shape) {
+    throw DataError(info.shard_path, t.name,
+                    "shape " + format_shape(info.shape) + " but the config implies " + format_shape(t.shape));
+  }
+  return load_tensor(store, t.name).to(options, /*non_blocking=*/false, /*copy=*/true);
+}
+
+/// Sets the field of `w` that `role` names; experts go to `w->experts[expert]`.
+void assign(LayerWeights* w, TensorRole role, int64_t expert, at::Tensor tensor, int64_t width) {
+  switch (role) {
+    case TensorRole::kAttnNorm: w->attn_norm = tensor; break;
+    case TensorRole::kMlpNorm: w->mlp_norm = tensor; break;
+    case TensorRole::kQ: w->q.weight = tensor; break;
+    case TensorRole::kK: w->k.weight = tensor; break;
+    case TensorRole::kV: w->v.weight = tensor; break;
+    case TensorRole::kO: w->o.weight = tensor; break;
+    case TensorRole::kQBias: w->q.bias = tensor; break;
+    case TensorRole::kKBias: w->k.bias = tensor; break;
+    case TensorRole::kVBias: w->v.bias = tensor; break;
+    case TensorRole::kOBias: w->o.bias = tensor; break;
+    case TensorRole::kQNorm: w->q_norm = tensor; break;
+    case TensorRole::kKNorm: w->k_norm = tensor; break;
+    case TensorRole::kQA: w->q_a.weight = tensor; break;
+    case TensorRole::kQABias: w->q_a.bias = tensor; break;
+    case TensorRole::kQANorm: w->q_a_norm = tensor; break;
+    case TensorRole::kQB: w->q_b.weight = tensor; break;
+    case TensorRole::kKVA: w->kv_a.weight = tensor; break;
+    case TensorRole::kKVABias: w->kv_a.bias = tensor; break;
+    case TensorRole::kKVANorm: w->kv_a_norm = tensor; break;
+    case TensorRole::kKVB: w->kv_b.weight = tensor; break;
+    case TensorRole::kDenseGate: w->dense_gate.weight = tensor; break;
+    case TensorRole::kDenseUp: w->dense_up.weight = tensor; break;
+    case TensorRole::kDenseDown: w->dense_down.weight = tensor; break;
+    case TensorRole::kRouter: w->router = tensor; break;
+    case TensorRole::kRouterBias: w->router_bias = tensor; break;
+    case TensorRole::kExpertGate: w->experts[expert].gate = tensor; break;
+    case TensorRole::kExpertUp: w->experts[expert].up = tensor; break;
+    case TensorRole::kExpertDown: w->experts[expert].down = tensor; break;
+    case TensorRole::kExpertsGateUp:  // [E, 2I, d]: gate rows first, then up rows (FORMATS.md §2)
+      for (size_t e = 0; e < w->experts.size(); ++e) {
+        w->experts[e].gate = tensor[e].slice(0, 0, width);
+        w->experts[e].up = tensor[e].slice(0, width, 2 * width);
+      }
+      break;
+    case TensorRole::kExpertsDown:
+      for (size_t e = 0; e < w->experts.size(); ++e) w->experts[e].down = tensor[e];
+      break;
+    case TensorRole::kSharedGate: w->shared_gate.weight = tensor; break;
+    case TensorRole::kSharedUp: w->shared_up.weight = tensor; break;
+    case TensorRole::kSharedDown: w->shared_down.weight = tensor; break;
+    case TensorRole::kSharedExpertGate: w->shared_expert_gate = tensor; break;
+    default: throw InternalError("", "role", "not a decoder-layer tensor");
+  }
+}
+
+}  // namespace
+
+LayerWeights load_layer_weights(const ModelSpec& spec, const WeightStore& store, ExpertLayout layout,
+                                int64_t layer, const at::TensorOptions& options) {
+  LayerWeights w;
+  w.layer = layer;
+  const LayerSpec& l = spec.layers.at(layer);
+  w.experts.resize(l.is_moe ? l.num_experts : 0);
+  for (const auto& t : expected_layer_tensors(spec, layout, layer)) {
+    assign(&w, t.role, t.expert, load_checked(store, t, options), l.expert_intermediate);
+  }
+  if (spec.attention.kind == AttentionKind::kMla && spec.attention.q_lora_rank == 0) w.q_b = w.q;
+  return w;
+}
+
+}  // namespace lathe

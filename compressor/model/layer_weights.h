@@ -1,0 +1,51 @@
+// The materialised weights of one decoder layer, loaded through the architecture registry.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "compressor/model/architecture.h"
+#include "compressor/model/model_spec.h"
+
+namespace lathe {
+
+class WeightStore;
+
+/// A linear map y = x Wᵀ + b; `bias` is undefined when the layer has none.
+struct Linear {
+  at::Tensor weight;  ///< [out, in]
+  at::Tensor bias;    ///< [out] or undefined
+};
+
+/// One routed expert (SwiGLU): down(act(gate(x)) * up(x)).
+struct ExpertWeights {
+  at::Tensor gate;  ///< [I, d]
+  at::Tensor up;    ///< [I, d]
+  at::Tensor down;  ///< [d, I]
+};
+
+/// Every tensor of one decoder layer in working precision on the working device. Fields that the
+/// layer's family or kind does not use stay undefined.
+struct LayerWeights {
+  int64_t layer = -1;
+  at::Tensor attn_norm, mlp_norm;
+  Linear q, k, v, o;
+  at::Tensor q_norm, k_norm;
+  Linear q_a, q_b, kv_a, kv_b;  ///< MLA (q_b is q_proj when q_lora_rank is 0, then q_a is unused)
+  at::Tensor q_a_norm, kv_a_norm;
+  Linear dense_gate, dense_up, dense_down;
+  at::Tensor router;       ///< [E, d]
+  at::Tensor router_bias;  ///< [E] selection bias (e_score_correction_bias)
+  std::vector<ExpertWeights> experts;
+  Linear shared_gate, shared_up, shared_down;
+  at::Tensor shared_expert_gate;  ///< [1, d]
+};
+
+/// Loads layer `layer` from `store` (either expert layout) into `options` (dtype, device), checking
+/// every tensor's presence and shape against the spec. Throws DataError naming the tensor.
+LayerWeights load_layer_weights(const ModelSpec& spec, const WeightStore& store, ExpertLayout layout,
+                                int64_t layer, const at::TensorOptions& options);
+
+}  // namespace lathe

@@ -1,0 +1,17 @@
+#include "compressor/model/taps.h"
+
+namespace lathe {
+
+const char* tap_name(Tap tap) {
+  switch (tap) {
+    case Tap::kAttnIn: return "attn.in";
+    case Tap::kMlpIn: return "mlp.in";
+    case Tap::kRouterLogits: return "router.logits";
+    case Tap::kExpertIn: return "expert.in";
+    case Tap::kExpertAct: return "expert.act";
+    case Tap::kLayerOut: return "layer.out";
+  }
+  return "unknown";
+}
+
+}  // namespace lathe
