@@ -1,0 +1,135 @@
+#include "compressor/eval/evaluate.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "compressor/common/errors.h"
+
+namespace lathe {
+namespace {
+
+/// Right-padded [N, T] ids and validity of variable-length rows.
+std::pair<at::Tensor, at::Tensor> pad_rows(const std::vector<std::vector<int32_t>>& rows) {
+  size_t longest = 0;
+  for (const auto& r : rows) longest = std::max(longest, r.size());
+  at::Tensor ids = at::zeros({static_cast<int64_t>(rows.size()), static_cast<int64_t>(longest)}, at::kLong);
+  at::Tensor valid = at::zeros_like(ids, at::kBool);
+  auto id = ids.accessor<int64_t, 2>();
+  auto ok = valid.accessor<bool, 2>();
+  for (size_t b = 0; b < rows.size(); ++b) {
+    for (size_t t = 0; t < rows[b].size(); ++t) id[b][t] = rows[b][t], ok[b][t] = true;
+  }
+  return {ids, valid};
+}
+
+/// log p(ids[t] | ids[<t]) for t ≥ 1 of each row, from final hidden states [B, T, d]: [B, T-1].
+at::Tensor target_log_probs(const CausalLM& model, const at::Tensor& hidden, const at::Tensor& ids) {
+  const at::Tensor logits = model.head(hidden).slice(1, 0, -1);
+  const at::Tensor targets = ids.slice(1, 1).to(logits.device()).unsqueeze(-1);
+  return logits.log_softmax(-1).gather(-1, targets).squeeze(-1).cpu().to(at::kDouble);
+}
+
+void stream(const CausalLM& model, const at::Tensor& ids, const at::Tensor& valid, const StreamingOptions& streaming,
+            const Progress& progress, const std::function<void(int64_t, const at::Tensor&)>& on_rows) {
+  stream_forward(
+      model, ids, valid, streaming, nullptr,
+      [&](int64_t begin, const at::Tensor& hidden, const at::Tensor&) {
+        on_rows(begin, target_log_probs(model, hidden, ids.slice(0, begin, begin + hidden.size(0))));
+      },
+      [&](int64_t layer) {
+        if (progress) progress(layer + 1, model.spec().num_layers);
+      });
+}
+
+}  // namespace
+
+std::vector<Window> perplexity_windows(int64_t num_tokens, const WindowOptions& options) {
+  const int64_t len = options.seq_len;
+  const int64_t stride = options.stride == 0 ? len : options.stride;
+  if (len < 2) throw ConfigError("", "seq-len", "must be at least 2, found " + std::to_string(len));
+  if (stride < 1 || stride > len) {
+    throw ConfigError("", "stride", "must lie in [1, seq-len=" + std::to_string(len) + "], found " + std::to_string(stride));
+  }
+  std::vector<Window> windows;
+  int64_t predicted_until = 0;  // tokens before this index have been predicted (or are the first)
+  for (int64_t begin = 0; begin < num_tokens; begin += stride) {
+    const int64_t end = std::min(begin + len, num_tokens);
+    const int64_t first = std::max(predicted_until, begin + 1);
+    if (end - begin >= 2 && first < end) windows.push_back({begin, end, first});
+    predicted_until = end;
+    if (end == num_tokens) break;
+  }
+  return windows;
+}
+
+double PerplexityResult::perplexity() const {
+  return predicted ? std::exp(nll / static_cast<double>(predicted)) : std::nan("");
+}
+
+PerplexityResult evaluate_perplexity(const CausalLM& model, const std::vector<int32_t>& tokens,
+                                     const WindowOptions& options, const StreamingOptions& streaming,
+                                     const Progress& progress) {
+  PerplexityResult result;
+  result.tokens = static_cast<int64_t>(tokens.size());
+  const std::vector<Window> windows = perplexity_windows(result.tokens, options);
+  if (windows.empty()) return result;
+  std::vector<std::vector<int32_t>> rows;
+  for (const auto& w : windows) rows.emplace_back(tokens.begin() + w.begin, tokens.begin() + w.end);
+  const auto [ids, valid] = pad_rows(rows);
+  stream(model, ids, valid, streaming, progress, [&](int64_t begin, const at::Tensor& logp) {
+    for (int64_t r = 0; r < logp.size(0); ++r) {
+      const Window& w = windows[begin + r];
+      // log-prob column c predicts token c + 1 of the window.
+      const at::Tensor part = logp[r].slice(0, w.first_target - w.begin - 1, w.end - w.begin - 1);
+      result.nll -= part.sum().item<double>();
+      result.predicted += part.size(0);
+    }
+  });
+  return result;
+}
+
+TaskResult evaluate_choices(const CausalLM& model, const std::vector<ChoiceItem>& items,
+                            const StreamingOptions& streaming, const Progress& progress) {
+  const int64_t max_len = model.spec().max_position_embeddings > 0 ? model.spec().max_position_embeddings : INT64_MAX;
+  std::vector<std::vector<int32_t>> rows;
+  std::vector<std::pair<size_t, size_t>> owner;  // (item, choice) of each row
+  std::vector<int64_t> continuation;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ChoiceItem& item = items[i];
+    if (item.answer < 0 || item.answer >= static_cast<int64_t>(item.choices.size())) {
+      throw DataError("", "answer", "item " + std::to_string(i) + ": answer index out of range");
+    }
+    for (size_t c = 0; c < item.choices.size(); ++c) {
+      std::vector<int32_t> row = item.context;
+      row.insert(row.end(), item.choices[c].begin(), item.choices[c].end());
+      if (item.choices[c].empty() || row.size() < 2) {
+        throw DataError("", "choices", "item " + std::to_string(i) + ": choice " + std::to_string(c) + " has no tokens to score");
+      }
+      if (static_cast<int64_t>(row.size()) > max_len) row.erase(row.begin(), row.end() - max_len);
+      rows.push_back(std::move(row));
+      owner.emplace_back(i, c);
+      continuation.push_back(static_cast<int64_t>(std::min(item.choices[c].size(), rows.back().size() - 1)));
+    }
+  }
+  std::vector<std::vector<double>> scores(items.size());
+  for (size_t i = 0; i < items.size(); ++i) scores[i].assign(items[i].choices.size(), 0.0);
+  if (!rows.empty()) {
+    const auto [ids, valid] = pad_rows(rows);
+    stream(model, ids, valid, streaming, progress, [&](int64_t begin, const at::Tensor& logp) {
+      for (int64_t r = 0; r < logp.size(0); ++r) {
+        const int64_t row = begin + r, len = static_cast<int64_t>(rows[row].size());
+        scores[owner[row].first][owner[row].second] = logp[r].slice(0, len - 1 - continuation[row], len - 1).sum().item<double>();
+      }
+    });
+  }
+  TaskResult result;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const auto best = std::max_element(scores[i].begin(), scores[i].end()) - scores[i].begin();
+    result.n += 1;
+    result.correct += best == items[i].answer ? 1 : 0;
+  }
+  return result;
+}
+
+}  // namespace lathe
