@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 
 #include "compressor/common/errors.h"
-#include "compressor/model/safetensors.h"
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
 
@@ -11,14 +10,7 @@ namespace lathe {
 namespace {
 
 at::Tensor load_checked(const WeightStore& store, const ExpectedTensor& t, const at::TensorOptions& options) {
-  if (!store.contains(t.name)) {
-    throw DataError(store.path(), t.name, "missing: the config implies a tensor of shape " + format_shape(t.shape));
-  }
-  const TensorInfo& info = store.info(t.name);
-  if (info.shape != t.shape) {
-    throw DataError(info.shard_path, t.name,
-                    "shape " + format_shape(info.shape) + " but the config implies " + format_shape(t.shape));
-  }
+  require_tensor(store, t.name, t.shape);
   return load_tensor(store, t.name).to(options, /*non_blocking=*/false, /*copy=*/true);
 }
 

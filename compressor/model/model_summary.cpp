@@ -20,12 +20,6 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
   return n;
 }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
 bool has_weight_files(const std::filesystem::path& dir) {
   return std::filesystem::exists(dir / "model.safetensors") ||
          std::filesystem::exists(dir / "model.safetensors.index.json");
@@ -57,16 +51,7 @@ void account_weights(ModelSummary* s, const std::vector<ExpectedTensor>& expecte
   std::unordered_map<std::string, bool> known;
   for (const auto& t : expected) {
     known[t.name] = true;
-    if (!store.contains(t.name)) {
-      throw DataError(store.path(), t.name,
-                      "missing: config.json (" + s->spec.model_type + ", " + layout_name(s->layout) +
-                          " experts) implies a tensor of shape " + shape_text(t.shape));
-    }
-    const TensorInfo& info = store.info(t.name);
-    if (info.shape != t.shape) {
-      throw DataError(info.shard_path, t.name,
-                      "shape " + shape_text(info.shape) + " but config.json implies " + shape_text(t.shape));
-    }
+    const TensorInfo& info = require_tensor(store, t.name, t.shape);
     add_tensor(s, t, info.numel(), info.nbytes(), dtype_name(info.dtype));
   }
   for (const auto& name : store.names()) {

@@ -118,4 +118,10 @@ class WeightStore {
   uint64_t total_bytes_ = 0;
 };
 
+/// The checkpoint's entry for a tensor that config.json implies (`name`, `shape`), after checking
+/// it is present with that shape. DataError naming the tensor otherwise ("missing: config.json
+/// implies ..." or "shape [..] but config.json implies [..]").
+const TensorInfo& require_tensor(const WeightStore& store, const std::string& name,
+                                 const std::vector<int64_t>& shape);
+
 }  // namespace lathe
