@@ -57,7 +57,7 @@ ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& val
   ctx.attn_mask = make_attention_mask(ctx.valid, spec.attention.sliding_window);
   const AttentionSpec& a = spec.attention;
   const int64_t rot = a.kind == AttentionKind::kMla ? a.qk_rope_head_dim : a.head_dim;
-  ctx.rope = rotary_tables(spec.rope, rot, valid.size(1), options);
+  ctx.rope = rotary_tables(spec.rope, rot, valid.size(1), spec.max_position_embeddings, options);
   ctx.observer = observer;
   return ctx;
 }
@@ -130,7 +130,8 @@ at::Tensor DecoderLayer::mla_attention(const at::Tensor& x, const ForwardContext
   const at::Tensor k_rot_all = apply_rotary(k_rot, ctx.rope, a.rope_interleave).expand({b, a.num_heads, t, rope});
   const at::Tensor key = at::cat({kv_heads.slice(-1, 0, nope), k_rot_all}, -1);
   const at::Tensor value = kv_heads.slice(-1, nope);
-  return linear(attend(query, key, value, ctx, 1.0 / std::sqrt(static_cast<double>(nope + rope))), w.o);
+  const double scale = softmax_scale_factor(spec_.rope) / std::sqrt(static_cast<double>(nope + rope));
+  return linear(attend(query, key, value, ctx, scale), w.o);
 }
 
 void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,

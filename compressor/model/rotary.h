@@ -16,9 +16,15 @@ struct RotaryTables {
   at::Tensor sin;
 };
 
-/// Tables for `rot_dim` rotary dimensions. Supports rope types default, linear and llama3; throws
+/// Tables for `rot_dim` rotary dimensions. Supports rope types default, linear, llama3 and yarn
+/// (`max_positions` = max_position_embeddings, yarn's fallback for `factor`); throws
 /// UnsupportedError naming `rope_parameters.rope_type` for others.
-RotaryTables rotary_tables(const RopeSpec& rope, int64_t rot_dim, int64_t seq_len, const at::TensorOptions& options);
+RotaryTables rotary_tables(const RopeSpec& rope, int64_t rot_dim, int64_t seq_len, int64_t max_positions,
+                           const at::TensorOptions& options);
+
+/// Multiplier of the attention softmax scale that YaRN's mscale_all_dim implies for DeepSeek MLA
+/// (transformers' yarn_apply_mscale); 1 for unscaled RoPE.
+double softmax_scale_factor(const RopeSpec& rope);
 
 /// Rotates x [B, H, T, rot_dim]. `interleaved` rotates pairs (x0,x1),(x2,x3)... and returns the
 /// even-then-odd layout transformers' DeepSeek code returns (q·k is the same either way).

@@ -38,7 +38,10 @@ VARIANTS = {
     "deepseek_v3": dict(n_routed_experts=12, num_experts_per_tok=3, moe_intermediate_size=16, n_shared_experts=1,
                         first_k_dense_replace=2, n_group=4, topk_group=2, routed_scaling_factor=2.0,
                         q_lora_rank=24, kv_lora_rank=20, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6,
-                        num_key_value_heads=6, num_hidden_layers=4, rope_interleave=False),
+                        num_key_value_heads=6, num_hidden_layers=4, rope_interleave=False,
+                        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                         "original_max_position_embeddings": 64, "beta_fast": 32, "beta_slow": 1,
+                                         "mscale": 0.8, "mscale_all_dim": 1.0}),
 }
 
 
