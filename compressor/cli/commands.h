@@ -17,7 +17,14 @@ void add_inspect_command(CLI::App& app);
 /// `lathe tensors MODEL [--json] [--sha256] [--as f32]` (tensors_command.cpp).
 void add_tensors_command(CLI::App& app);
 
+/// `lathe tokenize TOKENIZER [--text S | --file F | --jsonl F] [--decode] [--json]`
+/// (tokenize_command.cpp).
+void add_tokenize_command(CLI::App& app);
+
 /// `lathe forward MODEL --tokens F --out LOGITS` (forward_command.cpp).
 void add_forward_command(CLI::App& app);
+
+/// `lathe eval MODEL [--text F]... [--tasks F]...` (eval_command.cpp).
+void add_eval_command(CLI::App& app);
 
 }  // namespace lathe::cli
