@@ -25,6 +25,7 @@ costs four lathe runs (--jsonl batches every text into one process); the referen
 through encode_batch on all cores.
 """
 import json
+import tempfile
 import os
 import subprocess
 import sys
@@ -304,9 +305,14 @@ def built(training_text):
 
 def lathe_jsonl(tokenizer_path: Path, inputs: list, *flags) -> list:
     """Runs `lathe tokenize --jsonl` on inputs (strings, or id lists with --decode)."""
-    batch = tokenizer_path.with_suffix(f".{len(flags)}.in.jsonl")
-    batch.write_text("".join(json.dumps(x) + "\n" for x in inputs), encoding="utf-8")
-    out = run_lathe("tokenize", tokenizer_path, "--jsonl", batch, *flags).stdout
+    # A temporary file: the tokenizer may sit in a committed model directory, which tests never write.
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8", delete=False) as f:
+        f.write("".join(json.dumps(x) + "\n" for x in inputs))
+        batch = Path(f.name)
+    try:
+        out = run_lathe("tokenize", tokenizer_path, "--jsonl", batch, *flags).stdout
+    finally:
+        batch.unlink()
     # Not splitlines(): U+0085 and U+2028 stay unescaped in JSON and are not line ends here.
     results = [json.loads(line) for line in out.split("\n") if line]
     assert len(results) == len(inputs)
