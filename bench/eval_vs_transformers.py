@@ -58,15 +58,21 @@ def peak_rss(cmd, env):
     return out, wall, usage.ru_maxrss * 1024
 
 
+GENERATE_SCRIPT = r"""
+import sys, torch
+from transformers import AutoConfig, AutoModelForCausalLM
+config = AutoConfig.for_model("mixtral", vocab_size=4096, hidden_size=1024, intermediate_size=3584,
+                              num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
+                              num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=2048)
+torch.manual_seed(0)
+AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(sys.argv[1])
+"""
+
+
 def make_large_model(directory: Path):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    config = AutoConfig.for_model("mixtral", vocab_size=4096, hidden_size=1024, intermediate_size=3584,
-                                  num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=4,
-                                  num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=2048)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(directory)
+    # In a child process: Linux keeps ru_maxrss across fork+exec, so a parent grown by building the
+    # model would inflate every later child's measured peak RSS.
+    subprocess.run([sys.executable, "-c", GENERATE_SCRIPT, str(directory)], check=True, capture_output=True)
     tok_src = ROOT / "data" / "models" / "mixtral"
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (directory / name).write_bytes((tok_src / name).read_bytes())
