@@ -22,7 +22,8 @@ Usage:
   python data/build_tiny_models.py --steps-scale 0.05   # quick smoke run (use --out elsewhere)
 
 Determinism: every random choice is seeded (torch.manual_seed(SEED), a seeded torch.Generator for the
-batches); tokenizer training is deterministic. With the same torch build, CPU type and thread count the
+batches), torch.use_deterministic_algorithms(True) (needed for the MoE models); tokenizer training is
+deterministic (the llama tokenizer's alphabet is chosen by the script, not by the trainer's tie-breaking). With the same torch build, CPU type and thread count the
 saved weights are bit-identical run to run; across CPUs (different SIMD kernels in oneDNN/MKL) or
 thread counts float rounding differs, so weights differ in the last bits and losses in the ~3rd decimal.
 """
@@ -437,6 +438,9 @@ def main():
     import transformers
     import safetensors
     torch.set_num_threads(args.threads)
+    # CPU index_add_/index_put_ backward (the MoE expert dispatch) sums in a thread-dependent order
+    # otherwise: MoE training with 2 threads was not bit-reproducible without this.
+    torch.use_deterministic_algorithms(True)
     torch.manual_seed(SEED)
     transformers.logging.set_verbosity_error()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -479,7 +483,7 @@ def main():
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "tokenizers": tokenizers.__version__, "safetensors": safetensors.__version__,
                      "python": platform.python_version()},
-        "determinism": ("seeded (torch.manual_seed(0), seeded batch generator); bit-identical weights on the same "
+        "determinism": ("seeded (torch.manual_seed(0), seeded batch generator), torch.use_deterministic_algorithms(True); bit-identical weights on the same "
                         "machine type, torch build and thread count; across CPUs/thread counts float rounding "
                         "differs (last bits of weights, ~3rd decimal of losses). Tokenizers are deterministic."),
     })
