@@ -8,6 +8,7 @@ void register_commands(CLI::App& app) {
   add_inspect_command(app);
   add_forward_command(app);
   add_eval_command(app);
+  add_calibrate_command(app);
   add_tensors_command(app);
   add_tokenize_command(app);
 }

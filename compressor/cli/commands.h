@@ -27,4 +27,8 @@ void add_forward_command(CLI::App& app);
 /// `lathe eval MODEL [--text F]... [--tasks F]...` (eval_command.cpp).
 void add_eval_command(CLI::App& app);
 
+/// `lathe calibrate MODEL --data TASK=PATH... --out STATS` and `lathe coverage STATS`
+/// (calibrate_command.cpp).
+void add_calibrate_command(CLI::App& app);
+
 }  // namespace lathe::cli

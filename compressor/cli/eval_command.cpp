@@ -15,6 +15,7 @@
 
 #include "calibrate/tokenizer.h"
 #include "compressor/cli/commands.h"
+#include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/eval/evaluate.h"
 #include "compressor/eval/task_file.h"
@@ -84,17 +85,6 @@ std::vector<std::string> report_names(const std::vector<std::string>& paths) {
   return names;
 }
 
-void write_json_atomically(const std::string& path, const nlohmann::json& doc) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    if (!out) throw ResourceError(tmp, "", "cannot create the output file");
-    out << doc.dump(2) << "\n";
-    if (!out) throw ResourceError(tmp, "", "write failed (disk full?)");
-  }
-  std::filesystem::rename(tmp, path);
-}
-
 void run_eval(const EvalArgs& args) {
   if (args.texts.empty() && args.tasks.empty()) throw ConfigError("", "--text/--tasks", "give at least one file to evaluate");
   ForwardOptions forward;
@@ -139,7 +129,7 @@ void run_eval(const EvalArgs& args) {
     report["tasks"][name] = {{"accuracy", r.accuracy()}, {"n", r.n}, {"correct", r.correct}};
     std::cout << fmt::format("{:<32} accuracy   {:10.4f}  ({}/{})\n", name, r.accuracy(), r.correct, r.n);
   }
-  if (!args.json_out.empty()) write_json_atomically(args.json_out, report);
+  if (!args.json_out.empty()) write_file_atomically(args.json_out, report.dump(2) + "\n");
 }
 
 }  // namespace

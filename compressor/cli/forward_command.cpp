@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compressor/cli/commands.h"
+#include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/causal_lm.h"
@@ -47,17 +48,6 @@ std::pair<at::Tensor, at::Tensor> read_token_batch(const std::string& path) {
   return {ids, valid};
 }
 
-void write_atomically(const std::string& path, const at::Tensor& data) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw ResourceError(tmp, "", "cannot create the output file");
-    out.write(static_cast<const char*>(data.data_ptr()), static_cast<std::streamsize>(data.nbytes()));
-    if (!out) throw ResourceError(tmp, "", "write failed (disk full?)");
-  }
-  std::filesystem::rename(tmp, path);
-}
-
 }  // namespace
 
 void add_forward_command(CLI::App& app) {
@@ -77,7 +67,7 @@ void add_forward_command(CLI::App& app) {
     const CausalLM model(args->model, options);
     auto [ids, valid] = read_token_batch(args->tokens);
     const at::Tensor logits = model.logits(ids, valid).contiguous();
-    write_atomically(args->out, logits);
+    write_file_atomically(args->out, logits.data_ptr(), logits.nbytes());
     nlohmann::json meta = {{"shape", logits.sizes().vec()}, {"dtype", "float32"}};
     std::cout << meta.dump() << "\n";
   });

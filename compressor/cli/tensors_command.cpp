@@ -25,11 +25,13 @@ struct TensorsOptions {
 };
 
 // SHA-256 of the tensor's stored bytes, or of its float32 little-endian conversion.
+// The tensor's mapped pages are released afterwards, so hashing a whole checkpoint keeps RSS flat.
 std::string tensor_sha256(const WeightStore& store, const std::string& name, bool as_f32) {
   const TensorView view = store.view(name);
   Sha256 hasher;
   if (!as_f32) {
     hasher.update(view.data, view.nbytes);
+    store.release(name);
     return hasher.finish_hex();
   }
   // Convert in slices so a large tensor never needs a second full-size buffer.
@@ -42,6 +44,7 @@ std::string tensor_sha256(const WeightStore& store, const std::string& name, boo
     convert_to_f32(view.dtype, view.data + done * element, len, buffer.data());
     hasher.update(buffer.data(), len * sizeof(float));
   }
+  store.release(name);
   return hasher.finish_hex();
 }
 

@@ -39,6 +39,28 @@ DecoderLayer CausalLM::load_layer(int64_t i) const {
   return DecoderLayer(spec_, load_layer_weights(spec_, *store_, layout_, i, opts));
 }
 
+namespace {
+
+// Release that skips absent names: it must never be what reports an incomplete checkpoint.
+void release_if_present(const WeightStore& store, const std::string& name) {
+  if (store.contains(name)) store.release(name);
+}
+
+}  // namespace
+
+void CausalLM::release_layer(int64_t i) const {
+  for (const auto& t : expected_layer_tensors(spec_, layout_, i)) release_if_present(*store_, t.name);
+}
+
+void CausalLM::release_embedding() const {
+  release_if_present(*store_, "model.embed_tokens.weight");
+}
+
+void CausalLM::release_head() const {
+  release_if_present(*store_, "model.norm.weight");
+  release_if_present(*store_, spec_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+}
+
 at::Tensor CausalLM::head(const at::Tensor& hidden) const {
   const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
   const at::Tensor norm = load_tensor(*store_, "model.norm.weight").to(opts);
@@ -52,8 +74,14 @@ at::Tensor CausalLM::logits(const at::Tensor& ids, const at::Tensor& valid, TapO
   const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
   const ForwardContext ctx = make_forward_context(spec_, valid, opts, observer);
   at::Tensor hidden = embed(ids);
-  for (int64_t i = 0; i < spec_.num_layers; ++i) hidden = load_layer(i).forward(hidden, ctx);
-  return head(hidden);
+  release_embedding();
+  for (int64_t i = 0; i < spec_.num_layers; ++i) {
+    hidden = load_layer(i).forward(hidden, ctx);
+    release_layer(i);
+  }
+  at::Tensor out = head(hidden);
+  release_head();
+  return out;
 }
 
 }  // namespace lathe

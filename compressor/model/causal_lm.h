@@ -39,9 +39,20 @@ class CausalLM {
   /// out of range.
   at::Tensor embed(const at::Tensor& ids) const;
   /// Materialises decoder layer `i`; DataError naming the tensor when it is missing or misshapen.
+  /// On the CPU the routed experts stay zero-copy views of the mapping (see LayerWeights).
   DecoderLayer load_layer(int64_t i) const;
   /// Final norm and LM head: hidden [B, T, d] → logits [B, T, V] in fp32.
   at::Tensor head(const at::Tensor& hidden) const;
+
+  /// Release the resident mapped pages (WeightStore::release) of every tensor of layer `i`, of
+  /// the embedding table, of the final norm and LM head. Pages of the memory-mapped checkpoint
+  /// that a forward has read count in RSS until released, so without these calls a pass over the
+  /// model grows to the model's size. Always safe: a DecoderLayer or tensor still viewing the
+  /// pages re-reads them from the file (page cache) on its next access, so calling these early
+  /// costs only time.
+  void release_layer(int64_t i) const;
+  void release_embedding() const;
+  void release_head() const;
   /// Whole forward, one layer resident at a time: ids [B, T] and valid [B, T] → logits [B, T, V].
   at::Tensor logits(const at::Tensor& ids, const at::Tensor& valid, TapObserver* observer = nullptr) const;
 

@@ -13,10 +13,6 @@ at::Tensor linear(const at::Tensor& x, const Linear& l) {
   return l.bias.defined() ? at::linear(x, l.weight, l.bias) : at::linear(x, l.weight);
 }
 
-at::Tensor swiglu(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, const at::Tensor& down) {
-  return at::linear(at::silu(at::linear(x, gate)) * at::linear(x, up), down);
-}
-
 /// [B, T, H·D] → [B, H, T, D]
 at::Tensor heads(const at::Tensor& x, int64_t n, int64_t d) {
   return x.view({x.size(0), x.size(1), n, d}).transpose(1, 2);
@@ -69,7 +65,8 @@ void DecoderLayer::report(const ForwardContext& ctx, Tap tap, const at::Tensor& 
   if (!ctx.observer || !ctx.observer->wants(tap, weights_.layer)) return;
   const at::Tensor valid = ctx.valid.reshape({-1});
   const at::Tensor flat = value.dim() == 3 ? value.reshape({-1, value.size(-1)}) : value;
-  ctx.observer->observe({tap, weights_.layer, expert, &flat, index, &valid});
+  ctx.observer->observe(
+      {tap, weights_.layer, expert, &flat, index, &valid, ctx.sequence_begin, ctx.valid.size(1), &weights_});
 }
 
 at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext& ctx) const {
@@ -79,9 +76,14 @@ at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext&
   const at::Tensor mlp_in = rms_norm(h, weights_.mlp_norm, spec_.rms_norm_eps);
   report(ctx, Tap::kMlpIn, mlp_in);
   const LayerSpec& l = spec_.layers[weights_.layer];
-  const at::Tensor mlp_out =
-      l.is_moe ? moe(mlp_in, ctx)
-               : swiglu(mlp_in, weights_.dense_gate.weight, weights_.dense_up.weight, weights_.dense_down.weight);
+  at::Tensor mlp_out;
+  if (l.is_moe) {
+    mlp_out = moe(mlp_in, ctx);
+  } else {
+    const at::Tensor act = at::silu(at::linear(mlp_in, weights_.dense_gate.weight)) * at::linear(mlp_in, weights_.dense_up.weight);
+    report(ctx, Tap::kMlpAct, act);
+    mlp_out = at::linear(act, weights_.dense_down.weight);
+  }
   at::Tensor out = h + mlp_out;
   report(ctx, Tap::kLayerOut, out);
   return out;
@@ -113,7 +115,9 @@ at::Tensor DecoderLayer::gqa_attention(const at::Tensor& x, const ForwardContext
   }
   q = apply_rotary(q, ctx.rope, false);
   k = apply_rotary(k, ctx.rope, false);
-  return linear(attend(q, k, v, ctx, 1.0 / std::sqrt(static_cast<double>(a.head_dim))), w.o);
+  const at::Tensor heads_out = attend(q, k, v, ctx, 1.0 / std::sqrt(static_cast<double>(a.head_dim)));
+  report(ctx, Tap::kAttnOutIn, heads_out);
+  return linear(heads_out, w.o);
 }
 
 at::Tensor DecoderLayer::mla_attention(const at::Tensor& x, const ForwardContext& ctx) const {
@@ -131,7 +135,9 @@ at::Tensor DecoderLayer::mla_attention(const at::Tensor& x, const ForwardContext
   const at::Tensor key = at::cat({kv_heads.slice(-1, 0, nope), k_rot_all}, -1);
   const at::Tensor value = kv_heads.slice(-1, nope);
   const double scale = softmax_scale_factor(spec_.rope) / std::sqrt(static_cast<double>(nope + rope));
-  return linear(attend(query, key, value, ctx, scale), w.o);
+  const at::Tensor heads_out = attend(query, key, value, ctx, scale);
+  report(ctx, Tap::kAttnOutIn, heads_out);
+  return linear(heads_out, w.o);
 }
 
 void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,
@@ -149,6 +155,7 @@ void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Ten
       probs = probs.masked_fill(~keep.unsqueeze(-1).expand({n, r.num_groups, e / r.num_groups}).reshape({n, e}).to(at::kBool), 0.0);
     }
     std::tie(*weights, *experts) = probs.topk(k, -1);
+    report(ctx, Tap::kRouterTopK, *experts);
     if (r.renormalize) *weights = *weights / weights->sum(-1, true);
     *weights = *weights * r.scaling_factor;
     return;
@@ -164,6 +171,7 @@ void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Ten
     choice = choice.masked_fill(~mask, -std::numeric_limits<float>::infinity());
   }
   *experts = std::get<1>(choice.topk(k, -1));
+  report(ctx, Tap::kRouterTopK, *experts);
   *weights = scores.gather(1, *experts);
   if (r.renormalize) *weights = *weights / (weights->sum(-1, true) + 1e-20);
   *weights = *weights * r.scaling_factor;
@@ -181,14 +189,18 @@ at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) co
     const at::Tensor tokens = hit.select(1, 0), slots = hit.select(1, 1);
     const at::Tensor xe = x.index_select(0, tokens);
     report(ctx, Tap::kExpertIn, xe, e, &tokens);
-    const at::Tensor act = at::silu(at::linear(xe, experts[e].gate)) * at::linear(xe, experts[e].up);
+    // On the CPU experts are stored-dtype views of the mapping (LayerWeights): convert this one now.
+    const at::Tensor act = at::silu(at::linear(xe, experts[e].gate.to(x.scalar_type()))) *
+                           at::linear(xe, experts[e].up.to(x.scalar_type()));
     report(ctx, Tap::kExpertAct, act, e, &tokens);
     const at::Tensor w = topk_weights.index({tokens, slots}).unsqueeze(1).to(x.scalar_type());
-    out.index_add_(0, tokens, at::linear(act, experts[e].down) * w);
+    out.index_add_(0, tokens, at::linear(act, experts[e].down.to(x.scalar_type())) * w);
   }
   const LayerWeights& w = weights_;
   if (w.shared_gate.weight.defined()) {
-    at::Tensor shared = swiglu(x, w.shared_gate.weight, w.shared_up.weight, w.shared_down.weight);
+    const at::Tensor act = at::silu(at::linear(x, w.shared_gate.weight)) * at::linear(x, w.shared_up.weight);
+    report(ctx, Tap::kSharedAct, act);
+    at::Tensor shared = at::linear(act, w.shared_down.weight);
     if (w.shared_expert_gate.defined()) shared = at::sigmoid(at::linear(x, w.shared_expert_gate)) * shared;
     out = out + shared;
   }

@@ -18,6 +18,7 @@ struct ForwardContext {
   at::Tensor attn_mask;     ///< [B, 1, T, T] bool: causal ∧ valid keys (see make_attention_mask)
   RotaryTables rope;        ///< tables for the attention kind's rotary dims
   TapObserver* observer = nullptr;
+  int64_t sequence_begin = 0;  ///< first sequence of this batch in the whole run (TapEvent)
 };
 
 /// Builds the attention mask: key j is visible to query i when j ≤ i, j is a real token and (with a

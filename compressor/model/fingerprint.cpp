@@ -8,6 +8,7 @@
 
 #include "compressor/common/errors.h"
 #include "compressor/model/dtype.h"
+#include "compressor/model/mapped_file.h"
 #include "compressor/model/weight_store.h"
 
 namespace lathe {
@@ -21,15 +22,29 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return text;
 }
 
+// Hashed bytes are released every this many bytes, so one huge tensor never becomes resident whole.
+constexpr uint64_t kReleaseChunk = 64ull << 20;
+
 // SHA-256 of each view's bytes. Independent per tensor, so they run in parallel: hashing is the
-// whole cost (~0.5 GB/s per core), and a large checkpoint is tens of gigabytes.
+// whole cost (~0.5 GB/s per core), and a large checkpoint is tens of gigabytes. The mapped pages
+// read are released as hashing goes (MappedFile::release), so resident memory stays at about one
+// chunk per thread instead of growing to the checkpoint's size.
 std::vector<Sha256::Digest> data_digests(const std::vector<TensorView>& views) {
   std::vector<Sha256::Digest> digests(views.size());
   const auto count = static_cast<int64_t>(views.size());
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < count; ++i) {
+    const TensorView& v = views[i];
+    const bool mapped = v.mapping && v.mapping->contains(v.data);
+    const uint64_t offset = mapped ? static_cast<uint64_t>(v.data - v.mapping->data()) : 0;
     Sha256 sha;
-    sha.update(views[i].data, views[i].nbytes);
+    for (uint64_t done = 0; done < v.nbytes;) {
+      const uint64_t step = std::min(kReleaseChunk, v.nbytes - done);
+      sha.update(v.data + done, step);
+      done += step;
+      // From the tensor's start: a page straddling two chunks is whole only now.
+      if (mapped) v.mapping->release(offset, offset + done);
+    }
     digests[i] = sha.finish();
   }
   return digests;
@@ -73,6 +88,22 @@ std::string tensor_fingerprint(const WeightStore& store, const std::vector<std::
 
 std::string weights_fingerprint(const WeightStore& store) {
   return tensor_fingerprint(store, store.names());
+}
+
+std::vector<std::string> upstream_weight_fingerprints(const WeightStore& store, const ModelSpec& spec,
+                                                      ExpertLayout layout) {
+  std::vector<std::string> out;
+  std::string previous = tensor_fingerprint(store, {"model.embed_tokens.weight"});
+  for (int64_t i = 0; i < spec.num_layers; ++i) {
+    std::vector<std::string> names;
+    for (const auto& t : expected_layer_tensors(spec, layout, i)) names.push_back(t.name);
+    previous = Fingerprinter("lathe.upstream-weights/1")
+                   .add("previous", previous)
+                   .add("layer", tensor_fingerprint(store, names))
+                   .finish();
+    out.push_back(previous);
+  }
+  return out;
 }
 
 std::string config_fingerprint(const nlohmann::json& config) {

@@ -13,6 +13,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "compressor/common/sha256.h"
+#include "compressor/model/architecture.h"
 
 namespace lathe {
 
@@ -35,7 +36,8 @@ bool is_fingerprint(std::string_view text);
 /// the 32 raw bytes of SHA-256 over the tensor's data bytes exactly as stored (little-endian).
 /// Nothing else is hashed: no metadata, shard names or offsets. Duplicates in `names` count once;
 /// an empty list gives the digest of the empty message. Reads every byte of the named tensors
-/// (per-tensor digests run on all cores). Throws DataError (field = the name) for a name the
+/// (per-tensor digests run on all cores) and releases the pages it read (WeightStore::release), so
+/// hashing a checkpoint larger than RAM keeps RSS flat. Throws DataError (field = the name) for a name the
 /// store does not hold. Use it for the weights a statistic depends on, e.g. every tensor upstream
 /// of layer i.
 std::string tensor_fingerprint(const WeightStore& store, const std::vector<std::string>& names);
@@ -43,6 +45,15 @@ std::string tensor_fingerprint(const WeightStore& store, const std::vector<std::
 /// tensor_fingerprint() over every tensor of the store: FORMATS.md §7 *weights* fingerprint.
 /// A single-file and a sharded checkpoint holding the same tensors give the same value.
 std::string weights_fingerprint(const WeightStore& store);
+
+/// The weights each decoder layer's calibration statistics depend on: entry i covers the token
+/// embedding and every tensor of layers 0..i (expected_layer_tensors), chained so each tensor is
+/// hashed once: u_{-1} = tensor_fingerprint({embed_tokens}), u_i = Fingerprinter(
+/// "lathe.upstream-weights/1").add("previous", u_{i-1}).add("layer", tensor_fingerprint(layer i)).
+/// A changed weight in layer j changes entries j.. only, so the first changed entry names the
+/// layer that changed. Throws like tensor_fingerprint.
+std::vector<std::string> upstream_weight_fingerprints(const WeightStore& store, const ModelSpec& spec,
+                                                      ExpertLayout layout);
 
 /// FORMATS.md §7 *config* fingerprint: SHA-256 of `config.dump()`, i.e. the JSON value with object
 /// keys sorted by their UTF-8 bytes (nlohmann::json keeps objects sorted), no whitespace, strings

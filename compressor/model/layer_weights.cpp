@@ -9,8 +9,16 @@
 namespace lathe {
 namespace {
 
+bool is_routed_expert(TensorRole role) {
+  return role == TensorRole::kExpertGate || role == TensorRole::kExpertUp || role == TensorRole::kExpertDown ||
+         role == TensorRole::kExpertsGateUp || role == TensorRole::kExpertsDown;
+}
+
 at::Tensor load_checked(const WeightStore& store, const ExpectedTensor& t, const at::TensorOptions& options) {
   require_tensor(store, t.name, t.shape);
+  // Routed experts on the CPU: the zero-copy view in the stored dtype; DecoderLayer::moe converts
+  // one expert at a time (see LayerWeights).
+  if (options.device().is_cpu() && is_routed_expert(t.role)) return load_tensor(store, t.name);
   return load_tensor(store, t.name).to(options, /*non_blocking=*/false, /*copy=*/true);
 }
 

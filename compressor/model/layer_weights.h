@@ -19,15 +19,25 @@ struct Linear {
   at::Tensor bias;    ///< [out] or undefined
 };
 
-/// One routed expert (SwiGLU): down(act(gate(x)) * up(x)).
+/// One routed expert (SwiGLU): down(act(gate(x)) * up(x)). On the CPU these are zero-copy views
+/// of the checkpoint in its stored dtype (often bf16), not working precision; see LayerWeights.
+/// Convert at the point of use: `.to(x.scalar_type())` (a no-op when already equal).
 struct ExpertWeights {
   at::Tensor gate;  ///< [I, d]
   at::Tensor up;    ///< [I, d]
   at::Tensor down;  ///< [d, I]
 };
 
-/// Every tensor of one decoder layer in working precision on the working device. Fields that the
-/// layer's family or kind does not use stay undefined.
+/// Every tensor of one decoder layer on the working device. Fields that the layer's family or kind
+/// does not use stay undefined.
+///
+/// Precision: every tensor except the routed experts is a copy in working precision. The routed
+/// experts (`experts[e].gate/up/down`, including the slices of a fused gate_up_proj/down_proj) are
+/// converted lazily on the CPU: they stay zero-copy views into the memory-mapped checkpoint in the
+/// stored dtype, and DecoderLayer converts one expert at a time right before using it, so a layer
+/// of many experts never exists in fp32 at once (DESIGN.md "Memory model"). Code reading an expert
+/// must not assume the working dtype, and must not write to it (the bytes belong to the mapping).
+/// On any other device the experts are converted and copied eagerly, like the rest.
 struct LayerWeights {
   int64_t layer = -1;
   at::Tensor attn_norm, mlp_norm;
@@ -44,7 +54,9 @@ struct LayerWeights {
 };
 
 /// Loads layer `layer` from `store` (either expert layout) into `options` (dtype, device), checking
-/// every tensor's presence and shape against the spec. Throws DataError naming the tensor.
+/// every tensor's presence and shape against the spec. Throws DataError naming the tensor. Routed
+/// experts stay in their stored dtype on the CPU (see LayerWeights). The experts' pages become
+/// resident as they are read; WeightStore::release (CausalLM::release_layer) drops them.
 LayerWeights load_layer_weights(const ModelSpec& spec, const WeightStore& store, ExpertLayout layout,
                                 int64_t layer, const at::TensorOptions& options);
 

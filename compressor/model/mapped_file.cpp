@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -58,6 +59,17 @@ bool MappedFile::contains(const void* p) const {
   const auto address = reinterpret_cast<uintptr_t>(p);
   const auto base = reinterpret_cast<uintptr_t>(data_);
   return data_ != nullptr && address >= base && address - base < size_;
+}
+
+void MappedFile::release(uint64_t begin, uint64_t end) const {
+  if (data_ == nullptr) return;
+  end = std::min<uint64_t>(end, size_);
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t first = (begin + page - 1) / page * page;  // data_ is page-aligned
+  const uint64_t last = end / page * page;
+  if (first >= last) return;
+  // MADV_DONTNEED on a private file mapping: the next access maps the file's page again.
+  (void)::madvise(data_ + first, last - first, MADV_DONTNEED);
 }
 
 }  // namespace lathe

@@ -41,6 +41,15 @@ class MappedFile {
   /// True when `p` points into [data(), data() + size()).
   bool contains(const void* p) const;
 
+  /// Drops this process's pages of the whole pages inside [data() + begin, data() + end)
+  /// (madvise MADV_DONTNEED; a partial page at either end stays), so they stop counting in the
+  /// resident set; the page cache keeps them, so a later read re-faults them cheaply. Everything
+  /// pointing into the mapping stays valid: a read after the release sees the file's bytes again.
+  /// The one thing lost is a stray copy-on-write modification of a released page (see the class
+  /// comment: loaded weights are read-only anyway). `end` is clamped to size(); an empty or
+  /// sub-page range does nothing. Best effort: a failing madvise is ignored. Thread-safe.
+  void release(uint64_t begin, uint64_t end) const;
+
  private:
   std::string path_;
   uint8_t* data_ = nullptr;

@@ -56,7 +56,10 @@ void account_weights(ModelSummary* s, const std::vector<ExpectedTensor>& expecte
   }
   for (const auto& name : store.names()) {
     const TensorInfo& info = store.info(name);
-    if (options.check_finite) s->non_finite += store.count_non_finite(name);
+    if (options.check_finite) {
+      s->non_finite += store.count_non_finite(name);
+      store.release(name);  // a whole-checkpoint scan must not stay resident (DESIGN.md "Memory model")
+    }
     if (known.count(name)) continue;
     s->bytes_by_dtype[dtype_name(info.dtype)] += info.nbytes();
     s->total_bytes += info.nbytes();

@@ -22,6 +22,8 @@ void stream_forward(const CausalLM& model, const at::Tensor& ids, const at::Tens
   for (int64_t b = 0; b < n; b += options.micro_batch) {
     current.write(b, model.embed(ids.slice(0, b, b + options.micro_batch)).cpu());
   }
+  // Mapped pages read so far count in RSS until released (DESIGN.md "Memory model").
+  model.release_embedding();
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     const DecoderLayer layer = model.load_layer(i);
     const bool last = i + 1 == spec.num_layers;
@@ -29,7 +31,8 @@ void stream_forward(const CausalLM& model, const at::Tensor& ids, const at::Tens
     for (int64_t b = 0; b < n; b += options.micro_batch) {
       const int64_t e = std::min(n, b + options.micro_batch);
       const at::Tensor v = valid.slice(0, b, e);
-      const ForwardContext ctx = make_forward_context(spec, v, work, observer);
+      ForwardContext ctx = make_forward_context(spec, v, work, observer);
+      ctx.sequence_begin = b;
       const at::Tensor out = layer.forward(current.rows(b, e).to(work), ctx);
       if (last) {
         consume(b, out, v);
@@ -39,7 +42,9 @@ void stream_forward(const CausalLM& model, const at::Tensor& ids, const at::Tens
     }
     if (!last) current = std::move(next);
     if (on_layer) on_layer(i);
+    model.release_layer(i);
   }
+  model.release_head();  // consumers of the last layer typically ran the head
 }
 
 }  // namespace lathe

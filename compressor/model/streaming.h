@@ -27,7 +27,9 @@ using FinalHiddenConsumer = std::function<void(int64_t begin, const at::Tensor& 
 using LayerFinished = std::function<void(int64_t layer)>;
 
 /// Runs ids [N, T] (valid [N, T] marks real tokens) through every layer of `model`, layer-major:
-/// layer i is loaded once, applied to all micro-batches, then released. Taps go to `observer`.
+/// layer i is loaded once, applied to all micro-batches, then released: after `on_layer(i)` returns,
+/// the mapped pages of layer i's tensors are dropped from RSS (CausalLM::release_layer), as are the
+/// embedding's after embedding and the head's (release_head) at the end. Taps go to `observer`.
 void stream_forward(const CausalLM& model, const at::Tensor& ids, const at::Tensor& valid,
                     const StreamingOptions& options, TapObserver* observer, const FinalHiddenConsumer& consume,
                     const LayerFinished& on_layer = {});

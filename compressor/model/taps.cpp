@@ -10,6 +10,10 @@ const char* tap_name(Tap tap) {
     case Tap::kExpertIn: return "expert.in";
     case Tap::kExpertAct: return "expert.act";
     case Tap::kLayerOut: return "layer.out";
+    case Tap::kRouterTopK: return "router.topk";
+    case Tap::kAttnOutIn: return "attn.o.in";
+    case Tap::kMlpAct: return "mlp.act";
+    case Tap::kSharedAct: return "shared.act";
   }
   return "unknown";
 }

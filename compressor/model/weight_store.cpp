@@ -226,6 +226,15 @@ const TensorInfo& WeightStore::info(const std::string& name) const {
   return entry(name).info;
 }
 
+void WeightStore::release(const std::string& name) const {
+  const Entry& e = entry(name);
+  shards_[e.shard]->release(e.info.begin, e.info.end);
+}
+
+void WeightStore::release(const std::vector<std::string>& names) const {
+  for (const std::string& name : names) release(name);
+}
+
 TensorView WeightStore::view(const std::string& name) const {
   const Entry& e = entry(name);
   TensorView view;

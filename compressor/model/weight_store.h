@@ -85,6 +85,16 @@ class WeightStore {
   /// How many elements of `name` are NaN or ±inf; 0 for integer and bool dtypes.
   uint64_t count_non_finite(const std::string& name) const;
 
+  /// Releases the resident pages of `name`'s bytes (MappedFile::release over its byte range: the
+  /// whole pages inside it; a page shared with a neighbouring tensor stays). File-backed pages of
+  /// a private mapping count in the process's RSS until released, so streaming code calls this
+  /// once it is done with a tensor (DESIGN.md "Memory model"). Views and zero-copy tensors of
+  /// `name` (load_tensor) stay valid: their next read faults the bytes in from the file again.
+  /// DataError when missing. Thread-safe.
+  void release(const std::string& name) const;
+  /// release() of each name.
+  void release(const std::vector<std::string>& names) const;
+
   /// `__metadata__` of the single file, or of the first shard (by name) of a sharded model.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   /// `metadata.total_size` of the sharding index, when there is one and it is an integer.

@@ -1,0 +1,21 @@
+// Output files that appear atomically (DESIGN.md "Reliability rules"): written to a temporary name
+// beside the target, flushed to disk, then renamed over it, so a reader or a crash never sees a
+// half-written file at the final path. Torch-free.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace lathe {
+
+/// Writes `size` bytes at `data` to `path` atomically: `<path>.tmp-<pid>` is created in the same
+/// directory, written, fsync'ed and renamed over `path` (an existing file there is replaced; callers
+/// decide beforehand whether that is allowed). On failure the temporary file is removed and
+/// ResourceError (where = path) says what failed, with the OS reason.
+void write_file_atomically(const std::string& path, const void* data, size_t size);
+
+/// Text form of write_file_atomically.
+void write_file_atomically(const std::string& path, std::string_view text);
+
+}  // namespace lathe
