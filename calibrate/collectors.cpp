@@ -99,6 +99,13 @@ std::string collector_options_fingerprint(const CollectorOptions& options, const
   return fp.finish();
 }
 
+std::string statistic_group(const std::string& kind) {
+  if (kind == "hessian") return "hessian";
+  if (kind.rfind("channel_", 0) == 0) return "channels";
+  if (kind.rfind("neuron_", 0) == 0) return "neurons";
+  return "router";
+}
+
 struct StatsCollector::Impl {
   const ModelSpec& spec;
   CollectorOptions options;

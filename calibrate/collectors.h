@@ -69,6 +69,10 @@ struct CollectedStat {
 /// Includes the collector version, so a change in a statistic's meaning invalidates stored ones.
 std::string collector_options_fingerprint(const CollectorOptions& options, const std::string& group);
 
+/// The group of a statistic kind, for collector_options_fingerprint: "hessian", "channels"
+/// (channel_*), "neurons" (neuron_*), else "router".
+std::string statistic_group(const std::string& kind);
+
 /// Accumulates statistics for one streaming forward. `task_of[s]` is the task index of sequence s
 /// (CalibrationSet::task_of), `tasks` their names. Feed it to stream_forward as the observer; after
 /// layer i has seen every micro-batch, finish_layer(i) returns its statistics (and frees them).

@@ -2,12 +2,15 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cmath>
 
 #include "compressor/common/errors.h"
 
 namespace lathe {
 namespace {
+
+std::atomic<int64_t> g_forward_calls{0};
 
 at::Tensor linear(const at::Tensor& x, const Linear& l) {
   return l.bias.defined() ? at::linear(x, l.weight, l.bias) : at::linear(x, l.weight);
@@ -69,7 +72,10 @@ void DecoderLayer::report(const ForwardContext& ctx, Tap tap, const at::Tensor& 
       {tap, weights_.layer, expert, &flat, index, &valid, ctx.sequence_begin, ctx.valid.size(1), &weights_});
 }
 
+int64_t decoder_layer_forward_count() { return g_forward_calls.load(); }
+
 at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext& ctx) const {
+  g_forward_calls.fetch_add(1, std::memory_order_relaxed);
   const at::Tensor attn_in = rms_norm(hidden, weights_.attn_norm, spec_.rms_norm_eps);
   report(ctx, Tap::kAttnIn, attn_in);
   const at::Tensor h = hidden + attention(attn_in, ctx);

@@ -54,6 +54,10 @@ class DecoderLayer {
   LayerWeights weights_;
 };
 
+/// Decoder-layer forward calls made by this process so far (every DecoderLayer::forward, any
+/// thread). Tests use it to prove that a stage did or did not run the model.
+int64_t decoder_layer_forward_count();
+
 /// RMSNorm as transformers computes it: x · rsqrt(mean(x²) + eps) · weight, in fp32.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
