@@ -64,8 +64,9 @@ std::string read_whole_file(const std::string& path) {
 bool is_jsonl(const std::string& path) {
   constexpr std::string_view kExt = ".jsonl";
   if (path.size() < kExt.size()) return false;
-  return std::equal(kExt.begin(), kExt.end(), path.end() - kExt.size(),
-                    [](char e, char c) { return e == std::tolower(static_cast<unsigned char>(c)); });
+  return std::equal(kExt.begin(), kExt.end(), path.end() - kExt.size(), [](char e, char c) {
+    return e == std::tolower(static_cast<unsigned char>(c));
+  });
 }
 
 bool is_blank(std::string_view line) {
@@ -75,10 +76,11 @@ bool is_blank(std::string_view line) {
 void check_utf8(std::string_view bytes, const std::string& path) {
   const size_t bad = unicode::find_invalid_utf8(bytes);
   if (bad == std::string_view::npos) return;
-  const auto line = 1 + std::count(bytes.begin(), bytes.begin() + static_cast<ptrdiff_t>(bad), '\n');
-  throw DataError(path, "byte " + std::to_string(bad),
-                  "invalid UTF-8 at byte " + std::to_string(bad) + " (line " +
-                      std::to_string(line) + ")");
+  const auto line =
+      1 + std::count(bytes.begin(), bytes.begin() + static_cast<ptrdiff_t>(bad), '\n');
+  throw DataError(
+      path, "byte " + std::to_string(bad),
+      "invalid UTF-8 at byte " + std::to_string(bad) + " (line " + std::to_string(line) + ")");
 }
 
 // Why `label` cannot name a task (a statistics name part, calibrate/stats_store.h), or "".
@@ -86,7 +88,8 @@ std::string task_label_problem(const std::string& label) {
   if (label.empty()) return "a task label must not be empty";
   if (label == "." || label == ".." || label.find('/') != std::string::npos ||
       label.find('\0') != std::string::npos) {
-    return "task label '" + label + "' is not a valid statistics name (no '/' or NUL, not '.' or '..')";
+    return "task label '" + label +
+           "' is not a valid statistics name (no '/' or NUL, not '.' or '..')";
   }
   if (label == "all") return "task label 'all' is reserved for statistics over every task";
   return "";
@@ -242,7 +245,8 @@ void check_options(const CalibrationOptions& options) {
     throw ConfigError(kOptionsWhere, "samples",
                       "samples must be positive, got " + std::to_string(options.samples));
   }
-  if (options.sources.empty()) throw ConfigError(kOptionsWhere, "sources", "no calibration sources");
+  if (options.sources.empty())
+    throw ConfigError(kOptionsWhere, "sources", "no calibration sources");
   for (const CalibrationSource& source : options.sources) {
     if (source.samples && *source.samples <= 0) {
       throw ConfigError(source.path, "samples",
@@ -373,7 +377,7 @@ void sample_task(CalibrationSet& set, const Loaded& loaded, int32_t t,
   const int64_t n = loaded.tasks.samples[t];
   const std::string& name = loaded.tasks.names[t];
   const bool pack = loaded.options.packing == Packing::kPack;
-  std::vector<int32_t> stream;                 // packing: the task's tokens, in order
+  std::vector<int32_t> stream;                    // packing: the task's tokens, in order
   std::vector<const std::vector<int32_t>*> docs;  // document mode: the task's documents
   int64_t total = 0;
   for (size_t d = 0; d < loaded.documents.size(); ++d) {
@@ -388,13 +392,13 @@ void sample_task(CalibrationSet& set, const Loaded& loaded, int32_t t,
   const int64_t m = pack ? total / T : static_cast<int64_t>(docs.size());
   if (m < n) {
     const std::string plural = m == 1 ? "" : "s";
-    const std::string found =
-        pack ? std::to_string(m) + " window" + plural + " of " + std::to_string(T) + " tokens (" +
-                   std::to_string(total) + " tokens in all)"
-             : std::to_string(m) + " document" + plural;
-    throw DataError(joined_sources(loaded, t), name,
-                    "task '" + name + "' has " + found + ", " + std::to_string(n) +
-                        " samples needed");
+    const std::string found = pack ? std::to_string(m) + " window" + plural + " of " +
+                                         std::to_string(T) + " tokens (" + std::to_string(total) +
+                                         " tokens in all)"
+                                   : std::to_string(m) + " document" + plural;
+    throw DataError(
+        joined_sources(loaded, t), name,
+        "task '" + name + "' has " + found + ", " + std::to_string(n) + " samples needed");
   }
   for (int64_t c : choose(m, n, task_seed(loaded.options.seed, name))) {
     if (pack) {
@@ -422,10 +426,14 @@ json describe(const CalibrationSet& set, const Loaded& loaded,
                      {"samples", loaded.tasks.samples[t]},
                      {"tokens", set.tokens(static_cast<int32_t>(t))}});
   }
-  return {{"format", "lathe-calibration"}, {"version", 1},
-          {"tokenizer", tokenizer_fingerprint}, {"seq_len", options.seq_len},
-          {"packing", packing_name(options.packing)}, {"seed", options.seed},
-          {"sources", std::move(sources)}, {"tasks", std::move(tasks)}};
+  return {{"format", "lathe-calibration"},
+          {"version", 1},
+          {"tokenizer", tokenizer_fingerprint},
+          {"seq_len", options.seq_len},
+          {"packing", packing_name(options.packing)},
+          {"seed", options.seed},
+          {"sources", std::move(sources)},
+          {"tasks", std::move(tasks)}};
 }
 
 // ---- fingerprint helpers ------------------------------------------------------------------------
@@ -493,8 +501,9 @@ void compare_sources(const json& stored, const json& current, std::vector<std::s
     const std::string new_path = shown(field_of(now, "path"));
     if (new_path != path) lines.push_back(path + " moved to " + new_path + " (same content)");
     if (field_of(before[i], "sha256") != field_of(now, "sha256")) {
-      lines.push_back(path + ": content changed (" + short_fingerprint(field_of(before[i], "sha256")) +
-                      " → " + short_fingerprint(field_of(now, "sha256")) + ")");
+      lines.push_back(path + ": content changed (" +
+                      short_fingerprint(field_of(before[i], "sha256")) + " → " +
+                      short_fingerprint(field_of(now, "sha256")) + ")");
     }
     for (const char* key : {"task", "samples"}) {
       if (field_of(before[i], key) != field_of(now, key)) {
@@ -560,11 +569,13 @@ std::string calibration_fingerprint(const CalibrationSet& set) {
   const int64_t T = set.seq_len;
   const auto N = static_cast<size_t>(set.num_samples());
   if (described(description, "seq_len", json::value_t::number_integer).get<int64_t>() != T ||
-      set.task_of.size() != N || set.ids.size() != N * static_cast<size_t>(std::max<int64_t>(T, 0))) {
+      set.task_of.size() != N ||
+      set.ids.size() != N * static_cast<size_t>(std::max<int64_t>(T, 0))) {
     throw DataError(kDescriptionWhere, "seq_len", "the set's shapes do not match its description");
   }
   Fingerprinter fp("lathe.calibration/1");
-  fp.add("tokenizer", described(description, "tokenizer", json::value_t::string).get<std::string>());
+  fp.add("tokenizer",
+         described(description, "tokenizer", json::value_t::string).get<std::string>());
   fp.add("seq_len", T);
   fp.add("packing", described(description, "packing", json::value_t::string).get<std::string>());
   fp.add("seed", described(description, "seed", json::value_t::number_integer).dump());
