@@ -11,6 +11,8 @@ void register_commands(CLI::App& app) {
   add_calibrate_command(app);
   add_tensors_command(app);
   add_tokenize_command(app);
+  add_compare_command(app);
+  add_pipeline_commands(app);
 }
 
 }  // namespace lathe::cli

@@ -31,4 +31,11 @@ void add_eval_command(CLI::App& app);
 /// (calibrate_command.cpp).
 void add_calibrate_command(CLI::App& app);
 
+/// `lathe compare A B [--max-ppl-increase 3%] [--max-acc-drop 1] [--json OUT]` and
+/// `lathe report DIR_OR_REPORT_JSON` (compare_command.cpp).
+void add_compare_command(CLI::App& app);
+
+/// `lathe passes` and `lathe apply MODEL --plan PLAN --out DIR` (pipeline_commands.cpp).
+void add_pipeline_commands(CLI::App& app);
+
 }  // namespace lathe::cli

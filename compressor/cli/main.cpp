@@ -22,6 +22,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : lathe::exit_code(lathe::ErrorKind::kConfig);
+  } catch (const lathe::GateFailure& e) {
+    std::cerr << "lathe: gate failed: " << e.what() << "\n";
+    return 1;
   } catch (const lathe::Error& e) {
     std::cerr << "lathe: " << lathe::kind_name(e.kind()) << " error: " << e.what() << "\n";
     return lathe::exit_code(e.kind());

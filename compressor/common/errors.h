@@ -70,4 +70,10 @@ struct InternalError : Error {
       : Error(ErrorKind::kInternal, std::move(where), std::move(field), message) {}
 };
 
+/// A quality gate that failed (`lathe compare` with thresholds): not an error of lathe or of its
+/// inputs, so it has no ErrorKind; main() prints `what()` and exits 1.
+struct GateFailure : std::runtime_error {
+  explicit GateFailure(const std::string& message) : std::runtime_error(message) {}
+};
+
 }  // namespace lathe

@@ -1,0 +1,65 @@
+// The pass framework (DESIGN.md "Core types": Pass, CompressionPlan; issue 5): a pass has a stable
+// name, typed options (options.h), the statistics it needs, and up to two hooks — decide (whole-model
+// statistics → plan fragment) and apply (one layer at a time, streaming). One registry lists every
+// pass (registry.cpp); `lathe passes` prints it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "compressor/passes/options.h"
+
+namespace lathe {
+
+class CompressionPlan;
+struct DecideContext;
+struct LayerApplyContext;
+
+class Pass;
+struct PassInstance;
+
+/// What the registry knows about a pass before it is instantiated.
+struct PassInfo {
+  std::string name;                     ///< stable, kebab-case: "rtn", "drop-experts", "gptq"
+  std::string summary;                  ///< one line
+  std::vector<OptionSpec> options;      ///< in canonical order
+  std::vector<std::string> statistics;  ///< statistic kinds it reads from the store (collectors.h)
+  bool per_tensor_overrides = false;    ///< accepts `overrides: [{match: REGEX, <option>: v}]`
+  std::function<std::unique_ptr<Pass>(const PassInstance&)> make;
+};
+
+/// A per-tensor override of a pass's options: the first `match` (ECMAScript regex, full match on the
+/// checkpoint tensor name without ".weight") that matches wins; `options` replace the pass's.
+struct PassOverride {
+  std::string match;
+  OptionValues options;  ///< only the keys given in the override
+};
+
+/// One configured pass in a pipeline.
+struct PassInstance {
+  std::string name;
+  OptionValues options;
+  std::vector<PassOverride> overrides;
+};
+
+class Pass {
+ public:
+  virtual ~Pass() = default;
+  /// Decide stage: reads statistics, writes its decisions into `plan`. Default: nothing to decide.
+  virtual void decide(const DecideContext& ctx, CompressionPlan& plan) const;
+  /// Apply stage: transforms one materialised layer as the plan says. Default: nothing.
+  virtual void apply(LayerApplyContext& ctx) const;
+  /// True when apply needs the layer's calibration inputs (GPTQ); the runner then streams activations.
+  virtual bool needs_activations() const { return false; }
+};
+
+/// Every pass, in the order `lathe passes` prints them.
+const std::vector<PassInfo>& pass_registry();
+
+/// The pass named `name`, or nullptr.
+const PassInfo* find_pass(const std::string& name);
+
+}  // namespace lathe

@@ -1,0 +1,153 @@
+#include "compressor/passes/plan.h"
+
+#include <algorithm>
+#include <fstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "compressor/common/errors.h"
+#include "compressor/common/strict_json.h"
+#include "compressor/model/model_spec.h"
+
+namespace lathe {
+
+nlohmann::json CompressionPlan::to_json() const {
+  nlohmann::json experts_json = nlohmann::json::object(), tensors_json = nlohmann::json::object();
+  for (const auto& [layer, ids] : experts) experts_json[std::to_string(layer)] = ids;
+  for (const auto& [name, t] : tensors) {
+    tensors_json[name] = {{"method", t.method}, {"bits", t.bits}, {"group_size", t.group_size}, {"sym", t.sym}};
+  }
+  return {{"format", "lathe-plan"},
+          {"version", 1},
+          {"pipeline", pipeline},
+          {"model", model},
+          {"weights_fingerprint", weights_fingerprint},
+          {"experts", experts_json},
+          {"tensors", tensors_json},
+          {"decided_by", decided_by}};
+}
+
+namespace {
+
+const nlohmann::json& member(const nlohmann::json& obj, const char* key, const std::string& where,
+                             nlohmann::json::value_t type, const char* expected) {
+  if (!obj.contains(key)) throw DataError(where, key, "missing");
+  const nlohmann::json& v = obj[key];
+  const bool ok = type == nlohmann::json::value_t::number_integer ? v.is_number_integer() : v.type() == type;
+  if (!ok) throw DataError(where, key, std::string("expected ") + expected);
+  return v;
+}
+
+}  // namespace
+
+CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std::string& where) {
+  using vt = nlohmann::json::value_t;
+  if (!doc.is_object()) throw DataError(where, "", "expected a JSON object");
+  if (member(doc, "format", where, vt::string, "a string") != "lathe-plan") {
+    throw DataError(where, "format", "expected \"lathe-plan\"");
+  }
+  const int64_t version = member(doc, "version", where, vt::number_integer, "an integer").get<int64_t>();
+  if (version != 1) throw UnsupportedError(where, "version", fmt::format("plan version {} (this lathe reads 1)", version));
+  static const std::vector<std::string> known = {"format", "version", "pipeline", "model", "weights_fingerprint",
+                                                 "experts", "tensors", "decided_by"};
+  for (const auto& [k, v] : doc.items()) {
+    if (std::find(known.begin(), known.end(), k) == known.end()) throw DataError(where, k, "unknown key");
+  }
+  CompressionPlan plan;
+  plan.pipeline = doc.value("pipeline", "");
+  plan.model = doc.value("model", "");
+  plan.weights_fingerprint = doc.value("weights_fingerprint", "");
+  if (doc.contains("experts")) {
+    const auto& e = doc["experts"];
+    if (!e.is_object()) throw DataError(where, "experts", "expected an object {layer: [ids]}");
+    for (const auto& [key, ids] : e.items()) {
+      const std::string field = "experts." + key;
+      if (key.empty() || key.find_first_not_of("0123456789") != std::string::npos || key.size() > 9) {
+        throw DataError(where, field, "expected a decoder layer index as the key");
+      }
+      if (!ids.is_array()) throw DataError(where, field, "expected a list of expert ids");
+      std::vector<int64_t> list;
+      for (const auto& id : ids) {
+        if (!id.is_number_integer()) throw DataError(where, field, "expected integer expert ids");
+        list.push_back(id.get<int64_t>());
+      }
+      plan.experts[std::stoll(key)] = list;
+    }
+  }
+  if (doc.contains("tensors")) {
+    const auto& t = doc["tensors"];
+    if (!t.is_object()) throw DataError(where, "tensors", "expected an object {name: format}");
+    for (const auto& [name, f] : t.items()) {
+      const std::string field = "tensors." + name;
+      if (!f.is_object()) throw DataError(where, field, "expected {method, bits, group_size, sym}");
+      TensorPlan p;
+      for (const auto& [k, v] : f.items()) {
+        if (k == "method" && v.is_string()) {
+          p.method = v.get<std::string>();
+        } else if (k == "bits" && v.is_number_integer()) {
+          p.bits = v.get<int64_t>();
+        } else if (k == "group_size" && v.is_number_integer()) {
+          p.group_size = v.get<int64_t>();
+        } else if (k == "sym" && v.is_boolean()) {
+          p.sym = v.get<bool>();
+        } else {
+          throw DataError(where, field + "." + k, "unknown key or wrong type (method: string, bits/group_size: integer, sym: bool)");
+        }
+      }
+      if (p.method != "rtn") throw DataError(where, field + ".method", "expected \"rtn\", found \"" + p.method + "\"");
+      if (p.bits < 2 || p.bits > 8) throw DataError(where, field + ".bits", fmt::format("expected 2..8, found {}", p.bits));
+      if (p.group_size == 0 || p.group_size < -1) {
+        throw DataError(where, field + ".group_size", fmt::format("expected -1 or a positive size, found {}", p.group_size));
+      }
+      plan.tensors[name] = p;
+    }
+  }
+  if (doc.contains("decided_by")) {
+    if (!doc["decided_by"].is_object()) throw DataError(where, "decided_by", "expected an object");
+    for (const auto& [k, v] : doc["decided_by"].items()) {
+      if (!v.is_string()) throw DataError(where, "decided_by." + k, "expected a string");
+      plan.decided_by[k] = v.get<std::string>();
+    }
+  }
+  return plan;
+}
+
+CompressionPlan CompressionPlan::read(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ResourceError(path, "", "cannot open the plan");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return from_json(parse_json_strict(text, path, ""), path);
+}
+
+void CompressionPlan::validate(const ModelSpec& spec, const std::vector<std::string>& tensor_names,
+                               const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& where) const {
+  for (const auto& [layer, ids] : experts) {
+    const std::string field = "experts." + std::to_string(layer);
+    if (layer < 0 || layer >= spec.num_layers) throw DataError(where, field, "no such decoder layer");
+    const LayerSpec& l = spec.layers[layer];
+    if (!l.is_moe) throw DataError(where, field, "not an MoE layer");
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] < 0 || ids[i] >= l.num_experts) {
+        throw DataError(where, field, fmt::format("expert id {} outside [0, {})", ids[i], l.num_experts));
+      }
+      if (i > 0 && ids[i] <= ids[i - 1]) throw DataError(where, field, "expert ids must be unique and ascending");
+    }
+    if (static_cast<int64_t>(ids.size()) < l.top_k) {
+      throw DataError(where, field, fmt::format("keeps {} experts but top_k is {}", ids.size(), l.top_k));
+    }
+  }
+  for (const auto& [name, p] : tensors) {
+    const std::string field = "tensors." + name;
+    if (std::find(tensor_names.begin(), tensor_names.end(), name) == tensor_names.end()) {
+      throw DataError(where, field, "the model has no such quantizable tensor");
+    }
+    const auto& shape = shapes.at(name);
+    const int64_t in = shape.back();
+    if (p.group_size > 0 && in % p.group_size != 0) {
+      throw DataError(where, field + ".group_size", fmt::format("{} does not divide the input width {}", p.group_size, in));
+    }
+  }
+}
+
+}  // namespace lathe

@@ -1,0 +1,385 @@
+#include "compressor/pipeline/apply.h"
+
+#include <sys/resource.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "calibrate/stats_store.h"
+#include "compressor/common/atomic_file.h"
+#include "compressor/common/errors.h"
+#include "compressor/common/strict_json.h"
+#include "compressor/model/fingerprint.h"
+#include "compressor/model/model_spec.h"
+#include "compressor/model/tensor_bridge.h"
+#include "compressor/model/weight_store.h"
+#include "compressor/passes/builtin.h"
+#include "export/safetensors_writer.h"
+
+namespace fs = std::filesystem;
+
+namespace lathe {
+
+int64_t peak_rss_bytes() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
+}
+
+namespace {
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ResourceError(path.string(), "", "cannot open");
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::vector<std::unique_ptr<Pass>> make_passes(const std::vector<PassInstance>& passes) {
+  std::vector<std::unique_ptr<Pass>> out;
+  for (const auto& p : passes) {
+    const PassInfo* info = find_pass(p.name);
+    if (!info) throw ConfigError("", "passes", "unknown pass \"" + p.name + "\"");
+    out.push_back(info->make(p));
+  }
+  return out;
+}
+
+DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kBFloat16: return DType::kBF16;
+    case at::kHalf: return DType::kF16;
+    case at::kFloat: return DType::kF32;
+    case at::kDouble: return DType::kF64;
+    case at::kLong: return DType::kI64;
+    case at::kInt: return DType::kI32;
+    case at::kByte: return DType::kU8;
+    case at::kChar: return DType::kI8;
+    case at::kBool: return DType::kBool;
+    default: throw UnsupportedError("", "dtype", std::string("cannot write ") + c10::toString(t.scalar_type()));
+  }
+}
+
+TensorBytes to_bytes(const std::string& name, const at::Tensor& value) {
+  const at::Tensor c = value.contiguous().cpu();
+  TensorBytes b;
+  b.name = name;
+  b.dtype = dtype_of(c);
+  b.shape = c.sizes().vec();
+  const auto* p = static_cast<const uint8_t*>(c.data_ptr());
+  b.data.assign(p, p + c.nbytes());
+  return b;
+}
+
+std::string shard_name(int64_t index, int64_t count) {
+  return fmt::format("model-{:05d}-of-{:05d}.safetensors", index, count);
+}
+
+/// config.json of the output model: expert counts after surgery (ALGORITHMS.md §4.4 for groups).
+nlohmann::json output_config(const nlohmann::json& config, const ModelSpec& spec, const CompressionPlan& plan,
+                             std::vector<std::string>* warnings) {
+  nlohmann::json out = config;
+  if (plan.experts.empty()) return out;
+  std::set<int64_t> counts;
+  std::vector<int64_t> per_layer;
+  for (int64_t i = 0; i < spec.num_layers; ++i) {
+    const LayerSpec& l = spec.layers[i];
+    auto it = plan.experts.find(i);
+    const int64_t n = !l.is_moe ? 0 : it == plan.experts.end() ? l.num_experts : static_cast<int64_t>(it->second.size());
+    per_layer.push_back(n);
+    if (l.is_moe) counts.insert(n);
+  }
+  static const char* kCountKeys[] = {"num_local_experts", "num_experts", "n_routed_experts"};
+  if (counts.size() == 1) {
+    for (const char* k : kCountKeys) {
+      if (out.contains(k) && out[k].is_number_integer()) out[k] = *counts.begin();
+    }
+    out.erase("num_experts_per_layer");
+  } else {
+    out["num_experts_per_layer"] = per_layer;  // lathe's own format (FORMATS.md §6)
+    warnings->push_back("expert counts differ between layers: config.json has num_experts_per_layer, which only "
+                        "lathe reads (transformers needs the same count in every layer)");
+  }
+  // Group-limited routing survives only when every group keeps the same share (ALGORITHMS.md §4.4).
+  const RoutingRule& r = spec.routing;
+  if (r.num_groups > 1) {
+    bool keep_groups = true;
+    for (const auto& [layer, ids] : plan.experts) {
+      const LayerSpec& l = spec.layers[layer];
+      const int64_t group = l.num_experts / r.num_groups, m = static_cast<int64_t>(ids.size());
+      if (m % r.num_groups != 0 || r.topk_groups * (m / r.num_groups) < l.top_k) keep_groups = false;
+      std::vector<int64_t> per_group(r.num_groups, 0);
+      for (int64_t id : ids) per_group[id / group] += 1;
+      for (int64_t c : per_group) keep_groups = keep_groups && c * r.num_groups == m;
+    }
+    if (!keep_groups) {
+      out["n_group"] = 1;
+      out["topk_group"] = 1;
+      warnings->push_back(fmt::format("group-limited routing (n_group {}, topk_group {}) turned off: the kept experts are "
+                                      "not spread evenly over the groups, so routing changed",
+                                      r.num_groups, r.topk_groups));
+    }
+  }
+  return out;
+}
+
+struct ResumeState {
+  std::string pipeline, weights, plan;
+  std::map<int64_t, std::string> layers;  // shard index → sha256
+  nlohmann::json to_json() const {
+    nlohmann::json l = nlohmann::json::object();
+    for (const auto& [k, v] : layers) l[std::to_string(k)] = v;
+    return {{"format", "lathe-resume"}, {"version", 1}, {"pipeline", pipeline}, {"weights_fingerprint", weights},
+            {"plan_sha256", plan}, {"shards", l}};
+  }
+};
+
+std::string sha256_of_file(const fs::path& p) { return file_fingerprint(p.string()); }
+
+}  // namespace
+
+CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,
+                           const std::string& pipeline, const std::string& stats_path, std::vector<std::string>* log) {
+  const ModelSpec spec = load_model_spec(model_dir);
+  const WeightStore store(model_dir);
+  const ExpertLayout layout = detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
+  std::optional<StatsStore> stats;
+  if (!stats_path.empty()) stats.emplace(StatsStore::open(stats_path));
+  const std::vector<ExpectedTensor> tensors = expected_tensors(spec, layout);
+  std::vector<std::string> notes;
+  const DecideContext ctx{spec, store, layout, stats ? &*stats : nullptr, tensors, notes};
+  CompressionPlan plan;
+  plan.pipeline = pipeline;
+  plan.model = model_dir;
+  plan.weights_fingerprint = weights_fingerprint(store);
+  for (const auto& pass : make_passes(passes)) pass->decide(ctx, plan);
+  if (log) *log = notes;
+  return plan;
+}
+
+ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t, int64_t)>& progress) {
+  ApplyResult result;
+  const fs::path out(req.out_dir), partial(req.out_dir + ".partial");
+  if (fs::exists(out)) {
+    if (!req.force) throw ConfigError(req.out_dir, "", "the output directory exists; use --force to replace it");
+  }
+  const ModelSpec spec = load_model_spec(req.model_dir);
+  const WeightStore store(req.model_dir);
+  const ExpertLayout layout = detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
+
+  // Validate the plan against this model before anything is written.
+  std::vector<std::string> quantizable;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& t : expected_tensors(spec, layout)) {
+    if (is_quantizable(t.role)) {
+      quantizable.push_back(t.name);
+      shapes[t.name] = t.shape;
+    }
+  }
+  req.plan.validate(spec, quantizable, shapes, "plan");
+  const std::string weights_fp = weights_fingerprint(store);
+  const std::string plan_text = req.plan.to_json().dump(2) + "\n";
+  Sha256 plan_sha;
+  plan_sha.update(plan_text);
+  ResumeState state{req.pipeline, weights_fp, fingerprint_from_digest(plan_sha.finish()), {}};
+
+  const fs::path state_path = partial / ".lathe" / "state.json";
+  if (fs::exists(state_path)) {
+    const nlohmann::json old = parse_json_strict(read_file(state_path), state_path.string(), "");
+    std::vector<std::string> changed;
+    if (old.value("pipeline", "") != state.pipeline) changed.push_back("the pipeline changed");
+    if (old.value("weights_fingerprint", "") != state.weights) changed.push_back("the model weights changed");
+    if (old.value("plan_sha256", "") != state.plan) changed.push_back("the plan changed");
+    if (!changed.empty()) {
+      if (!req.fresh) {
+        std::string message = "a partial run of other inputs is here:";
+        for (const auto& c : changed) message += "\n  - " + c;
+        message += "\nre-run with --fresh to discard it and start again";
+        throw DataError(partial.string(), "", message);
+      }
+      fs::remove_all(partial);
+    } else if (old.contains("shards") && old["shards"].is_object()) {
+      for (const auto& [k, v] : old["shards"].items()) {
+        const int64_t index = std::stoll(k);
+        const fs::path file = partial / "model" / shard_name(index, spec.num_layers + 1);
+        // A shard counts as finished only when its bytes are what the state recorded.
+        if (v.is_string() && fs::exists(file) && sha256_of_file(file) == v.get<std::string>()) state.layers[index] = v;
+      }
+    }
+  } else if (fs::exists(partial)) {
+    fs::remove_all(partial);  // killed before its first state was written: nothing to keep
+  }
+  fs::create_directories(partial / "model");
+  fs::create_directories(partial / ".lathe");
+  auto save_state = [&] { write_file_atomically(state_path.string(), state.to_json().dump(2) + "\n"); };
+  save_state();
+
+  // The passes' apply hooks; without passes (lathe apply on a plan.json) the plan alone drives the
+  // built-in steps: expert surgery, then each tensor's quantization method.
+  const std::vector<std::unique_ptr<Pass>> passes = make_passes(req.passes);
+  std::vector<std::pair<std::string, std::function<void(LayerApplyContext&)>>> steps;
+  for (size_t p = 0; p < passes.size(); ++p) {
+    const Pass* pass = passes[p].get();
+    steps.push_back({req.passes[p].name, [pass](LayerApplyContext& c) { pass->apply(c); }});
+  }
+  if (passes.empty()) {
+    if (!req.plan.experts.empty()) steps.push_back({"expert-surgery", apply_expert_surgery});
+    bool rtn = false;
+    for (const auto& [name, t] : req.plan.tensors) rtn = rtn || t.method == "rtn";
+    if (rtn) steps.push_back({"rtn", apply_rtn});
+  }
+  result.timings.resize(steps.size());
+  for (size_t p = 0; p < steps.size(); ++p) result.timings[p].name = steps[p].first;
+  const int64_t shards = spec.num_layers + 1;
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"lathe.pipeline", req.pipeline},
+                                                       {"lathe.version", LATHE_VERSION}};
+  nlohmann::json weight_map = nlohmann::json::object();
+  std::vector<TensorRecord> all_records;
+
+  for (int64_t i = 0; i < spec.num_layers; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<LayerTensor> tensors;
+    for (const auto& t : expected_layer_tensors(spec, layout, i)) {
+      require_tensor(store, t.name, t.shape);
+      tensors.push_back({t.name, t.name, t.role, t.expert, load_tensor(store, t.name)});
+    }
+    std::vector<TensorRecord> records;
+    std::vector<std::string> warnings;
+    LayerApplyContext ctx{spec, layout, i, req.plan, tensors, records, warnings};
+    for (size_t p = 0; p < steps.size(); ++p) {
+      const auto t0 = std::chrono::steady_clock::now();
+      steps[p].second(ctx);
+      result.timings[p].seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      result.timings[p].peak_rss_bytes = peak_rss_bytes();
+    }
+    // Records for tensors no pass changed.
+    std::set<std::string> recorded;
+    for (const auto& r : records) recorded.insert(r.name);
+    for (const auto& t : tensors) {
+      weight_map[t.name] = shard_name(i + 1, shards);
+      if (recorded.count(t.name)) continue;
+      TensorRecord r;
+      r.name = t.name;
+      r.source = t.source;
+      r.format = dtype_name(dtype_of(t.value));
+      r.bits = static_cast<int64_t>(t.value.element_size() * 8);
+      records.push_back(r);
+    }
+    all_records.insert(all_records.end(), records.begin(), records.end());
+    for (const auto& w : warnings) result.warnings.push_back(fmt::format("layer {}: {}", i, w));
+    const fs::path file = partial / "model" / shard_name(i + 1, shards);
+    if (state.layers.count(i + 1)) {
+      result.resumed_layers += 1;
+    } else {
+      std::vector<TensorBytes> bytes;
+      for (const auto& t : tensors) bytes.push_back(to_bytes(t.name, t.value));
+      state.layers[i + 1] = write_safetensors(file.string(), bytes, metadata);
+      save_state();
+      result.written_layers += 1;
+    }
+    for (const auto& t : expected_layer_tensors(spec, layout, i)) store.release(t.name);
+    result.layer_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    if (req.after_layer) req.after_layer(i);
+    if (progress) progress(i, spec.num_layers);
+  }
+
+  // The last shard: embedding, final norm, LM head, unchanged.
+  {
+    std::vector<TensorBytes> bytes;
+    for (const auto& t : expected_tensors(spec, layout)) {
+      if (t.layer >= 0) continue;
+      require_tensor(store, t.name, t.shape);
+      const at::Tensor v = load_tensor(store, t.name);
+      bytes.push_back(to_bytes(t.name, v));
+      weight_map[t.name] = shard_name(shards, shards);
+      TensorRecord r;
+      r.name = r.source = t.name;
+      r.format = dtype_name(dtype_of(v));
+      r.bits = static_cast<int64_t>(v.element_size() * 8);
+      all_records.push_back(r);
+      store.release(t.name);
+    }
+    write_safetensors((partial / "model" / shard_name(shards, shards)).string(), bytes, metadata);
+  }
+
+  // Config, tokenizer files, index, expert map, plan, manifest.
+  const fs::path in_dir(req.model_dir);
+  const nlohmann::json config = parse_json_strict(read_file(in_dir / "config.json"), (in_dir / "config.json").string(), "");
+  const nlohmann::json out_config = output_config(config, spec, req.plan, &result.warnings);
+  write_file_atomically((partial / "model" / "config.json").string(), out_config.dump(2) + "\n");
+  for (const auto& entry : fs::directory_iterator(in_dir)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_regular_file() || name == "config.json" || name == "model.safetensors.index.json" ||
+        entry.path().extension() == ".safetensors" || name == "expert_map.json") {
+      continue;
+    }
+    fs::copy_file(entry.path(), partial / "model" / name, fs::copy_options::overwrite_existing);
+  }
+  uint64_t total = 0;
+  for (const auto& entry : fs::directory_iterator(partial / "model")) {
+    if (entry.path().extension() == ".safetensors") total += fs::file_size(entry.path());
+  }
+  const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_file_atomically((partial / "model" / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  if (!req.plan.experts.empty()) {
+    nlohmann::json layers = nlohmann::json::object();
+    for (const auto& [l, ids] : req.plan.experts) layers[std::to_string(l)] = ids;
+    int64_t source = 0;
+    for (const auto& l : spec.layers) source = std::max(source, l.num_experts);
+    const nlohmann::json map = {{"format", "lathe-expert-map"}, {"version", 1},   {"source_num_experts", source},
+                                {"method", req.plan.decided_by.count("experts") ? req.plan.decided_by.at("experts") : ""},
+                                {"layers", layers},           {"padding", nlohmann::json::object()}};
+    write_file_atomically((partial / "model" / "expert_map.json").string(), map.dump(2) + "\n");
+  }
+  write_file_atomically((partial / "plan.json").string(), plan_text);
+
+  for (const auto& name : store.names()) result.bytes_before += store.info(name).nbytes();
+  result.bytes_after = total;
+  nlohmann::json tensors_json = nlohmann::json::object();
+  for (const auto& r : all_records) {
+    nlohmann::json t = {{"format", r.format}, {"source", r.source}, {"bits", r.bits}};
+    if (r.rel_err >= 0) {
+      t["group_size"] = r.group_size;
+      t["sym"] = r.sym;
+      t["rel_err"] = r.rel_err;
+    }
+    tensors_json[r.format == "removed" ? r.source : r.name] = t;
+  }
+  nlohmann::json outputs = nlohmann::json::object();
+  for (const auto& entry : fs::recursive_directory_iterator(partial / "model")) {
+    if (entry.is_regular_file()) outputs["model/" + entry.path().filename().string()] = sha256_of_file(entry.path());
+  }
+  outputs["plan.json"] = sha256_of_file(partial / "plan.json");
+  nlohmann::json experts = nlohmann::json::object();
+  for (const auto& [l, ids] : req.plan.experts) experts[std::to_string(l)] = {{"count", ids.size()}, {"map", ids}};
+  const fs::path tok = in_dir / "tokenizer.json";
+  const nlohmann::json manifest = {
+      {"format", "lathe-manifest"},
+      {"version", 1},
+      {"tool", {{"name", "lathe"}, {"version", LATHE_VERSION}}},
+      {"pipeline", req.pipeline},
+      {"input_model",
+       {{"architecture", spec.model_type},
+        {"config_sha256", config_fingerprint(config)},
+        {"weights_fingerprint", weights_fp},
+        {"tokenizer_fingerprint", fs::exists(tok) ? file_fingerprint(tok.string()) : ""}}},
+      {"tensors", tensors_json},
+      {"experts", experts},
+      {"outputs", outputs}};
+  write_file_atomically((partial / "lathe_manifest.json").string(), manifest.dump(2) + "\n");
+  result.records = std::move(all_records);
+
+  // Publish: the finished directory appears at its final name in one rename.
+  fs::remove_all(partial / ".lathe");
+  if (fs::exists(out)) fs::remove_all(out);  // --force checked above
+  fs::rename(partial, out);
+  return result;
+}
+
+}  // namespace lathe

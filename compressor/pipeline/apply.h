@@ -1,0 +1,60 @@
+// The decide and apply stages (DESIGN.md stages 2 and 3) and the output directory they fill
+// (DESIGN.md "Output directory"; docs/plan.md, docs/output.md).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "compressor/passes/context.h"
+#include "compressor/passes/pass.h"
+#include "compressor/passes/plan.h"
+
+namespace lathe {
+
+/// Runs every pass's decide hook in pipeline order on the model in `model_dir` (statistics from
+/// `stats_path` when not empty) and returns the plan. `log` receives the passes' notes.
+CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,
+                           const std::string& pipeline, const std::string& stats_path, std::vector<std::string>* log);
+
+struct ApplyRequest {
+  std::string model_dir;
+  std::string out_dir;
+  std::string pipeline;  ///< canonical pipeline string (manifest, resume check)
+  std::vector<PassInstance> passes;
+  CompressionPlan plan;
+  bool force = false;  ///< replace an existing finished output directory
+  bool fresh = false;  ///< discard a partial run made from other inputs instead of refusing
+  /// Called after layer i's shard is on disk and the resume state records it (tests inject faults).
+  std::function<void(int64_t)> after_layer;
+};
+
+struct PassTiming {
+  std::string name;
+  double seconds = 0;
+  int64_t peak_rss_bytes = 0;
+};
+
+struct ApplyResult {
+  int64_t resumed_layers = 0;  ///< layers found finished in a partial run and skipped
+  int64_t written_layers = 0;
+  uint64_t bytes_before = 0, bytes_after = 0;
+  std::vector<TensorRecord> records;  ///< every output tensor plus every removed one
+  std::vector<PassTiming> timings;
+  std::vector<std::string> warnings;
+  std::vector<double> layer_seconds;
+};
+
+/// Applies `plan` layer by layer (one layer resident), writing `out_dir` (layout in docs/output.md).
+/// The directory is built as `<out_dir>.partial` and renamed into place when complete; a run killed
+/// at any point and started again with the same request resumes after the last finished layer and
+/// produces byte-identical model files, plan and manifest. A partial run of other inputs (pipeline,
+/// weights or plan) is refused with DataError naming what changed, unless `fresh`. An existing
+/// `out_dir` is refused (ConfigError) unless `force`.
+ApplyResult run_apply(const ApplyRequest& request, const std::function<void(int64_t, int64_t)>& progress = {});
+
+/// Peak resident set size of this process so far, in bytes (getrusage).
+int64_t peak_rss_bytes();
+
+}  // namespace lathe

@@ -1,0 +1,39 @@
+// The uniform weight quantizer of ALGORITHMS.md §1.4, shared by RTN and GPTQ: per output row and
+// group of columns, a scale and a zero point; codes q ∈ [0, 2^bits − 1]; x̂ = scale · (q − zero).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace lathe {
+
+struct QuantSpec {
+  int64_t bits = 4;
+  int64_t group_size = 128;  ///< columns per group; -1 = the whole row
+  bool sym = true;
+};
+
+/// The parameters of a quantized [out, in] weight. Groups are contiguous column ranges.
+struct QuantizedWeight {
+  at::Tensor codes;   ///< [out, in] uint8, values in [0, 2^bits − 1]
+  at::Tensor scales;  ///< [out, groups] float32
+  at::Tensor zeros;   ///< [out, groups] int32 (asymmetric: in [1, maxq]; symmetric: 2^(bits−1))
+  QuantSpec spec;
+  /// scale · (code − zero), float32 [out, in].
+  at::Tensor dequantize() const;
+};
+
+/// Scale and zero for every row of `x` ([rows, cols], any float dtype) over all its columns, by the
+/// range rule of §1.4 including the asymmetric zero clamp and scale widening. Returns
+/// {scales [rows] f32, zeros [rows] i32}.
+std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits, bool sym);
+
+/// clamp(round(x / scale) + zero, 0, maxq) with per-row scale/zero ([rows] or [rows, 1]).
+at::Tensor quantize_codes(const at::Tensor& x, const at::Tensor& scales, const at::Tensor& zeros, int64_t bits);
+
+/// Round-to-nearest of a whole [out, in] weight. ConfigError (field "group-size") when the group size
+/// is 0, < −1, or does not divide `in`; ConfigError (field "bits") outside [2, 8].
+QuantizedWeight quantize_rtn(const at::Tensor& weight, const QuantSpec& spec);
+
+}  // namespace lathe
