@@ -17,8 +17,7 @@
 #include "compressor/cli/commands.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
-#include "compressor/eval/evaluate.h"
-#include "compressor/eval/task_file.h"
+#include "compressor/eval/eval_report.h"
 #include "compressor/model/causal_lm.h"
 
 namespace lathe::cli {
@@ -32,103 +31,22 @@ struct EvalArgs {
   int64_t micro_batch = 8;
 };
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path, "", "cannot open the text file");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-/// Progress on stderr: a rewritten line on a terminal, one line per file otherwise.
-Progress progress_for(const std::string& label) {
-  const bool tty = ::isatty(STDERR_FILENO);
-  return [label, tty](int64_t done, int64_t total) {
-    if (tty) {
-      const int width = 30, filled = static_cast<int>(width * done / total);
-      std::cerr << fmt::format("\r[eval] {:<32} [{}{}] layer {}/{}", label, std::string(filled, '#'),
-                               std::string(width - filled, '.'), done, total)
-                << (done == total ? "\n" : "") << std::flush;
-    } else if (done == total) {
-      std::cerr << fmt::format("[eval] {}: {} layers done\n", label, total);
-    }
-  };
-}
-
-/// Context and continuation tokens as lm-eval forms them: the continuation is what encoding
-/// context + choice adds after the context's own tokens (falling back to the choice alone when the
-/// tokenizer merges across the boundary).
-ChoiceItem tokenize_item(const Tokenizer& tok, const TaskItemText& item) {
-  ChoiceItem out;
-  out.context = tok.encode(item.context, false);
-  out.answer = item.answer;
-  for (const auto& choice : item.choices) {
-    const std::vector<int32_t> whole = tok.encode(item.context + choice, false);
-    const bool prefix = whole.size() > out.context.size() &&
-                        std::equal(out.context.begin(), out.context.end(), whole.begin());
-    out.choices.push_back(prefix ? std::vector<int32_t>(whole.begin() + out.context.size(), whole.end())
-                                 : tok.encode(choice, false));
-  }
-  return out;
-}
-
-/// Report keys: each file's name, or parent/name where two given files share a name.
-std::vector<std::string> report_names(const std::vector<std::string>& paths) {
-  std::map<std::string, int> count;
-  for (const auto& p : paths) count[std::filesystem::path(p).filename().string()] += 1;
-  std::vector<std::string> names;
-  for (const auto& p : paths) {
-    const std::filesystem::path path(p);
-    const std::string name = path.filename().string();
-    names.push_back(count[name] > 1 ? (path.parent_path().filename() / path.filename()).string() : name);
-  }
-  return names;
-}
-
 void run_eval(const EvalArgs& args) {
   if (args.texts.empty() && args.tasks.empty()) throw ConfigError("", "--text/--tasks", "give at least one file to evaluate");
-  ForwardOptions forward;
-  forward.dtype = args.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  EvalRequest req;
+  req.model = args.model;
+  req.texts = args.texts;
+  req.tasks = args.tasks;
+  req.windows = args.windows;
+  req.micro_batch = args.micro_batch;
+  req.forward.dtype = args.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   if (args.device == "cuda") {
     if (!at::hasCUDA()) throw UnsupportedError("", "--device", "no CUDA device visible to this lathe build");
-    forward.device = at::kCUDA;
+    req.forward.device = at::kCUDA;
   } else if (args.device != "cpu") {
     throw ConfigError("", "--device", "expected cpu or cuda, found \"" + args.device + "\"");
   }
-  const CausalLM model(args.model, forward);
-  const Tokenizer tokenizer = Tokenizer::from_model_dir(args.model);
-  StreamingOptions streaming;
-  streaming.micro_batch = args.micro_batch;
-  streaming.buffer_dtype = forward.dtype;  // eval keeps the working precision at layer boundaries
-  nlohmann::json report = {{"model", args.model}, {"seq_len", args.windows.seq_len},
-                           {"stride", args.windows.stride ? args.windows.stride : args.windows.seq_len},
-                           {"perplexity", nlohmann::json::object()}, {"tokens", nlohmann::json::object()},
-                           {"predicted", nlohmann::json::object()}, {"tasks", nlohmann::json::object()},
-                           {"lathe_version", LATHE_VERSION}};
-  const std::vector<std::string> text_names = report_names(args.texts);
-  for (size_t f = 0; f < args.texts.size(); ++f) {
-    const std::string& path = args.texts[f];
-    const std::string& name = text_names[f];
-    const auto start = std::chrono::steady_clock::now();
-    const std::vector<int32_t> tokens = tokenizer.encode(read_text(path), false);
-    const PerplexityResult r = evaluate_perplexity(model, tokens, args.windows, streaming, progress_for(name));
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    report["perplexity"][name] = r.perplexity();
-    report["tokens"][name] = r.tokens;
-    report["predicted"][name] = r.predicted;
-    std::cout << fmt::format("{:<32} perplexity {:10.4f}  ({} tokens, {} predicted, {:.1f} s)\n", name,
-                             r.perplexity(), r.tokens, r.predicted, seconds);
-  }
-  const std::vector<std::string> task_names = report_names(args.tasks);
-  for (size_t f = 0; f < args.tasks.size(); ++f) {
-    const std::string& path = args.tasks[f];
-    const std::string& name = task_names[f];
-    std::vector<ChoiceItem> items;
-    for (const auto& item : read_task_file(path)) items.push_back(tokenize_item(tokenizer, item));
-    const TaskResult r = evaluate_choices(model, items, streaming, progress_for(name));
-    report["tasks"][name] = {{"accuracy", r.accuracy()}, {"n", r.n}, {"correct", r.correct}};
-    std::cout << fmt::format("{:<32} accuracy   {:10.4f}  ({}/{})\n", name, r.accuracy(), r.correct, r.n);
-  }
+  const nlohmann::json report = evaluate_model(req);
   if (!args.json_out.empty()) write_file_atomically(args.json_out, report.dump(2) + "\n");
 }
 

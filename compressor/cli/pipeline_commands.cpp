@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 
 #include <chrono>
 #include <iostream>
@@ -15,7 +16,10 @@
 #include "compressor/common/errors.h"
 #include "compressor/passes/pass.h"
 #include "compressor/passes/plan.h"
+#include "compressor/common/atomic_file.h"
 #include "compressor/pipeline/apply.h"
+#include "compressor/pipeline/recipe.h"
+#include "compressor/pipeline/run.h"
 
 namespace lathe::cli {
 
@@ -97,6 +101,44 @@ void add_pipeline_commands(CLI::App& app) {
     req.fresh = args->fresh;
     req.after_layer = fault_injection_hook();
     print_apply_summary(run_apply(req, apply_progress()), args->out);
+  });
+
+  struct RunArgs {
+    std::string recipe, plan_out, stats;
+    std::vector<std::string> sets;
+    RunOptions options;
+  };
+  auto run_args = std::make_shared<RunArgs>();
+  auto* run = app.add_subcommand("run", "Run a recipe: calibrate, decide, apply, evaluate, report (docs/recipes.md)");
+  run->add_option("recipe", run_args->recipe, "recipe YAML")->required();
+  run->add_option("--set", run_args->sets, "override a recipe value, e.g. passes.rtn.bits=3 (repeatable)");
+  run->add_flag("--force", run_args->options.force, "replace an existing output directory");
+  run->add_flag("--fresh", run_args->options.fresh, "discard a partial run of other inputs instead of refusing");
+  run->add_flag("--dry-run", run_args->options.dry_run, "print what would be cut and quantized; write nothing");
+  run->add_option("--micro-batch", run_args->options.micro_batch, "sequences per layer call")->capture_default_str();
+  run->callback([run_args] {
+    const Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
+    const RunResult r = run_recipe(recipe, run_args->options);
+    if (!r.gate_passed) {
+      std::string message = "the compressed model regressed past the recipe's gate:";
+      for (const auto& f : r.gate_failures) message += "\n  - " + f;
+      throw GateFailure(message);
+    }
+  });
+
+  auto* plan = app.add_subcommand("plan", "Calibrate and decide: write the plan.json that `lathe apply` executes");
+  plan->add_option("recipe", run_args->recipe, "recipe YAML")->required();
+  plan->add_option("--set", run_args->sets, "override a recipe value (repeatable)");
+  plan->add_option("--out", run_args->plan_out, "plan.json to write")->required();
+  plan->add_option("--stats", run_args->stats, "statistics store (default: next to the plan, .stats.h5)");
+  plan->add_flag("--fresh", run_args->options.fresh, "recompute statistics made from other inputs");
+  plan->callback([run_args] {
+    const Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
+    std::string stats = run_args->stats;
+    if (stats.empty()) stats = std::filesystem::path(run_args->plan_out).replace_extension(".stats.h5").string();
+    const CompressionPlan p = plan_recipe(recipe, stats, run_args->options);
+    write_file_atomically(run_args->plan_out, p.to_json().dump(2) + "\n");
+    std::cout << describe_plan(recipe.model, p);
   });
 }
 

@@ -30,7 +30,8 @@ const std::vector<PassInfo>& pass_registry() {
                  {
                      {"keep", OptionType::kIntList, "", "original expert ids kept in every MoE layer", {}, 0, 1 << 20},
                      {"map", OptionType::kString, "",
-                      "expert_map.json (FORMATS.md) with the kept ids per layer; instead of keep"},
+                      "expert_map.json (FORMATS.md) with the kept ids per layer; instead of keep", {}, {}, {}, false,
+                      /*is_path=*/true},
                  },
                  {},
                  false,

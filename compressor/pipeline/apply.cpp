@@ -203,7 +203,8 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
         message += "\nre-run with --fresh to discard it and start again";
         throw DataError(partial.string(), "", message);
       }
-      fs::remove_all(partial);
+      fs::remove_all(partial / "model");
+      fs::remove_all(partial / ".lathe");
     } else if (old.contains("shards") && old["shards"].is_object()) {
       for (const auto& [k, v] : old["shards"].items()) {
         const int64_t index = std::stoll(k);
@@ -212,8 +213,8 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
         if (v.is_string() && fs::exists(file) && sha256_of_file(file) == v.get<std::string>()) state.layers[index] = v;
       }
     }
-  } else if (fs::exists(partial)) {
-    fs::remove_all(partial);  // killed before its first state was written: nothing to keep
+  } else if (fs::exists(partial / "model")) {
+    fs::remove_all(partial / "model");  // killed before its first state was written: nothing to keep
   }
   fs::create_directories(partial / "model");
   fs::create_directories(partial / ".lathe");
@@ -375,11 +376,16 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   write_file_atomically((partial / "lathe_manifest.json").string(), manifest.dump(2) + "\n");
   result.records = std::move(all_records);
 
-  // Publish: the finished directory appears at its final name in one rename.
-  fs::remove_all(partial / ".lathe");
-  if (fs::exists(out)) fs::remove_all(out);  // --force checked above
-  fs::rename(partial, out);
+  if (req.publish) publish_output(req.out_dir);
   return result;
+}
+
+void publish_output(const std::string& out_dir) {
+  // The finished directory appears at its final name in one rename.
+  const fs::path out(out_dir), partial(out_dir + ".partial");
+  fs::remove_all(partial / ".lathe");
+  if (fs::exists(out)) fs::remove_all(out);
+  fs::rename(partial, out);
 }
 
 }  // namespace lathe

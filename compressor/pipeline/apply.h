@@ -26,6 +26,9 @@ struct ApplyRequest {
   CompressionPlan plan;
   bool force = false;  ///< replace an existing finished output directory
   bool fresh = false;  ///< discard a partial run made from other inputs instead of refusing
+  /// Rename `<out_dir>.partial` to `out_dir` at the end. `lathe run` sets false, adds evaluation and
+  /// the report, then publishes itself (publish_output).
+  bool publish = true;
   /// Called after layer i's shard is on disk and the resume state records it (tests inject faults).
   std::function<void(int64_t)> after_layer;
 };
@@ -53,6 +56,10 @@ struct ApplyResult {
 /// weights or plan) is refused with DataError naming what changed, unless `fresh`. An existing
 /// `out_dir` is refused (ConfigError) unless `force`.
 ApplyResult run_apply(const ApplyRequest& request, const std::function<void(int64_t, int64_t)>& progress = {});
+
+/// Renames `<out_dir>.partial` to `out_dir` (removing its resume state), replacing an existing
+/// `out_dir` (callers check --force first).
+void publish_output(const std::string& out_dir);
 
 /// Peak resident set size of this process so far, in bytes (getrusage).
 int64_t peak_rss_bytes();

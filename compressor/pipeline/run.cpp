@@ -1,0 +1,307 @@
+#include "compressor/pipeline/run.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <regex>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "compressor/common/atomic_file.h"
+#include "compressor/common/errors.h"
+#include "compressor/eval/eval_report.h"
+#include "compressor/model/architecture.h"
+#include "compressor/model/model_spec.h"
+#include "compressor/model/weight_store.h"
+#include "compressor/passes/builtin.h"
+#include "compressor/pipeline/apply.h"
+#include "compressor/pipeline/observe.h"
+#include "compressor/report/compare.h"
+#include "compressor/report/report.h"
+
+namespace fs = std::filesystem;
+
+namespace lathe {
+namespace {
+
+bool needs_statistics(const Recipe& recipe) {
+  for (const auto& p : recipe.pipeline.passes) {
+    const PassInfo* info = find_pass(p.name);
+    if (info && !info->statistics.empty()) return true;
+  }
+  return false;
+}
+
+ForwardOptions forward_options(const Recipe& recipe) {
+  ForwardOptions f;
+  f.dtype = recipe.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  if (recipe.device == "cuda") {
+    if (!at::hasCUDA()) throw UnsupportedError(recipe.source, "device", "no CUDA device visible to this lathe build");
+    f.device = at::kCUDA;
+  }
+  return f;
+}
+
+void calibrate_into(const Recipe& recipe, const std::string& stats_path, const RunOptions& options) {
+  if (!recipe.pipeline.calibration) return;
+  CalibrateRequest req;
+  req.model_dir = recipe.model;
+  req.out = stats_path;
+  req.calibration = *recipe.pipeline.calibration;
+  req.forward = forward_options(recipe);
+  req.collectors.forward_dtype = recipe.dtype;
+  req.streaming.micro_batch = options.micro_batch;
+  req.force = options.fresh;
+  const CalibrateResult r = run_calibration(req, [](int64_t layer, int64_t layers, int64_t, double) {
+    std::cerr << fmt::format("[calibrate] layer {}/{}\n", layer + 1, layers);
+  });
+  std::cerr << (r.reused ? fmt::format("[calibrate] {}: up to date, reused\n", stats_path)
+                         : fmt::format("[calibrate] {}: {} statistics from {} tokens\n", stats_path, r.statistics, r.tokens));
+}
+
+std::optional<int64_t> layer_of(const std::string& name) {
+  static const std::regex re(R"(^model\.layers\.(\d+)\.)");
+  std::smatch m;
+  if (std::regex_search(name, m, re)) return std::stoll(m[1].str());
+  return std::nullopt;
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+nlohmann::json evaluate(const Recipe& recipe, const std::string& model_dir, const std::string& label,
+                        const RunOptions& options) {
+  EvalRequest req;
+  req.model = model_dir;
+  req.texts = recipe.eval->text;
+  req.tasks = recipe.eval->tasks;
+  req.windows.seq_len = recipe.eval->seq_len;
+  req.forward = forward_options(recipe);
+  req.micro_batch = options.micro_batch;
+  req.print = false;
+  req.label = label;
+  return evaluate_model(req);
+}
+
+}  // namespace
+
+CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path, const RunOptions& options) {
+  const std::string pipeline = recipe_pipeline_string(recipe);
+  std::string stats;
+  if (needs_statistics(recipe)) {
+    if (!recipe.pipeline.calibration) {
+      throw ConfigError(recipe.source, "calibration", "a pass of this recipe reads calibration statistics: add a calibration section");
+    }
+    if (stats_path.empty()) throw InternalError("", "stats", "no statistics path");
+    calibrate_into(recipe, stats_path, options);
+    stats = stats_path;
+  }
+  std::vector<std::string> log;
+  CompressionPlan plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline, stats, &log);
+  for (const auto& line : log) std::cerr << "[decide] " << line << "\n";
+  return plan;
+}
+
+std::string describe_plan(const std::string& model_dir, const CompressionPlan& plan) {
+  const ModelSpec spec = load_model_spec(model_dir);
+  const WeightStore store(model_dir);
+  const ExpertLayout layout = detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
+  uint64_t before = 0, after = 0;
+  int64_t quantized = 0, removed_tensors = 0;
+  std::map<std::string, int64_t> formats;
+  for (const auto& t : expected_tensors(spec, layout)) {
+    const uint64_t bytes = store.info(t.name).nbytes();
+    before += bytes;
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    if (t.expert >= 0) {
+      auto kept = plan.experts.find(t.layer);
+      if (kept != plan.experts.end() && !std::binary_search(kept->second.begin(), kept->second.end(), t.expert)) {
+        removed_tensors += 1;
+        continue;
+      }
+    }
+    auto q = plan.tensors.find(t.name);
+    if (q == plan.tensors.end()) {
+      after += bytes;
+      continue;
+    }
+    const TensorPlan& p = q->second;
+    int64_t kept_fraction_num = 1, kept_fraction_den = 1;
+    if (t.role == TensorRole::kExpertsGateUp || t.role == TensorRole::kExpertsDown) {
+      auto kept = plan.experts.find(t.layer);
+      if (kept != plan.experts.end()) {
+        kept_fraction_num = static_cast<int64_t>(kept->second.size());
+        kept_fraction_den = t.shape[0];
+      }
+    }
+    const int64_t in = t.shape.back();
+    const int64_t groups = numel / in * (p.group_size == -1 ? 1 : in / p.group_size);
+    // Packed estimate: codes at `bits`, an fp16 scale and a packed zero per group.
+    const uint64_t packed = static_cast<uint64_t>(numel) * p.bits / 8 + static_cast<uint64_t>(groups) * (2 + p.bits / 8.0);
+    after += packed * kept_fraction_num / kept_fraction_den;
+    quantized += 1;
+    formats[quant_format(p)] += 1;
+  }
+  std::string out = fmt::format("plan for {} ({})\n", model_dir, spec.model_type);
+  for (const auto& [layer, ids] : plan.experts) {
+    const int64_t e = spec.layers[layer].num_experts;
+    std::string removed;
+    for (int64_t id = 0, k = 0; id < e; ++id) {
+      if (k < static_cast<int64_t>(ids.size()) && ids[k] == id) {
+        ++k;
+      } else {
+        removed += (removed.empty() ? "" : ",") + std::to_string(id);
+      }
+    }
+    out += fmt::format("  layer {:>3}: keep {}/{} experts, remove [{}]\n", layer, ids.size(), e, removed);
+  }
+  for (const auto& [f, n] : formats) out += fmt::format("  {} tensors → {}\n", n, f);
+  if (removed_tensors) out += fmt::format("  {} expert tensors removed\n", removed_tensors);
+  out += fmt::format("  size: {:.2f} MB → {:.2f} MB (packed estimate; out/model stores dequantized weights in the "
+                     "original dtype)\n",
+                     before / 1e6, after / 1e6);
+  return out;
+}
+
+RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
+  const std::string pipeline = recipe_pipeline_string(recipe);
+  std::cerr << "[run] pipeline: " << pipeline << "\n";
+  RunResult result;
+  result.out_dir = recipe.output;
+  if (options.dry_run) {
+    if (needs_statistics(recipe)) {
+      std::cerr << "[run] dry run: the passes need calibration statistics; run `lathe plan` to compute them\n";
+      return result;
+    }
+    std::cout << describe_plan(recipe.model, plan_recipe(recipe, "", options));
+    return result;
+  }
+  const fs::path out(recipe.output), partial(recipe.output + ".partial");
+  if (fs::exists(out) && !options.force) {
+    throw ConfigError(recipe.output, "output", "the output directory exists; use --force to replace it");
+  }
+  fs::create_directories(partial);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string stats_path = (partial / "stats.h5").string();
+  calibrate_into(recipe, stats_path, options);
+  const double calibrate_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t calibrate_rss = peak_rss_bytes();
+
+  const auto t1 = std::chrono::steady_clock::now();
+  std::vector<std::string> log;
+  const CompressionPlan plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline,
+                                          recipe.pipeline.calibration ? stats_path : "", &log);
+  for (const auto& line : log) std::cerr << "[decide] " << line << "\n";
+  const double decide_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+
+  ApplyRequest req;
+  req.model_dir = recipe.model;
+  req.out_dir = recipe.output;
+  req.pipeline = pipeline;
+  req.passes = recipe.pipeline.passes;
+  req.plan = plan;
+  req.force = options.force;
+  req.fresh = options.fresh;
+  req.publish = false;
+  if (const char* env = std::getenv("LATHE_FAULT_KILL_AFTER_LAYER"); env && *env) {
+    const int64_t target = std::strtoll(env, nullptr, 10);
+    req.after_layer = [target](int64_t layer) {
+      if (layer == target) ::raise(SIGKILL);
+    };
+  }
+  const ApplyResult applied = run_apply(req, [](int64_t layer, int64_t layers) {
+    std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
+  });
+  for (const auto& w : applied.warnings) std::cerr << "[apply] warning: " << w << "\n";
+
+  Report report;
+  report.pipeline = pipeline;
+  report.model = recipe.model;
+  report.output = recipe.output;
+  report.lathe_version = LATHE_VERSION;
+  report.created = utc_now();
+  report.size_before_bytes = static_cast<int64_t>(applied.bytes_before);
+  report.size_after_bytes = static_cast<int64_t>(applied.bytes_after);
+  const ModelSpec spec = load_model_spec(recipe.model);
+  std::map<int64_t, std::pair<double, int64_t>> layer_err;
+  for (const auto& r : applied.records) {
+    TensorReport t;
+    t.name = r.format == "removed" ? r.source : r.name;
+    t.layer = layer_of(r.source);
+    t.format = r.format;
+    t.bits = r.bits;
+    if (r.rel_err >= 0) {
+      t.rel_err = r.rel_err;
+      if (t.layer) {
+        layer_err[*t.layer].first += r.rel_err;
+        layer_err[*t.layer].second += 1;
+      }
+    }
+    report.tensors.push_back(t);
+  }
+  for (int64_t i = 0; i < spec.num_layers; ++i) {
+    LayerReport l;
+    l.layer = i;
+    const LayerSpec& ls = spec.layers[i];
+    if (ls.is_moe) {
+      l.experts_before = ls.num_experts;
+      auto it = plan.experts.find(i);
+      l.experts_kept = it == plan.experts.end() ? ls.num_experts : static_cast<int64_t>(it->second.size());
+    }
+    if (auto it = layer_err.find(i); it != layer_err.end()) l.rel_err = it->second.first / it->second.second;
+    if (i < static_cast<int64_t>(applied.layer_seconds.size())) l.seconds = applied.layer_seconds[i];
+    report.layers.push_back(l);
+  }
+  if (recipe.pipeline.calibration) report.passes.push_back({"calibrate", "", calibrate_seconds, calibrate_rss});
+  report.passes.push_back({"decide", "", decide_seconds, peak_rss_bytes()});
+  for (size_t p = 0; p < applied.timings.size(); ++p) {
+    std::string opts;
+    if (p < recipe.pipeline.passes.size()) {
+      const PassInfo* info = find_pass(recipe.pipeline.passes[p].name);
+      if (info) opts = recipe.pipeline.passes[p].options.canonical(info->options);
+    }
+    report.passes.push_back({applied.timings[p].name, opts, applied.timings[p].seconds, applied.timings[p].peak_rss_bytes});
+  }
+
+  if (recipe.eval && (!recipe.eval->text.empty() || !recipe.eval->tasks.empty())) {
+    const auto te = std::chrono::steady_clock::now();
+    const nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options);
+    const nlohmann::json after = evaluate(recipe, (partial / "model").string(), "eval after", options);
+    write_file_atomically((partial / "eval_before.json").string(), before.dump(2) + "\n");
+    write_file_atomically((partial / "eval_after.json").string(), after.dump(2) + "\n");
+    report.eval_before = parse_eval_summary(before, "eval before");
+    report.eval_after = parse_eval_summary(after, "eval after");
+    Thresholds thresholds;
+    thresholds.max_ppl_increase = recipe.gate.max_ppl_increase;
+    thresholds.max_acc_drop = recipe.gate.max_acc_drop;
+    const Comparison cmp = compare_evals(*report.eval_before, *report.eval_after, thresholds, "compressed");
+    std::cout << format_comparison(cmp, "original", "compressed");
+    if (thresholds.any()) {
+      report.gate = gate_report(cmp);
+      result.gate_passed = cmp.passed;
+      result.gate_failures = regression_lines(cmp);
+    }
+    report.passes.push_back({"eval", "", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count(),
+                             peak_rss_bytes()});
+  }
+  write_report_files(report, (partial / "report").string());
+  publish_output(recipe.output);
+  std::cerr << fmt::format("[run] wrote {} ({:.2f} MB → {:.2f} MB); report: {}/report/report.html\n", recipe.output,
+                           applied.bytes_before / 1e6, applied.bytes_after / 1e6, recipe.output);
+  return result;
+}
+
+}  // namespace lathe
