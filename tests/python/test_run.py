@@ -1,0 +1,138 @@
+"""`lathe run` end to end on the tiny Mixtral recipe: the output directory, a compressed model that
+transformers loads and whose perplexity equals `lathe eval`'s within 0.1%, kill-and-resume through
+`lathe run` with byte-identical results, a changed recipe refused, --dry-run, and the gate's exit 1."""
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from reference import LATHE_BIN, SOURCE_DIR
+
+RECIPE = SOURCE_DIR / "recipes" / "tiny-mixtral-rtn.yaml"
+MODEL = SOURCE_DIR / "data" / "models" / "mixtral"
+HELDOUT = SOURCE_DIR / "data" / "corpora" / "prose" / "heldout.txt"
+torch.set_num_threads(1)
+
+pytestmark = pytest.mark.skipif(not MODEL.is_dir(), reason="data/models/mixtral not built")
+
+
+@pytest.fixture(scope="module")
+def small_text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "heldout-small.txt"
+    path.write_text(HELDOUT.read_text()[:6000])
+    return path
+
+
+def run(out, *sets, env=None, extra=(), text=None, recipe=RECIPE):
+    args = [LATHE_BIN, "--threads", "1", "run", recipe, "--set", f"output={out}", "--set", "calibration.samples=4",
+            "--set", "calibration.seq-len=64"]
+    if text:
+        args += ["--set", f"eval.text=[{text}]", "--set", "eval.tasks=[]"]
+    for s in sets:
+        args += ["--set", s]
+    return subprocess.run(list(map(str, [*args, *extra])), capture_output=True, text=True, env=env)
+
+
+def tree(path, skip=("report", "eval_before.json", "eval_after.json")):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*"))
+            if p.is_file() and p.relative_to(path).parts[0] not in skip}
+
+
+def hf_perplexity(model_dir, text_path, seq_len):
+    """Perplexity as docs/eval.md defines it (non-overlapping windows, each predicting its tokens
+    2..n), computed with transformers and tokenizers."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+    ids = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(Path(text_path).read_text(),
+                                                                        add_special_tokens=False).ids
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids), seq_len):
+            window = ids[start:start + seq_len]
+            if len(window) < 2:
+                continue
+            x = torch.tensor([window])
+            logp = torch.log_softmax(model(x).logits[0, :-1].double(), -1)
+            nll -= logp.gather(1, x[0, 1:, None]).sum().item()
+            count += len(window) - 1
+    return math.exp(nll / count)
+
+
+def test_run_writes_a_model_transformers_loads_with_lathe_eval_perplexity(tmp_path, small_text):
+    out = tmp_path / "out"
+    proc = run(out, text=small_text)
+    assert proc.returncode == 0, proc.stderr
+    assert "[run] pipeline: calibrate{" in proc.stderr and "drop-experts{keep=0:1:2:3:4:5}" in proc.stderr
+    for name in ("model/config.json", "model/model.safetensors.index.json", "model/expert_map.json", "plan.json",
+                 "lathe_manifest.json", "stats.h5", "report/report.json", "report/report.md", "report/report.html"):
+        assert (out / name).is_file(), name
+    assert not Path(str(out) + ".partial").exists()
+    manifest = json.loads((out / "lathe_manifest.json").read_text())
+    assert manifest["pipeline"].startswith("calibrate{")
+    formats = {t["format"] for t in manifest["tensors"].values()}
+    assert {"rtn-int4-g32-sym", "rtn-int8-g32-sym", "removed"} <= formats
+    assert manifest["tensors"]["model.layers.0.block_sparse_moe.experts.0.w2.weight"]["format"] == "rtn-int8-g32-sym"
+    assert manifest["tensors"]["model.layers.1.block_sparse_moe.experts.0.w2.weight"]["format"] == "rtn-int4-g32-sym"
+    assert manifest["tensors"]["model.layers.1.block_sparse_moe.experts.7.w1.weight"]["format"] == "removed"
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert [l["experts_kept"] for l in report["layers"]] == [6, 6, 6, 6]
+    assert report["eval"]["after"]["perplexity"]
+    eval_after = json.loads((out / "eval_after.json").read_text())
+    lathe_ppl = eval_after["perplexity"][small_text.name]
+    hf_ppl = hf_perplexity(out / "model", small_text, eval_after["seq_len"])
+    assert abs(lathe_ppl / hf_ppl - 1) < 1e-3, (lathe_ppl, hf_ppl)
+    before = json.loads((out / "eval_before.json").read_text())["perplexity"][small_text.name]
+    assert lathe_ppl != before  # compression changed the model
+
+
+def recipe_without_eval(tmp_path):
+    """The example recipe minus its eval and gate sections (resume is about the apply stage)."""
+    text = RECIPE.read_text().split("\neval:")[0]
+    text = text.replace("../", str(RECIPE.parent.parent) + "/")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("kill_after", [0, 2])
+def test_run_killed_during_apply_resumes_byte_identical(tmp_path, kill_after):
+    recipe = recipe_without_eval(tmp_path)
+    reference = tmp_path / "reference"
+    proc = run(reference, recipe=recipe)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    env = dict(os.environ, LATHE_FAULT_KILL_AFTER_LAYER=str(kill_after))
+    killed = run(out, env=env, recipe=recipe)
+    assert killed.returncode == -9, killed.stderr
+    assert not out.exists() and Path(str(out) + ".partial").exists()
+    # a changed recipe refuses to resume
+    changed = run(out, "passes.rtn.bits=3", recipe=recipe)
+    assert changed.returncode == 3 and "the pipeline changed" in changed.stderr, changed.stderr
+    resumed = run(out, recipe=recipe)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "up to date, reused" in resumed.stderr  # statistics were not recomputed
+    assert tree(out) == tree(reference)
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = run(out, extra=["--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    assert "keep 6/8 experts, remove [6,7]" in proc.stdout
+    assert "rtn-int4-g32-sym" in proc.stdout and "rtn-int8-g32-sym" in proc.stdout
+    assert "MB →" in proc.stdout
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+def test_gate_failure_exits_1_and_keeps_the_output(tmp_path, small_text):
+    out = tmp_path / "out"
+    proc = run(out, "gate.max-ppl-increase=0.1%", text=small_text)
+    assert proc.returncode == 1, proc.stderr
+    assert "gate failed" in proc.stderr and "perplexity" in proc.stderr
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["gate"]["passed"] is False
