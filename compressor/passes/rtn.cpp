@@ -85,7 +85,6 @@ class RtnPass : public Pass {
                                       in, t.name));
       }
       plan.tensors[t.name] = p;
-      plan.decided_by[t.name] = "rtn";
     }
   }
 

@@ -342,15 +342,21 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
 
   for (const auto& name : store.names()) result.bytes_before += store.info(name).nbytes();
   result.bytes_after = total;
-  nlohmann::json tensors_json = nlohmann::json::object();
+  // Output tensors by output name; removed experts listed by their input names apart, since a
+  // renumbered kept expert may carry a removed one's old name.
+  nlohmann::json tensors_json = nlohmann::json::object(), removed_json = nlohmann::json::array();
   for (const auto& r : all_records) {
+    if (r.format == "removed") {
+      removed_json.push_back(r.source);
+      continue;
+    }
     nlohmann::json t = {{"format", r.format}, {"source", r.source}, {"bits", r.bits}};
     if (r.rel_err >= 0) {
       t["group_size"] = r.group_size;
       t["sym"] = r.sym;
       t["rel_err"] = r.rel_err;
     }
-    tensors_json[r.format == "removed" ? r.source : r.name] = t;
+    tensors_json[r.name] = t;
   }
   nlohmann::json outputs = nlohmann::json::object();
   for (const auto& entry : fs::recursive_directory_iterator(partial / "model")) {
@@ -371,6 +377,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
         {"weights_fingerprint", weights_fp},
         {"tokenizer_fingerprint", fs::exists(tok) ? file_fingerprint(tok.string()) : ""}}},
       {"tensors", tensors_json},
+      {"removed", removed_json},
       {"experts", experts},
       {"outputs", outputs}};
   write_file_atomically((partial / "lathe_manifest.json").string(), manifest.dump(2) + "\n");
