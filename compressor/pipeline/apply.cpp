@@ -261,7 +261,9 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     }
     // Records for tensors no pass changed.
     std::set<std::string> recorded;
-    for (const auto& r : records) recorded.insert(r.name);
+    for (const auto& r : records) {
+      if (r.format != "removed") recorded.insert(r.name);  // a kept expert may now carry a removed one's name
+    }
     for (const auto& t : tensors) {
       weight_map[t.name] = shard_name(i + 1, shards);
       if (recorded.count(t.name)) continue;

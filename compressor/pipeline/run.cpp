@@ -181,6 +181,12 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   std::cerr << "[run] pipeline: " << pipeline << "\n";
   RunResult result;
   result.out_dir = recipe.output;
+  for (const auto& f : recipe.pipeline.export_formats) {
+    // out/model is the HF export; the packed writers are not built yet: refuse before any work.
+    if (f != "hf") {
+      throw UnsupportedError(recipe.source, "export", "export format \"" + f + "\" is not implemented in this lathe yet; use [hf]");
+    }
+  }
   if (options.dry_run) {
     if (needs_statistics(recipe)) {
       std::cerr << "[run] dry run: the passes need calibration statistics; run `lathe plan` to compute them\n";
