@@ -82,17 +82,10 @@ void run_calibrate(CalibrateArgs& args) {
   col.neurons = !args.no_neurons;
   col.atopk = args.atopk;
   col.hessians = parse_hessian_taps(args.hessians, "--hessians");
-  if (args.dtype != "f32" && args.dtype != "bf16") throw ConfigError("", "--dtype", "expected f32 or bf16, found \"" + args.dtype + "\"");
+  req.forward = parse_forward_options(args.device, args.dtype, "");
   col.forward_dtype = args.dtype;
   if (args.micro_batch <= 0) throw ConfigError("", "--micro-batch", "must be positive");
   if (!(args.memory_limit_gib >= 0)) throw ConfigError("", "--memory-limit", "must be a number of GiB ≥ 0");
-  req.forward.dtype = args.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
-  if (args.device == "cuda") {
-    if (!at::hasCUDA()) throw UnsupportedError("", "--device", "no CUDA device visible to this lathe build");
-    req.forward.device = at::kCUDA;
-  } else if (args.device != "cpu") {
-    throw ConfigError("", "--device", "expected cpu or cuda, found \"" + args.device + "\"");
-  }
   req.streaming.micro_batch = args.micro_batch;
   req.streaming.buffer_dtype = at::kBFloat16;
   req.streaming.memory_limit_bytes = static_cast<uint64_t>(args.memory_limit_gib * static_cast<double>(1ull << 30));

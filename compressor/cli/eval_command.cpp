@@ -39,13 +39,7 @@ void run_eval(const EvalArgs& args) {
   req.tasks = args.tasks;
   req.windows = args.windows;
   req.micro_batch = args.micro_batch;
-  req.forward.dtype = args.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
-  if (args.device == "cuda") {
-    if (!at::hasCUDA()) throw UnsupportedError("", "--device", "no CUDA device visible to this lathe build");
-    req.forward.device = at::kCUDA;
-  } else if (args.device != "cpu") {
-    throw ConfigError("", "--device", "expected cpu or cuda, found \"" + args.device + "\"");
-  }
+  req.forward = parse_forward_options(args.device, args.dtype, "");
   const nlohmann::json report = evaluate_model(req);
   if (!args.json_out.empty()) write_file_atomically(args.json_out, report.dump(2) + "\n");
 }

@@ -9,6 +9,23 @@
 
 namespace lathe {
 
+ForwardOptions parse_forward_options(const std::string& device, const std::string& dtype, const std::string& where,
+                                     const std::string& device_field, const std::string& dtype_field) {
+  ForwardOptions f;
+  if (dtype == "bf16") {
+    f.dtype = at::kBFloat16;
+  } else if (dtype != "f32") {
+    throw ConfigError(where, dtype_field, "expected f32 or bf16, found \"" + dtype + "\"");
+  }
+  if (device == "cuda") {
+    if (!at::hasCUDA()) throw UnsupportedError(where, device_field, "no CUDA device visible to this lathe build");
+    f.device = at::kCUDA;
+  } else if (device != "cpu") {
+    throw ConfigError(where, device_field, "expected cpu or cuda, found \"" + device + "\"");
+  }
+  return f;
+}
+
 CausalLM::CausalLM(const std::filesystem::path& model_dir, ForwardOptions options)
     : spec_(load_model_spec(model_dir)),
       store_(std::make_unique<WeightStore>(model_dir.string())),

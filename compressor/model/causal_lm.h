@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <string>
 
 #include "compressor/model/architecture.h"
 #include "compressor/model/decoder_layer.h"
@@ -20,6 +21,13 @@ struct ForwardOptions {
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
 };
+
+/// Parses the user's device ("cpu" | "cuda") and working dtype ("f32" | "bf16"). ConfigError(where,
+/// field = `device_field` / `dtype_field`) for other values, UnsupportedError for cuda without a
+/// visible CUDA device.
+ForwardOptions parse_forward_options(const std::string& device, const std::string& dtype, const std::string& where,
+                                     const std::string& device_field = "--device",
+                                     const std::string& dtype_field = "--dtype");
 
 /// Opened model: config, validated weight files and expert layout. Layers are materialised one at
 /// a time on request, so resident memory is one layer plus activations.

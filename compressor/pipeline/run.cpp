@@ -39,13 +39,7 @@ bool needs_statistics(const Recipe& recipe) {
 }
 
 ForwardOptions forward_options(const Recipe& recipe) {
-  ForwardOptions f;
-  f.dtype = recipe.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
-  if (recipe.device == "cuda") {
-    if (!at::hasCUDA()) throw UnsupportedError(recipe.source, "device", "no CUDA device visible to this lathe build");
-    f.device = at::kCUDA;
-  }
-  return f;
+  return parse_forward_options(recipe.device, recipe.dtype, recipe.source, "device", "dtype");
 }
 
 void calibrate_into(const Recipe& recipe, const std::string& stats_path, const RunOptions& options) {
