@@ -2,15 +2,23 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
 #include <string>
 
 #include "compressor/common/errors.h"
 
 namespace lathe {
 
-std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits, bool sym) {
-  const double maxq = static_cast<double>((1 << bits) - 1);
-  const at::Tensor xf = x.to(at::kFloat);
+namespace {
+
+/// fp64 stays fp64 (exactness checks); every other float type works in fp32.
+at::ScalarType work_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+/// The §1.4 range of every row: [min(0, min x), max(0, max x)], made symmetric when `sym`, and
+/// [−1, 1] where both ends are zero.
+std::pair<at::Tensor, at::Tensor> quant_range(const at::Tensor& xf, bool sym) {
   at::Tensor xmin = std::get<0>(xf.min(1)).clamp_max(0.0);
   at::Tensor xmax = std::get<0>(xf.max(1)).clamp_min(0.0);
   if (sym) {
@@ -20,6 +28,11 @@ std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits
   const at::Tensor both_zero = (xmin == 0) & (xmax == 0);
   xmin = at::where(both_zero, -1.0, xmin);
   xmax = at::where(both_zero, 1.0, xmax);
+  return {xmin, xmax};
+}
+
+/// Scale and zero of a range [xmin, xmax] (per row) by the §1.4 parameter rule.
+std::pair<at::Tensor, at::Tensor> range_params(const at::Tensor& xmin, const at::Tensor& xmax, double maxq, bool sym) {
   at::Tensor scale = (xmax - xmin) / maxq;
   at::Tensor zero;
   if (sym) {
@@ -32,14 +45,51 @@ std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits
     zero = zero.clamp(1.0, maxq);
     scale = at::where(clamped, at::maximum(scale, xmax / (maxq - 1)), scale);
   }
+  return {scale, zero};
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits, bool sym) {
+  const double maxq = static_cast<double>((1 << bits) - 1);
+  const auto [xmin, xmax] = quant_range(x.to(work_type(x)), sym);
+  auto [scale, zero] = range_params(xmin, xmax, maxq, sym);
   return {scale, zero.to(at::kInt)};
+}
+
+std::pair<at::Tensor, at::Tensor> quant_params_mse(const at::Tensor& x, int64_t bits, bool sym, int64_t grid,
+                                                   double maxshrink, double norm) {
+  const double maxq = static_cast<double>((1 << bits) - 1);
+  const at::Tensor xf = x.to(work_type(x));
+  const auto [xmin, xmax] = quant_range(xf, sym);
+  at::Tensor best = at::full({xf.size(0)}, std::numeric_limits<float>::infinity(), xf.options());
+  at::Tensor best_scale, best_zero;
+  const int64_t steps = static_cast<int64_t>(std::floor(maxshrink * static_cast<double>(grid) + 1e-9));
+  for (int64_t i = 0; i < std::max<int64_t>(steps, 1); ++i) {
+    const double p = 1.0 - static_cast<double>(i) / static_cast<double>(grid);
+    const auto [scale, zero] = range_params(xmin * p, xmax * p, maxq, sym);
+    const at::Tensor q = (at::round(xf / scale.unsqueeze(1)) + zero.unsqueeze(1)).clamp(0.0, maxq);
+    const at::Tensor err = (scale.unsqueeze(1) * (q - zero.unsqueeze(1)) - xf).abs_().pow_(norm).sum(1);
+    if (i == 0) {
+      best = err;
+      best_scale = scale;
+      best_zero = zero;
+      continue;
+    }
+    const at::Tensor better = err < best;  // strict: ties keep the wider range
+    best = at::where(better, err, best);
+    best_scale = at::where(better, scale, best_scale);
+    best_zero = at::where(better, zero, best_zero);
+  }
+  return {best_scale, best_zero.to(at::kInt)};
 }
 
 at::Tensor quantize_codes(const at::Tensor& x, const at::Tensor& scales, const at::Tensor& zeros, int64_t bits) {
   const double maxq = static_cast<double>((1 << bits) - 1);
   const at::Tensor s = scales.dim() == 1 ? scales.unsqueeze(1) : scales;
-  const at::Tensor z = (zeros.dim() == 1 ? zeros.unsqueeze(1) : zeros).to(at::kFloat);
-  return (at::round(x.to(at::kFloat) / s) + z).clamp(0.0, maxq);
+  const at::ScalarType t = work_type(x);
+  const at::Tensor z = (zeros.dim() == 1 ? zeros.unsqueeze(1) : zeros).to(t);
+  return (at::round(x.to(t) / s) + z).clamp(0.0, maxq);
 }
 
 at::Tensor QuantizedWeight::dequantize() const {
@@ -50,7 +100,7 @@ at::Tensor QuantizedWeight::dequantize() const {
   return s * (codes.to(at::kFloat) - z).view({out, in});
 }
 
-QuantizedWeight quantize_rtn(const at::Tensor& weight, const QuantSpec& spec) {
+QuantizedWeight quantize_rtn(const at::Tensor& weight, const QuantSpec& spec, bool mse) {
   if (spec.bits < 2 || spec.bits > 8) throw ConfigError("", "bits", "expected 2..8, found " + std::to_string(spec.bits));
   if (weight.dim() != 2) throw InternalError("", "weight", "quantize_rtn needs a 2-d weight");
   const int64_t out = weight.size(0), in = weight.size(1);
@@ -61,7 +111,7 @@ QuantizedWeight quantize_rtn(const at::Tensor& weight, const QuantSpec& spec) {
   const int64_t g = spec.group_size == -1 ? in : spec.group_size;
   const int64_t groups = in / g;
   const at::Tensor grouped = weight.to(at::kFloat).reshape({out * groups, g});
-  auto [scale, zero] = quant_params(grouped, spec.bits, spec.sym);
+  auto [scale, zero] = mse ? quant_params_mse(grouped, spec.bits, spec.sym) : quant_params(grouped, spec.bits, spec.sym);
   QuantizedWeight q;
   q.spec = spec;
   q.codes = quantize_codes(grouped, scale, zero, spec.bits).to(at::kByte).view({out, in});

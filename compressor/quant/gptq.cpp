@@ -1,0 +1,227 @@
+#include "compressor/quant/gptq.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "compressor/common/errors.h"
+
+namespace lathe {
+namespace {
+
+void validate(const at::Tensor& weight, const GptqOptions& o) {
+  if (o.bits < 2 || o.bits > 8) throw ConfigError("", "bits", "expected 2..8, found " + std::to_string(o.bits));
+  if (!weight.defined() || weight.dim() != 2) throw InternalError("", "weight", "gptq_quantize needs a 2-d weight");
+  if (!at::isFloatingType(weight.scalar_type())) throw InternalError("", "weight", "gptq_quantize needs a float weight");
+  const int64_t in = weight.size(1);
+  if (o.group_size == 0 || o.group_size < -1 || (o.group_size > 0 && in % o.group_size != 0)) {
+    throw ConfigError("", "group-size", "expected -1 or a positive divisor of the input width " + std::to_string(in) +
+                                            ", found " + std::to_string(o.group_size));
+  }
+  if (!(o.damp >= 0)) throw ConfigError("", "damp", "expected ≥ 0, found " + std::to_string(o.damp));
+  if (!(o.damp_step > 0)) throw ConfigError("", "damp-step", "expected > 0, found " + std::to_string(o.damp_step));
+  if (!(o.damp_max >= o.damp)) {
+    throw ConfigError("", "damp-max", "expected ≥ damp (" + std::to_string(o.damp) + "), found " + std::to_string(o.damp_max));
+  }
+  if (o.block_size < 1) throw ConfigError("", "block-size", "expected ≥ 1, found " + std::to_string(o.block_size));
+}
+
+std::pair<at::Tensor, at::Tensor> group_params(const at::Tensor& x, const GptqOptions& o) {
+  return o.mse ? quant_params_mse(x, o.bits, o.sym) : quant_params(x, o.bits, o.sym);
+}
+
+/// tr(A H Aᵀ) = Σ (A H) ⊙ A: the GEMM in fp32, the sum in fp64 (a scalar over out·in terms).
+double quad_trace(const at::Tensor& a, const at::Tensor& h) {
+  return (a.mm(h) * a).sum(at::kDouble).item<double>();
+}
+
+}  // namespace
+
+at::Tensor gptq_dequantize(const QuantizedWeight& q, const at::Tensor& g_idx) {
+  const at::Tensor idx = g_idx.to(q.scales.device(), at::kLong);
+  const at::Tensor s = q.scales.index_select(1, idx);
+  const at::Tensor z = q.zeros.index_select(1, idx).to(at::kFloat);
+  return s * (q.codes.to(at::kFloat) - z);
+}
+
+GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, int64_t tokens, const GptqOptions& o) {
+  validate(weight, o);
+  const int64_t out = weight.size(0), in = weight.size(1);
+  const int64_t g = o.group_size == -1 ? in : o.group_size;
+  const int64_t groups = in / g;
+  const QuantSpec spec{o.bits, o.group_size, o.sym};
+  // fp32 like the reference implementations; an fp64 weight keeps fp64 throughout (tests use it to
+  // separate rounding from logic).
+  const at::ScalarType dt = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor w0 = weight.to(dt);  // may alias `weight`: never written
+  const auto long_opts = at::TensorOptions().dtype(at::kLong).device(w0.device());
+  const at::Tensor contiguous_gidx = at::arange(in, long_opts).div(g, "floor").to(at::kInt);
+
+  GptqResult r;
+  if (!hessian.defined() || tokens == 0) {  // §1.7: no Hessian at all → RTN with MSE clipping
+    r.q = quantize_rtn(w0, spec, /*mse=*/true);
+    r.g_idx = contiguous_gidx;
+    r.rel_err = std::numeric_limits<double>::quiet_NaN();
+    r.h_source = "none";
+    return r;
+  }
+  if (tokens < 0) throw InternalError("", "tokens", "negative token count " + std::to_string(tokens));
+  if (hessian.dim() != 2 || hessian.size(0) != in || hessian.size(1) != in) {
+    throw InternalError("", "hessian", "expected [" + std::to_string(in) + ", " + std::to_string(in) + "]");
+  }
+  r.h_source = "hessian";
+
+  // §1.1: H = (2/N)·Σ x xᵀ. H0 stays undamped and untouched for rel_err and the fallback loss.
+  const at::Tensor H0 = hessian.to(w0.device(), dt) * (2.0 / static_cast<double>(tokens));
+  at::Tensor H = H0.clone();
+  at::Tensor W = w0.clone();
+  // §1.2.1: dead inputs.
+  const at::Tensor dead = H.diagonal() == 0;
+  H.diagonal().masked_fill_(dead, 1.0);
+  W.masked_fill_(dead.unsqueeze(0), 0.0);
+  // The dead-fixed W in the original order (static groups, fallback). Shares storage with W until
+  // the permutation replaces W; both uses come before the column loop writes W.
+  const at::Tensor W_unperm = W;
+
+  auto finish_metrics = [&](const at::Tensor& deq) {
+    const double num = quad_trace(w0 - deq, H0), den = quad_trace(w0, H0);
+    r.rel_err = den > 0 ? num / den : (num == 0 ? 0.0 : std::numeric_limits<double>::infinity());
+  };
+
+  // §1.5: act-order permutation (stable: ties keep the lower index first).
+  const bool act_order = o.act_order != GptqOptions::kNone;
+  at::Tensor perm;
+  if (act_order) {
+    perm = std::get<1>(H.diagonal().sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    W = W.index_select(1, perm);
+    H = H.index_select(0, perm).index_select(1, perm);
+  }
+
+  // §1.2.3–4: damping with retries; U = upper Cholesky factor of H_d⁻¹.
+  const bool finite = H.isfinite().all().item<bool>();
+  const at::Tensor mean_diag = H.diagonal().mean();  // working precision, as the reference implementations
+  at::Tensor U;
+  double lambda = o.damp;
+  int retries = 0;
+  if (finite && mean_diag.item<double>() > 0) {
+    for (;;) {
+      lambda = o.damp + retries * o.damp_step;  // not accumulated: no drift over hundreds of steps
+      at::Tensor hd = H.clone();
+      hd.diagonal().add_(mean_diag * lambda);
+      auto [lower, info] = at::linalg_cholesky_ex(hd, /*upper=*/false, /*check_errors=*/false);
+      if (info.item<int64_t>() == 0) {
+        auto [upper, info2] = at::linalg_cholesky_ex(at::cholesky_inverse(lower), /*upper=*/true, /*check_errors=*/false);
+        if (info2.item<int64_t>() == 0 && upper.isfinite().all().item<bool>()) {
+          U = upper;
+          break;
+        }
+      }
+      if (o.damp + (retries + 1) * o.damp_step > o.damp_max * (1 + 1e-12)) break;
+      ++retries;
+    }
+  }
+  r.damp_used = lambda;
+  r.retries = retries;
+  H.reset();  // only U, H0 and W are needed from here on (in² floats each)
+  if (!U.defined()) {  // DECISION §1.2: RTN with the MSE grid; the pass warns with module and λ
+    r.rtn_fallback = true;
+    r.q = quantize_rtn(W_unperm, spec, /*mse=*/true);
+    r.g_idx = contiguous_gidx;
+    const at::Tensor deq = r.q.dequantize();
+    r.loss_sum = 0.5 * quad_trace(W_unperm - deq, H0);
+    finish_metrics(deq);
+    return r;
+  }
+
+  // Static groups (§1.4): parameters from the dead-fixed original W, before updates or permutation.
+  const bool static_groups = o.act_order == GptqOptions::kStatic;
+  at::Tensor scales = at::empty({out, groups}, w0.options());
+  at::Tensor zeros = at::empty({out, groups}, w0.options().dtype(at::kInt));
+  if (static_groups) {
+    for (int64_t j = 0; j < groups; ++j) {
+      auto [s, z] = group_params(W_unperm.slice(1, j * g, (j + 1) * g), o);
+      scales.select(1, j).copy_(s);
+      zeros.select(1, j).copy_(z);
+    }
+  }
+  std::vector<int64_t> perm_host;
+  if (act_order) {
+    const at::Tensor p = perm.cpu();
+    perm_host.assign(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + in);
+  }
+
+  // §1.3: column loop with lazy block updates, in working precision.
+  at::Tensor codes = at::empty({out, in}, w0.options());  // loop order
+  at::Tensor scale, zero;                                // [out, 1] f32 of the current group
+  at::Tensor loss = at::zeros({}, w0.options().dtype(at::kDouble));  // on the device: no sync per block
+  for (int64_t i1 = 0; i1 < in; i1 += o.block_size) {
+    const int64_t i2 = std::min(i1 + o.block_size, in), count = i2 - i1;
+    at::Tensor W1 = W.slice(1, i1, i2).clone();
+    at::Tensor Q1 = at::empty_like(W1);
+    at::Tensor Err1 = at::zeros_like(W1);
+    at::Tensor Losses1 = at::empty_like(W1);
+    const at::Tensor U1 = U.slice(0, i1, i2).slice(1, i1, i2);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t k = i1 + i;
+      if (static_groups) {
+        const int64_t j = perm_host[k] / g;
+        scale = scales.slice(1, j, j + 1);
+        zero = zeros.slice(1, j, j + 1).to(dt);
+      } else if (k % g == 0) {
+        // Dynamic group: parameters from the fully updated columns k..k+g. Inside the block they
+        // are W1's; past the block they still lack this block's updates, applied here explicitly.
+        // *Note:* the reference codes read W (not W1) here, so a group that starts inside a block
+        // misses the updates of the block's earlier columns; lathe follows the unbatched algorithm.
+        at::Tensor cols;
+        if (k + g <= i2) {
+          cols = W1.slice(1, i, i + g);
+        } else {
+          const at::Tensor tail = W.slice(1, i2, k + g) - Err1.slice(1, 0, i).mm(U.slice(0, i1, k).slice(1, i2, k + g));
+          cols = at::cat({W1.slice(1, i), tail}, 1);
+        }
+        auto [s, z] = group_params(cols, o);
+        scales.select(1, k / g).copy_(s);
+        zeros.select(1, k / g).copy_(z);
+        scale = s.unsqueeze(1);
+        zero = z.to(dt).unsqueeze(1);
+      }
+      const at::Tensor w = W1.slice(1, i, i + 1);  // [out, 1]
+      const at::Tensor d = U1[i][i];
+      const at::Tensor qc = quantize_codes(w, scale, zero, o.bits);
+      const at::Tensor diff = w - scale * (qc - zero);
+      Q1.slice(1, i, i + 1).copy_(qc);
+      Losses1.slice(1, i, i + 1).copy_(diff.square() / d.square());
+      const at::Tensor err = diff / d;
+      W1.slice(1, i).sub_(err.mm(U1.slice(0, i, i + 1).slice(1, i)));
+      Err1.slice(1, i, i + 1).copy_(err);
+    }
+    codes.slice(1, i1, i2).copy_(Q1);
+    loss += Losses1.sum(at::kDouble);
+    if (i2 < in) W.slice(1, i2).sub_(Err1.mm(U.slice(0, i1, i2).slice(1, i2)));
+  }
+
+  r.q.spec = spec;
+  r.q.scales = scales.to(at::kFloat);
+  r.q.zeros = zeros;
+  if (act_order) {
+    r.q.codes = at::empty_like(codes).index_copy_(1, perm, codes).to(at::kByte);
+    r.perm = perm;
+    if (static_groups) {
+      r.g_idx = contiguous_gidx;
+    } else {
+      r.g_idx = at::empty({in}, long_opts.dtype(at::kInt)).index_copy_(0, perm, at::arange(in, long_opts).div(g, "floor").to(at::kInt));
+    }
+  } else {
+    r.q.codes = codes.to(at::kByte);
+    r.g_idx = contiguous_gidx;
+  }
+  r.loss_sum = 0.5 * loss.item<double>();
+  finish_metrics(gptq_dequantize(r.q, r.g_idx));
+  return r;
+}
+
+}  // namespace lathe
