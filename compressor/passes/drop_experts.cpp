@@ -21,17 +21,21 @@
 namespace lathe {
 namespace {
 
+/// Sorted, checked kept ids. Problems are ConfigError for the `keep` option, DataError for an
+/// expert-map file (`from_file`).
 std::vector<int64_t> checked_ids(std::vector<int64_t> ids, int64_t experts, int64_t top_k, const std::string& where,
-                                 const std::string& field) {
+                                 const std::string& field, bool from_file) {
+  auto fail = [&](const std::string& message) {
+    if (from_file) throw DataError(where, field, message);
+    throw ConfigError(where, field, message);
+  };
   std::sort(ids.begin(), ids.end());
-  if (std::adjacent_find(ids.begin(), ids.end()) != ids.end()) throw ConfigError(where, field, "expert ids repeat");
+  if (std::adjacent_find(ids.begin(), ids.end()) != ids.end()) fail("expert ids repeat");
   for (int64_t id : ids) {
-    if (id < 0 || id >= experts) {
-      throw ConfigError(where, field, fmt::format("expert id {} outside [0, {})", id, experts));
-    }
+    if (id < 0 || id >= experts) fail(fmt::format("expert id {} outside [0, {})", id, experts));
   }
   if (static_cast<int64_t>(ids.size()) < top_k) {
-    throw ConfigError(where, field, fmt::format("keeps {} experts but the router selects top_k = {}", ids.size(), top_k));
+    fail(fmt::format("keeps {} experts but the router selects top_k = {}", ids.size(), top_k));
   }
   return ids;
 }
@@ -49,7 +53,7 @@ class DropExpertsPass : public Pass {
       for (int64_t i = 0; i < ctx.spec.num_layers; ++i) {
         const LayerSpec& l = ctx.spec.layers[i];
         if (!l.is_moe) continue;
-        plan.experts[i] = checked_ids(options_.get_int_list("keep"), l.num_experts, l.top_k, "", "drop-experts.keep");
+        plan.experts[i] = checked_ids(options_.get_int_list("keep"), l.num_experts, l.top_k, "", "drop-experts.keep", false);
         plan.decided_by["experts"] = "drop-experts";
       }
       return;
@@ -81,7 +85,7 @@ class DropExpertsPass : public Pass {
         if (!id.is_number_integer()) throw DataError(path, field, "expected integer expert ids");
         list.push_back(id.get<int64_t>());
       }
-      plan.experts[layer] = checked_ids(list, l.num_experts, l.top_k, path, field);
+      plan.experts[layer] = checked_ids(list, l.num_experts, l.top_k, path, field, true);
     }
     plan.decided_by["experts"] = "drop-experts";
   }

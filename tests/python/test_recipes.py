@@ -47,3 +47,25 @@ def test_per_layer_expert_map_recipe_runs(tmp_path):
     ppl = json.loads((tmp_path / "e.json").read_text())["perplexity"]["heldout.txt"]
     after = json.loads((out / "eval_after.json").read_text())["perplexity"]["heldout.txt"]
     assert abs(ppl / after - 1) < 1e-9
+
+
+@pytest.mark.parametrize("content,code,needle", [
+    (None, 5, "cannot open the expert map"),
+    ("{", 3, "map.json"),
+    ('{"format": "other"}', 3, "format"),
+    ('{"format": "lathe-expert-map", "layers": {"9": [0, 1, 2, 3]}}', 3, "layers.9"),
+    ('{"format": "lathe-expert-map", "layers": {"x": [0, 1, 2, 3]}}', 3, "layers.x"),
+    ('{"format": "lathe-expert-map", "layers": {"1": [0, 1, 12, 3]}}', 3, "outside [0, 12)"),
+    ('{"format": "lathe-expert-map", "layers": {"1": [0, 1, 2]}}', 3, "top_k = 4"),
+    ('{"format": "lathe-expert-map", "layers": {"1": [0, 1, 1, 2]}}', 3, "repeat"),
+    ('{"format": "lathe-expert-map", "layers": {"1": "all"}}', 3, "layers.1"),
+])
+def test_bad_expert_maps_are_refused(tmp_path, content, code, needle):
+    recipe = SOURCE_DIR / "recipes" / "tiny-qwen3-moe-map.yaml"
+    path = tmp_path / "map.json"
+    if content is not None:
+        path.write_text(content)
+    proc = lathe("run", recipe, "--dry-run", "--set", f"output={tmp_path / 'out'}",
+                 "--set", f"passes.drop-experts.map={path}")
+    assert proc.returncode == code, proc.stderr
+    assert needle in proc.stderr, proc.stderr
