@@ -42,6 +42,10 @@ void add_tensor(ModelSummary* s, const ExpectedTensor& t, int64_t params, uint64
   if (t.layer >= 0) {
     s->layers[t.layer].params += params;
     s->layers[t.layer].bytes += bytes;
+    if (category_of(t.role) == Category::kRoutedExperts) {
+      s->layers[t.layer].routed_params += params;
+      s->layers[t.layer].routed_bytes += bytes;
+    }
   }
 }
 
@@ -83,12 +87,20 @@ void account_config_only(ModelSummary* s, const std::vector<ExpectedTensor>& exp
 StreamingEstimate estimate_memory(const ModelSummary& s, const SummaryOptions& options) {
   StreamingEstimate m;
   const ModelSpec& spec = s.spec;
+  // A layer while it runs (layer_weights.h): non-expert tensors converted to fp32, routed experts
+  // left in their mapped pages and converted one at a time.
+  auto working = [&](size_t i) {
+    const LayerSummary& l = s.layers[i];
+    const LayerSpec& ls = spec.layers[i];
+    const uint64_t one_expert = ls.is_moe ? static_cast<uint64_t>(3 * ls.expert_intermediate * spec.hidden_size) * 4 : 0;
+    return static_cast<uint64_t>(l.params - l.routed_params) * 4 + l.routed_bytes + one_expert;
+  };
   for (size_t i = 0; i < s.layers.size(); ++i) {
-    if (s.layers[i].params > s.layers[m.largest_layer].params) m.largest_layer = static_cast<int64_t>(i);
+    if (working(i) > working(m.largest_layer)) m.largest_layer = static_cast<int64_t>(i);
   }
   if (!s.layers.empty()) {
     m.largest_layer_bytes = s.layers[m.largest_layer].bytes;
-    m.layer_working_bytes = static_cast<uint64_t>(s.layers[m.largest_layer].params) * 4;
+    m.layer_working_bytes = working(m.largest_layer);
   }
   const uint64_t tokens = static_cast<uint64_t>(options.samples) * options.seq_len;
   m.activation_buffer_bytes = tokens * spec.hidden_size * 2;
@@ -226,7 +238,7 @@ std::string summary_to_text(const ModelSummary& s) {
   }
   out << fmt::format("  bytes: {}", human_bytes(s.total_bytes));
   for (const auto& [k, v] : s.bytes_by_dtype) out << fmt::format("  {} {}", k, human_bytes(v));
-  out << fmt::format("\n  streaming run: peak ≈ {} (activation buffer {}, layer {} in fp32 {})\n",
+  out << fmt::format("\n  streaming run: peak ≈ {} (activation buffer {}, layer {} working set {})\n",
                      human_bytes(s.memory.peak_bytes), human_bytes(s.memory.activation_buffer_bytes),
                      s.memory.largest_layer, human_bytes(s.memory.layer_working_bytes));
   if (!s.unrecognised.empty()) {

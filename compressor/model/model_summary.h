@@ -26,13 +26,16 @@ struct SummaryOptions {
 struct LayerSummary {
   int64_t params = 0;
   uint64_t bytes = 0;
+  int64_t routed_params = 0;  ///< of which routed experts
+  uint64_t routed_bytes = 0;
 };
 
 /// Memory a layer-streaming run needs (DESIGN.md "Memory model"), in bytes.
 struct StreamingEstimate {
   int64_t largest_layer = 0;          ///< index of the layer with the most parameters
   uint64_t largest_layer_bytes = 0;   ///< that layer as stored
-  uint64_t layer_working_bytes = 0;   ///< that layer materialised in fp32
+  uint64_t layer_working_bytes = 0;   ///< that layer while it runs: non-expert tensors in fp32, routed
+                                      ///< experts as stored (mapped pages), one expert in fp32
   uint64_t activation_buffer_bytes = 0;  ///< samples × seq_len × hidden in bf16
   uint64_t forward_scratch_bytes = 0;    ///< one sequence through the widest FFN and attention scores, fp32
   uint64_t embedding_working_bytes = 0;  ///< embedding (or LM head) materialised in fp32

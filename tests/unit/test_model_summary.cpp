@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -62,6 +63,14 @@ TEST(ModelSummary, CountsEveryCategory) {
   const auto j = summary_to_json(s);
   EXPECT_EQ(j["experts_per_layer"], nlohmann::json::parse("[null, 4]"));
   EXPECT_EQ(j["memory"]["activation_buffer_bytes"], 128u * 2048u * 16u * 2u);
+  // Working set of a layer while it runs: non-expert tensors in fp32, routed experts as stored (bf16
+  // pages), one expert converted to fp32. Layer 1 (MoE): attention + norms + router + shared expert.
+  const int64_t attn = d * d + 2 * kv * d + d * d + d + 2 * kv, norms = 2 * d;
+  const int64_t moe_dense = attn + norms + (4 * d + d) + 3 * 12 * d, routed = 4 * 3 * 8 * d;
+  const uint64_t moe_working = 4 * moe_dense + 2 * routed + 4 * 3 * 8 * d;
+  const uint64_t dense_working = 4 * (attn + norms + 3 * 24 * d);
+  EXPECT_EQ(j["memory"]["layer_working_bytes"], std::max(moe_working, dense_working));
+  EXPECT_EQ(j["memory"]["largest_layer"], moe_working > dense_working ? 1 : 0);
 }
 
 TEST(ModelSummary, MissingTensorIsNamed) {
