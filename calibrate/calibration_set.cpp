@@ -20,6 +20,7 @@
 #include "calibrate/tokenizer.h"
 #include "calibrate/tokenizer/unicode.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/sha256.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/fingerprint.h"
@@ -33,33 +34,6 @@ constexpr const char* kOptionsWhere = "calibration";
 constexpr const char* kDescriptionWhere = "calibration description";
 
 // ---- reading sources ----------------------------------------------------------------------------
-
-std::string read_whole_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw ResourceError(path, "", std::string("cannot open: ") + std::strerror(errno));
-  struct stat info {};
-  if (::fstat(fd, &info) != 0 || S_ISDIR(info.st_mode)) {
-    const std::string reason = S_ISDIR(info.st_mode) ? "is a directory" : std::strerror(errno);
-    ::close(fd);
-    throw ResourceError(path, "", "cannot read: " + reason);
-  }
-  std::string bytes;
-  bytes.reserve(static_cast<size_t>(std::max<off_t>(info.st_size, 0)));
-  char buffer[1 << 16];
-  for (;;) {
-    const ssize_t got = ::read(fd, buffer, sizeof(buffer));
-    if (got == 0) break;
-    if (got < 0) {
-      if (errno == EINTR) continue;
-      const std::string reason = std::strerror(errno);
-      ::close(fd);
-      throw ResourceError(path, "", "read failed: " + reason);
-    }
-    bytes.append(buffer, static_cast<size_t>(got));
-  }
-  ::close(fd);
-  return bytes;
-}
 
 bool is_jsonl(const std::string& path) {
   constexpr std::string_view kExt = ".jsonl";
@@ -81,18 +55,6 @@ void check_utf8(std::string_view bytes, const std::string& path) {
   throw DataError(
       path, "byte " + std::to_string(bad),
       "invalid UTF-8 at byte " + std::to_string(bad) + " (line " + std::to_string(line) + ")");
-}
-
-// Why `label` cannot name a task (a statistics name part, calibrate/stats_store.h), or "".
-std::string task_label_problem(const std::string& label) {
-  if (label.empty()) return "a task label must not be empty";
-  if (label == "." || label == ".." || label.find('/') != std::string::npos ||
-      label.find('\0') != std::string::npos) {
-    return "task label '" + label +
-           "' is not a valid statistics name (no '/' or NUL, not '.' or '..')";
-  }
-  if (label == "all") return "task label 'all' is reserved for statistics over every task";
-  return "";
 }
 
 // One document: a view into its source's bytes, or text it owns (JSONL, or a final paragraph
@@ -268,7 +230,7 @@ void load_sources(Loaded& loaded, std::vector<std::string>& buffers) {
   const auto& sources = loaded.options.sources;
   buffers.reserve(sources.size());
   for (size_t s = 0; s < sources.size(); ++s) {
-    buffers.push_back(read_whole_file(sources[s].path));
+    buffers.push_back(read_file(sources[s].path));
     const std::string& bytes = buffers.back();
     Sha256 sha;
     sha.update(bytes);
@@ -537,6 +499,17 @@ int64_t CalibrationSet::tokens(int32_t t) const {
     if (t < 0 || task_of[i] == t) total += lengths[i];
   }
   return total;
+}
+
+std::string task_label_problem(const std::string& label) {
+  if (label.empty()) return "a task label must not be empty";
+  if (label == "." || label == ".." || label.find('/') != std::string::npos ||
+      label.find('\0') != std::string::npos) {
+    return "task label '" + label +
+           "' is not a valid statistics name (no '/' or NUL, not '.' or '..')";
+  }
+  if (label == "all") return "task label 'all' is reserved for statistics over every task";
+  return "";
 }
 
 CalibrationSet build_calibration_set(const CalibrationOptions& options, const Tokenizer& tokenizer,

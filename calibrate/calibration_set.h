@@ -91,6 +91,11 @@ struct CalibrationSet {
   int64_t tokens(int32_t t = -1) const;
 };
 
+/// Why `label` cannot name a calibration task (it becomes a statistics name part,
+/// calibrate/stats_store.h): empty, holding '/' or NUL, "." or "..", or the reserved "all".
+/// Empty when it can. Recipes and pipeline strings add their own character rules on top.
+std::string task_label_problem(const std::string& label);
+
 /// Builds the set. `tokenizer_fingerprint` is file_fingerprint(tokenizer.json). Each source file is
 /// read whole into memory once. Errors, all naming the file (where; "calibration" for options that
 /// belong to no file) and what was expected:

@@ -27,16 +27,14 @@ CoverageReport coverage_from_store(const StatsStore& store, const CoverageOption
   for (const StatsKey& key : store.keys()) {
     if (key.kind != "expert_tokens") continue;
     const StatsInfo info = store.info(key);
-    const at::Tensor counts = store.get(key, info.fingerprints).to(at::kLong);
+    const at::Tensor counts = store.get_as_stored(key).to(at::kLong);
     if (counts.dim() != 1) throw DataError(store.path(), to_string(key), "expected a 1-d tensor of token counts");
     found[key.layer][key.task] = {info.tokens, counts};
     if (std::find(report.tasks.begin(), report.tasks.end(), key.task) == report.tasks.end()) report.tasks.push_back(key.task);
   }
   // Tasks in the calibration set's order when the store has it, else sorted.
-  if (store.contains({"calibration_description", StatsKey::kAllLayers, "input", "all"})) {
-    const StatsKey k{"calibration_description", StatsKey::kAllLayers, "input", "all"};
-    const at::Tensor bytes = store.get(k, store.info(k).fingerprints);
-    const auto doc = nlohmann::json::parse(std::string(static_cast<const char*>(bytes.data_ptr()), bytes.numel()), nullptr, false);
+  if (const std::optional<std::string> description = stored_calibration_description(store)) {
+    const auto doc = nlohmann::json::parse(*description, nullptr, false);
     if (doc.is_object() && doc.contains("tasks") && doc["tasks"].is_array()) {
       std::vector<std::string> ordered;
       for (const auto& t : doc["tasks"]) {

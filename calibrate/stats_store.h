@@ -27,6 +27,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -137,6 +138,10 @@ class StatsStore {
   /// (field = the key) when missing or when its attributes are malformed.
   StatsInfo info(const StatsKey& key) const;
 
+  /// The values stored under `key` without comparing fingerprints: for reports about the store
+  /// itself (coverage), never for a pass's input. DataError (field = the key) when missing.
+  at::Tensor get_as_stored(const StatsKey& key) const;
+
   /// True when `key` is present and its three fingerprints equal `expected`: get() would succeed.
   bool is_current(const StatsKey& key, const StatsFingerprints& expected) const;
 
@@ -158,5 +163,11 @@ class StatsStore {
   explicit StatsStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+/// Where `lathe calibrate` keeps the calibration set's description_json (UTF-8 bytes, uint8).
+StatsKey calibration_description_key();
+
+/// That description as stored, or nullopt when the store has none.
+std::optional<std::string> stored_calibration_description(const StatsStore& store);
 
 }  // namespace lathe

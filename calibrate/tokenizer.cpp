@@ -17,6 +17,7 @@
 #include "calibrate/tokenizer/pre_tokenizers.h"
 #include "calibrate/tokenizer/unicode.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 
 namespace lathe {
@@ -37,15 +38,6 @@ struct TokenizerPipeline {
 }  // namespace tok
 
 namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path, "", "cannot open the file");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) throw ResourceError(path, "", "read failed");
-  return buffer.str();
-}
 
 bool is_directory(const std::string& path) {
   std::error_code ignored;

@@ -28,21 +28,19 @@ std::string write_safetensors(const std::string& path, const std::vector<TensorB
       if (d < 0) throw InternalError(path, t.name, "negative dimension");
       numel *= static_cast<uint64_t>(d);
     }
-    if (numel * dtype_size(t.dtype) != t.data.size()) throw InternalError(path, t.name, "data size does not match the shape");
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.data.size()}}};
-    offset += t.data.size();
+    if (numel * dtype_size(t.dtype) != t.size) throw InternalError(path, t.name, "data size does not match the shape");
+    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.size}}};
+    offset += t.size;
   }
   std::string head = header.dump();
   head.append((8 - head.size() % 8) % 8, ' ');
-  std::vector<uint8_t> file;
-  file.reserve(8 + head.size() + offset);
-  const uint64_t n = head.size();
-  for (int i = 0; i < 8; ++i) file.push_back(static_cast<uint8_t>(n >> (8 * i)));
-  file.insert(file.end(), head.begin(), head.end());
-  for (const TensorBytes* t : order) file.insert(file.end(), t->data.begin(), t->data.end());
-  write_file_atomically(path, file.data(), file.size());
+  uint8_t length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(head.size()) >> (8 * i));
+  std::vector<FilePiece> pieces = {{length, sizeof length}, {head.data(), head.size()}};
+  for (const TensorBytes* t : order) pieces.push_back({t->data, t->size});
+  write_file_atomically(path, pieces);
   Sha256 sha;
-  sha.update(file.data(), file.size());
+  for (const FilePiece& piece : pieces) sha.update(piece.data, piece.size);
   return fingerprint_from_digest(sha.finish());
 }
 

@@ -12,15 +12,18 @@
 
 namespace lathe {
 
-/// One tensor to write: `data` holds exactly numel × dtype_size(dtype) little-endian bytes.
+/// One tensor to write: `data` points at exactly `size` = numel × dtype_size(dtype) little-endian
+/// bytes, which the caller keeps alive until write_safetensors returns (nothing is copied).
 struct TensorBytes {
   std::string name;
   DType dtype;
   std::vector<int64_t> shape;
-  std::vector<uint8_t> data;
+  const uint8_t* data = nullptr;
+  uint64_t size = 0;
 };
 
-/// Writes `tensors` to `path` atomically (temporary file, fsync, rename) with `metadata` as
+/// Writes `tensors` to `path` atomically (temporary file, fsync, rename), streaming each tensor's
+/// bytes from where they are with `metadata` as
 /// `__metadata__` (omitted when empty). Returns the SHA-256 of the file's bytes ("sha256:<hex>").
 /// InternalError for duplicate names or a data size that does not match the shape; ResourceError
 /// (where = path) when writing fails.

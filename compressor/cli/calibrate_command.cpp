@@ -17,7 +17,6 @@
 
 #include "calibrate/coverage.h"
 #include "calibrate/stats_store.h"
-#include "calibrate/tokenizer.h"
 #include "compressor/cli/commands.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"

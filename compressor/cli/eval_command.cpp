@@ -2,18 +2,9 @@
 // perplexity and multiple-choice accuracy (docs/eval.md).
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
-#include <unistd.h>
 
-#include <chrono>
-#include <fstream>
-#include <map>
-#include <iostream>
-#include <sstream>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "calibrate/tokenizer.h"
 #include "compressor/cli/commands.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"

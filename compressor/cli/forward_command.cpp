@@ -12,6 +12,7 @@
 #include "compressor/cli/commands.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/causal_lm.h"
 
@@ -20,11 +21,7 @@ namespace {
 
 /// Reads {"ids": [[int...]...]} into a right-padded [B, T] batch and its validity mask.
 std::pair<at::Tensor, at::Tensor> read_token_batch(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path, "", "cannot open the token file");
-  std::stringstream text;
-  text << in.rdbuf();
-  const nlohmann::json doc = parse_json_strict(text.str(), path, "");
+  const nlohmann::json doc = parse_json_strict(read_file(path, "cannot open the token file"), path, "");
   if (!doc.is_object() || !doc.contains("ids") || !doc["ids"].is_array() || doc["ids"].empty()) {
     throw DataError(path, "ids", "expected a non-empty list of token id lists");
   }

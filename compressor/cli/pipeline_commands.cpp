@@ -1,10 +1,8 @@
 // `lathe passes` (the registry with options and defaults) and `lathe apply MODEL --plan plan.json
 // --out DIR` (the apply stage on a possibly hand-edited plan; docs/plan.md, docs/output.md).
 #include <CLI/CLI.hpp>
-#include <signal.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 
 #include <chrono>
@@ -65,17 +63,6 @@ std::function<void(int64_t, int64_t)> apply_progress() {
   };
 }
 
-/// Test-only fault injection: LATHE_FAULT_KILL_AFTER_LAYER=i makes the process SIGKILL itself right
-/// after layer i is on disk, so tests can prove that resume works from every point.
-std::function<void(int64_t)> fault_injection_hook() {
-  const char* env = std::getenv("LATHE_FAULT_KILL_AFTER_LAYER");
-  if (!env || !*env) return {};
-  const int64_t target = std::strtoll(env, nullptr, 10);
-  return [target](int64_t layer) {
-    if (layer == target) ::kill(::getpid(), SIGKILL);
-  };
-}
-
 void add_pipeline_commands(CLI::App& app) {
   auto* passes = app.add_subcommand("passes", "List every pass with its options and defaults");
   passes->callback([] { print_passes(std::cout); });
@@ -99,7 +86,6 @@ void add_pipeline_commands(CLI::App& app) {
     req.pipeline = req.plan.pipeline;
     req.force = args->force;
     req.fresh = args->fresh;
-    req.after_layer = fault_injection_hook();
     print_apply_summary(run_apply(req, apply_progress()), args->out);
   });
 

@@ -21,6 +21,7 @@
 #include "calibrate/tokenizer.h"
 #include "compressor/cli/commands.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 
 namespace lathe::cli {
@@ -42,11 +43,7 @@ std::string read_input(const std::string& path) {
   if (path == "-") {
     return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path, "", "cannot open the file");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  return read_file(path);
 }
 
 // Ids for --decode: a JSON array, or integers separated by spaces, commas or newlines.

@@ -12,6 +12,10 @@
 namespace lathe {
 
 void write_file_atomically(const std::string& path, const void* data, size_t size) {
+  write_file_atomically(path, std::vector<FilePiece>{{data, size}});
+}
+
+void write_file_atomically(const std::string& path, const std::vector<FilePiece>& pieces) {
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw ResourceError(path, "", std::string("cannot create the output file: ") + std::strerror(errno));
@@ -21,16 +25,18 @@ void write_file_atomically(const std::string& path, const void* data, size_t siz
     ::unlink(tmp.c_str());
     throw ResourceError(path, "", std::string(what) + ": " + std::strerror(err));
   };
-  const char* p = static_cast<const char*>(data);
-  size_t left = size;
-  while (left > 0) {
-    const ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("write failed");
+  for (const FilePiece& piece : pieces) {
+    const char* p = static_cast<const char*>(piece.data);
+    size_t left = piece.size;
+    while (left > 0) {
+      const ssize_t n = ::write(fd, p, left);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        fail("write failed");
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
     }
-    p += n;
-    left -= static_cast<size_t>(n);
   }
   if (::fsync(fd) != 0) fail("fsync failed");
   if (::close(fd) != 0) {

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace lathe {
 
@@ -14,6 +15,15 @@ namespace lathe {
 /// decide beforehand whether that is allowed). On failure the temporary file is removed and
 /// ResourceError (where = path) says what failed, with the OS reason.
 void write_file_atomically(const std::string& path, const void* data, size_t size);
+
+/// A piece of a file being written: `size` bytes at `data`.
+struct FilePiece {
+  const void* data;
+  size_t size;
+};
+
+/// write_file_atomically of the concatenation of `pieces`, without building it in memory.
+void write_file_atomically(const std::string& path, const std::vector<FilePiece>& pieces);
 
 /// Text form of write_file_atomically.
 void write_file_atomically(const std::string& path, std::string_view text);

@@ -14,19 +14,12 @@
 
 #include "calibrate/tokenizer.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/eval/task_file.h"
 #include "compressor/model/streaming.h"
 
 namespace lathe {
 namespace {
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path, "", "cannot open the text file");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 /// Progress on stderr: a rewritten line on a terminal, one line per file otherwise.
 Progress progress_for(const std::string& stage, const std::string& label) {
@@ -91,7 +84,7 @@ nlohmann::json evaluate_model(const EvalRequest& args) {
     const std::string& path = args.texts[f];
     const std::string& name = text_names[f];
     const auto start = std::chrono::steady_clock::now();
-    const std::vector<int32_t> tokens = tokenizer.encode(read_text(path), false);
+    const std::vector<int32_t> tokens = tokenizer.encode(read_file(path, "cannot open the text file"), false);
     const PerplexityResult r = evaluate_perplexity(model, tokens, args.windows, streaming, progress_for(args.label, name));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     report["perplexity"][name] = r.perplexity();

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/json_fields.h"
 #include "compressor/common/strict_json.h"
 
@@ -359,12 +360,9 @@ ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
 
 ModelSpec load_model_spec(const std::filesystem::path& model_dir) {
   const auto path = model_dir / "config.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path.string(), "", "cannot open: no config.json in the model directory");
-  std::stringstream text;
-  text << in.rdbuf();
+  const std::string text = read_file(path.string(), "cannot open: no config.json in the model directory");
   // Strict: a key given twice is an error, not a silent "last one wins".
-  return parse_model_spec(parse_json_strict(text.str(), path.string(), ""), path.string());
+  return parse_model_spec(parse_json_strict(text, path.string(), ""), path.string());
 }
 
 }  // namespace lathe

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/mapped_file.h"
 #include "compressor/model/safetensors.h"
@@ -24,15 +25,6 @@ constexpr const char* kIndexFile = "model.safetensors.index.json";
 
 std::string in_quotes(const std::string& s) {
   return "'" + s + "'";
-}
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path, "", std::string("cannot open: ") + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw ResourceError(path, "", "read failed");
-  return text.str();
 }
 
 // A shard name is a plain file name in the index's directory: no separators, no NUL, not "."
@@ -181,7 +173,7 @@ void WeightStore::open_single(const std::string& file) {
 
 void WeightStore::open_index(const std::string& index_file) {
   sharded_ = true;
-  const json index = parse_json_strict(read_text_file(index_file), index_file, "index");
+  const json index = parse_json_strict(read_file(index_file), index_file, "index");
   const std::map<std::string, std::string> weight_map = parse_weight_map(index, index_file);
   if (index.contains("metadata") && index.at("metadata").is_object()) {
     const json& total = index.at("metadata").value("total_size", json());

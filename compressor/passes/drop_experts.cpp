@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/passes/builtin.h"
 #include "compressor/passes/context.h"
@@ -59,10 +60,7 @@ class DropExpertsPass : public Pass {
       return;
     }
     const std::string path = options_.get_string("map");
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw ResourceError(path, "", "cannot open the expert map");
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const nlohmann::json doc = parse_json_strict(text, path, "");
+    const nlohmann::json doc = parse_json_strict(read_file(path, "cannot open the expert map"), path, "");
     if (!doc.is_object() || doc.value("format", "") != "lathe-expert-map") {
       throw DataError(path, "format", "expected \"lathe-expert-map\"");
     }

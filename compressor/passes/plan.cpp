@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/model_spec.h"
 
@@ -114,10 +115,7 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
 }
 
 CompressionPlan CompressionPlan::read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path, "", "cannot open the plan");
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return from_json(parse_json_strict(text, path, ""), path);
+  return from_json(parse_json_strict(read_file(path, "cannot open the plan"), path, ""), path);
 }
 
 void CompressionPlan::validate(const ModelSpec& spec, const std::vector<std::string>& tensor_names,

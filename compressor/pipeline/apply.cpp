@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +17,7 @@
 #include "calibrate/stats_store.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/fingerprint.h"
 #include "compressor/model/model_spec.h"
@@ -34,12 +37,6 @@ int64_t peak_rss_bytes() {
 }
 
 namespace {
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path.string(), "", "cannot open");
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
 
 std::vector<std::unique_ptr<Pass>> make_passes(const std::vector<PassInstance>& passes) {
   std::vector<std::unique_ptr<Pass>> out;
@@ -66,15 +63,34 @@ DType dtype_of(const at::Tensor& t) {
   }
 }
 
-TensorBytes to_bytes(const std::string& name, const at::Tensor& value) {
-  const at::Tensor c = value.contiguous().cpu();
-  TensorBytes b;
-  b.name = name;
-  b.dtype = dtype_of(c);
-  b.shape = c.sizes().vec();
-  const auto* p = static_cast<const uint8_t*>(c.data_ptr());
-  b.data.assign(p, p + c.nbytes());
-  return b;
+/// A view of `value`'s bytes for write_safetensors; the contiguous CPU tensor it points into is
+/// appended to `keep` so it outlives the write (no copy when `value` already is one, e.g. a mapped
+/// weight).
+TensorBytes to_bytes(const std::string& name, const at::Tensor& value, std::vector<at::Tensor>* keep) {
+  keep->push_back(value.contiguous().cpu());
+  const at::Tensor& c = keep->back();
+  return {name, dtype_of(c), c.sizes().vec(), static_cast<const uint8_t*>(c.data_ptr()), c.nbytes()};
+}
+
+/// The record of a tensor written as it was loaded (no pass changed it).
+TensorRecord unchanged_record(const std::string& name, const std::string& source, const at::Tensor& value) {
+  TensorRecord r;
+  r.name = name;
+  r.source = source;
+  r.format = dtype_name(dtype_of(value));
+  r.bits = static_cast<int64_t>(value.element_size() * 8);
+  return r;
+}
+
+/// Test-only fault injection: LATHE_FAULT_KILL_AFTER_LAYER=i makes the process SIGKILL itself right
+/// after layer i is on disk and recorded, so tests can prove that resume works from every point.
+std::function<void(int64_t)> fault_injection_from_env() {
+  const char* env = std::getenv("LATHE_FAULT_KILL_AFTER_LAYER");
+  if (!env || !*env) return {};
+  const int64_t target = std::strtoll(env, nullptr, 10);
+  return [target](int64_t layer) {
+    if (layer == target) ::raise(SIGKILL);
+  };
 }
 
 std::string shard_name(int64_t index, int64_t count) {
@@ -140,8 +156,6 @@ struct ResumeState {
   }
 };
 
-std::string sha256_of_file(const fs::path& p) { return file_fingerprint(p.string()); }
-
 }  // namespace
 
 CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,
@@ -183,7 +197,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     }
   }
   req.plan.validate(spec, quantizable, shapes, "plan");
-  const std::string weights_fp = weights_fingerprint(store);
+  const std::string weights_fp = req.weights_fingerprint.empty() ? weights_fingerprint(store) : req.weights_fingerprint;
   const std::string plan_text = req.plan.to_json().dump(2) + "\n";
   Sha256 plan_sha;
   plan_sha.update(plan_text);
@@ -191,7 +205,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
 
   const fs::path state_path = partial / ".lathe" / "state.json";
   if (fs::exists(state_path)) {
-    const nlohmann::json old = parse_json_strict(read_file(state_path), state_path.string(), "");
+    const nlohmann::json old = parse_json_strict(read_file(state_path.string()), state_path.string(), "");
     std::vector<std::string> changed;
     if (old.value("pipeline", "") != state.pipeline) changed.push_back("the pipeline changed");
     if (old.value("weights_fingerprint", "") != state.weights) changed.push_back("the model weights changed");
@@ -210,7 +224,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
         const int64_t index = std::stoll(k);
         const fs::path file = partial / "model" / shard_name(index, spec.num_layers + 1);
         // A shard counts as finished only when its bytes are what the state recorded.
-        if (v.is_string() && fs::exists(file) && sha256_of_file(file) == v.get<std::string>()) state.layers[index] = v;
+        if (v.is_string() && fs::exists(file) && file_fingerprint(file.string()) == v.get<std::string>()) state.layers[index] = v;
       }
     }
   } else if (fs::exists(partial / "model")) {
@@ -243,10 +257,12 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   nlohmann::json weight_map = nlohmann::json::object();
   std::vector<TensorRecord> all_records;
 
+  const std::function<void(int64_t)> fault = fault_injection_from_env();
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     const auto start = std::chrono::steady_clock::now();
+    const std::vector<ExpectedTensor> expected = expected_layer_tensors(spec, layout, i);
     std::vector<LayerTensor> tensors;
-    for (const auto& t : expected_layer_tensors(spec, layout, i)) {
+    for (const auto& t : expected) {
       require_tensor(store, t.name, t.shape);
       tensors.push_back({t.name, t.name, t.role, t.expert, load_tensor(store, t.name)});
     }
@@ -266,13 +282,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     }
     for (const auto& t : tensors) {
       weight_map[t.name] = shard_name(i + 1, shards);
-      if (recorded.count(t.name)) continue;
-      TensorRecord r;
-      r.name = t.name;
-      r.source = t.source;
-      r.format = dtype_name(dtype_of(t.value));
-      r.bits = static_cast<int64_t>(t.value.element_size() * 8);
-      records.push_back(r);
+      if (!recorded.count(t.name)) records.push_back(unchanged_record(t.name, t.source, t.value));
     }
     all_records.insert(all_records.end(), records.begin(), records.end());
     for (const auto& w : warnings) result.warnings.push_back(fmt::format("layer {}: {}", i, w));
@@ -281,39 +291,40 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
       result.resumed_layers += 1;
     } else {
       std::vector<TensorBytes> bytes;
-      for (const auto& t : tensors) bytes.push_back(to_bytes(t.name, t.value));
+      std::vector<at::Tensor> keep;
+      for (const auto& t : tensors) bytes.push_back(to_bytes(t.name, t.value, &keep));
       state.layers[i + 1] = write_safetensors(file.string(), bytes, metadata);
       save_state();
       result.written_layers += 1;
     }
-    for (const auto& t : expected_layer_tensors(spec, layout, i)) store.release(t.name);
+    for (const auto& t : expected) store.release(t.name);
     result.layer_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (req.after_layer) req.after_layer(i);
+    if (fault) fault(i);
     if (progress) progress(i, spec.num_layers);
   }
 
   // The last shard: embedding, final norm, LM head, unchanged.
   {
     std::vector<TensorBytes> bytes;
+    std::vector<at::Tensor> keep;
+    std::vector<std::string> names;
     for (const auto& t : expected_tensors(spec, layout)) {
       if (t.layer >= 0) continue;
       require_tensor(store, t.name, t.shape);
       const at::Tensor v = load_tensor(store, t.name);
-      bytes.push_back(to_bytes(t.name, v));
+      bytes.push_back(to_bytes(t.name, v, &keep));
       weight_map[t.name] = shard_name(shards, shards);
-      TensorRecord r;
-      r.name = r.source = t.name;
-      r.format = dtype_name(dtype_of(v));
-      r.bits = static_cast<int64_t>(v.element_size() * 8);
-      all_records.push_back(r);
-      store.release(t.name);
+      all_records.push_back(unchanged_record(t.name, t.name, v));
+      names.push_back(t.name);
     }
     write_safetensors((partial / "model" / shard_name(shards, shards)).string(), bytes, metadata);
+    store.release(names);
   }
 
   // Config, tokenizer files, index, expert map, plan, manifest.
   const fs::path in_dir(req.model_dir);
-  const nlohmann::json config = parse_json_strict(read_file(in_dir / "config.json"), (in_dir / "config.json").string(), "");
+  const nlohmann::json config = parse_json_strict(read_file((in_dir / "config.json").string()), (in_dir / "config.json").string(), "");
   const nlohmann::json out_config = output_config(config, spec, req.plan, &result.warnings);
   write_file_atomically((partial / "model" / "config.json").string(), out_config.dump(2) + "\n");
   for (const auto& entry : fs::directory_iterator(in_dir)) {
@@ -362,9 +373,9 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   }
   nlohmann::json outputs = nlohmann::json::object();
   for (const auto& entry : fs::recursive_directory_iterator(partial / "model")) {
-    if (entry.is_regular_file()) outputs["model/" + entry.path().filename().string()] = sha256_of_file(entry.path());
+    if (entry.is_regular_file()) outputs["model/" + entry.path().filename().string()] = file_fingerprint(entry.path().string());
   }
-  outputs["plan.json"] = sha256_of_file(partial / "plan.json");
+  outputs["plan.json"] = file_fingerprint((partial / "plan.json").string());
   nlohmann::json experts = nlohmann::json::object();
   for (const auto& [l, ids] : req.plan.experts) experts[std::to_string(l)] = {{"count", ids.size()}, {"map", ids}};
   const fs::path tok = in_dir / "tokenizer.json";

@@ -24,12 +24,16 @@ struct ApplyRequest {
   std::string pipeline;  ///< canonical pipeline string (manifest, resume check)
   std::vector<PassInstance> passes;
   CompressionPlan plan;
+  /// FORMATS.md §7 weights fingerprint of `model_dir` when the caller already computed it (lathe run:
+  /// decide just did); empty: computed here (it reads every weight).
+  std::string weights_fingerprint;
   bool force = false;  ///< replace an existing finished output directory
   bool fresh = false;  ///< discard a partial run made from other inputs instead of refusing
   /// Rename `<out_dir>.partial` to `out_dir` at the end. `lathe run` sets false, adds evaluation and
   /// the report, then publishes itself (publish_output).
   bool publish = true;
-  /// Called after layer i's shard is on disk and the resume state records it (tests inject faults).
+  /// Called after layer i's shard is on disk and the resume state records it. (Tests also inject a
+  /// SIGKILL there with the environment variable LATHE_FAULT_KILL_AFTER_LAYER=i, docs/output.md.)
   std::function<void(int64_t)> after_layer;
 };
 

@@ -19,8 +19,6 @@
 namespace lathe {
 namespace {
 
-const StatsKey kDescriptionKey{"calibration_description", StatsKey::kAllLayers, "input", "all"};
-
 /// Removes `<out>.tmp-<pid>` files left by lathe processes that no longer run (a killed run).
 void remove_stale_temporaries(const std::string& out, std::vector<std::string>* removed) {
   const std::filesystem::path target(out);
@@ -71,10 +69,8 @@ std::vector<std::string> explain_mismatch(const StatsStore& store, const Expecta
   }
   if (calibration) {
     std::vector<std::string> what;
-    if (store.contains(kDescriptionKey)) {
-      const at::Tensor bytes = store.get(kDescriptionKey, store.info(kDescriptionKey).fingerprints);
-      const std::string stored(static_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(bytes.numel()));
-      what = describe_calibration_change(stored, description);
+    if (const std::optional<std::string> stored = stored_calibration_description(store)) {
+      what = describe_calibration_change(*stored, description);
     }
     if (what.empty()) lines.push_back("calibration data changed");
     for (const auto& w : what) lines.push_back("calibration data changed: " + w);
@@ -85,8 +81,6 @@ std::vector<std::string> explain_mismatch(const StatsStore& store, const Expecta
 }
 
 }  // namespace
-
-StatsKey calibration_description_key() { return kDescriptionKey; }
 
 CalibrateResult run_calibration(const CalibrateRequest& request, const CalibrateProgress& progress) {
   CalibrateResult result;
@@ -109,7 +103,7 @@ CalibrateResult run_calibration(const CalibrateRequest& request, const Calibrate
   const StatsFingerprints data_fps{no_weights_fingerprint(), set.fingerprint, data_options_fingerprint()};
 
   Expectation want;
-  want.entries.push_back({kDescriptionKey, data_fps});
+  want.entries.push_back({calibration_description_key(), data_fps});
   for (const auto& task : set.tasks) {
     want.entries.push_back({{"calibration_ids", StatsKey::kAllLayers, "input", task}, data_fps});
     want.entries.push_back({{"calibration_lengths", StatsKey::kAllLayers, "input", task}, data_fps});
@@ -145,7 +139,7 @@ CalibrateResult run_calibration(const CalibrateRequest& request, const Calibrate
   {
     const std::string& d = set.description_json;
     const at::Tensor bytes = at::from_blob(const_cast<char*>(d.data()), {static_cast<int64_t>(d.size())}, at::kByte).clone();
-    store.put(kDescriptionKey, bytes, data_fps, set.tokens());
+    store.put(calibration_description_key(), bytes, data_fps, set.tokens());
   }
   const int64_t n = set.num_samples(), t = set.seq_len;
   const at::Tensor ids = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, t}, at::kInt).to(at::kLong);

@@ -47,7 +47,4 @@ using CalibrateProgress = std::function<void(int64_t, int64_t, int64_t, double)>
 /// `out` are removed first. Errors of the model, tokenizer, calibration files and HDF5 propagate.
 CalibrateResult run_calibration(const CalibrateRequest& request, const CalibrateProgress& progress = {});
 
-/// The key of the stored calibration description (CalibrationSet::description_json as UTF-8 bytes).
-StatsKey calibration_description_key();
-
 }  // namespace lathe

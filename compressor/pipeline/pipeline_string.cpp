@@ -408,6 +408,9 @@ const std::vector<OptionSpec>& calibrate_stage_options() {
 
 std::string check_task_name(const std::string& task) {
   if (task.empty()) return "a task name is not empty";
+  // The calibration set's own rule first (e.g. "all" is reserved), so a recipe fails at validation
+  // rather than when the calibration set is built.
+  if (std::string problem = task_label_problem(task); !problem.empty()) return problem;
   for (char c : task)
     if (!is_bare_char(c) || c == '/' || c == '%')
       return "a task name holds letters, digits and _.+- only, found \"" + task + "\"";

@@ -58,7 +58,8 @@ const std::vector<std::string>& export_format_names();
 /// Options of the `calibrate` stage: seq-len, samples, seed, packing, sets (grammar above).
 const std::vector<OptionSpec>& calibrate_stage_options();
 
-/// Empty when `task` may name a calibration task (letters, digits, _.+-), else what is wrong.
+/// Empty when `task` may name a calibration task (task_label_problem's rule, and only letters,
+/// digits and _.+- so that it reads bare in the pipeline grammar), else what is wrong.
 std::string check_task_name(const std::string& task);
 
 /// Empty when `pattern` compiles as an ECMAScript std::regex, else the regex library's complaint.

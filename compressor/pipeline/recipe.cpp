@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 
 namespace lathe {
 namespace {
@@ -714,13 +715,9 @@ Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
 }
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& set_overrides) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw ResourceError(path, "", std::string("cannot read the recipe: ") + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
+  const std::string text = read_file(path, "cannot read the recipe");
   fs::path dir = fs::absolute(path).parent_path();
-  return parse_recipe(text.str(), path, dir.string(), set_overrides);
+  return parse_recipe(text, path, dir.string(), set_overrides);
 }
 
 std::string recipe_pipeline_string(const Recipe& recipe) {

@@ -3,8 +3,6 @@
 #include <torch/torch.h>
 
 #include <chrono>
-#include <csignal>
-#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
@@ -215,13 +213,8 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   req.plan = plan;
   req.force = options.force;
   req.fresh = options.fresh;
+  req.weights_fingerprint = plan.weights_fingerprint;  // decide just hashed the same weights
   req.publish = false;
-  if (const char* env = std::getenv("LATHE_FAULT_KILL_AFTER_LAYER"); env && *env) {
-    const int64_t target = std::strtoll(env, nullptr, 10);
-    req.after_layer = [target](int64_t layer) {
-      if (layer == target) ::raise(SIGKILL);
-    };
-  }
   const ApplyResult applied = run_apply(req, [](int64_t layer, int64_t layers) {
     std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
   });

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/report/report.h"
 #include "compressor/report/report_sections.h"
@@ -284,7 +285,7 @@ CompareInput load_compare_input(const std::string& path, bool use_before) {
   } else if (!fs::exists(path, ec)) {
     throw ResourceError(path, "", "no such file or directory");
   }
-  const nlohmann::json doc = parse_json_strict(read_text_or_throw(file), file, "");
+  const nlohmann::json doc = parse_json_strict(read_file(file), file, "");
   CompareInput input;
   if (doc.is_object() && doc.contains("format") && doc["format"] == kReportFormat) {
     const Report report = parse_report(doc, file);

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/report/field_reader.h"
 
@@ -83,17 +84,8 @@ EvalSummary parse_eval_summary(const nlohmann::json& eval, const std::string& wh
   return out;
 }
 
-std::string read_text_or_throw(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ResourceError(path, "", "cannot open the file");
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw ResourceError(path, "", "read failed");
-  return text.str();
-}
-
 EvalSummary read_eval_file(const std::string& path) {
-  return parse_eval_summary(parse_json_strict(read_text_or_throw(path), path, ""), path);
+  return parse_eval_summary(parse_json_strict(read_file(path), path, ""), path);
 }
 
 }  // namespace lathe

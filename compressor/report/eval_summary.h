@@ -46,7 +46,4 @@ EvalSummary parse_eval_summary(const nlohmann::json& eval, const std::string& wh
 /// is not strict JSON (duplicate keys rejected) or not an eval object.
 EvalSummary read_eval_file(const std::string& path);
 
-/// Reads a whole file as text; ResourceError (where = path) when it cannot be opened or read.
-std::string read_text_or_throw(const std::string& path);
-
 }  // namespace lathe

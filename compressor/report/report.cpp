@@ -5,6 +5,7 @@
 
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/report/field_reader.h"
 
@@ -141,7 +142,7 @@ Report parse_report(const nlohmann::json& doc, const std::string& where) {
 }
 
 Report read_report_file(const std::string& path) {
-  return parse_report(parse_json_strict(read_text_or_throw(path), path, ""), path);
+  return parse_report(parse_json_strict(read_file(path), path, ""), path);
 }
 
 nlohmann::json report_to_json(const Report& r) {

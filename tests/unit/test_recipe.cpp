@@ -174,6 +174,9 @@ TEST(Recipe, CalibrationMistakes) {
   EXPECT_EQ(only_error(head + "  sets: [{task: 'a b', path: a.txt}]\n"),
             "r.yaml:4:17: calibration.sets[0].task: a task name holds letters, digits and _.+- "
             "only, found \"a b\"");
+  // The calibration set's own rule applies at validation: "all" names statistics over every task.
+  EXPECT_EQ(only_error(head + "  sets: [{task: all, path: a.txt}]\n"),
+            "r.yaml:4:17: calibration.sets[0].task: task label 'all' is reserved for statistics over every task");
   EXPECT_EQ(only_error(head + "  sets: [{task: p, path: a.txt, samples: \"64\"}]\n"),
             "r.yaml:4:42: calibration.sets[0].samples: expected an integer in [1, 16777216], found "
             "the string \"64\"");
