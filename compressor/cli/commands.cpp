@@ -13,6 +13,7 @@ void register_commands(CLI::App& app) {
   add_tokenize_command(app);
   add_compare_command(app);
   add_pipeline_commands(app);
+  add_export_command(app);
 }
 
 }  // namespace lathe::cli

@@ -35,6 +35,9 @@ void add_calibrate_command(CLI::App& app);
 /// `lathe report DIR_OR_REPORT_JSON` (compare_command.cpp).
 void add_compare_command(CLI::App& app);
 
+/// `lathe export OUT --format gptq|compressed-tensors [--force]` (export_command.cpp).
+void add_export_command(CLI::App& app);
+
 /// `lathe passes` and `lathe apply MODEL --plan PLAN --out DIR` (pipeline_commands.cpp).
 void add_pipeline_commands(CLI::App& app);
 

@@ -40,7 +40,7 @@ void run_eval(const EvalArgs& args) {
 void add_eval_command(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
   auto* cmd = app.add_subcommand("eval", "Perplexity on held-out text and accuracy on multiple-choice task files");
-  cmd->add_option("model", args->model, "HF model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("model", args->model, "HF model directory, lathe output directory (quantized weights from quant/), or a GPTQ / compressed-tensors export")->required();
   cmd->add_option("--text", args->texts, "held-out text file (repeatable)");
   cmd->add_option("--tasks", args->tasks, "JSONL task file {context, choices, answer} (repeatable)");
   cmd->add_option("--seq-len", args->windows.seq_len, "tokens per perplexity window")->capture_default_str();

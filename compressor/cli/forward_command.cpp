@@ -15,6 +15,7 @@
 #include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/causal_lm.h"
+#include "compressor/pipeline/open_model.h"
 
 namespace lathe::cli {
 namespace {
@@ -53,7 +54,7 @@ void add_forward_command(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("forward", "Run the model on token ids and write float32 logits [B, T, V]");
-  cmd->add_option("model", args->model, "HF model directory")->required();
+  cmd->add_option("model", args->model, "HF model directory, lathe output directory or GPTQ / compressed-tensors export")->required();
   cmd->add_option("--tokens", args->tokens, "JSON file {\"ids\": [[...], ...]} (ragged; right-padded)")->required();
   cmd->add_option("--out", args->out, "raw little-endian float32 logits file")->required();
   cmd->add_option("--dtype", args->dtype, "working precision: f32 or bf16")->capture_default_str();
@@ -61,7 +62,7 @@ void add_forward_command(CLI::App& app) {
     if (args->dtype != "f32" && args->dtype != "bf16") throw ConfigError("", "--dtype", "expected f32 or bf16");
     ForwardOptions options;
     options.dtype = args->dtype == "bf16" ? at::kBFloat16 : at::kFloat;
-    const CausalLM model(args->model, options);
+    const CausalLM model = open_model(args->model, options);  // quantized weights of OUT, OUT/gptq, OUT/ct
     auto [ids, valid] = read_token_batch(args->tokens);
     const at::Tensor logits = model.logits(ids, valid).contiguous();
     write_file_atomically(args->out, logits.data_ptr(), logits.nbytes());

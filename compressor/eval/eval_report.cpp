@@ -17,6 +17,7 @@
 #include "compressor/common/file_io.h"
 #include "compressor/eval/task_file.h"
 #include "compressor/model/streaming.h"
+#include "compressor/pipeline/open_model.h"
 
 namespace lathe {
 namespace {
@@ -69,8 +70,10 @@ std::vector<std::string> report_names(const std::vector<std::string>& paths) {
 }  // namespace
 
 nlohmann::json evaluate_model(const EvalRequest& args) {
-  const CausalLM model(args.model, args.forward);
-  const Tokenizer tokenizer = Tokenizer::from_model_dir(args.model);
+  // A lathe output directory or a packed export is measured with its quantized weights.
+  const ModelSource source = resolve_model_source(args.model);
+  const CausalLM model = open_model(source, args.forward);
+  const Tokenizer tokenizer = Tokenizer::from_model_dir(source.model_dir.string());
   StreamingOptions streaming;
   streaming.micro_batch = args.micro_batch;
   streaming.buffer_dtype = args.forward.dtype;  // eval keeps the working precision at layer boundaries

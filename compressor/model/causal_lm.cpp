@@ -5,6 +5,7 @@
 #include "compressor/common/errors.h"
 #include "compressor/model/layer_weights.h"
 #include "compressor/model/tensor_bridge.h"
+#include "compressor/model/weight_source.h"
 #include "compressor/model/weight_store.h"
 
 namespace lathe {
@@ -26,11 +27,14 @@ ForwardOptions parse_forward_options(const std::string& device, const std::strin
   return f;
 }
 
-CausalLM::CausalLM(const std::filesystem::path& model_dir, ForwardOptions options)
+CausalLM::CausalLM(const std::filesystem::path& model_dir, ForwardOptions options,
+                   std::shared_ptr<const DequantizedWeights> quantized)
     : spec_(load_model_spec(model_dir)),
       store_(std::make_unique<WeightStore>(model_dir.string())),
-      options_(options) {
-  layout_ = detect_expert_layout(spec_, [this](const std::string& n) { return store_->contains(n); });
+      options_(options),
+      quantized_(std::move(quantized)) {
+  layout_ = detect_expert_layout(
+      spec_, [this](const std::string& n) { return store_->contains(n) || (quantized_ && quantized_->has(n)); });
 }
 
 CausalLM::~CausalLM() = default;
@@ -53,7 +57,7 @@ at::Tensor CausalLM::embed(const at::Tensor& ids) const {
 
 DecoderLayer CausalLM::load_layer(int64_t i) const {
   const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
-  return DecoderLayer(spec_, load_layer_weights(spec_, *store_, layout_, i, opts));
+  return DecoderLayer(spec_, load_layer_weights(spec_, *store_, layout_, i, opts, quantized_.get()));
 }
 
 namespace {
@@ -66,7 +70,12 @@ void release_if_present(const WeightStore& store, const std::string& name) {
 }  // namespace
 
 void CausalLM::release_layer(int64_t i) const {
-  for (const auto& t : expected_layer_tensors(spec_, layout_, i)) release_if_present(*store_, t.name);
+  std::vector<std::string> names;
+  for (const auto& t : expected_layer_tensors(spec_, layout_, i)) {
+    release_if_present(*store_, t.name);
+    names.push_back(t.name);
+  }
+  if (quantized_) quantized_->release(names);
 }
 
 void CausalLM::release_embedding() const {

@@ -15,6 +15,7 @@
 namespace lathe {
 
 class WeightStore;
+class DequantizedWeights;
 
 /// Working precision and device of a forward.
 struct ForwardOptions {
@@ -34,7 +35,10 @@ ForwardOptions parse_forward_options(const std::string& device, const std::strin
 class CausalLM {
  public:
   /// Opens `model_dir` (config.json + safetensors). Throws like load_model_spec and WeightStore.
-  explicit CausalLM(const std::filesystem::path& model_dir, ForwardOptions options = {});
+  /// With `quantized`, the tensors it holds come from it, dequantized (weight_source.h), and the
+  /// checkpoint need not hold them as `.weight`.
+  explicit CausalLM(const std::filesystem::path& model_dir, ForwardOptions options = {},
+                    std::shared_ptr<const DequantizedWeights> quantized = nullptr);
   ~CausalLM();
   CausalLM(CausalLM&&) noexcept;
 
@@ -42,6 +46,8 @@ class CausalLM {
   const WeightStore& store() const { return *store_; }
   ExpertLayout layout() const { return layout_; }
   const ForwardOptions& options() const { return options_; }
+  /// The quantized-weight source, or nullptr.
+  const DequantizedWeights* quantized() const { return quantized_.get(); }
 
   /// Token ids [B, T] (int64, any values in [0, vocab)) → hidden [B, T, d]. ConfigError for an id
   /// out of range.
@@ -69,6 +75,7 @@ class CausalLM {
   std::unique_ptr<WeightStore> store_;
   ExpertLayout layout_ = ExpertLayout::kPerExpert;
   ForwardOptions options_;
+  std::shared_ptr<const DequantizedWeights> quantized_;
 };
 
 }  // namespace lathe

@@ -32,6 +32,14 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 }  // namespace
 
+at::Tensor quantize_activations_per_token(const at::Tensor& x, int64_t bits) {
+  const double qmax = static_cast<double>((int64_t{1} << (bits - 1)) - 1);
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor scale = xf.abs().amax(-1, /*keepdim=*/true) / qmax;
+  const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
+  return (at::round(xf / safe).clamp(-qmax, qmax) * safe).to(x.scalar_type());
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const at::Tensor xf = x.to(at::kFloat);
   const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
@@ -86,9 +94,10 @@ at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext&
   if (l.is_moe) {
     mlp_out = moe(mlp_in, ctx);
   } else {
-    const at::Tensor act = at::silu(at::linear(mlp_in, weights_.dense_gate.weight)) * at::linear(mlp_in, weights_.dense_up.weight);
+    const at::Tensor in = aq(mlp_in);
+    const at::Tensor act = at::silu(at::linear(in, weights_.dense_gate.weight)) * at::linear(in, weights_.dense_up.weight);
     report(ctx, Tap::kMlpAct, act);
-    mlp_out = at::linear(act, weights_.dense_down.weight);
+    mlp_out = at::linear(aq(act), weights_.dense_down.weight);
   }
   at::Tensor out = h + mlp_out;
   report(ctx, Tap::kLayerOut, out);
@@ -102,7 +111,8 @@ at::Tensor DecoderLayer::attention(const at::Tensor& x, const ForwardContext& ct
 at::Tensor DecoderLayer::gqa_attention(const at::Tensor& x, const ForwardContext& ctx) const {
   const AttentionSpec& a = spec_.attention;
   const LayerWeights& w = weights_;
-  at::Tensor q = linear(x, w.q), k = linear(x, w.k), v = linear(x, w.v);
+  const at::Tensor xq = aq(x);
+  at::Tensor q = linear(xq, w.q), k = linear(xq, w.k), v = linear(xq, w.v);
   if (a.qk_norm_full) {  // OLMoE: one norm over all heads, before the head split
     q = rms_norm(q, w.q_norm, spec_.rms_norm_eps);
     k = rms_norm(k, w.k_norm, spec_.rms_norm_eps);
@@ -123,19 +133,20 @@ at::Tensor DecoderLayer::gqa_attention(const at::Tensor& x, const ForwardContext
   k = apply_rotary(k, ctx.rope, false);
   const at::Tensor heads_out = attend(q, k, v, ctx, 1.0 / std::sqrt(static_cast<double>(a.head_dim)));
   report(ctx, Tap::kAttnOutIn, heads_out);
-  return linear(heads_out, w.o);
+  return linear(aq(heads_out), w.o);
 }
 
 at::Tensor DecoderLayer::mla_attention(const at::Tensor& x, const ForwardContext& ctx) const {
   const AttentionSpec& a = spec_.attention;
   const LayerWeights& w = weights_;
   const int64_t b = x.size(0), t = x.size(1), nope = a.qk_nope_head_dim, rope = a.qk_rope_head_dim;
-  const at::Tensor q_in = a.q_lora_rank > 0 ? rms_norm(linear(x, w.q_a), w.q_a_norm, spec_.rms_norm_eps) : x;
+  const at::Tensor xq = aq(x);
+  const at::Tensor q_in = a.q_lora_rank > 0 ? aq(rms_norm(linear(xq, w.q_a), w.q_a_norm, spec_.rms_norm_eps)) : xq;
   const at::Tensor q = heads(linear(q_in, w.q_b), a.num_heads, nope + rope);
-  const at::Tensor kv = linear(x, w.kv_a);
+  const at::Tensor kv = linear(xq, w.kv_a);
   const at::Tensor latent = rms_norm(kv.slice(-1, 0, a.kv_lora_rank), w.kv_a_norm, spec_.rms_norm_eps);
   const at::Tensor k_rot = kv.slice(-1, a.kv_lora_rank).view({b, 1, t, rope});
-  const at::Tensor kv_heads = heads(linear(latent, w.kv_b), a.num_heads, nope + a.v_head_dim);
+  const at::Tensor kv_heads = heads(linear(aq(latent), w.kv_b), a.num_heads, nope + a.v_head_dim);
   const at::Tensor query = at::cat({q.slice(-1, 0, nope), apply_rotary(q.slice(-1, nope), ctx.rope, a.rope_interleave)}, -1);
   const at::Tensor k_rot_all = apply_rotary(k_rot, ctx.rope, a.rope_interleave).expand({b, a.num_heads, t, rope});
   const at::Tensor key = at::cat({kv_heads.slice(-1, 0, nope), k_rot_all}, -1);
@@ -143,7 +154,7 @@ at::Tensor DecoderLayer::mla_attention(const at::Tensor& x, const ForwardContext
   const double scale = softmax_scale_factor(spec_.rope) / std::sqrt(static_cast<double>(nope + rope));
   const at::Tensor heads_out = attend(query, key, value, ctx, scale);
   report(ctx, Tap::kAttnOutIn, heads_out);
-  return linear(heads_out, w.o);
+  return linear(aq(heads_out), w.o);
 }
 
 void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,
@@ -196,17 +207,19 @@ at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) co
     const at::Tensor xe = x.index_select(0, tokens);
     report(ctx, Tap::kExpertIn, xe, e, &tokens);
     // On the CPU experts are stored-dtype views of the mapping (LayerWeights): convert this one now.
-    const at::Tensor act = at::silu(at::linear(xe, experts[e].gate.to(x.scalar_type()))) *
-                           at::linear(xe, experts[e].up.to(x.scalar_type()));
+    const at::Tensor xeq = aq(xe);
+    const at::Tensor act = at::silu(at::linear(xeq, experts[e].gate.to(x.scalar_type()))) *
+                           at::linear(xeq, experts[e].up.to(x.scalar_type()));
     report(ctx, Tap::kExpertAct, act, e, &tokens);
     const at::Tensor w = topk_weights.index({tokens, slots}).unsqueeze(1).to(x.scalar_type());
-    out.index_add_(0, tokens, at::linear(act, experts[e].down.to(x.scalar_type())) * w);
+    out.index_add_(0, tokens, at::linear(aq(act), experts[e].down.to(x.scalar_type())) * w);
   }
   const LayerWeights& w = weights_;
   if (w.shared_gate.weight.defined()) {
-    const at::Tensor act = at::silu(at::linear(x, w.shared_gate.weight)) * at::linear(x, w.shared_up.weight);
+    const at::Tensor xq = aq(x);
+    const at::Tensor act = at::silu(at::linear(xq, w.shared_gate.weight)) * at::linear(xq, w.shared_up.weight);
     report(ctx, Tap::kSharedAct, act);
-    at::Tensor shared = at::linear(act, w.shared_down.weight);
+    at::Tensor shared = at::linear(aq(act), w.shared_down.weight);
     if (w.shared_expert_gate.defined()) shared = at::sigmoid(at::linear(x, w.shared_expert_gate)) * shared;
     out = out + shared;
   }

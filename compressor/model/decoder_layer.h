@@ -21,6 +21,11 @@ struct ForwardContext {
   int64_t sequence_begin = 0;  ///< first sequence of this batch in the whole run (TapEvent)
 };
 
+/// Symmetric per-token (last dim) fake quantization of activations (ALGORITHMS.md §2.2): scale_t =
+/// max|x_t| / (2^(bits−1) − 1), x̂ = scale_t · clamp(round(x / scale_t)); all-zero rows stay zero.
+/// Computed in fp32, returned in x's dtype.
+at::Tensor quantize_activations_per_token(const at::Tensor& x, int64_t bits);
+
 /// Builds the attention mask: key j is visible to query i when j ≤ i, j is a real token and (with a
 /// window) i − j < window. A query that would see nothing (leading padding) sees itself, so padded
 /// rows stay finite; their outputs are never used.
@@ -47,6 +52,10 @@ class DecoderLayer {
   at::Tensor moe(const at::Tensor& x, const ForwardContext& ctx) const;
   /// Router top-k: fills `weights` [N, k] (fp32) and `experts` [N, k] (int64) per the routing rule.
   void route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights, at::Tensor* experts) const;
+  /// The input of a quantized linear as the format computes it: per-token int8 when act_bits.
+  at::Tensor aq(const at::Tensor& x) const {
+    return weights_.act_bits ? quantize_activations_per_token(x, weights_.act_bits) : x;
+  }
   void report(const ForwardContext& ctx, Tap tap, const at::Tensor& value, int64_t expert = -1,
               const at::Tensor* index = nullptr) const;
 

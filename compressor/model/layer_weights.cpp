@@ -2,8 +2,11 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+
 #include "compressor/common/errors.h"
 #include "compressor/model/tensor_bridge.h"
+#include "compressor/model/weight_source.h"
 #include "compressor/model/weight_store.h"
 
 namespace lathe {
@@ -14,7 +17,15 @@ bool is_routed_expert(TensorRole role) {
          role == TensorRole::kExpertsGateUp || role == TensorRole::kExpertsDown;
 }
 
-at::Tensor load_checked(const WeightStore& store, const ExpectedTensor& t, const at::TensorOptions& options) {
+at::Tensor load_checked(const WeightStore& store, const ExpectedTensor& t, const at::TensorOptions& options,
+                        const DequantizedWeights* source) {
+  if (source && source->has(t.name)) {
+    at::Tensor v = source->load(t.name);
+    if (v.sizes().vec() != t.shape) {
+      throw DataError(source->describe(), t.name, "dequantized shape does not match what config.json implies");
+    }
+    return v.to(options, /*non_blocking=*/false, /*copy=*/false);
+  }
   require_tensor(store, t.name, t.shape);
   // Routed experts on the CPU: the zero-copy view in the stored dtype; DecoderLayer::moe converts
   // one expert at a time (see LayerWeights).
@@ -73,13 +84,33 @@ void assign(LayerWeights* w, TensorRole role, int64_t expert, at::Tensor tensor,
 }  // namespace
 
 LayerWeights load_layer_weights(const ModelSpec& spec, const WeightStore& store, ExpertLayout layout,
-                                int64_t layer, const at::TensorOptions& options) {
+                                int64_t layer, const at::TensorOptions& options, const DequantizedWeights* source) {
   LayerWeights w;
   w.layer = layer;
   const LayerSpec& l = spec.layers.at(layer);
   w.experts.resize(l.is_moe ? l.num_experts : 0);
   for (const auto& t : expected_layer_tensors(spec, layout, layer)) {
-    assign(&w, t.role, t.expert, load_checked(store, t, options), l.expert_intermediate);
+    assign(&w, t.role, t.expert, load_checked(store, t, options, source), l.expert_intermediate);
+    if (source && source->has(t.name)) w.act_bits = std::max(w.act_bits, source->activation_bits(t.name));
+  }
+  if (spec.attention.kind == AttentionKind::kMla && spec.attention.q_lora_rank == 0) w.q_b = w.q;
+  return w;
+}
+
+LayerWeights make_layer_weights(const ModelSpec& spec, ExpertLayout layout, int64_t layer,
+                                const std::function<at::Tensor(const std::string&)>& get,
+                                const at::TensorOptions& options, int64_t act_bits) {
+  LayerWeights w;
+  w.layer = layer;
+  w.act_bits = act_bits;
+  const LayerSpec& l = spec.layers.at(layer);
+  w.experts.resize(l.is_moe ? l.num_experts : 0);
+  for (const auto& t : expected_layer_tensors(spec, layout, layer)) {
+    at::Tensor v = get(t.name);
+    if (!v.defined() || v.sizes().vec() != t.shape) {
+      throw InternalError("", t.name, "make_layer_weights: missing or misshapen tensor");
+    }
+    assign(&w, t.role, t.expert, v.to(options), l.expert_intermediate);
   }
   if (spec.attention.kind == AttentionKind::kMla && spec.attention.q_lora_rank == 0) w.q_b = w.q;
   return w;

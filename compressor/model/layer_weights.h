@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "compressor/model/architecture.h"
@@ -12,6 +14,7 @@
 namespace lathe {
 
 class WeightStore;
+class DequantizedWeights;
 
 /// A linear map y = x Wᵀ + b; `bias` is undefined when the layer has none.
 struct Linear {
@@ -51,13 +54,27 @@ struct LayerWeights {
   std::vector<ExpertWeights> experts;
   Linear shared_gate, shared_up, shared_down;
   at::Tensor shared_expert_gate;  ///< [1, d]
+  /// Activation bits of the quantized linears' inputs (W8A8: 8 = int8 symmetric per token,
+  /// dynamic, applied to the input of every q/k/v/o, MLP, expert and shared-expert linear;
+  /// routers excepted). 0 = full precision.
+  int64_t act_bits = 0;
 };
 
 /// Loads layer `layer` from `store` (either expert layout) into `options` (dtype, device), checking
 /// every tensor's presence and shape against the spec. Throws DataError naming the tensor. Routed
 /// experts stay in their stored dtype on the CPU (see LayerWeights). The experts' pages become
 /// resident as they are read; WeightStore::release (CausalLM::release_layer) drops them.
+/// Tensors that `source` holds (quantized checkpoints) come from it instead, dequantized (fp32,
+/// then `options`), and set act_bits when the format quantizes their inputs.
 LayerWeights load_layer_weights(const ModelSpec& spec, const WeightStore& store, ExpertLayout layout,
-                                int64_t layer, const at::TensorOptions& options);
+                                int64_t layer, const at::TensorOptions& options,
+                                const DequantizedWeights* source = nullptr);
+
+/// The same from tensors already in memory: `get(name)` returns each tensor expected_layer_tensors
+/// names (any float dtype, CPU); shapes are checked (InternalError: the caller built them). Every
+/// tensor is converted to `options` (experts included). `act_bits` as the quantized format says.
+LayerWeights make_layer_weights(const ModelSpec& spec, ExpertLayout layout, int64_t layer,
+                                const std::function<at::Tensor(const std::string&)>& get,
+                                const at::TensorOptions& options, int64_t act_bits = 0);
 
 }  // namespace lathe

@@ -2,6 +2,10 @@
 #pragma once
 
 #include <memory>
+#include <regex>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "compressor/model/architecture.h"
 #include "compressor/passes/pass.h"
@@ -12,18 +16,71 @@ namespace lathe {
 
 std::unique_ptr<Pass> make_rtn_pass(const PassInstance& instance);           // rtn.cpp
 std::unique_ptr<Pass> make_drop_experts_pass(const PassInstance& instance);  // drop_experts.cpp
+std::unique_ptr<Pass> make_gptq_pass(const PassInstance& instance);          // gptq_pass.cpp
+std::unique_ptr<Pass> make_smoothquant_pass(const PassInstance& instance);   // smoothquant.cpp
+
+/// GPTQ of every tensor of the layer whose plan entry has method "gptq" (gptq_pass.cpp), with the
+/// entry's bits / group / sym / act_order / mse / damp / act_bits: true-sequential sub-groups
+/// (ALGORITHMS.md §1.6), Hessians of the CURRENT inputs from ctx.activations (replayed between
+/// sub-groups), the MoE coverage rule of §1.7 per expert, data-free RTN with MSE clipping when
+/// ctx.activations is null. Each tensor's value becomes its exact fp32 dequantization, with a
+/// QuantRecord in ctx.quant and a TensorRecord (details: tokens, H source, rule, λ, retries, …).
+void apply_gptq(LayerApplyContext& ctx);
+
+/// W8A8 of one layer (smoothquant.cpp): when plan.smoothing is set, one replay of the layer over
+/// ctx.activations gathers per-channel activation statistics, the SmoothQuant scales are folded
+/// exactly into norms and weights (ALGORITHMS.md §2.1; MoE: attention and per-expert up → down
+/// only, §2.4), tensors smoothed but not quantized go back to their stored dtype; then apply_gptq,
+/// and every smoothed tensor's record gets details.smoothing (group, α, tokens). Without
+/// plan.smoothing: apply_gptq alone. ConfigError when smoothing is asked for without activations.
+/// `lathe apply --plan` on a plan with "smoothing" runs this instead of apply_gptq.
+void apply_smoothquant(LayerApplyContext& ctx);
 
 /// Expert surgery of one layer per plan.experts (drop_experts.cpp): router rows and selection bias
 /// sliced, removed experts' tensors dropped (recorded as "removed"), kept ones renumbered.
 void apply_expert_surgery(LayerApplyContext& ctx);
 
 /// Round-to-nearest of every tensor of the layer whose plan entry has method "rtn" (rtn.cpp): the
-/// value becomes its dequantization in the stored dtype; a TensorRecord per tensor.
+/// value becomes its exact fp32 dequantization (record_quantized).
 void apply_rtn(LayerApplyContext& ctx);
 
 /// Linears a weight-quantization pass may touch: attention, MLP, expert and shared-expert projections.
 /// Routers, norms, biases, embeddings and the LM head are never quantized (ALGORITHMS.md §1.6).
 bool is_quantizable(TensorRole role);
+
+/// A weight-quantization pass's per-tensor options (rtn, gptq): the instance's options overlaid by
+/// its first matching override (ECMAScript regex, full match on the module name without
+/// ".weight"), for every quantizable tensor of a kept expert or of no expert, in model order.
+class TensorOverrides {
+ public:
+  /// ConfigError (field "<pass>.overrides[i].match") for an invalid regex.
+  explicit TensorOverrides(const PassInstance& instance);
+  /// Options per tensor (skip = true leaves it out). Each match is logged. ConfigError when a group
+  /// size does not divide a tensor's input width ("<pass>.group-size") or an override matches no
+  /// quantizable tensor ("<pass>.overrides[i].match").
+  std::vector<std::pair<ExpectedTensor, OptionValues>> resolve(const DecideContext& ctx,
+                                                               const CompressionPlan& plan) const;
+
+ private:
+  struct Compiled {
+    std::regex re;
+    std::string text;
+    OptionValues options;
+  };
+  std::string pass_;
+  OptionValues base_;
+  std::vector<Compiled> compiled_;
+};
+
+/// The scale storage type for a tensor stored as `stored` (QuantSpec::scale_dtype): bf16 for bf16
+/// models (compressed-tensors stores model-dtype scales, and these are exact in fp16 too), fp16
+/// otherwise (GPTQ stores fp16).
+at::ScalarType scale_storage_dtype(at::ScalarType stored);
+
+/// Records tensor `t` as quantized by `p`: the TensorRecord (weight-space rel_err, `details`),
+/// `quant` into ctx.quant (replacing one of the same name) and t.value = its exact dequantization.
+void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& p, QuantRecord quant,
+                      nlohmann::json details);
 
 /// "rtn-int4-g128-sym": the manifest's format of a quantized tensor.
 std::string quant_format(const TensorPlan& plan);

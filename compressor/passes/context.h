@@ -3,18 +3,23 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "compressor/model/architecture.h"
 #include "compressor/model/model_spec.h"
 #include "compressor/passes/plan.h"
+#include "compressor/quant/quant_sidecar.h"
 
 namespace lathe {
 
 class WeightStore;
 class StatsStore;
+class TapObserver;
 
 struct DecideContext {
   const ModelSpec& spec;
@@ -31,17 +36,35 @@ struct LayerTensor {
   std::string name;    ///< name in the output checkpoint (differs after expert renumbering)
   TensorRole role;
   int64_t expert = -1;  ///< expert id in the OUTPUT numbering (-1: not a routed expert tensor)
-  at::Tensor value;     ///< stored dtype, CPU
+  /// CPU. Loaded in the stored dtype; a pass may replace it by an fp32 tensor (a quantizing pass
+  /// puts the exact dequantized value here, which later passes and the next layer's inputs see).
+  /// The shard gets it converted to `stored`.
+  at::Tensor value;
+  at::ScalarType stored = at::kBFloat16;  ///< dtype in the input checkpoint (and the output shard)
 };
 
 /// What apply recorded about one output tensor (manifest and report).
 struct TensorRecord {
   std::string name, source;
-  std::string format;  ///< "bf16" / "f32" / "rtn-int4-g128-sym" / "removed"
+  std::string format;  ///< "bf16" / "f32" / "rtn-int4-g128-sym" / "gptq-int4-g128-sym" / "removed"
   int64_t bits = 16;
   int64_t group_size = 0;
   bool sym = true;
   double rel_err = -1;  ///< ‖W − Ŵ‖² / ‖W‖² (−1: not quantized)
+  /// Calibration-aware methods (gptq): extra facts for the manifest and report, e.g.
+  /// {"tokens": n, "h_source": "routed", "rule": "n_e ≥ max(256, 0.5% of tokens)", "damp": 0.01,
+  ///  "retries": 0, "fallback": false, "loss_per_token": …, "h_rel_err": …}. Null otherwise.
+  nlohmann::json details;
+};
+
+/// The calibration inputs of the layer being applied, for passes with needs_activations(). `run`
+/// replays the layer AS IT IS NOW (ctx.tensors, including what earlier passes and earlier steps of
+/// this pass changed) on every calibration sequence, reporting taps (with layer = ctx.layer) to
+/// `observer`. Each call is one full forward of the layer over the calibration set.
+struct LayerActivations {
+  std::function<void(TapObserver& observer)> run;
+  int64_t sequences = 0;  ///< calibration sequences
+  int64_t tokens = 0;     ///< real (unpadded) calibration tokens
 };
 
 struct LayerApplyContext {
@@ -52,6 +75,13 @@ struct LayerApplyContext {
   std::vector<LayerTensor>& tensors;
   std::vector<TensorRecord>& records;  ///< apply appends records of what it changed (removed, quantized)
   std::vector<std::string>& warnings;
+  /// Codes, scales, zeros of every tensor a pass quantized (written to out/quant/); a pass that
+  /// quantizes `name` appends its QuantRecord here (replacing an earlier one of the same name).
+  std::vector<QuantRecord>& quant;
+  /// Null unless some pass of the pipeline needs activations and calibration data was given.
+  const LayerActivations* activations = nullptr;
+  /// The model spec of the OUTPUT for this layer (expert counts after surgery) — what `run` uses.
+  const ModelSpec* out_spec = nullptr;
 };
 
 }  // namespace lathe

@@ -17,16 +17,30 @@ nlohmann::json CompressionPlan::to_json() const {
   nlohmann::json experts_json = nlohmann::json::object(), tensors_json = nlohmann::json::object();
   for (const auto& [layer, ids] : experts) experts_json[std::to_string(layer)] = ids;
   for (const auto& [name, t] : tensors) {
-    tensors_json[name] = {{"method", t.method}, {"bits", t.bits}, {"group_size", t.group_size}, {"sym", t.sym}};
+    nlohmann::json j = {{"method", t.method}, {"bits", t.bits}, {"group_size", t.group_size}, {"sym", t.sym}};
+    if (t.method == "gptq") {
+      j["act_order"] = t.act_order;
+      j["mse"] = t.mse;
+      j["damp"] = t.damp;
+      j["act_bits"] = t.act_bits;
+    }
+    tensors_json[name] = j;
   }
-  return {{"format", "lathe-plan"},
-          {"version", 1},
-          {"pipeline", pipeline},
-          {"model", model},
-          {"weights_fingerprint", weights_fingerprint},
-          {"experts", experts_json},
-          {"tensors", tensors_json},
-          {"decided_by", decided_by}};
+  nlohmann::json doc = {{"format", "lathe-plan"},
+                        {"version", 1},
+                        {"pipeline", pipeline},
+                        {"model", model},
+                        {"weights_fingerprint", weights_fingerprint},
+                        {"experts", experts_json},
+                        {"tensors", tensors_json},
+                        {"decided_by", decided_by}};
+  if (smoothing) {
+    doc["smoothing"] = {{"alpha", smoothing->alpha},
+                        {"adaptive", smoothing->adaptive},
+                        {"statistic", smoothing->statistic},
+                        {"v_to_o", smoothing->v_to_o}};
+  }
+  return doc;
 }
 
 namespace {
@@ -40,6 +54,32 @@ const nlohmann::json& member(const nlohmann::json& obj, const char* key, const s
   return v;
 }
 
+SmoothingPlan smoothing_from_json(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) throw DataError(where, "smoothing", "expected {alpha, adaptive, statistic, v_to_o}");
+  SmoothingPlan p;
+  for (const auto& [k, v] : j.items()) {
+    if (k == "alpha" && v.is_number()) {
+      p.alpha = v.get<double>();
+    } else if (k == "adaptive" && v.is_boolean()) {
+      p.adaptive = v.get<bool>();
+    } else if (k == "statistic" && v.is_string()) {
+      p.statistic = v.get<std::string>();
+    } else if (k == "v_to_o" && v.is_boolean()) {
+      p.v_to_o = v.get<bool>();
+    } else {
+      throw DataError(where, "smoothing." + k,
+                      "unknown key or wrong type (alpha: number, adaptive/v_to_o: bool, statistic: string)");
+    }
+  }
+  if (!(p.alpha >= 0 && p.alpha <= 1)) {
+    throw DataError(where, "smoothing.alpha", fmt::format("expected a number in [0, 1], found {}", p.alpha));
+  }
+  if (p.statistic != "absmax" && p.statistic != "range") {
+    throw DataError(where, "smoothing.statistic", "expected \"absmax\" or \"range\", found \"" + p.statistic + "\"");
+  }
+  return p;
+}
+
 }  // namespace
 
 CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std::string& where) {
@@ -51,7 +91,7 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
   const int64_t version = member(doc, "version", where, vt::number_integer, "an integer").get<int64_t>();
   if (version != 1) throw UnsupportedError(where, "version", fmt::format("plan version {} (this lathe reads 1)", version));
   static const std::vector<std::string> known = {"format", "version", "pipeline", "model", "weights_fingerprint",
-                                                 "experts", "tensors", "decided_by"};
+                                                 "experts", "tensors", "decided_by", "smoothing"};
   for (const auto& [k, v] : doc.items()) {
     if (std::find(known.begin(), known.end(), k) == known.end()) throw DataError(where, k, "unknown key");
   }
@@ -92,11 +132,30 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
           p.group_size = v.get<int64_t>();
         } else if (k == "sym" && v.is_boolean()) {
           p.sym = v.get<bool>();
+        } else if (k == "act_order" && v.is_string()) {
+          p.act_order = v.get<std::string>();
+        } else if (k == "mse" && v.is_boolean()) {
+          p.mse = v.get<bool>();
+        } else if (k == "damp" && v.is_number()) {
+          p.damp = v.get<double>();
+        } else if (k == "act_bits" && v.is_number_integer()) {
+          p.act_bits = v.get<int64_t>();
         } else {
-          throw DataError(where, field + "." + k, "unknown key or wrong type (method: string, bits/group_size: integer, sym: bool)");
+          throw DataError(where, field + "." + k,
+                          "unknown key or wrong type (method/act_order: string, bits/group_size/act_bits: integer, "
+                          "sym/mse: bool, damp: number)");
         }
       }
-      if (p.method != "rtn") throw DataError(where, field + ".method", "expected \"rtn\", found \"" + p.method + "\"");
+      if (p.method != "rtn" && p.method != "gptq") {
+        throw DataError(where, field + ".method", "expected \"rtn\" or \"gptq\", found \"" + p.method + "\"");
+      }
+      if (p.act_order != "none" && p.act_order != "static" && p.act_order != "dynamic") {
+        throw DataError(where, field + ".act_order", "expected none, static or dynamic, found \"" + p.act_order + "\"");
+      }
+      if (!(p.damp >= 0 && p.damp <= 1)) throw DataError(where, field + ".damp", fmt::format("expected 0..1, found {}", p.damp));
+      if (p.act_bits != 0 && p.act_bits != 8) {
+        throw DataError(where, field + ".act_bits", fmt::format("expected 0 or 8, found {}", p.act_bits));
+      }
       if (p.bits < 2 || p.bits > 8) throw DataError(where, field + ".bits", fmt::format("expected 2..8, found {}", p.bits));
       if (p.group_size == 0 || p.group_size < -1) {
         throw DataError(where, field + ".group_size", fmt::format("expected -1 or a positive size, found {}", p.group_size));
@@ -104,6 +163,7 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
       plan.tensors[name] = p;
     }
   }
+  if (doc.contains("smoothing")) plan.smoothing = smoothing_from_json(doc["smoothing"], where);
   if (doc.contains("decided_by")) {
     if (!doc["decided_by"].is_object()) throw DataError(where, "decided_by", "expected an object");
     for (const auto& [k, v] : doc["decided_by"].items()) {

@@ -17,12 +17,30 @@ struct ModelSpec;
 
 /// How one tensor is stored after apply. Tensors without an entry keep their dtype and values.
 struct TensorPlan {
-  std::string method = "rtn";  ///< "rtn" (later "gptq")
+  std::string method = "rtn";  ///< "rtn" or "gptq"
   int64_t bits = 4;
   int64_t group_size = 128;    ///< -1 = whole row
   bool sym = true;
+  // gptq only (plan.json omits them for rtn):
+  std::string act_order = "static";  ///< "none" | "static" | "dynamic" (ALGORITHMS.md §1.5)
+  bool mse = false;                  ///< MSE clipping grid for the group parameters
+  double damp = 0.01;                ///< λ relative to mean(diag H)
+  int64_t act_bits = 0;              ///< 8: inputs int8 per token, dynamic (W8A8); 0: weights only
   bool operator==(const TensorPlan& o) const {
-    return method == o.method && bits == o.bits && group_size == o.group_size && sym == o.sym;
+    return method == o.method && bits == o.bits && group_size == o.group_size && sym == o.sym &&
+           act_order == o.act_order && mse == o.mse && damp == o.damp && act_bits == o.act_bits;
+  }
+};
+
+/// W8A8 smoothing of every layer before its quantization (the `smoothquant` pass, ALGORITHMS.md §2;
+/// docs/smoothquant.md): enough for `lathe apply --plan` alone to redo it from calibration data.
+struct SmoothingPlan {
+  double alpha = 0.5;                ///< migration strength in [0, 1]; unused when adaptive
+  bool adaptive = false;             ///< HAQ-style α per smoothing group from {0.3, …, 0.9} (§2.3)
+  std::string statistic = "absmax";  ///< "absmax" | "range"
+  bool v_to_o = false;               ///< also fold v_proj rows into o_proj columns (GQA)
+  bool operator==(const SmoothingPlan& o) const {
+    return alpha == o.alpha && adaptive == o.adaptive && statistic == o.statistic && v_to_o == o.v_to_o;
   }
 };
 
@@ -35,6 +53,8 @@ class CompressionPlan {
   std::map<int64_t, std::vector<int64_t>> experts;
   /// ORIGINAL tensor name (input checkpoint) → format. Absent: unchanged.
   std::map<std::string, TensorPlan> tensors;
+  /// Smoothing applied to every layer before quantization. Absent: none.
+  std::optional<SmoothingPlan> smoothing;
   /// Which pass decided what, for the report ("experts" → "drop-experts").
   std::map<std::string, std::string> decided_by;
 

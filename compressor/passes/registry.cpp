@@ -45,6 +45,27 @@ const std::vector<PassInfo>& pass_registry() {
                  {},
                  true,
                  make_rtn_pass});
+    {
+      OptionSpec act_order = option("act-order", OptionType::kEnum, "static",
+                                    "column order: none, static (diag H descending, static groups; g_idx trivial) or "
+                                    "dynamic (groups formed in that order; g_idx scattered)");
+      act_order.choices = {"none", "static", "dynamic"};
+      p.push_back({"gptq",
+                   "GPTQ weight quantization with Hessians of the current layer inputs (needs calibration data)",
+                   {
+                       option("bits", OptionType::kInt, "4", "bits per weight: 2, 3, 4 or 8 (the GPTQ packings)", 2, 8),
+                       option("group-size", OptionType::kInt, "128",
+                              "columns sharing one scale; -1 = a whole row (must divide the input width)", -1, 1 << 20),
+                       option("sym", OptionType::kBool, "true", "symmetric (zero point 2^(bits-1)) or asymmetric"),
+                       act_order,
+                       option("mse", OptionType::kBool, "false", "search a clipping ratio per group (MSE grid)"),
+                       option("damp", OptionType::kFloat, "0.01", "dampening, relative to mean(diag H)", 0, 1),
+                       option("skip", OptionType::kBool, "false", "leave the tensor unquantized (for overrides)"),
+                   },
+                   {},
+                   true,
+                   make_gptq_pass});
+    }
     p.push_back({"drop-experts",
                  "remove routed experts: keep a given list in every MoE layer, or per layer from an expert map",
                  {
@@ -56,6 +77,31 @@ const std::vector<PassInfo>& pass_registry() {
                  {},
                  false,
                  make_drop_experts_pass});
+    {
+      OptionSpec statistic = option("statistic", OptionType::kEnum, "absmax",
+                                    "per-channel statistics: absmax (max|X| vs max|W|) or range (max X - min X vs 2 max|W|)");
+      statistic.choices = {"absmax", "range"};
+      OptionSpec act_order = option("act-order", OptionType::kEnum, "static", "GPTQ column order: none, static or dynamic");
+      act_order.choices = {"none", "static", "dynamic"};
+      p.push_back({"smoothquant",
+                   "W8A8: SmoothQuant scales folded into the weights, then int8 per-channel GPTQ weights with int8 "
+                   "per-token inputs (needs calibration data)",
+                   {
+                       option("alpha", OptionType::kFloat, "0.5", "migration strength (0.75-0.85 for outlier-heavy models)", 0, 1),
+                       option("adaptive", OptionType::kBool, "false",
+                              "choose alpha per smoothing group from 0.3..0.9 by the W8A8 output error"),
+                       statistic,
+                       option("v-to-o", OptionType::kBool, "false", "also fold v_proj rows into o_proj columns (GQA)"),
+                       act_order,
+                       option("damp", OptionType::kFloat, "0.01", "GPTQ dampening, relative to mean(diag H)", 0, 1),
+                       option("smooth", OptionType::kBool, "true", "false: W8A8 without smoothing (a baseline)"),
+                       option("quantize", OptionType::kBool, "true",
+                              "false: smooth only, everything stays in full precision (checks that smoothing is exact)"),
+                   },
+                   {},
+                   false,
+                   make_smoothquant_pass});
+    }
     return p;
   }();
   return passes;

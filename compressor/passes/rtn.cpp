@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <regex>
 
 #include "compressor/common/errors.h"
@@ -33,57 +34,69 @@ std::string quant_format(const TensorPlan& p) {
   return fmt::format("{}-int{}-g{}-{}", p.method, p.bits, p.group_size, p.sym ? "sym" : "asym");
 }
 
-namespace {
+TensorOverrides::TensorOverrides(const PassInstance& instance) : pass_(instance.name), base_(instance.options) {
+  for (size_t i = 0; i < instance.overrides.size(); ++i) {
+    const PassOverride& o = instance.overrides[i];
+    try {
+      compiled_.push_back({std::regex(o.match, std::regex::ECMAScript), o.match, o.options});
+    } catch (const std::regex_error& e) {
+      throw ConfigError("", fmt::format("{}.overrides[{}].match", pass_, i), "\"" + o.match + "\" is not a valid regex: " + e.what());
+    }
+  }
+}
 
-struct CompiledOverride {
-  std::regex re;
-  std::string text;
-  OptionValues options;
-};
+std::vector<std::pair<ExpectedTensor, OptionValues>> TensorOverrides::resolve(const DecideContext& ctx,
+                                                                              const CompressionPlan& plan) const {
+  std::vector<std::pair<ExpectedTensor, OptionValues>> out;
+  std::vector<int64_t> hits(compiled_.size(), 0);
+  for (const ExpectedTensor& t : ctx.tensors) {
+    if (!is_quantizable(t.role)) continue;
+    if (t.expert >= 0) {
+      auto kept = plan.experts.find(t.layer);
+      if (kept != plan.experts.end() && !std::binary_search(kept->second.begin(), kept->second.end(), t.expert)) continue;
+    }
+    std::string module = t.name;
+    if (module.size() > 7 && module.compare(module.size() - 7, 7, ".weight") == 0) module.resize(module.size() - 7);
+    OptionValues opts = base_;
+    for (size_t i = 0; i < compiled_.size(); ++i) {
+      if (!std::regex_match(module, compiled_[i].re)) continue;
+      for (const auto& [k, v] : compiled_[i].options.values()) opts.set(k, v);
+      ctx.log.push_back(fmt::format("{}: {} matches override \"{}\"", pass_, t.name, compiled_[i].text));
+      hits[i] += 1;
+      break;
+    }
+    if (opts.get_bool("skip")) continue;
+    const int64_t g = opts.get_int("group-size"), in = t.shape.back();
+    if (g == 0 || g < -1 || (g > 0 && in % g != 0)) {
+      throw ConfigError("", pass_ + ".group-size",
+                        fmt::format("{} does not divide the input width {} of {}; use a divisor or -1", g, in, t.name));
+    }
+    out.push_back({t, opts});
+  }
+  for (size_t i = 0; i < compiled_.size(); ++i) {
+    if (hits[i] == 0) {
+      throw ConfigError("", fmt::format("{}.overrides[{}].match", pass_, i),
+                        fmt::format("\"{}\" matches no quantizable tensor (it must match a whole module name without "
+                                    "\".weight\", e.g. model\\.layers\\.0\\.mlp\\.down_proj); `lathe tensors MODEL` lists them",
+                                    compiled_[i].text));
+    }
+  }
+  return out;
+}
+
+namespace {
 
 class RtnPass : public Pass {
  public:
-  explicit RtnPass(const PassInstance& instance) : options_(instance.options) {
-    for (const auto& o : instance.overrides) {
-      try {
-        overrides_.push_back({std::regex(o.match, std::regex::ECMAScript), o.match, o.options});
-      } catch (const std::regex_error& e) {
-        throw ConfigError("", "rtn.overrides.match", "\"" + o.match + "\" is not a valid regex: " + e.what());
-      }
-    }
-  }
+  explicit RtnPass(const PassInstance& instance) : overrides_(instance) {}
 
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
-    for (const ExpectedTensor& t : ctx.tensors) {
-      if (!is_quantizable(t.role)) continue;
-      if (t.expert >= 0) {
-        auto kept = plan.experts.find(t.layer);
-        if (kept != plan.experts.end() && !std::binary_search(kept->second.begin(), kept->second.end(), t.expert)) continue;
-      }
-      std::string module = t.name;
-      if (module.size() > 7 && module.compare(module.size() - 7, 7, ".weight") == 0) module.resize(module.size() - 7);
-      OptionValues opts = options_;
-      for (const auto& o : overrides_) {
-        if (!std::regex_match(module, o.re)) continue;
-        for (const auto& [k, v] : o.options.values()) opts.set(k, v);
-        ctx.log.push_back(fmt::format("rtn: {} matches override \"{}\"", t.name, o.text));
-        break;
-      }
-      if (opts.get_bool("skip")) {
-        plan.tensors.erase(t.name);
-        continue;
-      }
+    for (const auto& [t, opts] : overrides_.resolve(ctx, plan)) {
       TensorPlan p;
       p.method = "rtn";
       p.bits = opts.get_int("bits");
       p.group_size = opts.get_int("group-size");
       p.sym = opts.get_bool("sym");
-      const int64_t in = t.shape.back();
-      if (p.group_size == 0 || p.group_size < -1 || (p.group_size > 0 && in % p.group_size != 0)) {
-        throw ConfigError("", "rtn.group-size",
-                          fmt::format("{} does not divide the input width {} of {}; use a divisor or -1", p.group_size,
-                                      in, t.name));
-      }
       plan.tensors[t.name] = p;
     }
   }
@@ -91,38 +104,56 @@ class RtnPass : public Pass {
   void apply(LayerApplyContext& ctx) const override { apply_rtn(ctx); }
 
  private:
-  OptionValues options_;
-  std::vector<CompiledOverride> overrides_;
+  TensorOverrides overrides_;
 };
 
 }  // namespace
+
+at::ScalarType scale_storage_dtype(at::ScalarType stored) {
+  return stored == at::kBFloat16 ? at::kBFloat16 : at::kHalf;
+}
+
+void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& p, QuantRecord quant,
+                      nlohmann::json details) {
+  const at::Tensor w = t.value.to(at::kFloat);
+  const at::Tensor deq = quant.dequantize();
+  const double denom = w.square().sum().item<double>();
+  TensorRecord r;
+  r.name = t.name;
+  r.source = t.source;
+  r.format = quant_format(p);
+  r.bits = p.bits;
+  r.group_size = p.group_size;
+  r.sym = p.sym;
+  r.rel_err = denom > 0 ? (w - deq).square().sum().item<double>() / denom : 0.0;
+  r.details = std::move(details);
+  ctx.records.erase(std::remove_if(ctx.records.begin(), ctx.records.end(),
+                                   [&](const TensorRecord& o) { return o.name == t.name; }),
+                    ctx.records.end());
+  ctx.records.push_back(r);
+  ctx.quant.erase(std::remove_if(ctx.quant.begin(), ctx.quant.end(), [&](const QuantRecord& o) { return o.name == t.name; }),
+                  ctx.quant.end());
+  quant.name = t.name;
+  ctx.quant.push_back(std::move(quant));
+  t.value = deq;  // exact fp32; the shard gets it in the stored dtype
+}
 
 void apply_rtn(LayerApplyContext& ctx) {
   for (LayerTensor& t : ctx.tensors) {
     auto it = ctx.plan.tensors.find(t.source);
     if (it == ctx.plan.tensors.end() || it->second.method != "rtn") continue;
     const TensorPlan& p = it->second;
-    const QuantSpec spec{p.bits, p.group_size, p.sym};
+    const QuantSpec spec{p.bits, p.group_size, p.sym, scale_storage_dtype(t.stored)};
     const at::Tensor w = t.value.to(at::kFloat);
-    at::Tensor deq;
+    QuantRecord quant;
     if (w.dim() == 3) {  // fused experts [E, out, in]: one linear per expert
-      std::vector<at::Tensor> parts;
-      for (int64_t e = 0; e < w.size(0); ++e) parts.push_back(quantize_rtn(w[e], spec).dequantize());
-      deq = at::stack(parts);
+      std::vector<QuantRecord> parts;
+      for (int64_t e = 0; e < w.size(0); ++e) parts.push_back(make_quant_record(t.name, quantize_rtn(w[e], spec), {}));
+      quant = stack_quant_records(t.name, parts);
     } else {
-      deq = quantize_rtn(w, spec).dequantize();
+      quant = make_quant_record(t.name, quantize_rtn(w, spec), {});
     }
-    const double denom = w.square().sum().item<double>();
-    TensorRecord r;
-    r.name = t.name;
-    r.source = t.source;
-    r.format = quant_format(p);
-    r.bits = p.bits;
-    r.group_size = p.group_size;
-    r.sym = p.sym;
-    r.rel_err = denom > 0 ? (w - deq).square().sum().item<double>() / denom : 0.0;
-    ctx.records.push_back(r);
-    t.value = deq.to(t.value.scalar_type());
+    record_quantized(ctx, t, p, std::move(quant), nullptr);
   }
 }
 

@@ -15,6 +15,11 @@
 #include <nlohmann/json.hpp>
 
 #include "calibrate/stats_store.h"
+#include "compressor/common/sha256.h"
+#include "compressor/model/activation_buffer.h"
+#include "compressor/model/decoder_layer.h"
+#include "compressor/model/layer_weights.h"
+#include "calibrate/tokenizer.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
@@ -146,15 +151,26 @@ nlohmann::json output_config(const nlohmann::json& config, const ModelSpec& spec
 }
 
 struct ResumeState {
-  std::string pipeline, weights, plan;
+  std::string pipeline, weights, plan, calibration;
   std::map<int64_t, std::string> layers;  // shard index → sha256
+  std::map<int64_t, std::string> quant;   // shard index → sha256 of its quant/ shard ("" when none)
   nlohmann::json to_json() const {
-    nlohmann::json l = nlohmann::json::object();
+    nlohmann::json l = nlohmann::json::object(), q = nlohmann::json::object();
     for (const auto& [k, v] : layers) l[std::to_string(k)] = v;
+    for (const auto& [k, v] : quant) q[std::to_string(k)] = v;
     return {{"format", "lathe-resume"}, {"version", 1}, {"pipeline", pipeline}, {"weights_fingerprint", weights},
-            {"plan_sha256", plan}, {"shards", l}};
+            {"plan_sha256", plan}, {"calibration", calibration}, {"shards", l}, {"quant_shards", q}};
   }
 };
+
+/// The calibration samples as ids [N, T] (int64) and valid [N, T] (bool).
+std::pair<at::Tensor, at::Tensor> calibration_tensors(const CalibrationSet& set) {
+  const int64_t n = set.num_samples(), t = set.seq_len;
+  at::Tensor ids = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, t}, at::kInt).to(at::kLong);
+  at::Tensor valid = at::zeros({n, t}, at::kBool);
+  for (int64_t i = 0; i < n; ++i) valid[i].slice(0, 0, set.lengths[i]).fill_(true);
+  return {ids, valid};
+}
 
 }  // namespace
 
@@ -201,7 +217,25 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   const std::string plan_text = req.plan.to_json().dump(2) + "\n";
   Sha256 plan_sha;
   plan_sha.update(plan_text);
-  ResumeState state{req.pipeline, weights_fp, fingerprint_from_digest(plan_sha.finish()), {}};
+  // Passes that need the layers' inputs get them streamed (calibration set embedded once).
+  const std::vector<std::unique_ptr<Pass>> passes = make_passes(req.passes);
+  bool needs_activations = false;
+  for (const auto& p : passes) needs_activations = needs_activations || p->needs_activations();
+  if (passes.empty()) {
+    for (const auto& [name, t] : req.plan.tensors) needs_activations = needs_activations || t.method == "gptq";
+  }
+  std::optional<CalibrationSet> calib;
+  if (needs_activations) {
+    if (!req.calibration) {
+      throw ConfigError("", "calibration",
+                        "gptq and smoothquant quantize with the layers' inputs: give calibration data (a calibration "
+                        "section in the recipe, or --data TASK=FILE for lathe apply)");
+    }
+    const Tokenizer tokenizer = Tokenizer::from_model_dir(req.model_dir);
+    calib = build_calibration_set(*req.calibration, tokenizer,
+                                  file_fingerprint((fs::path(req.model_dir) / "tokenizer.json").string()));
+  }
+  ResumeState state{req.pipeline, weights_fp, fingerprint_from_digest(plan_sha.finish()), calib ? calib->fingerprint : "", {}, {}};
 
   const fs::path state_path = partial / ".lathe" / "state.json";
   if (fs::exists(state_path)) {
@@ -210,6 +244,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     if (old.value("pipeline", "") != state.pipeline) changed.push_back("the pipeline changed");
     if (old.value("weights_fingerprint", "") != state.weights) changed.push_back("the model weights changed");
     if (old.value("plan_sha256", "") != state.plan) changed.push_back("the plan changed");
+    if (old.value("calibration", "") != state.calibration) changed.push_back("the calibration data changed");
     if (!changed.empty()) {
       if (!req.fresh) {
         std::string message = "a partial run of other inputs is here:";
@@ -218,6 +253,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
         throw DataError(partial.string(), "", message);
       }
       fs::remove_all(partial / "model");
+      fs::remove_all(partial / "quant");
       fs::remove_all(partial / ".lathe");
     } else if (old.contains("shards") && old["shards"].is_object()) {
       for (const auto& [k, v] : old["shards"].items()) {
@@ -226,18 +262,34 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
         // A shard counts as finished only when its bytes are what the state recorded.
         if (v.is_string() && fs::exists(file) && file_fingerprint(file.string()) == v.get<std::string>()) state.layers[index] = v;
       }
+      // ... and its quant/ shard, when it has one, is intact too.
+      const nlohmann::json q = old.value("quant_shards", nlohmann::json::object());
+      for (auto it = state.layers.begin(); it != state.layers.end();) {
+        const std::string key = std::to_string(it->first);
+        const fs::path file = partial / "quant" / shard_name(it->first, spec.num_layers + 1);
+        const bool ok = q.contains(key) && q[key].is_string() &&
+                        (q[key].get<std::string>().empty() ? !fs::exists(file)
+                                                           : fs::exists(file) && file_fingerprint(file.string()) == q[key].get<std::string>());
+        if (ok) {
+          state.quant[it->first] = q[key].get<std::string>();
+          ++it;
+        } else {
+          it = state.layers.erase(it);
+        }
+      }
     }
   } else if (fs::exists(partial / "model")) {
     fs::remove_all(partial / "model");  // killed before its first state was written: nothing to keep
+    fs::remove_all(partial / "quant");
   }
   fs::create_directories(partial / "model");
+  fs::create_directories(partial / "quant");
   fs::create_directories(partial / ".lathe");
   auto save_state = [&] { write_file_atomically(state_path.string(), state.to_json().dump(2) + "\n"); };
   save_state();
 
   // The passes' apply hooks; without passes (lathe apply on a plan.json) the plan alone drives the
   // built-in steps: expert surgery, then each tensor's quantization method.
-  const std::vector<std::unique_ptr<Pass>> passes = make_passes(req.passes);
   std::vector<std::pair<std::string, std::function<void(LayerApplyContext&)>>> steps;
   for (size_t p = 0; p < passes.size(); ++p) {
     const Pass* pass = passes[p].get();
@@ -248,14 +300,65 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     bool rtn = false;
     for (const auto& [name, t] : req.plan.tensors) rtn = rtn || t.method == "rtn";
     if (rtn) steps.push_back({"rtn", apply_rtn});
+    if (needs_activations) steps.push_back({"gptq", apply_gptq});
   }
   result.timings.resize(steps.size());
   for (size_t p = 0; p < steps.size(); ++p) result.timings[p].name = steps[p].first;
   const int64_t shards = spec.num_layers + 1;
   const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"lathe.pipeline", req.pipeline},
                                                        {"lathe.version", LATHE_VERSION}};
-  nlohmann::json weight_map = nlohmann::json::object();
+  nlohmann::json weight_map = nlohmann::json::object(), quant_map = nlohmann::json::object();
   std::vector<TensorRecord> all_records;
+
+  // The output's spec (expert counts after surgery): what the compressed layers run as.
+  const fs::path config_path = fs::path(req.model_dir) / "config.json";
+  const nlohmann::json in_config = parse_json_strict(read_file(config_path.string()), config_path.string(), "");
+  std::vector<std::string> ignored;
+  const ModelSpec out_spec = parse_model_spec(output_config(in_config, spec, req.plan, &ignored), "output config.json");
+
+  // Boundary activations of the calibration set (only when a pass needs them).
+  const auto work = at::TensorOptions().dtype(req.forward.dtype).device(req.forward.device);
+  at::Tensor calib_ids, calib_valid;
+  std::optional<ActivationBuffer> current;
+  LayerActivations activations;
+  if (calib) {
+    std::tie(calib_ids, calib_valid) = calibration_tensors(*calib);
+    const int64_t n = calib_ids.size(0), t = calib_ids.size(1);
+    current.emplace(n, t, spec.hidden_size, req.streaming.buffer_dtype, req.streaming.memory_limit_bytes, req.streaming.spill_dir);
+    require_tensor(store, "model.embed_tokens.weight", {spec.vocab_size, spec.hidden_size});
+    const at::Tensor table = load_tensor(store, "model.embed_tokens.weight");
+    for (int64_t b = 0; b < n; b += req.streaming.micro_batch) {
+      const at::Tensor ids = calib_ids.slice(0, b, std::min(n, b + req.streaming.micro_batch));
+      current->write(b, table.index_select(0, ids.reshape({-1})).view({ids.size(0), t, spec.hidden_size}));
+    }
+    store.release("model.embed_tokens.weight");
+    activations.sequences = n;
+    activations.tokens = calib->tokens();
+  }
+  // Runs layer `i` built from `tensors` over every calibration sequence: taps to `observer`, and
+  // the outputs into `next` when given.
+  auto run_layer = [&](int64_t i, const std::vector<LayerTensor>& tensors, int64_t act_bits, TapObserver* observer,
+                       ActivationBuffer* next) {
+    at::NoGradGuard no_grad;
+    std::map<std::string, const at::Tensor*> by_name;
+    for (const auto& t : tensors) by_name[t.name] = &t.value;
+    const LayerWeights w = make_layer_weights(
+        out_spec, layout, i,
+        [&](const std::string& name) {
+          auto it = by_name.find(name);
+          return it == by_name.end() ? at::Tensor() : *it->second;
+        },
+        work, act_bits);
+    const DecoderLayer layer(out_spec, w);
+    const int64_t n = calib_ids.size(0);
+    for (int64_t b = 0; b < n; b += req.streaming.micro_batch) {
+      const int64_t e = std::min(n, b + req.streaming.micro_batch);
+      ForwardContext fctx = make_forward_context(out_spec, calib_valid.slice(0, b, e).to(work.device()), work, observer);
+      fctx.sequence_begin = b;
+      const at::Tensor out = layer.forward(current->rows(b, e).to(work), fctx);
+      if (next) next->write(b, out.cpu());
+    }
+  };
 
   const std::function<void(int64_t)> fault = fault_injection_from_env();
   for (int64_t i = 0; i < spec.num_layers; ++i) {
@@ -264,11 +367,17 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     std::vector<LayerTensor> tensors;
     for (const auto& t : expected) {
       require_tensor(store, t.name, t.shape);
-      tensors.push_back({t.name, t.name, t.role, t.expert, load_tensor(store, t.name)});
+      at::Tensor v = load_tensor(store, t.name);
+      tensors.push_back({t.name, t.name, t.role, t.expert, v, v.scalar_type()});
     }
     std::vector<TensorRecord> records;
     std::vector<std::string> warnings;
-    LayerApplyContext ctx{spec, layout, i, req.plan, tensors, records, warnings};
+    std::vector<QuantRecord> quant;
+    if (calib) {
+      activations.run = [&, i](TapObserver& observer) { run_layer(i, tensors, 0, &observer, nullptr); };
+    }
+    LayerApplyContext ctx{spec, layout, i, req.plan, tensors, records, warnings, quant, calib ? &activations : nullptr,
+                          &out_spec};
     for (size_t p = 0; p < steps.size(); ++p) {
       const auto t0 = std::chrono::steady_clock::now();
       steps[p].second(ctx);
@@ -287,15 +396,30 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     all_records.insert(all_records.end(), records.begin(), records.end());
     for (const auto& w : warnings) result.warnings.push_back(fmt::format("layer {}: {}", i, w));
     const fs::path file = partial / "model" / shard_name(i + 1, shards);
+    const fs::path quant_file = partial / "quant" / shard_name(i + 1, shards);
+    std::vector<TensorBytes> quant_bytes;
+    std::vector<at::Tensor> quant_keep;
+    for (const auto& q : quant) append_quant_tensors(q, &quant_bytes, &quant_keep);
+    for (const auto& b : quant_bytes) quant_map[b.name] = shard_name(i + 1, shards);
     if (state.layers.count(i + 1)) {
       result.resumed_layers += 1;
     } else {
       std::vector<TensorBytes> bytes;
       std::vector<at::Tensor> keep;
-      for (const auto& t : tensors) bytes.push_back(to_bytes(t.name, t.value, &keep));
+      for (const auto& t : tensors) bytes.push_back(to_bytes(t.name, t.value.to(t.stored), &keep));
+      state.quant[i + 1] = quant_bytes.empty() ? "" : write_safetensors(quant_file.string(), quant_bytes, metadata);
       state.layers[i + 1] = write_safetensors(file.string(), bytes, metadata);
       save_state();
       result.written_layers += 1;
+    }
+    // The next layer's inputs: this layer as compressed, on the calibration inputs.
+    if (calib && i + 1 < spec.num_layers) {
+      int64_t act_bits = 0;
+      for (const auto& q : quant) act_bits = std::max(act_bits, q.act_bits);
+      ActivationBuffer next(calib_ids.size(0), calib_ids.size(1), spec.hidden_size, req.streaming.buffer_dtype,
+                            req.streaming.memory_limit_bytes, req.streaming.spill_dir);
+      run_layer(i, tensors, act_bits, nullptr, &next);
+      *current = std::move(next);
     }
     for (const auto& t : expected) store.release(t.name);
     result.layer_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -324,7 +448,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
 
   // Config, tokenizer files, index, expert map, plan, manifest.
   const fs::path in_dir(req.model_dir);
-  const nlohmann::json config = parse_json_strict(read_file((in_dir / "config.json").string()), (in_dir / "config.json").string(), "");
+  const nlohmann::json& config = in_config;
   const nlohmann::json out_config = output_config(config, spec, req.plan, &result.warnings);
   write_file_atomically((partial / "model" / "config.json").string(), out_config.dump(2) + "\n");
   for (const auto& entry : fs::directory_iterator(in_dir)) {
@@ -341,6 +465,12 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   }
   const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
   write_file_atomically((partial / "model" / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  if (quant_map.empty()) {
+    fs::remove_all(partial / "quant");
+  } else {
+    const nlohmann::json quant_index = {{"metadata", {{"format", "lathe-quant"}, {"version", 1}}}, {"weight_map", quant_map}};
+    write_file_atomically((partial / "quant" / "model.safetensors.index.json").string(), quant_index.dump(2) + "\n");
+  }
   if (!req.plan.experts.empty()) {
     nlohmann::json layers = nlohmann::json::object();
     for (const auto& [l, ids] : req.plan.experts) layers[std::to_string(l)] = ids;
@@ -369,11 +499,17 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
       t["sym"] = r.sym;
       t["rel_err"] = r.rel_err;
     }
+    if (!r.details.is_null()) t["details"] = r.details;
     tensors_json[r.name] = t;
   }
   nlohmann::json outputs = nlohmann::json::object();
-  for (const auto& entry : fs::recursive_directory_iterator(partial / "model")) {
-    if (entry.is_regular_file()) outputs["model/" + entry.path().filename().string()] = file_fingerprint(entry.path().string());
+  for (const char* sub : {"model", "quant"}) {
+    if (!fs::exists(partial / sub)) continue;
+    for (const auto& entry : fs::directory_iterator(partial / sub)) {
+      if (entry.is_regular_file()) {
+        outputs[std::string(sub) + "/" + entry.path().filename().string()] = file_fingerprint(entry.path().string());
+      }
+    }
   }
   outputs["plan.json"] = file_fingerprint((partial / "plan.json").string());
   nlohmann::json experts = nlohmann::json::object();

@@ -4,9 +4,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "calibrate/calibration_set.h"
+#include "compressor/model/causal_lm.h"
+#include "compressor/model/streaming.h"
 #include "compressor/passes/context.h"
 #include "compressor/passes/pass.h"
 #include "compressor/passes/plan.h"
@@ -35,6 +39,13 @@ struct ApplyRequest {
   /// Called after layer i's shard is on disk and the resume state records it. (Tests also inject a
   /// SIGKILL there with the environment variable LATHE_FAULT_KILL_AFTER_LAYER=i, docs/output.md.)
   std::function<void(int64_t)> after_layer;
+  /// Calibration data for passes that need the layers' inputs (gptq, smoothquant): the samples
+  /// are embedded once and streamed through the layers as they are compressed (each layer's inputs
+  /// are the outputs of the already-compressed layers before it). Required when such a pass runs
+  /// (ConfigError otherwise); its fingerprint joins the resume check.
+  std::optional<CalibrationOptions> calibration;
+  ForwardOptions forward;      ///< working precision and device of those forwards
+  StreamingOptions streaming;  ///< micro-batch and activation buffer of those forwards
 };
 
 struct PassTiming {

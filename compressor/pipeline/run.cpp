@@ -22,6 +22,7 @@
 #include "compressor/pipeline/observe.h"
 #include "compressor/report/compare.h"
 #include "compressor/report/report.h"
+#include "export/quant_export.h"
 
 namespace fs = std::filesystem;
 
@@ -173,11 +174,12 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   std::cerr << "[run] pipeline: " << pipeline << "\n";
   RunResult result;
   result.out_dir = recipe.output;
+  std::vector<ExportFormat> packed_exports;  // out/model is the hf export; these go to out/gptq, out/ct
   for (const auto& f : recipe.pipeline.export_formats) {
-    // out/model is the HF export; the packed writers are not built yet: refuse before any work.
-    if (f != "hf") {
-      throw UnsupportedError(recipe.source, "export", "export format \"" + f + "\" is not implemented in this lathe yet; use [hf]");
+    if (f == "gguf") {
+      throw UnsupportedError(recipe.source, "export", "export format \"gguf\" is not implemented in this lathe yet");
     }
+    if (f != "hf") packed_exports.push_back(parse_export_format(f, recipe.source, "export"));
   }
   if (options.dry_run) {
     if (needs_statistics(recipe)) {
@@ -215,10 +217,22 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   req.fresh = options.fresh;
   req.weights_fingerprint = plan.weights_fingerprint;  // decide just hashed the same weights
   req.publish = false;
+  req.calibration = recipe.pipeline.calibration;  // passes that need the layers' inputs (gptq) stream it
+  req.forward = forward_options(recipe);
+  req.streaming.micro_batch = options.micro_batch;
   const ApplyResult applied = run_apply(req, [](int64_t layer, int64_t layers) {
     std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
   });
   for (const auto& w : applied.warnings) std::cerr << "[apply] warning: " << w << "\n";
+  // The packed exports, inside the partial directory so they are published with it.
+  for (const ExportFormat f : packed_exports) {
+    ExportOptions export_options;
+    export_options.force = true;  // a leftover of a killed run in the partial directory
+    const ExportResult exported = export_quantized(partial.string(), f, export_options);
+    for (const auto& line : exported.log) std::cerr << "[export] " << line << "\n";
+    std::cerr << fmt::format("[export] {}: {} modules packed, {} stored dequantized\n", exported.dir,
+                             exported.packed_modules, exported.unpacked_modules);
+  }
 
   Report report;
   report.pipeline = pipeline;

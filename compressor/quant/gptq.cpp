@@ -31,7 +31,7 @@ void validate(const at::Tensor& weight, const GptqOptions& o) {
 }
 
 std::pair<at::Tensor, at::Tensor> group_params(const at::Tensor& x, const GptqOptions& o) {
-  return o.mse ? quant_params_mse(x, o.bits, o.sym) : quant_params(x, o.bits, o.sym);
+  return o.mse ? quant_params_mse(x, o.bits, o.sym, 100, 0.8, 2.4, o.scale_dtype) : quant_params(x, o.bits, o.sym, o.scale_dtype);
 }
 
 /// tr(A H Aᵀ) = Σ (A H) ⊙ A: the GEMM in fp32, the sum in fp64 (a scalar over out·in terms).
@@ -53,7 +53,7 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   const int64_t out = weight.size(0), in = weight.size(1);
   const int64_t g = o.group_size == -1 ? in : o.group_size;
   const int64_t groups = in / g;
-  const QuantSpec spec{o.bits, o.group_size, o.sym};
+  const QuantSpec spec{o.bits, o.group_size, o.sym, o.scale_dtype};
   // fp32 like the reference implementations; an fp64 weight keeps fp64 throughout (tests use it to
   // separate rounding from logic).
   const at::ScalarType dt = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 
 #include <cstdint>
 #include <string>
@@ -26,6 +27,7 @@ struct GptqOptions {
   double damp_max = 1.0;      ///< last λ tried before the RTN fallback
   int64_t block_size = 128;   ///< B of §1.3 (lazy batch width); changes rounding only, not the result
   bool mse = false;           ///< MSE clipping grid for the group parameters (§1.4)
+  at::ScalarType scale_dtype = at::kFloat;  ///< QuantSpec::scale_dtype (the pass: the export's)
 };
 
 /// The result for one [out, in] weight.

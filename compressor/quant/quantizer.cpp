@@ -32,8 +32,9 @@ std::pair<at::Tensor, at::Tensor> quant_range(const at::Tensor& xf, bool sym) {
 }
 
 /// Scale and zero of a range [xmin, xmax] (per row) by the §1.4 parameter rule.
-std::pair<at::Tensor, at::Tensor> range_params(const at::Tensor& xmin, const at::Tensor& xmax, double maxq, bool sym) {
-  at::Tensor scale = (xmax - xmin) / maxq;
+std::pair<at::Tensor, at::Tensor> range_params(const at::Tensor& xmin, const at::Tensor& xmax, double maxq, bool sym,
+                                               at::ScalarType scale_dtype) {
+  at::Tensor scale = round_scales((xmax - xmin) / maxq, scale_dtype);
   at::Tensor zero;
   if (sym) {
     zero = at::full_like(scale, (maxq + 1) / 2);
@@ -43,22 +44,27 @@ std::pair<at::Tensor, at::Tensor> range_params(const at::Tensor& xmin, const at:
     // fires, widen the scale so the largest value stays representable.
     const at::Tensor clamped = zero < 1;
     zero = zero.clamp(1.0, maxq);
-    scale = at::where(clamped, at::maximum(scale, xmax / (maxq - 1)), scale);
+    scale = at::where(clamped, at::maximum(scale, round_scales(xmax / (maxq - 1), scale_dtype)), scale);
   }
   return {scale, zero};
 }
 
 }  // namespace
 
-std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits, bool sym) {
+at::Tensor round_scales(const at::Tensor& scales, at::ScalarType scale_dtype) {
+  if (scale_dtype == at::kFloat || scale_dtype == at::kDouble) return scales;
+  return scales.clamp(1.0 / 16384.0, 65504.0).to(scale_dtype).to(scales.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits, bool sym, at::ScalarType scale_dtype) {
   const double maxq = static_cast<double>((1 << bits) - 1);
   const auto [xmin, xmax] = quant_range(x.to(work_type(x)), sym);
-  auto [scale, zero] = range_params(xmin, xmax, maxq, sym);
+  auto [scale, zero] = range_params(xmin, xmax, maxq, sym, scale_dtype);
   return {scale, zero.to(at::kInt)};
 }
 
 std::pair<at::Tensor, at::Tensor> quant_params_mse(const at::Tensor& x, int64_t bits, bool sym, int64_t grid,
-                                                   double maxshrink, double norm) {
+                                                   double maxshrink, double norm, at::ScalarType scale_dtype) {
   const double maxq = static_cast<double>((1 << bits) - 1);
   const at::Tensor xf = x.to(work_type(x));
   const auto [xmin, xmax] = quant_range(xf, sym);
@@ -67,7 +73,7 @@ std::pair<at::Tensor, at::Tensor> quant_params_mse(const at::Tensor& x, int64_t 
   const int64_t steps = static_cast<int64_t>(std::floor(maxshrink * static_cast<double>(grid) + 1e-9));
   for (int64_t i = 0; i < std::max<int64_t>(steps, 1); ++i) {
     const double p = 1.0 - static_cast<double>(i) / static_cast<double>(grid);
-    const auto [scale, zero] = range_params(xmin * p, xmax * p, maxq, sym);
+    const auto [scale, zero] = range_params(xmin * p, xmax * p, maxq, sym, scale_dtype);
     const at::Tensor q = (at::round(xf / scale.unsqueeze(1)) + zero.unsqueeze(1)).clamp(0.0, maxq);
     const at::Tensor err = (scale.unsqueeze(1) * (q - zero.unsqueeze(1)) - xf).abs_().pow_(norm).sum(1);
     if (i == 0) {
@@ -111,7 +117,8 @@ QuantizedWeight quantize_rtn(const at::Tensor& weight, const QuantSpec& spec, bo
   const int64_t g = spec.group_size == -1 ? in : spec.group_size;
   const int64_t groups = in / g;
   const at::Tensor grouped = weight.to(at::kFloat).reshape({out * groups, g});
-  auto [scale, zero] = mse ? quant_params_mse(grouped, spec.bits, spec.sym) : quant_params(grouped, spec.bits, spec.sym);
+  auto [scale, zero] = mse ? quant_params_mse(grouped, spec.bits, spec.sym, 100, 0.8, 2.4, spec.scale_dtype)
+                           : quant_params(grouped, spec.bits, spec.sym, spec.scale_dtype);
   QuantizedWeight q;
   q.spec = spec;
   q.codes = quantize_codes(grouped, scale, zero, spec.bits).to(at::kByte).view({out, in});

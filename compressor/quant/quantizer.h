@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 
 #include <cstdint>
 
@@ -12,6 +13,11 @@ struct QuantSpec {
   int64_t bits = 4;
   int64_t group_size = 128;  ///< columns per group; -1 = the whole row
   bool sym = true;
+  /// Storage type of the scales. kFloat keeps fp32 scales. kHalf / kBFloat16: every scale is
+  /// clamped to [2^−14, 65504] and rounded to that type before codes are chosen, so the codes fit
+  /// the scale an export stores (GPTQ: fp16; compressed-tensors: the model dtype). A bf16 scale in
+  /// that range is exactly an fp16 value too, so one rounding serves both exports.
+  at::ScalarType scale_dtype = at::kFloat;
 };
 
 /// The parameters of a quantized [out, in] weight. Groups are contiguous column ranges.
@@ -27,14 +33,20 @@ struct QuantizedWeight {
 /// Scale and zero for every row of `x` ([rows, cols], any float dtype) over all its columns, by the
 /// range rule of §1.4 including the asymmetric zero clamp and scale widening. Returns
 /// {scales [rows] f32 (f64 when x is f64), zeros [rows] i32}.
-std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits, bool sym);
+std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits, bool sym,
+                                               at::ScalarType scale_dtype = at::kFloat);
 
 /// quant_params with the §1.4 MSE grid: for i = 0 … ⌊maxshrink·grid⌋ − 1 the range shrunk by
 /// p = 1 − i/grid goes through the same parameter rule (asymmetric: zero recomputed, clamped and the
 /// scale widened), and each row keeps the candidate with the least Σ|x̂ − x|^norm (the first, i.e.
 /// the widest, on ties). i = 0 is quant_params itself.
 std::pair<at::Tensor, at::Tensor> quant_params_mse(const at::Tensor& x, int64_t bits, bool sym, int64_t grid = 100,
-                                                   double maxshrink = 0.8, double norm = 2.4);
+                                                   double maxshrink = 0.8, double norm = 2.4,
+                                                   at::ScalarType scale_dtype = at::kFloat);
+
+/// The scale rule of QuantSpec::scale_dtype: identity for kFloat / kDouble, else clamp to
+/// [2^−14, 65504] and round to `scale_dtype` (values returned in x's dtype).
+at::Tensor round_scales(const at::Tensor& scales, at::ScalarType scale_dtype);
 
 /// clamp(round(x / scale) + zero, 0, maxq) with per-row scale/zero ([rows] or [rows, 1]); f32
 /// (f64 when x is f64).

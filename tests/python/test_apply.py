@@ -138,8 +138,15 @@ def test_drop_experts_is_exact_against_transformers(tmp_path, name):
     assert (lathe_logits.view_as(got) - got).abs().max().item() < 1e-4
 
 
-def reference_rtn(w, bits, group, sym):
+def round_scale(scale, dtype):
+    """lathe's scale storage rule (docs/output.md): clamp to [2^-14, 65504], round to the model dtype
+    when it is bf16 (else fp16), so GPTQ (fp16) and compressed-tensors (model dtype) store it exactly."""
+    return scale.clamp(2.0 ** -14, 65504.0).to(torch.bfloat16 if dtype == torch.bfloat16 else torch.float16).float()
+
+
+def reference_rtn(w, bits, group, sym, codes=False):
     """ALGORITHMS.md §1.4, written from the text: per row and group, range → scale/zero → codes."""
+    dtype = w.dtype
     w = w.float()
     out_f, in_f = w.shape
     g = in_f if group == -1 else group
@@ -152,15 +159,17 @@ def reference_rtn(w, bits, group, sym):
         xmin = -xmax
     zero_range = (xmin == 0) & (xmax == 0)
     xmin[zero_range], xmax[zero_range] = -1.0, 1.0
-    scale = (xmax - xmin) / maxq
+    scale = round_scale((xmax - xmin) / maxq, dtype)
     if sym:
         zero = torch.full_like(scale, (maxq + 1) / 2)
     else:
         zero = torch.round(-xmin / scale)
         low = zero < 1
         zero = zero.clamp(1, maxq)
-        scale = torch.where(low, torch.maximum(scale, xmax / (maxq - 1)), scale)
+        scale = torch.where(low, torch.maximum(scale, round_scale(xmax / (maxq - 1), dtype)), scale)
     q = torch.clamp(torch.round(x / scale[:, None]) + zero[:, None], 0, maxq)
+    if codes:
+        return q.reshape(out_f, in_f).to(torch.uint8)
     return (scale[:, None] * (q - zero[:, None])).reshape(out_f, in_f)
 
 
@@ -189,6 +198,13 @@ def test_rtn_equals_an_independent_reference_bit_for_bit(tmp_path, bits, group, 
             assert not torch.equal(result[name], w)
         else:
             assert torch.equal(result[name], w), name  # untouched tensors are copied bit for bit
+    # The sidecar holds the same codes, and its exact dequantization rounds to the shard's values.
+    quant = {}
+    for f in (out / "quant").glob("*.safetensors"):
+        quant.update(load_file(f))
+    for name in names:
+        assert torch.equal(quant[name + ".codes"], reference_rtn(original[name], bits, group, sym, codes=True)), name
+        assert quant[name + ".qparams"].tolist() == [bits, group, int(sym), 0]
     manifest = json.loads((out / "lathe_manifest.json").read_text())
     entry = manifest["tensors"][names[0]]
     assert entry["format"] == f"rtn-int{bits}-g{group}-{'sym' if sym else 'asym'}"

@@ -91,7 +91,7 @@ TEST(Recipe, FiveMistakesAreAllReportedWithTheirPositions) {
   EXPECT_EQ(lines[2], f + ":9:17: passes.rtn.bits: expected an integer in [2, 8], found \"9\"");
   EXPECT_EQ(lines[3].rfind(f + ":11:17: passes.rtn.overrides[0].match: bad regex: ", 0), 0u)
       << lines[3];
-  EXPECT_EQ(lines[4], f + ":12:5: passes[1]: unknown pass \"gtpq\"; known: rtn, drop-experts");
+  EXPECT_EQ(lines[4], f + ":12:5: passes[1]: unknown pass \"gtpq\"; known: rtn, gptq, drop-experts, smoothquant");
   try {
     load_recipe(f);
   } catch (const ConfigError& e) {

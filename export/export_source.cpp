@@ -1,0 +1,362 @@
+#include "export/export_source.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <regex>
+
+#include <fmt/format.h>
+
+#include "compressor/common/atomic_file.h"
+#include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
+#include "compressor/common/strict_json.h"
+#include "compressor/model/tensor_bridge.h"
+#include "compressor/model/weight_store.h"
+#include "compressor/quant/quant_sidecar.h"
+#include "export/safetensors_writer.h"
+
+namespace fs = std::filesystem;
+
+namespace lathe {
+
+bool is_quantizable_linear(TensorRole role) {
+  switch (role) {
+    case TensorRole::kQ: case TensorRole::kK: case TensorRole::kV: case TensorRole::kO:
+    case TensorRole::kQA: case TensorRole::kQB: case TensorRole::kKVA: case TensorRole::kKVB:
+    case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kDenseDown:
+    case TensorRole::kExpertGate: case TensorRole::kExpertUp: case TensorRole::kExpertDown:
+    case TensorRole::kExpertsGateUp: case TensorRole::kExpertsDown:
+    case TensorRole::kSharedGate: case TensorRole::kSharedUp: case TensorRole::kSharedDown:
+      return true;
+    default:
+      return false;
+  }
+}
+
+namespace {
+
+bool is_router(TensorRole role) { return role == TensorRole::kRouter || role == TensorRole::kSharedExpertGate; }
+
+std::string module_of(const std::string& weight_name) {
+  static const std::string suffix = ".weight";
+  if (weight_name.size() <= suffix.size() || weight_name.compare(weight_name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+    throw InternalError(weight_name, "", "a linear weight's name must end in .weight");
+  }
+  return weight_name.substr(0, weight_name.size() - suffix.size());
+}
+
+/// Rows [begin, begin + n) of a quantized weight (gate or up half of a fused gate_up).
+QuantizedWeight rows_of(const QuantizedWeight& q, int64_t begin, int64_t n) {
+  QuantizedWeight r;
+  r.codes = q.codes.narrow(0, begin, n);
+  r.scales = q.scales.narrow(0, begin, n);
+  r.zeros = q.zeros.narrow(0, begin, n);
+  r.spec = q.spec;
+  return r;
+}
+
+}  // namespace
+
+bool ExportLinear::permuted_groups() const {
+  if (!quantized || !g_idx.defined()) return false;
+  const int64_t in = g_idx.size(0), g = q.spec.group_size == -1 ? in : q.spec.group_size;
+  const at::Tensor contiguous = at::arange(in, at::TensorOptions().dtype(at::kLong)).div(g, "floor");
+  return !at::equal(g_idx.to(at::kLong), contiguous);
+}
+
+ExportSource::ExportSource(const fs::path& out_dir) : out_dir_(out_dir), model_dir_(out_dir / "model") {
+  const fs::path manifest = out_dir / "lathe_manifest.json";
+  if (!fs::exists(manifest) || !fs::is_directory(model_dir_)) {
+    throw ConfigError(out_dir.string(), "", "not a lathe output directory (expected lathe_manifest.json and model/)");
+  }
+  const nlohmann::json m = parse_json_strict(read_file(manifest.string()), manifest.string(), "");
+  if (m.is_object() && m.contains("pipeline") && m["pipeline"].is_string()) pipeline_ = m["pipeline"].get<std::string>();
+  const fs::path config = model_dir_ / "config.json";
+  config_ = parse_json_strict(read_file(config.string()), config.string(), "");
+  spec_ = load_model_spec(model_dir_);
+  store_ = std::make_unique<WeightStore>(model_dir_.string());
+  quant_ = open_quant_sidecar(out_dir.string());
+  if (!quant_) {
+    throw ConfigError(out_dir.string(), "quant",
+                      "no quantized tensors (quant/ is missing): the packed exports need a quantizing pass (rtn, gptq)");
+  }
+  layout_ = detect_expert_layout(spec_, [this](const std::string& n) { return store_->contains(n); });
+  for (const auto& t : expected_tensors(spec_, layout_)) {
+    if (t.role == TensorRole::kEmbed) model_dtype_ = to_scalar_type(store_->info(t.name).dtype);
+  }
+}
+
+ExportSource::~ExportSource() = default;
+
+ExportLayer ExportSource::layer(int64_t i) const {
+  ExportLayer out;
+  // Per-expert names of this layer, for splitting fused tensors.
+  std::map<std::pair<TensorRole, int64_t>, std::string> per_expert;
+  if (layout_ == ExpertLayout::kFused) {
+    for (const auto& t : expected_layer_tensors(spec_, ExpertLayout::kPerExpert, i)) per_expert[{t.role, t.expert}] = t.name;
+  }
+  for (const auto& t : expected_layer_tensors(spec_, layout_, i)) {
+    require_tensor(*store_, t.name, t.shape);
+    const at::Tensor value = load_tensor(*store_, t.name);
+    if (!is_quantizable_linear(t.role) && !is_router(t.role)) {
+      out.others.emplace_back(t.name, value);
+      continue;
+    }
+    const bool fused = t.role == TensorRole::kExpertsGateUp || t.role == TensorRole::kExpertsDown;
+    const bool quantized = quant_->has(t.name);
+    const QuantRecord rec = quantized ? quant_->record(t.name) : QuantRecord{};
+    if (!fused) {
+      ExportLinear l;
+      l.module = module_of(t.name);
+      l.role = t.role;
+      l.router = is_router(t.role);
+      l.weight = value;
+      l.quantized = quantized;
+      if (quantized) {
+        l.q = rec.slice(-1, &l.g_idx);
+        l.act_bits = rec.act_bits;
+      }
+      out.linears.push_back(std::move(l));
+      continue;
+    }
+    const int64_t experts = value.size(0), rows = value.size(1);
+    for (int64_t e = 0; e < experts; ++e) {
+      QuantizedWeight qe;
+      at::Tensor ge;
+      if (quantized) qe = rec.slice(e, &ge);
+      struct Part {
+        TensorRole role;
+        int64_t begin, n;
+      };
+      const bool gate_up = t.role == TensorRole::kExpertsGateUp;
+      const Part split[2] = {{TensorRole::kExpertGate, 0, rows / 2}, {TensorRole::kExpertUp, rows / 2, rows / 2}};
+      const Part whole[1] = {{TensorRole::kExpertDown, 0, rows}};
+      for (const Part& p : gate_up ? at::ArrayRef<Part>(split) : at::ArrayRef<Part>(whole)) {
+        auto name = per_expert.find({p.role, e});
+        if (name == per_expert.end()) throw InternalError(t.name, "", fmt::format("no per-expert name for expert {}", e));
+        ExportLinear l;
+        l.module = module_of(name->second);
+        l.role = p.role;
+        l.weight = value.select(0, e).narrow(0, p.begin, p.n);
+        l.quantized = quantized;
+        if (quantized) {
+          l.q = rows_of(qe, p.begin, p.n);
+          l.g_idx = ge;
+          l.act_bits = rec.act_bits;
+        }
+        out.linears.push_back(std::move(l));
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> ExportSource::head_tensors() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& t : expected_tensors(spec_, layout_)) {
+    if (t.layer >= 0) continue;
+    require_tensor(*store_, t.name, t.shape);
+    out.emplace_back(t.name, load_tensor(*store_, t.name));
+  }
+  return out;
+}
+
+void ExportSource::release_layer(int64_t i) const {
+  std::vector<std::string> names;
+  for (const auto& t : expected_layer_tensors(spec_, layout_, i)) {
+    if (store_->contains(t.name)) store_->release(t.name);
+    names.push_back(t.name);
+  }
+  quant_->release(names);
+}
+
+std::vector<std::string> ExportSource::all_linear_modules() const {
+  std::vector<std::string> out;
+  for (const auto& t : expected_tensors(spec_, ExpertLayout::kPerExpert)) {
+    if (is_quantizable_linear(t.role) || is_router(t.role)) out.push_back(module_of(t.name));
+  }
+  return out;
+}
+
+std::string escape_regex(const std::string& name) {
+  std::string out;
+  for (char c : name) {
+    if (std::string("\\^$.|?*+()[]{}").find(c) != std::string::npos) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+namespace {
+
+/// The family of a module name: numeric path components replaced by \d+ (escaped otherwise).
+std::string family_pattern(const std::string& name) {
+  std::string out;
+  size_t start = 0;
+  while (start <= name.size()) {
+    const size_t dot = name.find('.', start);
+    const std::string part = name.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    const bool numeric = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    out += numeric ? std::string("\\d+") : escape_regex(part);
+    if (dot == std::string::npos) break;
+    out += "\\.";
+    start = dot + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> module_patterns(const std::vector<std::string>& all, const std::set<std::string>& selected) {
+  std::map<std::string, std::pair<int64_t, int64_t>> families;  // pattern → {members, selected members}
+  for (const auto& name : all) {
+    auto& f = families[family_pattern(name)];
+    f.first += 1;
+    f.second += selected.count(name) ? 1 : 0;
+  }
+  std::set<std::string> out;
+  for (const auto& name : selected) {
+    const std::string family = family_pattern(name);
+    auto it = families.find(family);
+    const bool whole = it != families.end() && it->second.first == it->second.second && it->second.first > 1;
+    out.insert((whole ? family : escape_regex(name)) + "$");
+  }
+  return {out.begin(), out.end()};
+}
+
+void ShardTensors::add(const std::string& name, const at::Tensor& value) {
+  names_.push_back(name);
+  values_.push_back(value.contiguous().cpu());
+}
+
+namespace {
+
+DType dtype_of(const at::Tensor& t, const std::string& name) {
+  switch (t.scalar_type()) {
+    case at::kBFloat16: return DType::kBF16;
+    case at::kHalf: return DType::kF16;
+    case at::kFloat: return DType::kF32;
+    case at::kInt: return DType::kI32;
+    case at::kLong: return DType::kI64;
+    case at::kByte: return DType::kU8;
+    case at::kChar: return DType::kI8;
+    case at::kBool: return DType::kBool;
+    default: throw UnsupportedError("", name, std::string("cannot write dtype ") + c10::toString(t.scalar_type()));
+  }
+}
+
+}  // namespace
+
+uint64_t ShardTensors::write(const std::string& path, const std::map<std::string, std::string>& metadata) const {
+  std::vector<TensorBytes> bytes;
+  uint64_t total = 0;
+  for (size_t k = 0; k < names_.size(); ++k) {
+    const at::Tensor& v = values_[k];
+    bytes.push_back({names_[k], dtype_of(v, names_[k]), v.sizes().vec(), static_cast<const uint8_t*>(v.data_ptr()),
+                     static_cast<uint64_t>(v.nbytes())});
+    total += v.nbytes();
+  }
+  write_safetensors(path, bytes, metadata);
+  return total;
+}
+
+PartialDirectory::PartialDirectory(const fs::path& dir, bool force) : dir_(dir), partial_(dir.string() + ".partial") {
+  if (fs::exists(dir_) && !force) {
+    throw ConfigError(dir_.string(), "", "the export directory exists; use --force to replace it");
+  }
+  std::error_code ec;
+  fs::remove_all(partial_, ec);
+  fs::create_directories(partial_, ec);
+  if (ec) throw ResourceError(partial_.string(), "", "cannot create the directory: " + ec.message());
+}
+
+PartialDirectory::~PartialDirectory() {
+  if (published_) return;
+  std::error_code ec;
+  fs::remove_all(partial_, ec);
+}
+
+void PartialDirectory::publish() {
+  std::error_code ec;
+  fs::remove_all(dir_, ec);
+  fs::rename(partial_, dir_, ec);
+  if (ec) throw ResourceError(dir_.string(), "", "cannot rename " + partial_.string() + " into place: " + ec.message());
+  published_ = true;
+}
+
+void copy_model_side_files(const fs::path& model_dir, const fs::path& dir) {
+  for (const auto& entry : fs::directory_iterator(model_dir)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_regular_file() || name == "config.json" || name == "model.safetensors.index.json" ||
+        entry.path().extension() == ".safetensors") {
+      continue;
+    }
+    fs::copy_file(entry.path(), dir / name, fs::copy_options::overwrite_existing);
+  }
+}
+
+uint64_t write_export_shards(const ExportSource& src, const fs::path& dir,
+                             const std::map<std::string, std::string>& metadata,
+                             const std::function<void(int64_t, ShardTensors*)>& write_layer) {
+  const int64_t layers = src.spec().num_layers, shards = layers + 1;
+  auto shard_name = [&](int64_t k) { return fmt::format("model-{:05d}-of-{:05d}.safetensors", k, shards); };
+  nlohmann::json weight_map = nlohmann::json::object();
+  uint64_t total = 0;
+  for (int64_t i = 0; i < layers; ++i) {
+    ShardTensors shard;
+    write_layer(i, &shard);
+    total += shard.write((dir / shard_name(i + 1)).string(), metadata);
+    for (const auto& n : shard.names()) weight_map[n] = shard_name(i + 1);
+    src.release_layer(i);
+  }
+  ShardTensors last;
+  for (const auto& [name, value] : src.head_tensors()) last.add(name, value);
+  total += last.write((dir / shard_name(shards)).string(), metadata);
+  for (const auto& n : last.names()) weight_map[n] = shard_name(shards);
+  const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_file_atomically((dir / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  return total;
+}
+
+}  // namespace lathe
+
+namespace lathe {
+
+std::vector<std::string> fused_setting_warnings(const std::map<std::string, std::string>& setting_by_module) {
+  static const std::regex expert(R"(\.experts\.\d+\.[A-Za-z0-9_]+$)");
+  static const std::regex qkv(R"(\.(q_proj|k_proj|v_proj)$)");
+  static const std::regex gate_up(R"(\.(gate_proj|up_proj)$)");
+  static const std::regex w13(R"(\.(w1|w3)$)");
+  std::map<std::string, std::set<std::string>> sets;
+  for (const auto& [module, setting] : setting_by_module) {
+    std::string key;
+    if (std::regex_search(module, expert)) {
+      key = std::regex_replace(module, expert, ".experts.*");
+    } else if (std::regex_search(module, qkv)) {
+      key = std::regex_replace(module, qkv, ".{q,k,v}_proj");
+    } else if (std::regex_search(module, gate_up)) {
+      key = std::regex_replace(module, gate_up, ".{gate,up}_proj");
+    } else if (std::regex_search(module, w13)) {
+      key = std::regex_replace(module, w13, ".{w1,w3}");
+    } else {
+      continue;
+    }
+    sets[key].insert(setting);
+  }
+  std::vector<std::string> out;
+  for (const auto& [key, settings] : sets) {
+    if (settings.size() < 2) continue;
+    std::string list;
+    for (const auto& s : settings) list += (list.empty() ? "" : ", ") + s;
+    out.push_back(fmt::format("{}: vLLM loads these as one fused layer with one setting, but they differ ({})", key, list));
+  }
+  return out;
+}
+
+bool exact_in(const at::Tensor& values, at::ScalarType dtype) {
+  const at::Tensor f = values.to(at::kFloat);
+  return at::equal(f.to(dtype).to(at::kFloat), f);
+}
+
+}  // namespace lathe

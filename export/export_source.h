@@ -1,0 +1,162 @@
+// What the packed exports (GPTQ, compressed-tensors; docs/export.md) read from a lathe output
+// directory OUT: OUT/model (the HF checkpoint, quantized weights stored dequantized), OUT/quant
+// (codes, scales, zeros, g_idx: quant_sidecar.h) and OUT/lathe_manifest.json, seen one decoder
+// layer at a time as the modules the export writes. Fused 3-D expert tensors (transformers v5's
+// `experts.gate_up_proj` / `experts.down_proj`) are split into per-expert modules
+// (`experts.{e}.gate_proj` / `up_proj` / `down_proj`, the names every GPTQ / compressed-tensors
+// loader reads; FORMATS.md §2 DECISION), so the exports always have the per-expert layout.
+// Also the pieces both writers share: module-name regexes, shard and index writing, the atomic
+// output directory.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "compressor/model/architecture.h"
+#include "compressor/model/model_spec.h"
+#include "compressor/quant/quantizer.h"
+#include "export/quant_export.h"
+
+namespace lathe {
+
+class WeightStore;
+class QuantSidecar;
+
+/// One linear layer of the exported model (a module: `<module>.weight` in an HF checkpoint).
+struct ExportLinear {
+  std::string module;  ///< e.g. "model.layers.0.self_attn.q_proj", "model.layers.1.mlp.experts.3.up_proj"
+  TensorRole role = TensorRole::kQ;
+  bool router = false;     ///< a router / shared-expert gate: never quantized, always skipped by name
+  bool quantized = false;  ///< OUT/quant holds it: q and g_idx are set
+  QuantizedWeight q;       ///< codes [out, in], scales [out, G], zeros [out, G], spec
+  at::Tensor g_idx;        ///< int32 [in]
+  int64_t act_bits = 0;    ///< 8: W8A8
+  at::Tensor weight;       ///< the OUT/model weight (model dtype) [out, in]: written when not packed
+  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return weight.size(1); }
+  /// True when g_idx is not the contiguous c / group_size (act-order with dynamic groups).
+  bool permuted_groups() const;
+};
+
+/// The tensors of one decoder layer as the export sees them.
+struct ExportLayer {
+  std::vector<ExportLinear> linears;                        ///< model order
+  std::vector<std::pair<std::string, at::Tensor>> others;  ///< norms, biases, router biases: copied as they are
+};
+
+/// A lathe output directory opened for export. Holds the memory-mapped model and the sidecar.
+class ExportSource {
+ public:
+  /// Opens `out_dir`. ConfigError when it is not a lathe output directory (no lathe_manifest.json
+  /// or model/), or has no quant/ (nothing quantized: "run a quantizing pass first"); otherwise
+  /// throws like WeightStore / QuantSidecar.
+  explicit ExportSource(const std::filesystem::path& out_dir);
+  ~ExportSource();
+
+  const std::filesystem::path& out_dir() const { return out_dir_; }
+  const std::filesystem::path& model_dir() const { return model_dir_; }
+  const ModelSpec& spec() const { return spec_; }
+  /// out/model/config.json.
+  const nlohmann::json& config() const { return config_; }
+  /// The manifest's pipeline string ("" when absent).
+  const std::string& pipeline() const { return pipeline_; }
+  /// The model dtype (dtype of the embedding table): compressed-tensors scales are stored in it.
+  at::ScalarType model_dtype() const { return model_dtype_; }
+  ExpertLayout layout() const { return layout_; }
+
+  /// Decoder layer `i`, per-expert layout; the tensors view the mapped files.
+  ExportLayer layer(int64_t i) const;
+  /// Embedding, final norm and LM head (when untied).
+  std::vector<std::pair<std::string, at::Tensor>> head_tensors() const;
+  /// Drops the resident pages of layer i (call when its shard is written).
+  void release_layer(int64_t i) const;
+  /// Every quantizable linear's module name, routers included, in model order (for name regexes).
+  std::vector<std::string> all_linear_modules() const;
+
+ private:
+  std::filesystem::path out_dir_, model_dir_;
+  ModelSpec spec_;
+  nlohmann::json config_;
+  std::string pipeline_;
+  std::unique_ptr<WeightStore> store_;
+  std::shared_ptr<const QuantSidecar> quant_;
+  ExpertLayout layout_ = ExpertLayout::kPerExpert;
+  at::ScalarType model_dtype_ = at::kBFloat16;
+};
+
+/// Whether a tensor role is a linear layer's weight that a quantizing pass may store quantized.
+bool is_quantizable_linear(TensorRole role);
+
+/// Regexes (Python `re.match` semantics, anchored with `$`) that match exactly the module names in
+/// `selected` among `all`: a whole family (the name with every numeric path component replaced
+/// by `\d+`, e.g. `model\.layers\.\d+\.self_attn\.q_proj$`) becomes one pattern when all its
+/// members are selected, otherwise each selected name is one escaped pattern. Patterns made for
+/// disjoint `selected` sets never match a common name. Sorted, deterministic.
+std::vector<std::string> module_patterns(const std::vector<std::string>& all, const std::set<std::string>& selected);
+
+/// `name` with regex metacharacters escaped ("." → "\.").
+std::string escape_regex(const std::string& name);
+
+/// Collects the tensors of one shard.
+class ShardTensors {
+ public:
+  /// Adds `value` (any CPU tensor; made contiguous and kept alive here).
+  void add(const std::string& name, const at::Tensor& value);
+  const std::vector<std::string>& names() const { return names_; }
+  /// Writes `path` (safetensors, deterministic) with `metadata`; returns Σ tensor bytes.
+  uint64_t write(const std::string& path, const std::map<std::string, std::string>& metadata) const;
+
+ private:
+  std::vector<std::string> names_;
+  std::vector<at::Tensor> values_;
+};
+
+/// A directory that appears complete or not at all: files are written into `<dir>.partial`, and
+/// publish() renames it to `dir`. The constructor refuses an existing `dir` without `force`
+/// (ConfigError naming it) and clears a stale `<dir>.partial`.
+class PartialDirectory {
+ public:
+  PartialDirectory(const std::filesystem::path& dir, bool force);
+  ~PartialDirectory();  ///< removes the partial directory when publish() was not reached
+  const std::filesystem::path& path() const { return partial_; }
+  void publish();
+
+ private:
+  std::filesystem::path dir_, partial_;
+  bool published_ = false;
+};
+
+/// Copies the tokenizer and generation files of `model_dir` (everything except config.json,
+/// *.safetensors and the index) into `dir`.
+void copy_model_side_files(const std::filesystem::path& model_dir, const std::filesystem::path& dir);
+
+/// Writes the per-layer shards (`model-0000i-of-0000N.safetensors`, N = layers + 1, the last for
+/// embedding, norm and head) and `model.safetensors.index.json` into `dir`; `write_layer(i, &shard)`
+/// fills layer i's shard. Returns the total tensor bytes.
+uint64_t write_export_shards(const ExportSource& src, const std::filesystem::path& dir,
+                             const std::map<std::string, std::string>& metadata,
+                             const std::function<void(int64_t, ShardTensors*)>& write_layer);
+
+/// The writers behind export_quantized (gptq_export.cpp, ct_export.cpp): fill `dir` (shards, index,
+/// config.json, side files) and add counts and log lines to `result`.
+void write_gptq_files(const ExportSource& src, const std::filesystem::path& dir, ExportResult* result);
+void write_ct_files(const ExportSource& src, const std::filesystem::path& dir, ExportResult* result);
+
+/// Warnings for vLLM, which loads q/k/v, gate/up (w1/w3) and all experts of an MoE layer as one
+/// fused layer with one setting: one line per such set whose modules' `setting` strings differ.
+std::vector<std::string> fused_setting_warnings(const std::map<std::string, std::string>& setting_by_module);
+
+/// A float tensor's values are exactly representable in `dtype` (round trip is the identity).
+bool exact_in(const at::Tensor& values, at::ScalarType dtype);
+
+}  // namespace lathe

@@ -1,0 +1,41 @@
+// Readers of packed checkpoints for evaluation: an HF directory whose config.json has a
+// `quantization_config` of quant_method "gptq" (FORMATS.md §3, v1) or "compressed-tensors"
+// (FORMATS.md §4, pack-quantized / int-quantized), as lathe exports them (docs/export.md) or as
+// other tools write them within those layouts. Each is a DequantizedWeights: the forward engine
+// asks it for `<module>.weight` and gets scale · (code − zero) in fp32, exactly as stored.
+//
+// The files are untrusted: a missing or mistyped config field is DataError(config.json,
+// "quantization_config.<field>"); a tensor of the wrong dtype or shape, a g_idx value out of
+// range or a non-finite scale is DataError(<shard file>, "<module>.<tensor>"). Valid settings
+// lathe does not read (gptq_v2, quantized lm_head, float or activation schemes other than
+// int8 per token, other compressed-tensors formats) are UnsupportedError naming the field.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "compressor/model/weight_source.h"
+
+namespace lathe {
+
+/// The reader for the checkpoint directory `dir` when its config.json has a quantization_config,
+/// else nullptr. UnsupportedError(config.json, "quantization_config.quant_method") for a method
+/// other than gptq and compressed-tensors; errors of the readers as described above.
+std::shared_ptr<const DequantizedWeights> open_quantized_checkpoint(const std::string& dir);
+
+/// config.json's quantization_config.quant_method of `dir`: "" when there is no
+/// quantization_config; DataError when it is not an object or quant_method is missing / not a string.
+std::string quantization_method(const std::string& dir);
+
+/// GPTQ v1 (`checkpoint_format` / `format` "gptq"): per-module bits, group size and sym from the
+/// base settings and the first matching `dynamic` key (Python re.match semantics: anchored at the
+/// start). A module that a `-:` key skips but that holds `qweight` is a DataError.
+std::shared_ptr<const DequantizedWeights> open_gptq_checkpoint(const std::string& dir);
+
+/// compressed-tensors (`quantization_status` "compressed"): each module holding weight_packed
+/// (pack-quantized) or an int8 weight (int-quantized) must match exactly one config group
+/// (exact name over `re:` regex over class name such as "Linear") and no ignore entry.
+/// activation_bits is 8 for groups with int8 per-token dynamic input_activations.
+std::shared_ptr<const DequantizedWeights> open_compressed_tensors_checkpoint(const std::string& dir);
+
+}  // namespace lathe
