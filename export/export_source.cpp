@@ -190,37 +190,68 @@ std::string escape_regex(const std::string& name) {
 
 namespace {
 
-/// The family of a module name: numeric path components replaced by \d+ (escaped otherwise).
-std::string family_pattern(const std::string& name) {
-  std::string out;
+/// The generalisations of a module name: for every subset of its numeric path components (layer,
+/// expert), the escaped name with those components replaced by \d+. Most general first; the last
+/// is the name itself.
+std::vector<std::string> generalisations(const std::string& name) {
+  std::vector<std::string> parts;
+  std::vector<size_t> numeric;
   size_t start = 0;
-  while (start <= name.size()) {
+  while (true) {
     const size_t dot = name.find('.', start);
-    const std::string part = name.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    const bool numeric = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
-    out += numeric ? std::string("\\d+") : escape_regex(part);
+    parts.push_back(name.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+    const std::string& part = parts.back();
+    if (!part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      numeric.push_back(parts.size() - 1);
+    }
     if (dot == std::string::npos) break;
-    out += "\\.";
     start = dot + 1;
   }
-  return out;
+  if (numeric.size() > 4) numeric.resize(4);  // bounded: 2^4 patterns per name
+  std::vector<std::pair<int, std::string>> out;  // {generalised components, pattern}
+  for (uint32_t mask = 0; mask < (1u << numeric.size()); ++mask) {
+    std::vector<std::string> p = parts;
+    int count = 0;
+    for (size_t k = 0; k < numeric.size(); ++k) {
+      if (mask & (1u << k)) p[numeric[k]] = "\\d+", count += 1;
+    }
+    std::string text;
+    for (size_t k = 0; k < p.size(); ++k) {
+      text += (k ? "\\." : "") + (p[k] == "\\d+" ? p[k] : escape_regex(p[k]));
+    }
+    out.emplace_back(count, text);
+  }
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<std::string> patterns;
+  for (auto& [c, t] : out) patterns.push_back(std::move(t));
+  return patterns;
 }
 
 }  // namespace
 
 std::vector<std::string> module_patterns(const std::vector<std::string>& all, const std::set<std::string>& selected) {
-  std::map<std::string, std::pair<int64_t, int64_t>> families;  // pattern → {members, selected members}
+  // A pattern may stand for its members only when every name of `all` it matches is selected, so
+  // patterns of disjoint selections never match a common name.
+  std::map<std::string, std::pair<int64_t, int64_t>> members;  // pattern → {names, selected names}
   for (const auto& name : all) {
-    auto& f = families[family_pattern(name)];
-    f.first += 1;
-    f.second += selected.count(name) ? 1 : 0;
+    for (const auto& p : generalisations(name)) {
+      auto& m = members[p];
+      m.first += 1;
+      m.second += selected.count(name) ? 1 : 0;
+    }
   }
   std::set<std::string> out;
   for (const auto& name : selected) {
-    const std::string family = family_pattern(name);
-    auto it = families.find(family);
-    const bool whole = it != families.end() && it->second.first == it->second.second && it->second.first > 1;
-    out.insert((whole ? family : escape_regex(name)) + "$");
+    const std::vector<std::string> candidates = generalisations(name);
+    std::string chosen = candidates.back();
+    for (const auto& p : candidates) {
+      auto it = members.find(p);
+      if (it != members.end() && it->second.first == it->second.second && it->second.first > 1) {
+        chosen = p;
+        break;
+      }
+    }
+    out.insert(chosen + "$");
   }
   return {out.begin(), out.end()};
 }

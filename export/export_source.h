@@ -98,10 +98,11 @@ class ExportSource {
 bool is_quantizable_linear(TensorRole role);
 
 /// Regexes (Python `re.match` semantics, anchored with `$`) that match exactly the module names in
-/// `selected` among `all`: a whole family (the name with every numeric path component replaced
-/// by `\d+`, e.g. `model\.layers\.\d+\.self_attn\.q_proj$`) becomes one pattern when all its
-/// members are selected, otherwise each selected name is one escaped pattern. Patterns made for
-/// disjoint `selected` sets never match a common name. Sorted, deterministic.
+/// `selected` among `all`. Each selected name becomes its most general generalisation — numeric
+/// path components (layer, expert) replaced by `\d+`, e.g. `model\.layers\.\d+\.mlp\.down_proj$`
+/// or `model\.layers\.0\.mlp\.experts\.\d+\.down_proj$` — whose matches in `all` are all
+/// selected, or else its own escaped name. So patterns made for disjoint `selected` sets never match
+/// a common name. Sorted, deterministic.
 std::vector<std::string> module_patterns(const std::vector<std::string>& all, const std::set<std::string>& selected);
 
 /// `name` with regex metacharacters escaped ("." → "\.").

@@ -36,21 +36,6 @@ struct CalibrateArgs {
   CoverageOptions coverage;
 };
 
-/// "--data TASK=PATH" or "--data PATH.jsonl" (tasks from the records).
-CalibrationSource parse_data(const std::string& spec) {
-  CalibrationSource src;
-  const size_t eq = spec.find('=');
-  if (eq == std::string::npos) {
-    src.path = spec;
-  } else {
-    src.task = spec.substr(0, eq);
-    src.path = spec.substr(eq + 1);
-    if (src.task.empty()) throw ConfigError("", "--data", "empty task label in \"" + spec + "\" (expected TASK=PATH)");
-  }
-  if (src.path.empty()) throw ConfigError("", "--data", "empty path in \"" + spec + "\" (expected TASK=PATH or FILE.jsonl)");
-  return src;
-}
-
 void print_coverage(const CoverageReport& report) { std::cout << coverage_text(report); }
 
 void write_coverage(const CoverageReport& report, const std::string& path) {
@@ -70,7 +55,7 @@ void run_calibrate(CalibrateArgs& args) {
   CalibrateRequest req;
   req.model_dir = args.model;
   req.out = args.out;
-  for (const auto& d : args.data) req.calibration.sources.push_back(parse_data(d));
+  for (const auto& d : args.data) req.calibration.sources.push_back(parse_data_option(d));
   req.calibration.samples = args.samples;
   req.calibration.seq_len = args.seq_len;
   req.calibration.packing = parse_packing(args.packing);
@@ -121,6 +106,20 @@ void run_calibrate(CalibrateArgs& args) {
 }
 
 }  // namespace
+
+CalibrationSource parse_data_option(const std::string& spec) {
+  CalibrationSource src;
+  const size_t eq = spec.find('=');
+  if (eq == std::string::npos) {
+    src.path = spec;
+  } else {
+    src.task = spec.substr(0, eq);
+    src.path = spec.substr(eq + 1);
+    if (src.task.empty()) throw ConfigError("", "--data", "empty task label in \"" + spec + "\" (expected TASK=PATH)");
+  }
+  if (src.path.empty()) throw ConfigError("", "--data", "empty path in \"" + spec + "\" (expected TASK=PATH or FILE.jsonl)");
+  return src;
+}
 
 void add_calibrate_command(CLI::App& app) {
   auto args = std::make_shared<CalibrateArgs>();

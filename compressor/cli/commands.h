@@ -5,6 +5,10 @@ namespace CLI {
 class App;
 }
 
+#include <string>
+
+#include "calibrate/calibration_set.h"
+
 namespace lathe::cli {
 
 /// Adds every subcommand to `app`. A subcommand's callback runs during `app.parse()` and reports
@@ -40,5 +44,9 @@ void add_export_command(CLI::App& app);
 
 /// `lathe passes` and `lathe apply MODEL --plan PLAN --out DIR` (pipeline_commands.cpp).
 void add_pipeline_commands(CLI::App& app);
+
+/// "--data TASK=PATH" or "--data PATH.jsonl" (tasks from the records) as a calibration source
+/// (calibrate_command.cpp; `lathe calibrate` and `lathe apply` share it). ConfigError otherwise.
+CalibrationSource parse_data_option(const std::string& spec);
 
 }  // namespace lathe::cli

@@ -70,6 +70,10 @@ void add_pipeline_commands(CLI::App& app) {
   struct ApplyArgs {
     std::string model, plan, out;
     bool force = false, fresh = false;
+    std::vector<std::string> data;
+    int64_t samples = 128, seq_len = 2048, micro_batch = 8;
+    uint64_t seed = 0;
+    std::string packing = "pack", device = "cpu", dtype = "f32";
   };
   auto args = std::make_shared<ApplyArgs>();
   auto* apply = app.add_subcommand("apply", "Apply a plan.json to a model, one layer at a time, into an output directory");
@@ -78,6 +82,15 @@ void add_pipeline_commands(CLI::App& app) {
   apply->add_option("--out", args->out, "output directory (appears when complete)")->required();
   apply->add_flag("--force", args->force, "replace an existing output directory");
   apply->add_flag("--fresh", args->fresh, "discard a partial run of other inputs instead of refusing");
+  apply->add_option("--data", args->data,
+                    "calibration file for plans with gptq tensors: TASK=PATH (text or JSONL) or PATH.jsonl (repeatable)");
+  apply->add_option("--samples", args->samples, "calibration samples per task")->capture_default_str();
+  apply->add_option("--seq-len", args->seq_len, "tokens per calibration sample")->capture_default_str();
+  apply->add_option("--packing", args->packing, "pack or document")->capture_default_str();
+  apply->add_option("--seed", args->seed, "seed for choosing samples")->capture_default_str();
+  apply->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
+  apply->add_option("--dtype", args->dtype, "working precision of the calibration forwards: f32 or bf16")->capture_default_str();
+  apply->add_option("--micro-batch", args->micro_batch, "sequences per layer call")->capture_default_str();
   apply->callback([args] {
     ApplyRequest req;
     req.model_dir = args->model;
@@ -86,6 +99,17 @@ void add_pipeline_commands(CLI::App& app) {
     req.pipeline = req.plan.pipeline;
     req.force = args->force;
     req.fresh = args->fresh;
+    if (!args->data.empty()) {
+      CalibrationOptions c;
+      for (const auto& d : args->data) c.sources.push_back(parse_data_option(d));
+      c.samples = args->samples;
+      c.seq_len = args->seq_len;
+      c.packing = parse_packing(args->packing);
+      c.seed = args->seed;
+      req.calibration = c;
+    }
+    req.forward = parse_forward_options(args->device, args->dtype, "");
+    req.streaming.micro_batch = args->micro_batch;
     print_apply_summary(run_apply(req, apply_progress()), args->out);
   });
 

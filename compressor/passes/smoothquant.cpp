@@ -39,15 +39,24 @@ at::Tensor valid_rows(const TapEvent& e) {
 class SmoothingObserver : public TapObserver {
  public:
   SmoothingObserver(int64_t layer, bool moe, bool v_to_o, int64_t cap)
-      : layer_(layer), moe_(moe), v_to_o_(v_to_o), cap_(cap), attn_in(cap, 1), attn_out_in(v_to_o ? cap : 0, 2),
-        mlp_in(moe ? 0 : cap, 3), mlp_act(moe ? 0 : cap, 4), shared_act(cap, 5) {}
+      : layer_(layer),
+        moe_(moe),
+        v_to_o_(v_to_o),
+        cap_(cap),
+        attn_in(cap, 1),
+        attn_out_in(v_to_o ? cap : 0, 2),
+        mlp_in(moe ? 0 : cap, 3),
+        mlp_act(moe ? 0 : cap, 4),
+        shared_act(cap, 5) {}
 
   bool wants(Tap tap, int64_t layer) const override {
     if (layer != layer_) return false;
     switch (tap) {
-      case Tap::kAttnIn: case Tap::kSharedAct: return true;
+      case Tap::kAttnIn:
+      case Tap::kSharedAct: return true;
       case Tap::kAttnOutIn: return v_to_o_;
-      case Tap::kMlpIn: case Tap::kMlpAct: return !moe_;
+      case Tap::kMlpIn:
+      case Tap::kMlpAct: return !moe_;
       case Tap::kExpertAct: return moe_;
       default: return false;
     }
@@ -62,7 +71,8 @@ class SmoothingObserver : public TapObserver {
       case Tap::kMlpAct: mlp_act.add(rows); break;
       case Tap::kSharedAct: shared_act.add(rows); break;
       case Tap::kExpertAct:
-        experts.try_emplace(e.expert, cap_, 100 + static_cast<uint64_t>(e.expert)).first->second.add(rows);
+        experts.try_emplace(e.expert, cap_, 100 + static_cast<uint64_t>(e.expert))
+            .first->second.add(rows);
         break;
       default: break;
     }
@@ -82,10 +92,13 @@ class SmoothingObserver : public TapObserver {
 /// layer's own weights compute act(gate x) ⊙ up x from the MoE block input.
 class AllTokenExpertObserver : public TapObserver {
  public:
-  AllTokenExpertObserver(int64_t layer, const std::set<int64_t>& experts, int64_t cap) : layer_(layer) {
+  AllTokenExpertObserver(int64_t layer, const std::set<int64_t>& experts, int64_t cap)
+      : layer_(layer) {
     for (int64_t e : experts) summaries.try_emplace(e, cap, 200 + static_cast<uint64_t>(e));
   }
-  bool wants(Tap tap, int64_t layer) const override { return layer == layer_ && tap == Tap::kMlpIn; }
+  bool wants(Tap tap, int64_t layer) const override {
+    return layer == layer_ && tap == Tap::kMlpIn;
+  }
   void observe(const TapEvent& e) override {
     const at::Tensor x = valid_rows(e).to(at::kFloat);
     for (auto& [id, summary] : summaries) {
@@ -104,12 +117,12 @@ class AllTokenExpertObserver : public TapObserver {
 
 /// What one smoothing group did, for the records' details.
 struct GroupLog {
-  std::string group;                  ///< "input_layernorm → q,k,v", "experts.3 up → down", …
+  std::string group;  ///< "input_layernorm → q,k,v", "experts.3 up → down", …
   double alpha = 0;
   int64_t tokens = 0;
-  std::string statistics = "all";     ///< "routed" (expert over its own tokens) or "all"
-  std::vector<double> errors;         ///< e(α) over the grid (adaptive only)
-  std::vector<std::string> tensors;   ///< source names of the tensors changed
+  std::string statistics = "all";    ///< "routed" (expert over its own tokens) or "all"
+  std::vector<double> errors;        ///< e(α) over the grid (adaptive only)
+  std::vector<std::string> tensors;  ///< source names of the tensors changed
 };
 
 class LayerSmoother {
@@ -126,7 +139,8 @@ class LayerSmoother {
 
   /// The tensor's value as an fp32 tensor this layer owns (never a view of the file mapping).
   at::Tensor& working(LayerTensor& t) {
-    if (converted_.insert(t.source).second) t.value = t.value.to(at::kFloat, false, /*copy=*/true).contiguous();
+    if (converted_.insert(t.source).second)
+      t.value = t.value.to(at::kFloat, false, /*copy=*/true).contiguous();
     return t.value;
   }
 
@@ -140,7 +154,8 @@ class LayerSmoother {
       log.alpha = plan_.alpha;
       return smoothing_scales(act, wstat, plan_.alpha);
     }
-    const AlphaSearch r = search_alpha(x.sample(), act, wstat, balanced, adaptive_alpha_grid(), to_columns);
+    const AlphaSearch r =
+        search_alpha(x.sample(), act, wstat, balanced, adaptive_alpha_grid(), to_columns);
     log.alpha = r.alpha;
     log.errors = r.errors;
     return r.scales;
@@ -168,8 +183,9 @@ class LayerSmoother {
   }
 
   /// producer rows → consumer columns over the same channels (up → down, per expert or dense).
-  void row_group(const std::string& name, LayerTensor* producer_t, at::Tensor producer, LayerTensor* consumer_t,
-                 at::Tensor consumer, const ActivationSummary& x, const std::string& statistics) {
+  void row_group(const std::string& name, LayerTensor* producer_t, at::Tensor producer,
+                 LayerTensor* consumer_t, at::Tensor consumer, const ActivationSummary& x,
+                 const std::string& statistics) {
     if (x.tokens() == 0) return;
     GroupLog log;
     log.group = name;
@@ -203,8 +219,10 @@ void LayerSmoother::attention(const SmoothingObserver& stats) {
   const AttentionSpec& a = ctx_.spec.attention;
   if (a.kind == AttentionKind::kMla) {
     norm_group("input_layernorm → q_a,kv_a", find(TensorRole::kAttnNorm),
-               {find(a.q_lora_rank > 0 ? TensorRole::kQA : TensorRole::kQ), find(TensorRole::kKVA)}, stats.attn_in);
-    if (plan_.v_to_o) ctx_.warnings.push_back("smoothquant: v-to-o does not apply to MLA attention; skipped");
+               {find(a.q_lora_rank > 0 ? TensorRole::kQA : TensorRole::kQ), find(TensorRole::kKVA)},
+               stats.attn_in);
+    if (plan_.v_to_o)
+      ctx_.warnings.push_back("smoothquant: v-to-o does not apply to MLA attention; skipped");
     return;
   }
   norm_group("input_layernorm → q,k,v", find(TensorRole::kAttnNorm),
@@ -220,7 +238,8 @@ void LayerSmoother::attention(const SmoothingObserver& stats) {
   GroupLog log;
   log.group = "v_proj → o_proj";
   const at::Tensor act = reduce_to_kv_channels(stats.attn_out_in.statistic(statistic_), h, kv, d);
-  const at::Tensor wstat = reduce_to_kv_channels(weight_statistic({working(*o)}, statistic_), h, kv, d);
+  const at::Tensor wstat =
+      reduce_to_kv_channels(weight_statistic({working(*o)}, statistic_), h, kv, d);
   auto to_columns = [&](const at::Tensor& s) { return expand_kv_channels(s, h, kv, d); };
   const at::Tensor s = scales(stats.attn_out_in, act, wstat, {working(*o)}, log, to_columns);
   fold_rows_into_columns(working(*v), vb ? &working(*vb) : nullptr, working(*o), s, to_columns(s));
@@ -233,19 +252,22 @@ void LayerSmoother::dense_mlp(const SmoothingObserver& stats) {
   norm_group("post_attention_layernorm → gate,up", find(TensorRole::kMlpNorm),
              {find(TensorRole::kDenseGate), find(TensorRole::kDenseUp)}, stats.mlp_in);
   LayerTensor *up = find(TensorRole::kDenseUp), *down = find(TensorRole::kDenseDown);
-  if (up && down) row_group("up_proj → down_proj", up, working(*up), down, working(*down), stats.mlp_act, "all");
+  if (up && down)
+    row_group("up_proj → down_proj", up, working(*up), down, working(*down), stats.mlp_act, "all");
 }
 
 void LayerSmoother::shared_expert(const SmoothingObserver& stats) {
   LayerTensor *up = find(TensorRole::kSharedUp), *down = find(TensorRole::kSharedDown);
   if (up && down) {
-    row_group("shared_expert up → down", up, working(*up), down, working(*down), stats.shared_act, "all");
+    row_group("shared_expert up → down", up, working(*up), down, working(*down), stats.shared_act,
+              "all");
   }
 }
 
 /// §1.7 threshold: experts with fewer routed tokens take statistics over every token.
 int64_t expert_token_threshold(int64_t tokens) {
-  return std::max<int64_t>(256, static_cast<int64_t>(std::ceil(0.005 * static_cast<double>(tokens))));
+  return std::max<int64_t>(256,
+                           static_cast<int64_t>(std::ceil(0.005 * static_cast<double>(tokens))));
 }
 
 int64_t expert_count(const LayerApplyContext& ctx) {
@@ -253,7 +275,8 @@ int64_t expert_count(const LayerApplyContext& ctx) {
 }
 
 /// The experts below the threshold, measured on all tokens by one more replay (before any fold).
-std::unique_ptr<AllTokenExpertObserver> all_token_statistics(const LayerApplyContext& ctx, const SmoothingObserver& stats,
+std::unique_ptr<AllTokenExpertObserver> all_token_statistics(const LayerApplyContext& ctx,
+                                                             const SmoothingObserver& stats,
                                                              int64_t cap) {
   const int64_t threshold = expert_token_threshold(stats.attn_in.tokens());
   std::set<int64_t> sparse;
@@ -289,7 +312,8 @@ void LayerSmoother::round_unquantized() {
   for (LayerTensor& t : ctx_.tensors) {
     if (!converted_.count(t.source)) continue;
     auto it = ctx_.plan.tensors.find(t.source);
-    if (it == ctx_.plan.tensors.end() || it->second.method != "gptq") t.value = t.value.to(t.stored);
+    if (it == ctx_.plan.tensors.end() || it->second.method != "gptq")
+      t.value = t.value.to(t.stored);
   }
 }
 
@@ -304,17 +328,21 @@ const char* stored_format(at::ScalarType t) {
 
 /// details.smoothing of every changed tensor: the groups it took part in. Tensors without a record
 /// (norms, or weights left unquantized) get one in their stored dtype.
-void record_smoothing(LayerApplyContext& ctx, const SmoothingPlan& plan, const std::vector<GroupLog>& logs) {
+void record_smoothing(LayerApplyContext& ctx, const SmoothingPlan& plan,
+                      const std::vector<GroupLog>& logs) {
   std::map<std::string, nlohmann::json> by_source;
   for (const GroupLog& g : logs) {
-    nlohmann::json j = {{"group", g.group}, {"alpha", g.alpha}, {"tokens", g.tokens}, {"statistics", g.statistics}};
+    nlohmann::json j = {
+        {"group", g.group}, {"alpha", g.alpha}, {"tokens", g.tokens}, {"statistics", g.statistics}};
     if (plan.adaptive) j["errors"] = g.errors;
     for (const std::string& t : g.tensors) by_source[t].push_back(j);
   }
   for (const auto& [source, groups] : by_source) {
-    auto rec = std::find_if(ctx.records.begin(), ctx.records.end(), [&](const TensorRecord& r) { return r.source == source; });
+    auto rec = std::find_if(ctx.records.begin(), ctx.records.end(),
+                            [&](const TensorRecord& r) { return r.source == source; });
     if (rec == ctx.records.end()) {
-      auto t = std::find_if(ctx.tensors.begin(), ctx.tensors.end(), [&](const LayerTensor& x) { return x.source == source; });
+      auto t = std::find_if(ctx.tensors.begin(), ctx.tensors.end(),
+                            [&](const LayerTensor& x) { return x.source == source; });
       if (t == ctx.tensors.end()) continue;
       TensorRecord r;
       r.name = t->name;
@@ -334,13 +362,15 @@ void record_smoothing(LayerApplyContext& ctx, const SmoothingPlan& plan, const s
 void apply_smoothquant(LayerApplyContext& ctx) {
   if (ctx.plan.smoothing) {
     if (!ctx.activations) {
-      throw ConfigError("", "smoothquant",
-                        "smoothquant needs calibration data (it smooths with each layer's activations): add a "
-                        "calibration section to the recipe");
+      throw ConfigError(
+          "", "smoothquant",
+          "smoothquant needs calibration data (it smooths with each layer's activations): add a "
+          "calibration section to the recipe");
     }
     const SmoothingPlan& plan = *ctx.plan.smoothing;
     if (!parse_smooth_statistic(plan.statistic)) {
-      throw ConfigError("", "smoothing.statistic", "expected absmax or range, found \"" + plan.statistic + "\"");
+      throw ConfigError("", "smoothing.statistic",
+                        "expected absmax or range, found \"" + plan.statistic + "\"");
     }
     const bool moe = ctx.spec.layers[ctx.layer].is_moe;
     SmoothingObserver stats(ctx.layer, moe, plan.v_to_o, plan.adaptive ? kAdaptiveSampleTokens : 0);
@@ -350,7 +380,8 @@ void apply_smoothquant(LayerApplyContext& ctx) {
     LayerSmoother smoother(ctx, plan);
     smoother.attention(stats);  // input_layernorm first: its group sees v and o as loaded (§2.1)
     if (moe) {
-      smoother.experts(stats, *all);  // §2.4: no shared scale from post_attention_layernorm into experts
+      smoother.experts(stats,
+                       *all);  // §2.4: no shared scale from post_attention_layernorm into experts
       smoother.shared_expert(stats);
     } else {
       smoother.dense_mlp(stats);
@@ -385,7 +416,8 @@ class SmoothquantPass : public Pass {
       if (!is_quantizable(t.role)) continue;
       if (t.expert >= 0) {  // tensors of removed experts are not written
         auto kept = plan.experts.find(t.layer);
-        if (kept != plan.experts.end() && !std::binary_search(kept->second.begin(), kept->second.end(), t.expert)) {
+        if (kept != plan.experts.end() &&
+            !std::binary_search(kept->second.begin(), kept->second.end(), t.expert)) {
           continue;
         }
       }

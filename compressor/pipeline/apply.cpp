@@ -222,6 +222,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   bool needs_activations = false;
   for (const auto& p : passes) needs_activations = needs_activations || p->needs_activations();
   if (passes.empty()) {
+    needs_activations = req.plan.smoothing.has_value();
     for (const auto& [name, t] : req.plan.tensors) needs_activations = needs_activations || t.method == "gptq";
   }
   std::optional<CalibrationSet> calib;
@@ -300,7 +301,11 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     bool rtn = false;
     for (const auto& [name, t] : req.plan.tensors) rtn = rtn || t.method == "rtn";
     if (rtn) steps.push_back({"rtn", apply_rtn});
-    if (needs_activations) steps.push_back({"gptq", apply_gptq});
+    if (req.plan.smoothing) {
+      steps.push_back({"smoothquant", apply_smoothquant});  // smoothing, then GPTQ of the plan's tensors
+    } else if (needs_activations) {
+      steps.push_back({"gptq", apply_gptq});
+    }
   }
   result.timings.resize(steps.size());
   for (size_t p = 0; p < steps.size(); ++p) result.timings[p].name = steps[p].first;

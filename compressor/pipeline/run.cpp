@@ -250,6 +250,20 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
     t.layer = layer_of(r.source);
     t.format = r.format;
     t.bits = r.bits;
+    if (r.details.is_object() && r.details.contains("experts")) {  // fused experts: per-expert sources
+      std::map<std::string, int64_t> sources;
+      int64_t fewest = -1;
+      for (const auto& e : r.details["experts"]) {
+        sources[e.value("h_source", "none")] += 1;
+        const int64_t n = e.value("routed_tokens", e.value("tokens", int64_t{0}));
+        fewest = fewest < 0 ? n : std::min(fewest, n);
+      }
+      for (const auto& [k, v] : sources) t.h_source += (t.h_source.empty() ? "" : ", ") + k + " " + std::to_string(v);
+      t.tokens = fewest;
+    } else if (r.details.is_object() && r.details.contains("h_source")) {
+      t.h_source = r.details["h_source"].get<std::string>();
+      t.tokens = r.details.value("routed_tokens", r.details.value("tokens", int64_t{0}));
+    }
     if (r.rel_err >= 0) {
       t.rel_err = r.rel_err;
       if (t.layer) {

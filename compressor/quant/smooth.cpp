@@ -36,12 +36,16 @@ const std::vector<double>& adaptive_alpha_grid() {
   return grid;
 }
 
-ActivationSummary::ActivationSummary(int64_t sample_cap, uint64_t seed) : sample_cap_(sample_cap), rng_(seed) {}
+ActivationSummary::ActivationSummary(int64_t sample_cap, uint64_t seed)
+    : sample_cap_(sample_cap), rng_(seed) {}
 
 void ActivationSummary::add(const at::Tensor& rows) {
-  if (rows.dim() != 2) throw InternalError("ActivationSummary", "", fmt::format("expected [n, c] rows, got {} dims", rows.dim()));
+  if (rows.dim() != 2)
+    throw InternalError("ActivationSummary", "",
+                        fmt::format("expected [n, c] rows, got {} dims", rows.dim()));
   if (max_.defined() && rows.size(1) != max_.size(0)) {
-    throw InternalError("ActivationSummary", "", fmt::format("rows of width {} after width {}", rows.size(1), max_.size(0)));
+    throw InternalError("ActivationSummary", "",
+                        fmt::format("rows of width {} after width {}", rows.size(1), max_.size(0)));
   }
   if (rows.size(0) == 0) return;
   const at::Tensor x = rows.to(at::kCPU, at::kFloat);
@@ -58,7 +62,8 @@ void ActivationSummary::add(const at::Tensor& rows) {
     at::Tensor all_keys = keys_.defined() ? at::cat({keys_, new_keys}) : new_keys;
     at::Tensor all_order = order_.defined() ? at::cat({order_, new_order}) : new_order;
     if (all_rows.size(0) > sample_cap_) {
-      const at::Tensor keep = std::get<1>(all_keys.topk(sample_cap_, 0, /*largest=*/false, /*sorted=*/false));
+      const at::Tensor keep =
+          std::get<1>(all_keys.topk(sample_cap_, 0, /*largest=*/false, /*sorted=*/false));
       all_rows = all_rows.index_select(0, keep);
       all_keys = all_keys.index_select(0, keep);
       all_order = all_order.index_select(0, keep);
@@ -71,7 +76,8 @@ void ActivationSummary::add(const at::Tensor& rows) {
 }
 
 at::Tensor ActivationSummary::statistic(SmoothStatistic statistic) const {
-  if (!max_.defined()) throw InternalError("ActivationSummary", "", "statistic of a summary that saw no rows");
+  if (!max_.defined())
+    throw InternalError("ActivationSummary", "", "statistic of a summary that saw no rows");
   return statistic == SmoothStatistic::kRange ? max_ - min_ : at::maximum(max_.abs(), min_.abs());
 }
 
@@ -85,8 +91,9 @@ at::Tensor weight_statistic(const std::vector<at::Tensor>& weights, SmoothStatis
   at::Tensor m;
   for (const at::Tensor& w : weights) {
     if (w.dim() != 2 || w.size(1) != weights[0].size(1)) {
-      throw InternalError("weight_statistic", "", fmt::format("weights of other input widths: {} vs {}",
-                                                              shape_text(w), shape_text(weights[0])));
+      throw InternalError("weight_statistic", "",
+                          fmt::format("weights of other input widths: {} vs {}", shape_text(w),
+                                      shape_text(weights[0])));
     }
     const at::Tensor col = w.abs().amax(0).to(at::kCPU, at::kFloat);
     m = m.defined() ? at::maximum(m, col) : col;
@@ -95,17 +102,21 @@ at::Tensor weight_statistic(const std::vector<at::Tensor>& weights, SmoothStatis
 }
 
 at::Tensor smoothing_scales(const at::Tensor& act, const at::Tensor& weight, double alpha) {
-  if (!(alpha >= 0 && alpha <= 1)) throw ConfigError("", "alpha", fmt::format("expected a number in [0, 1], found {}", alpha));
+  if (!(alpha >= 0 && alpha <= 1))
+    throw ConfigError("", "alpha", fmt::format("expected a number in [0, 1], found {}", alpha));
   if (act.sizes() != weight.sizes()) {
-    throw InternalError("smoothing_scales", "", fmt::format("activation statistic {} vs weight statistic {}",
-                                                            shape_text(act), shape_text(weight)));
+    throw InternalError("smoothing_scales", "",
+                        fmt::format("activation statistic {} vs weight statistic {}",
+                                    shape_text(act), shape_text(weight)));
   }
   const at::Tensor a = act.to(at::kCPU, at::kFloat), w = weight.to(at::kCPU, at::kFloat);
-  const at::Tensor s = at::where(w > 0, a.pow(alpha) / w.pow(1.0 - alpha), a);  // §2.1: w_j = 0 → a_j
+  const at::Tensor s =
+      at::where(w > 0, a.pow(alpha) / w.pow(1.0 - alpha), a);  // §2.1: w_j = 0 → a_j
   return s.clamp_min(1e-5);
 }
 
-double w8a8_output_error(const at::Tensor& x, const std::vector<at::Tensor>& weights, const at::Tensor& scales) {
+double w8a8_output_error(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                         const at::Tensor& scales) {
   std::vector<at::Tensor> parts;
   for (const at::Tensor& w : weights) parts.push_back(w.to(at::kCPU, at::kFloat));
   const at::Tensor W = at::cat(parts, 0);
@@ -121,11 +132,13 @@ double w8a8_output_error(const at::Tensor& x, const std::vector<at::Tensor>& wei
   return error;
 }
 
-AlphaSearch search_alpha(const at::Tensor& sample, const at::Tensor& act, const at::Tensor& weight_stat,
-                         const std::vector<at::Tensor>& balanced, const std::vector<double>& alphas,
+AlphaSearch search_alpha(const at::Tensor& sample, const at::Tensor& act,
+                         const at::Tensor& weight_stat, const std::vector<at::Tensor>& balanced,
+                         const std::vector<double>& alphas,
                          const std::function<at::Tensor(const at::Tensor&)>& to_columns) {
   if (alphas.empty()) throw ConfigError("", "alpha", "the adaptive α grid is empty");
-  if (!sample.defined() || sample.size(0) == 0) throw InternalError("search_alpha", "", "no sampled tokens");
+  if (!sample.defined() || sample.size(0) == 0)
+    throw InternalError("search_alpha", "", "no sampled tokens");
   AlphaSearch r;
   r.alphas = alphas;
   double best = 0;
@@ -146,15 +159,16 @@ namespace {
 
 void require_width(const at::Tensor& t, int64_t dim, int64_t n, const char* what) {
   if (t.size(dim) != n) {
-    throw InternalError("smoothing fold", "", fmt::format("{} has {} channels along dim {}, the scales {}", what,
-                                                           t.size(dim), dim, n));
+    throw InternalError(
+        "smoothing fold", "",
+        fmt::format("{} has {} channels along dim {}, the scales {}", what, t.size(dim), dim, n));
   }
 }
 
 }  // namespace
 
-void fold_into_norm(at::Tensor& norm_weight, at::Tensor* norm_bias, const std::vector<at::Tensor*>& readers,
-                    const at::Tensor& scales) {
+void fold_into_norm(at::Tensor& norm_weight, at::Tensor* norm_bias,
+                    const std::vector<at::Tensor*>& readers, const at::Tensor& scales) {
   const int64_t n = scales.size(0);
   require_width(norm_weight, 0, n, "the norm weight");
   norm_weight.div_(scales.to(norm_weight.options()));
@@ -171,16 +185,21 @@ void fold_rows_into_columns(at::Tensor& producer, at::Tensor* producer_bias, at:
   require_width(producer, 0, scales.size(0), "the producing weight");
   require_width(consumer, 1, cs.size(0), "the consuming weight");
   producer.div_(scales.to(producer.options()).unsqueeze(1));
-  if (producer_bias && producer_bias->defined()) producer_bias->div_(scales.to(producer_bias->options()));
+  if (producer_bias && producer_bias->defined())
+    producer_bias->div_(scales.to(producer_bias->options()));
   consumer.mul_(cs.to(consumer.options()).unsqueeze(0));
 }
 
-at::Tensor expand_kv_channels(const at::Tensor& kv_scales, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+at::Tensor expand_kv_channels(const at::Tensor& kv_scales, int64_t heads, int64_t kv_heads,
+                              int64_t head_dim) {
   require_width(kv_scales, 0, kv_heads * head_dim, "the kv scales");
-  return kv_scales.view({kv_heads, 1, head_dim}).expand({kv_heads, heads / kv_heads, head_dim}).reshape({-1});
+  return kv_scales.view({kv_heads, 1, head_dim})
+      .expand({kv_heads, heads / kv_heads, head_dim})
+      .reshape({-1});
 }
 
-at::Tensor reduce_to_kv_channels(const at::Tensor& per_column, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+at::Tensor reduce_to_kv_channels(const at::Tensor& per_column, int64_t heads, int64_t kv_heads,
+                                 int64_t head_dim) {
   require_width(per_column, 0, heads * head_dim, "the per-column statistic");
   return per_column.view({kv_heads, heads / kv_heads, head_dim}).amax(1).reshape({-1});
 }

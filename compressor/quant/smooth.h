@@ -45,7 +45,8 @@ class ActivationSummary {
 
   int64_t tokens() const { return tokens_; }
   int64_t channels() const { return max_.defined() ? max_.size(0) : 0; }
-  /// Per-channel max|x| (kAbsMax) or max x − min x (kRange), fp32 [c]; InternalError before any row.
+  /// Per-channel max|x| (kAbsMax) or max x − min x (kRange), fp32 [c]; InternalError before any
+  /// row.
   at::Tensor statistic(SmoothStatistic statistic) const;
   /// The sampled rows, fp32 [min(tokens, cap), c] on the CPU, in arrival order; undefined when
   /// nothing was sampled.
@@ -55,9 +56,9 @@ class ActivationSummary {
   int64_t sample_cap_;
   std::mt19937_64 rng_;
   int64_t tokens_ = 0;
-  at::Tensor max_, min_;          // [c] fp32, CPU
-  at::Tensor sample_, keys_;      // [≤cap, c] fp32 and [≤cap] fp64
-  at::Tensor order_;              // [≤cap] int64 arrival index of each sampled row
+  at::Tensor max_, min_;      // [c] fp32, CPU
+  at::Tensor sample_, keys_;  // [≤cap, c] fp32 and [≤cap] fp64
+  at::Tensor order_;          // [≤cap] int64 arrival index of each sampled row
 };
 
 /// Per-column statistic of the weights a scale balances (PyTorch layout [out, in], all the same
@@ -71,34 +72,36 @@ at::Tensor smoothing_scales(const at::Tensor& act, const at::Tensor& weight, dou
 
 /// The W8A8 output error of §2.3 for scales s:
 ///   e = ‖Q_a(X S⁻¹) · Q_w(W S)ᵀ − X Wᵀ‖²_F
-/// with W the balanced weights stacked by rows, Q_w int8 symmetric per output row by RTN on the grid
-/// the weights are stored with (§1.4 at 8 bits: scale = 2·max|W_r|/255, codes −128…127) and Q_a int8
-/// symmetric per token (scale = max|x_t|/127, as the engine runs it). `x` [n, in]; fp64 sum of fp32
-/// products.
-double w8a8_output_error(const at::Tensor& x, const std::vector<at::Tensor>& weights, const at::Tensor& scales);
+/// with W the balanced weights stacked by rows, Q_w int8 symmetric per output row by RTN on the
+/// grid the weights are stored with (§1.4 at 8 bits: scale = 2·max|W_r|/255, codes −128…127) and
+/// Q_a int8 symmetric per token (scale = max|x_t|/127, as the engine runs it). `x` [n, in]; fp64
+/// sum of fp32 products.
+double w8a8_output_error(const at::Tensor& x, const std::vector<at::Tensor>& weights,
+                         const at::Tensor& scales);
 
 /// Result of the adaptive search of one smoothing group.
 struct AlphaSearch {
-  double alpha = 0.5;           ///< the argmin (the smallest α on ties)
-  at::Tensor scales;            ///< smoothing_scales at that α
-  std::vector<double> alphas;   ///< the grid tried
-  std::vector<double> errors;   ///< e(α) for each
+  double alpha = 0.5;          ///< the argmin (the smallest α on ties)
+  at::Tensor scales;           ///< smoothing_scales at that α
+  std::vector<double> alphas;  ///< the grid tried
+  std::vector<double> errors;  ///< e(α) for each
 };
 
 /// HAQ-style α (§2.3): for each α of `alphas`, s(α) = smoothing_scales(act, weight_stat, α) (`act`
 /// the statistic over ALL tokens, per scale channel), e(α) = w8a8_output_error on `sample` with the
 /// scales mapped to the balanced weights' input columns by `to_columns` (identity when empty; GQA
 /// v→o expands kv channels); keeps the argmin.
-AlphaSearch search_alpha(const at::Tensor& sample, const at::Tensor& act, const at::Tensor& weight_stat,
-                         const std::vector<at::Tensor>& balanced, const std::vector<double>& alphas = adaptive_alpha_grid(),
+AlphaSearch search_alpha(const at::Tensor& sample, const at::Tensor& act,
+                         const at::Tensor& weight_stat, const std::vector<at::Tensor>& balanced,
+                         const std::vector<double>& alphas = adaptive_alpha_grid(),
                          const std::function<at::Tensor(const at::Tensor&)>& to_columns = {});
 
 // ---- Exact folds. All tensors fp32 (or fp64), modified in place (views modify their base). ----
 
 /// A norm's output scaled by 1/s, every reader's input columns by s: norm weight (and bias when
 /// given) ÷ s, column j of every `readers` weight ([out, in]) × s_j. Exact: y = (x/s)(W s)ᵀ.
-void fold_into_norm(at::Tensor& norm_weight, at::Tensor* norm_bias, const std::vector<at::Tensor*>& readers,
-                    const at::Tensor& scales);
+void fold_into_norm(at::Tensor& norm_weight, at::Tensor* norm_bias,
+                    const std::vector<at::Tensor*>& readers, const at::Tensor& scales);
 
 /// Output channel j of `producer` ÷ s_j (rows of its [out, in] weight and its bias when given),
 /// input column c of `consumer` × consumer_scales[c] (= scales when undefined). Exact when the
@@ -109,10 +112,12 @@ void fold_rows_into_columns(at::Tensor& producer, at::Tensor* producer_bias, at:
 
 /// GQA: o_proj input column h·D + d reads v channel (h / (H/H_kv))·D + d. Scales per v channel
 /// [H_kv·D] → per o column [H·D].
-at::Tensor expand_kv_channels(const at::Tensor& kv_scales, int64_t heads, int64_t kv_heads, int64_t head_dim);
+at::Tensor expand_kv_channels(const at::Tensor& kv_scales, int64_t heads, int64_t kv_heads,
+                              int64_t head_dim);
 
 /// The inverse direction for statistics: per o column [H·D] → per v channel [H_kv·D], the max over
 /// the query heads that read each kv head.
-at::Tensor reduce_to_kv_channels(const at::Tensor& per_column, int64_t heads, int64_t kv_heads, int64_t head_dim);
+at::Tensor reduce_to_kv_channels(const at::Tensor& per_column, int64_t heads, int64_t kv_heads,
+                                 int64_t head_dim);
 
 }  // namespace lathe

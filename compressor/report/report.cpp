@@ -55,6 +55,8 @@ std::vector<TensorReport> parse_tensors(const FieldReader& top) {
     if (t.bits > 64)
       r.fail("bits", "expected at most 64 bits per weight, found " + std::to_string(t.bits));
     t.rel_err = r.nullable_number("rel_err", 0.0);
+    if (r.find("tokens")) t.tokens = r.nullable_integer("tokens");
+    if (r.find("h_source")) t.h_source = r.string("h_source");
     tensors.push_back(std::move(t));
   }
   return tensors;
@@ -161,6 +163,10 @@ nlohmann::json report_to_json(const Report& r) {
                        {"format", t.format},
                        {"bits", t.bits},
                        {"rel_err", nullable(t.rel_err)}});
+    if (!t.h_source.empty()) {
+      tensors.back()["tokens"] = nullable(t.tokens);
+      tensors.back()["h_source"] = t.h_source;
+    }
   }
   for (const auto& p : r.passes) {
     passes.push_back({{"name", p.name},

@@ -402,6 +402,21 @@ std::string layers_section(const Report& r) {
   return out + "</section>\n";
 }
 
+std::string hessians_section(const Report& r) {
+  const std::vector<HessianRow> hs = hessian_rows(r);
+  if (hs.empty()) return "";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& h : hs) {
+    rows.push_back({std::to_string(h.layer), std::to_string(h.routed), std::to_string(h.all), std::to_string(h.none),
+                    h.fewest ? std::to_string(*h.fewest) + "–" + std::to_string(*h.most) : "-"});
+  }
+  return "<section><h2>Calibration behind the quantized tensors</h2>\n" +
+         note("Hessian source per layer: an expert uses its routed tokens when it saw at least max(256, 0.5% of "
+              "the tokens), else every token (ALGORITHMS.md §1.7); lathe_manifest.json has each tensor's tokens.") +
+         table({"layer", "routed", "all tokens", "none", "expert tokens (fewest–most)"}, rows, {0, 1, 2, 3}) +
+         "</section>\n";
+}
+
 std::string passes_section(const Report& r) {
   std::string out = "<section><h2>Passes</h2>\n";
   if (r.passes.empty()) return out + note("No pass timings.") + "</section>\n";
@@ -425,7 +440,7 @@ std::string render_html(const Report& report) {
          "</style>\n</head>\n<body><main>\n";
   out += header(report) + size_section(report) + eval_section(report) + experts_section(report) +
          bits_section(report) + error_section(report) + layers_section(report) +
-         passes_section(report);
+         hessians_section(report) + passes_section(report);
   return out + "</main></body>\n</html>\n";
 }
 

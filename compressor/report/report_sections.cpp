@@ -1,5 +1,7 @@
 #include "compressor/report/report_sections.h"
 
+#include <sstream>
+#include <map>
 #include <cmath>
 #include <regex>
 
@@ -62,6 +64,33 @@ std::optional<Comparison> eval_comparison(const Report& report) {
   if (!report.gate || plain.metrics.empty()) return plain;
   return compare_evals(*report.eval_before, *report.eval_after,
                        {report.gate->max_ppl_increase, report.gate->max_acc_drop});
+}
+
+std::vector<HessianRow> hessian_rows(const Report& report) {
+  std::map<int64_t, HessianRow> rows;
+  for (const auto& t : report.tensors) {
+    if (t.h_source.empty() || !t.layer) continue;
+    HessianRow& row = rows[*t.layer];
+    row.layer = *t.layer;
+    // "routed", "all", "none", or a fused tensor's "all 3, routed 5".
+    std::istringstream parts(t.h_source);
+    std::string part;
+    while (std::getline(parts, part, ',')) {
+      std::istringstream words(part);
+      std::string kind;
+      int64_t n = 1;
+      words >> kind;
+      if (!(words >> n)) n = 1;
+      (kind == "routed" ? row.routed : kind == "all" ? row.all : row.none) += n;
+    }
+    if (t.tokens && t.name.find(".experts.") != std::string::npos) {
+      row.fewest = row.fewest ? std::min(*row.fewest, *t.tokens) : *t.tokens;
+      row.most = row.most ? std::max(*row.most, *t.tokens) : *t.tokens;
+    }
+  }
+  std::vector<HessianRow> out;
+  for (auto& [layer, row] : rows) out.push_back(row);
+  return out;
 }
 
 std::vector<FormatSummary> summarize_formats(const std::vector<TensorReport>& tensors) {

@@ -5,14 +5,16 @@ reference decoders:
   quantization_config and decompresses every module with its own compressors; the result equals
   lathe's dequantized weights bit for bit (in fp32 from the sidecar out/quant, and in the model
   dtype as stored in out/model).
-* GPTQ: transformers 5.x loads GPTQ checkpoints only through gptqmodel, which cannot be installed
-  here (gptqmodel 7.7 needs torch >= 2.14.1, the project pins 2.11; older releases do not build
-  without CUDA), so the checkpoint is decoded by an independent NumPy implementation of
-  FORMATS.md §3 written here (not lathe's code), compared bit for bit with the sidecar, and a
-  transformers model carrying those decoded weights gives the logits of `lathe forward OUT/gptq`
-  within 1e-3.
+* GPTQ: an independent NumPy decoder of FORMATS.md §3 written here (not lathe's code) gives
+  lathe's weights bit for bit, and a transformers model carrying them gives the logits of
+  `lathe forward OUT/gptq` within 1e-3. The reference loaders need gptqmodel, which cannot share
+  the project virtualenv (gptqmodel 7.7 needs torch >= 2.14.1; the project pins 2.11): with
+  LATHE_GPTQ_PYTHON set (gptq_reference_worker.py says how), transformers + optimum + gptqmodel
+  load a uniform export on the CPU and GPTQModel.load the mixed-precision one (`dynamic`), and
+  both must give `lathe forward`'s logits within 1e-3 (measured: identical).
 """
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -20,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file as load_torch
 
 from reference import LATHE_BIN, SOURCE_DIR
@@ -172,7 +173,7 @@ def test_compressed_tensors_decompresses_to_lathes_weights(which, request):
 def unpack_bits(words, bits, count, axis):
     """FORMATS.md §3: along `axis`, value j lives at stream bits [bits*j, bits*j + bits) of the
     little-endian 32-bit words (3 bits straddle words)."""
-    w = np.moveaxis(words.astype(np.uint32), axis, -1)
+    w = np.ascontiguousarray(np.moveaxis(words.astype(np.uint32), axis, -1))
     bitstream = np.unpackbits(w.view(np.uint8), axis=-1, bitorder="little")
     bitstream = bitstream[..., : count * bits].reshape(*bitstream.shape[:-1], count, bits)
     values = (bitstream.astype(np.int64) << np.arange(bits)).sum(-1)
@@ -182,10 +183,7 @@ def unpack_bits(words, bits, count, axis):
 def gptq_decode(gptq_dir):
     """Every packed module of a GPTQ v1 directory, decoded with NumPy: W = s[g] * (q - (z + 1))."""
     qc = json.loads((gptq_dir / "config.json").read_text())["quantization_config"]
-    index = json.loads((gptq_dir / "model.safetensors.index.json").read_text())
-    tensors = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        tensors.update(load_numpy(str(gptq_dir / shard)))
+    tensors = {k: v.numpy() for k, v in load_dir(gptq_dir).items() if v.dtype in (torch.int32, torch.float16)}
     result = {}
     for key in sorted(k for k in tensors if k.endswith(".qweight")):
         module = key[: -len(".qweight")]
@@ -253,6 +251,44 @@ def test_gptq_logits_match_a_transformers_model_with_the_decoded_weights(llama_o
         out_file = tmp_path / "other.bin"
         lathe("forward", other, "--tokens", tokens, "--out", out_file)
         assert np.array_equal(np.fromfile(out_file, dtype=np.float32), np.fromfile(logits, dtype=np.float32)), other
+
+
+GPTQ_PYTHON = os.environ.get("LATHE_GPTQ_PYTHON", "")
+needs_gptqmodel = pytest.mark.skipif(not GPTQ_PYTHON, reason="set LATHE_GPTQ_PYTHON to a Python with gptqmodel "
+                                     "(see gptq_reference_worker.py)")
+IDS = [[1, 17, 250, 3999, 42, 7, 99, 1024], [5, 6, 7]]
+
+
+def reference_vs_lathe(mode, checkpoint, tmp_path, dtype):
+    tokens, ref_file, got_file = tmp_path / "tokens.json", tmp_path / "ref.bin", tmp_path / "lathe.bin"
+    tokens.write_text(json.dumps({"ids": IDS}))
+    worker = Path(__file__).with_name("gptq_reference_worker.py")
+    proc = subprocess.run([GPTQ_PYTHON, worker, mode, checkpoint, tokens, ref_file], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lathe("forward", checkpoint, "--tokens", tokens, "--out", got_file, "--dtype", dtype)
+    ref = np.fromfile(ref_file, dtype=np.float32).reshape(len(IDS), -1, 4096)
+    got = np.fromfile(got_file, dtype=np.float32).reshape(ref.shape)
+    assert ref[0].std() > 0.3
+    return max(np.abs(got[i, :n] - ref[i, :n]).max() for i, n in enumerate(map(len, IDS)))
+
+
+@needs_gptqmodel
+def test_transformers_loads_a_uniform_gptq_export_on_cpu(tmp_path):
+    base = tmp_path / "uniform"
+    base.mkdir()
+    recipe = base / "uniform.yaml"
+    recipe.write_text(f"model: {LLAMA}\noutput: {base / 'out'}\ndevice: cpu\n"
+                      "passes:\n  - rtn: {bits: 4, group-size: 32}\nexport: [hf, gptq]\n")
+    lathe("run", recipe)
+    assert reference_vs_lathe("transformers", base / "out" / "gptq", tmp_path, "f32") < 1e-3
+
+
+@needs_gptqmodel
+def test_gptqmodel_loads_the_mixed_precision_export_with_dynamic(llama_out, tmp_path):
+    # 2-, 4- and 8-bit modules, asymmetric ones and a skipped k_proj: GPTQModel builds each from
+    # `dynamic`; in bf16 both forwards round at the same places.
+    assert reference_vs_lathe("gptqmodel", llama_out / "gptq", tmp_path, "bf16") < 1e-3
 
 
 def test_export_cli_refuses_existing_target(llama_out):

@@ -120,6 +120,21 @@ def test_moe_coverage_rule_per_expert(tmp_path):
         assert total == tokens * config["num_experts_per_tok"], layer
         attn = manifest["tensors"][f"model.layers.{layer}.self_attn.q_proj.weight"]["details"]
         assert attn["tokens"] == tokens
+    # The report carries each tensor's Hessian source and tokens, and a per-layer summary.
+    report = json.loads((out / "report" / "report.json").read_text())
+    by_name = {t["name"]: t for t in report["tensors"]}
+    routed_in_layer0 = 0
+    for name, entry in manifest["tensors"].items():
+        d = entry.get("details")
+        if d is None:
+            continue
+        assert by_name[name]["h_source"] == d["h_source"]
+        assert by_name[name]["tokens"] == d.get("routed_tokens", d["tokens"])
+        if name.startswith("model.layers.0.") and d["h_source"] == "routed":
+            routed_in_layer0 += 1
+    md = (out / "report" / "report.md").read_text()
+    assert "## Calibration behind the quantized tensors" in md
+    assert re.search(rf"^\| 0 \| {routed_in_layer0} \| ", md, re.M), md
 
 
 def test_an_expert_without_tokens_gets_the_all_token_hessian(tmp_path):
@@ -136,6 +151,26 @@ def test_an_expert_without_tokens_gets_the_all_token_hessian(tmp_path):
     for name, d in starved:
         assert d["h_source"] == "all" and d["tokens"] == 16 and not d["fallback"], (name, d)
         assert f"gptq: {name} (expert" in proc.stderr and "received no calibration tokens" in proc.stderr
+
+
+def test_apply_on_the_plan_with_the_same_data_reproduces_the_run(tmp_path):
+    """`lathe apply --plan` (no passes: the plan's gptq entries drive the built-in step) with the
+    recipe's calibration data gives byte-identical model/ and quant/."""
+    out = tmp_path / "run"
+    assert run(recipe(tmp_path), out).returncode == 0
+    applied = tmp_path / "applied"
+    corpora = SOURCE_DIR / "data" / "corpora"
+    proc = subprocess.run(list(map(str, [
+        LATHE_BIN, "--threads", "1", "apply", MODELS / "llama", "--plan", out / "plan.json", "--out", applied,
+        "--data", f"prose={corpora / 'prose' / 'train.txt'}", "--data", f"code={corpora / 'code' / 'train.txt'}",
+        "--samples", "8", "--seq-len", "64"])), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for sub in ("model", "quant"):
+        assert tree(applied / sub) == tree(out / sub), sub
+    # Without data the plan cannot be applied (the layers' inputs are needed).
+    proc = subprocess.run(list(map(str, [LATHE_BIN, "--threads", "1", "apply", MODELS / "llama", "--plan",
+                                         out / "plan.json", "--out", tmp_path / "nodata"])), capture_output=True, text=True)
+    assert proc.returncode == 2 and "--data" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("kill_after", [1])

@@ -176,7 +176,15 @@ def test_plan_and_manifest_record_the_smoothing(results):
     norm = tensors["model.layers.0.input_layernorm.weight"]
     assert norm["details"]["smoothing"][0]["group"] == "input_layernorm → q,k,v"
     w3 = tensors["model.layers.0.block_sparse_moe.experts.0.w3.weight"]["details"]["smoothing"][0]
-    assert w3["group"] == "experts.0 up → down" and w3["statistics"] in ("routed", "all")
+    assert w3["group"] == "experts.0 up → down"
+    # §1.7 / §2.4: an expert's statistics come from its routed tokens when it saw at least
+    # max(256, 0.5% of the 2,048 calibration tokens), else from every token.
+    experts = [g for name, t in tensors.items() if name.endswith(".w3.weight") for g in t["details"]["smoothing"]]
+    assert len(experts) == 4 * 8
+    routed = [g for g in experts if g["statistics"] == "routed"]
+    assert routed and len(routed) < len(experts)
+    assert all(g["tokens"] >= 256 for g in routed)
+    assert all(g["tokens"] == 2048 for g in experts if g["statistics"] == "all")
     # §2.4: no shared scale from post_attention_layernorm into the experts
     assert "details" not in tensors["model.layers.0.post_attention_layernorm.weight"]
     plain = json.loads((results["mixtral"]["dirs"][1] / "plan.json").read_text())
@@ -190,3 +198,26 @@ def test_refused_without_calibration_data(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "calibration" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_apply_of_the_plan_alone_redoes_the_smoothing(results, tmp_path):
+    """plan.json's `smoothing` is enough: `lathe apply --plan` with the same calibration data writes
+    the same model and quantized tensors as the run that decided it."""
+    help_text = subprocess.run([str(LATHE_BIN), "apply", "--help"], capture_output=True, text=True).stdout
+    if "--data" not in help_text:
+        pytest.skip("lathe apply takes no calibration data (--data) yet")
+    smooth = results["llama"]["dirs"][0]
+    out = tmp_path / "applied"
+    corpora = SOURCE_DIR / "data" / "corpora"
+    proc = subprocess.run(list(map(str, [LATHE_BIN, "--threads", "1", "apply", MODELS / "llama", "--plan",
+                                         smooth / "plan.json", "--out", out, "--data", f"prose={corpora / 'prose/train.txt'}",
+                                         "--data", f"code={corpora / 'code/train.txt'}", "--samples", 8, "--seq-len", 128])),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.torch import load_file
+    for sub in ("model", "quant"):
+        for f in sorted((smooth / sub).glob("*.safetensors")):
+            want, got = load_file(f), load_file(out / sub / f.name)
+            assert want.keys() == got.keys(), f"{sub}/{f.name}"
+            for name, t in want.items():
+                assert torch.equal(t, got[name]), f"{sub}/{f.name}: {name}"

@@ -607,7 +607,7 @@ TEST(PipelineString, MistakesNameTheirColumn) {
   EXPECT_EQ(pipeline_error("", ""),
             "column 1: empty pipeline: expected a stage such as rtn{bits=4}");
   EXPECT_EQ(pipeline_error("rtn{},gtpq{bits=4}", "gtpq"),
-            "column 7: unknown stage \"gtpq\"; known: calibrate, rtn, drop-experts, export");
+            "column 7: unknown stage \"gtpq\"; known: calibrate, rtn, gptq, drop-experts, smoothquant, export");
   EXPECT_EQ(pipeline_error("rtn{bitz=4}", "rtn.bitz"),
             "column 5: unknown option \"bitz\" of rtn; valid: bits, group-size, sym, skip");
   EXPECT_EQ(pipeline_error("rtn{bits=9}", "rtn.bits"),

@@ -1,8 +1,8 @@
 // W8A8 smoothing (compressor/quant/smooth.h, passes/smoothquant.cpp; ALGORITHMS.md §2): scales
 // against a hand-computed example, folds that leave real layers of the tiny test models unchanged
-// (dense, GQA with biases, MoE with routed and shared experts, fused experts), the adaptive α against
-// an independent brute-force evaluation, and the W8A8 error with and without smoothing on real
-// activations.
+// (dense, GQA with biases, MoE with routed and shared experts, fused experts), the adaptive α
+// against an independent brute-force evaluation, and the W8A8 error with and without smoothing on
+// real activations.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -32,9 +32,9 @@ namespace fs = std::filesystem;
 const fs::path kModels = fs::path(LATHE_SOURCE_DIR) / "data/models";
 const fs::path kProse = fs::path(LATHE_SOURCE_DIR) / "data/corpora/prose/train.txt";
 
-#define REQUIRE_MODEL(name)                                                                       \
-  if (!fs::exists(kModels / (name)) || !fs::exists(kProse)) GTEST_SKIP() << "data/models/" << (name) \
-                                                                         << " or the prose corpus is missing"
+#define REQUIRE_MODEL(name)                                 \
+  if (!fs::exists(kModels / (name)) || !fs::exists(kProse)) \
+  GTEST_SKIP() << "data/models/" << (name) << " or the prose corpus is missing"
 
 // ---------------------------------------------------------------------------------------------
 // Scales and statistics, by hand.
@@ -58,7 +58,8 @@ TEST(SmoothScales, StatisticsOfActivationsAndWeights) {
   x.add(at::tensor({1.0f, -2.0f}).view({1, 2}));
   x.add(at::tensor({3.0f, 0.5f, -1.0f, 0.0f}).view({2, 2}));
   EXPECT_EQ(x.tokens(), 3);
-  const at::Tensor absmax = x.statistic(SmoothStatistic::kAbsMax), range = x.statistic(SmoothStatistic::kRange);
+  const at::Tensor absmax = x.statistic(SmoothStatistic::kAbsMax),
+                   range = x.statistic(SmoothStatistic::kRange);
   EXPECT_FLOAT_EQ(absmax[0].item<float>(), 3.0f);
   EXPECT_FLOAT_EQ(absmax[1].item<float>(), 2.0f);
   EXPECT_FLOAT_EQ(range[0].item<float>(), 4.0f);  // 3 − (−1)
@@ -80,14 +81,15 @@ TEST(SmoothScales, TokenSampleIsUniformAndIndependentOfBatching) {
   ASSERT_EQ(whole.sample().size(0), 500);
   EXPECT_TRUE(at::equal(whole.sample(), pieces.sample()));
   const at::Tensor ids = whole.sample().select(1, 0);
-  EXPECT_TRUE(at::equal(ids, std::get<0>(ids.sort())));  // arrival order
+  EXPECT_TRUE(at::equal(ids, std::get<0>(ids.sort())));   // arrival order
   EXPECT_EQ(std::get<0>(at::_unique(ids)).size(0), 500);  // without replacement
   // A uniform sample of 0..9999 has mean ≈ 5000 (σ of the mean ≈ 129).
   EXPECT_NEAR(ids.mean().item<double>(), 5000.0, 600.0);
 }
 
 TEST(SmoothScales, KvChannelMapping) {
-  // 4 query heads on 2 kv heads of dim 2: o columns of heads 0,1 read kv head 0; heads 2,3 kv head 1.
+  // 4 query heads on 2 kv heads of dim 2: o columns of heads 0,1 read kv head 0; heads 2,3 kv
+  // head 1.
   const at::Tensor s = at::tensor({1.0f, 2.0f, 3.0f, 4.0f});
   const at::Tensor cols = expand_kv_channels(s, 4, 2, 2);
   const std::vector<float> want = {1, 2, 1, 2, 3, 4, 3, 4};
@@ -106,30 +108,35 @@ struct LayerInput {
   at::Tensor hidden, valid;
 };
 
-LayerInput layer_input(const CausalLM& model, const fs::path& dir, int64_t layer, int64_t b = 4, int64_t t = 64) {
+LayerInput layer_input(const CausalLM& model, const fs::path& dir, int64_t layer, int64_t b = 4,
+                       int64_t t = 64) {
   const Tokenizer tok = Tokenizer::from_model_dir(dir.string());
   std::ifstream f(kProse);
   std::stringstream ss;
   ss << f.rdbuf();
   const std::vector<int32_t> ids = tok.encode(ss.str().substr(0, 20000), false);
-  const at::Tensor id = at::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + b * t), at::kLong).view({b, t});
+  const at::Tensor id =
+      at::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + b * t), at::kLong).view({b, t});
   LayerInput in{model.embed(id), at::ones({b, t}, at::kBool)};
-  const ForwardContext ctx = make_forward_context(model.spec(), in.valid, in.hidden.options(), nullptr);
+  const ForwardContext ctx =
+      make_forward_context(model.spec(), in.valid, in.hidden.options(), nullptr);
   for (int64_t i = 0; i < layer; ++i) in.hidden = model.load_layer(i).forward(in.hidden, ctx);
   return in;
 }
 
-at::Tensor f32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat).clone() : t; }
+at::Tensor f32(const at::Tensor& t) {
+  return t.defined() ? t.to(at::kFloat).clone() : t;
+}
 
 /// Every tensor of `w` as an fp32 copy this test owns (experts are read-only file views otherwise).
 LayerWeights owned_fp32(const LayerWeights& w) {
   LayerWeights c = w;
-  for (at::Tensor* t : {&c.attn_norm, &c.mlp_norm, &c.q_norm, &c.k_norm, &c.q_a_norm, &c.kv_a_norm, &c.router,
-                        &c.router_bias, &c.shared_expert_gate}) {
+  for (at::Tensor* t : {&c.attn_norm, &c.mlp_norm, &c.q_norm, &c.k_norm, &c.q_a_norm, &c.kv_a_norm,
+                        &c.router, &c.router_bias, &c.shared_expert_gate}) {
     *t = f32(*t);
   }
-  for (Linear* l : {&c.q, &c.k, &c.v, &c.o, &c.q_a, &c.q_b, &c.kv_a, &c.kv_b, &c.dense_gate, &c.dense_up,
-                    &c.dense_down, &c.shared_gate, &c.shared_up, &c.shared_down}) {
+  for (Linear* l : {&c.q, &c.k, &c.v, &c.o, &c.q_a, &c.q_b, &c.kv_a, &c.kv_b, &c.dense_gate,
+                    &c.dense_up, &c.dense_down, &c.shared_gate, &c.shared_up, &c.shared_down}) {
     l->weight = f32(l->weight);
     l->bias = f32(l->bias);
   }
@@ -143,7 +150,8 @@ LayerWeights owned_fp32(const LayerWeights& w) {
 
 at::Tensor forward(const ModelSpec& spec, const LayerWeights& w, const LayerInput& in) {
   const DecoderLayer layer(spec, w);
-  return layer.forward(in.hidden, make_forward_context(spec, in.valid, in.hidden.options(), nullptr));
+  return layer.forward(in.hidden,
+                       make_forward_context(spec, in.valid, in.hidden.options(), nullptr));
 }
 
 double rel_diff(const at::Tensor& a, const at::Tensor& b) {
@@ -158,23 +166,28 @@ at::Tensor random_scales(int64_t n, int64_t seed) {
 
 /// Folds random scales into every foldable pair of `w` (§2.1, §2.4); `wrong_gqa` uses a wrong
 /// kv-channel expansion (tiled instead of per-head-group) for the negative control.
-void fold_everything(const ModelSpec& spec, int64_t layer, LayerWeights& w, bool wrong_gqa = false) {
+void fold_everything(const ModelSpec& spec, int64_t layer, LayerWeights& w,
+                     bool wrong_gqa = false) {
   const AttentionSpec& a = spec.attention;
   const int64_t d = spec.hidden_size;
-  fold_into_norm(w.attn_norm, nullptr, {&w.q.weight, &w.k.weight, &w.v.weight}, random_scales(d, 1));
+  fold_into_norm(w.attn_norm, nullptr, {&w.q.weight, &w.k.weight, &w.v.weight},
+                 random_scales(d, 1));
   const int64_t kv = a.num_kv_heads * a.head_dim;
   const at::Tensor s_v = random_scales(kv, 2);
-  const at::Tensor s_o = wrong_gqa ? s_v.repeat({a.num_heads / a.num_kv_heads})
-                                   : expand_kv_channels(s_v, a.num_heads, a.num_kv_heads, a.head_dim);
+  const at::Tensor s_o = wrong_gqa
+                             ? s_v.repeat({a.num_heads / a.num_kv_heads})
+                             : expand_kv_channels(s_v, a.num_heads, a.num_kv_heads, a.head_dim);
   fold_rows_into_columns(w.v.weight, &w.v.bias, w.o.weight, s_v, s_o);
   if (!spec.layers[layer].is_moe) {
-    fold_into_norm(w.mlp_norm, nullptr, {&w.dense_gate.weight, &w.dense_up.weight}, random_scales(d, 3));
+    fold_into_norm(w.mlp_norm, nullptr, {&w.dense_gate.weight, &w.dense_up.weight},
+                   random_scales(d, 3));
     fold_rows_into_columns(w.dense_up.weight, nullptr, w.dense_down.weight,
                            random_scales(w.dense_up.weight.size(0), 4));
     return;
   }
   for (size_t e = 0; e < w.experts.size(); ++e) {
-    fold_rows_into_columns(w.experts[e].up, nullptr, w.experts[e].down, random_scales(w.experts[e].up.size(0), 10 + e));
+    fold_rows_into_columns(w.experts[e].up, nullptr, w.experts[e].down,
+                           random_scales(w.experts[e].up.size(0), 10 + e));
   }
   if (w.shared_up.weight.defined()) {
     fold_rows_into_columns(w.shared_up.weight, nullptr, w.shared_down.weight,
@@ -241,7 +254,10 @@ double brute_force_error(const at::Tensor& x, const at::Tensor& w, const at::Ten
   const at::Tensor xs = x / s, ws = w * s;
   const at::Tensor qx = int8_rows(xs).to(at::kDouble);
   const at::Tensor qw = int8_weight_rows(ws).to(at::kDouble);
-  return (qx.mm(qw.t()) - x.to(at::kDouble).mm(w.to(at::kDouble).t())).square().sum().item<double>();
+  return (qx.mm(qw.t()) - x.to(at::kDouble).mm(w.to(at::kDouble).t()))
+      .square()
+      .sum()
+      .item<double>();
 }
 
 struct AttnData {
@@ -266,7 +282,8 @@ AttnData attn_data(const std::string& name, int64_t layer) {
   d.weights = owned_fp32(model.load_layer(layer).weights());
   Rows rows(Tap::kAttnIn);
   DecoderLayer(model.spec(), d.weights)
-      .forward(d.in.hidden, make_forward_context(model.spec(), d.in.valid, d.in.hidden.options(), &rows));
+      .forward(d.in.hidden,
+               make_forward_context(model.spec(), d.in.valid, d.in.hidden.options(), &rows));
   d.x = at::cat(rows.rows);
   d.qkv = {d.weights.q.weight, d.weights.k.weight, d.weights.v.weight};
   return d;
@@ -285,7 +302,8 @@ TEST(SmoothAdaptive, PicksTheArgminOfABruteForceEvaluation) {
   size_t best = 0;
   std::vector<double> brute;
   for (size_t i = 0; i < r.alphas.size(); ++i) {
-    brute.push_back(brute_force_error(summary.sample(), w, smoothing_scales(act, wstat, r.alphas[i])));
+    brute.push_back(
+        brute_force_error(summary.sample(), w, smoothing_scales(act, wstat, r.alphas[i])));
     EXPECT_NEAR(r.errors[i], brute[i], 1e-3 * brute[i]) << "alpha " << r.alphas[i];
     if (brute[i] < brute[best]) best = i;
   }
@@ -308,7 +326,8 @@ TEST(SmoothW8A8, SmoothingReducesTheQuantizedProjectionError) {
   const at::Tensor wstat = weight_statistic(d.qkv, SmoothStatistic::kAbsMax);
   const double plain = w8a8_output_error(d.x, d.qkv, at::ones_like(act));
   const double smoothed = w8a8_output_error(d.x, d.qkv, smoothing_scales(act, wstat, 0.5));
-  std::cout << "[ smooth   ] llama layer 1 q,k,v W8A8 error: none " << plain << ", alpha 0.5 " << smoothed << "\n";
+  std::cout << "[ smooth   ] llama layer 1 q,k,v W8A8 error: none " << plain << ", alpha 0.5 "
+            << smoothed << "\n";
   EXPECT_LT(smoothed, plain);
 }
 
@@ -321,28 +340,36 @@ TEST(SmoothW8A8, SmoothingReducesTheQuantizedLayerOutputError) {
   // Statistics of every group's input from the fp layer.
   struct All : TapObserver {
     std::map<Tap, ActivationSummary> s;
-    bool wants(Tap t, int64_t) const override { return t == Tap::kAttnIn || t == Tap::kMlpIn || t == Tap::kMlpAct; }
+    bool wants(Tap t, int64_t) const override {
+      return t == Tap::kAttnIn || t == Tap::kMlpIn || t == Tap::kMlpAct;
+    }
     void observe(const TapEvent& e) override { s[e.tap].add(*e.value); }
   } stats;
   DecoderLayer(model.spec(), d.weights)
-      .forward(d.in.hidden, make_forward_context(model.spec(), d.in.valid, d.in.hidden.options(), &stats));
+      .forward(d.in.hidden,
+               make_forward_context(model.spec(), d.in.valid, d.in.hidden.options(), &stats));
   auto w8a8 = [&](LayerWeights w) {
-    for (Linear* l : {&w.q, &w.k, &w.v, &w.o, &w.dense_gate, &w.dense_up, &w.dense_down}) l->weight = int8_rows(l->weight);
+    for (Linear* l : {&w.q, &w.k, &w.v, &w.o, &w.dense_gate, &w.dense_up, &w.dense_down})
+      l->weight = int8_rows(l->weight);
     w.act_bits = 8;
     return (forward(model.spec(), w, d.in) - reference).square().sum().item<double>();
   };
   const double plain = w8a8(owned_fp32(d.weights));
   LayerWeights s = owned_fp32(d.weights);
   const auto abs = SmoothStatistic::kAbsMax;
-  fold_into_norm(s.attn_norm, nullptr, {&s.q.weight, &s.k.weight, &s.v.weight},
-                 smoothing_scales(stats.s[Tap::kAttnIn].statistic(abs), weight_statistic(d.qkv, abs), 0.5));
-  fold_into_norm(s.mlp_norm, nullptr, {&s.dense_gate.weight, &s.dense_up.weight},
-                 smoothing_scales(stats.s[Tap::kMlpIn].statistic(abs),
-                                  weight_statistic({s.dense_gate.weight, s.dense_up.weight}, abs), 0.5));
+  fold_into_norm(
+      s.attn_norm, nullptr, {&s.q.weight, &s.k.weight, &s.v.weight},
+      smoothing_scales(stats.s[Tap::kAttnIn].statistic(abs), weight_statistic(d.qkv, abs), 0.5));
+  fold_into_norm(
+      s.mlp_norm, nullptr, {&s.dense_gate.weight, &s.dense_up.weight},
+      smoothing_scales(stats.s[Tap::kMlpIn].statistic(abs),
+                       weight_statistic({s.dense_gate.weight, s.dense_up.weight}, abs), 0.5));
   fold_rows_into_columns(s.dense_up.weight, nullptr, s.dense_down.weight,
-                         smoothing_scales(stats.s[Tap::kMlpAct].statistic(abs), weight_statistic({s.dense_down.weight}, abs), 0.5));
+                         smoothing_scales(stats.s[Tap::kMlpAct].statistic(abs),
+                                          weight_statistic({s.dense_down.weight}, abs), 0.5));
   const double smoothed = w8a8(s);
-  std::cout << "[ smooth   ] llama layer 1 W8A8 output error: none " << plain << ", alpha 0.5 " << smoothed << "\n";
+  std::cout << "[ smooth   ] llama layer 1 W8A8 output error: none " << plain << ", alpha 0.5 "
+            << smoothed << "\n";
   EXPECT_LT(smoothed, plain);
 }
 
@@ -363,17 +390,21 @@ PassRun run_smoothing(const std::string& name, int64_t layer, const SmoothingPla
   const LayerInput in = layer_input(model, kModels / name, layer);
   for (const auto& t : expected_layer_tensors(spec, model.layout(), layer)) {
     // fp32 storage, so that returning unquantized tensors to their stored dtype rounds nothing.
-    r.tensors.push_back({t.name, t.name, t.role, t.expert, load_tensor(model.store(), t.name), at::kFloat});
+    r.tensors.push_back(
+        {t.name, t.name, t.role, t.expert, load_tensor(model.store(), t.name), at::kFloat});
   }
   auto layer_output = [&](const std::vector<LayerTensor>& ts, TapObserver* observer) {
     std::map<std::string, at::Tensor> by_name;
     for (const auto& t : ts) by_name[t.name] = t.value;
-    const LayerWeights w = make_layer_weights(spec, model.layout(), layer, [&](const std::string& n) { return by_name.at(n); },
-                                              at::TensorOptions().dtype(at::kFloat));
-    return DecoderLayer(spec, w).forward(in.hidden, make_forward_context(spec, in.valid, in.hidden.options(), observer));
+    const LayerWeights w = make_layer_weights(
+        spec, model.layout(), layer, [&](const std::string& n) { return by_name.at(n); },
+        at::TensorOptions().dtype(at::kFloat));
+    return DecoderLayer(spec, w).forward(
+        in.hidden, make_forward_context(spec, in.valid, in.hidden.options(), observer));
   };
   r.before = layer_output(r.tensors, nullptr);
-  for (const auto& t : r.tensors) r.original.push_back({t.source, t.name, t.role, t.expert, t.value.clone(), t.stored});
+  for (const auto& t : r.tensors)
+    r.original.push_back({t.source, t.name, t.role, t.expert, t.value.clone(), t.stored});
   CompressionPlan plan;
   plan.smoothing = smoothing;
   std::vector<QuantRecord> quant;
@@ -381,7 +412,8 @@ PassRun run_smoothing(const std::string& name, int64_t layer, const SmoothingPla
   acts.run = [&](TapObserver& o) { layer_output(r.tensors, &o); };
   acts.sequences = in.hidden.size(0);
   acts.tokens = in.valid.sum().item<int64_t>();
-  LayerApplyContext ctx{spec, model.layout(), layer, plan, r.tensors, r.records, r.warnings, quant, &acts, &spec};
+  LayerApplyContext ctx{spec,      model.layout(), layer, plan,  r.tensors,
+                        r.records, r.warnings,     quant, &acts, &spec};
   apply_smoothquant(ctx);
   r.after = layer_output(r.tensors, nullptr);
   return r;
@@ -389,7 +421,8 @@ PassRun run_smoothing(const std::string& name, int64_t layer, const SmoothingPla
 
 const nlohmann::json* smoothing_details(const PassRun& r, const std::string& suffix) {
   for (const auto& rec : r.records) {
-    if (rec.source.size() >= suffix.size() && rec.source.compare(rec.source.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+    if (rec.source.size() >= suffix.size() &&
+        rec.source.compare(rec.source.size() - suffix.size(), suffix.size(), suffix) == 0 &&
         rec.details.contains("smoothing")) {
       return &rec.details["smoothing"];
     }
@@ -400,8 +433,10 @@ const nlohmann::json* smoothing_details(const PassRun& r, const std::string& suf
 bool changed(const PassRun& r, const std::string& suffix) {
   for (size_t i = 0; i < r.tensors.size(); ++i) {
     const std::string& s = r.tensors[i].source;
-    if (s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      return !at::allclose(r.tensors[i].value.to(at::kFloat), r.original[i].value.to(at::kFloat), 1e-4, 0);
+    if (s.size() >= suffix.size() &&
+        s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      return !at::allclose(r.tensors[i].value.to(at::kFloat), r.original[i].value.to(at::kFloat),
+                           1e-4, 0);
     }
   }
   return false;
@@ -423,7 +458,8 @@ TEST(SmoothquantApply, DenseLayerSmoothedExactlyWithVToOAndAdaptiveAlpha) {
   ASSERT_EQ(v->size(), 2u);  // reader of input_layernorm's group, producer of v → o
   for (const auto& g : *v) {
     const double a = g["alpha"].get<double>();
-    EXPECT_TRUE(std::find(adaptive_alpha_grid().begin(), adaptive_alpha_grid().end(), a) != adaptive_alpha_grid().end());
+    EXPECT_TRUE(std::find(adaptive_alpha_grid().begin(), adaptive_alpha_grid().end(), a) !=
+                adaptive_alpha_grid().end());
     EXPECT_EQ(g["errors"].size(), adaptive_alpha_grid().size());
     EXPECT_EQ(g["tokens"].get<int64_t>(), 256);
   }
@@ -436,7 +472,8 @@ TEST(SmoothquantApply, FusedMoeLayerSmoothedExactlyWithAllTokenStatisticsForRare
   EXPECT_LT(rel_diff(r.after, r.before), 2e-5);
   EXPECT_TRUE(changed(r, "mlp.experts.gate_up_proj"));
   EXPECT_TRUE(changed(r, "mlp.experts.down_proj"));
-  EXPECT_FALSE(changed(r, "post_attention_layernorm.weight"));  // §2.4: no shared scale into experts
+  EXPECT_FALSE(
+      changed(r, "post_attention_layernorm.weight"));  // §2.4: no shared scale into experts
   const nlohmann::json* g = smoothing_details(r, "mlp.experts.down_proj");
   ASSERT_NE(g, nullptr);
   // 256 tokens: every expert is below max(256, 0.5%) routed tokens, so all-token statistics (§1.7).
@@ -463,7 +500,8 @@ TEST(SmoothquantApply, MlaLayersSmoothedExactly) {
   REQUIRE_MODEL("deepseek_v3");
   SmoothingPlan p;
   p.v_to_o = true;  // not available for MLA: a warning, nothing folded
-  for (int64_t layer : {0, 2}) {  // layer 0 dense (first_k_dense_replace), layer 2 MoE with a shared expert
+  for (int64_t layer :
+       {0, 2}) {  // layer 0 dense (first_k_dense_replace), layer 2 MoE with a shared expert
     const PassRun r = run_smoothing("deepseek_v3", layer, p);
     EXPECT_LT(rel_diff(r.after, r.before), 2e-5) << layer;
     EXPECT_TRUE(changed(r, "q_a_proj.weight")) << layer;
@@ -484,7 +522,8 @@ TEST(SmoothquantApply, RefusesWithoutCalibrationData) {
   std::vector<TensorRecord> records;
   std::vector<std::string> warnings;
   std::vector<QuantRecord> quant;
-  LayerApplyContext ctx{model.spec(), model.layout(), 0, plan, tensors, records, warnings, quant, nullptr, nullptr};
+  LayerApplyContext ctx{model.spec(), model.layout(), 0,     plan,    tensors,
+                        records,      warnings,       quant, nullptr, nullptr};
   try {
     apply_smoothquant(ctx);
     FAIL() << "no error";
