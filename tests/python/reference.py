@@ -1,6 +1,7 @@
 """Reference helpers shared by the Python tests: an independent classification of transformers'
 parameter names into lathe's inspect categories, and a runner for the lathe binary."""
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -61,3 +62,25 @@ def run_lathe(*args, check=True):
 
 def inspect_json(model_dir) -> dict:
     return json.loads(run_lathe("inspect", model_dir, "--json").stdout)
+
+
+def hf_perplexity(model_dir, text_path, seq_len):
+    """Perplexity as docs/eval.md defines it (non-overlapping windows, each predicting its tokens
+    2..n), computed with transformers and tokenizers."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+    ids = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(Path(text_path).read_text(),
+                                                                        add_special_tokens=False).ids
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids), seq_len):
+            window = ids[start:start + seq_len]
+            if len(window) < 2:
+                continue
+            x = torch.tensor([window])
+            logp = torch.log_softmax(model(x).logits[0, :-1].double(), -1)
+            nll -= logp.gather(1, x[0, 1:, None]).sum().item()
+            count += len(window) - 1
+    return math.exp(nll / count)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference import LATHE_BIN, SOURCE_DIR
+from reference import LATHE_BIN, SOURCE_DIR, hf_perplexity
 
 RECIPE = SOURCE_DIR / "recipes" / "tiny-mixtral-rtn.yaml"
 MODEL = SOURCE_DIR / "data" / "models" / "mixtral"
@@ -40,27 +40,6 @@ def run(out, *sets, env=None, extra=(), text=None, recipe=RECIPE):
 def tree(path, skip=("report", "eval_before.json", "eval_after.json")):
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*"))
             if p.is_file() and p.relative_to(path).parts[0] not in skip}
-
-
-def hf_perplexity(model_dir, text_path, seq_len):
-    """Perplexity as docs/eval.md defines it (non-overlapping windows, each predicting its tokens
-    2..n), computed with transformers and tokenizers."""
-    from tokenizers import Tokenizer
-    from transformers import AutoModelForCausalLM
-    ids = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(Path(text_path).read_text(),
-                                                                        add_special_tokens=False).ids
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(ids), seq_len):
-            window = ids[start:start + seq_len]
-            if len(window) < 2:
-                continue
-            x = torch.tensor([window])
-            logp = torch.log_softmax(model(x).logits[0, :-1].double(), -1)
-            nll -= logp.gather(1, x[0, 1:, None]).sum().item()
-            count += len(window) - 1
-    return math.exp(nll / count)
 
 
 def test_run_writes_a_model_transformers_loads_with_lathe_eval_perplexity(tmp_path, small_text):

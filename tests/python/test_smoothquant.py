@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference import LATHE_BIN, SOURCE_DIR
+from reference import LATHE_BIN, SOURCE_DIR, hf_perplexity
 
 RECIPE = SOURCE_DIR / "recipes" / "tiny-llama-w8a8.yaml"
 MODELS = SOURCE_DIR / "data" / "models"
@@ -120,22 +120,7 @@ def test_output_model_loads_in_transformers_and_matches_lathe(results, small_tex
 
 def hf_perplexity_windows(model_dir, text_path):
     """docs/eval.md perplexity (non-overlapping SEQ_LEN windows) with transformers."""
-    from tokenizers import Tokenizer
-    from transformers import AutoModelForCausalLM
-    ids = Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(Path(text_path).read_text(),
-                                                                        add_special_tokens=False).ids
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(ids), SEQ_LEN):
-            window = ids[start:start + SEQ_LEN]
-            if len(window) < 2:
-                continue
-            x = torch.tensor([window])
-            logp = torch.log_softmax(model(x).logits[0, :-1].double(), -1)
-            nll -= logp.gather(1, x[0, 1:, None]).sum().item()
-            count += len(window) - 1
-    return math.exp(nll / count)
+    return hf_perplexity(model_dir, text_path, SEQ_LEN)
 
 
 @pytest.mark.parametrize("model", ["llama", "mixtral"])
