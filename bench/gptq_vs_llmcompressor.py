@@ -33,11 +33,12 @@ Timings (each tool runs as its own child process, niced, OMP/MKL threads = --thr
     (calibrate, decide, the quantization pass including writing shards). llm-compressor: oneshot +
     save_pretrained (imports and from_pretrained excluded).
   - peak RSS: the child's ru_maxrss (whole process, so llm-compressor's includes its imports).
+  - --repeat N: the tools alternate N times; each timing is the minimum over the runs, RSS the max.
 The headline ratios are llmc / lathe (time: > 1 means lathe is faster) for wall and core time, and
 lathe / llmc for RSS. Neither side's perplexity evaluation is timed.
 
   .venv/bin/python bench/gptq_vs_llmcompressor.py [--models llama qwen2 mixtral qwen2_moe]
-      [--samples 32] [--seq-len 128] [--threads 2] [--pass auto|gptq|rtn] [--lathe build-bench/lathe]
+      [--samples 32] [--seq-len 128] [--threads 2] [--repeat 1] [--pass auto|gptq|rtn] [--lathe build-bench/lathe]
       [--llmc-python ~/.cache/lathe/bench-llmc-venv/bin/python] [--workdir /tmp/lathe-bench-gptq]
       [--json bench/results/gptq_vs_llmcompressor.json]
 """
@@ -236,8 +237,10 @@ def bench_model(name, args, pass_name, env):
     stages = min(lathe_runs, key=lambda r: r["core_s"])["stages_s"]
     phases = min(llmc_runs, key=lambda r: r["core_s"])["phases_s"]
     log(f"{name}: decompressing llm-compressor's checkpoint (untimed)")
-    subprocess.run([args.llmc_python, str(WORKER), "dense", str(llmc_out / "compressed"), str(model_dir),
-                    str(llmc_out / "dense")], check=True, env=env, capture_output=True)
+    dense = subprocess.run([args.llmc_python, str(WORKER), "dense", str(llmc_out / "compressed"),
+                            str(model_dir), str(llmc_out / "dense")], env=env, capture_output=True, text=True)
+    if dense.returncode != 0:
+        raise RuntimeError(f"decompressing llm-compressor's checkpoint failed:\n{dense.stderr[-3000:]}")
 
     # perplexity
     log(f"{name}: lathe eval x3")

@@ -43,6 +43,11 @@ struct TapEvent {
   const LayerWeights* weights = nullptr;  ///< the layer's weights (read-only)
 };
 
+/// Thrown by an observer's observe() once it has seen everything it needs from this forward: the
+/// layer's forward unwinds at once (no output). Only callers that run a layer for its taps alone
+/// (the apply stage's replays) catch it; DecoderLayer itself never does.
+struct StopForward {};
+
 /// Receives tap events. The layer asks `wants` first, so unobserved taps cost nothing.
 class TapObserver {
  public:

@@ -81,6 +81,17 @@ class HessianObserver : public TapObserver {
   }
 
   void observe(const TapEvent& e) override {
+    gather(e);
+    // Nothing after this tap feeds this stage: skip the rest of the layer (dense MLPs; MoE stages
+    // need every expert's tap, so they run to the end).
+    const bool dense = !spec_.layers.at(layer_).is_moe;
+    if ((e.tap == Tap::kAttnIn && (stage_ == kAttn || stage_ == kLatent)) || (e.tap == Tap::kAttnOutIn && stage_ == kOut) ||
+        (dense && e.tap == Tap::kMlpIn && stage_ == kUp) || (dense && e.tap == Tap::kMlpAct && stage_ == kDown)) {
+      throw StopForward{};
+    }
+  }
+
+  void gather(const TapEvent& e) {
     const at::Tensor& v = *e.value;
     const at::Tensor x = v.reshape({-1, v.size(-1)});
     const at::Tensor valid = e.valid->reshape({-1});

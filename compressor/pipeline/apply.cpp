@@ -360,8 +360,15 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
       const int64_t e = std::min(n, b + req.streaming.micro_batch);
       ForwardContext fctx = make_forward_context(out_spec, calib_valid.slice(0, b, e).to(work.device()), work, observer);
       fctx.sequence_begin = b;
+      if (!next) {  // a replay for taps only: the observer may stop the forward early
+        try {
+          layer.forward(current->rows(b, e).to(work), fctx);
+        } catch (const StopForward&) {
+        }
+        continue;
+      }
       const at::Tensor out = layer.forward(current->rows(b, e).to(work), fctx);
-      if (next) next->write(b, out.cpu());
+      next->write(b, out.cpu());
     }
   };
 

@@ -196,14 +196,16 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   fs::create_directories(partial);
   const auto t0 = std::chrono::steady_clock::now();
   const std::string stats_path = (partial / "stats.h5").string();
-  calibrate_into(recipe, stats_path, options);
+  // The observe stage runs only for passes that read statistics; gptq and smoothquant stream the
+  // calibration set through apply themselves.
+  if (needs_statistics(recipe)) calibrate_into(recipe, stats_path, options);
   const double calibrate_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t calibrate_rss = peak_rss_bytes();
 
   const auto t1 = std::chrono::steady_clock::now();
   std::vector<std::string> log;
   const CompressionPlan plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline,
-                                          recipe.pipeline.calibration ? stats_path : "", &log);
+                                          needs_statistics(recipe) ? stats_path : "", &log);
   for (const auto& line : log) std::cerr << "[decide] " << line << "\n";
   const double decide_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
 
@@ -230,8 +232,8 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
     export_options.force = true;  // a leftover of a killed run in the partial directory
     const ExportResult exported = export_quantized(partial.string(), f, export_options);
     for (const auto& line : exported.log) std::cerr << "[export] " << line << "\n";
-    std::cerr << fmt::format("[export] {}: {} modules packed, {} stored dequantized\n", exported.dir,
-                             exported.packed_modules, exported.unpacked_modules);
+    std::cerr << fmt::format("[export] {}/{}: {} modules packed, {} stored dequantized\n", recipe.output,
+                             export_dir_name(f), exported.packed_modules, exported.unpacked_modules);
   }
 
   Report report;
@@ -286,7 +288,7 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
     if (i < static_cast<int64_t>(applied.layer_seconds.size())) l.seconds = applied.layer_seconds[i];
     report.layers.push_back(l);
   }
-  if (recipe.pipeline.calibration) report.passes.push_back({"calibrate", "", calibrate_seconds, calibrate_rss});
+  if (needs_statistics(recipe)) report.passes.push_back({"calibrate", "", calibrate_seconds, calibrate_rss});
   report.passes.push_back({"decide", "", decide_seconds, peak_rss_bytes()});
   for (size_t p = 0; p < applied.timings.size(); ++p) {
     std::string opts;
