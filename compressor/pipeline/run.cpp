@@ -302,7 +302,7 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   if (recipe.eval && (!recipe.eval->text.empty() || !recipe.eval->tasks.empty())) {
     const auto te = std::chrono::steady_clock::now();
     const nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options);
-    const nlohmann::json after = evaluate(recipe, (partial / "model").string(), "eval after", options);
+    const nlohmann::json after = evaluate(recipe, partial.string(), "eval after", options);  // quant/ dequantized exactly
     write_file_atomically((partial / "eval_before.json").string(), before.dump(2) + "\n");
     write_file_atomically((partial / "eval_after.json").string(), after.dump(2) + "\n");
     report.eval_before = parse_eval_summary(before, "eval before");
