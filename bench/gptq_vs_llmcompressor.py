@@ -213,7 +213,17 @@ def bench_model(name, args, pass_name, env):
         lathe_runs.append({"wall_s": wall, "cpu_s": cpu, "core_s": sum(stages.values()),
                            "stages_s": stages, "peak_rss_bytes": rss})
         if rep == 0:
-            lathe_ids = lathe_calibration_ids(lathe_out / "stats.h5")
+            # `lathe run` writes stats.h5 only for passes that read statistics (gptq streams the
+            # calibration set through apply); `lathe calibrate` with the same options builds the
+            # same set (untimed) so the ids can be checked.
+            stats = lathe_out / "stats.h5"
+            if not stats.exists():
+                stats = work / "ids.h5"
+                subprocess.run([args.lathe, "--threads", str(args.threads), "calibrate", str(model_dir),
+                                "--data", f"prose={calib}", "--packing", "document", "--samples", str(args.samples),
+                                "--seq-len", str(args.seq_len), "--seed", "0", "--out", str(stats), "--force"],
+                               check=True, capture_output=True, env=env)
+            lathe_ids = lathe_calibration_ids(stats)
             if lathe_ids != ids:
                 raise RuntimeError(f"{name}: lathe's calibration ids differ from llm-compressor's")
 

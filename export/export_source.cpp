@@ -20,19 +20,6 @@ namespace fs = std::filesystem;
 
 namespace lathe {
 
-bool is_quantizable_linear(TensorRole role) {
-  switch (role) {
-    case TensorRole::kQ: case TensorRole::kK: case TensorRole::kV: case TensorRole::kO:
-    case TensorRole::kQA: case TensorRole::kQB: case TensorRole::kKVA: case TensorRole::kKVB:
-    case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kDenseDown:
-    case TensorRole::kExpertGate: case TensorRole::kExpertUp: case TensorRole::kExpertDown:
-    case TensorRole::kExpertsGateUp: case TensorRole::kExpertsDown:
-    case TensorRole::kSharedGate: case TensorRole::kSharedUp: case TensorRole::kSharedDown:
-      return true;
-    default:
-      return false;
-  }
-}
 
 namespace {
 
@@ -99,7 +86,7 @@ ExportLayer ExportSource::layer(int64_t i) const {
   for (const auto& t : expected_layer_tensors(spec_, layout_, i)) {
     require_tensor(*store_, t.name, t.shape);
     const at::Tensor value = load_tensor(*store_, t.name);
-    if (!is_quantizable_linear(t.role) && !is_router(t.role)) {
+    if (!is_quantizable(t.role) && !is_router(t.role)) {
       out.others.emplace_back(t.name, value);
       continue;
     }
@@ -174,7 +161,7 @@ void ExportSource::release_layer(int64_t i) const {
 std::vector<std::string> ExportSource::all_linear_modules() const {
   std::vector<std::string> out;
   for (const auto& t : expected_tensors(spec_, ExpertLayout::kPerExpert)) {
-    if (is_quantizable_linear(t.role) || is_router(t.role)) out.push_back(module_of(t.name));
+    if (is_quantizable(t.role) || is_router(t.role)) out.push_back(module_of(t.name));
   }
   return out;
 }

@@ -94,9 +94,6 @@ class ExportSource {
   at::ScalarType model_dtype_ = at::kBFloat16;
 };
 
-/// Whether a tensor role is a linear layer's weight that a quantizing pass may store quantized.
-bool is_quantizable_linear(TensorRole role);
-
 /// Regexes (Python `re.match` semantics, anchored with `$`) that match exactly the module names in
 /// `selected` among `all`. Each selected name becomes its most general generalisation — numeric
 /// path components (layer, expert) replaced by `\d+`, e.g. `model\.layers\.\d+\.mlp\.down_proj$`

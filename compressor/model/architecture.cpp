@@ -233,4 +233,18 @@ ExpertLayout detect_expert_layout(const ModelSpec& spec, const std::function<boo
 
 const char* layout_name(ExpertLayout layout) { return layout == ExpertLayout::kFused ? "fused" : "per-expert"; }
 
+bool is_quantizable(TensorRole role) {
+  switch (role) {
+    case TensorRole::kQ: case TensorRole::kK: case TensorRole::kV: case TensorRole::kO:
+    case TensorRole::kQA: case TensorRole::kQB: case TensorRole::kKVA: case TensorRole::kKVB:
+    case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kDenseDown:
+    case TensorRole::kExpertGate: case TensorRole::kExpertUp: case TensorRole::kExpertDown:
+    case TensorRole::kExpertsGateUp: case TensorRole::kExpertsDown:
+    case TensorRole::kSharedGate: case TensorRole::kSharedUp: case TensorRole::kSharedDown:
+      return true;
+    default:
+      return false;  // norms, routers, biases, embeddings and the LM head stay as they are (§1.6)
+  }
+}
+
 }  // namespace lathe

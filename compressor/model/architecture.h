@@ -36,6 +36,11 @@ const std::vector<Category>& all_categories();
 /// The category a role belongs to.
 Category category_of(TensorRole role);
 
+/// Linears a weight-quantization pass may touch and an export packs: attention, MLP, expert and
+/// shared-expert projections. Routers, norms, biases, embeddings and the LM head never are
+/// (ALGORITHMS.md §1.6).
+bool is_quantizable(TensorRole role);
+
 /// How routed experts are stored on disk (FORMATS.md §2): one tensor per expert and projection,
 /// or transformers v5's fused 3-D tensors per layer.
 enum class ExpertLayout { kPerExpert, kFused };

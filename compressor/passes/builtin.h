@@ -44,9 +44,6 @@ void apply_expert_surgery(LayerApplyContext& ctx);
 /// value becomes its exact fp32 dequantization (record_quantized).
 void apply_rtn(LayerApplyContext& ctx);
 
-/// Linears a weight-quantization pass may touch: attention, MLP, expert and shared-expert projections.
-/// Routers, norms, biases, embeddings and the LM head are never quantized (ALGORITHMS.md §1.6).
-bool is_quantizable(TensorRole role);
 
 /// A weight-quantization pass's per-tensor options (rtn, gptq): the instance's options overlaid by
 /// its first matching override (ECMAScript regex, full match on the module name without
