@@ -164,7 +164,7 @@ GptqOptions gptq_options(const TensorPlan& p, at::ScalarType stored) {
 }
 
 /// GPTQ of one [out, in] linear; fills the details the manifest and report show.
-QuantRecord quantize_one(const at::Tensor& w, const Hessian* h, const std::string& source, const TensorPlan& p,
+QuantRecord quantize_one(const at::Tensor& w, const Hessian* h, const TensorPlan& p,
                          at::ScalarType stored, nlohmann::json* details) {
   const GptqResult r = h && h->tokens > 0 ? gptq_quantize(w, h->sum, h->tokens, gptq_options(p, stored))
                                           : gptq_quantize(w, at::Tensor(), 0, gptq_options(p, stored));
@@ -177,7 +177,6 @@ QuantRecord quantize_one(const at::Tensor& w, const Hessian* h, const std::strin
                       {"loss_per_token", h && h->tokens > 0 ? r.loss_sum / static_cast<double>(h->tokens) : 0.0}};
   if (!std::isnan(r.rel_err)) d["h_rel_err"] = r.rel_err;
   *details = d;
-  (void)source;
   return make_quant_record("", r.q, r.g_idx, p.act_bits);
 }
 
@@ -277,7 +276,7 @@ void apply_gptq(LayerApplyContext& ctx) {
           nlohmann::json d = nlohmann::json::object();
           const Hessian* h = expert_input(e, &d);
           nlohmann::json q_details;
-          parts.push_back(quantize_one(w[e], h, t->source, p, t->stored, &q_details));
+          parts.push_back(quantize_one(w[e], h, p, t->stored, &q_details));
           q_details.update(d);
           if (!h || h->tokens == 0) q_details["h_source"] = "none";
           per_expert.push_back(q_details);
@@ -287,13 +286,13 @@ void apply_gptq(LayerApplyContext& ctx) {
       } else if (t->expert >= 0) {
         nlohmann::json d = nlohmann::json::object();
         const Hessian* h = expert_input(t->expert, &d);
-        quant = quantize_one(w, h, t->source, p, t->stored, &details);
+        quant = quantize_one(w, h, p, t->stored, &details);
         const bool has_h = h && h->tokens > 0;
         details.update(d);
         if (!has_h) details["h_source"] = "none";
       } else {
         const Hessian* h = shared_input();
-        quant = quantize_one(w, h, t->source, p, t->stored, &details);
+        quant = quantize_one(w, h, p, t->stored, &details);
         if (h && h->tokens > 0) details["h_source"] = "all";
       }
       if (details.value("fallback", false)) {

@@ -10,6 +10,7 @@
 #include "compressor/common/errors.h"
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
+#include "compressor/quant/gptq.h"
 
 namespace fs = std::filesystem;
 
@@ -31,18 +32,15 @@ const char* kParts[] = {"codes", "scales", "zeros", "g_idx", "qparams"};
 }  // namespace
 
 at::Tensor QuantRecord::dequantize() const {
+  at::Tensor g;
   if (codes.dim() == 2) {
-    at::Tensor g;
     const QuantizedWeight q = slice(-1, &g);
-    const at::Tensor idx = g.to(at::kLong);
-    return q.scales.index_select(1, idx) * (q.codes.to(at::kFloat) - q.zeros.index_select(1, idx).to(at::kFloat));
+    return gptq_dequantize(q, g);
   }
   std::vector<at::Tensor> parts;
   for (int64_t e = 0; e < codes.size(0); ++e) {
-    at::Tensor g;
     const QuantizedWeight q = slice(e, &g);
-    const at::Tensor idx = g.to(at::kLong);
-    parts.push_back(q.scales.index_select(1, idx) * (q.codes.to(at::kFloat) - q.zeros.index_select(1, idx).to(at::kFloat)));
+    parts.push_back(gptq_dequantize(q, g));
   }
   return at::stack(parts);
 }
