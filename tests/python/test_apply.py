@@ -273,6 +273,15 @@ def test_a_partial_run_of_another_plan_is_refused_unless_fresh(tmp_path):
      3, "group_size"),
     ({"format": "lathe-plan", "version": 1, "tensors": {"model.layers.0.self_attn.q_proj.weight":
                                                          {"method": "rtn", "bits": 9}}}, 3, "bits"),
+    # gptq entries: the method, act_order, damp and act_bits are checked before anything is written
+    ({"format": "lathe-plan", "version": 1, "tensors": {"model.layers.0.self_attn.q_proj.weight":
+                                                         {"method": "awq"}}}, 3, ".method"),
+    ({"format": "lathe-plan", "version": 1, "tensors": {"model.layers.0.self_attn.q_proj.weight":
+                                                         {"method": "gptq", "act_order": "desc"}}}, 3, ".act_order"),
+    ({"format": "lathe-plan", "version": 1, "tensors": {"model.layers.0.self_attn.q_proj.weight":
+                                                         {"method": "gptq", "damp": 2}}}, 3, ".damp"),
+    ({"format": "lathe-plan", "version": 1, "tensors": {"model.layers.0.self_attn.q_proj.weight":
+                                                         {"method": "gptq", "act_bits": 4}}}, 3, ".act_bits"),
 ])
 def test_bad_plans_are_refused_and_nothing_is_written(tmp_path, plan, code, needle):
     model_dir = MODELS / "mixtral"
