@@ -14,6 +14,7 @@
 #include <set>
 #include <tuple>
 
+#include "calibrate/hdf5_io.h"
 #include "compressor/common/errors.h"
 #include "compressor/model/fingerprint.h"
 
@@ -21,65 +22,12 @@ namespace lathe {
 namespace {
 
 namespace fs = std::filesystem;
+using namespace h5;
 
 constexpr const char* kFormat = "lathe-stats";
 constexpr int64_t kFormatVersion = 1;
 constexpr const char* kAllLayersGroup = "all_layers";
 constexpr const char* kLayerPrefix = "layer_";
-
-// ---- HDF5 errors -------------------------------------------------------------------------------
-// HDF5 prints its error stack to stderr by default and the C++ wrapper's exceptions only say
-// which API call failed ("H5Fopen failed"). Instead of printing (as H5::Exception::dontPrint()
-// would silence it), lathe's handler keeps the innermost cause ("truncated file: eof = ..."),
-// which is what a user needs, for the error it raises. Error stacks and handlers are per thread.
-thread_local std::string t_hdf5_reason;
-
-herr_t keep_innermost(unsigned n, const H5E_error2_t* error, void* reason) {
-  if (n == 0 && error->desc != nullptr) *static_cast<std::string*>(reason) = error->desc;
-  return 0;
-}
-
-herr_t record_hdf5_error(hid_t stack, void*) {
-  if (!t_hdf5_reason.empty()) return 0;  // the first failure is the cause; later ones cleanup
-  std::string reason;
-  H5Ewalk2(stack, H5E_WALK_UPWARD, keep_innermost, &reason);
-  t_hdf5_reason = reason.empty() ? "unknown HDF5 error" : reason;
-  return 0;
-}
-
-[[noreturn]] void throw_error(ErrorKind kind, const std::string& where, const std::string& field,
-                              const std::string& message) {
-  switch (kind) {
-    case ErrorKind::kConfig: throw ConfigError(where, field, message);
-    case ErrorKind::kData: throw DataError(where, field, message);
-    case ErrorKind::kUnsupported: throw UnsupportedError(where, field, message);
-    case ErrorKind::kResource: throw ResourceError(where, field, message);
-    case ErrorKind::kInternal: break;
-  }
-  throw InternalError(where, field, message);
-}
-
-// Runs `action`, turning an H5::Exception into a lathe error of `kind` (DataError while reading,
-// ResourceError while writing) naming the store and the key; lathe errors pass through.
-template <typename Action>
-auto with_hdf5(ErrorKind kind, const std::string& where, const std::string& field,
-               const std::string& doing, Action&& action) -> decltype(action()) {
-  H5Eset_auto2(H5E_DEFAULT, record_hdf5_error, nullptr);
-  t_hdf5_reason.clear();
-  try {
-    return action();
-  } catch (const H5::Exception& e) {
-    const std::string reason = t_hdf5_reason.empty() ? e.getDetailMsg() : t_hdf5_reason;
-    throw_error(kind, where, field, doing + ": " + reason);
-  }
-}
-
-// For the few C API calls the C++ wrapper lacks: a negative result becomes an H5::Exception.
-template <typename Result>
-Result h5_check(Result result, const char* function) {
-  if (result < 0) throw H5::Exception(function, "failed");
-  return result;
-}
 
 // ---- element types -----------------------------------------------------------------------------
 // Types are data: one row per storable dtype, with the HDF5 type written to the file and the one
@@ -189,103 +137,6 @@ std::vector<std::string> key_links(const StatsKey& key, const std::string& where
   return {key.kind, layer_group(key.layer), key.tap, key.task};
 }
 
-// ---- attributes --------------------------------------------------------------------------------
-H5::StrType utf8_string_type() {
-  H5::StrType type(H5::PredType::C_S1, H5T_VARIABLE);
-  type.setCset(H5T_CSET_UTF8);
-  return type;
-}
-
-void write_string(const H5::H5Object& object, const char* name, const std::string& value) {
-  const H5::StrType type = utf8_string_type();
-  H5::Attribute attribute = object.createAttribute(name, type, H5::DataSpace(H5S_SCALAR));
-  attribute.write(type, value);
-}
-
-void write_int(const H5::H5Object& object, const char* name, int64_t value) {
-  H5::Attribute attribute =
-      object.createAttribute(name, H5::PredType::STD_I64LE, H5::DataSpace(H5S_SCALAR));
-  attribute.write(H5::PredType::NATIVE_INT64, &value);
-}
-
-// Reads a scalar attribute of the expected class; nullopt when absent. DataError (field =
-// `field`) when present with another type or shape.
-H5::Attribute open_scalar_attribute(const H5::H5Object& object, const char* name,
-                                    H5T_class_t expected, const std::string& where,
-                                    const std::string& field) {
-  H5::Attribute attribute = object.openAttribute(name);
-  const bool scalar = attribute.getSpace().getSimpleExtentNpoints() == 1;
-  if (attribute.getTypeClass() != expected || !scalar) {
-    throw DataError(where, field,
-                    std::string("attribute '") + name + "' has an unexpected type or shape");
-  }
-  return attribute;
-}
-
-std::optional<std::string> read_string(const H5::H5Object& object, const char* name,
-                                       const std::string& where, const std::string& field) {
-  if (!object.attrExists(name)) return std::nullopt;
-  const H5::Attribute attribute = open_scalar_attribute(object, name, H5T_STRING, where, field);
-  std::string value;
-  attribute.read(attribute.getStrType(), value);
-  return value;
-}
-
-std::optional<int64_t> read_int(const H5::H5Object& object, const char* name,
-                                const std::string& where, const std::string& field) {
-  if (!object.attrExists(name)) return std::nullopt;
-  const H5::Attribute attribute = open_scalar_attribute(object, name, H5T_INTEGER, where, field);
-  int64_t value = 0;
-  attribute.read(H5::PredType::NATIVE_INT64, &value);
-  return value;
-}
-
-std::string required_string(const H5::H5Object& object, const char* name, const std::string& where,
-                            const std::string& field) {
-  std::optional<std::string> value = read_string(object, name, where, field);
-  if (!value) throw DataError(where, field, std::string("attribute '") + name + "' is missing");
-  return *value;
-}
-
-// ---- files -------------------------------------------------------------------------------------
-// Locking is best effort: on filesystems without flock (some Lustre/NFS mounts) HDF5 would
-// otherwise refuse to open any file.
-H5::FileAccPropList file_access() {
-  H5::FileAccPropList fapl;
-  h5_check(H5Pset_file_locking(fapl.getId(), true, true), "H5Pset_file_locking");
-  return fapl;
-}
-
-// Owns an id from the C API (for the calls the C++ wrapper lacks), closing it on scope exit.
-class CId {
- public:
-  CId(hid_t id, herr_t (*close)(hid_t), const char* function)
-      : id_(h5_check(id, function)), close_(close) {}
-  ~CId() { close_(id_); }
-  CId(const CId&) = delete;
-  CId& operator=(const CId&) = delete;
-  hid_t get() const { return id_; }
-
- private:
-  hid_t id_;
-  herr_t (*close_)(hid_t);
-};
-
-// Groups and datasets record no modification times, so files are byte-reproducible.
-void set_untimed(hid_t object_create_plist) {
-  h5_check(H5Pset_obj_track_times(object_create_plist, false), "H5Pset_obj_track_times");
-}
-
-H5::Group open_or_create_group(const H5::Group& parent, const std::string& name) {
-  if (!parent.nameExists(name)) {
-    const CId gcpl(H5Pcreate(H5P_GROUP_CREATE), H5Pclose, "H5Pcreate");
-    set_untimed(gcpl.get());
-    const CId group(H5Gcreate2(parent.getId(), name.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT),
-                    H5Gclose, "H5Gcreate2");
-  }
-  return parent.openGroup(name);
-}
-
 // Temporary paths being written by StatsStores of this process: a second writer of the same final
 // path would share the `.tmp-<pid>` name and destroy the first one's file.
 std::mutex g_temp_mutex;
@@ -309,16 +160,6 @@ void release_temp_path(const std::string& temp) {
   const std::string key = temp_path_key(temp);
   std::lock_guard<std::mutex> lock(g_temp_mutex);
   g_temp_paths.erase(key);
-}
-
-void fsync_path(const std::string& path, const std::string& where) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || ::fsync(fd) != 0) {
-    const std::string reason = std::strerror(errno);
-    if (fd >= 0) ::close(fd);
-    throw ResourceError(where, "", "cannot sync " + path + ": " + reason);
-  }
-  ::close(fd);
 }
 
 }  // namespace

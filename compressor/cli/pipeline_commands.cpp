@@ -72,6 +72,7 @@ void add_pipeline_commands(CLI::App& app) {
     bool force = false, fresh = false;
     std::vector<std::string> data;
     int64_t samples = 128, seq_len = 2048, micro_batch = 8;
+    GoldenOptions golden;
     uint64_t seed = 0;
     std::string packing = "pack", device = "cpu", dtype = "f32";
   };
@@ -91,6 +92,10 @@ void add_pipeline_commands(CLI::App& app) {
   apply->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
   apply->add_option("--dtype", args->dtype, "working precision of the calibration forwards: f32 or bf16")->capture_default_str();
   apply->add_option("--micro-batch", args->micro_batch, "sequences per layer call")->capture_default_str();
+  apply->add_option("--verify-rows", args->golden.rows, "golden-vector rows per quantized linear in verify/ (0: none)")
+      ->capture_default_str();
+  apply->add_option("--verify-experts", args->golden.experts, "routed experts per MoE layer with golden vectors (-1: all)")
+      ->capture_default_str();
   apply->callback([args] {
     ApplyRequest req;
     req.model_dir = args->model;
@@ -110,6 +115,7 @@ void add_pipeline_commands(CLI::App& app) {
     }
     req.forward = parse_forward_options(args->device, args->dtype, "");
     req.streaming.micro_batch = args->micro_batch;
+    req.golden = args->golden;
     print_apply_summary(run_apply(req, apply_progress()), args->out);
   });
 
@@ -126,6 +132,11 @@ void add_pipeline_commands(CLI::App& app) {
   run->add_flag("--fresh", run_args->options.fresh, "discard a partial run of other inputs instead of refusing");
   run->add_flag("--dry-run", run_args->options.dry_run, "print what would be cut and quantized; write nothing");
   run->add_option("--micro-batch", run_args->options.micro_batch, "sequences per layer call")->capture_default_str();
+  run->add_option("--verify-rows", run_args->options.golden.rows, "golden-vector rows per quantized linear in verify/ (0: none)")
+      ->capture_default_str();
+  run->add_option("--verify-experts", run_args->options.golden.experts,
+                  "routed experts per MoE layer with golden vectors (-1: all)")
+      ->capture_default_str();
   run->callback([run_args] {
     const Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
     const RunResult r = run_recipe(recipe, run_args->options);

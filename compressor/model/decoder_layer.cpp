@@ -89,19 +89,17 @@ at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext&
   const at::Tensor h = hidden + attention(attn_in, ctx);
   const at::Tensor mlp_in = rms_norm(h, weights_.mlp_norm, spec_.rms_norm_eps);
   report(ctx, Tap::kMlpIn, mlp_in);
-  const LayerSpec& l = spec_.layers[weights_.layer];
-  at::Tensor mlp_out;
-  if (l.is_moe) {
-    mlp_out = moe(mlp_in, ctx);
-  } else {
-    const at::Tensor in = aq(mlp_in);
-    const at::Tensor act = at::silu(at::linear(in, weights_.dense_gate.weight)) * at::linear(in, weights_.dense_up.weight);
-    report(ctx, Tap::kMlpAct, act);
-    mlp_out = at::linear(aq(act), weights_.dense_down.weight);
-  }
-  at::Tensor out = h + mlp_out;
+  at::Tensor out = h + mlp(mlp_in, ctx);
   report(ctx, Tap::kLayerOut, out);
   return out;
+}
+
+at::Tensor DecoderLayer::mlp(const at::Tensor& mlp_in, const ForwardContext& ctx) const {
+  if (spec_.layers[weights_.layer].is_moe) return moe(mlp_in, ctx);
+  const at::Tensor in = aq(mlp_in);
+  const at::Tensor act = at::silu(at::linear(in, weights_.dense_gate.weight)) * at::linear(in, weights_.dense_up.weight);
+  report(ctx, Tap::kMlpAct, act);
+  return at::linear(aq(act), weights_.dense_down.weight);
 }
 
 at::Tensor DecoderLayer::attention(const at::Tensor& x, const ForwardContext& ctx) const {

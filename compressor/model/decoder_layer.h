@@ -43,6 +43,11 @@ class DecoderLayer {
   /// hidden [B, T, d] → [B, T, d]. Reports taps to ctx.observer when it wants them.
   at::Tensor forward(const at::Tensor& hidden, const ForwardContext& ctx) const;
 
+  /// The MLP block alone (dense SwiGLU or MoE: router, routed and shared experts) on its input
+  /// (after post_attention_layernorm), [B, T, d] or [N, d]; the residual is not added. Reports the
+  /// block's taps like forward.
+  at::Tensor mlp(const at::Tensor& mlp_in, const ForwardContext& ctx) const;
+
   const LayerWeights& weights() const { return weights_; }
 
  private:

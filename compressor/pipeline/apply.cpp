@@ -255,6 +255,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
       }
       fs::remove_all(partial / "model");
       fs::remove_all(partial / "quant");
+      fs::remove_all(partial / "verify");
       fs::remove_all(partial / ".lathe");
     } else if (old.contains("shards") && old["shards"].is_object()) {
       for (const auto& [k, v] : old["shards"].items()) {
@@ -282,9 +283,11 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   } else if (fs::exists(partial / "model")) {
     fs::remove_all(partial / "model");  // killed before its first state was written: nothing to keep
     fs::remove_all(partial / "quant");
+    fs::remove_all(partial / "verify");
   }
   fs::create_directories(partial / "model");
   fs::create_directories(partial / "quant");
+  fs::create_directories(partial / "verify");
   fs::create_directories(partial / ".lathe");
   auto save_state = [&] { write_file_atomically(state_path.string(), state.to_json().dump(2) + "\n"); };
   save_state();
@@ -339,6 +342,14 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     store.release("model.embed_tokens.weight");
     activations.sequences = n;
     activations.tokens = calib->tokens();
+  }
+  // Golden vectors for the verification harness: a few real rows carried through the compressed layers.
+  std::optional<GoldenRecorder> golden;
+  if (req.golden.rows > 0) {
+    std::string source;
+    const at::Tensor rows = golden_rows(spec, store, calib_ids, calib_valid, req.golden.rows, &source);
+    store.release("model.embed_tokens.weight");
+    golden.emplace(out_spec, layout, req.golden, rows, source);
   }
   // Runs layer `i` built from `tensors` over every calibration sequence: taps to `observer`, and
   // the outputs into `next` when given.
@@ -395,6 +406,10 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
       steps[p].second(ctx);
       result.timings[p].seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       result.timings[p].peak_rss_bytes = peak_rss_bytes();
+    }
+    if (golden) {
+      const GoldenLayer g = golden->record(i, tensors, quant);
+      if (!g.linears.empty()) write_golden_layer((partial / "verify" / golden_file_name(i)).string(), g);
     }
     // Records for tensors no pass changed.
     std::set<std::string> recorded;
@@ -477,6 +492,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   }
   const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
   write_file_atomically((partial / "model" / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  if (fs::is_empty(partial / "verify")) fs::remove_all(partial / "verify");
   if (quant_map.empty()) {
     fs::remove_all(partial / "quant");
   } else {
@@ -515,7 +531,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     tensors_json[r.name] = t;
   }
   nlohmann::json outputs = nlohmann::json::object();
-  for (const char* sub : {"model", "quant"}) {
+  for (const char* sub : {"model", "quant", "verify"}) {
     if (!fs::exists(partial / sub)) continue;
     for (const auto& entry : fs::directory_iterator(partial / sub)) {
       if (entry.is_regular_file()) {

@@ -14,6 +14,7 @@
 #include "compressor/passes/context.h"
 #include "compressor/passes/pass.h"
 #include "compressor/passes/plan.h"
+#include "compressor/pipeline/golden.h"
 
 namespace lathe {
 
@@ -46,6 +47,8 @@ struct ApplyRequest {
   std::optional<CalibrationOptions> calibration;
   ForwardOptions forward;      ///< working precision and device of those forwards
   StreamingOptions streaming;  ///< micro-batch and activation buffer of those forwards
+  /// Golden vectors written to verify/ for `lathe verify` (compressor/pipeline/golden.h); rows 0: none.
+  GoldenOptions golden;
 };
 
 struct PassTiming {

@@ -222,6 +222,7 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   req.calibration = recipe.pipeline.calibration;  // passes that need the layers' inputs (gptq) stream it
   req.forward = forward_options(recipe);
   req.streaming.micro_batch = options.micro_batch;
+  req.golden = options.golden;
   const ApplyResult applied = run_apply(req, [](int64_t layer, int64_t layers) {
     std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
   });

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "compressor/passes/plan.h"
+#include "compressor/pipeline/golden.h"
 #include "compressor/pipeline/recipe.h"
 
 namespace lathe {
@@ -15,6 +16,7 @@ struct RunOptions {
   bool fresh = false;    ///< discard a partial run (and statistics) of other inputs instead of refusing
   bool dry_run = false;  ///< print the plan (what would be cut and quantized, sizes) and write nothing
   int64_t micro_batch = 8;
+  GoldenOptions golden;  ///< golden vectors into verify/ (lathe verify)
 };
 
 struct RunResult {
