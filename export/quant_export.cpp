@@ -30,6 +30,14 @@ ExportResult export_quantized(const std::string& out_dir, ExportFormat format, c
   } else {
     write_ct_files(src, dir.path(), &result);
   }
+  // The golden vectors travel with the export, so `lathe verify` can check it on its own.
+  const fs::path golden = fs::path(out_dir) / "verify";
+  if (fs::is_directory(golden)) {
+    fs::create_directories(dir.path() / "verify");
+    for (const auto& e : fs::directory_iterator(golden)) {
+      if (e.is_regular_file()) fs::copy_file(e.path(), dir.path() / "verify" / e.path().filename());
+    }
+  }
   dir.publish();
   return result;
 }

@@ -30,7 +30,8 @@ struct ExportResult {
   std::vector<std::string> log;    ///< one line per fallback and per warning, for the user
 };
 
-/// Writes `<out_dir>/gptq` or `<out_dir>/ct` (built as `<dir>.partial`, renamed when complete).
+/// Writes `<out_dir>/gptq` or `<out_dir>/ct` (built as `<dir>.partial`, renamed when complete),
+/// with a copy of `<out_dir>/verify` (the golden vectors `lathe verify` replays) when there is one.
 /// ConfigError when `out_dir` is not a lathe output directory with quantized tensors or the target
 /// exists without `force`; DataError for a malformed sidecar or model; UnsupportedError for
 /// a sidecar scale that the format cannot store exactly. Modules the format cannot express

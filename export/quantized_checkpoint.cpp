@@ -110,8 +110,9 @@ auto in_file(const std::string& file, F&& f) {
 }
 
 /// Shared by both readers: the weights and the module → tensors bookkeeping.
-class CheckpointBase : public DequantizedWeights {
+class CheckpointBase : public DequantizedWeights, public PackedCheckpoint {
  public:
+  std::string describe() const override = 0;
   explicit CheckpointBase(const std::string& dir) : dir_(dir), store_(dir) {}
   bool has(const std::string& name) const override { return modules_.count(module_of(name)) && ends_with(name, ".weight"); }
   void release(const std::vector<std::string>& names) const override {
@@ -220,6 +221,16 @@ class GptqCheckpoint : public CheckpointBase {
   }
   int64_t activation_bits(const std::string&) const override { return 0; }
   std::string describe() const override { return fmt::format("GPTQ {}-bit checkpoint {}", base_bits_, dir_); }
+  std::optional<PackedModule> packed(const std::string& module) const override {
+    if (!modules_.count(module)) return std::nullopt;
+    load(module + ".weight");  // validates every tensor of the module
+    const GptqModule& m = settings_[modules_.at(module)];
+    PackedModule p{module, "gptq", m.bits, m.group_size, m.sym, 0, 0, 0, {}, file_of(module + ".qweight")};
+    for (const char* s : {"qweight", "qzeros", "scales", "g_idx"}) p.tensors[s] = tensor(module + "." + s);
+    p.in = p.tensors["g_idx"].size(0);
+    p.out = p.tensors["scales"].size(1);
+    return p;
+  }
 
  private:
   static void check_setting(const GptqModule& m, const Fields& f, const std::string&) {
@@ -375,6 +386,30 @@ class CompressedTensorsCheckpoint : public CheckpointBase {
   }
   int64_t activation_bits(const std::string& name) const override { return groups_[modules_.at(require_module(name))].act_bits; }
   std::string describe() const override { return "compressed-tensors checkpoint " + dir_; }
+  std::optional<PackedModule> packed(const std::string& module) const override {
+    if (!modules_.count(module)) return std::nullopt;
+    load(module + ".weight");  // validates every tensor of the module
+    const CtGroup& g = groups_[modules_.at(module)];
+    const bool int8 = g.format == "int-quantized";
+    PackedModule p{module, int8 ? "ct-int8" : "ct-packed", g.bits, g.group_size, g.sym, g.act_bits, 0, 0, {},
+                   file_of(module + (int8 ? ".weight" : ".weight_packed"))};
+    const std::vector<std::string> names = int8 ? std::vector<std::string>{"weight", "weight_scale"}
+                                                : std::vector<std::string>{"weight_packed", "weight_scale", "weight_shape",
+                                                                           "weight_zero_point", "weight_g_idx"};
+    for (const auto& n : names) {
+      const at::Tensor t = tensor(module + "." + n);
+      if (t.defined()) p.tensors[n] = t;
+    }
+    if (int8) {
+      p.out = p.tensors["weight"].size(0);
+      p.in = p.tensors["weight"].size(1);
+    } else {
+      const at::Tensor shape = p.tensors["weight_shape"].to(at::kLong);
+      p.out = shape[0].item<int64_t>();
+      p.in = shape[1].item<int64_t>();
+    }
+    return p;
+  }
 
  private:
   /// The one group whose targets match `module` best: exact name, then re:, then class name.
@@ -412,6 +447,11 @@ std::shared_ptr<const DequantizedWeights> open_compressed_tensors_checkpoint(con
   const ojson qc = read_quantization_config(dir);
   if (qc.is_null()) throw DataError((fs::path(dir) / "config.json").string(), "quantization_config", "missing");
   return std::make_shared<CompressedTensorsCheckpoint>(dir, qc);
+}
+
+std::shared_ptr<const PackedCheckpoint> open_packed_checkpoint(const std::string& dir) {
+  const std::shared_ptr<const DequantizedWeights> w = open_quantized_checkpoint(dir);
+  return std::dynamic_pointer_cast<const PackedCheckpoint>(w);
 }
 
 std::string quantization_method(const std::string& dir) {

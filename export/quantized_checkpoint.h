@@ -11,7 +11,12 @@
 // int8 per token, other compressed-tensors formats) are UnsupportedError naming the field.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "compressor/model/weight_source.h"
@@ -37,5 +42,35 @@ std::shared_ptr<const DequantizedWeights> open_gptq_checkpoint(const std::string
 /// (exact name over `re:` regex over class name such as "Linear") and no ignore entry.
 /// activation_bits is 8 for groups with int8 per-token dynamic input_activations.
 std::shared_ptr<const DequantizedWeights> open_compressed_tensors_checkpoint(const std::string& dir);
+
+/// One quantized module of a packed checkpoint exactly as stored, for code that computes from the
+/// packed bytes themselves (the kernels of kernels/qlinear.h behind `lathe verify`).
+struct PackedModule {
+  std::string module;
+  std::string format;  ///< "gptq", "ct-packed" or "ct-int8"
+  int64_t bits = 0, group_size = -1;
+  bool sym = true;
+  int64_t act_bits = 0;
+  int64_t out = 0, in = 0;
+  /// By suffix, zero-copy views of the mapped shard: gptq "qweight", "qzeros", "scales", "g_idx";
+  /// ct-packed "weight_packed", "weight_scale", "weight_shape" and, when stored,
+  /// "weight_zero_point", "weight_g_idx"; ct-int8 "weight", "weight_scale".
+  std::map<std::string, at::Tensor> tensors;
+  std::string file;  ///< the shard that holds it
+};
+
+class PackedCheckpoint {
+ public:
+  virtual ~PackedCheckpoint() = default;
+  /// `module` as stored, checked as the dequantizing reader checks it (dtypes, shapes, index and
+  /// scale values: DataError naming the shard and the tensor); nullopt when the checkpoint does not
+  /// hold the module quantized.
+  virtual std::optional<PackedModule> packed(const std::string& module) const = 0;
+  virtual std::string describe() const = 0;
+};
+
+/// The packed view of checkpoint `dir` (gptq or compressed-tensors), or nullptr when its config has
+/// no quantization_config. Errors as open_quantized_checkpoint.
+std::shared_ptr<const PackedCheckpoint> open_packed_checkpoint(const std::string& dir);
 
 }  // namespace lathe

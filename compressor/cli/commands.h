@@ -42,6 +42,9 @@ void add_compare_command(CLI::App& app);
 /// `lathe export OUT --format gptq|compressed-tensors [--force]` (export_command.cpp).
 void add_export_command(CLI::App& app);
 
+/// `lathe verify DIR [--backend ...] [--json FILE]` (verify_command.cpp).
+void add_verify_command(CLI::App& app);
+
 /// `lathe passes` and `lathe apply MODEL --plan PLAN --out DIR` (pipeline_commands.cpp).
 void add_pipeline_commands(CLI::App& app);
 

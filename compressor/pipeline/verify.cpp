@@ -1,0 +1,349 @@
+#include "compressor/pipeline/verify.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <optional>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "calibrate/golden_store.h"
+#include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
+#include "compressor/common/strict_json.h"
+#include "compressor/model/architecture.h"
+#include "compressor/model/model_spec.h"
+#include "compressor/model/tensor_bridge.h"
+#include "compressor/model/weight_store.h"
+#include "export/quantized_checkpoint.h"
+#include "kernels/qlinear.h"
+
+namespace fs = std::filesystem;
+
+namespace lathe {
+namespace {
+
+using kernels::Backend;
+using kernels::QuantWeightView;
+using kernels::WeightFormat;
+
+bool has_quantization_config(const fs::path& dir) {
+  const fs::path config = dir / "config.json";
+  if (!fs::is_regular_file(config)) return false;
+  const nlohmann::json j = parse_json_strict(read_file(config.string()), config.string(), "");
+  return j.is_object() && j.contains("quantization_config") && !j["quantization_config"].is_null();
+}
+
+kernels::ScaleType scale_type(const at::Tensor& t, const std::string& file, const std::string& name) {
+  switch (t.scalar_type()) {
+    case at::kHalf: return kernels::ScaleType::kF16;
+    case at::kBFloat16: return kernels::ScaleType::kBF16;
+    case at::kFloat: return kernels::ScaleType::kF32;
+    default: throw DataError(file, name, "scales must be F16, BF16 or F32");
+  }
+}
+
+std::string format_label(const PackedModule& p) {
+  if (p.format == "ct-int8") return p.act_bits ? "ct-int8-w8a8" : "ct-int8";
+  return fmt::format("{}-int{}-g{}{}", p.format, p.bits, p.group_size, p.sym ? "" : "-asym");
+}
+
+/// An export opened for verification: the packed modules, the plain tensors and the spec.
+class OpenedExport {
+ public:
+  explicit OpenedExport(const fs::path& dir)
+      : dir_(dir), packed_(open_packed_checkpoint(dir.string())), store_(dir.string()), spec_(load_model_spec(dir)) {
+    if (!packed_) throw ConfigError(dir.string(), "quantization_config", "not a packed export");
+  }
+  const ModelSpec& spec() const { return spec_; }
+  const WeightStore& store() const { return store_; }
+
+  /// A float32 copy of plain tensor `name` (kept alive here), or nullptr when absent.
+  const float* floats(const std::string& name) {
+    if (!store_.contains(name)) return nullptr;
+    at::Tensor t = load_tensor(store_, name).to(at::kFloat).contiguous();
+    keep_.push_back(t);
+    return t.data_ptr<float>();
+  }
+
+  /// The view of `module`: packed when the export packs it, else its plain weight (kDense); `packed`
+  /// tells which. Throws lathe errors for malformed tensors or a missing module.
+  QuantWeightView view(const std::string& module, std::optional<PackedModule>* packed) {
+    *packed = packed_->packed(module);
+    QuantWeightView v;
+    v.bias = floats(module + ".bias");
+    if (!*packed) {
+      const std::string name = module + ".weight";
+      if (!store_.contains(name)) throw DataError(dir_.string(), name, "missing: the export has neither packed tensors nor a weight for this module");
+      const at::Tensor w = load_tensor(store_, name);
+      if (w.dim() != 2) throw DataError(store_.info(name).shard_path, name, "expected a 2-D weight");
+      v.format = WeightFormat::kDense;
+      v.out = w.size(0);
+      v.in = w.size(1);
+      v.dense = floats(name);
+      return v;
+    }
+    const PackedModule& p = **packed;
+    auto t = [&](const char* suffix) -> const at::Tensor* {
+      auto it = p.tensors.find(suffix);
+      if (it == p.tensors.end()) return nullptr;
+      keep_.push_back(it->second.contiguous());
+      return &keep_.back();
+    };
+    v.out = p.out;
+    v.in = p.in;
+    v.bits = p.bits;
+    v.group_size = p.group_size;
+    v.act_bits = p.act_bits;
+    if (p.format == "gptq") {
+      v.format = WeightFormat::kGptq;
+      v.packed = t("qweight")->data_ptr<int32_t>();
+      v.zeros = t("qzeros")->data_ptr<int32_t>();
+      const at::Tensor* s = t("scales");
+      v.scales = s->data_ptr();
+      v.scale_type = scale_type(*s, p.file, module + ".scales");
+      v.g_idx = t("g_idx")->data_ptr<int32_t>();
+    } else if (p.format == "ct-packed") {
+      v.format = WeightFormat::kCtPacked;
+      v.packed = t("weight_packed")->data_ptr<int32_t>();
+      const at::Tensor* s = t("weight_scale");
+      v.scales = s->data_ptr();
+      v.scale_type = scale_type(*s, p.file, module + ".weight_scale");
+      if (const at::Tensor* z = t("weight_zero_point")) v.zeros = z->data_ptr<int32_t>();
+      if (const at::Tensor* g = t("weight_g_idx")) v.g_idx = g->data_ptr<int32_t>();
+    } else {
+      v.format = WeightFormat::kCtInt8;
+      v.int8_weight = t("weight")->data_ptr<int8_t>();
+      const at::Tensor* s = t("weight_scale");
+      v.scales = s->data_ptr();
+      v.scale_type = scale_type(*s, p.file, module + ".weight_scale");
+    }
+    return v;
+  }
+
+  /// Drops the copies made for one case.
+  void clear() { keep_.clear(); }
+
+ private:
+  fs::path dir_;
+  std::shared_ptr<const PackedCheckpoint> packed_;
+  WeightStore store_;
+  ModelSpec spec_;
+  std::vector<at::Tensor> keep_;
+};
+
+double max_abs_diff(const float* a, const float* b, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    if (std::isnan(d)) return d;
+    m = std::max(m, d);
+  }
+  return m;
+}
+
+/// Runs `compute(backend, y)` on each backend and compares with `golden`.
+template <typename Compute>
+void run_checks(VerifyCase* c, const std::vector<Backend>& backends, const at::Tensor& golden, Compute&& compute) {
+  const int64_t n = golden.numel();
+  const float* ref = golden.data_ptr<float>();
+  c->status = "ok";
+  for (const Backend b : backends) {
+    VerifyCheck k;
+    k.backend = kernels::backend_name(b);
+    k.bound = verify_bound(b, c->format);
+    std::vector<float> y(static_cast<size_t>(n), std::nanf(""));
+    try {
+      compute(b, y.data());
+      k.nmse = kernels::nmse(y.data(), ref, n);
+      k.max_abs = max_abs_diff(y.data(), ref, n);
+      k.passed = std::isfinite(k.nmse) && k.nmse <= k.bound;
+    } catch (const kernels::KernelError& e) {
+      k.nmse = k.max_abs = std::nan("");
+      if (c->note.empty()) c->note = std::string(k.backend) + ": " + e.what();
+    }
+    if (!k.passed) c->status = "fail";
+    c->checks.push_back(k);
+  }
+}
+
+void verify_linear(OpenedExport& ex, const GoldenLayer& g, const GoldenLinear& l, const std::vector<Backend>& backends,
+                   VerifyCase* c) {
+  std::optional<PackedModule> packed;
+  QuantWeightView v;
+  try {
+    v = ex.view(l.module, &packed);
+  } catch (const Error& e) {
+    c->status = "fail";
+    c->note = e.what();
+    return;
+  }
+  if (!packed) {
+    c->format = "unpacked";
+    c->status = "skip";
+    c->note = "stored unquantized in this export (the format cannot express it)";
+    return;
+  }
+  c->format = format_label(*packed);
+  const at::Tensor& x = g.inputs.at(l.input);
+  if (x.size(1) != v.in || l.y.size(1) != v.out) {
+    c->status = "fail";
+    c->note = fmt::format("the export's module is [{}, {}], the golden vectors are for [{}, {}]", v.out, v.in, l.y.size(1), x.size(1));
+    return;
+  }
+  if (packed->act_bits != l.act_bits) {
+    c->status = "fail";
+    c->note = fmt::format("the export quantizes inputs to {} bits, lathe measured with {}", packed->act_bits, l.act_bits);
+    return;
+  }
+  try {
+    kernels::check_view(v);
+  } catch (const kernels::KernelError& e) {
+    c->status = "fail";
+    c->note = e.what();
+    return;
+  }
+  run_checks(c, backends, l.y, [&](Backend b, float* y) { kernels::qlinear(b, v, x.data_ptr<float>(), x.size(0), y); });
+}
+
+void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backend>& backends, VerifyCase* c) {
+  const ModelSpec& spec = ex.spec();
+  c->format = "moe";
+  const LayerSpec& ls = spec.layers.at(g.layer);
+  if (!ls.is_moe) {
+    c->status = "fail";
+    c->note = "the export's config says this layer is dense";
+    return;
+  }
+  kernels::MoeBlockView block;
+  block.hidden = spec.hidden_size;
+  block.num_experts = ls.num_experts;
+  const RoutingRule& r = spec.routing;
+  block.routing.scoring = r.scoring == ScoringFunc::kSigmoid ? kernels::MoeRouting::Scoring::kSigmoid : kernels::MoeRouting::Scoring::kSoftmax;
+  block.routing.top_k = ls.top_k;
+  block.routing.renormalize = r.renormalize;
+  block.routing.scaling_factor = r.scaling_factor;
+  block.routing.num_groups = r.num_groups;
+  block.routing.topk_groups = r.topk_groups;
+  block.gate.resize(ls.num_experts);
+  block.up.resize(ls.num_experts);
+  block.down.resize(ls.num_experts);
+  int64_t unpacked = 0;
+  try {
+    for (const auto& t : expected_layer_tensors(spec, ExpertLayout::kPerExpert, g.layer)) {
+      const std::string module = t.name.size() > 7 ? t.name.substr(0, t.name.size() - 7) : t.name;
+      std::optional<PackedModule> packed;
+      switch (t.role) {
+        case TensorRole::kRouter: block.router = ex.floats(t.name); break;
+        case TensorRole::kRouterBias: block.routing.selection_bias = ex.floats(t.name); break;
+        case TensorRole::kSharedExpertGate: block.shared_expert_gate = ex.floats(t.name); break;
+        case TensorRole::kExpertGate: block.gate[t.expert] = ex.view(module, &packed); break;
+        case TensorRole::kExpertUp: block.up[t.expert] = ex.view(module, &packed); break;
+        case TensorRole::kExpertDown: block.down[t.expert] = ex.view(module, &packed); break;
+        case TensorRole::kSharedGate: block.has_shared = true, block.shared_gate = ex.view(module, &packed); break;
+        case TensorRole::kSharedUp: block.shared_up = ex.view(module, &packed); break;
+        case TensorRole::kSharedDown: block.shared_down = ex.view(module, &packed); break;
+        default: continue;
+      }
+      const bool linear = t.role != TensorRole::kRouter && t.role != TensorRole::kRouterBias && t.role != TensorRole::kSharedExpertGate;
+      if (linear && !packed) ++unpacked;
+    }
+  } catch (const Error& e) {
+    c->status = "fail";
+    c->note = e.what();
+    return;
+  }
+  if (!block.router) {
+    c->status = "fail";
+    c->note = "the export has no router weight for this layer";
+    return;
+  }
+  if (unpacked > 0) {
+    c->status = "skip";
+    c->note = fmt::format("{} expert linears are stored unquantized in this export", unpacked);
+    return;
+  }
+  const at::Tensor& x = g.inputs.at("mlp_in");
+  run_checks(c, backends, *g.moe_y, [&](Backend b, float* y) { kernels::moe_block(b, block, x.data_ptr<float>(), x.size(0), y); });
+}
+
+void verify_one_export(const fs::path& dir, const fs::path& golden_dir, const std::vector<Backend>& backends,
+                       VerifyResult* result, const std::function<void(const VerifyCase&)>& on_case) {
+  const std::vector<std::string> files = list_golden_files(golden_dir.string());
+  if (files.empty()) {
+    throw ConfigError(dir.string(), "verify",
+                      "no golden vectors (verify/layer_*.h5): they are written by lathe apply / lathe run "
+                      "(--verify-rows > 0) and copied into every export");
+  }
+  OpenedExport ex(dir);
+  result->exports.push_back(dir.string());
+  for (const auto& file : files) {
+    const GoldenLayer g = read_golden_layer(file);
+    if (g.layer >= ex.spec().num_layers) throw DataError(file, "layer", fmt::format("layer {} but the export has {} layers", g.layer, ex.spec().num_layers));
+    auto finish = [&](VerifyCase& c) {
+      ex.clear();
+      if (c.status == "ok") ++result->passed;
+      else if (c.status == "fail") ++result->failed;
+      else ++result->skipped;
+      if (on_case) on_case(c);
+      result->cases.push_back(std::move(c));
+    };
+    for (const auto& l : g.linears) {
+      VerifyCase c{dir.string(), g.layer, l.module, "", "", "", {}};
+      verify_linear(ex, g, l, backends, &c);
+      finish(c);
+    }
+    if (g.moe_y) {
+      VerifyCase c{dir.string(), g.layer, fmt::format("model.layers.{}.moe", g.layer), "", "", "", {}};
+      verify_moe(ex, g, backends, &c);
+      finish(c);
+    }
+  }
+}
+
+}  // namespace
+
+double verify_bound(Backend backend, const std::string& format) {
+  const bool moe = format == "moe";
+  if (backend != Backend::kCuda) return moe ? 1e-6 : 1e-8;
+  if (moe) return 1e-5;
+  const bool a16 = format.rfind("gptq", 0) == 0 || format.rfind("ct-packed", 0) == 0 || format == "ct-int8";
+  return a16 ? 1e-5 : 1e-8;
+}
+
+VerifyResult verify_exports(const std::string& dir_text, const VerifyOptions& options,
+                            const std::function<void(const VerifyCase&)>& on_case) {
+  const fs::path dir(dir_text);
+  if (!fs::is_directory(dir)) throw ConfigError(dir_text, "", "no such directory");
+  std::vector<Backend> backends = options.backends.empty() ? kernels::available_backends() : options.backends;
+  const std::vector<Backend> available = kernels::available_backends();
+  for (const Backend b : backends) {
+    if (std::find(available.begin(), available.end(), b) == available.end()) {
+      throw ConfigError("", "--backend", std::string(kernels::backend_name(b)) + " is not available here (no CUDA build or no GPU visible)");
+    }
+  }
+  VerifyResult result;
+  if (has_quantization_config(dir)) {
+    const fs::path golden = fs::is_directory(dir / "verify") ? dir / "verify" : dir.parent_path() / "verify";
+    verify_one_export(dir, golden, backends, &result, on_case);
+    return result;
+  }
+  bool any = false;
+  for (const char* sub : {"gptq", "ct"}) {
+    const fs::path e = dir / sub;
+    if (!has_quantization_config(e)) continue;
+    any = true;
+    verify_one_export(e, fs::is_directory(e / "verify") ? e / "verify" : dir / "verify", backends, &result, on_case);
+  }
+  if (!any) {
+    throw ConfigError(dir_text, "",
+                      "neither a packed export (config.json with a quantization_config) nor a lathe output directory "
+                      "with exports (gptq/, ct/): run lathe export first");
+  }
+  return result;
+}
+
+}  // namespace lathe
