@@ -20,6 +20,7 @@
 #include "compressor/passes/builtin.h"
 #include "compressor/pipeline/apply.h"
 #include "compressor/pipeline/observe.h"
+#include "compressor/pipeline/verify.h"
 #include "compressor/report/compare.h"
 #include "compressor/report/report.h"
 #include "export/quant_export.h"
@@ -237,6 +238,26 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
                              export_dir_name(f), exported.packed_modules, exported.unpacked_modules);
   }
 
+  // The exports recompute the golden vectors (docs/verify.md); a mismatch fails the run like a gate.
+  double verify_seconds = -1;
+  std::vector<std::string> verify_failures;
+  if (!packed_exports.empty() && options.golden.rows > 0) {
+    const auto tv = std::chrono::steady_clock::now();
+    VerifyOptions vo;
+    for (const kernels::Backend b : kernels::available_backends()) {
+      if (b != kernels::Backend::kCpuRef) vo.backends.push_back(b);  // the reference is for lathe verify
+    }
+    const VerifyResult v = verify_exports(partial.string(), vo);
+    for (const auto& c : v.cases) {
+      if (c.status == "fail") verify_failures.push_back(fmt::format("verify: {} in {} does not compute what lathe measured{}", c.name,
+                                                                    fs::path(c.export_dir).filename().string(),
+                                                                    c.note.empty() ? "" : " (" + c.note + ")"));
+    }
+    std::cerr << fmt::format("[verify] {} passed, {} failed, {} skipped (lathe verify {} for details)\n", v.passed, v.failed,
+                             v.skipped, recipe.output);
+    verify_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tv).count();
+  }
+
   Report report;
   report.pipeline = pipeline;
   report.model = recipe.model;
@@ -300,6 +321,8 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
     report.passes.push_back({applied.timings[p].name, opts, applied.timings[p].seconds, applied.timings[p].peak_rss_bytes});
   }
 
+  if (verify_seconds >= 0) report.passes.push_back({"verify", "", verify_seconds, peak_rss_bytes()});
+
   if (recipe.eval && (!recipe.eval->text.empty() || !recipe.eval->tasks.empty())) {
     const auto te = std::chrono::steady_clock::now();
     const nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options);
@@ -320,6 +343,10 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
     }
     report.passes.push_back({"eval", "", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count(),
                              peak_rss_bytes()});
+  }
+  if (!verify_failures.empty()) {
+    result.gate_passed = false;
+    result.gate_failures.insert(result.gate_failures.end(), verify_failures.begin(), verify_failures.end());
   }
   write_report_files(report, (partial / "report").string());
   publish_output(recipe.output);
