@@ -18,6 +18,11 @@ std::unique_ptr<Pass> make_rtn_pass(const PassInstance& instance);           // 
 std::unique_ptr<Pass> make_drop_experts_pass(const PassInstance& instance);  // drop_experts.cpp
 std::unique_ptr<Pass> make_gptq_pass(const PassInstance& instance);          // gptq_pass.cpp
 std::unique_ptr<Pass> make_smoothquant_pass(const PassInstance& instance);   // smoothquant.cpp
+// expert_pruning.cpp (ALGORITHMS.md §7):
+std::unique_ptr<Pass> make_experts_frequency_pass(const PassInstance& instance);
+std::unique_ptr<Pass> make_experts_mass_pass(const PassInstance& instance);
+std::unique_ptr<Pass> make_experts_router_norm_pass(const PassInstance& instance);
+std::unique_ptr<Pass> make_experts_random_pass(const PassInstance& instance);
 
 /// GPTQ of every tensor of the layer whose plan entry has method "gptq" (gptq_pass.cpp), with the
 /// entry's bits / group / sym / act_order / mse / damp / act_bits: true-sequential sub-groups

@@ -16,6 +16,7 @@ namespace lathe {
 
 class CompressionPlan;
 struct DecideContext;
+struct ModelSpec;
 struct LayerApplyContext;
 
 class Pass;
@@ -48,6 +49,9 @@ struct PassInstance {
 class Pass {
  public:
   virtual ~Pass() = default;
+  /// Checks the options against the model before anything runs or is written (`lathe run` and
+  /// `lathe plan` call it ahead of the observe stage). ConfigError naming the option. Default: none.
+  virtual void check(const ModelSpec& spec) const;
   /// Decide stage: reads statistics, writes its decisions into `plan`. Default: nothing to decide.
   virtual void decide(const DecideContext& ctx, CompressionPlan& plan) const;
   /// Apply stage: transforms one materialised layer as the plan says. Default: nothing.

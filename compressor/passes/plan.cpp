@@ -34,6 +34,11 @@ nlohmann::json CompressionPlan::to_json() const {
                         {"experts", experts_json},
                         {"tensors", tensors_json},
                         {"decided_by", decided_by}};
+  if (!expert_scores.empty()) {
+    nlohmann::json scores = nlohmann::json::object();
+    for (const auto& [layer, v] : expert_scores) scores[std::to_string(layer)] = v;
+    doc["expert_scores"] = scores;
+  }
   if (smoothing) {
     doc["smoothing"] = {{"alpha", smoothing->alpha},
                         {"adaptive", smoothing->adaptive},
@@ -91,7 +96,8 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
   const int64_t version = member(doc, "version", where, vt::number_integer, "an integer").get<int64_t>();
   if (version != 1) throw UnsupportedError(where, "version", fmt::format("plan version {} (this lathe reads 1)", version));
   static const std::vector<std::string> known = {"format", "version", "pipeline", "model", "weights_fingerprint",
-                                                 "experts", "tensors", "decided_by", "smoothing"};
+                                                 "experts", "tensors", "decided_by", "smoothing",
+                                                 "expert_scores"};
   for (const auto& [k, v] : doc.items()) {
     if (std::find(known.begin(), known.end(), k) == known.end()) throw DataError(where, k, "unknown key");
   }
@@ -163,6 +169,23 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
       plan.tensors[name] = p;
     }
   }
+  if (doc.contains("expert_scores")) {
+    const auto& e = doc["expert_scores"];
+    if (!e.is_object()) throw DataError(where, "expert_scores", "expected an object {layer: [scores]}");
+    for (const auto& [key, v] : e.items()) {
+      const std::string field = "expert_scores." + key;
+      if (key.empty() || key.find_first_not_of("0123456789") != std::string::npos || key.size() > 9) {
+        throw DataError(where, field, "expected a decoder layer index as the key");
+      }
+      if (!v.is_array()) throw DataError(where, field, "expected a list of numbers");
+      std::vector<double> list;
+      for (const auto& x : v) {
+        if (!x.is_number()) throw DataError(where, field, "expected numbers");
+        list.push_back(x.get<double>());
+      }
+      plan.expert_scores[std::stoll(key)] = list;
+    }
+  }
   if (doc.contains("smoothing")) plan.smoothing = smoothing_from_json(doc["smoothing"], where);
   if (doc.contains("decided_by")) {
     if (!doc["decided_by"].is_object()) throw DataError(where, "decided_by", "expected an object");
@@ -193,6 +216,13 @@ void CompressionPlan::validate(const ModelSpec& spec, const std::vector<std::str
     }
     if (static_cast<int64_t>(ids.size()) < l.top_k) {
       throw DataError(where, field, fmt::format("keeps {} experts but top_k is {}", ids.size(), l.top_k));
+    }
+  }
+  for (const auto& [layer, scores] : expert_scores) {
+    const std::string field = "expert_scores." + std::to_string(layer);
+    if (layer < 0 || layer >= spec.num_layers || !spec.layers[layer].is_moe) throw DataError(where, field, "not an MoE layer");
+    if (static_cast<int64_t>(scores.size()) != spec.layers[layer].num_experts) {
+      throw DataError(where, field, fmt::format("{} scores for {} experts", scores.size(), spec.layers[layer].num_experts));
     }
   }
   for (const auto& [name, p] : tensors) {

@@ -55,6 +55,10 @@ class CompressionPlan {
   std::map<std::string, TensorPlan> tensors;
   /// Smoothing applied to every layer before quantization. Absent: none.
   std::optional<SmoothingPlan> smoothing;
+  /// The scores an expert-pruning pass ranked by (docs/expert_pruning.md): MoE layer → one score
+  /// per ORIGINAL expert id, unnormalised (counts, masses, norms or random draws). Informational:
+  /// apply ignores it. Absent: no scoring pass ran.
+  std::map<int64_t, std::vector<double>> expert_scores;
   /// Which pass decided what, for the report ("experts" → "drop-experts").
   std::map<std::string, std::string> decided_by;
 

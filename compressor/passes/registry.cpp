@@ -9,6 +9,7 @@
 
 namespace lathe {
 
+void Pass::check(const ModelSpec&) const {}
 void Pass::decide(const DecideContext&, CompressionPlan&) const {}
 void Pass::apply(LayerApplyContext&) const {}
 
@@ -77,6 +78,49 @@ const std::vector<PassInfo>& pass_registry() {
                  {},
                  false,
                  make_drop_experts_pass});
+    {
+      // Expert-pruning baselines (ALGORITHMS.md §7; docs/expert_pruning.md): shared selection options.
+      auto selection = [](std::vector<OptionSpec> extra) {
+        OptionSpec mode = option("mode", OptionType::kEnum, "uniform",
+                                 "uniform: the best experts of each layer; global: ranked across layers (scores per "
+                                 "calibration token, or per layer sum when data-free) above a per-layer floor");
+        mode.choices = {"uniform", "global"};
+        std::vector<OptionSpec> o = {
+            option("keep", OptionType::kFloat, "", "fraction of each MoE layer's routed experts kept, in (0, 1]", 0, 1),
+            option("keep-count", OptionType::kInt, "", "routed experts kept per MoE layer; instead of keep", 1, 1 << 20),
+            mode,
+            option("min-experts", OptionType::kInt, "", "global mode: experts every layer keeps at least (default top_k)",
+                   1, 1 << 20),
+        };
+        o.insert(o.end(), extra.begin(), extra.end());
+        return o;
+      };
+      OptionSpec variant = option("variant", OptionType::kEnum, "all",
+                                  "all: Σ p over every token; topk: only over tokens that selected the expert");
+      variant.choices = {"all", "topk"};
+      p.push_back({"experts-frequency",
+                   "prune routed experts by how many calibration tokens select them (needs calibration data)",
+                   selection({}),
+                   {"expert_tokens"},
+                   false,
+                   make_experts_frequency_pass});
+      p.push_back({"experts-mass",
+                   "prune routed experts by the router probability mass they receive (needs calibration data)",
+                   selection({variant}),
+                   {"router_prob_mass", "router_selected_mass"},
+                   false,
+                   make_experts_mass_pass});
+      p.push_back({"experts-router-norm", "prune routed experts by the L2 norm of their router row (no data)",
+                   selection({}),
+                   {},
+                   false,
+                   make_experts_router_norm_pass});
+      p.push_back({"experts-random", "prune a seeded uniformly random subset of routed experts per layer (no data)",
+                   selection({option("seed", OptionType::kInt, "0", "random seed", 0, 9007199254740991.0)}),
+                   {},
+                   false,
+                   make_experts_random_pass});
+    }
     {
       OptionSpec statistic = option("statistic", OptionType::kEnum, "absmax",
                                     "per-channel statistics: absmax (max|X| vs max|W|) or range (max X - min X vs 2 max|W|)");

@@ -174,6 +174,11 @@ std::pair<at::Tensor, at::Tensor> calibration_tensors(const CalibrationSet& set)
 
 }  // namespace
 
+void check_passes(const std::string& model_dir, const std::vector<PassInstance>& passes) {
+  const ModelSpec spec = load_model_spec(model_dir);
+  for (const auto& pass : make_passes(passes)) pass->check(spec);
+}
+
 CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,
                            const std::string& pipeline, const std::string& stats_path, std::vector<std::string>* log) {
   const ModelSpec spec = load_model_spec(model_dir);

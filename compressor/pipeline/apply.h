@@ -18,6 +18,10 @@
 
 namespace lathe {
 
+/// Instantiates every pass (which checks its options) and runs its check hook against the model in
+/// `model_dir`: ConfigError naming the option, before anything is computed or written.
+void check_passes(const std::string& model_dir, const std::vector<PassInstance>& passes);
+
 /// Runs every pass's decide hook in pipeline order on the model in `model_dir` (statistics from
 /// `stats_path` when not empty) and returns the plan. `log` receives the passes' notes.
 CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,

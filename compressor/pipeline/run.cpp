@@ -93,6 +93,7 @@ nlohmann::json evaluate(const Recipe& recipe, const std::string& model_dir, cons
 
 CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path, const RunOptions& options) {
   const std::string pipeline = recipe_pipeline_string(recipe);
+  check_passes(recipe.model, recipe.pipeline.passes);
   std::string stats;
   if (needs_statistics(recipe)) {
     if (!recipe.pipeline.calibration) {
@@ -194,6 +195,7 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   if (fs::exists(out) && !options.force) {
     throw ConfigError(recipe.output, "output", "the output directory exists; use --force to replace it");
   }
+  check_passes(recipe.model, recipe.pipeline.passes);
   fs::create_directories(partial);
   const auto t0 = std::chrono::steady_clock::now();
   const std::string stats_path = (partial / "stats.h5").string();

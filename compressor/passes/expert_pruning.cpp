@@ -1,0 +1,267 @@
+// Expert-pruning baselines (ALGORITHMS.md §7; docs/expert_pruning.md): `experts-frequency`,
+// `experts-mass`, `experts-router-norm` and `experts-random` score every routed expert, keep the
+// best per MoE layer (uniform) or across layers (global, with a per-layer floor), and hand the kept
+// ids to the same surgery as `drop-experts` (apply_expert_surgery).
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "calibrate/stats_store.h"
+#include "compressor/common/errors.h"
+#include "compressor/model/fingerprint.h"
+#include "compressor/model/weight_store.h"
+#include "compressor/passes/builtin.h"
+#include "compressor/passes/context.h"
+
+namespace lathe {
+namespace {
+
+enum class ScoreMethod { kFrequency, kMass, kRouterNorm, kRandom };
+
+/// One MoE layer's scores. `scale` turns a score into the quantity global mode ranks across
+/// layers: 1/T for data scores (T = the layer's calibration tokens), 1/Σ_e score for data-free ones.
+struct LayerScores {
+  int64_t layer = 0;
+  int64_t top_k = 0;
+  std::vector<double> score;  ///< per original expert id
+  double scale = 1;
+};
+
+/// Expert ids ordered best first: higher score, ties → lower id.
+std::vector<int64_t> ranking(const std::vector<double>& score) {
+  std::vector<int64_t> ids(score.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+  return ids;
+}
+
+/// The sum over calibration tasks of statistic `kind` of `layer` ([E] f64) and the tokens behind it.
+/// Weights are checked against `upstream` (the weights the statistic depends on); calibration and
+/// collector options are the store's own, which the observe stage of this run has just verified.
+std::pair<std::vector<double>, int64_t> summed_statistic(const StatsStore& stats, const std::string& kind, int64_t layer,
+                                                         const std::string& upstream, const std::string& pass) {
+  at::Tensor sum;
+  int64_t tokens = 0;
+  for (const StatsKey& key : stats.keys()) {
+    if (key.kind != kind || key.layer != layer || key.tap != "router") continue;
+    const StatsInfo info = stats.info(key);
+    StatsFingerprints want = info.fingerprints;
+    want.weights = upstream;
+    const at::Tensor v = stats.get(key, want).to(at::kDouble);
+    sum = sum.defined() ? sum + v : v;
+    tokens += info.tokens;
+  }
+  if (!sum.defined()) {
+    throw DataError(stats.path(), fmt::format("{}/layer_{}/router", kind, layer),
+                    fmt::format("{} needs router statistics of every MoE layer; this store has none", pass));
+  }
+  const at::Tensor c = sum.contiguous();
+  return {std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel()), tokens};
+}
+
+class ExpertScorePass : public Pass {
+ public:
+  ExpertScorePass(const PassInstance& instance, ScoreMethod method) : name_(instance.name), method_(method), options_(instance.options) {
+    if (options_.has("keep") == options_.has("keep-count")) {
+      throw ConfigError("", name_ + ".keep", "give exactly one of keep (a fraction of each layer's experts) and keep-count");
+    }
+    if (options_.has("keep") && !(options_.get_float("keep") > 0)) {
+      throw ConfigError("", name_ + ".keep", "expected a fraction in (0, 1], found 0");
+    }
+    if (options_.has("min-experts") && options_.get_string("mode") != "global") {
+      throw ConfigError("", name_ + ".min-experts", "applies to mode global only");
+    }
+  }
+
+  void check(const ModelSpec& spec) const override { (void)targets(spec); }
+
+  void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
+    const std::vector<LayerScores> layers = scores(ctx);
+    const std::vector<int64_t> keep = targets(ctx.spec);
+    std::vector<std::vector<int64_t>> kept = options_.get_string("mode") == "global" ? select_global(layers, keep)
+                                                                                     : select_uniform(layers, keep);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      std::sort(kept[i].begin(), kept[i].end());
+      const LayerScores& l = layers[i];
+      plan.experts[l.layer] = kept[i];
+      plan.expert_scores[l.layer] = l.score;
+      std::string ids;
+      for (int64_t id : kept[i]) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+      ctx.log.push_back(fmt::format("{}: layer {} keeps {}/{} experts [{}]", name_, l.layer, kept[i].size(), l.score.size(), ids));
+    }
+    if (!layers.empty()) plan.decided_by["experts"] = name_;
+  }
+
+  void apply(LayerApplyContext& ctx) const override { apply_expert_surgery(ctx); }
+
+ private:
+  /// Per MoE layer in order: experts kept (uniform mode) or the floor (global mode), with the
+  /// global total appended last in global mode. ConfigError naming the option that does not fit.
+  std::vector<int64_t> targets(const ModelSpec& spec) const {
+    const bool global = options_.get_string("mode") == "global";
+    const bool by_count = options_.has("keep-count");
+    const std::string field = name_ + (by_count ? ".keep-count" : ".keep");
+    std::vector<int64_t> out;
+    int64_t total_experts = 0, moe_layers = 0, floors = 0;
+    for (int64_t i = 0; i < spec.num_layers; ++i) {
+      const LayerSpec& l = spec.layers[i];
+      if (!l.is_moe) continue;
+      moe_layers += 1;
+      total_experts += l.num_experts;
+      if (by_count && options_.get_int("keep-count") > l.num_experts) {
+        throw ConfigError("", field, fmt::format("{} exceeds the {} routed experts of layer {}", options_.get_int("keep-count"),
+                                                 l.num_experts, i));
+      }
+      if (global) {
+        const int64_t floor = options_.has("min-experts") ? options_.get_int("min-experts") : l.top_k;
+        if (floor < l.top_k || floor > l.num_experts) {
+          throw ConfigError("", name_ + ".min-experts", fmt::format("{} outside [top_k = {}, {} experts] in layer {}", floor,
+                                                                    l.top_k, l.num_experts, i));
+        }
+        out.push_back(floor);
+        floors += floor;
+        continue;
+      }
+      const int64_t n = by_count ? options_.get_int("keep-count") : std::llround(options_.get_float("keep") * l.num_experts);
+      if (n < l.top_k) {
+        throw ConfigError("", field, fmt::format("keeps {} of the {} experts of layer {} but the router selects top_k = {}", n,
+                                                 l.num_experts, i, l.top_k));
+      }
+      out.push_back(n);
+    }
+    if (global) {
+      const int64_t total = by_count ? options_.get_int("keep-count") * moe_layers
+                                     : std::llround(options_.get_float("keep") * total_experts);
+      if (total < floors) {
+        throw ConfigError("", field, fmt::format("keeps {} experts in all but the per-layer floor (min-experts, default "
+                                                 "top_k) needs {}",
+                                                 total, floors));
+      }
+      out.push_back(total);
+    }
+    return out;
+  }
+
+  static std::vector<std::vector<int64_t>> select_uniform(const std::vector<LayerScores>& layers,
+                                                          const std::vector<int64_t>& keep) {
+    std::vector<std::vector<int64_t>> kept;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      std::vector<int64_t> order = ranking(layers[i].score);
+      order.resize(keep[i]);
+      kept.push_back(order);
+    }
+    return kept;
+  }
+
+  /// Each layer's floor first (its best experts), then the remaining slots to the best normalised
+  /// scores over every layer (ties → lower layer, then lower id).
+  static std::vector<std::vector<int64_t>> select_global(const std::vector<LayerScores>& layers,
+                                                         const std::vector<int64_t>& targets) {
+    struct Candidate {
+      double score;
+      size_t layer;
+      int64_t expert;
+    };
+    std::vector<std::vector<int64_t>> kept;
+    std::vector<Candidate> rest;
+    int64_t used = 0;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const std::vector<int64_t> order = ranking(layers[i].score);
+      kept.emplace_back(order.begin(), order.begin() + targets[i]);
+      used += targets[i];
+      for (size_t r = targets[i]; r < order.size(); ++r) {
+        rest.push_back({layers[i].score[order[r]] * layers[i].scale, i, order[r]});
+      }
+    }
+    std::stable_sort(rest.begin(), rest.end(), [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
+    const int64_t extra = targets.back() - used;
+    for (int64_t j = 0; j < extra && j < static_cast<int64_t>(rest.size()); ++j) kept[rest[j].layer].push_back(rest[j].expert);
+    return kept;
+  }
+
+  std::vector<LayerScores> scores(const DecideContext& ctx) const {
+    std::vector<LayerScores> out;
+    std::vector<std::string> upstream;
+    const bool data = method_ == ScoreMethod::kFrequency || method_ == ScoreMethod::kMass;
+    if (data) {
+      if (!ctx.stats) throw ConfigError("", "calibration", name_ + " reads router statistics: add a calibration section");
+      upstream = upstream_weight_fingerprints(ctx.store, ctx.spec, ctx.layout);
+    }
+    std::mt19937_64 rng(static_cast<uint64_t>(method_ == ScoreMethod::kRandom ? options_.get_int("seed") : 0));
+    for (int64_t i = 0; i < ctx.spec.num_layers; ++i) {
+      const LayerSpec& spec = ctx.spec.layers[i];
+      if (!spec.is_moe) continue;
+      LayerScores l;
+      l.layer = i;
+      l.top_k = spec.top_k;
+      if (data) {
+        const std::string kind = method_ == ScoreMethod::kFrequency ? "expert_tokens"
+                                 : options_.get_string("variant") == "topk" ? "router_selected_mass"
+                                                                             : "router_prob_mass";
+        int64_t tokens = 0;
+        std::tie(l.score, tokens) = summed_statistic(*ctx.stats, kind, i, upstream[i], name_);
+        l.scale = tokens > 0 ? 1.0 / static_cast<double>(tokens) : 0.0;
+      } else {
+        l.score = method_ == ScoreMethod::kRandom ? random_draws(rng, spec.num_experts) : router_row_norms(ctx, i);
+        const double sum = std::accumulate(l.score.begin(), l.score.end(), 0.0);
+        l.scale = sum > 0 ? 1.0 / sum : 0.0;
+      }
+      if (static_cast<int64_t>(l.score.size()) != spec.num_experts) {
+        throw InternalError("", name_, fmt::format("{} scores for {} experts in layer {}", l.score.size(), spec.num_experts, i));
+      }
+      out.push_back(std::move(l));
+    }
+    return out;
+  }
+
+  /// Uniform draws in [0, 1) from the top 53 bits of mt19937_64 (whose output the standard fixes),
+  /// so a seed picks the same experts on every platform.
+  static std::vector<double> random_draws(std::mt19937_64& rng, int64_t n) {
+    std::vector<double> v(n);
+    for (double& x : v) x = static_cast<double>(rng() >> 11) * 0x1.0p-53;
+    return v;
+  }
+
+  /// ‖W_gate[e]‖₂ of every router row, in fp64.
+  static std::vector<double> router_row_norms(const DecideContext& ctx, int64_t layer) {
+    for (const ExpectedTensor& t : ctx.tensors) {
+      if (t.layer != layer || t.role != TensorRole::kRouter) continue;
+      const std::vector<float> w = ctx.store.to_f32(t.name);
+      const int64_t rows = t.shape[0], cols = t.shape[1];
+      std::vector<double> norms(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        double s = 0;
+        for (int64_t c = 0; c < cols; ++c) s += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
+        norms[r] = std::sqrt(s);
+      }
+      return norms;
+    }
+    throw InternalError("", "router", fmt::format("no router tensor in layer {}", layer));
+  }
+
+  std::string name_;
+  ScoreMethod method_;
+  OptionValues options_;
+};
+
+}  // namespace
+
+std::unique_ptr<Pass> make_experts_frequency_pass(const PassInstance& instance) {
+  return std::make_unique<ExpertScorePass>(instance, ScoreMethod::kFrequency);
+}
+std::unique_ptr<Pass> make_experts_mass_pass(const PassInstance& instance) {
+  return std::make_unique<ExpertScorePass>(instance, ScoreMethod::kMass);
+}
+std::unique_ptr<Pass> make_experts_router_norm_pass(const PassInstance& instance) {
+  return std::make_unique<ExpertScorePass>(instance, ScoreMethod::kRouterNorm);
+}
+std::unique_ptr<Pass> make_experts_random_pass(const PassInstance& instance) {
+  return std::make_unique<ExpertScorePass>(instance, ScoreMethod::kRandom);
+}
+
+}  // namespace lathe
