@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "compressor/common/errors.h"
@@ -62,28 +63,76 @@ bool is_fingerprint(std::string_view text) {
                      [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
+namespace {
+
+/// Digest of each tensor's bytes by name, for the names given (each read once).
+std::map<std::string, Sha256::Digest> digests_by_name(const WeightStore& store, const std::vector<std::string>& names) {
+  std::vector<TensorView> views;
+  views.reserve(names.size());
+  for (const std::string& name : names) views.push_back(store.view(name));  // throws if missing
+  const std::vector<Sha256::Digest> digests = data_digests(views);
+  std::map<std::string, Sha256::Digest> out;
+  for (size_t i = 0; i < names.size(); ++i) out[names[i]] = digests[i];
+  return out;
+}
+
+/// The tensor fingerprint of `names` from digests already computed.
+std::string compose_fingerprint(const WeightStore& store, const std::vector<std::string>& names,
+                                const std::map<std::string, Sha256::Digest>& digests) {
+  std::vector<std::string> sorted = names;
+  std::sort(sorted.begin(), sorted.end());
+  sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+  static constexpr char kNul = '\0';
+  Sha256 sha;
+  for (const std::string& name : sorted) {
+    const TensorView v = store.view(name);
+    const Sha256::Digest& digest = digests.at(name);
+    sha.update(name);
+    sha.update(&kNul, 1);
+    sha.update(dtype_name(v.dtype));
+    sha.update(&kNul, 1);
+    sha.update(shape_text(v.shape));
+    sha.update(&kNul, 1);
+    sha.update(digest.data(), digest.size());
+  }
+  return fingerprint_from_digest(sha.finish());
+}
+
+/// The upstream chain (upstream_weight_fingerprints) from digests already computed.
+std::vector<std::string> compose_upstream(const WeightStore& store, const ModelSpec& spec, ExpertLayout layout,
+                                          const std::map<std::string, Sha256::Digest>& digests) {
+  std::vector<std::string> out;
+  std::string previous = compose_fingerprint(store, {"model.embed_tokens.weight"}, digests);
+  for (int64_t i = 0; i < spec.num_layers; ++i) {
+    std::vector<std::string> names;
+    for (const auto& t : expected_layer_tensors(spec, layout, i)) names.push_back(t.name);
+    previous = Fingerprinter("lathe.upstream-weights/1")
+                   .add("previous", previous)
+                   .add("layer", compose_fingerprint(store, names, digests))
+                   .finish();
+    out.push_back(previous);
+  }
+  return out;
+}
+
+/// The names upstream_weight_fingerprints covers: the embedding and every layer tensor.
+std::vector<std::string> upstream_names(const ModelSpec& spec, ExpertLayout layout) {
+  std::vector<std::string> names = {"model.embed_tokens.weight"};
+  for (int64_t i = 0; i < spec.num_layers; ++i) {
+    for (const auto& t : expected_layer_tensors(spec, layout, i)) names.push_back(t.name);
+  }
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  return names;
+}
+
+}  // namespace
+
 std::string tensor_fingerprint(const WeightStore& store, const std::vector<std::string>& names) {
   std::vector<std::string> sorted = names;
   std::sort(sorted.begin(), sorted.end());
   sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
-
-  std::vector<TensorView> views;
-  views.reserve(sorted.size());
-  for (const std::string& name : sorted) views.push_back(store.view(name));  // throws if missing
-  const std::vector<Sha256::Digest> digests = data_digests(views);
-
-  static constexpr char kNul = '\0';
-  Sha256 sha;
-  for (size_t i = 0; i < sorted.size(); ++i) {
-    sha.update(sorted[i]);
-    sha.update(&kNul, 1);
-    sha.update(dtype_name(views[i].dtype));
-    sha.update(&kNul, 1);
-    sha.update(shape_text(views[i].shape));
-    sha.update(&kNul, 1);
-    sha.update(digests[i].data(), digests[i].size());
-  }
-  return fingerprint_from_digest(sha.finish());
+  return compose_fingerprint(store, sorted, digests_by_name(store, sorted));
 }
 
 std::string weights_fingerprint(const WeightStore& store) {
@@ -92,18 +141,12 @@ std::string weights_fingerprint(const WeightStore& store) {
 
 std::vector<std::string> upstream_weight_fingerprints(const WeightStore& store, const ModelSpec& spec,
                                                       ExpertLayout layout) {
-  std::vector<std::string> out;
-  std::string previous = tensor_fingerprint(store, {"model.embed_tokens.weight"});
-  for (int64_t i = 0; i < spec.num_layers; ++i) {
-    std::vector<std::string> names;
-    for (const auto& t : expected_layer_tensors(spec, layout, i)) names.push_back(t.name);
-    previous = Fingerprinter("lathe.upstream-weights/1")
-                   .add("previous", previous)
-                   .add("layer", tensor_fingerprint(store, names))
-                   .finish();
-    out.push_back(previous);
-  }
-  return out;
+  return compose_upstream(store, spec, layout, digests_by_name(store, upstream_names(spec, layout)));
+}
+
+ModelFingerprints model_fingerprints(const WeightStore& store, const ModelSpec& spec, ExpertLayout layout) {
+  const std::map<std::string, Sha256::Digest> digests = digests_by_name(store, store.names());
+  return {compose_fingerprint(store, store.names(), digests), compose_upstream(store, spec, layout, digests)};
 }
 
 std::string config_fingerprint(const nlohmann::json& config) {

@@ -55,6 +55,14 @@ std::string weights_fingerprint(const WeightStore& store);
 std::vector<std::string> upstream_weight_fingerprints(const WeightStore& store, const ModelSpec& spec,
                                                       ExpertLayout layout);
 
+/// weights_fingerprint() and upstream_weight_fingerprints() from one read of every tensor (the
+/// decide stage needs both; each hash reads the whole checkpoint).
+struct ModelFingerprints {
+  std::string weights;
+  std::vector<std::string> upstream;
+};
+ModelFingerprints model_fingerprints(const WeightStore& store, const ModelSpec& spec, ExpertLayout layout);
+
 /// FORMATS.md §7 *config* fingerprint: SHA-256 of `config.dump()`, i.e. the JSON value with object
 /// keys sorted by their UTF-8 bytes (nlohmann::json keeps objects sorted), no whitespace, strings
 /// in UTF-8 with only the escapes JSON requires, integers in decimal and floating-point numbers in

@@ -28,6 +28,9 @@ struct DecideContext {
   const StatsStore* stats = nullptr;  ///< null when the pipeline collected none
   const std::vector<ExpectedTensor>& tensors;  ///< every tensor of the input checkpoint, model order
   std::vector<std::string>& log;               ///< decisions worth telling the user (overrides used, …)
+  /// upstream_weight_fingerprints of the input, per decoder layer: what statistics are checked
+  /// against (computed once, with the plan's weights fingerprint, from one read of the weights).
+  const std::vector<std::string>& upstream_weights;
 };
 
 /// One tensor of the layer being applied.

@@ -13,7 +13,6 @@
 
 #include "calibrate/stats_store.h"
 #include "compressor/common/errors.h"
-#include "compressor/model/fingerprint.h"
 #include "compressor/model/weight_store.h"
 #include "compressor/passes/builtin.h"
 #include "compressor/passes/context.h"
@@ -186,12 +185,8 @@ class ExpertScorePass : public Pass {
 
   std::vector<LayerScores> scores(const DecideContext& ctx) const {
     std::vector<LayerScores> out;
-    std::vector<std::string> upstream;
     const bool data = method_ == ScoreMethod::kFrequency || method_ == ScoreMethod::kMass;
-    if (data) {
-      if (!ctx.stats) throw ConfigError("", "calibration", name_ + " reads router statistics: add a calibration section");
-      upstream = upstream_weight_fingerprints(ctx.store, ctx.spec, ctx.layout);
-    }
+    if (data && !ctx.stats) throw ConfigError("", "calibration", name_ + " reads router statistics: add a calibration section");
     std::mt19937_64 rng(static_cast<uint64_t>(method_ == ScoreMethod::kRandom ? options_.get_int("seed") : 0));
     for (int64_t i = 0; i < ctx.spec.num_layers; ++i) {
       const LayerSpec& spec = ctx.spec.layers[i];
@@ -204,7 +199,7 @@ class ExpertScorePass : public Pass {
                                  : options_.get_string("variant") == "topk" ? "router_selected_mass"
                                                                              : "router_prob_mass";
         int64_t tokens = 0;
-        std::tie(l.score, tokens) = summed_statistic(*ctx.stats, kind, i, upstream[i], name_);
+        std::tie(l.score, tokens) = summed_statistic(*ctx.stats, kind, i, ctx.upstream_weights.at(i), name_);
         l.scale = tokens > 0 ? 1.0 / static_cast<double>(tokens) : 0.0;
       } else {
         l.score = method_ == ScoreMethod::kRandom ? random_draws(rng, spec.num_experts) : router_row_norms(ctx, i);

@@ -188,11 +188,12 @@ CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassI
   if (!stats_path.empty()) stats.emplace(StatsStore::open(stats_path));
   const std::vector<ExpectedTensor> tensors = expected_tensors(spec, layout);
   std::vector<std::string> notes;
-  const DecideContext ctx{spec, store, layout, stats ? &*stats : nullptr, tensors, notes};
+  const ModelFingerprints fingerprints = model_fingerprints(store, spec, layout);
+  const DecideContext ctx{spec, store, layout, stats ? &*stats : nullptr, tensors, notes, fingerprints.upstream};
   CompressionPlan plan;
   plan.pipeline = pipeline;
   plan.model = model_dir;
-  plan.weights_fingerprint = weights_fingerprint(store);
+  plan.weights_fingerprint = fingerprints.weights;
   for (const auto& pass : make_passes(passes)) pass->decide(ctx, plan);
   if (log) *log = notes;
   return plan;
