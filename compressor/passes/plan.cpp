@@ -85,6 +85,32 @@ SmoothingPlan smoothing_from_json(const nlohmann::json& j, const std::string& wh
   return p;
 }
 
+/// `doc[key]` as {decoder layer index: [values]} (absent: empty). DataError naming `key.<layer>`
+/// for a key that is not a layer index, a value that is not a list, or an element `accept` refuses.
+template <typename T, typename Accept>
+std::map<int64_t, std::vector<T>> layer_lists(const nlohmann::json& doc, const std::string& key, const std::string& where,
+                                              const std::string& hint, const std::string& list_of,
+                                              const std::string& elements, Accept&& accept) {
+  std::map<int64_t, std::vector<T>> out;
+  if (!doc.contains(key)) return out;
+  const auto& e = doc[key];
+  if (!e.is_object()) throw DataError(where, key, "expected an object {layer: [" + hint + "]}");
+  for (const auto& [layer, values] : e.items()) {
+    const std::string field = key + "." + layer;
+    if (layer.empty() || layer.find_first_not_of("0123456789") != std::string::npos || layer.size() > 9) {
+      throw DataError(where, field, "expected a decoder layer index as the key");
+    }
+    if (!values.is_array()) throw DataError(where, field, "expected a list of " + list_of);
+    std::vector<T> list;
+    for (const auto& x : values) {
+      if (!accept(x)) throw DataError(where, field, "expected " + elements);
+      list.push_back(x.template get<T>());
+    }
+    out[std::stoll(layer)] = list;
+  }
+  return out;
+}
+
 }  // namespace
 
 CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std::string& where) {
@@ -105,23 +131,8 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
   plan.pipeline = doc.value("pipeline", "");
   plan.model = doc.value("model", "");
   plan.weights_fingerprint = doc.value("weights_fingerprint", "");
-  if (doc.contains("experts")) {
-    const auto& e = doc["experts"];
-    if (!e.is_object()) throw DataError(where, "experts", "expected an object {layer: [ids]}");
-    for (const auto& [key, ids] : e.items()) {
-      const std::string field = "experts." + key;
-      if (key.empty() || key.find_first_not_of("0123456789") != std::string::npos || key.size() > 9) {
-        throw DataError(where, field, "expected a decoder layer index as the key");
-      }
-      if (!ids.is_array()) throw DataError(where, field, "expected a list of expert ids");
-      std::vector<int64_t> list;
-      for (const auto& id : ids) {
-        if (!id.is_number_integer()) throw DataError(where, field, "expected integer expert ids");
-        list.push_back(id.get<int64_t>());
-      }
-      plan.experts[std::stoll(key)] = list;
-    }
-  }
+  plan.experts = layer_lists<int64_t>(doc, "experts", where, "ids", "expert ids", "integer expert ids",
+                                     [](const nlohmann::json& x) { return x.is_number_integer(); });
   if (doc.contains("tensors")) {
     const auto& t = doc["tensors"];
     if (!t.is_object()) throw DataError(where, "tensors", "expected an object {name: format}");
@@ -169,23 +180,8 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
       plan.tensors[name] = p;
     }
   }
-  if (doc.contains("expert_scores")) {
-    const auto& e = doc["expert_scores"];
-    if (!e.is_object()) throw DataError(where, "expert_scores", "expected an object {layer: [scores]}");
-    for (const auto& [key, v] : e.items()) {
-      const std::string field = "expert_scores." + key;
-      if (key.empty() || key.find_first_not_of("0123456789") != std::string::npos || key.size() > 9) {
-        throw DataError(where, field, "expected a decoder layer index as the key");
-      }
-      if (!v.is_array()) throw DataError(where, field, "expected a list of numbers");
-      std::vector<double> list;
-      for (const auto& x : v) {
-        if (!x.is_number()) throw DataError(where, field, "expected numbers");
-        list.push_back(x.get<double>());
-      }
-      plan.expert_scores[std::stoll(key)] = list;
-    }
-  }
+  plan.expert_scores = layer_lists<double>(doc, "expert_scores", where, "scores", "numbers", "numbers",
+                                           [](const nlohmann::json& x) { return x.is_number(); });
   if (doc.contains("smoothing")) plan.smoothing = smoothing_from_json(doc["smoothing"], where);
   if (doc.contains("decided_by")) {
     if (!doc["decided_by"].is_object()) throw DataError(where, "decided_by", "expected an object");

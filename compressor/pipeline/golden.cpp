@@ -108,7 +108,11 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
     act_bits = std::max(act_bits, q.act_bits);
   }
   std::map<std::string, const at::Tensor*> by_name;
-  for (const auto& t : tensors) by_name[t.name] = &t.value;
+  std::map<TensorRole, std::string> fused_names;  // fused layout: role → the layer's 3-D tensor
+  for (const auto& t : tensors) {
+    by_name[t.name] = &t.value;
+    fused_names[t.role] = t.name;
+  }
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   const LayerWeights w = make_layer_weights(
       spec_, layout_, layer,
@@ -159,16 +163,9 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
   for (const auto& t : expected_layer_tensors(spec_, ExpertLayout::kPerExpert, layer)) {
     if (!is_quantizable(t.role)) continue;
     // The quant record: the tensor itself, or the fused tensor holding this expert.
-    const QuantRecord* rec = nullptr;
-    if (layout_ == ExpertLayout::kFused && t.expert >= 0) {
-      for (const auto& q : quant) {
-        for (const auto& f : tensors) {
-          if (f.name == q.name && f.role == fused_role(t.role)) rec = &q;
-        }
-      }
-    } else if (records.count(t.name)) {
-      rec = records[t.name];
-    }
+    const std::string& holder = layout_ == ExpertLayout::kFused && t.expert >= 0 ? fused_names[fused_role(t.role)] : t.name;
+    auto found = records.find(holder);
+    const QuantRecord* rec = found == records.end() ? nullptr : found->second;
     if (!rec) continue;
     if (t.expert >= 0) {
       expert_quantized = true;

@@ -8,12 +8,9 @@
 #include <optional>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "calibrate/golden_store.h"
 #include "compressor/common/errors.h"
-#include "compressor/common/file_io.h"
-#include "compressor/common/strict_json.h"
 #include "compressor/model/architecture.h"
 #include "compressor/model/model_spec.h"
 #include "compressor/model/tensor_bridge.h"
@@ -31,10 +28,7 @@ using kernels::QuantWeightView;
 using kernels::WeightFormat;
 
 bool has_quantization_config(const fs::path& dir) {
-  const fs::path config = dir / "config.json";
-  if (!fs::is_regular_file(config)) return false;
-  const nlohmann::json j = parse_json_strict(read_file(config.string()), config.string(), "");
-  return j.is_object() && j.contains("quantization_config") && !j["quantization_config"].is_null();
+  return fs::is_regular_file(dir / "config.json") && !quantization_method(dir.string()).empty();
 }
 
 kernels::ScaleType scale_type(const at::Tensor& t, const std::string& file, const std::string& name) {

@@ -8,14 +8,13 @@ import hashlib
 import json
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from reference import LATHE_BIN, SOURCE_DIR
+from reference import SOURCE_DIR, run_lathe
 from test_export import gptq_decode
 
 MODELS_DIR = SOURCE_DIR / "data" / "models"
@@ -55,10 +54,7 @@ export: [gptq, compressed-tensors]
 
 
 def lathe(*args, check=True):
-    proc = subprocess.run([LATHE_BIN, "--threads", "1", *map(str, args)], capture_output=True, text=True)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+    return run_lathe("--threads", "1", *args, check=check)
 
 
 def run_recipe(base: Path, text: str, model: str, *extra) -> Path:

@@ -16,9 +16,12 @@
 #include "compressor/quant/gptq.h"
 #include "compressor/quant/quantizer.h"
 #include "export/gptq_pack.h"
+#include "tests/unit/random_quantized.h"
 
 namespace lathe {
 namespace {
+
+using testing::random_quantized_weight;
 
 uint32_t word_at(const at::Tensor& t, int64_t r, int64_t c) {
   return static_cast<uint32_t>(t.index({r, c}).item<int32_t>());
@@ -81,18 +84,6 @@ at::Tensor ref_rows(const at::Tensor& packed, int64_t bits, int64_t n) {
   return r;
 }
 
-QuantizedWeight make_q(int64_t bits, int64_t out, int64_t in, int64_t g, bool sym, uint64_t seed) {
-  torch::manual_seed(seed);
-  const int64_t groups = g == -1 ? 1 : (in + g - 1) / g;
-  const int64_t maxq = (int64_t{1} << bits) - 1;
-  QuantizedWeight q;
-  q.spec = QuantSpec{bits, g, sym};
-  q.codes = torch::randint(0, maxq + 1, {out, in}, torch::kLong).to(torch::kByte);
-  q.scales = torch::rand({out, groups}) * 0.05f + 1e-3f;
-  q.zeros = sym ? torch::full({out, groups}, int64_t{1} << (bits - 1), torch::kInt)
-                : torch::randint(1, maxq + 1, {out, groups}, torch::kLong).to(torch::kInt);
-  return q;
-}
 
 at::Tensor contiguous_gidx(int64_t in, int64_t g) {
   const int64_t gg = g == -1 ? in : g;
@@ -199,7 +190,7 @@ TEST_P(GptqPackRoundTrip, PackUnpackDequantize) {
   const auto [bits, g, sym, kind] = GetParam();
   const int64_t out = 64, in = 256;
   const uint64_t seed = static_cast<uint64_t>(bits * 1000 + (g + 1) * 7 + sym * 3 + kind);
-  QuantizedWeight q = make_q(bits, out, in, g, sym, seed);
+  QuantizedWeight q = random_quantized_weight(bits, out, in, g, sym, seed);
   // Static groups with act-order keep the contiguous c / g (gptq.h); dynamic ones scatter.
   const at::Tensor gi = kind == kDynamicActOrder ? dynamic_gidx(in, g, seed + 1) : contiguous_gidx(in, g);
   const GptqTensors t = pack_gptq(q, kind == kContiguous ? at::Tensor() : gi);
@@ -243,7 +234,7 @@ TEST(GptqPack, EdgeShapesAndZeros) {
   for (int64_t bits : {2, 3, 4, 8}) {
     const int64_t m = gptq_pack_multiple(bits);
     for (auto [out, in] : {std::pair<int64_t, int64_t>{m, m}, {m, 3 * m}, {5 * m, m}}) {
-      QuantizedWeight q = make_q(bits, out, in, -1, false, static_cast<uint64_t>(bits + out + in));
+      QuantizedWeight q = random_quantized_weight(bits, out, in, -1, false, static_cast<uint64_t>(bits + out + in));
       q.zeros.index_put_({0, 0}, 1);
       q.zeros.index_put_({out - 1, 0}, int64_t{1} << bits);  // z − 1 = maxq
       q.codes.index_put_({0, 0}, 0);
@@ -257,7 +248,7 @@ TEST(GptqPack, EdgeShapesAndZeros) {
     }
   }
   // A group size that does not divide `in`: ⌈in/g⌉ groups, the last one short.
-  QuantizedWeight q = make_q(4, 16, 64, 48, true, 11);
+  QuantizedWeight q = random_quantized_weight(4, 16, 64, 48, true, 11);
   ASSERT_EQ(q.scales.size(1), 2);
   const GptqTensors t = pack_gptq(q, {});
   EXPECT_EQ(t.g_idx[47].item<int32_t>(), 0);
@@ -273,37 +264,37 @@ TEST(GptqPack, PackRejectsWhatTheFormatCannotHold) {
   EXPECT_FALSE(gptq_packable(4, 12, 8));
   EXPECT_FALSE(gptq_packable(3, 48, 32));
   EXPECT_FALSE(gptq_packable(5, 32, 32));
-  expect_error<UnsupportedError>([] { pack_gptq(make_q(4, 8, 12, -1, true, 1), {}); }, "in_features");
-  expect_error<UnsupportedError>([] { pack_gptq(make_q(4, 12, 8, -1, true, 1), {}); }, "out_features");
-  expect_error<UnsupportedError>([] { pack_gptq(make_q(3, 32, 48, -1, true, 1), {}); }, "in_features");
-  expect_error<UnsupportedError>([] { pack_gptq(make_q(3, 16, 32, -1, true, 1), {}); }, "out_features");
-  expect_error<UnsupportedError>([] { pack_gptq(make_q(5, 32, 32, -1, true, 1), {}); }, "bits");
+  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(4, 8, 12, -1, true, 1), {}); }, "in_features");
+  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(4, 12, 8, -1, true, 1), {}); }, "out_features");
+  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(3, 32, 48, -1, true, 1), {}); }, "in_features");
+  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(3, 16, 32, -1, true, 1), {}); }, "out_features");
+  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(5, 32, 32, -1, true, 1), {}); }, "bits");
   {
-    QuantizedWeight q = make_q(4, 8, 8, -1, false, 1);
+    QuantizedWeight q = random_quantized_weight(4, 8, 8, -1, false, 1);
     q.zeros.index_put_({2, 0}, 0);  // v1 cannot store z = 0
     expect_error<InternalError>([&] { pack_gptq(q, {}); }, "zeros");
     q.zeros.index_put_({2, 0}, 17);
     expect_error<InternalError>([&] { pack_gptq(q, {}); }, "zeros");
   }
   {
-    QuantizedWeight q = make_q(4, 8, 8, -1, true, 1);
+    QuantizedWeight q = random_quantized_weight(4, 8, 8, -1, true, 1);
     q.codes.index_put_({1, 1}, 16);
     expect_error<InternalError>([&] { pack_gptq(q, {}); }, "codes");
   }
   {
-    QuantizedWeight q = make_q(4, 8, 8, -1, true, 1);
+    QuantizedWeight q = random_quantized_weight(4, 8, 8, -1, true, 1);
     q.scales.index_put_({0, 0}, 1e6f);  // beyond fp16
     expect_error<UnsupportedError>([&] { pack_gptq(q, {}); }, "scales");
   }
   {
-    QuantizedWeight q = make_q(4, 8, 16, 8, true, 1);
+    QuantizedWeight q = random_quantized_weight(4, 8, 16, 8, true, 1);
     expect_error<InternalError>([&] { pack_gptq(q, torch::full({16}, 2, torch::kInt)); }, "g_idx");
     expect_error<InternalError>([&] { pack_gptq(q, torch::zeros({8}, torch::kInt)); }, "g_idx");
   }
 }
 
 TEST(GptqPack, UnpackRejectsMalformedTensors) {
-  const QuantizedWeight q = make_q(4, 16, 64, 32, false, 5);
+  const QuantizedWeight q = random_quantized_weight(4, 16, 64, 32, false, 5);
   const GptqTensors good = pack_gptq(q, {});
   const std::string p = "model.layers.0.self_attn.q_proj";
   auto unpack = [&](const GptqTensors& t) { unpack_gptq(t, 4, 64, 16, 32, p); };
@@ -397,7 +388,7 @@ TEST(CtPack, HandWordsAndSignedCodeRelation) {
 
 TEST(CtPack, LayoutIsTransposedGptq) {
   for (int64_t bits : {2, 4, 8}) {
-    const QuantizedWeight q = make_q(bits, 32, 64, 32, true, static_cast<uint64_t>(bits));
+    const QuantizedWeight q = random_quantized_weight(bits, 32, 64, 32, true, static_cast<uint64_t>(bits));
     const GptqTensors g = pack_gptq(q, {});
     const CtPackedTensors c = pack_ct_packed(q, at::kHalf);
     EXPECT_TRUE(c.weight_packed.equal(g.qweight.t())) << bits;
@@ -413,7 +404,7 @@ TEST_P(CtPackRoundTrip, PackUnpackDequantize) {
   // Shapes: regular; `in` and `out` not multiples of the pack factor (⌈·/pf⌉ words, zero padding).
   const int64_t out = shape == 0 ? 64 : 13, in = shape == 0 ? 256 : (g == -1 ? 37 : g * 2 + 5);
   const uint64_t seed = static_cast<uint64_t>(bits * 100 + (g + 1) * 3 + sym + shape * 7);
-  const QuantizedWeight q = make_q(bits, out, in, g, sym, seed);
+  const QuantizedWeight q = random_quantized_weight(bits, out, in, g, sym, seed);
   const int64_t pf = 32 / bits, groups = q.scales.size(1);
   const at::Tensor gi = shape == 0 ? dynamic_gidx(in, g, seed) : at::Tensor();
   const CtPackedTensors t = pack_ct_packed(q, at::kBFloat16, gi);
@@ -449,14 +440,14 @@ INSTANTIATE_TEST_SUITE_P(CtPack, CtPackRoundTrip,
                                             ::testing::Bool(), ::testing::Values<int>(0, 1)));
 
 TEST(CtPack, RejectsMalformed) {
-  expect_error<UnsupportedError>([] { pack_ct_packed(make_q(3, 8, 32, -1, true, 1), at::kHalf); }, "bits");
-  expect_error<UnsupportedError>([] { pack_ct_packed(make_q(4, 8, 32, -1, true, 1), at::kInt); }, "weight_scale");
+  expect_error<UnsupportedError>([] { pack_ct_packed(random_quantized_weight(3, 8, 32, -1, true, 1), at::kHalf); }, "bits");
+  expect_error<UnsupportedError>([] { pack_ct_packed(random_quantized_weight(4, 8, 32, -1, true, 1), at::kInt); }, "weight_scale");
   {
-    QuantizedWeight q = make_q(4, 8, 32, -1, true, 1);
+    QuantizedWeight q = random_quantized_weight(4, 8, 32, -1, true, 1);
     q.zeros.index_put_({0, 0}, 3);
     expect_error<InternalError>([&] { pack_ct_packed(q, at::kHalf); }, "zeros");
   }
-  const QuantizedWeight q = make_q(4, 10, 20, 8, false, 2);  // G = 3, 3 words per row, 2 zero-point rows
+  const QuantizedWeight q = random_quantized_weight(4, 10, 20, 8, false, 2);  // G = 3, 3 words per row, 2 zero-point rows
   const CtPackedTensors good = pack_ct_packed(q, at::kHalf);
   const std::string p = "mlp.down_proj";
   auto unpack = [&](const CtPackedTensors& t) { unpack_ct_packed(t, 4, 8, p); };
@@ -502,7 +493,7 @@ TEST(CtPack, RejectsMalformed) {
 }
 
 TEST(CtPack, Int8RoundTripAndErrors) {
-  QuantizedWeight q = make_q(8, 6, 10, -1, true, 9);
+  QuantizedWeight q = random_quantized_weight(8, 6, 10, -1, true, 9);
   q.codes.index_put_({0, 0}, 0);
   q.codes.index_put_({0, 1}, 255);
   const CtIntTensors t = pack_ct_int8(q, at::kHalf);
@@ -520,9 +511,9 @@ TEST(CtPack, Int8RoundTripAndErrors) {
   EXPECT_TRUE(u.scales.equal(qh.scales));
   EXPECT_TRUE(dequantize_ct_int8(t).equal(qh.dequantize()));
 
-  expect_error<UnsupportedError>([] { pack_ct_int8(make_q(4, 6, 10, -1, true, 1), at::kHalf); }, "bits");
-  expect_error<UnsupportedError>([] { pack_ct_int8(make_q(8, 6, 10, 5, true, 1), at::kHalf); }, "group_size");
-  expect_error<UnsupportedError>([] { pack_ct_int8(make_q(8, 6, 10, -1, false, 1), at::kHalf); }, "zeros");
+  expect_error<UnsupportedError>([] { pack_ct_int8(random_quantized_weight(4, 6, 10, -1, true, 1), at::kHalf); }, "bits");
+  expect_error<UnsupportedError>([] { pack_ct_int8(random_quantized_weight(8, 6, 10, 5, true, 1), at::kHalf); }, "group_size");
+  expect_error<UnsupportedError>([] { pack_ct_int8(random_quantized_weight(8, 6, 10, -1, false, 1), at::kHalf); }, "zeros");
   {
     CtIntTensors b = t;
     b.weight = b.weight.to(at::kByte);

@@ -17,9 +17,12 @@
 #include "export/gptq_pack.h"
 #include "kernels/qlinear.h"
 #include "kernels/qlinear_cuda.h"
+#include "tests/unit/random_quantized.h"
 
 namespace lathe {
 namespace {
+
+using testing::random_quantized_weight;
 
 using kernels::Backend;
 using kernels::KernelError;
@@ -27,18 +30,6 @@ using kernels::QuantWeightView;
 using kernels::ScaleType;
 using kernels::WeightFormat;
 
-QuantizedWeight random_q(int64_t bits, int64_t out, int64_t in, int64_t g, bool sym, uint64_t seed) {
-  torch::manual_seed(seed);
-  const int64_t groups = g == -1 ? 1 : (in + g - 1) / g;
-  const int64_t maxq = (int64_t{1} << bits) - 1;
-  QuantizedWeight q;
-  q.spec = QuantSpec{bits, g, sym};
-  q.codes = torch::randint(0, maxq + 1, {out, in}, torch::kLong).to(torch::kByte);
-  q.scales = torch::rand({out, groups}) * 0.05f + 1e-3f;
-  q.zeros = sym ? torch::full({out, groups}, int64_t{1} << (bits - 1), torch::kInt)
-                : torch::randint(1, maxq + 1, {out, groups}, torch::kLong).to(torch::kInt);
-  return q;
-}
 
 // Act-order g_idx: column c belongs to group perm[c] / g.
 at::Tensor permuted_gidx(int64_t in, int64_t g, uint64_t seed) {
@@ -127,7 +118,7 @@ TEST(KernelDequantize, GptqMatchesExporterBitForBit) {
       for (bool sym : {true, false})
         for (bool act_order : {false, true}) {
           if (act_order && group == -1) continue;
-          const QuantizedWeight q = random_q(bits, 64, 128, group, sym, ++seed);
+          const QuantizedWeight q = random_quantized_weight(bits, 64, 128, group, sym, ++seed);
           const GptqTensors t = pack_gptq(q, act_order ? permuted_gidx(128, group, seed) : at::Tensor());
           const std::string what = "gptq b" + std::to_string(bits) + " g" + std::to_string(group) +
                                    (sym ? " sym" : " asym") + (act_order ? " act-order" : "");
@@ -145,7 +136,7 @@ TEST(KernelDequantize, CtPackedMatchesExporterBitForBit) {
             if (act_order && group == -1) continue;
             // in = 100 is not a multiple of the pack width (padding bits), out = 37 leaves the last
             // zero-point word partly used.
-            const QuantizedWeight q = random_q(bits, 37, 100, group, sym, ++seed);
+            const QuantizedWeight q = random_quantized_weight(bits, 37, 100, group, sym, ++seed);
             const CtPackedTensors t =
                 pack_ct_packed(q, st, act_order ? permuted_gidx(100, group, seed) : at::Tensor());
             const std::string what = "ct b" + std::to_string(bits) + " g" + std::to_string(group) +
@@ -157,7 +148,7 @@ TEST(KernelDequantize, CtPackedMatchesExporterBitForBit) {
 
 TEST(KernelDequantize, CtInt8MatchesExporterBitForBit) {
   for (at::ScalarType st : {at::kHalf, at::kBFloat16, at::kFloat}) {
-    const CtIntTensors t = pack_ct_int8(random_q(8, 24, 72, -1, true, 7), st);
+    const CtIntTensors t = pack_ct_int8(random_quantized_weight(8, 24, 72, -1, true, 7), st);
     expect_bitwise_equal(dequantize_view(int8_view(t)), dequantize_ct_int8(t), c10::toString(st));
   }
 }
@@ -165,7 +156,7 @@ TEST(KernelDequantize, CtInt8MatchesExporterBitForBit) {
 // --- the qlinear reference -------------------------------------------------------------------
 
 TEST(KernelQlinear, W8A8ReferenceIsTheEngineFakeQuantLinear) {
-  const CtIntTensors t = pack_ct_int8(random_q(8, 48, 160, -1, true, 3), at::kBFloat16);
+  const CtIntTensors t = pack_ct_int8(random_quantized_weight(8, 48, 160, -1, true, 3), at::kBFloat16);
   QuantWeightView w = int8_view(t);
   w.act_bits = 8;
   torch::manual_seed(4);
@@ -194,7 +185,7 @@ TEST(KernelQlinear, FastMatchesReference) {
     const at::Tensor x = torch::randn({m, 256});
     for (int64_t bits : {2, 3, 4, 8}) {
       for (bool act_order : {false, true}) {
-        const QuantizedWeight q = random_q(bits, 96, 256, 64, false, ++seed);
+        const QuantizedWeight q = random_quantized_weight(bits, 96, 256, 64, false, ++seed);
         const GptqTensors t = pack_gptq(q, act_order ? permuted_gidx(256, 64, seed) : at::Tensor());
         const QuantWeightView w = gptq_view(t, bits, 64);
         const double e = nmse_of(run_qlinear(Backend::kCpuFast, w, x), run_qlinear(Backend::kCpuRef, w, x));
@@ -202,13 +193,13 @@ TEST(KernelQlinear, FastMatchesReference) {
       }
     }
     for (int64_t bits : {2, 4, 8}) {
-      const QuantizedWeight q = random_q(bits, 40, 256, 128, bits != 4, ++seed);
+      const QuantizedWeight q = random_quantized_weight(bits, 40, 256, 128, bits != 4, ++seed);
       const CtPackedTensors t = pack_ct_packed(q, at::kBFloat16);
       const QuantWeightView w = ct_view(t, bits, 128);
       EXPECT_LT(nmse_of(run_qlinear(Backend::kCpuFast, w, x), run_qlinear(Backend::kCpuRef, w, x)), 1e-9)
           << "ct b" << bits << " m=" << m;
     }
-    const CtIntTensors t = pack_ct_int8(random_q(8, 40, 256, -1, true, ++seed), at::kHalf);
+    const CtIntTensors t = pack_ct_int8(random_quantized_weight(8, 40, 256, -1, true, ++seed), at::kHalf);
     QuantWeightView w = int8_view(t);
     for (int64_t act : {0, 8}) {
       w.act_bits = act;
@@ -231,7 +222,7 @@ void expect_kernel_error(F&& f, const std::string& needle) {
 }
 
 TEST(KernelCheckView, RejectsBadViewsNamingTheProblem) {
-  const QuantizedWeight q = random_q(4, 32, 64, 32, true, 9);
+  const QuantizedWeight q = random_quantized_weight(4, 32, 64, 32, true, 9);
   const GptqTensors t = pack_gptq(q, {});
   const QuantWeightView good = gptq_view(t, 4, 32);
   EXPECT_NO_THROW(kernels::check_view(good));
@@ -258,11 +249,11 @@ TEST(KernelCheckView, RejectsBadViewsNamingTheProblem) {
   w = good;
   w.g_idx = bad_gidx.data();
   expect_kernel_error([&] { kernels::check_view(w); }, "g_idx[7]");
-  const CtIntTensors ti = pack_ct_int8(random_q(8, 8, 16, -1, true, 1), at::kHalf);
+  const CtIntTensors ti = pack_ct_int8(random_quantized_weight(8, 8, 16, -1, true, 1), at::kHalf);
   QuantWeightView wi = int8_view(ti);
   wi.group_size = 8;  // int-quantized is per channel
   expect_kernel_error([&] { kernels::check_view(wi); }, "per channel");
-  QuantWeightView ct = ct_view(pack_ct_packed(random_q(4, 8, 16, -1, true, 1), at::kHalf), 4, -1);
+  QuantWeightView ct = ct_view(pack_ct_packed(random_quantized_weight(4, 8, 16, -1, true, 1), at::kHalf), 4, -1);
   ct.bits = 3;
   expect_kernel_error([&] { kernels::check_view(ct); }, "bits 3");
   // qlinear checks before it computes.
@@ -282,7 +273,7 @@ TEST(KernelBackends, CudaListedExactlyWhenAvailable) {
   EXPECT_STREQ(kernels::backend_name(Backend::kCpuFast), "cpu-fast");
   EXPECT_STREQ(kernels::format_name(WeightFormat::kCtPacked), "ct-packed");
 #ifndef LATHE_HAVE_CUDA
-  const QuantizedWeight q = random_q(4, 8, 8, -1, true, 2);
+  const QuantizedWeight q = random_quantized_weight(4, 8, 8, -1, true, 2);
   const GptqTensors t = pack_gptq(q, {});
   float x[8] = {0}, y[8];
   expect_kernel_error([&] { kernels::qlinear(Backend::kCuda, gptq_view(t, 4, -1), x, 1, y); }, "no CUDA");
