@@ -52,7 +52,8 @@ bool ExportLinear::permuted_groups() const {
   return !at::equal(g_idx.to(at::kLong), contiguous);
 }
 
-ExportSource::ExportSource(const fs::path& out_dir) : out_dir_(out_dir), model_dir_(out_dir / "model") {
+ExportSource::ExportSource(const fs::path& out_dir, const ExportSourceOptions& options)
+    : out_dir_(out_dir), model_dir_(out_dir / "model") {
   const fs::path manifest = out_dir / "lathe_manifest.json";
   if (!fs::exists(manifest) || !fs::is_directory(model_dir_)) {
     throw ConfigError(out_dir.string(), "", "not a lathe output directory (expected lathe_manifest.json and model/)");
@@ -61,15 +62,38 @@ ExportSource::ExportSource(const fs::path& out_dir) : out_dir_(out_dir), model_d
   if (m.is_object() && m.contains("pipeline") && m["pipeline"].is_string()) pipeline_ = m["pipeline"].get<std::string>();
   const fs::path config = model_dir_ / "config.json";
   config_ = parse_json_strict(read_file(config.string()), config.string(), "");
-  spec_ = load_model_spec(model_dir_);
+  model_spec_ = load_model_spec(model_dir_);
+  spec_ = model_spec_;
+  padding_ = plan_expert_padding(model_spec_, options.pad_experts, options.target, out_dir.string());
+  if (!padding_.empty()) {
+    int64_t most = 0;
+    for (const auto& l : spec_.layers) most = std::max(most, l.num_experts);
+    for (auto& l : spec_.layers) {
+      if (l.is_moe) l.num_experts = most;
+    }
+    for (const char* k : {"num_local_experts", "num_experts", "n_routed_experts"}) {
+      if (config_.contains(k) && config_[k].is_number_integer()) config_[k] = most;
+    }
+    config_.erase("num_experts_per_layer");
+    // A group of dummies around one real expert would hide it (FORMATS.md §6).
+    const RoutingRule& r = model_spec_.routing;
+    if (r.num_groups > 1 && r.topk_groups < r.num_groups) {
+      warnings_.push_back(fmt::format("padding turned group-limited routing off (n_group {}, topk_group {} → 1, 1): "
+                                      "the export routes differently from OUT",
+                                      r.num_groups, r.topk_groups));
+    }
+    spec_.routing.num_groups = spec_.routing.topk_groups = 1;
+    if (config_.contains("n_group")) config_["n_group"] = 1;
+    if (config_.contains("topk_group")) config_["topk_group"] = 1;
+  }
   store_ = std::make_unique<WeightStore>(model_dir_.string());
   quant_ = open_quant_sidecar(out_dir.string());
-  if (!quant_) {
+  if (!quant_ && options.require_quant) {
     throw ConfigError(out_dir.string(), "quant",
                       "no quantized tensors (quant/ is missing): the packed exports need a quantizing pass (rtn, gptq)");
   }
-  layout_ = detect_expert_layout(spec_, [this](const std::string& n) { return store_->contains(n); });
-  for (const auto& t : expected_tensors(spec_, layout_)) {
+  layout_ = detect_expert_layout(model_spec_, [this](const std::string& n) { return store_->contains(n); });
+  for (const auto& t : expected_tensors(model_spec_, layout_)) {
     if (t.role == TensorRole::kEmbed) model_dtype_ = to_scalar_type(store_->info(t.name).dtype);
   }
 }
@@ -81,9 +105,11 @@ ExportLayer ExportSource::layer(int64_t i) const {
   // Per-expert names of this layer, for splitting fused tensors.
   std::map<std::pair<TensorRole, int64_t>, std::string> per_expert;
   if (layout_ == ExpertLayout::kFused) {
-    for (const auto& t : expected_layer_tensors(spec_, ExpertLayout::kPerExpert, i)) per_expert[{t.role, t.expert}] = t.name;
+    for (const auto& t : expected_layer_tensors(model_spec_, ExpertLayout::kPerExpert, i)) {
+      per_expert[{t.role, t.expert}] = t.name;
+    }
   }
-  for (const auto& t : expected_layer_tensors(spec_, layout_, i)) {
+  for (const auto& t : expected_layer_tensors(model_spec_, layout_, i)) {
     require_tensor(*store_, t.name, t.shape);
     const at::Tensor value = load_tensor(*store_, t.name);
     if (!is_quantizable(t.role) && !is_router(t.role)) {
@@ -91,7 +117,7 @@ ExportLayer ExportSource::layer(int64_t i) const {
       continue;
     }
     const bool fused = t.role == TensorRole::kExpertsGateUp || t.role == TensorRole::kExpertsDown;
-    const bool quantized = quant_->has(t.name);
+    const bool quantized = quant_ && quant_->has(t.name);
     const QuantRecord rec = quantized ? quant_->record(t.name) : QuantRecord{};
     if (!fused) {
       ExportLinear l;
@@ -136,12 +162,64 @@ ExportLayer ExportSource::layer(int64_t i) const {
       }
     }
   }
+  if (padding_.count(i)) pad_layer(i, &out);
   return out;
+}
+
+namespace {
+
+/// A dummy expert's linear shaped like `like` (a real expert's, same role): zero weight; when
+/// `like` is quantized, the same setting and g_idx with every code at the zero point and unit
+/// scales, so it dequantizes to exact zeros and packs like its layer's real experts.
+ExportLinear dummy_like(const ExportLinear& like, const std::string& module) {
+  ExportLinear d;
+  d.module = module;
+  d.role = like.role;
+  d.weight = at::zeros(like.weight.sizes(), like.weight.options());
+  d.quantized = like.quantized;
+  d.act_bits = like.act_bits;
+  if (like.quantized) {
+    const int64_t zero = int64_t{1} << (like.q.spec.bits - 1);
+    d.q.spec = like.q.spec;
+    d.q.codes = at::full(like.q.codes.sizes(), zero, like.q.codes.options());
+    d.q.scales = at::ones(like.q.scales.sizes(), like.q.scales.options());
+    d.q.zeros = at::full(like.q.zeros.sizes(), zero, like.q.zeros.options());
+    d.g_idx = like.g_idx.clone();
+  }
+  return d;
+}
+
+}  // namespace
+
+void ExportSource::pad_layer(int64_t i, ExportLayer* layer) const {
+  const int64_t real = model_spec_.layers[i].num_experts, dummies = padding_.at(i);
+  std::map<TensorRole, const ExportLinear*> like;  // the first (real) expert's linear per role
+  for (const ExportLinear& l : layer->linears) {
+    if (!like.count(l.role)) like[l.role] = &l;
+  }
+  std::vector<ExportLinear> added;
+  for (const auto& t : expected_layer_tensors(spec_, ExpertLayout::kPerExpert, i)) {
+    if (t.expert < real) continue;
+    auto it = like.find(t.role);
+    if (it == like.end()) throw InternalError(t.name, "", "no real expert to shape a dummy expert after");
+    added.push_back(dummy_like(*it->second, module_of(t.name)));
+  }
+  for (ExportLinear& l : layer->linears) {
+    if (l.role != TensorRole::kRouter) continue;
+    const at::Tensor rows = at::zeros({dummies, l.weight.size(1)}, l.weight.options());
+    l.weight = at::cat({l.weight, rows}, 0);
+  }
+  for (auto& l : added) layer->linears.push_back(std::move(l));
+  static const std::string bias = "e_score_correction_bias";
+  for (auto& [name, value] : layer->others) {
+    if (name.size() < bias.size() || name.compare(name.size() - bias.size(), bias.size(), bias) != 0) continue;
+    value = at::cat({value, at::full({dummies}, -1e4, value.options())}, 0);
+  }
 }
 
 std::vector<std::pair<std::string, at::Tensor>> ExportSource::head_tensors() const {
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& t : expected_tensors(spec_, layout_)) {
+  for (const auto& t : expected_tensors(model_spec_, layout_)) {
     if (t.layer >= 0) continue;
     require_tensor(*store_, t.name, t.shape);
     out.emplace_back(t.name, load_tensor(*store_, t.name));
@@ -151,11 +229,11 @@ std::vector<std::pair<std::string, at::Tensor>> ExportSource::head_tensors() con
 
 void ExportSource::release_layer(int64_t i) const {
   std::vector<std::string> names;
-  for (const auto& t : expected_layer_tensors(spec_, layout_, i)) {
+  for (const auto& t : expected_layer_tensors(model_spec_, layout_, i)) {
     if (store_->contains(t.name)) store_->release(t.name);
     names.push_back(t.name);
   }
-  quant_->release(names);
+  if (quant_) quant_->release(names);
 }
 
 std::vector<std::string> ExportSource::all_linear_modules() const {

@@ -54,39 +54,62 @@ struct ExportLayer {
   std::vector<std::pair<std::string, at::Tensor>> others;  ///< norms, biases, router biases: copied as they are
 };
 
+struct ExportSourceOptions {
+  bool require_quant = true;  ///< refuse an output directory without quant/ (the packed exports)
+  bool pad_experts = false;   ///< pad non-uniform expert counts (plan_expert_padding)
+  std::string target = "the export";  ///< named in the refusal of non-uniform counts
+};
+
 /// A lathe output directory opened for export. Holds the memory-mapped model and the sidecar.
+/// With padding (FORMATS.md §6), the export's view has the largest expert count in every MoE layer:
+/// dummy experts (zero weights; quantized as zero codes with the layer's expert setting when the
+/// real experts are quantized) after the real ones, zero router rows, correction bias −1e4.
 class ExportSource {
  public:
   /// Opens `out_dir`. ConfigError when it is not a lathe output directory (no lathe_manifest.json
-  /// or model/), or has no quant/ (nothing quantized: "run a quantizing pass first"); otherwise
-  /// throws like WeightStore / QuantSidecar.
-  explicit ExportSource(const std::filesystem::path& out_dir);
+  /// or model/), has no quant/ while `require_quant` (nothing quantized: "run a quantizing pass
+  /// first"), or has expert counts that differ between layers and cannot be padded
+  /// (plan_expert_padding); otherwise throws like WeightStore / QuantSidecar.
+  explicit ExportSource(const std::filesystem::path& out_dir, const ExportSourceOptions& options = {});
   ~ExportSource();
 
   const std::filesystem::path& out_dir() const { return out_dir_; }
   const std::filesystem::path& model_dir() const { return model_dir_; }
+  /// The exported model's spec: padded counts, no groups when padded.
   const ModelSpec& spec() const { return spec_; }
-  /// out/model/config.json.
+  /// The exported model's config.json: out/model/config.json, with padding applied (global count =
+  /// the maximum, no num_experts_per_layer, n_group = topk_group = 1).
   const nlohmann::json& config() const { return config_; }
+  /// Dummy experts appended per MoE layer (empty without padding).
+  const std::map<int64_t, int64_t>& padding() const { return padding_; }
+  /// Warnings for the user (e.g. group-limited routing turned off by padding).
+  const std::vector<std::string>& warnings() const { return warnings_; }
   /// The manifest's pipeline string ("" when absent).
   const std::string& pipeline() const { return pipeline_; }
   /// The model dtype (dtype of the embedding table): compressed-tensors scales are stored in it.
   at::ScalarType model_dtype() const { return model_dtype_; }
   ExpertLayout layout() const { return layout_; }
 
-  /// Decoder layer `i`, per-expert layout; the tensors view the mapped files.
+  /// Decoder layer `i`, per-expert layout, padded; the tensors view the mapped files (the dummy
+  /// experts and padded router tensors are new tensors).
   ExportLayer layer(int64_t i) const;
   /// Embedding, final norm and LM head (when untied).
   std::vector<std::pair<std::string, at::Tensor>> head_tensors() const;
   /// Drops the resident pages of layer i (call when its shard is written).
   void release_layer(int64_t i) const;
-  /// Every quantizable linear's module name, routers included, in model order (for name regexes).
+  /// Every quantizable linear's module name of the exported (padded) model, routers included, in
+  /// model order (for name regexes).
   std::vector<std::string> all_linear_modules() const;
 
  private:
+  void pad_layer(int64_t i, ExportLayer* layer) const;
+
   std::filesystem::path out_dir_, model_dir_;
-  ModelSpec spec_;
+  ModelSpec model_spec_;  ///< OUT/model as stored (names to read)
+  ModelSpec spec_;        ///< the export (padded)
   nlohmann::json config_;
+  std::map<int64_t, int64_t> padding_;
+  std::vector<std::string> warnings_;
   std::string pipeline_;
   std::unique_ptr<WeightStore> store_;
   std::shared_ptr<const QuantSidecar> quant_;
@@ -145,8 +168,9 @@ uint64_t write_export_shards(const ExportSource& src, const std::filesystem::pat
                              const std::map<std::string, std::string>& metadata,
                              const std::function<void(int64_t, ShardTensors*)>& write_layer);
 
-/// The writers behind export_quantized (gptq_export.cpp, ct_export.cpp): fill `dir` (shards, index,
-/// config.json, side files) and add counts and log lines to `result`.
+/// The writers behind export_checkpoint (hf_export.cpp, gptq_export.cpp, ct_export.cpp): fill `dir`
+/// (shards, index, config.json, side files) and add counts and log lines to `result`.
+void write_hf_files(const ExportSource& src, const std::filesystem::path& dir, ExportResult* result);
 void write_gptq_files(const ExportSource& src, const std::filesystem::path& dir, ExportResult* result);
 void write_ct_files(const ExportSource& src, const std::filesystem::path& dir, ExportResult* result);
 

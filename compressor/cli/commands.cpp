@@ -15,6 +15,7 @@ void register_commands(CLI::App& app) {
   add_pipeline_commands(app);
   add_export_command(app);
   add_verify_command(app);
+  add_route_command(app);
 }
 
 }  // namespace lathe::cli

@@ -45,6 +45,10 @@ void add_export_command(CLI::App& app);
 /// `lathe verify DIR [--backend ...] [--json FILE]` (verify_command.cpp).
 void add_verify_command(CLI::App& app);
 
+/// `lathe route MODEL --bank BANK (--prompt TEXT | --prompts FILE) [--out DIR]` (route_command.cpp;
+/// docs/tcess.md).
+void add_route_command(CLI::App& app);
+
 /// `lathe passes` and `lathe apply MODEL --plan PLAN --out DIR` (pipeline_commands.cpp).
 void add_pipeline_commands(CLI::App& app);
 

@@ -13,6 +13,7 @@
 #include "compressor/cli/commands.h"
 #include "compressor/common/errors.h"
 #include "compressor/passes/pass.h"
+#include "compressor/passes/pattern_bank.h"
 #include "compressor/passes/plan.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/pipeline/apply.h"
@@ -159,6 +160,7 @@ void add_pipeline_commands(CLI::App& app) {
     if (stats.empty()) stats = std::filesystem::path(run_args->plan_out).replace_extension(".stats.h5").string();
     const CompressionPlan p = plan_recipe(recipe, stats, run_args->options);
     write_file_atomically(run_args->plan_out, p.to_json().dump(2) + "\n");
+    write_plan_pattern_bank(p, std::filesystem::path(run_args->plan_out).replace_extension(".pattern_bank.json").string());
     std::cout << describe_plan(recipe.model, p);
   });
 }

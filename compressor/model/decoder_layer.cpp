@@ -161,8 +161,12 @@ void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Ten
   const int64_t k = spec_.layers[weights_.layer].top_k;
   const at::Tensor logits = at::linear(x.to(at::kFloat), weights_.router.to(at::kFloat));
   report(ctx, Tap::kRouterLogits, logits);
+  const ExpertGate* gate = ctx.expert_gates && weights_.layer < static_cast<int64_t>(ctx.expert_gates->size())
+                               ? &(*ctx.expert_gates)[weights_.layer]
+                               : nullptr;
+  const at::Tensor log_gate = gate && gate->log_gate.defined() ? gate->log_gate.to(at::kFloat) : at::Tensor();
   if (r.scoring == ScoringFunc::kSoftmax) {
-    at::Tensor probs = logits.softmax(-1);
+    at::Tensor probs = (log_gate.defined() ? logits + log_gate : logits).softmax(-1);
     if (r.num_groups > 1) {  // DeepSeek-V2 group_limited_greedy: groups scored by their best expert
       const int64_t n = probs.size(0), e = probs.size(1);
       const at::Tensor group_best = std::get<0>(probs.view({n, r.num_groups, e / r.num_groups}).max(-1));
@@ -173,11 +177,14 @@ void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Ten
     report(ctx, Tap::kRouterTopK, *experts);
     if (r.renormalize) *weights = *weights / weights->sum(-1, true);
     *weights = *weights * r.scaling_factor;
+    if (log_gate.defined()) *weights = *weights * log_gate.exp().index({*experts});
     return;
   }
   // Sigmoid (DeepSeek-V3): select on score + bias within the best groups, weight by the raw score.
+  // Gated (DiEP/NAEE): log g joins the selection score; g multiplies the final combine weight.
   const at::Tensor scores = logits.sigmoid();
   at::Tensor choice = weights_.router_bias.defined() ? scores + weights_.router_bias.to(at::kFloat) : scores;
+  if (log_gate.defined()) choice = choice + log_gate;
   if (r.num_groups > 1) {
     const int64_t n = choice.size(0), e = choice.size(1);
     const at::Tensor group_score = std::get<0>(choice.view({n, r.num_groups, e / r.num_groups}).topk(2, -1)).sum(-1);
@@ -190,6 +197,21 @@ void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Ten
   *weights = scores.gather(1, *experts);
   if (r.renormalize) *weights = *weights / (weights->sum(-1, true) + 1e-20);
   *weights = *weights * r.scaling_factor;
+  if (log_gate.defined()) *weights = *weights * log_gate.exp().index({*experts});
+}
+
+at::Tensor DecoderLayer::routing_weights(const at::Tensor& x, const ForwardContext& ctx) const {
+  at::Tensor w, ids;
+  route(x, ctx, &w, &ids);
+  const int64_t e = static_cast<int64_t>(weights_.experts.size());
+  return at::zeros({x.size(0), e}, w.options()).scatter(1, ids, w);
+}
+
+at::Tensor DecoderLayer::expert_forward(int64_t e, const at::Tensor& x) const {
+  const auto& ex = weights_.experts.at(static_cast<size_t>(e));
+  const at::Tensor xq = aq(x);
+  const at::Tensor act = at::silu(at::linear(xq, ex.gate.to(x.scalar_type()))) * at::linear(xq, ex.up.to(x.scalar_type()));
+  return at::linear(aq(act), ex.down.to(x.scalar_type()));
 }
 
 at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) const {
@@ -212,6 +234,10 @@ at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) co
     const at::Tensor w = topk_weights.index({tokens, slots}).unsqueeze(1).to(x.scalar_type());
     out.index_add_(0, tokens, at::linear(aq(act), experts[e].down.to(x.scalar_type())) * w);
   }
+  const ExpertGate* gate = ctx.expert_gates && weights_.layer < static_cast<int64_t>(ctx.expert_gates->size())
+                               ? &(*ctx.expert_gates)[weights_.layer]
+                               : nullptr;
+  if (gate && gate->routed_scale.defined()) out = out * gate->routed_scale.to(out.scalar_type());
   const LayerWeights& w = weights_;
   if (w.shared_gate.weight.defined()) {
     const at::Tensor xq = aq(x);

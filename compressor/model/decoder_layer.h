@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "compressor/model/layer_weights.h"
 #include "compressor/model/model_spec.h"
@@ -13,12 +14,25 @@
 namespace lathe {
 
 /// What a layer needs besides its weights, shared by all layers of one forward.
+/// Relaxed expert pruning (DiEP, NAEE; ALGORITHMS.md §3, §7; docs/diep.md) of one MoE layer:
+/// `log_gate` [E] fp32 is added to the routing (softmax routers: to the logits, for selection and
+/// combine; sigmoid routers: to the selection score), and g = exp(log_gate) multiplies each selected
+/// expert's final combine weight; so −inf removes an expert exactly as surgery does and 0 changes
+/// nothing. `routed_scale` (a scalar, β) multiplies the routed experts' sum (shared experts
+/// untouched). Undefined tensors: no change. Both may require grad.
+struct ExpertGate {
+  at::Tensor log_gate;
+  at::Tensor routed_scale;
+};
+
 struct ForwardContext {
   at::Tensor valid;         ///< [B, T] bool: real tokens (false = padding)
   at::Tensor attn_mask;     ///< [B, 1, T, T] bool: causal ∧ valid keys (see make_attention_mask)
   RotaryTables rope;        ///< tables for the attention kind's rotary dims
   TapObserver* observer = nullptr;
   int64_t sequence_begin = 0;  ///< first sequence of this batch in the whole run (TapEvent)
+  /// Indexed by decoder layer (null, or shorter than the model: no gates). Not owned.
+  const std::vector<ExpertGate>* expert_gates = nullptr;
 };
 
 /// Symmetric per-token (last dim) fake quantization of activations (ALGORITHMS.md §2.2): scale_t =
@@ -47,6 +61,13 @@ class DecoderLayer {
   /// (after post_attention_layernorm), [B, T, d] or [N, d]; the residual is not added. Reports the
   /// block's taps like forward.
   at::Tensor mlp(const at::Tensor& mlp_in, const ForwardContext& ctx) const;
+
+  /// MoE layers: every routed expert's combine weight per token, [N, E] fp32 (0 where the router
+  /// does not select it), exactly as the MoE block weights its experts (ctx.expert_gates applied;
+  /// β not included). x: [N, d].
+  at::Tensor routing_weights(const at::Tensor& x, const ForwardContext& ctx) const;
+  /// MoE layers: routed expert e's FFN on every row of x [N, d], unweighted, in x's dtype.
+  at::Tensor expert_forward(int64_t e, const at::Tensor& x) const;
 
   const LayerWeights& weights() const { return weights_; }
 

@@ -23,6 +23,9 @@ std::unique_ptr<Pass> make_experts_frequency_pass(const PassInstance& instance);
 std::unique_ptr<Pass> make_experts_mass_pass(const PassInstance& instance);
 std::unique_ptr<Pass> make_experts_router_norm_pass(const PassInstance& instance);
 std::unique_ptr<Pass> make_experts_random_pass(const PassInstance& instance);
+std::unique_ptr<Pass> make_experts_naee_pass(const PassInstance& instance);  // naee.cpp
+std::unique_ptr<Pass> make_diep_pass(const PassInstance& instance);          // diep.cpp (ALGORITHMS.md §3)
+std::unique_ptr<Pass> make_tcess_pass(const PassInstance& instance);  // tcess.cpp (ALGORITHMS.md §4)
 
 /// GPTQ of every tensor of the layer whose plan entry has method "gptq" (gptq_pass.cpp), with the
 /// entry's bits / group / sym / act_order / mse / damp / act_bits: true-sequential sub-groups

@@ -20,6 +20,17 @@ namespace lathe {
 class WeightStore;
 class StatsStore;
 class TapObserver;
+class CausalLM;
+struct CalibrationSet;
+struct StreamingOptions;
+
+/// What a pass with decide_needs_model() gets: the opened model (layer-streaming; working dtype and
+/// device as the recipe says) and the calibration set, already tokenized.
+struct DecideModel {
+  const CausalLM& model;
+  const CalibrationSet& calibration;
+  const StreamingOptions& streaming;
+};
 
 struct DecideContext {
   const ModelSpec& spec;
@@ -31,6 +42,8 @@ struct DecideContext {
   /// upstream_weight_fingerprints of the input, per decoder layer: what statistics are checked
   /// against (computed once, with the plan's weights fingerprint, from one read of the weights).
   const std::vector<std::string>& upstream_weights;
+  /// Set only when some pass has decide_needs_model() (null otherwise).
+  const DecideModel* model = nullptr;
 };
 
 /// One tensor of the layer being applied.

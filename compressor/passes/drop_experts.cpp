@@ -97,6 +97,15 @@ class DropExpertsPass : public Pass {
 }  // namespace
 
 void apply_expert_surgery(LayerApplyContext& ctx) {
+  // β of DiEP folded into every kept routed expert's down_proj (plan.expert_scale; exact).
+  auto scale = ctx.plan.expert_scale.find(ctx.layer);
+  if (scale != ctx.plan.expert_scale.end() && scale->second != 1.0) {
+    for (LayerTensor& t : ctx.tensors) {
+      if (t.role == TensorRole::kExpertDown || t.role == TensorRole::kExpertsDown) {
+        t.value = t.value.to(at::kFloat) * scale->second;
+      }
+    }
+  }
   auto it = ctx.plan.experts.find(ctx.layer);
   if (it == ctx.plan.experts.end()) return;
   const std::vector<int64_t>& keep = it->second;

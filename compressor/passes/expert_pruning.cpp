@@ -16,6 +16,7 @@
 #include "compressor/model/weight_store.h"
 #include "compressor/passes/builtin.h"
 #include "compressor/passes/context.h"
+#include "compressor/passes/expert_selection.h"
 
 namespace lathe {
 namespace {
@@ -30,14 +31,6 @@ struct LayerScores {
   std::vector<double> score;  ///< per original expert id
   double scale = 1;
 };
-
-/// Expert ids ordered best first: higher score, ties → lower id.
-std::vector<int64_t> ranking(const std::vector<double>& score) {
-  std::vector<int64_t> ids(score.size());
-  std::iota(ids.begin(), ids.end(), 0);
-  std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
-  return ids;
-}
 
 /// The sum over calibration tasks of statistic `kind` of `layer` ([E] f64) and the tokens behind it.
 /// Weights are checked against `upstream` (the weights the statistic depends on); calibration and
@@ -82,8 +75,16 @@ class ExpertScorePass : public Pass {
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
     const std::vector<LayerScores> layers = scores(ctx);
     const std::vector<int64_t> keep = targets(ctx.spec);
-    std::vector<std::vector<int64_t>> kept = options_.get_string("mode") == "global" ? select_global(layers, keep)
-                                                                                     : select_uniform(layers, keep);
+    std::vector<std::vector<double>> score;
+    std::vector<double> scale;
+    for (const LayerScores& l : layers) {
+      score.push_back(l.score);
+      scale.push_back(l.scale);
+    }
+    std::vector<std::vector<int64_t>> kept =
+        options_.get_string("mode") == "global"
+            ? select_global(score, scale, std::vector<int64_t>(keep.begin(), keep.end() - 1), keep.back())
+            : select_uniform(score, keep);
     for (size_t i = 0; i < layers.size(); ++i) {
       std::sort(kept[i].begin(), kept[i].end());
       const LayerScores& l = layers[i];
@@ -144,43 +145,6 @@ class ExpertScorePass : public Pass {
       out.push_back(total);
     }
     return out;
-  }
-
-  static std::vector<std::vector<int64_t>> select_uniform(const std::vector<LayerScores>& layers,
-                                                          const std::vector<int64_t>& keep) {
-    std::vector<std::vector<int64_t>> kept;
-    for (size_t i = 0; i < layers.size(); ++i) {
-      std::vector<int64_t> order = ranking(layers[i].score);
-      order.resize(keep[i]);
-      kept.push_back(order);
-    }
-    return kept;
-  }
-
-  /// Each layer's floor first (its best experts), then the remaining slots to the best normalised
-  /// scores over every layer (ties → lower layer, then lower id).
-  static std::vector<std::vector<int64_t>> select_global(const std::vector<LayerScores>& layers,
-                                                         const std::vector<int64_t>& targets) {
-    struct Candidate {
-      double score;
-      size_t layer;
-      int64_t expert;
-    };
-    std::vector<std::vector<int64_t>> kept;
-    std::vector<Candidate> rest;
-    int64_t used = 0;
-    for (size_t i = 0; i < layers.size(); ++i) {
-      const std::vector<int64_t> order = ranking(layers[i].score);
-      kept.emplace_back(order.begin(), order.begin() + targets[i]);
-      used += targets[i];
-      for (size_t r = targets[i]; r < order.size(); ++r) {
-        rest.push_back({layers[i].score[order[r]] * layers[i].scale, i, order[r]});
-      }
-    }
-    std::stable_sort(rest.begin(), rest.end(), [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
-    const int64_t extra = targets.back() - used;
-    for (int64_t j = 0; j < extra && j < static_cast<int64_t>(rest.size()); ++j) kept[rest[j].layer].push_back(rest[j].expert);
-    return kept;
   }
 
   std::vector<LayerScores> scores(const DecideContext& ctx) const {

@@ -58,6 +58,9 @@ class Pass {
   virtual void apply(LayerApplyContext& ctx) const;
   /// True when apply needs the layer's calibration inputs (GPTQ); the runner then streams activations.
   virtual bool needs_activations() const { return false; }
+  /// True when decide runs the model itself on calibration data (naee, diep): run_decide then opens
+  /// the model and builds the calibration set for it (DecideContext::model).
+  virtual bool decide_needs_model() const { return false; }
 };
 
 /// Every pass, in the order `lathe passes` prints them.

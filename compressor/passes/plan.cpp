@@ -1,6 +1,7 @@
 #include "compressor/passes/plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -39,6 +40,12 @@ nlohmann::json CompressionPlan::to_json() const {
     for (const auto& [layer, v] : expert_scores) scores[std::to_string(layer)] = v;
     doc["expert_scores"] = scores;
   }
+  if (!expert_scale.empty()) {
+    nlohmann::json scale = nlohmann::json::object();
+    for (const auto& [layer, v] : expert_scale) scale[std::to_string(layer)] = v;
+    doc["expert_scale"] = scale;
+  }
+  if (!diagnostics.empty()) doc["diagnostics"] = diagnostics;
   if (smoothing) {
     doc["smoothing"] = {{"alpha", smoothing->alpha},
                         {"adaptive", smoothing->adaptive},
@@ -123,7 +130,7 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
   if (version != 1) throw UnsupportedError(where, "version", fmt::format("plan version {} (this lathe reads 1)", version));
   static const std::vector<std::string> known = {"format", "version", "pipeline", "model", "weights_fingerprint",
                                                  "experts", "tensors", "decided_by", "smoothing",
-                                                 "expert_scores"};
+                                                 "expert_scores", "expert_scale", "diagnostics"};
   for (const auto& [k, v] : doc.items()) {
     if (std::find(known.begin(), known.end(), k) == known.end()) throw DataError(where, k, "unknown key");
   }
@@ -182,6 +189,22 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
   }
   plan.expert_scores = layer_lists<double>(doc, "expert_scores", where, "scores", "numbers", "numbers",
                                            [](const nlohmann::json& x) { return x.is_number(); });
+  if (doc.contains("expert_scale")) {
+    const auto& e = doc["expert_scale"];
+    if (!e.is_object()) throw DataError(where, "expert_scale", "expected an object {layer: factor}");
+    for (const auto& [layer, v] : e.items()) {
+      const std::string field = "expert_scale." + layer;
+      if (layer.empty() || layer.find_first_not_of("0123456789") != std::string::npos || layer.size() > 9) {
+        throw DataError(where, field, "expected a decoder layer index as the key");
+      }
+      if (!v.is_number() || !std::isfinite(v.get<double>())) throw DataError(where, field, "expected a finite number");
+      plan.expert_scale[std::stoll(layer)] = v.get<double>();
+    }
+  }
+  if (doc.contains("diagnostics")) {
+    if (!doc["diagnostics"].is_object()) throw DataError(where, "diagnostics", "expected an object {pass: {...}}");
+    for (const auto& [k, v] : doc["diagnostics"].items()) plan.diagnostics[k] = v;
+  }
   if (doc.contains("smoothing")) plan.smoothing = smoothing_from_json(doc["smoothing"], where);
   if (doc.contains("decided_by")) {
     if (!doc["decided_by"].is_object()) throw DataError(where, "decided_by", "expected an object");
@@ -220,6 +243,11 @@ void CompressionPlan::validate(const ModelSpec& spec, const std::vector<std::str
     if (static_cast<int64_t>(scores.size()) != spec.layers[layer].num_experts) {
       throw DataError(where, field, fmt::format("{} scores for {} experts", scores.size(), spec.layers[layer].num_experts));
     }
+  }
+  for (const auto& [layer, factor] : expert_scale) {
+    const std::string field = "expert_scale." + std::to_string(layer);
+    if (layer < 0 || layer >= spec.num_layers || !spec.layers[layer].is_moe) throw DataError(where, field, "not an MoE layer");
+    if (!std::isfinite(factor)) throw DataError(where, field, "expected a finite number");
   }
   for (const auto& [name, p] : tensors) {
     const std::string field = "tensors." + name;

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
+#include <nlohmann/json.hpp>
 
 namespace lathe {
 
@@ -59,6 +59,12 @@ class CompressionPlan {
   /// per ORIGINAL expert id, unnormalised (counts, masses, norms or random draws). Informational:
   /// apply ignores it. Absent: no scoring pass ran.
   std::map<int64_t, std::vector<double>> expert_scores;
+  /// Per MoE layer, a factor the apply stage multiplies the KEPT routed experts' down_proj by (DiEP's
+  /// β folded in, ALGORITHMS.md §3; exact, since the routed sum is linear in down_proj). Absent: 1.
+  std::map<int64_t, double> expert_scale;
+  /// What a trained or searched decision recorded for the report (DiEP: loss curve, mean gate,
+  /// gates and β per layer; NAEE: loss per kept set). Pass name → free-form JSON; apply ignores it.
+  std::map<std::string, nlohmann::json> diagnostics;
   /// Which pass decided what, for the report ("experts" → "drop-experts").
   std::map<std::string, std::string> decided_by;
 

@@ -120,6 +120,48 @@ const std::vector<PassInfo>& pass_registry() {
                    {},
                    false,
                    make_experts_random_pass});
+      p.push_back({"experts-naee",
+                   "prune routed experts by enumerating keep sets and keeping the one that best reconstructs each MoE "
+                   "block's output on calibration data (small expert counts only; needs calibration data)",
+                   selection({option("max-subsets", OptionType::kInt, "10000",
+                                     "refuse a layer that would need more keep sets than this (use diep instead)", 1,
+                                     1e9)}),
+                   {},
+                   false,
+                   make_experts_naee_pass});
+      OptionSpec diep_mode = option("mode", OptionType::kEnum, "layerwise",
+                                    "end-to-end: every layer resident, CE + KD + global budget; layerwise: one MoE block "
+                                    "at a time (streaming); auto: end-to-end when it fits in memory");
+      diep_mode.choices = {"auto", "end-to-end", "layerwise"};
+      OptionSpec kd = option("kd", OptionType::kEnum, "kl", "distillation term: kl (KL(teacher‖student)) or frobenius");
+      kd.choices = {"kl", "frobenius"};
+      p.push_back({"diep",
+                   "differentiable non-uniform expert pruning: learned per-expert router gates under one global budget "
+                   "(needs calibration data)",
+                   {
+                       option("keep", OptionType::kFloat, "", "fraction of all routed experts kept, in (0, 1)", 0, 1),
+                       option("sparsity", OptionType::kFloat, "", "fraction of all routed experts removed; instead of keep",
+                              0, 1),
+                       diep_mode,
+                       option("min-experts", OptionType::kInt, "", "experts every MoE layer keeps at least (default top_k + 1)",
+                              1, 1 << 20),
+                       option("steps", OptionType::kInt, "300", "optimiser steps (α, α, α, β alternating); per layer when layerwise",
+                              1, 1e7),
+                       option("batch", OptionType::kInt, "16", "calibration sequences per step", 1, 1 << 20),
+                       option("lr", OptionType::kFloat, "0.05", "Adam learning rate of α and β (cosine schedule)", 0, 10),
+                       option("lambda", OptionType::kFloat, "0.01", "weight of the distillation term", 0, 1e6),
+                       kd,
+                       option("budget-weight", OptionType::kFloat, "10",
+                              "initial weight μ of the budget penalty (grows 100× over training)", 0, 1e9),
+                       option("tau-start", OptionType::kFloat, "1", "initial gate temperature", 1e-6, 1e6),
+                       option("tau-end", OptionType::kFloat, "0.05", "final gate temperature", 1e-6, 1e6),
+                       option("seed", OptionType::kInt, "0", "seed of the batch order", 0, 9007199254740991.0),
+                       option("memory-limit", OptionType::kFloat, "0",
+                              "GiB end-to-end may hold (0: 80% of MemAvailable)", 0, 1e9),
+                   },
+                   {},
+                   false,
+                   make_diep_pass});
     }
     {
       OptionSpec statistic = option("statistic", OptionType::kEnum, "absmax",
@@ -145,6 +187,32 @@ const std::vector<PassInfo>& pass_registry() {
                    {},
                    false,
                    make_smoothquant_pass});
+    }
+    {
+      // PreMoe's TCESS (ALGORITHMS.md §4; docs/tcess.md): per-task expert scores, a pattern bank for
+      // `lathe route`, and one task's kept experts in the plan.
+      OptionSpec score = option("score", OptionType::kEnum, "mass",
+                                "mass: Σ p over tokens that selected e; frequency: tokens that selected e; "
+                                "top1-logit: Σ raw logit where e is the top-1 (PreMoe's code, for reproduction)");
+      score.choices = {"mass", "frequency", "top1-logit"};
+      p.push_back({"tcess",
+                   "PreMoe TCESS: per-task expert scores and a pattern bank; keeps one task's top experts per MoE "
+                   "layer (needs calibration data with tasks)",
+                   {
+                       score,
+                       option("r", OptionType::kFloat, "0", "mass threshold; only 0 (every selected expert) is supported",
+                              0, 1),
+                       option("keep", OptionType::kFloat, "", "fraction of each MoE layer's routed experts kept, in (0, 1]", 0, 1),
+                       option("keep-count", OptionType::kInt, "", "routed experts kept per MoE layer (M ≥ top_k); instead of keep",
+                              1, 1 << 20),
+                       option("task", OptionType::kString, "", "calibration task whose kept experts go into the plan (default: the first)"),
+                       option("bank", OptionType::kString, "",
+                              "also write the pattern bank here (lathe run always writes <output>/pattern_bank.json)", {}, {},
+                              /*is_path=*/true),
+                   },
+                   {"router_selected_mass", "expert_tokens", "router_top1_count", "router_top1_logit"},
+                   false,
+                   make_tcess_pass});
     }
     return p;
   }();

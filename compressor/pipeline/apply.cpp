@@ -180,7 +180,8 @@ void check_passes(const std::string& model_dir, const std::vector<PassInstance>&
 }
 
 CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,
-                           const std::string& pipeline, const std::string& stats_path, std::vector<std::string>* log) {
+                           const std::string& pipeline, const std::string& stats_path, std::vector<std::string>* log,
+                           const DecideRequest& data) {
   const ModelSpec spec = load_model_spec(model_dir);
   const WeightStore store(model_dir);
   const ExpertLayout layout = detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
@@ -189,12 +190,30 @@ CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassI
   const std::vector<ExpectedTensor> tensors = expected_tensors(spec, layout);
   std::vector<std::string> notes;
   const ModelFingerprints fingerprints = model_fingerprints(store, spec, layout);
-  const DecideContext ctx{spec, store, layout, stats ? &*stats : nullptr, tensors, notes, fingerprints.upstream};
+  DecideContext ctx{spec, store, layout, stats ? &*stats : nullptr, tensors, notes, fingerprints.upstream};
+  const std::vector<std::unique_ptr<Pass>> instances = make_passes(passes);
+  bool needs_model = false;
+  for (const auto& pass : instances) needs_model = needs_model || pass->decide_needs_model();
+  std::optional<CausalLM> model;
+  std::optional<CalibrationSet> calib;
+  std::optional<DecideModel> decide_model;
+  if (needs_model) {
+    if (!data.calibration) {
+      throw ConfigError("", "calibration",
+                        "naee and diep run the model on calibration data to decide: add a calibration section");
+    }
+    model.emplace(model_dir, data.forward);
+    const Tokenizer tokenizer = Tokenizer::from_model_dir(model_dir);
+    calib = build_calibration_set(*data.calibration, tokenizer,
+                                  file_fingerprint((fs::path(model_dir) / "tokenizer.json").string()));
+    decide_model.emplace(DecideModel{*model, *calib, data.streaming});
+    ctx.model = &*decide_model;
+  }
   CompressionPlan plan;
   plan.pipeline = pipeline;
   plan.model = model_dir;
   plan.weights_fingerprint = fingerprints.weights;
-  for (const auto& pass : make_passes(passes)) pass->decide(ctx, plan);
+  for (const auto& pass : instances) pass->decide(ctx, plan);
   if (log) *log = notes;
   return plan;
 }
@@ -306,7 +325,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     steps.push_back({req.passes[p].name, [pass](LayerApplyContext& c) { pass->apply(c); }});
   }
   if (passes.empty()) {
-    if (!req.plan.experts.empty()) steps.push_back({"expert-surgery", apply_expert_surgery});
+    if (!req.plan.experts.empty() || !req.plan.expert_scale.empty()) steps.push_back({"expert-surgery", apply_expert_surgery});
     bool rtn = false;
     for (const auto& [name, t] : req.plan.tensors) rtn = rtn || t.method == "rtn";
     if (rtn) steps.push_back({"rtn", apply_rtn});

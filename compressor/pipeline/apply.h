@@ -22,10 +22,19 @@ namespace lathe {
 /// `model_dir`: ConfigError naming the option, before anything is computed or written.
 void check_passes(const std::string& model_dir, const std::vector<PassInstance>& passes);
 
+/// What decide passes that run the model themselves (naee, diep: Pass::decide_needs_model) need.
+struct DecideRequest {
+  std::optional<CalibrationOptions> calibration;  ///< required when such a pass runs (ConfigError otherwise)
+  ForwardOptions forward;
+  StreamingOptions streaming;
+};
+
 /// Runs every pass's decide hook in pipeline order on the model in `model_dir` (statistics from
-/// `stats_path` when not empty) and returns the plan. `log` receives the passes' notes.
+/// `stats_path` when not empty) and returns the plan. `log` receives the passes' notes. When a pass
+/// has decide_needs_model(), the model is opened and `data.calibration` tokenized for it.
 CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,
-                           const std::string& pipeline, const std::string& stats_path, std::vector<std::string>* log);
+                           const std::string& pipeline, const std::string& stats_path, std::vector<std::string>* log,
+                           const DecideRequest& data = {});
 
 struct ApplyRequest {
   std::string model_dir;

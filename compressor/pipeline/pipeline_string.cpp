@@ -50,7 +50,15 @@ const std::vector<OptionSpec>& export_stage_options() {
                                                  {},
                                                  {},
                                                  {},
-                                                 true}};
+                                                 true},
+                                                {"pad-experts",
+                                                 OptionType::kBool,
+                                                 "",
+                                                 "pad non-uniform expert counts with dummy experts (selection-bias "
+                                                 "routers only; printed when true)",
+                                                 {},
+                                                 {},
+                                                 {}}};
   return specs;
 }
 
@@ -353,6 +361,7 @@ class PipelineParser {
     }
     if (seen.empty()) fail(body, "export.formats", "export needs at least one format");
     pipeline.export_formats = values.get_string_list("formats");
+    pipeline.pad_experts = values.has("pad-experts") && values.get_bool("pad-experts");
   }
 
   const std::string& text_;
@@ -365,7 +374,8 @@ class PipelineParser {
 bool operator==(const Pipeline& a, const Pipeline& b) {
   if (a.calibration.has_value() != b.calibration.has_value()) return false;
   if (a.calibration && !same_calibration(*a.calibration, *b.calibration)) return false;
-  if (a.export_formats != b.export_formats || a.passes.size() != b.passes.size()) return false;
+  if (a.export_formats != b.export_formats || a.pad_experts != b.pad_experts || a.passes.size() != b.passes.size())
+    return false;
   for (size_t i = 0; i < a.passes.size(); ++i)
     if (!same_pass(a.passes[i], b.passes[i])) return false;
   return true;
@@ -448,6 +458,7 @@ std::string canonical_pipeline(const Pipeline& pipeline) {
   if (!pipeline.export_formats.empty()) {
     OptionValues formats;
     formats.set("formats", pipeline.export_formats);
+    if (pipeline.pad_experts) formats.set("pad-experts", true);
     stages.push_back(stage_text("export", formats, export_stage_options()));
   }
   return join(stages, ",");

@@ -21,7 +21,7 @@
 //
 //   calibrate{seq-len=2048,samples=128,seed=0,packing=pack,sets="prose=/d/prose.txt":"code#64=/d/c.txt"},
 //   rtn{bits=4,group-size=32,sym=true,skip=false}[match="model\\.layers\\.0\\..*down_proj",bits=8],
-//   export{formats=hf:gptq}
+//   export{formats=hf:gptq}  or  export{formats=hf,pad-experts=true}
 //
 // A calibration set is one string element `TASK[#SAMPLES]=PATH`: the task (letters, digits and
 // _.+-; empty for a JSONL file whose records name their tasks), its own sample count when it has
@@ -44,6 +44,9 @@ struct Pipeline {
   std::vector<PassInstance> passes;  ///< in order
   std::vector<std::string>
       export_formats;  ///< export_format_names() members; empty: no export stage
+  /// export{pad-experts=true}: pad non-uniform expert counts with dummy experts (FORMATS.md §6);
+  /// printed only when true.
+  bool pad_experts = false;
 };
 
 /// Same stages, options, overrides and calibration sets (floats compared exactly).

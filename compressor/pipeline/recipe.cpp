@@ -319,7 +319,7 @@ class RecipeReader {
       recipe.pipeline.calibration = read_calibration(keys["calibration"]);
     calibration_present_ = keys.count("calibration") != 0;
     if (keys.count("passes")) recipe.pipeline.passes = read_passes(keys["passes"]);
-    if (keys.count("export")) recipe.pipeline.export_formats = read_export(keys["export"]);
+    if (keys.count("export")) read_export(keys["export"], &recipe.pipeline);
     if (keys.count("search")) recipe.search = read_search(keys["search"]);
     if (keys.count("eval")) recipe.eval = read_eval(keys["eval"]);
     if (keys.count("gate")) recipe.gate = read_gate(keys["gate"]);
@@ -468,7 +468,8 @@ class RecipeReader {
   void read_pass_options(const Entry& e, const PassInfo& info, OptionValues* values,
                          bool is_override);
   std::optional<PassOverride> read_override(const Entry& e, const PassInfo& info);
-  std::vector<std::string> read_export(const Entry& e);
+  void read_export(const Entry& e, Pipeline* pipeline);
+  std::vector<std::string> read_export_formats(const Entry& e);
   std::optional<SearchBudget> read_search(const Entry& e);
   std::optional<EvalSpec> read_eval(const Entry& e);
   GateSpec read_gate(const Entry& e);
@@ -616,7 +617,20 @@ std::optional<PassOverride> RecipeReader::read_override(const Entry& e, const Pa
   return result;
 }
 
-std::vector<std::string> RecipeReader::read_export(const Entry& e) {
+/// `export: [hf, gptq]`, or the stage's options as a map: `export: {formats: [hf], pad-experts: true}`.
+void RecipeReader::read_export(const Entry& e, Pipeline* pipeline) {
+  if (!e.value.IsMap()) {
+    pipeline->export_formats = read_export_formats(e);
+    return;
+  }
+  auto keys = read_map(e, {"formats", "pad-experts"}, {"formats"});
+  if (keys.count("formats")) pipeline->export_formats = read_export_formats(keys["formats"]);
+  if (keys.count("pad-experts"))
+    if (auto v = read_value(keys["pad-experts"], spec_of("pad-experts", OptionType::kBool)))
+      pipeline->pad_experts = std::get<bool>(*v);
+}
+
+std::vector<std::string> RecipeReader::read_export_formats(const Entry& e) {
   std::vector<std::string> formats;
   OptionSpec spec = spec_of("export", OptionType::kEnum, {}, {}, export_format_names());
   for_each_element(e, "formats (" + join(export_format_names()) + ")", [&](const Entry& item) {
@@ -775,6 +789,7 @@ nlohmann::json recipe_to_json(const Recipe& recipe) {
                                                   : nlohmann::json(nullptr)},
       {"passes", passes},
       {"export", recipe.pipeline.export_formats},
+      {"pad-experts", recipe.pipeline.pad_experts},
       {"gate",
        {{"max-ppl-increase", optional_json(recipe.gate.max_ppl_increase)},
         {"max-acc-drop", optional_json(recipe.gate.max_acc_drop)}}},

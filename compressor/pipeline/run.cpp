@@ -18,6 +18,7 @@
 #include "compressor/model/model_spec.h"
 #include "compressor/model/weight_store.h"
 #include "compressor/passes/builtin.h"
+#include "compressor/passes/pattern_bank.h"
 #include "compressor/pipeline/apply.h"
 #include "compressor/pipeline/observe.h"
 #include "compressor/pipeline/verify.h"
@@ -40,6 +41,14 @@ bool needs_statistics(const Recipe& recipe) {
 
 ForwardOptions forward_options(const Recipe& recipe) {
   return parse_forward_options(recipe.device, recipe.dtype, recipe.source, "device", "dtype");
+}
+
+DecideRequest decide_request(const Recipe& recipe, const RunOptions& options) {
+  DecideRequest req;
+  req.calibration = recipe.pipeline.calibration;
+  req.forward = forward_options(recipe);
+  req.streaming.micro_batch = options.micro_batch;
+  return req;
 }
 
 void calibrate_into(const Recipe& recipe, const std::string& stats_path, const RunOptions& options) {
@@ -89,6 +98,20 @@ nlohmann::json evaluate(const Recipe& recipe, const std::string& model_dir, cons
   return evaluate_model(req);
 }
 
+/// Refuses, before apply, a plan whose expert counts differ between layers when an export needs one
+/// count and cannot pad (plan_expert_padding; FORMATS.md §6).
+void check_export_expert_counts(const Recipe& recipe, const CompressionPlan& plan, const std::vector<ExportFormat>& exports) {
+  if (exports.empty() || plan.experts.empty()) return;
+  ModelSpec spec = load_model_spec(recipe.model);
+  for (const auto& [layer, ids] : plan.experts) {
+    if (layer >= 0 && layer < static_cast<int64_t>(spec.layers.size())) {
+      spec.layers[layer].num_experts = static_cast<int64_t>(ids.size());
+    }
+  }
+  plan_expert_padding(spec, recipe.pipeline.pad_experts,
+                      fmt::format("the {} export", export_format_name(exports.front())), recipe.source);
+}
+
 }  // namespace
 
 CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path, const RunOptions& options) {
@@ -104,7 +127,7 @@ CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path,
     stats = stats_path;
   }
   std::vector<std::string> log;
-  CompressionPlan plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline, stats, &log);
+  CompressionPlan plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline, stats, &log, decide_request(recipe, options));
   for (const auto& line : log) std::cerr << "[decide] " << line << "\n";
   return plan;
 }
@@ -176,19 +199,23 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   std::cerr << "[run] pipeline: " << pipeline << "\n";
   RunResult result;
   result.out_dir = recipe.output;
-  std::vector<ExportFormat> packed_exports;  // out/model is the hf export; these go to out/gptq, out/ct
+  std::vector<ExportFormat> exports;  // out/hf, out/gptq, out/ct (out/model is always written)
+  bool packed_exports = false;        // gptq or ct: verified after writing
   for (const auto& f : recipe.pipeline.export_formats) {
     if (f == "gguf") {
       throw UnsupportedError(recipe.source, "export", "export format \"gguf\" is not implemented in this lathe yet");
     }
-    if (f != "hf") packed_exports.push_back(parse_export_format(f, recipe.source, "export"));
+    exports.push_back(parse_export_format(f, recipe.source, "export"));
+    packed_exports = packed_exports || exports.back() != ExportFormat::kHf;
   }
   if (options.dry_run) {
     if (needs_statistics(recipe)) {
       std::cerr << "[run] dry run: the passes need calibration statistics; run `lathe plan` to compute them\n";
       return result;
     }
-    std::cout << describe_plan(recipe.model, plan_recipe(recipe, "", options));
+    const CompressionPlan plan = plan_recipe(recipe, "", options);
+    check_export_expert_counts(recipe, plan, exports);
+    std::cout << describe_plan(recipe.model, plan);
     return result;
   }
   const fs::path out(recipe.output), partial(recipe.output + ".partial");
@@ -208,8 +235,9 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   const auto t1 = std::chrono::steady_clock::now();
   std::vector<std::string> log;
   const CompressionPlan plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline,
-                                          needs_statistics(recipe) ? stats_path : "", &log);
+                                          needs_statistics(recipe) ? stats_path : "", &log, decide_request(recipe, options));
   for (const auto& line : log) std::cerr << "[decide] " << line << "\n";
+  check_export_expert_counts(recipe, plan, exports);
   const double decide_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
 
   ApplyRequest req;
@@ -230,11 +258,15 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
     std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
   });
   for (const auto& w : applied.warnings) std::cerr << "[apply] warning: " << w << "\n";
-  // The packed exports, inside the partial directory so they are published with it.
-  for (const ExportFormat f : packed_exports) {
+  if (write_plan_pattern_bank(plan, (partial / "pattern_bank.json").string())) {  // tcess (docs/tcess.md)
+    std::cerr << fmt::format("[decide] pattern bank: {}/pattern_bank.json\n", recipe.output);
+  }
+  // The exports, inside the partial directory so they are published with it.
+  for (const ExportFormat f : exports) {
     ExportOptions export_options;
     export_options.force = true;  // a leftover of a killed run in the partial directory
-    const ExportResult exported = export_quantized(partial.string(), f, export_options);
+    export_options.pad_experts = recipe.pipeline.pad_experts;
+    const ExportResult exported = export_checkpoint(partial.string(), f, export_options);
     for (const auto& line : exported.log) std::cerr << "[export] " << line << "\n";
     std::cerr << fmt::format("[export] {}/{}: {} modules packed, {} stored dequantized\n", recipe.output,
                              export_dir_name(f), exported.packed_modules, exported.unpacked_modules);
@@ -243,7 +275,7 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   // The exports recompute the golden vectors (docs/verify.md); a mismatch fails the run like a gate.
   double verify_seconds = -1;
   std::vector<std::string> verify_failures;
-  if (!packed_exports.empty() && options.golden.rows > 0) {
+  if (packed_exports && options.golden.rows > 0) {
     const auto tv = std::chrono::steady_clock::now();
     VerifyOptions vo;
     for (const kernels::Backend b : kernels::available_backends()) {

@@ -338,6 +338,11 @@ VerifyResult verify_exports(const std::string& dir_text, const VerifyOptions& op
     any = true;
     verify_one_export(e, fs::is_directory(e / "verify") ? e / "verify" : dir / "verify", backends, &result, on_case);
   }
+  if (!any && fs::exists(dir / "config.json")) {
+    throw ConfigError(dir_text, "quantization_config",
+                      "an unquantized checkpoint (e.g. the hf export): it has nothing packed to verify; verify the "
+                      "gptq or ct export, or the output directory");
+  }
   if (!any) {
     throw ConfigError(dir_text, "",
                       "neither a packed export (config.json with a quantization_config) nor a lathe output directory "

@@ -145,7 +145,7 @@ class ExportTest : public ::testing::Test {
 
 TEST_F(ExportTest, BothFormatsReadBackEqualToTheSidecarBitForBit) {
   for (const ExportFormat f : {ExportFormat::kGptq, ExportFormat::kCompressedTensors}) {
-    const ExportResult r = export_quantized(out_.string(), f);
+    const ExportResult r = export_checkpoint(out_.string(), f);
     EXPECT_EQ(r.packed_modules, static_cast<int64_t>(records_.size()));
     EXPECT_EQ(r.unpacked_modules, 0);
     const ModelSource src = resolve_model_source(r.dir);
@@ -166,7 +166,7 @@ TEST_F(ExportTest, BothFormatsReadBackEqualToTheSidecarBitForBit) {
 }
 
 TEST_F(ExportTest, GptqConfigHasTheBaseSettingAndDynamicOverrides) {
-  const ExportResult r = export_quantized(out_.string(), ExportFormat::kGptq);
+  const ExportResult r = export_checkpoint(out_.string(), ExportFormat::kGptq);
   const nlohmann::json qc = read_json(fs::path(r.dir) / "config.json")["quantization_config"];
   EXPECT_EQ(qc, read_json(fs::path(r.dir) / "quantize_config.json"));
   // 4-bit g32 sym is the most common setting (q, k, v of layer 0, q of layer 1).
@@ -193,7 +193,7 @@ TEST_F(ExportTest, GptqConfigHasTheBaseSettingAndDynamicOverrides) {
 }
 
 TEST_F(ExportTest, CompressedTensorsConfigGroupsCoverEachModuleOnce) {
-  const ExportResult r = export_quantized(out_.string(), ExportFormat::kCompressedTensors);
+  const ExportResult r = export_checkpoint(out_.string(), ExportFormat::kCompressedTensors);
   const nlohmann::json qc = read_json(fs::path(r.dir) / "config.json")["quantization_config"];
   EXPECT_EQ(qc["quant_method"], "compressed-tensors");
   EXPECT_EQ(qc["format"], "pack-quantized");
@@ -212,8 +212,8 @@ TEST_F(ExportTest, CompressedTensorsConfigGroupsCoverEachModuleOnce) {
 }
 
 TEST_F(ExportTest, LogitsFromOutGptqAndCtAreIdentical) {
-  export_quantized(out_.string(), ExportFormat::kGptq);
-  export_quantized(out_.string(), ExportFormat::kCompressedTensors);
+  export_checkpoint(out_.string(), ExportFormat::kGptq);
+  export_checkpoint(out_.string(), ExportFormat::kCompressedTensors);
   const at::Tensor ids = at::tensor({1, 17, 250, 3999, 42, 7}, at::kLong).view({1, 6});
   const at::Tensor valid = at::ones_like(ids, at::kBool);
   const at::Tensor base = open_model(out_.string(), {}).logits(ids, valid);
@@ -234,7 +234,7 @@ TEST(ExportFallbacks, UnpackableWidthsStayDequantizedUnderSkipRules) {
       {"model.layers.0.mlp.down_proj.weight", 8, -1, true, false, /*act_bits=*/8},
   });
   write_lathe_output(out, kModels / "llama", records);
-  const ExportResult g = export_quantized(out.string(), ExportFormat::kGptq);
+  const ExportResult g = export_checkpoint(out.string(), ExportFormat::kGptq);
   EXPECT_EQ(g.packed_modules, 3);
   EXPECT_EQ(g.unpacked_modules, 1);
   const nlohmann::json gq = read_json(fs::path(g.dir) / "config.json")["quantization_config"];
@@ -245,7 +245,7 @@ TEST(ExportFallbacks, UnpackableWidthsStayDequantizedUnderSkipRules) {
   EXPECT_TRUE(at::equal(gptq->load(records[1].name), records[1].dequantize()));  // 3-bit
   EXPECT_EQ(gptq->activation_bits(records[3].name), 0);
 
-  const ExportResult c = export_quantized(out.string(), ExportFormat::kCompressedTensors);
+  const ExportResult c = export_checkpoint(out.string(), ExportFormat::kCompressedTensors);
   EXPECT_EQ(c.packed_modules, 2);
   EXPECT_EQ(c.unpacked_modules, 2);
   const nlohmann::json cq = read_json(fs::path(c.dir) / "config.json")["quantization_config"];
@@ -286,7 +286,7 @@ TEST(ExportFused, FusedExpertsAreWrittenPerExpert) {
   const fs::path out = fs::path(dir.path()) / "out";
   write_lathe_output(out, model, records);
   for (const ExportFormat f : {ExportFormat::kGptq, ExportFormat::kCompressedTensors}) {
-    const ExportResult r = export_quantized(out.string(), f);
+    const ExportResult r = export_checkpoint(out.string(), f);
     const ModelSource src = resolve_model_source(r.dir);
     const at::Tensor fused = records[0].name == gate_up ? records[0].dequantize() : records[1].dequantize();
     const int64_t inter = fused.size(1) / 2;
@@ -327,8 +327,8 @@ class BadExportTest : public ExportTest {
     if (IsSkipped()) return;
     gptq_ = out_ / "gptq";
     ct_ = out_ / "ct";
-    export_quantized(out_.string(), ExportFormat::kGptq);
-    export_quantized(out_.string(), ExportFormat::kCompressedTensors);
+    export_checkpoint(out_.string(), ExportFormat::kGptq);
+    export_checkpoint(out_.string(), ExportFormat::kCompressedTensors);
   }
   void edit_config(const fs::path& dir, const std::function<void(nlohmann::json&)>& edit) {
     nlohmann::json c = read_json(dir / "config.json");
@@ -386,7 +386,7 @@ TEST_F(BadExportTest, MissingOrGarbledCompressedTensorsFields) {
   expect_error([&] { open_compressed_tensors_checkpoint(ct_.string()); }, ErrorKind::kData,
                "quantization_config.config_groups." + first + ".weights", "missing");
   fs::remove_all(ct_);
-  export_quantized(out_.string(), ExportFormat::kCompressedTensors);
+  export_checkpoint(out_.string(), ExportFormat::kCompressedTensors);
   edit_config(ct_, [](nlohmann::json& q) {
     for (auto& [k, g] : q["config_groups"].items()) g["targets"] = nlohmann::json::array({"model.layers.9.nothing"});
   });

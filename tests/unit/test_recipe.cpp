@@ -505,6 +505,27 @@ Pipeline awkward_pipeline() {
   return p;
 }
 
+TEST(Recipe, ExportStageOptionsAsAMap) {
+  TempDir dir;
+  Recipe r = load(dir, std::string(kMinimal) + "export: {formats: [hf, gptq], pad-experts: true}\n");
+  EXPECT_EQ(r.pipeline.export_formats, (std::vector<std::string>{"hf", "gptq"}));
+  EXPECT_TRUE(r.pipeline.pad_experts);
+  EXPECT_EQ(canonical_pipeline(r.pipeline), "export{formats=hf:gptq,pad-experts=true}");
+  EXPECT_EQ(parse_pipeline("export{formats=hf:gptq,pad-experts=true}"), r.pipeline);
+  Recipe plain = load(dir, std::string(kMinimal) + "export: [hf]\n");
+  EXPECT_FALSE(plain.pipeline.pad_experts);
+  EXPECT_EQ(canonical_pipeline(plain.pipeline), "export{formats=hf}");
+  EXPECT_NE(plain.pipeline, r.pipeline);
+  // pad-experts=false is the default and not printed
+  EXPECT_EQ(canonical_pipeline(parse_pipeline("export{formats=hf,pad-experts=false}")), "export{formats=hf}");
+  EXPECT_NE(only_error(std::string(kMinimal) + "export: {pad-experts: true}\n").find("missing required key formats"),
+            std::string::npos);
+  EXPECT_NE(only_error(std::string(kMinimal) + "export: {formats: [hf], pad-experts: 3}\n").find("export.pad-experts"),
+            std::string::npos);
+  EXPECT_NE(only_error(std::string(kMinimal) + "export: {formats: [hf], pad: true}\n").find("unknown key \"pad\""),
+            std::string::npos);
+}
+
 TEST(PipelineString, CanonicalTextIsExact) {
   EXPECT_EQ(
       canonical_pipeline(awkward_pipeline()),

@@ -1,0 +1,87 @@
+#include "compressor/passes/expert_selection.h"
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
+namespace lathe {
+
+std::vector<int64_t> rank_experts(const std::vector<double>& score) {
+  std::vector<int64_t> ids(score.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+  return ids;
+}
+
+std::vector<std::vector<int64_t>> select_uniform(const std::vector<std::vector<double>>& scores,
+                                                 const std::vector<int64_t>& keep) {
+  std::vector<std::vector<int64_t>> kept;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    std::vector<int64_t> order = rank_experts(scores[i]);
+    order.resize(static_cast<size_t>(keep[i]));
+    kept.push_back(order);
+  }
+  return kept;
+}
+
+std::vector<std::vector<int64_t>> select_global(const std::vector<std::vector<double>>& scores,
+                                                const std::vector<double>& scale, const std::vector<int64_t>& floors,
+                                                int64_t total) {
+  struct Candidate {
+    double score;
+    size_t layer;
+    int64_t expert;
+  };
+  std::vector<std::vector<int64_t>> kept;
+  std::vector<Candidate> rest;
+  int64_t used = 0;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    const std::vector<int64_t> order = rank_experts(scores[i]);
+    kept.emplace_back(order.begin(), order.begin() + floors[i]);
+    used += floors[i];
+    for (size_t r = static_cast<size_t>(floors[i]); r < order.size(); ++r) {
+      rest.push_back({scores[i][order[r]] * scale[i], i, order[r]});
+    }
+  }
+  std::stable_sort(rest.begin(), rest.end(), [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
+  const int64_t extra = total - used;
+  for (int64_t j = 0; j < extra && j < static_cast<int64_t>(rest.size()); ++j) kept[rest[j].layer].push_back(rest[j].expert);
+  return kept;
+}
+
+std::vector<int64_t> knapsack_counts(const std::vector<std::vector<double>>& cost, const std::vector<int64_t>& floors,
+                                     int64_t total) {
+  const size_t n = cost.size();
+  int64_t base = 0;
+  for (int64_t f : floors) base += f;
+  const int64_t budget = total - base;  // slots above the floors
+  if (budget < 0) return {};
+  const double inf = std::numeric_limits<double>::infinity();
+  // best[i][b]: least cost of layers [0, i) using b extra slots; choice[i][b]: extra of layer i − 1.
+  std::vector<std::vector<double>> best(n + 1, std::vector<double>(static_cast<size_t>(budget) + 1, inf));
+  std::vector<std::vector<int64_t>> choice(n + 1, std::vector<int64_t>(static_cast<size_t>(budget) + 1, -1));
+  best[0][0] = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (int64_t b = 0; b <= budget; ++b) {
+      if (best[i][b] == inf) continue;
+      for (int64_t x = 0; x < static_cast<int64_t>(cost[i].size()) && b + x <= budget; ++x) {
+        const double c = best[i][b] + cost[i][x];
+        if (c < best[i + 1][b + x]) {
+          best[i + 1][b + x] = c;
+          choice[i + 1][b + x] = x;
+        }
+      }
+    }
+  }
+  if (best[n][budget] == inf) return {};
+  std::vector<int64_t> k(n);
+  int64_t b = budget;
+  for (size_t i = n; i > 0; --i) {
+    const int64_t x = choice[i][b];
+    k[i - 1] = floors[i - 1] + x;
+    b -= x;
+  }
+  return k;
+}
+
+}  // namespace lathe

@@ -1,0 +1,35 @@
+// The MoE blocks' calibration inputs, for decide passes that reconstruct a block (naee, diep
+// layerwise; ALGORITHMS.md §0 table: "block input X_l, output Y_l"). Streams the calibration set
+// through the ORIGINAL model one layer at a time; only the current layer's block inputs are held.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "compressor/model/decoder_layer.h"
+#include "compressor/passes/context.h"
+
+namespace lathe {
+
+/// One MoE layer's block inputs (after post_attention_layernorm) of every real calibration token.
+struct MoeBlockInputs {
+  at::Tensor x;                  ///< [n, d] in the streaming buffer dtype (bf16 by default)
+  std::vector<int64_t> offsets;  ///< sequence s owns rows [offsets[s], offsets[s + 1]); size N + 1
+};
+
+/// Calls fn(layer index, the layer, its inputs) for every MoE layer in order. Stops streaming after
+/// the last MoE layer.
+void for_each_moe_block(const DecideModel& model,
+                        const std::function<void(int64_t, const DecoderLayer&, const MoeBlockInputs&)>& fn);
+
+/// The routed part of MoE block `layer` on x [n, d] (working dtype): every expert's output on
+/// every token, [E, n, d], for combining under any routing mask (w [n, E] · outputs).
+at::Tensor all_expert_outputs(const DecoderLayer& layer, const at::Tensor& x);
+
+/// Σ_e w[:, e] · outputs[e]: [n, E] × [E, n, d] → [n, d].
+at::Tensor combine_experts(const at::Tensor& w, const at::Tensor& outputs);
+
+}  // namespace lathe
