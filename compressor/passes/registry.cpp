@@ -148,7 +148,7 @@ const std::vector<PassInfo>& pass_registry() {
                        option("steps", OptionType::kInt, "300", "optimiser steps (α, α, α, β alternating); per layer when layerwise",
                               1, 1e7),
                        option("batch", OptionType::kInt, "16", "calibration sequences per step", 1, 1 << 20),
-                       option("lr", OptionType::kFloat, "0.05", "Adam learning rate of α and β (cosine schedule)", 0, 10),
+                       option("lr", OptionType::kFloat, "0.15", "Adam learning rate of α and β (cosine schedule)", 0, 10),
                        option("lambda", OptionType::kFloat, "0.01", "weight of the distillation term", 0, 1e6),
                        kd,
                        option("budget-weight", OptionType::kFloat, "10",

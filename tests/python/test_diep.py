@@ -1,0 +1,161 @@
+"""diep (ALGORITHMS.md §3; docs/diep.md) and experts-naee (ALGORITHMS.md §7).
+
+- diep end-to-end: the loss decreases, the mean gate ends within 1% of the budget, the global
+  ranking keeps the total with the per-layer floor, and the output equals the ORIGINAL model
+  (transformers, fp32) with the removed experts masked in the router and the kept experts' down_proj
+  scaled by the folded β (rounded to bf16 as the output stores it), within 1e-5.
+- diep layerwise: the error curve per layer is non-increasing in the expert count, the knapsack
+  allocation hits the total, and surgery is exact in the same way.
+- experts-naee: the kept set of every layer has the least Σ_seq ‖Y − Y'‖ of ALL keep sets, checked
+  by an independent enumeration in transformers on the calibration tokens lathe stored.
+- Bad options: exit 2 naming the option, nothing written."""
+import itertools
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from test_expert_pruning import (MODELS, calibration_tokens, lathe, mask_router, max_error, moe_layers,
+                                 padded_batch, plan_for, write_recipe)
+
+pytestmark = pytest.mark.skipif(not (MODELS / "mixtral").is_dir(), reason="data/models not built")
+
+
+def recipe(tmp_path, model, pass_yaml, out):
+    """test_expert_pruning's recipe without `export: [hf]` (diep's counts differ per layer)."""
+    path = write_recipe(tmp_path, model, pass_yaml, out)
+    path.write_text(path.read_text().replace("export: [hf]\n", ""))
+    return path
+
+
+def run(tmp_path, model, pass_yaml):
+    out = tmp_path / "out"
+    proc = lathe("run", recipe(tmp_path, model, pass_yaml, out))
+    assert proc.returncode == 0, proc.stderr
+    return out, json.loads((out / "plan.json").read_text()), proc.stderr
+
+
+def assert_surgery_exact(model_name, out, plan):
+    """The output equals the original with removed experts masked and the routed sum scaled by β."""
+    original = AutoModelForCausalLM.from_pretrained(MODELS / model_name, dtype=torch.float32).eval()
+    config = json.loads((out / "model" / "config.json").read_text())
+    with torch.no_grad():
+        for i, router in moe_layers(original):
+            kept = plan["experts"][str(i)]
+            removed = [e for e in range(router.weight.shape[0]) if e not in kept]
+            mask_router(router, removed)
+            if hasattr(router, "num_group") and config.get("n_group") == 1:
+                router.num_group = router.topk_group = 1
+            down = original.model.layers[i].mlp.experts.down_proj
+            beta = plan["expert_scale"][str(i)]
+            down.copy_((down * beta).to(torch.bfloat16).float())  # lathe stores down_proj·β in bf16
+    batch, mask = padded_batch(original.config.vocab_size)
+    with torch.no_grad():
+        want = original(input_ids=batch, attention_mask=mask).logits
+    got = lathe_logits(out / "model", batch, mask)
+    assert max_error(got, want) <= 1e-5
+
+
+def lathe_logits(model_dir, batch, mask):
+    """lathe's own forward of an output model (`lathe forward`, right-padded batch)."""
+    import numpy as np
+    tokens, out = model_dir.parent / "tokens.json", model_dir.parent / "logits.f32"
+    rows = [batch[i, :int(mask[i].sum())].tolist() for i in range(batch.shape[0])]
+    tokens.write_text(json.dumps({"ids": rows}))
+    proc = lathe("forward", model_dir, "--tokens", tokens, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return torch.from_numpy(np.fromfile(out, dtype="<f4").copy()).reshape(batch.shape[0], batch.shape[1], -1)
+
+
+def test_diep_end_to_end_meets_the_budget_and_surgery_is_exact(tmp_path):
+    out, plan, log = run(tmp_path, "mixtral", "diep: {keep: 0.5, mode: end-to-end, steps: 120, batch: 8}")
+    diag = plan["diagnostics"]["diep"]
+    assert plan["decided_by"]["experts"] == "diep" and diag["mode"] == "end-to-end"
+    curve = diag["curve"]["loss"]
+    assert len(curve) == 120
+    assert sum(curve[-10:]) / 10 < sum(curve[:10]) / 10  # the loss decreases
+    assert abs(diag["final_mean_gate"] - 0.5) <= 0.01  # the global budget is met at the end
+    counts = [len(plan["experts"][k]) for k in sorted(plan["experts"], key=int)]
+    assert sum(counts) == 16 and min(counts) >= 3  # 50% of 4 × 8; floor top_k + 1
+    assert "mean gate" in log and "gates < 0.5 per layer" in log
+    assert set(plan["expert_scale"]) == set(plan["experts"])
+    assert_surgery_exact("mixtral", out, plan)
+
+
+@pytest.mark.parametrize("model_name", ["qwen2_moe", "deepseek_v3"])
+def test_diep_layerwise_allocation_and_exact_surgery(model_name, tmp_path):
+    out, plan, _ = run(tmp_path, model_name, "diep: {keep: 0.5, mode: layerwise, steps: 40}")
+    diag = plan["diagnostics"]["diep"]
+    assert diag["mode"] == "layerwise"
+    total = 0
+    for layer, kept in plan["experts"].items():
+        errors = diag["layers"][layer]["error_by_count"]
+        # Keeping more experts (the top by α) never reconstructs worse; keeping all is exact.
+        assert all(a >= b - 1e-9 for a, b in zip(errors, errors[1:])), errors
+        assert errors[-1] < 1e-5
+        assert len(kept) >= min(len(plan["expert_scores"][layer]), 1 + (2 if model_name == "qwen2_moe" else 4))
+        total += len(plan["expert_scores"][layer])
+    assert sum(len(v) for v in plan["experts"].values()) == round(0.5 * total)
+    assert_surgery_exact(model_name, out, plan)
+
+
+def block_loss(layer_module, x, seq, keep, n_experts):
+    """Σ_seq ‖Y − Y'‖_F of one MoE block with the experts outside `keep` masked (transformers)."""
+    router = layer_module.mlp.gate
+    with torch.no_grad():
+        y = layer_module.mlp(x)
+        saved = router.forward
+        mask_router(router, [e for e in range(n_experts) if e not in keep])
+        y2 = layer_module.mlp(x)
+        router.forward = saved
+    d = (y - y2).double().pow(2).sum(-1).reshape(-1)
+    return sum(d[seq == s].sum().sqrt().item() for s in seq.unique())
+
+
+def test_naee_keeps_the_best_of_all_keep_sets(tmp_path):
+    # experts-frequency first only makes `lathe plan` store the calibration tokens (stats.h5);
+    # experts-naee decides last, so its keep sets are the plan's.
+    plan, stats = plan_for(tmp_path, "mixtral", "experts-frequency: {keep-count: 6}\n  - experts-naee: {keep-count: 6}")
+    assert plan["decided_by"]["experts"] == "experts-naee"
+    ids, mask = calibration_tokens(stats)
+    model = AutoModelForCausalLM.from_pretrained(MODELS / "mixtral", dtype=torch.float32).eval()
+    inputs = {}
+    hooks = [layer.mlp.register_forward_hook(lambda m, a, o, i=i: inputs.__setitem__(i, a[0].detach()))
+             for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    for h in hooks:
+        h.remove()
+    valid = mask.reshape(-1).bool()
+    seq = torch.arange(ids.shape[0]).repeat_interleave(ids.shape[1])[valid]
+    for i, layer in enumerate(model.model.layers[:2]):  # two layers keep the test short
+        x = inputs[i].reshape(-1, inputs[i].shape[-1])[valid].unsqueeze(0)
+        losses = {k: block_loss(layer, x, seq, k, 8) for k in itertools.combinations(range(8), 6)}
+        kept = tuple(plan["experts"][str(i)])
+        best = min(losses.values())
+        assert losses[kept] <= best * (1 + 1e-4), (i, kept, losses[kept], best)
+        # The runner-up is clearly different: the test can tell sets apart.
+        assert sorted(losses.values())[-1] > 1.5 * best
+        recorded = plan["diagnostics"]["experts-naee"]["layers"][str(i)]
+        assert recorded["sets"] == 28
+        assert abs(recorded["loss"] - losses[kept]) <= 1e-3 * losses[kept]
+
+
+@pytest.mark.parametrize("pass_yaml, field", [
+    ("experts-naee: {keep: 0.5}", "experts-naee.max-subsets"),    # olmoe: C(16, 8) = 12870 sets
+    ("experts-naee: {keep: 0.5, max-subsets: 20000, min-experts: 4}", "experts-naee.min-experts"),
+    ("diep: {keep: 0.5, sparsity: 0.5}", "diep.keep"),
+    ("diep: {keep: 0.2}", "diep.keep"),                           # below 4 layers × (top_k + 1)
+    ("diep: {sparsity: 0.5, min-experts: 2}", "diep.min-experts"),  # below top_k = 4
+    ("diep: {keep: 0.5, tau-start: 0.1, tau-end: 0.5}", "diep.tau-end"),
+    ("diep: {keep: 0.5, mode: end-to-end, memory-limit: 0.000001}", "diep.mode"),
+])
+def test_bad_options_are_refused_before_anything_is_written(pass_yaml, field, tmp_path):
+    out = tmp_path / "out"
+    proc = lathe("run", recipe(tmp_path, "olmoe", pass_yaml, out))
+    assert proc.returncode in (2, 5), proc.stderr
+    assert field in proc.stderr, proc.stderr
+    if field != "diep.mode":
+        assert not out.exists() and not (tmp_path / "out.partial").exists()
