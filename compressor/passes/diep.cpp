@@ -18,6 +18,7 @@
 #include <fstream>
 #include <iostream>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "calibrate/calibration_set.h"
@@ -61,6 +62,77 @@ struct Curve {
     return {{"loss", loss}, {"ce", ce}, {"kd", kd}, {"budget", budget}, {"mean_gate", mean_gate}, {"tau", tau}};
   }
 };
+
+/// End-to-end training's model: every decoder layer resident, the calibration set as [N, T] ids and
+/// valid mask, and a seeded, reshuffled-per-pass batch order.
+class ResidentModel {
+ public:
+  ResidentModel(const DecideModel& m, int64_t batch, uint64_t seed)
+      : model_(m.model), spec_(m.model.spec()), rng_(seed),
+        opts_(at::TensorOptions().dtype(m.model.options().dtype).device(m.model.options().device)) {
+    for (int64_t i = 0; i < spec_.num_layers; ++i) layers_.push_back(model_.load_layer(i));
+    const CalibrationSet& set = m.calibration;
+    const int64_t n = set.num_samples();
+    ids_ = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, set.seq_len}, at::kInt).to(at::kLong);
+    valid_ = at::zeros({n, set.seq_len}, at::kBool);
+    for (int64_t s = 0; s < n; ++s) valid_[s].slice(0, 0, set.lengths[s]).fill_(true);
+    batch_ = std::min(batch, n);
+    order_.resize(static_cast<size_t>(n));
+    std::iota(order_.begin(), order_.end(), 0);
+    cursor_ = order_.size();
+  }
+
+  /// The next batch of the shuffled order: (ids, valid).
+  std::pair<at::Tensor, at::Tensor> next_batch() {
+    if (cursor_ + static_cast<size_t>(batch_) > order_.size()) {
+      std::shuffle(order_.begin(), order_.end(), rng_);
+      cursor_ = 0;
+    }
+    const at::Tensor pick =
+        at::tensor(std::vector<int64_t>(order_.begin() + cursor_, order_.begin() + cursor_ + batch_), at::kLong);
+    cursor_ += static_cast<size_t>(batch_);
+    return {ids_.index_select(0, pick), valid_.index_select(0, pick)};
+  }
+
+  /// fp32 logits [B, T, V] with `gates` (null: the original model, without autograd: the teacher).
+  at::Tensor logits(const at::Tensor& ids, const at::Tensor& valid, const std::vector<ExpertGate>* gates) const {
+    std::optional<at::NoGradGuard> no_grad;
+    if (!gates) no_grad.emplace();
+    ForwardContext fc = make_forward_context(spec_, valid, opts_, nullptr);
+    fc.expert_gates = gates;
+    at::Tensor h = model_.embed(ids);
+    for (const DecoderLayer& l : layers_) h = l.forward(h, fc);
+    return model_.head(h).to(at::kFloat);
+  }
+
+  const ModelSpec& spec() const { return spec_; }
+
+ private:
+  const CausalLM& model_;
+  const ModelSpec& spec_;
+  std::vector<DecoderLayer> layers_;
+  at::Tensor ids_, valid_;
+  int64_t batch_ = 1;
+  std::mt19937_64 rng_;
+  std::vector<int64_t> order_;
+  size_t cursor_ = 0;
+  at::TensorOptions opts_;
+};
+
+/// CE of the student and its distance to the teacher over the next-token positions whose target is
+/// a real token: KL(teacher ‖ student), or the unsquared Frobenius norm of the logit difference.
+std::pair<at::Tensor, at::Tensor> distillation(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& ids,
+                                               const at::Tensor& valid, bool frobenius) {
+  const int64_t seq = ids.size(1), v = student.size(-1);
+  const at::Tensor mask = (valid.slice(1, 0, seq - 1) & valid.slice(1, 1)).reshape({-1});
+  const at::Tensor s_logits = student.slice(1, 0, seq - 1).reshape({-1, v}).index({mask});
+  const at::Tensor t_logits = teacher.slice(1, 0, seq - 1).reshape({-1, v}).index({mask});
+  const at::Tensor s_log = s_logits.log_softmax(-1);
+  const at::Tensor ce = at::nll_loss(s_log, ids.slice(1, 1).reshape({-1}).index({mask}));
+  if (frobenius) return {ce, at::sqrt((s_logits - t_logits).pow(2).sum() + 1e-12)};
+  const at::Tensor t_log = t_logits.log_softmax(-1);
+  return {ce, (t_log.exp() * (t_log - s_log)).sum(-1).mean()};
+}
 
 class DiepPass : public Pass {
  public:
@@ -204,18 +276,8 @@ class DiepPass : public Pass {
 
   void end_to_end(const DecideContext& ctx, const Targets& t, std::vector<std::vector<double>>* alpha_out,
                   std::vector<double>* beta_out, nlohmann::json* diag) const {
-    const CausalLM& model = ctx.model->model;
-    const CalibrationSet& set = ctx.model->calibration;
+    ResidentModel model(*ctx.model, options_.get_int("batch"), static_cast<uint64_t>(options_.get_int("seed")));
     const ModelSpec& spec = model.spec();
-    std::vector<DecoderLayer> layers;
-    layers.reserve(static_cast<size_t>(spec.num_layers));
-    for (int64_t i = 0; i < spec.num_layers; ++i) layers.push_back(model.load_layer(i));
-    const int64_t n = set.num_samples(), seq = set.seq_len;
-    const at::Tensor ids = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, seq}, at::kInt).to(at::kLong);
-    at::Tensor valid = at::zeros({n, seq}, at::kBool);
-    for (int64_t s = 0; s < n; ++s) valid[s].slice(0, 0, set.lengths[s]).fill_(true);
-    const at::TensorOptions opts = at::TensorOptions().dtype(model.options().dtype).device(model.options().device);
-
     const double tau0 = options_.get_float("tau-start");
     std::vector<at::Tensor> alpha, beta;
     for (size_t i = 0; i < t.layers.size(); ++i) {
@@ -225,54 +287,18 @@ class DiepPass : public Pass {
     const double lr = options_.get_float("lr");
     torch::optim::Adam opt_alpha(alpha, torch::optim::AdamOptions(lr).betas({0.9, 0.999}));
     torch::optim::Adam opt_beta(beta, torch::optim::AdamOptions(lr).betas({0.9, 0.999}));
-    const int64_t steps = options_.get_int("steps"), batch = std::min(options_.get_int("batch"), n);
+    const int64_t steps = options_.get_int("steps");
     const double lambda = options_.get_float("lambda"), target = static_cast<double>(t.total) / t.all;
     const bool frobenius = options_.get_string("kd") == "frobenius";
     const double mu0 = options_.get_float("budget-weight");
-    std::mt19937_64 rng(static_cast<uint64_t>(options_.get_int("seed")));
-    std::vector<int64_t> order(static_cast<size_t>(n));
-    std::iota(order.begin(), order.end(), 0);
-    size_t cursor = order.size();
     Curve curve;
-    auto forward = [&](const at::Tensor& b_ids, const at::Tensor& b_valid, const std::vector<ExpertGate>* g) {
-      ForwardContext fc = make_forward_context(spec, b_valid, opts, nullptr);
-      fc.expert_gates = g;
-      at::Tensor h = model.embed(b_ids);
-      for (const DecoderLayer& l : layers) h = l.forward(h, fc);
-      return model.head(h);
-    };
     for (int64_t step = 0; step < steps; ++step) {
-      if (cursor + static_cast<size_t>(batch) > order.size()) {
-        std::shuffle(order.begin(), order.end(), rng);
-        cursor = 0;
-      }
-      const at::Tensor pick = at::tensor(std::vector<int64_t>(order.begin() + cursor, order.begin() + cursor + batch), at::kLong);
-      cursor += static_cast<size_t>(batch);
-      const at::Tensor b_ids = ids.index_select(0, pick), b_valid = valid.index_select(0, pick);
+      const auto [b_ids, b_valid] = model.next_batch();
       const double progress = steps > 1 ? static_cast<double>(step) / (steps - 1) : 1.0;
       const double tau = tau_at(progress);
-      at::Tensor teacher;
-      {
-        at::NoGradGuard no_grad;
-        teacher = forward(b_ids, b_valid, nullptr).to(at::kFloat);
-      }
+      const at::Tensor teacher = model.logits(b_ids, b_valid, nullptr);
       const std::vector<ExpertGate> g = gates(t, spec.num_layers, alpha, beta, tau);
-      const at::Tensor logits = forward(b_ids, b_valid, &g).to(at::kFloat);
-      // Next-token positions whose target is a real token.
-      const at::Tensor mask = (b_valid.slice(1, 0, seq - 1) & b_valid.slice(1, 1)).reshape({-1});
-      const int64_t v = logits.size(-1);
-      const at::Tensor s_logits = logits.slice(1, 0, seq - 1).reshape({-1, v}).index({mask});
-      const at::Tensor t_logits = teacher.slice(1, 0, seq - 1).reshape({-1, v}).index({mask});
-      const at::Tensor targets = b_ids.slice(1, 1).reshape({-1}).index({mask});
-      const at::Tensor s_log = s_logits.log_softmax(-1);
-      const at::Tensor ce = at::nll_loss(s_log, targets);
-      at::Tensor kd;
-      if (frobenius) {
-        kd = at::sqrt((s_logits - t_logits).pow(2).sum() + 1e-12);
-      } else {
-        const at::Tensor t_log = t_logits.log_softmax(-1);
-        kd = (t_log.exp() * (t_log - s_log)).sum(-1).mean();
-      }
+      const auto [ce, kd] = distillation(model.logits(b_ids, b_valid, &g), teacher, b_ids, b_valid, frobenius);
       std::vector<at::Tensor> all_gates;
       for (const at::Tensor& a : alpha) all_gates.push_back(at::sigmoid(a / tau));
       const at::Tensor mean_gate = at::cat(all_gates).mean();
@@ -332,16 +358,8 @@ class DiepPass : public Pass {
   /// experts at −inf and the kept ones fully open; steps/4 steps (at least 10).
   std::vector<double> refit_beta(const DecideContext& ctx, const Targets& t, const std::vector<std::vector<int64_t>>& kept,
                                  nlohmann::json* diag) const {
-    const CausalLM& model = ctx.model->model;
-    const CalibrationSet& set = ctx.model->calibration;
+    ResidentModel model(*ctx.model, options_.get_int("batch"), static_cast<uint64_t>(options_.get_int("seed")) + 1);
     const ModelSpec& spec = model.spec();
-    std::vector<DecoderLayer> layers;
-    for (int64_t i = 0; i < spec.num_layers; ++i) layers.push_back(model.load_layer(i));
-    const int64_t n = set.num_samples(), seq = set.seq_len;
-    const at::Tensor ids = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, seq}, at::kInt).to(at::kLong);
-    at::Tensor valid = at::zeros({n, seq}, at::kBool);
-    for (int64_t s = 0; s < n; ++s) valid[s].slice(0, 0, set.lengths[s]).fill_(true);
-    const at::TensorOptions opts = at::TensorOptions().dtype(model.options().dtype).device(model.options().device);
     std::vector<at::Tensor> beta;
     std::vector<ExpertGate> g(static_cast<size_t>(spec.num_layers));
     for (size_t i = 0; i < t.layers.size(); ++i) {
@@ -352,40 +370,14 @@ class DiepPass : public Pass {
       g[t.layers[i]].routed_scale = beta.back();
     }
     torch::optim::Adam opt(beta, torch::optim::AdamOptions(options_.get_float("lr") * 0.2));
-    const int64_t steps = std::max<int64_t>(10, options_.get_int("steps") / 4), batch = std::min(options_.get_int("batch"), n);
+    const int64_t steps = std::max<int64_t>(10, options_.get_int("steps") / 4);
     const double lambda = options_.get_float("lambda");
-    std::mt19937_64 rng(static_cast<uint64_t>(options_.get_int("seed")) + 1);
-    std::vector<int64_t> order(static_cast<size_t>(n));
-    std::iota(order.begin(), order.end(), 0);
-    size_t cursor = order.size();
+    const bool frobenius = options_.get_string("kd") == "frobenius";
     std::vector<double> curve;
-    auto forward = [&](const at::Tensor& b_ids, const at::Tensor& b_valid, const std::vector<ExpertGate>* gates) {
-      ForwardContext fc = make_forward_context(spec, b_valid, opts, nullptr);
-      fc.expert_gates = gates;
-      at::Tensor h = model.embed(b_ids);
-      for (const DecoderLayer& l : layers) h = l.forward(h, fc);
-      return model.head(h);
-    };
     for (int64_t step = 0; step < steps; ++step) {
-      if (cursor + static_cast<size_t>(batch) > order.size()) {
-        std::shuffle(order.begin(), order.end(), rng);
-        cursor = 0;
-      }
-      const at::Tensor pick = at::tensor(std::vector<int64_t>(order.begin() + cursor, order.begin() + cursor + batch), at::kLong);
-      cursor += static_cast<size_t>(batch);
-      const at::Tensor b_ids = ids.index_select(0, pick), b_valid = valid.index_select(0, pick);
-      at::Tensor teacher;
-      {
-        at::NoGradGuard no_grad;
-        teacher = forward(b_ids, b_valid, nullptr).to(at::kFloat);
-      }
-      const at::Tensor logits = forward(b_ids, b_valid, &g).to(at::kFloat);
-      const at::Tensor mask = (b_valid.slice(1, 0, seq - 1) & b_valid.slice(1, 1)).reshape({-1});
-      const int64_t v = logits.size(-1);
-      const at::Tensor s_log = logits.slice(1, 0, seq - 1).reshape({-1, v}).index({mask}).log_softmax(-1);
-      const at::Tensor t_log = teacher.slice(1, 0, seq - 1).reshape({-1, v}).index({mask}).log_softmax(-1);
-      const at::Tensor ce = at::nll_loss(s_log, b_ids.slice(1, 1).reshape({-1}).index({mask}));
-      const at::Tensor kd = (t_log.exp() * (t_log - s_log)).sum(-1).mean();
+      const auto [b_ids, b_valid] = model.next_batch();
+      const at::Tensor teacher = model.logits(b_ids, b_valid, nullptr);
+      const auto [ce, kd] = distillation(model.logits(b_ids, b_valid, &g), teacher, b_ids, b_valid, frobenius);
       const at::Tensor loss = ce + lambda * kd;
       opt.zero_grad();
       loss.backward();
