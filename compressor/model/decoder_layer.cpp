@@ -30,6 +30,11 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   return out.transpose(1, 2).reshape({q.size(0), q.size(2), -1});
 }
 
+/// The relaxation of layer `layer` in this forward (ForwardContext::expert_gates), or nullptr.
+const ExpertGate* expert_gate(const ForwardContext& ctx, int64_t layer) {
+  return ctx.expert_gates && layer < static_cast<int64_t>(ctx.expert_gates->size()) ? &(*ctx.expert_gates)[layer] : nullptr;
+}
+
 }  // namespace
 
 at::Tensor quantize_activations_per_token(const at::Tensor& x, int64_t bits) {
@@ -161,9 +166,7 @@ void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Ten
   const int64_t k = spec_.layers[weights_.layer].top_k;
   const at::Tensor logits = at::linear(x.to(at::kFloat), weights_.router.to(at::kFloat));
   report(ctx, Tap::kRouterLogits, logits);
-  const ExpertGate* gate = ctx.expert_gates && weights_.layer < static_cast<int64_t>(ctx.expert_gates->size())
-                               ? &(*ctx.expert_gates)[weights_.layer]
-                               : nullptr;
+  const ExpertGate* gate = expert_gate(ctx, weights_.layer);
   const at::Tensor log_gate = gate && gate->log_gate.defined() ? gate->log_gate.to(at::kFloat) : at::Tensor();
   if (r.scoring == ScoringFunc::kSoftmax) {
     at::Tensor probs = (log_gate.defined() ? logits + log_gate : logits).softmax(-1);
@@ -234,9 +237,7 @@ at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) co
     const at::Tensor w = topk_weights.index({tokens, slots}).unsqueeze(1).to(x.scalar_type());
     out.index_add_(0, tokens, at::linear(aq(act), experts[e].down.to(x.scalar_type())) * w);
   }
-  const ExpertGate* gate = ctx.expert_gates && weights_.layer < static_cast<int64_t>(ctx.expert_gates->size())
-                               ? &(*ctx.expert_gates)[weights_.layer]
-                               : nullptr;
+  const ExpertGate* gate = expert_gate(ctx, weights_.layer);
   if (gate && gate->routed_scale.defined()) out = out * gate->routed_scale.to(out.scalar_type());
   const LayerWeights& w = weights_;
   if (w.shared_gate.weight.defined()) {

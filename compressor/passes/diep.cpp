@@ -71,14 +71,16 @@ class ResidentModel {
       : model_(m.model), spec_(m.model.spec()), rng_(seed),
         opts_(at::TensorOptions().dtype(m.model.options().dtype).device(m.model.options().device)) {
     for (int64_t i = 0; i < spec_.num_layers; ++i) layers_.push_back(model_.load_layer(i));
-    const CalibrationSet& set = m.calibration;
-    const int64_t n = set.num_samples();
-    ids_ = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, set.seq_len}, at::kInt).to(at::kLong);
-    valid_ = at::zeros({n, set.seq_len}, at::kBool);
-    for (int64_t s = 0; s < n; ++s) valid_[s].slice(0, 0, set.lengths[s]).fill_(true);
-    batch_ = std::min(batch, n);
-    order_.resize(static_cast<size_t>(n));
-    std::iota(order_.begin(), order_.end(), 0);
+    std::tie(ids_, valid_) = calibration_tensors(m.calibration);
+    batch_ = std::min(batch, m.calibration.num_samples());
+    restart(seed);
+  }
+
+  /// Starts the batch order afresh from `seed` (the β re-fit draws its own order).
+  void restart(uint64_t seed) {
+    rng_.seed(seed);
+    order_.resize(static_cast<size_t>(ids_.size(0)));
+    std::iota(order_.begin(), order_.end(), int64_t{0});
     cursor_ = order_.size();
   }
 
@@ -171,10 +173,12 @@ class DiepPass : public Pass {
     std::vector<std::vector<double>> alpha;
     std::vector<double> beta;
     if (mode == "end-to-end") {
-      end_to_end(ctx, t, &alpha, &beta, &diag);
+      ResidentModel model(*ctx.model, options_.get_int("batch"), static_cast<uint64_t>(options_.get_int("seed")));
+      end_to_end(ctx, model, t, &alpha, &beta, &diag);
       std::vector<double> scale(t.layers.size(), 1.0);
       kept = select_global(alpha, scale, t.floors, t.total);
-      beta = refit_beta(ctx, t, kept, &diag);
+      model.restart(static_cast<uint64_t>(options_.get_int("seed")) + 1);
+      beta = refit_beta(ctx, model, t, kept, &diag);
     } else {
       layerwise(ctx, t, &alpha, &kept, &beta, &diag);
     }
@@ -274,9 +278,8 @@ class DiepPass : public Pass {
   }
   double lr_at(double progress) const { return options_.get_float("lr") * 0.5 * (1 + std::cos(M_PI * progress)); }
 
-  void end_to_end(const DecideContext& ctx, const Targets& t, std::vector<std::vector<double>>* alpha_out,
-                  std::vector<double>* beta_out, nlohmann::json* diag) const {
-    ResidentModel model(*ctx.model, options_.get_int("batch"), static_cast<uint64_t>(options_.get_int("seed")));
+  void end_to_end(const DecideContext& ctx, ResidentModel& model, const Targets& t,
+                  std::vector<std::vector<double>>* alpha_out, std::vector<double>* beta_out, nlohmann::json* diag) const {
     const ModelSpec& spec = model.spec();
     const double tau0 = options_.get_float("tau-start");
     std::vector<at::Tensor> alpha, beta;
@@ -356,9 +359,8 @@ class DiepPass : public Pass {
   /// β of the PRUNED model: the relaxed model's β compensates half-open gates that the hard model
   /// no longer has, so after selection β alone is trained again (Adam, CE + λ·KD) with the removed
   /// experts at −inf and the kept ones fully open; steps/4 steps (at least 10).
-  std::vector<double> refit_beta(const DecideContext& ctx, const Targets& t, const std::vector<std::vector<int64_t>>& kept,
-                                 nlohmann::json* diag) const {
-    ResidentModel model(*ctx.model, options_.get_int("batch"), static_cast<uint64_t>(options_.get_int("seed")) + 1);
+  std::vector<double> refit_beta(const DecideContext& ctx, ResidentModel& model, const Targets& t,
+                                 const std::vector<std::vector<int64_t>>& kept, nlohmann::json* diag) const {
     const ModelSpec& spec = model.spec();
     std::vector<at::Tensor> beta;
     std::vector<ExpertGate> g(static_cast<size_t>(spec.num_layers));
@@ -467,8 +469,7 @@ class DiepPass : public Pass {
       std::vector<double> rr(e + 1, 0), rt(e + 1, 0);
       const at::Tensor full = l.routing_weights(x, plain);
       const at::Tensor outputs = all_expert_outputs(l, x);
-      const at::Tensor routed = combine_experts(full, outputs).to(at::kDouble);
-      const at::Tensor target_t = routed;  // Y − shared = the original routed sum
+      const at::Tensor target_t = combine_experts(full, outputs).to(at::kDouble);  // Y − shared: the original routed sum
       const double tt = target_t.pow(2).sum().item<double>(), yy = y.to(at::kDouble).pow(2).sum().item<double>();
       std::vector<double> err, beta_k;
       std::vector<ExpertGate> g(static_cast<size_t>(layer) + 1);

@@ -59,22 +59,14 @@ std::pair<std::vector<double>, int64_t> summed_statistic(const StatsStore& stats
 class ExpertScorePass : public Pass {
  public:
   ExpertScorePass(const PassInstance& instance, ScoreMethod method) : name_(instance.name), method_(method), options_(instance.options) {
-    if (options_.has("keep") == options_.has("keep-count")) {
-      throw ConfigError("", name_ + ".keep", "give exactly one of keep (a fraction of each layer's experts) and keep-count");
-    }
-    if (options_.has("keep") && !(options_.get_float("keep") > 0)) {
-      throw ConfigError("", name_ + ".keep", "expected a fraction in (0, 1], found 0");
-    }
-    if (options_.has("min-experts") && options_.get_string("mode") != "global") {
-      throw ConfigError("", name_ + ".min-experts", "applies to mode global only");
-    }
+    check_keep_options(options_, name_);
   }
 
-  void check(const ModelSpec& spec) const override { (void)targets(spec); }
+  void check(const ModelSpec& spec) const override { (void)keep_targets(spec, options_, name_); }
 
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
     const std::vector<LayerScores> layers = scores(ctx);
-    const std::vector<int64_t> keep = targets(ctx.spec);
+    const std::vector<int64_t> keep = keep_targets(ctx.spec, options_, name_);
     std::vector<std::vector<double>> score;
     std::vector<double> scale;
     for (const LayerScores& l : layers) {
@@ -100,53 +92,6 @@ class ExpertScorePass : public Pass {
   void apply(LayerApplyContext& ctx) const override { apply_expert_surgery(ctx); }
 
  private:
-  /// Per MoE layer in order: experts kept (uniform mode) or the floor (global mode), with the
-  /// global total appended last in global mode. ConfigError naming the option that does not fit.
-  std::vector<int64_t> targets(const ModelSpec& spec) const {
-    const bool global = options_.get_string("mode") == "global";
-    const bool by_count = options_.has("keep-count");
-    const std::string field = name_ + (by_count ? ".keep-count" : ".keep");
-    std::vector<int64_t> out;
-    int64_t total_experts = 0, moe_layers = 0, floors = 0;
-    for (int64_t i = 0; i < spec.num_layers; ++i) {
-      const LayerSpec& l = spec.layers[i];
-      if (!l.is_moe) continue;
-      moe_layers += 1;
-      total_experts += l.num_experts;
-      if (by_count && options_.get_int("keep-count") > l.num_experts) {
-        throw ConfigError("", field, fmt::format("{} exceeds the {} routed experts of layer {}", options_.get_int("keep-count"),
-                                                 l.num_experts, i));
-      }
-      if (global) {
-        const int64_t floor = options_.has("min-experts") ? options_.get_int("min-experts") : l.top_k;
-        if (floor < l.top_k || floor > l.num_experts) {
-          throw ConfigError("", name_ + ".min-experts", fmt::format("{} outside [top_k = {}, {} experts] in layer {}", floor,
-                                                                    l.top_k, l.num_experts, i));
-        }
-        out.push_back(floor);
-        floors += floor;
-        continue;
-      }
-      const int64_t n = by_count ? options_.get_int("keep-count") : std::llround(options_.get_float("keep") * l.num_experts);
-      if (n < l.top_k) {
-        throw ConfigError("", field, fmt::format("keeps {} of the {} experts of layer {} but the router selects top_k = {}", n,
-                                                 l.num_experts, i, l.top_k));
-      }
-      out.push_back(n);
-    }
-    if (global) {
-      const int64_t total = by_count ? options_.get_int("keep-count") * moe_layers
-                                     : std::llround(options_.get_float("keep") * total_experts);
-      if (total < floors) {
-        throw ConfigError("", field, fmt::format("keeps {} experts in all but the per-layer floor (min-experts, default "
-                                                 "top_k) needs {}",
-                                                 total, floors));
-      }
-      out.push_back(total);
-    }
-    return out;
-  }
-
   std::vector<LayerScores> scores(const DecideContext& ctx) const {
     std::vector<LayerScores> out;
     const bool data = method_ == ScoreMethod::kFrequency || method_ == ScoreMethod::kMass;

@@ -1,10 +1,78 @@
 #include "compressor/passes/expert_selection.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 
+#include "compressor/common/errors.h"
+#include "compressor/model/model_spec.h"
+#include "compressor/passes/options.h"
+
 namespace lathe {
+
+namespace {
+bool global_mode(const OptionValues& options) { return options.has("mode") && options.get_string("mode") == "global"; }
+}  // namespace
+
+void check_keep_options(const OptionValues& options, const std::string& pass) {
+  if (options.has("keep") == options.has("keep-count")) {
+    throw ConfigError("", pass + ".keep", "give exactly one of keep (a fraction of each layer's experts) and keep-count");
+  }
+  if (options.has("keep") && !(options.get_float("keep") > 0)) {
+    throw ConfigError("", pass + ".keep", "expected a fraction in (0, 1], found 0");
+  }
+  if (options.has("min-experts") && !global_mode(options)) {
+    throw ConfigError("", pass + ".min-experts", "applies to mode global only");
+  }
+}
+
+std::vector<int64_t> keep_targets(const ModelSpec& spec, const OptionValues& options, const std::string& pass) {
+  const bool global = global_mode(options);
+  const bool by_count = options.has("keep-count");
+  const std::string field = pass + (by_count ? ".keep-count" : ".keep");
+  std::vector<int64_t> out;
+  int64_t total_experts = 0, moe_layers = 0, floors = 0;
+  for (int64_t i = 0; i < spec.num_layers; ++i) {
+    const LayerSpec& l = spec.layers[i];
+    if (!l.is_moe) continue;
+    moe_layers += 1;
+    total_experts += l.num_experts;
+    if (by_count && options.get_int("keep-count") > l.num_experts) {
+      throw ConfigError("", field, fmt::format("{} exceeds the {} routed experts of layer {}", options.get_int("keep-count"),
+                                               l.num_experts, i));
+    }
+    if (global) {
+      const int64_t floor = options.has("min-experts") ? options.get_int("min-experts") : l.top_k;
+      if (floor < l.top_k || floor > l.num_experts) {
+        throw ConfigError("", pass + ".min-experts",
+                          fmt::format("{} outside [top_k = {}, {} experts] in layer {}", floor, l.top_k, l.num_experts, i));
+      }
+      out.push_back(floor);
+      floors += floor;
+      continue;
+    }
+    const int64_t n = by_count ? options.get_int("keep-count") : std::llround(options.get_float("keep") * l.num_experts);
+    if (n < l.top_k) {
+      throw ConfigError("", field, fmt::format("keeps {} of the {} experts of layer {} but the router selects top_k = {}", n,
+                                               l.num_experts, i, l.top_k));
+    }
+    out.push_back(n);
+  }
+  if (global) {
+    const int64_t total = by_count ? options.get_int("keep-count") * moe_layers
+                                   : std::llround(options.get_float("keep") * total_experts);
+    if (total < floors) {
+      throw ConfigError("", field, fmt::format("keeps {} experts in all but the per-layer floor (min-experts, default "
+                                               "top_k) needs {}",
+                                               total, floors));
+    }
+    out.push_back(total);
+  }
+  return out;
+}
 
 std::vector<int64_t> rank_experts(const std::vector<double>& score) {
   std::vector<int64_t> ids(score.size());

@@ -3,9 +3,24 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace lathe {
+
+class OptionValues;
+struct ModelSpec;
+
+/// The kept-count options the expert-pruning passes share (registry.cpp): exactly one of `keep`
+/// and `keep-count`, `keep` above 0, `min-experts` only with `mode: global` (passes without a
+/// `mode` option are uniform). ConfigError naming "<pass>.<option>".
+void check_keep_options(const OptionValues& options, const std::string& pass);
+
+/// Per MoE layer in model order: uniform mode, the experts kept (round(keep·E) or keep-count, at
+/// least top_k, at most E); global mode, the per-layer floor (min-experts, default top_k, within
+/// [top_k, E]) with the total (round(keep·Σ E) or keep-count × MoE layers, at least Σ floors)
+/// appended last. ConfigError naming the option that does not fit.
+std::vector<int64_t> keep_targets(const ModelSpec& spec, const OptionValues& options, const std::string& pass);
 
 /// Expert ids ordered best first: higher score, ties → lower id.
 std::vector<int64_t> rank_experts(const std::vector<double>& score);

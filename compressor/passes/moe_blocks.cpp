@@ -32,6 +32,14 @@ struct Finished {};
 
 }  // namespace
 
+std::pair<at::Tensor, at::Tensor> calibration_tensors(const CalibrationSet& set) {
+  const int64_t n = set.num_samples(), t = set.seq_len;
+  at::Tensor ids = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, t}, at::kInt).to(at::kLong);
+  at::Tensor valid = at::zeros({n, t}, at::kBool);
+  for (int64_t i = 0; i < n; ++i) valid[i].slice(0, 0, set.lengths[i]).fill_(true);
+  return {ids, valid};
+}
+
 void for_each_moe_block(const DecideModel& m,
                         const std::function<void(int64_t, const DecoderLayer&, const MoeBlockInputs&)>& fn) {
   const CalibrationSet& set = m.calibration;
@@ -41,14 +49,9 @@ void for_each_moe_block(const DecideModel& m,
     if (spec.layers[i].is_moe) last_moe = i;
   }
   if (last_moe < 0) return;
-  const int64_t n = set.num_samples(), t = set.seq_len;
-  const at::Tensor ids = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, t}, at::kInt).to(at::kLong);
-  at::Tensor valid = at::zeros({n, t}, at::kBool);
+  const auto [ids, valid] = calibration_tensors(set);
   std::vector<int64_t> offsets{0};
-  for (int64_t s = 0; s < n; ++s) {
-    valid[s].slice(0, 0, set.lengths[s]).fill_(true);
-    offsets.push_back(offsets.back() + set.lengths[s]);
-  }
+  for (int64_t length : set.lengths) offsets.push_back(offsets.back() + length);
   BlockInputCollector collector(m.streaming.buffer_dtype);
   try {
     stream_forward(

@@ -7,12 +7,17 @@
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "compressor/model/decoder_layer.h"
 #include "compressor/passes/context.h"
 
 namespace lathe {
+
+/// The calibration samples as ids [N, T] (int64) and valid [N, T] (bool: the first lengths[s]
+/// positions of row s).
+std::pair<at::Tensor, at::Tensor> calibration_tensors(const CalibrationSet& set);
 
 /// One MoE layer's block inputs (after post_attention_layernorm) of every real calibration token.
 struct MoeBlockInputs {

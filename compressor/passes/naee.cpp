@@ -42,12 +42,7 @@ bool next_combination(std::vector<int64_t>& c, int64_t n) {
 class NaeePass : public Pass {
  public:
   explicit NaeePass(const PassInstance& instance) : options_(instance.options) {
-    if (options_.has("keep") == options_.has("keep-count")) {
-      throw ConfigError("", "experts-naee.keep", "give exactly one of keep (a fraction of each layer's experts) and keep-count");
-    }
-    if (options_.has("min-experts") && options_.get_string("mode") != "global") {
-      throw ConfigError("", "experts-naee.min-experts", "applies to mode global only");
-    }
+    check_keep_options(options_, "experts-naee");
   }
 
   bool decide_needs_model() const override { return true; }
@@ -181,37 +176,18 @@ class NaeePass : public Pass {
     int64_t total = 0;
   };
 
+  /// The sizes to enumerate per MoE layer (keep_targets: uniform → the target; global → floor to
+  /// E), refused when a layer would need more than max-subsets keep sets.
   Sizes plan_sizes(const ModelSpec& spec) const {
     Sizes s;
     s.global = options_.get_string("mode") == "global";
-    const bool by_count = options_.has("keep-count");
-    const std::string field = std::string("experts-naee.") + (by_count ? "keep-count" : "keep");
+    const std::vector<int64_t> targets = keep_targets(spec, options_, "experts-naee");
     const double limit = static_cast<double>(options_.get_int("max-subsets"));
-    int64_t all = 0, moe = 0, floors = 0;
+    size_t m = 0;
     for (int64_t i = 0; i < spec.num_layers; ++i) {
       const LayerSpec& l = spec.layers[i];
       if (!l.is_moe) continue;
-      moe += 1;
-      all += l.num_experts;
-      if (by_count && options_.get_int("keep-count") > l.num_experts) {
-        throw ConfigError("", field, fmt::format("{} exceeds the {} routed experts of layer {}", options_.get_int("keep-count"),
-                                                 l.num_experts, i));
-      }
-      int64_t lo = 0, hi = 0;
-      if (s.global) {
-        lo = options_.has("min-experts") ? options_.get_int("min-experts") : l.top_k;
-        if (lo < l.top_k || lo > l.num_experts) {
-          throw ConfigError("", "experts-naee.min-experts",
-                            fmt::format("{} outside [top_k = {}, {} experts] in layer {}", lo, l.top_k, l.num_experts, i));
-        }
-        hi = l.num_experts;
-      } else {
-        lo = hi = by_count ? options_.get_int("keep-count") : std::llround(options_.get_float("keep") * l.num_experts);
-        if (lo < l.top_k) {
-          throw ConfigError("", field, fmt::format("keeps {} of the {} experts of layer {} but the router selects top_k = {}",
-                                                   lo, l.num_experts, i, l.top_k));
-        }
-      }
+      const int64_t lo = targets[m++], hi = s.global ? l.num_experts : lo;
       double sets = 0;
       for (int64_t k = lo; k <= hi; ++k) sets += k == l.num_experts ? 0 : binomial(l.num_experts, k);
       if (sets > limit) {
@@ -223,16 +199,8 @@ class NaeePass : public Pass {
       }
       s.lo.push_back(lo);
       s.hi.push_back(hi);
-      floors += lo;
     }
-    if (s.global) {
-      s.total = by_count ? options_.get_int("keep-count") * moe : std::llround(options_.get_float("keep") * all);
-      if (s.total < floors) {
-        throw ConfigError("", field, fmt::format("keeps {} experts in all but the per-layer floor (min-experts, default top_k) "
-                                                 "needs {}",
-                                                 s.total, floors));
-      }
-    }
+    if (s.global) s.total = targets.back();
     return s;
   }
 

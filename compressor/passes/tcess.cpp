@@ -15,6 +15,7 @@
 #include "compressor/common/strict_json.h"
 #include "compressor/passes/builtin.h"
 #include "compressor/passes/context.h"
+#include "compressor/passes/expert_selection.h"
 #include "compressor/passes/pattern_bank.h"
 
 namespace lathe {
@@ -42,23 +43,10 @@ std::vector<std::string> calibration_tasks(const StatsStore& stats) {
   return tasks;
 }
 
-/// Expert ids best first: higher score, ties → lower id.
-std::vector<int64_t> ranking(const std::vector<double>& score) {
-  std::vector<int64_t> ids(score.size());
-  std::iota(ids.begin(), ids.end(), 0);
-  std::stable_sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
-  return ids;
-}
-
 class TcessPass : public Pass {
  public:
   explicit TcessPass(const PassInstance& instance) : name_(instance.name), options_(instance.options) {
-    if (options_.has("keep") == options_.has("keep-count")) {
-      throw ConfigError("", name_ + ".keep", "give exactly one of keep (a fraction of each layer's experts) and keep-count");
-    }
-    if (options_.has("keep") && !(options_.get_float("keep") > 0)) {
-      throw ConfigError("", name_ + ".keep", "expected a fraction in (0, 1], found 0");
-    }
+    check_keep_options(options_, name_);
     // The observe stage stores Σ p·1[e ∈ TopK] over every selected expert (r = 0) only; a threshold
     // would need the per-token probabilities, which are not kept.
     if (options_.get_float("r") != 0) {
@@ -115,25 +103,7 @@ class TcessPass : public Pass {
 
  private:
   /// Experts kept per MoE layer, in layer order. ConfigError naming the option that does not fit.
-  std::vector<int64_t> targets(const ModelSpec& spec) const {
-    const bool by_count = options_.has("keep-count");
-    const std::string field = name_ + (by_count ? ".keep-count" : ".keep");
-    std::vector<int64_t> out;
-    for (int64_t i = 0; i < spec.num_layers; ++i) {
-      const LayerSpec& l = spec.layers[i];
-      if (!l.is_moe) continue;
-      const int64_t n = by_count ? options_.get_int("keep-count") : std::llround(options_.get_float("keep") * l.num_experts);
-      if (n > l.num_experts) {
-        throw ConfigError("", field, fmt::format("{} exceeds the {} routed experts of layer {}", n, l.num_experts, i));
-      }
-      if (n < l.top_k) {
-        throw ConfigError("", field, fmt::format("keeps {} of the {} experts of layer {} but the router selects top_k = {}", n,
-                                                 l.num_experts, i, l.top_k));
-      }
-      out.push_back(n);
-    }
-    return out;
-  }
+  std::vector<int64_t> targets(const ModelSpec& spec) const { return keep_targets(spec, options_, name_); }
 
   /// Statistic `kind` of one task and layer ([E] f64) and its token count, checked against the
   /// layer's upstream weights.
@@ -179,7 +149,7 @@ class TcessPass : public Pass {
       }
       t.mass.push_back(mass);
       if (!score.empty()) t.scores.push_back(score);
-      std::vector<int64_t> kept = ranking(t.ranking_scores()[l]);
+      std::vector<int64_t> kept = rank_experts(t.ranking_scores()[l]);
       kept.resize(keep[l]);
       std::sort(kept.begin(), kept.end());
       t.kept.push_back(kept);

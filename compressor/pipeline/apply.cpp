@@ -29,6 +29,7 @@
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
 #include "compressor/passes/builtin.h"
+#include "compressor/passes/moe_blocks.h"
 #include "export/safetensors_writer.h"
 
 namespace fs = std::filesystem;
@@ -162,15 +163,6 @@ struct ResumeState {
             {"plan_sha256", plan}, {"calibration", calibration}, {"shards", l}, {"quant_shards", q}};
   }
 };
-
-/// The calibration samples as ids [N, T] (int64) and valid [N, T] (bool).
-std::pair<at::Tensor, at::Tensor> calibration_tensors(const CalibrationSet& set) {
-  const int64_t n = set.num_samples(), t = set.seq_len;
-  at::Tensor ids = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, t}, at::kInt).to(at::kLong);
-  at::Tensor valid = at::zeros({n, t}, at::kBool);
-  for (int64_t i = 0; i < n; ++i) valid[i].slice(0, 0, set.lengths[i]).fill_(true);
-  return {ids, valid};
-}
 
 }  // namespace
 

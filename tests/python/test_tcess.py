@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from reference import LATHE_BIN, SOURCE_DIR
-from test_expert_pruning import mask_router, max_error, moe_layers, padded_batch
+from test_expert_pruning import mask_router, max_error, moe_layers, padded_batch, router_statistics
 
 MODELS = SOURCE_DIR / "data" / "models"
 CORPORA = SOURCE_DIR / "data" / "corpora"
@@ -142,41 +142,24 @@ def task_tokens(stats, task):
     return ids, (torch.arange(ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()
 
 
-def reference_vectors(model, ids, mask):
-    """Per MoE layer from transformers' routers: (frequency, mass) vectors, each Σ over the valid
-    tokens divided by their number T."""
-    valid = mask.reshape(-1).bool()
-    result = {}
-
-    def hook(layer):
-        def fn(module, args, output):
-            logits, _, index = output
-            logits, index = logits.double()[valid], index[valid]
-            p = logits.sigmoid() if hasattr(module, "e_score_correction_bias") else logits.softmax(-1)
-            selected = torch.zeros_like(p).scatter_(1, index, 1.0)
-            t = valid.sum().item()
-            result[layer] = ((selected.sum(0) / t).numpy(), ((selected * p).sum(0) / t).numpy())
-        return fn
-
-    handles = [r.register_forward_hook(hook(i)) for i, r in moe_layers(model)]
-    with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask)
-    for h in handles:
-        h.remove()
-    return result
+def reference_vectors(model_name, ids, mask):
+    """Per MoE layer from transformers' routers (test_expert_pruning.router_statistics): (frequency,
+    mass) vectors, each Σ over the valid tokens divided by their number T."""
+    t = mask.sum().item()
+    return {layer: ((count / t).numpy(), (p_topk / t).numpy())
+            for layer, (count, _, p_topk) in router_statistics(model_name, ids, mask).items()}
 
 
 @pytest.mark.parametrize("model_name", ["mixtral", "deepseek_v3"])
 def test_bank_vectors_match_transformers_routers(model_name, tmp_path_factory):
     out = tcess_run(tmp_path_factory, model_name, "tcess: {keep-count: 4, score: frequency}", samples=4)
     bank = json.loads((bank_of(out)).read_text())
-    model = AutoModelForCausalLM.from_pretrained(MODELS / model_name, dtype=torch.float32).eval()
     assert [t["name"] for t in bank["tasks"]] == TASKS
     strict = 0
     for task in bank["tasks"]:
         ids, mask = task_tokens(out / "stats.h5", task["name"])
         assert task["tokens"] == mask.sum().item() and task["score"] == "frequency"
-        ref = reference_vectors(model, ids, mask)
+        ref = reference_vectors(model_name, ids, mask)
         for n, layer in enumerate(bank["model"]["moe_layers"]):
             freq, mass = ref[layer]
             got_mass, got_freq = np.array(task["mass"][n]), np.array(task["scores"][n])
