@@ -92,6 +92,14 @@ SmoothingPlan smoothing_from_json(const nlohmann::json& j, const std::string& wh
   return p;
 }
 
+/// A plan key naming a decoder layer ("0", "12"); DataError(where, field) otherwise.
+int64_t layer_index(const std::string& key, const std::string& where, const std::string& field) {
+  if (key.empty() || key.find_first_not_of("0123456789") != std::string::npos || key.size() > 9) {
+    throw DataError(where, field, "expected a decoder layer index as the key");
+  }
+  return std::stoll(key);
+}
+
 /// `doc[key]` as {decoder layer index: [values]} (absent: empty). DataError naming `key.<layer>`
 /// for a key that is not a layer index, a value that is not a list, or an element `accept` refuses.
 template <typename T, typename Accept>
@@ -104,16 +112,14 @@ std::map<int64_t, std::vector<T>> layer_lists(const nlohmann::json& doc, const s
   if (!e.is_object()) throw DataError(where, key, "expected an object {layer: [" + hint + "]}");
   for (const auto& [layer, values] : e.items()) {
     const std::string field = key + "." + layer;
-    if (layer.empty() || layer.find_first_not_of("0123456789") != std::string::npos || layer.size() > 9) {
-      throw DataError(where, field, "expected a decoder layer index as the key");
-    }
+    const int64_t index = layer_index(layer, where, field);
     if (!values.is_array()) throw DataError(where, field, "expected a list of " + list_of);
     std::vector<T> list;
     for (const auto& x : values) {
       if (!accept(x)) throw DataError(where, field, "expected " + elements);
       list.push_back(x.template get<T>());
     }
-    out[std::stoll(layer)] = list;
+    out[index] = list;
   }
   return out;
 }
@@ -194,11 +200,9 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
     if (!e.is_object()) throw DataError(where, "expert_scale", "expected an object {layer: factor}");
     for (const auto& [layer, v] : e.items()) {
       const std::string field = "expert_scale." + layer;
-      if (layer.empty() || layer.find_first_not_of("0123456789") != std::string::npos || layer.size() > 9) {
-        throw DataError(where, field, "expected a decoder layer index as the key");
-      }
+      const int64_t index = layer_index(layer, where, field);
       if (!v.is_number() || !std::isfinite(v.get<double>())) throw DataError(where, field, "expected a finite number");
-      plan.expert_scale[std::stoll(layer)] = v.get<double>();
+      plan.expert_scale[index] = v.get<double>();
     }
   }
   if (doc.contains("diagnostics")) {

@@ -159,3 +159,29 @@ def test_bad_options_are_refused_before_anything_is_written(pass_yaml, field, tm
     assert field in proc.stderr, proc.stderr
     if field != "diep.mode":
         assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_lathe_apply_replays_expert_scale_and_refuses_bad_values(tmp_path):
+    """plan.json's expert_scale is applied by `lathe apply --plan` (down_proj·β, bit-identical to the
+    run's output); diagnostics round-trip; a non-MoE layer, a non-number or a bad key is exit 3."""
+    out, plan, _ = run(tmp_path, "qwen2_moe", "diep: {keep: 0.5, mode: layerwise, steps: 20}")
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(plan))
+    proc = lathe("apply", MODELS / "qwen2_moe", "--plan", good, "--out", tmp_path / "replayed")
+    assert proc.returncode == 0, proc.stderr
+    replayed = json.loads((tmp_path / "replayed" / "plan.json").read_text())
+    assert replayed["expert_scale"] == plan["expert_scale"] and replayed["diagnostics"] == plan["diagnostics"]
+    for name in sorted(p.name for p in (out / "model").glob("*.safetensors")):
+        assert (out / "model" / name).read_bytes() == (tmp_path / "replayed" / "model" / name).read_bytes()
+    config = json.loads((MODELS / "qwen2_moe" / "config.json").read_text())
+    dense = next(i for i in range(config["num_hidden_layers"]) if str(i) not in plan["experts"]) \
+        if len(plan["experts"]) < config["num_hidden_layers"] else None
+    cases = [({"x": 1.0}, "expert_scale.x"), ({"1": "big"}, "expert_scale.1"), ({"1": True}, "expert_scale.1")]
+    if dense is not None:
+        cases.append(({str(dense): 1.0}, f"expert_scale.{dense}"))
+    for n, (scale, field) in enumerate(cases):
+        bad = tmp_path / f"bad{n}.json"
+        bad.write_text(json.dumps({**plan, "expert_scale": scale}))
+        proc = lathe("apply", MODELS / "qwen2_moe", "--plan", bad, "--out", tmp_path / f"o{n}")
+        assert proc.returncode == 3 and field in proc.stderr, (field, proc.stderr)
+        assert not (tmp_path / f"o{n}").exists()
