@@ -18,7 +18,7 @@ struct EvalArgs {
   std::string model;
   std::vector<std::string> texts, tasks;
   WindowOptions windows;
-  std::string json_out, device = "cpu", dtype = "f32";
+  std::string reference, json_out, device = "cpu", dtype = "f32";
   int64_t micro_batch = 8;
 };
 
@@ -26,6 +26,7 @@ void run_eval(const EvalArgs& args) {
   if (args.texts.empty() && args.tasks.empty()) throw ConfigError("", "--text/--tasks", "give at least one file to evaluate");
   EvalRequest req;
   req.model = args.model;
+  req.reference = args.reference;
   req.texts = args.texts;
   req.tasks = args.tasks;
   req.windows = args.windows;
@@ -45,6 +46,9 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--tasks", args->tasks, "JSONL task file {context, choices, answer} (repeatable)");
   cmd->add_option("--seq-len", args->windows.seq_len, "tokens per perplexity window")->capture_default_str();
   cmd->add_option("--stride", args->windows.stride, "sliding-window stride (default: seq-len, non-overlapping)");
+  cmd->add_option("--reference", args->reference,
+                  "also measure each --text file's KL divergence and top-1 agreement against this model "
+                  "(e.g. the original of a compressed output)");
   cmd->add_option("--json", args->json_out, "write the report as JSON (docs/eval.md)");
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--dtype", args->dtype, "working precision: f32 or bf16")->capture_default_str();

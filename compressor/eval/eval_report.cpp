@@ -7,7 +7,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <cmath>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -82,20 +84,50 @@ nlohmann::json evaluate_model(const EvalRequest& args) {
                            {"perplexity", nlohmann::json::object()}, {"tokens", nlohmann::json::object()},
                            {"predicted", nlohmann::json::object()}, {"tasks", nlohmann::json::object()},
                            {"lathe_version", LATHE_VERSION}};
+  std::optional<CausalLM> reference;
+  std::optional<Tokenizer> reference_tokenizer;
+  if (!args.reference.empty()) {
+    const ModelSource ref_source = resolve_model_source(args.reference);
+    reference.emplace(open_model(ref_source, args.forward));
+    reference_tokenizer.emplace(Tokenizer::from_model_dir(ref_source.model_dir.string()));
+    report["reference"] = args.reference;
+    report["divergence"] = nlohmann::json::object();
+  }
   const std::vector<std::string> text_names = report_names(args.texts);
   for (size_t f = 0; f < args.texts.size(); ++f) {
     const std::string& path = args.texts[f];
     const std::string& name = text_names[f];
     const auto start = std::chrono::steady_clock::now();
     const std::vector<int32_t> tokens = tokenizer.encode(read_file(path, "cannot open the text file"), false);
-    const PerplexityResult r = evaluate_perplexity(model, tokens, args.windows, streaming, progress_for(args.label, name));
+    PerplexityResult r;
+    std::string kl_line;
+    if (reference) {
+      if (reference_tokenizer->encode(read_file(path, "cannot open the text file"), false) != tokens) {
+        throw ConfigError(path, "--reference", "the reference's tokenizer encodes this file differently from the model's");
+      }
+      const DivergenceResult d =
+          evaluate_divergence(model, *reference, tokens, args.windows, streaming, progress_for(args.label, name));
+      r.nll = d.nll;
+      r.predicted = d.predicted;
+      r.tokens = d.tokens;
+      const double ref_ppl = d.predicted ? std::exp(d.reference_nll / static_cast<double>(d.predicted)) : std::nan("");
+      report["divergence"][name] = {{"kl", d.mean_kl()}, {"max_kl", d.max_kl}, {"top1", d.top1()},
+                                    {"reference_perplexity", ref_ppl}};
+      if (args.print) {
+        kl_line = fmt::format("{:<32} KL {:.6f} nats/token (max {:.4f}), top-1 agreement {:.2f}%, reference perplexity {:.4f}\n",
+                                 name, d.mean_kl(), d.max_kl, 100 * d.top1(), ref_ppl);
+      }
+    } else {
+      r = evaluate_perplexity(model, tokens, args.windows, streaming, progress_for(args.label, name));
+    }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     report["perplexity"][name] = r.perplexity();
     report["tokens"][name] = r.tokens;
     report["predicted"][name] = r.predicted;
     if (args.print) {
       std::cout << fmt::format("{:<32} perplexity {:10.4f}  ({} tokens, {} predicted, {:.1f} s)\n", name,
-                               r.perplexity(), r.tokens, r.predicted, seconds);
+                               r.perplexity(), r.tokens, r.predicted, seconds)
+                << kl_line;
     }
   }
   const std::vector<std::string> task_names = report_names(args.tasks);

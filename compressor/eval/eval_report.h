@@ -15,6 +15,9 @@ namespace lathe {
 
 struct EvalRequest {
   std::string model;
+  /// Optional reference model (any form `model` takes): each text file also gets the divergence
+  /// of `model` from it (KL, top-1 agreement, the reference's perplexity; docs/eval.md).
+  std::string reference;
   std::vector<std::string> texts, tasks;
   WindowOptions windows;
   ForwardOptions forward;

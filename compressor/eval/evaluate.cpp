@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "compressor/common/errors.h"
@@ -21,6 +22,13 @@ std::pair<at::Tensor, at::Tensor> pad_rows(const std::vector<std::vector<int32_t
     for (size_t t = 0; t < rows[b].size(); ++t) id[b][t] = rows[b][t], ok[b][t] = true;
   }
   return {ids, valid};
+}
+
+/// The windows' tokens as right-padded [windows, seq_len] ids and validity.
+std::pair<at::Tensor, at::Tensor> window_rows(const std::vector<int32_t>& tokens, const std::vector<Window>& windows) {
+  std::vector<std::vector<int32_t>> rows;
+  for (const auto& w : windows) rows.emplace_back(tokens.begin() + w.begin, tokens.begin() + w.end);
+  return pad_rows(rows);
 }
 
 /// log p(ids[t] | ids[<t]) for t ≥ 1 of each row, from final hidden states [B, T, d]: [B, T-1].
@@ -67,6 +75,64 @@ double PerplexityResult::perplexity() const {
   return predicted ? std::exp(nll / static_cast<double>(predicted)) : std::nan("");
 }
 
+DivergenceResult evaluate_divergence(const CausalLM& model, const CausalLM& reference, const std::vector<int32_t>& tokens,
+                                     const WindowOptions& options, const StreamingOptions& streaming,
+                                     const Progress& progress) {
+  if (model.spec().vocab_size != reference.spec().vocab_size) {
+    throw ConfigError("", "--reference",
+                      "the reference's vocabulary has " + std::to_string(reference.spec().vocab_size) +
+                          " tokens, the model's " + std::to_string(model.spec().vocab_size) + ": not the same model family");
+  }
+  DivergenceResult result;
+  result.tokens = static_cast<int64_t>(tokens.size());
+  const std::vector<Window> windows = perplexity_windows(result.tokens, options);
+  if (windows.empty()) return result;
+  const auto [ids, valid] = window_rows(tokens, windows);
+  const int64_t layers = model.spec().num_layers + reference.spec().num_layers;
+  // Pass 1: the reference's final hidden states, kept on the host.
+  at::Tensor ref_hidden;
+  stream_forward(
+      reference, ids, valid, streaming, nullptr,
+      [&](int64_t begin, const at::Tensor& hidden, const at::Tensor&) {
+        if (!ref_hidden.defined()) {
+          ref_hidden = at::empty({ids.size(0), ids.size(1), hidden.size(-1)}, hidden.options().device(at::kCPU));
+        }
+        ref_hidden.slice(0, begin, begin + hidden.size(0)).copy_(hidden);
+      },
+      [&](int64_t layer) {
+        if (progress) progress(layer + 1, layers);
+      });
+  // Pass 2: the model; both heads per micro-batch.
+  stream_forward(
+      model, ids, valid, streaming, nullptr,
+      [&](int64_t begin, const at::Tensor& hidden, const at::Tensor&) {
+        const int64_t n = hidden.size(0);
+        const at::Tensor lp = model.head(hidden).slice(1, 0, -1).log_softmax(-1);
+        const at::Tensor lr = reference.head(ref_hidden.slice(0, begin, begin + n).to(hidden.device())).slice(1, 0, -1).log_softmax(-1);
+        const at::Tensor targets = ids.slice(0, begin, begin + n).slice(1, 1).to(lp.device()).unsqueeze(-1);
+        // Per position [n, T-1], in fp64 on the host for the sums.
+        const at::Tensor kl = (lr.exp() * (lr - lp)).sum(-1).cpu().to(at::kDouble);
+        const at::Tensor agree = (lr.argmax(-1) == lp.argmax(-1)).cpu();
+        const at::Tensor nll = lp.gather(-1, targets).squeeze(-1).neg().cpu().to(at::kDouble);
+        const at::Tensor ref_nll = lr.gather(-1, targets).squeeze(-1).neg().cpu().to(at::kDouble);
+        for (int64_t r = 0; r < n; ++r) {
+          const Window& w = windows[begin + r];
+          const int64_t a = w.first_target - w.begin - 1, b = w.end - w.begin - 1;
+          const at::Tensor k = kl[r].slice(0, a, b);
+          result.kl += k.sum().item<double>();
+          result.max_kl = std::max(result.max_kl, k.max().item<double>());
+          result.top1_agree += agree[r].slice(0, a, b).sum().item<int64_t>();
+          result.nll += nll[r].slice(0, a, b).sum().item<double>();
+          result.reference_nll += ref_nll[r].slice(0, a, b).sum().item<double>();
+          result.predicted += b - a;
+        }
+      },
+      [&](int64_t layer) {
+        if (progress) progress(reference.spec().num_layers + layer + 1, layers);
+      });
+  return result;
+}
+
 PerplexityResult evaluate_perplexity(const CausalLM& model, const std::vector<int32_t>& tokens,
                                      const WindowOptions& options, const StreamingOptions& streaming,
                                      const Progress& progress) {
@@ -74,9 +140,7 @@ PerplexityResult evaluate_perplexity(const CausalLM& model, const std::vector<in
   result.tokens = static_cast<int64_t>(tokens.size());
   const std::vector<Window> windows = perplexity_windows(result.tokens, options);
   if (windows.empty()) return result;
-  std::vector<std::vector<int32_t>> rows;
-  for (const auto& w : windows) rows.emplace_back(tokens.begin() + w.begin, tokens.begin() + w.end);
-  const auto [ids, valid] = pad_rows(rows);
+  const auto [ids, valid] = window_rows(tokens, windows);
   stream(model, ids, valid, streaming, progress, [&](int64_t begin, const at::Tensor& logp) {
     for (int64_t r = 0; r < logp.size(0); ++r) {
       const Window& w = windows[begin + r];

@@ -90,3 +90,93 @@ def test_bad_inputs(tmp_path):
     assert proc.returncode == 2 and "seq-len" in proc.stderr
     proc = run_lathe("eval", path, check=False)
     assert proc.returncode == 2
+
+
+def perturbed_copy(src, dst, scale):
+    """A copy of model `src` whose every decoder weight matrix got Gaussian noise of `scale`·std (seed 0),
+    saved by transformers with the tokenizer files copied: a stand-in for a compressed model."""
+    import shutil
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".layers." in name and p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=gen) * p.std() * scale)
+    model.save_pretrained(dst)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        if (src / f).exists():
+            shutil.copy(src / f, dst / f)
+    return model
+
+
+@pytest.mark.parametrize("name", ["llama", "mixtral"])
+def test_reference_divergence_matches_transformers(name, tmp_path):
+    """`lathe eval MODEL --reference REF`: the KL(p_ref ‖ p_model) per predicted token, the top-1
+    agreement, both perplexities and the largest position KL equal transformers' on the same windows."""
+    path = model_dir(name)
+    noisy = perturbed_copy(path, tmp_path / "noisy", 0.3)
+    text = TEXT.read_text(encoding="utf-8")[:12000]
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    run_lathe("eval", tmp_path / "noisy", "--reference", path, "--text", tmp_path / "text.txt",
+              "--seq-len", SEQ_LEN, "--json", tmp_path / "r.json")
+    got = json.loads((tmp_path / "r.json").read_text())
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(path)(text, add_special_tokens=False)["input_ids"]
+    kl = max_kl = agree = nll = ref_nll = predicted = 0.0
+    for begin in range(0, len(ids), SEQ_LEN):
+        window = torch.tensor(ids[begin:begin + SEQ_LEN]).unsqueeze(0)
+        if window.shape[1] < 2:
+            continue
+        with torch.no_grad():
+            lp = noisy(window).logits.log_softmax(-1)[0, :-1].double()
+            lr = ref(window).logits.log_softmax(-1)[0, :-1].double()
+        per = (lr.exp() * (lr - lp)).sum(-1)
+        kl += per.sum().item()
+        max_kl = max(max_kl, per.max().item())
+        agree += (lr.argmax(-1) == lp.argmax(-1)).sum().item()
+        target = window[0, 1:].unsqueeze(-1)
+        nll -= lp.gather(-1, target).sum().item()
+        ref_nll -= lr.gather(-1, target).sum().item()
+        predicted += window.shape[1] - 1
+    d = got["divergence"]["text.txt"]
+    assert got["reference"] == str(path)
+    assert got["predicted"]["text.txt"] == predicted
+    # The noise moves the model well away from the reference: the check is not trivially 0 = 0.
+    assert kl / predicted > 0.005
+    assert abs(d["kl"] - kl / predicted) <= 2e-3 * kl / predicted, (d["kl"], kl / predicted)
+    assert abs(d["max_kl"] - max_kl) <= 2e-3 * max_kl, (d["max_kl"], max_kl)
+    # argmax ties between nearly equal logits may flip between the two implementations: at most 0.2%.
+    assert abs(d["top1"] - agree / predicted) <= 2e-3, (d["top1"], agree / predicted)
+    assert abs(got["perplexity"]["text.txt"] - math.exp(nll / predicted)) <= 1e-3 * math.exp(nll / predicted)
+    assert abs(d["reference_perplexity"] - math.exp(ref_nll / predicted)) <= 1e-3 * math.exp(ref_nll / predicted)
+
+
+def test_reference_divergence_of_a_model_to_itself_is_zero(tmp_path):
+    path = model_dir("qwen2_moe")
+    text = TEXT.read_text(encoding="utf-8")[:6000]
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    proc = run_lathe("eval", path, "--reference", path, "--text", tmp_path / "text.txt", "--seq-len", SEQ_LEN,
+                     "--json", tmp_path / "r.json")
+    got = json.loads((tmp_path / "r.json").read_text())
+    d = got["divergence"]["text.txt"]
+    assert abs(d["kl"]) < 1e-9 and d["top1"] == 1.0
+    assert d["reference_perplexity"] == pytest.approx(got["perplexity"]["text.txt"], rel=1e-12)
+    assert "KL" in proc.stdout and "top-1 agreement 100.00%" in proc.stdout
+
+
+def test_reference_bad_inputs(tmp_path):
+    path = model_dir("llama")
+    proc = run_lathe("eval", path, "--reference", tmp_path / "nowhere", "--text", TEXT, check=False)
+    assert proc.returncode == 5 and "nowhere" in proc.stderr
+    # A reference with another vocabulary: refused before anything runs, naming --reference.
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in path.iterdir():
+        (other / f.name).symlink_to(f)
+    (other / "config.json").unlink()
+    config = json.loads((path / "config.json").read_text())
+    config["vocab_size"] = config["vocab_size"] * 2
+    (other / "config.json").write_text(json.dumps(config))
+    proc = run_lathe("eval", path, "--reference", other, "--text", TEXT, check=False)
+    assert proc.returncode == 2 and "--reference" in proc.stderr and "8192" in proc.stderr, proc.stderr
+    assert not (tmp_path / "r.json").exists()
