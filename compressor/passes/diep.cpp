@@ -464,25 +464,38 @@ class DiepPass : public Pass {
       alpha_out->emplace_back(a.data_ptr<double>(), a.data_ptr<double>() + a.numel());
       const std::vector<int64_t> rank = rank_experts(alpha_out->back());
       // Exact error of keeping the top k by α, with the least-squares β: accumulate ⟨R,R⟩, ⟨R,T⟩, ⟨T,T⟩
-      // (R = routed sum of the kept experts, T = Y − shared), per k.
+      // (R = routed sum of the kept experts, T = Y − shared), per k, over chunks of sequences so that
+      // the experts' outputs [E, rows, d] stay under ~1 GiB whatever the calibration set's size.
       at::NoGradGuard no_grad;
       std::vector<double> rr(e + 1, 0), rt(e + 1, 0);
-      const at::Tensor full = l.routing_weights(x, plain);
-      const at::Tensor outputs = all_expert_outputs(l, x);
-      const at::Tensor target_t = combine_experts(full, outputs).to(at::kDouble);  // Y − shared: the original routed sum
-      const double tt = target_t.pow(2).sum().item<double>(), yy = y.to(at::kDouble).pow(2).sum().item<double>();
-      std::vector<double> err, beta_k;
+      double tt = 0, yy = 0;
       std::vector<ExpertGate> g(static_cast<size_t>(layer) + 1);
       ForwardContext fc;
       fc.expert_gates = &g;
+      std::vector<at::Tensor> keep_gates;  // log-gates keeping the top k, k = floor..e
       for (int64_t k = floor; k <= e; ++k) {
-        at::Tensor log_gate = at::full({e}, -std::numeric_limits<float>::infinity(), at::kFloat);
-        log_gate.index_fill_(0, at::tensor(std::vector<int64_t>(rank.begin(), rank.begin() + k), at::kLong), 0.0);
-        g[layer].log_gate = log_gate;
-        const at::Tensor r = combine_experts(l.routing_weights(x, fc), outputs).to(at::kDouble);
-        const double r2 = r.pow(2).sum().item<double>(), rtv = (r * target_t).sum().item<double>();
-        const double b = r2 > 0 ? rtv / r2 : 1.0;
-        const double sq = std::max(0.0, b * b * r2 - 2 * b * rtv + tt);
+        keep_gates.push_back(at::full({e}, -std::numeric_limits<float>::infinity(), at::kFloat));
+        keep_gates.back().index_fill_(0, at::tensor(std::vector<int64_t>(rank.begin(), rank.begin() + k), at::kLong), 0.0);
+      }
+      for (const auto& [s0, s1] : sequence_chunks(in.offsets, e * x.size(1) * static_cast<int64_t>(x.element_size()))) {
+        const int64_t r0 = in.offsets[s0], r1 = in.offsets[s1];
+        const at::Tensor xc = x.slice(0, r0, r1);
+        const at::Tensor outputs = all_expert_outputs(l, xc);
+        // Y − shared: the original routed sum.
+        const at::Tensor target_t = combine_experts(l.routing_weights(xc, plain), outputs).to(at::kDouble);
+        tt += target_t.pow(2).sum().item<double>();
+        yy += y.slice(0, r0, r1).to(at::kDouble).pow(2).sum().item<double>();
+        for (int64_t k = floor; k <= e; ++k) {
+          g[layer].log_gate = keep_gates[static_cast<size_t>(k - floor)];
+          const at::Tensor r = combine_experts(l.routing_weights(xc, fc), outputs).to(at::kDouble);
+          rr[k] += r.pow(2).sum().item<double>();
+          rt[k] += (r * target_t).sum().item<double>();
+        }
+      }
+      std::vector<double> err, beta_k;
+      for (int64_t k = floor; k <= e; ++k) {
+        const double b = rr[k] > 0 ? rt[k] / rr[k] : 1.0;
+        const double sq = std::max(0.0, b * b * rr[k] - 2 * b * rt[k] + tt);
         err.push_back(std::sqrt(sq) / std::sqrt(std::max(yy, 1e-300)));
         beta_k.push_back(b);
       }

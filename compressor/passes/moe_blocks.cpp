@@ -76,6 +76,20 @@ at::Tensor all_expert_outputs(const DecoderLayer& layer, const at::Tensor& x) {
   return at::stack(out, 0);
 }
 
+std::vector<std::pair<int64_t, int64_t>> sequence_chunks(const std::vector<int64_t>& offsets, int64_t row_bytes,
+                                                         int64_t budget_bytes) {
+  const int64_t sequences = static_cast<int64_t>(offsets.size()) - 1;
+  const int64_t max_rows = std::max<int64_t>(1, budget_bytes / std::max<int64_t>(row_bytes, 1));
+  std::vector<std::pair<int64_t, int64_t>> chunks;
+  for (int64_t s0 = 0; s0 < sequences;) {
+    int64_t s1 = s0 + 1;
+    while (s1 < sequences && offsets[s1 + 1] - offsets[s0] <= max_rows) ++s1;
+    chunks.emplace_back(s0, s1);
+    s0 = s1;
+  }
+  return chunks;
+}
+
 at::Tensor combine_experts(const at::Tensor& w, const at::Tensor& outputs) {
   return at::einsum("ne,end->nd", {w.to(outputs.scalar_type()), outputs});
 }

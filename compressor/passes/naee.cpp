@@ -74,14 +74,10 @@ class NaeePass : public Pass {
       for (int64_t s = 0; s < sequences; ++s) {
         for (int64_t row = in.offsets[s]; row < in.offsets[s + 1]; ++row) seq_of[row] = s;
       }
-      // Chunks of whole sequences, so that the experts' outputs [E, rows, d] stay under ~1 GiB.
-      const int64_t row_bytes = e * x.size(1) * static_cast<int64_t>(x.element_size());
-      const int64_t max_rows = std::max<int64_t>(1, (int64_t{1} << 30) / std::max<int64_t>(row_bytes, 1));
       std::vector<std::vector<double>> loss(static_cast<size_t>(hi - lo + 1));  // per k, per set (enumeration order)
       std::vector<ExpertGate> gates(static_cast<size_t>(layer) + 1);
-      for (int64_t s0 = 0; s0 < sequences;) {
-        int64_t s1 = s0 + 1;
-        while (s1 < sequences && in.offsets[s1 + 1] - in.offsets[s0] <= max_rows) ++s1;
+      // Chunks of whole sequences, so that the experts' outputs [E, rows, d] stay under ~1 GiB.
+      for (const auto& [s0, s1] : sequence_chunks(in.offsets, e * x.size(1) * static_cast<int64_t>(x.element_size()))) {
         const int64_t r0 = in.offsets[s0], r1 = in.offsets[s1];
         const at::Tensor xc = x.slice(0, r0, r1);
         std::vector<int64_t> local(seq_of.begin() + r0, seq_of.begin() + r1);
@@ -107,7 +103,6 @@ class NaeePass : public Pass {
             lk[index++] += v;
           } while (next_combination(set, e));
         }
-        s0 = s1;
       }
       for (int64_t k = lo; k <= hi; ++k) {
         const std::vector<double>& lk = loss[static_cast<size_t>(k - lo)];

@@ -110,5 +110,16 @@ TEST(ExpertSelection, GlobalRankingKeepsTheFloorThenTheBestScaledScores) {
   EXPECT_EQ(rank_experts({1, 3, 3, 2}), (std::vector<int64_t>{1, 2, 3, 0}));
 }
 
+TEST(MoeBlocks, SequenceChunksStayUnderTheBudgetAndCoverEverySequenceOnce) {
+  using Chunks = std::vector<std::pair<int64_t, int64_t>>;
+  // Sequences of 3, 2, 4 and 1 rows at 1 byte per row.
+  const std::vector<int64_t> offsets{0, 3, 5, 9, 10};
+  EXPECT_EQ(sequence_chunks(offsets, 1, 5), (Chunks{{0, 2}, {2, 4}}));
+  EXPECT_EQ(sequence_chunks(offsets, 1, 100), (Chunks{{0, 4}}));
+  EXPECT_EQ(sequence_chunks(offsets, 1, 1), (Chunks{{0, 1}, {1, 2}, {2, 3}, {3, 4}}));  // each alone, even over budget
+  EXPECT_EQ(sequence_chunks(offsets, 2, 10), (Chunks{{0, 2}, {2, 4}}));  // 10 bytes = 5 rows
+  EXPECT_EQ(sequence_chunks({0}, 1, 5), Chunks{});
+}
+
 }  // namespace
 }  // namespace lathe
