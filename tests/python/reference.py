@@ -52,6 +52,17 @@ def reference_counts(model) -> dict:
     return counts
 
 
+def recipe_text(model_dir, out, passes, tasks=("prose", "code"), samples=4, seq_len=64, export=None) -> str:
+    """A recipe on a model directory with a calibration set of the corpora's training text (one set per
+    task, seed 0), `passes` (YAML list items, or one item as a string) and an optional export line."""
+    corpora = SOURCE_DIR / "data" / "corpora"
+    sets = "".join(f"    - {{task: {t}, path: {corpora / t / 'train.txt'}}}\n" for t in tasks)
+    items = [passes] if isinstance(passes, str) else passes
+    text = (f"model: {model_dir}\noutput: {out}\ndevice: cpu\ncalibration:\n  seq-len: {seq_len}\n"
+            f"  samples: {samples}\n  seed: 0\n  sets:\n{sets}passes:\n" + "".join(f"  - {p}\n" for p in items))
+    return text + (f"export: {export}\n" if export else "")
+
+
 def run_lathe(*args, check=True):
     """Runs the lathe binary; returns the CompletedProcess (text mode)."""
     proc = subprocess.run([LATHE_BIN, *map(str, args)], capture_output=True, text=True)

@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from reference import LATHE_BIN, SOURCE_DIR
+from reference import LATHE_BIN, SOURCE_DIR, recipe_text
 
 MODELS = SOURCE_DIR / "data" / "models"
-CORPORA = SOURCE_DIR / "data" / "corpora"
 METHODS = ["experts-frequency", "experts-mass", "experts-router-norm", "experts-random"]
 LENGTHS = [64, 97, 80, 71]
 TOLERANCE = 1e-5
@@ -32,22 +31,9 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(not (MODELS / "mixtral").is_dir(), reason="data/models not built")
 
 
-def write_recipe(tmp_path, model, pass_yaml, out):
+def write_recipe(tmp_path, model, pass_yaml, out, export="[hf]"):
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"""model: {MODELS / model}
-output: {out}
-device: cpu
-calibration:
-  seq-len: 64
-  samples: 4
-  seed: 0
-  sets:
-    - {{task: prose, path: {CORPORA / 'prose' / 'train.txt'}}}
-    - {{task: code, path: {CORPORA / 'code' / 'train.txt'}}}
-passes:
-  - {pass_yaml}
-export: [hf]
-""")
+    path.write_text(recipe_text(MODELS / model, out, pass_yaml, export=export))
     return path
 
 

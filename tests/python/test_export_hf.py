@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from reference import LATHE_BIN, SOURCE_DIR
+from reference import LATHE_BIN, SOURCE_DIR, recipe_text
 
 MODELS = SOURCE_DIR / "data" / "models"
 CORPORA = SOURCE_DIR / "data" / "corpora"
@@ -51,21 +51,7 @@ def run_recipe(tmp_path, model, passes, export=None):
     """`lathe run` of a recipe with calibration, `passes` (YAML list items) and an export line."""
     out = tmp_path / "out"
     recipe = tmp_path / "recipe.yaml"
-    text = f"""model: {MODELS / model}
-output: {out}
-device: cpu
-calibration:
-  seq-len: 64
-  samples: 4
-  seed: 0
-  sets:
-    - {{task: prose, path: {CORPORA / 'prose' / 'train.txt'}}}
-    - {{task: code, path: {CORPORA / 'code' / 'train.txt'}}}
-passes:
-""" + "".join(f"  - {p}\n" for p in passes)
-    if export:
-        text += f"export: {export}\n"
-    recipe.write_text(text)
+    recipe.write_text(recipe_text(MODELS / model, out, passes, export=export))
     return recipe, out
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from reference import LATHE_BIN, SOURCE_DIR
+from reference import LATHE_BIN, SOURCE_DIR, recipe_text
 from test_expert_pruning import mask_router, max_error, moe_layers, padded_batch, router_statistics
 
 MODELS = SOURCE_DIR / "data" / "models"
@@ -38,21 +38,8 @@ def lathe(*args):
 
 
 def write_recipe(tmp_path, model, pass_yaml, out, tasks=TASKS, seq_len=128, samples=16):
-    sets = "\n".join(f"    - {{task: {t}, path: {CORPORA / t / 'train.txt'}}}" for t in tasks)
     path = tmp_path / "recipe.yaml"
-    path.write_text(f"""model: {MODELS / model}
-output: {out}
-device: cpu
-calibration:
-  seq-len: {seq_len}
-  samples: {samples}
-  seed: 0
-  sets:
-{sets}
-passes:
-  - {pass_yaml}
-export: [hf]
-""")
+    path.write_text(recipe_text(MODELS / model, out, pass_yaml, tasks, samples, seq_len, export="[hf]"))
     return path
 
 
