@@ -675,7 +675,7 @@ std::optional<EvalSpec> RecipeReader::read_eval(const Entry& e) {
 }
 
 GateSpec RecipeReader::read_gate(const Entry& e) {
-  auto keys = read_map(e, {"max-ppl-increase", "max-acc-drop"});
+  auto keys = read_map(e, {"max-ppl-increase", "max-acc-drop", "max-kl"});
   GateSpec gate;
   if (keys.count("max-ppl-increase")) {
     const Entry& field = keys["max-ppl-increase"];
@@ -694,7 +694,10 @@ GateSpec RecipeReader::read_gate(const Entry& e) {
     if (auto v =
             read_value(keys["max-acc-drop"], spec_of("max-acc-drop", OptionType::kFloat, 0, 100)))
       gate.max_acc_drop = std::get<double>(*v);
-  if (e.value.IsMap() && keys.empty()) fail(e, "a gate sets max-ppl-increase and/or max-acc-drop");
+  if (keys.count("max-kl"))
+    if (auto v = read_value(keys["max-kl"], spec_of("max-kl", OptionType::kFloat, 0, 1000)))
+      gate.max_kl = std::get<double>(*v);
+  if (e.value.IsMap() && keys.empty()) fail(e, "a gate sets max-ppl-increase, max-acc-drop and/or max-kl");
   return gate;
 }
 
@@ -792,7 +795,8 @@ nlohmann::json recipe_to_json(const Recipe& recipe) {
       {"pad-experts", recipe.pipeline.pad_experts},
       {"gate",
        {{"max-ppl-increase", optional_json(recipe.gate.max_ppl_increase)},
-        {"max-acc-drop", optional_json(recipe.gate.max_acc_drop)}}},
+        {"max-acc-drop", optional_json(recipe.gate.max_acc_drop)},
+        {"max-kl", optional_json(recipe.gate.max_kl)}}},
   };
   out["search"] = recipe.search ? nlohmann::json{{"bits", optional_json(recipe.search->bits)},
                                                  {"size-gb", optional_json(recipe.search->size_gb)}}

@@ -26,6 +26,7 @@ struct EvalSpec {
 struct GateSpec {
   std::optional<double> max_ppl_increase;  ///< relative: 0.03 means perplexity may grow by 3 %
   std::optional<double> max_acc_drop;      ///< percentage points of task accuracy
+  std::optional<double> max_kl;            ///< nats/token: mean KL(original ‖ compressed) per text file
 };
 
 /// A budget for the search stage (the `search` section); at least one member is set.

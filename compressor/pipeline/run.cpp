@@ -6,6 +6,7 @@
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <regex>
 
 #include <fmt/format.h>
@@ -85,9 +86,10 @@ std::string utc_now() {
 }
 
 nlohmann::json evaluate(const Recipe& recipe, const std::string& model_dir, const std::string& label,
-                        const RunOptions& options) {
+                        const RunOptions& options, const std::string& reference = "") {
   EvalRequest req;
   req.model = model_dir;
+  req.reference = reference;
   req.texts = recipe.eval->text;
   req.tasks = recipe.eval->tasks;
   req.windows.seq_len = recipe.eval->seq_len;
@@ -360,7 +362,9 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   if (recipe.eval && (!recipe.eval->text.empty() || !recipe.eval->tasks.empty())) {
     const auto te = std::chrono::steady_clock::now();
     const nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options);
-    const nlohmann::json after = evaluate(recipe, partial.string(), "eval after", options);  // quant/ dequantized exactly
+    // quant/ dequantized exactly; each text file also gets its KL to the original (docs/eval.md).
+    const nlohmann::json after = evaluate(recipe, partial.string(), "eval after", options,
+                                          recipe.eval->text.empty() ? "" : recipe.model);
     write_file_atomically((partial / "eval_before.json").string(), before.dump(2) + "\n");
     write_file_atomically((partial / "eval_after.json").string(), after.dump(2) + "\n");
     report.eval_before = parse_eval_summary(before, "eval before");
@@ -370,10 +374,26 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
     thresholds.max_acc_drop = recipe.gate.max_acc_drop;
     const Comparison cmp = compare_evals(*report.eval_before, *report.eval_after, thresholds, "compressed");
     std::cout << format_comparison(cmp, "original", "compressed");
-    if (thresholds.any()) {
+    std::vector<std::string> kl_failures;
+    if (after.contains("divergence")) {
+      for (const auto& [name, d] : after["divergence"].items()) {
+        // JSON null: a non-finite KL (a diverged model, or no predicted tokens); it fails a KL gate.
+        const bool finite = d.contains("kl") && d.at("kl").is_number();
+        const double kl = finite ? d.at("kl").get<double>() : std::numeric_limits<double>::infinity();
+        const double top1 = d.contains("top1") && d.at("top1").is_number() ? d.at("top1").get<double>() : 0.0;
+        std::cout << fmt::format("KL to the original {}: {:.6f} nats/token, top-1 agreement {:.2f}%\n", name, kl, 100 * top1);
+        if (recipe.gate.max_kl && !(kl <= *recipe.gate.max_kl)) {
+          kl_failures.push_back(fmt::format("KL to the original {}: {:.6f} > {:g} nats/token", name, kl, *recipe.gate.max_kl));
+        }
+      }
+    }
+    if (thresholds.any() || recipe.gate.max_kl) {
       report.gate = gate_report(cmp);
-      result.gate_passed = cmp.passed;
-      result.gate_failures = regression_lines(cmp);
+      report.gate->max_kl = recipe.gate.max_kl;
+      report.gate->failures.insert(report.gate->failures.end(), kl_failures.begin(), kl_failures.end());
+      report.gate->passed = cmp.passed && kl_failures.empty();
+      result.gate_passed = report.gate->passed;
+      result.gate_failures = report.gate->failures;
     }
     report.passes.push_back({"eval", "", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count(),
                              peak_rss_bytes()});

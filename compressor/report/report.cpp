@@ -84,6 +84,7 @@ std::optional<GateReport> parse_gate(const FieldReader& top) {
   GateReport gate;
   gate.max_ppl_increase = r.nullable_number("max_ppl_increase", 0.0);
   gate.max_acc_drop = r.nullable_number("max_acc_drop", 0.0);
+  gate.max_kl = r.nullable_number("max_kl", 0.0);
   gate.passed = r.boolean("passed");
   const nlohmann::json& failures = r.array("failures");
   for (size_t i = 0; i < failures.size(); ++i) {
@@ -181,6 +182,7 @@ nlohmann::json report_to_json(const Report& r) {
   if (r.gate) {
     gate = {{"max_ppl_increase", nullable(r.gate->max_ppl_increase)},
             {"max_acc_drop", nullable(r.gate->max_acc_drop)},
+            {"max_kl", nullable(r.gate->max_kl)},
             {"passed", r.gate->passed},
             {"failures", r.gate->failures}};
   }

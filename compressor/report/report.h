@@ -52,6 +52,7 @@ struct PassReport {
 struct GateReport {
   std::optional<double> max_ppl_increase;  ///< fraction (0.03 = 3%)
   std::optional<double> max_acc_drop;      ///< percentage points
+  std::optional<double> max_kl;            ///< nats/token (absent in reports before it existed)
   bool passed = true;
   std::vector<std::string> failures;  ///< one readable line per regressed metric
 };

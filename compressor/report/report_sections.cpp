@@ -182,8 +182,11 @@ std::string gate_thresholds(const GateReport& gate) {
     parts.push_back(fmt::format("max perplexity increase {:.2f}%", 100 * *gate.max_ppl_increase));
   if (gate.max_acc_drop)
     parts.push_back(fmt::format("max accuracy drop {:.2f} pp", *gate.max_acc_drop));
+  if (gate.max_kl) parts.push_back(fmt::format("max KL to the original {:g} nats/token", *gate.max_kl));
   if (parts.empty()) return "no thresholds";
-  return parts.size() == 1 ? parts[0] : parts[0] + ", " + parts[1];
+  std::string out = parts[0];
+  for (size_t i = 1; i < parts.size(); ++i) out += ", " + parts[i];
+  return out;
 }
 
 }  // namespace report_detail

@@ -117,3 +117,34 @@ def test_gate_failure_exits_1_and_keeps_the_output(tmp_path, small_text):
     assert "gate failed" in proc.stderr and "perplexity" in proc.stderr
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["gate"]["passed"] is False
+
+
+def test_eval_after_has_the_kl_to_the_original_and_max_kl_gates_it(tmp_path, small_text):
+    out = tmp_path / "out"
+    proc = run(out, "gate.max-kl=1000", text=small_text)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads((out / "eval_after.json").read_text())["divergence"][small_text.name]
+    assert d["kl"] > 1e-4 and 0 < d["top1"] < 1  # the compressed model really moved
+    # The same numbers as `lathe eval OUT --reference ORIGINAL`, and the reference's perplexity is eval_before's.
+    alone = tmp_path / "alone.json"
+    proc_eval = subprocess.run([LATHE_BIN, "--threads", "1", "eval", out, "--reference", MODEL, "--text", small_text,
+                                "--seq-len", str(json.loads((out / "eval_after.json").read_text())["seq_len"]),
+                                "--json", alone], capture_output=True, text=True)
+    assert proc_eval.returncode == 0, proc_eval.stderr
+    assert json.loads(alone.read_text())["divergence"][small_text.name]["kl"] == pytest.approx(d["kl"], rel=1e-9)
+    before = json.loads((out / "eval_before.json").read_text())["perplexity"][small_text.name]
+    assert d["reference_perplexity"] == pytest.approx(before, rel=1e-9)
+    assert f"KL to the original {small_text.name}" in proc.stdout
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["gate"]["max_kl"] == 1000 and report["gate"]["passed"] is True
+    # A limit below the measured KL fails the gate (exit 1) with the file and both numbers named.
+    out2 = tmp_path / "out2"
+    proc = run(out2, f"gate.max-kl={d['kl'] / 2}", "gate.max-ppl-increase=1000%", text=small_text)
+    assert proc.returncode == 1, proc.stderr
+    assert f"KL to the original {small_text.name}" in proc.stderr and "nats/token" in proc.stderr
+    report = json.loads((out2 / "report" / "report.json").read_text())
+    assert report["gate"]["passed"] is False and any("KL" in f for f in report["gate"]["failures"])
+    assert "max KL to the original" in (out2 / "report" / "report.md").read_text()
+    # A negative limit is a recipe error naming the field.
+    proc = run(tmp_path / "out3", "gate.max-kl=-1", text=small_text)
+    assert proc.returncode == 2 and "max-kl" in proc.stderr, proc.stderr

@@ -263,7 +263,7 @@ TEST(Recipe, OtherSectionMistakes) {
             "percentage "
             "such as 3%, found \"x%\"");
   EXPECT_EQ(only_error(with_eval + "gate: {}\n"),
-            "r.yaml:4:7: gate: a gate sets max-ppl-increase and/or max-acc-drop");
+            "r.yaml:4:7: gate: a gate sets max-ppl-increase, max-acc-drop and/or max-kl");
   EXPECT_EQ(only_error(std::string(kMinimal) + "gate: {max-acc-drop: 1}\n"),
             "r.yaml:3:1: gate: a gate compares evaluations: add an eval section");
 }

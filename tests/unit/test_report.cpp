@@ -89,6 +89,7 @@ json moe_report() {
           {"gate",
            {{"max_ppl_increase", 0.03},
             {"max_acc_drop", 1.0},
+            {"max_kl", 0.02},
             {"passed", false},
             {"failures", {"perplexity wiki.txt: +5.00% > +3.00% allowed"}}}}};
 }
@@ -126,7 +127,12 @@ TEST(Report, RoundTripsThroughJson) {
   EXPECT_FALSE(r.tensors.back().layer.has_value());
   EXPECT_DOUBLE_EQ(r.eval_after->perplexity.at("wiki.txt").perplexity, 10.5);
   EXPECT_FALSE(r.gate->passed);
+  EXPECT_DOUBLE_EQ(*r.gate->max_kl, 0.02);
   EXPECT_EQ(report_to_json(r), moe_report());
+  // A report written before the KL gate existed has no max_kl: read as no KL limit.
+  json old = moe_report();
+  old["gate"].erase("max_kl");
+  EXPECT_FALSE(parse_report(old, "r.json").gate->max_kl.has_value());
 }
 
 TEST(Report, MalformedFieldsAreNamed) {
