@@ -1,6 +1,6 @@
 #include "calibrate/coverage.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cmath>

@@ -1,6 +1,6 @@
 // OUT/ct: compressed-tensors checkpoint (FORMATS.md §4), one config group per scheme
 // (docs/export.md "compressed-tensors").
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <map>
 #include <set>

@@ -1,6 +1,6 @@
 #include "export/export_source.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <regex>

@@ -1,6 +1,6 @@
 // OUT/gptq: GPTQ v1 checkpoint (FORMATS.md §3) with `dynamic` per-module overrides
 // (docs/export.md "GPTQ").
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <map>
 #include <set>

@@ -1,7 +1,7 @@
 // OUT/hf: a plain HF checkpoint that stock transformers loads (docs/export.md "hf"). The tensors
 // are OUT/model's as stored (quantized weights dequantized in the model dtype), per-expert layout
 // (FORMATS.md §2 DECISION), padded to one expert count when asked (FORMATS.md §6).
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>

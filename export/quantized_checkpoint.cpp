@@ -1,6 +1,6 @@
 #include "export/quantized_checkpoint.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <filesystem>
 #include <map>

@@ -5,7 +5,7 @@
 // pass; one made from other inputs is refused (naming what changed) unless --force.
 // `lathe coverage STATS.h5` prints the coverage report of an existing store.
 #include <CLI/CLI.hpp>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 #include <unistd.h>
 
 #include <chrono>

@@ -1,7 +1,7 @@
 // `lathe eval MODEL [--text FILE]... [--tasks FILE]... [--seq-len N] [--json OUT]`: held-out
 // perplexity and multiple-choice accuracy (docs/eval.md).
 #include <CLI/CLI.hpp>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <nlohmann/json.hpp>
 

@@ -1,7 +1,7 @@
 // `lathe forward MODEL --tokens FILE.json --out LOGITS.bin`: runs the layer-streaming forward on
 // token id lists and writes the logits, for parity checks against other implementations.
 #include <CLI/CLI.hpp>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fstream>
 #include <iostream>

@@ -3,7 +3,7 @@
 // mass vectors are compared with every task pattern of a `tcess` pattern bank; the nearest task's
 // kept experts can be materialised into a pruned checkpoint (the apply stage replays the surgery).
 #include <CLI/CLI.hpp>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <filesystem>
 #include <iostream>

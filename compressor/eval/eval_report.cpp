@@ -1,6 +1,6 @@
 #include "compressor/eval/eval_report.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 #include <unistd.h>
 
 #include <chrono>

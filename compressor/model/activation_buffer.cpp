@@ -4,7 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <cerrno>
 #include <cstring>

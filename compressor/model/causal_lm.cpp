@@ -1,6 +1,7 @@
 #include "compressor/model/causal_lm.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "compressor/common/errors.h"
 #include "compressor/model/layer_weights.h"

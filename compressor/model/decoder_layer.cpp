@@ -1,6 +1,6 @@
 #include "compressor/model/decoder_layer.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <atomic>
 #include <cmath>

@@ -1,6 +1,6 @@
 #include "compressor/model/layer_weights.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 

@@ -1,6 +1,6 @@
 #include "compressor/model/rotary.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <cmath>
 

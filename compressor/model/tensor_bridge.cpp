@@ -1,6 +1,6 @@
 #include "compressor/model/tensor_bridge.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <cstring>
 

@@ -3,7 +3,7 @@
 // Apply (surgery): router rows and selection-bias entries of removed experts are sliced away, kept
 // experts are renumbered in ascending original order, fused expert tensors are sliced. The model then
 // computes exactly what the original computes with the removed experts' router logits at −inf.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 

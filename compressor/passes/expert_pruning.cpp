@@ -2,7 +2,7 @@
 // `experts-mass`, `experts-router-norm` and `experts-random` score every routed expert, keep the
 // best per MoE layer (uniform) or across layers (global, with a per-layer floor), and hand the kept
 // ids to the same surgery as `drop-experts` (apply_expert_surgery).
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 

@@ -5,7 +5,7 @@
 // replayed over the calibration inputs and the Hessians Σ x xᵀ of that sub-group's inputs are
 // gathered; routed experts follow the coverage rule of §1.7 (routed-token Hessian H_r when the
 // expert saw enough tokens, else the all-token Hessian H_a).
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 

@@ -1,6 +1,6 @@
 #include "compressor/passes/moe_blocks.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include "calibrate/calibration_set.h"
 #include "compressor/model/causal_lm.h"

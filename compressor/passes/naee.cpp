@@ -2,7 +2,7 @@
 // is simulated exactly on the block's calibration inputs (removed experts masked in the router as
 // surgery would remove them) and the set with the least Σ_sequences ‖Y − Y'‖_F (fp64) is kept.
 // Refuses when a layer would need more than `max-subsets` sets, naming diep as the alternative.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 

@@ -2,7 +2,7 @@
 // feedback). Decide: every quantizable linear gets a TensorPlan (per-tensor overrides by regex, first
 // match wins). Apply: the weight is replaced by its dequantized values in the stored dtype, so the HF
 // checkpoint in out/model computes what the packed export will.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 

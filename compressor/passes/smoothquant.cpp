@@ -4,7 +4,7 @@
 // of the layer over the calibration set gathers per-channel activation extremes (and a token
 // sample for the adaptive α), the scales are folded exactly into the weights (§2.1; MoE rules
 // §2.4), then apply_gptq quantizes the smoothed weights on the smoothed layer's inputs.
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 

@@ -2,7 +2,7 @@
 // MoE layer from the router statistics the observe stage stores per task; each task keeps its
 // top-M experts per layer. All tasks go into the pattern bank (for `lathe route`); one task's kept
 // set goes into the plan and through the same surgery as drop-experts (apply_expert_surgery).
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 

@@ -1,7 +1,8 @@
 #include "compressor/pipeline/apply.h"
 
 #include <sys/resource.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <chrono>
 #include <csignal>

@@ -1,7 +1,7 @@
 #include "compressor/pipeline/observe.h"
 
 #include <signal.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 #include <unistd.h>
 
 #include <cerrno>

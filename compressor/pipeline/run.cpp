@@ -1,6 +1,6 @@
 #include "compressor/pipeline/run.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <chrono>
 #include <ctime>

@@ -1,6 +1,6 @@
 #include "compressor/pipeline/verify.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <cmath>
 #include <filesystem>

@@ -1,6 +1,6 @@
 #include "compressor/quant/quantizer.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cmath>

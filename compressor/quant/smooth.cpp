@@ -1,6 +1,6 @@
 #include "compressor/quant/smooth.h"
 
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <fmt/format.h>
 

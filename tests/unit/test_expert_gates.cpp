@@ -2,7 +2,8 @@
 // (expert_selection.h): gates at 1 with β = 1 change nothing; a −inf gate equals removing the expert
 // from the router; the routed sum scales by β; the knapsack finds the least-cost allocation.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include <filesystem>
 #include <limits>

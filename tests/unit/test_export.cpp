@@ -5,7 +5,7 @@
 // opened through open_model gives identical logits from OUT, OUT/gptq and OUT/ct; malformed
 // configs and tensors are DataErrors naming file and field.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <sys/wait.h>
 

@@ -6,7 +6,7 @@
 // bytes. Every GPU test skips with "no CUDA device visible" where cuda_available() is false (CPU
 // builds link the stubs of kernels/qlinear_cuda_host.cpp).
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,7 @@
 // Memory model (DESIGN.md): releasing mapped pages keeps data valid, and routed experts converted
 // lazily (one at a time, from stored-dtype views) give the same layer outputs as eager fp32 copies.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <cstring>
 #include <filesystem>

@@ -4,7 +4,7 @@
 // against an independent brute-force evaluation, and the W8A8 error with and without smoothing on
 // real activations.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cmath>
