@@ -4,10 +4,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <cmath>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -98,11 +98,12 @@ nlohmann::json evaluate_model(const EvalRequest& args) {
     const std::string& path = args.texts[f];
     const std::string& name = text_names[f];
     const auto start = std::chrono::steady_clock::now();
-    const std::vector<int32_t> tokens = tokenizer.encode(read_file(path, "cannot open the text file"), false);
+    const std::string text = read_file(path, "cannot open the text file");
+    const std::vector<int32_t> tokens = tokenizer.encode(text, false);
     PerplexityResult r;
     std::string kl_line;
     if (reference) {
-      if (reference_tokenizer->encode(read_file(path, "cannot open the text file"), false) != tokens) {
+      if (reference_tokenizer->encode(text, false) != tokens) {
         throw ConfigError(path, "--reference", "the reference's tokenizer encodes this file differently from the model's");
       }
       const DivergenceResult d =

@@ -31,11 +31,27 @@ std::pair<at::Tensor, at::Tensor> window_rows(const std::vector<int32_t>& tokens
   return pad_rows(rows);
 }
 
+/// The columns [first, last) of a window's log-prob row ([T-1]: column c predicts token c + 1 of the
+/// window) that the window predicts.
+std::pair<int64_t, int64_t> predicted_columns(const Window& w) {
+  return {w.first_target - w.begin - 1, w.end - w.begin - 1};
+}
+
+/// log p(· | ids[≤t]) for t < T-1 of each row, from final hidden states [B, T, d]: [B, T-1, V].
+at::Tensor next_token_log_probs(const CausalLM& model, const at::Tensor& hidden) {
+  return model.head(hidden).slice(1, 0, -1).log_softmax(-1);
+}
+
+/// The entries of `logp` [B, T-1, V] at the tokens that follow ([B, T] ids, columns 1..T-1), on the
+/// host in fp64: [B, T-1].
+at::Tensor at_targets(const at::Tensor& logp, const at::Tensor& ids) {
+  const at::Tensor targets = ids.slice(1, 1).to(logp.device()).unsqueeze(-1);
+  return logp.gather(-1, targets).squeeze(-1).cpu().to(at::kDouble);
+}
+
 /// log p(ids[t] | ids[<t]) for t ≥ 1 of each row, from final hidden states [B, T, d]: [B, T-1].
 at::Tensor target_log_probs(const CausalLM& model, const at::Tensor& hidden, const at::Tensor& ids) {
-  const at::Tensor logits = model.head(hidden).slice(1, 0, -1);
-  const at::Tensor targets = ids.slice(1, 1).to(logits.device()).unsqueeze(-1);
-  return logits.log_softmax(-1).gather(-1, targets).squeeze(-1).cpu().to(at::kDouble);
+  return at_targets(next_token_log_probs(model, hidden), ids);
 }
 
 void stream(const CausalLM& model, const at::Tensor& ids, const at::Tensor& valid, const StreamingOptions& streaming,
@@ -107,17 +123,16 @@ DivergenceResult evaluate_divergence(const CausalLM& model, const CausalLM& refe
       model, ids, valid, streaming, nullptr,
       [&](int64_t begin, const at::Tensor& hidden, const at::Tensor&) {
         const int64_t n = hidden.size(0);
-        const at::Tensor lp = model.head(hidden).slice(1, 0, -1).log_softmax(-1);
-        const at::Tensor lr = reference.head(ref_hidden.slice(0, begin, begin + n).to(hidden.device())).slice(1, 0, -1).log_softmax(-1);
-        const at::Tensor targets = ids.slice(0, begin, begin + n).slice(1, 1).to(lp.device()).unsqueeze(-1);
+        const at::Tensor lp = next_token_log_probs(model, hidden);
+        const at::Tensor lr = next_token_log_probs(reference, ref_hidden.slice(0, begin, begin + n).to(hidden.device()));
+        const at::Tensor rows = ids.slice(0, begin, begin + n);
         // Per position [n, T-1], in fp64 on the host for the sums.
         const at::Tensor kl = (lr.exp() * (lr - lp)).sum(-1).cpu().to(at::kDouble);
         const at::Tensor agree = (lr.argmax(-1) == lp.argmax(-1)).cpu();
-        const at::Tensor nll = lp.gather(-1, targets).squeeze(-1).neg().cpu().to(at::kDouble);
-        const at::Tensor ref_nll = lr.gather(-1, targets).squeeze(-1).neg().cpu().to(at::kDouble);
+        const at::Tensor nll = at_targets(lp, rows).neg();
+        const at::Tensor ref_nll = at_targets(lr, rows).neg();
         for (int64_t r = 0; r < n; ++r) {
-          const Window& w = windows[begin + r];
-          const int64_t a = w.first_target - w.begin - 1, b = w.end - w.begin - 1;
+          const auto [a, b] = predicted_columns(windows[begin + r]);
           const at::Tensor k = kl[r].slice(0, a, b);
           result.kl += k.sum().item<double>();
           result.max_kl = std::max(result.max_kl, k.max().item<double>());
@@ -143,9 +158,8 @@ PerplexityResult evaluate_perplexity(const CausalLM& model, const std::vector<in
   const auto [ids, valid] = window_rows(tokens, windows);
   stream(model, ids, valid, streaming, progress, [&](int64_t begin, const at::Tensor& logp) {
     for (int64_t r = 0; r < logp.size(0); ++r) {
-      const Window& w = windows[begin + r];
-      // log-prob column c predicts token c + 1 of the window.
-      const at::Tensor part = logp[r].slice(0, w.first_target - w.begin - 1, w.end - w.begin - 1);
+      const auto [first, last] = predicted_columns(windows[begin + r]);
+      const at::Tensor part = logp[r].slice(0, first, last);
       result.nll -= part.sum().item<double>();
       result.predicted += part.size(0);
     }

@@ -85,12 +85,14 @@ std::string utc_now() {
   return buf;
 }
 
+/// The eval JSON of `model_dir` on the recipe's eval files: its text files only when `texts`, and
+/// with their divergence from `reference` when one is given.
 nlohmann::json evaluate(const Recipe& recipe, const std::string& model_dir, const std::string& label,
-                        const RunOptions& options, const std::string& reference = "") {
+                        const RunOptions& options, bool texts, const std::string& reference = "") {
   EvalRequest req;
   req.model = model_dir;
   req.reference = reference;
-  req.texts = recipe.eval->text;
+  if (texts) req.texts = recipe.eval->text;
   req.tasks = recipe.eval->tasks;
   req.windows.seq_len = recipe.eval->seq_len;
   req.forward = forward_options(recipe);
@@ -361,10 +363,20 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
 
   if (recipe.eval && (!recipe.eval->text.empty() || !recipe.eval->tasks.empty())) {
     const auto te = std::chrono::steady_clock::now();
-    const nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options);
-    // quant/ dequantized exactly; each text file also gets its KL to the original (docs/eval.md).
-    const nlohmann::json after = evaluate(recipe, partial.string(), "eval after", options,
-                                          recipe.eval->text.empty() ? "" : recipe.model);
+    // The output is measured with quant/ dequantized exactly. The original streams once over the text
+    // files, as the reference of the output's KL (docs/eval.md); the before-evaluation's perplexities
+    // are the reference's, on the same windows. Task files are scored by each model on its own.
+    const bool texts = !recipe.eval->text.empty();
+    nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options, /*texts=*/false);
+    const nlohmann::json after =
+        evaluate(recipe, partial.string(), "eval after", options, /*texts=*/true, texts ? recipe.model : "");
+    if (texts) {
+      for (const auto& [name, d] : after.at("divergence").items()) {
+        before["perplexity"][name] = d.at("reference_perplexity");
+        before["tokens"][name] = after.at("tokens").at(name);
+        before["predicted"][name] = after.at("predicted").at(name);
+      }
+    }
     write_file_atomically((partial / "eval_before.json").string(), before.dump(2) + "\n");
     write_file_atomically((partial / "eval_after.json").string(), after.dump(2) + "\n");
     report.eval_before = parse_eval_summary(before, "eval before");

@@ -134,6 +134,13 @@ def test_eval_after_has_the_kl_to_the_original_and_max_kl_gates_it(tmp_path, sma
     assert json.loads(alone.read_text())["divergence"][small_text.name]["kl"] == pytest.approx(d["kl"], rel=1e-9)
     before = json.loads((out / "eval_before.json").read_text())["perplexity"][small_text.name]
     assert d["reference_perplexity"] == pytest.approx(before, rel=1e-9)
+    # eval_before's perplexity (the reference's, from the same stream) equals a plain `lathe eval ORIGINAL`.
+    plain = tmp_path / "plain.json"
+    proc_plain = subprocess.run([LATHE_BIN, "--threads", "1", "eval", MODEL, "--text", small_text, "--seq-len",
+                                 str(json.loads((out / "eval_after.json").read_text())["seq_len"]), "--json", plain],
+                                capture_output=True, text=True)
+    assert proc_plain.returncode == 0, proc_plain.stderr
+    assert json.loads(plain.read_text())["perplexity"][small_text.name] == pytest.approx(before, rel=1e-9)
     assert f"KL to the original {small_text.name}" in proc.stdout
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["gate"]["max_kl"] == 1000 and report["gate"]["passed"] is True
