@@ -14,7 +14,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("lathe ") + LATHE_VERSION);
   int threads = 0;
-  app.add_option("--threads", threads, "CPU threads for LibTorch and OpenMP (0: all cores)");
+  app.add_option("--threads", threads, "CPU threads for LibTorch and OpenMP (0: all cores)")
+      ->envname("LATHE_THREADS")
+      ->check(CLI::NonNegativeNumber);
   app.parse_complete_callback([&threads] { lathe::configure_threads(threads); });
   lathe::cli::register_commands(app);
   try {

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import reference  # noqa: F401 (sets LATHE_THREADS for every lathe the tests start: reference.THREADS)
+
 SOURCE_DIR = Path(os.environ.get("LATHE_SOURCE_DIR", Path(__file__).resolve().parents[2]))
 MODELS_DIR = SOURCE_DIR / "data" / "models"
 

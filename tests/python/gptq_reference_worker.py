@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("LATHE_THREADS", "1")))  # reference.THREADS
 mode, checkpoint, tokens, out = sys.argv[1:5]
 if mode == "transformers":
     from transformers import AutoModelForCausalLM

@@ -8,6 +8,10 @@ from pathlib import Path
 
 SOURCE_DIR = Path(os.environ.get("LATHE_SOURCE_DIR", Path(__file__).resolve().parents[2]))
 LATHE_BIN = os.environ.get("LATHE_BIN", str(SOURCE_DIR / "build" / "lathe"))
+# Threads of every lathe process the tests start and of the reference torch (LATHE_THREADS, default 1:
+# ctest runs two test files at once on two cores). The suite must give the same results at any count;
+# `LATHE_THREADS=2 scripts/test.sh` checks that. Set in os.environ so that lathe subprocesses inherit it.
+THREADS = int(os.environ.setdefault("LATHE_THREADS", "1"))
 CATEGORIES = ["embedding", "attention", "dense_mlp", "routed_experts", "shared_experts", "router",
               "norm", "lm_head"]
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reference import LATHE_BIN, SOURCE_DIR, run_lathe
+from reference import LATHE_BIN, SOURCE_DIR, run_lathe, THREADS
 
 MODELS = SOURCE_DIR / "data" / "models"
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 
 # kept experts per family: a quarter removed, every DeepSeek group keeping the same share (§4.4)
 KEEP = {
@@ -51,7 +51,7 @@ def write_plan(path, experts=None, tensors=None):
 
 
 def apply(model, plan, out, *extra, check=True, env=None):
-    args = [LATHE_BIN, "--threads", "1", "apply", model, "--plan", plan, "--out", out, *extra]
+    args = [LATHE_BIN, "apply", model, "--plan", plan, "--out", out, *extra]
     proc = subprocess.run(list(map(str, args)), capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"lathe apply exited {proc.returncode}: {proc.stderr}")
@@ -133,7 +133,7 @@ def test_drop_experts_is_exact_against_transformers(tmp_path, name):
     # lathe's own forward on the pruned checkpoint agrees too
     tokens = tmp_path / "ids.json"
     tokens.write_text(json.dumps({"ids": ids.tolist()}))
-    run_lathe("--threads", "1", "forward", out / "model", "--tokens", tokens, "--out", tmp_path / "logits.bin")
+    run_lathe("forward", out / "model", "--tokens", tokens, "--out", tmp_path / "logits.bin")
     lathe_logits = torch.frombuffer(bytearray((tmp_path / "logits.bin").read_bytes()), dtype=torch.float32)
     assert (lathe_logits.view_as(got) - got).abs().max().item() < 1e-4
 

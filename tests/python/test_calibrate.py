@@ -16,7 +16,7 @@ from reference import LATHE_BIN, SOURCE_DIR, run_lathe
 MODEL = SOURCE_DIR / "data" / "models" / "mixtral"
 PROSE = SOURCE_DIR / "data" / "corpora" / "prose" / "train.txt"
 CODE = SOURCE_DIR / "data" / "corpora" / "code" / "train.txt"
-BASE = ["--threads", "1", "calibrate"]
+BASE = ["calibrate"]
 SMALL = ["--samples", "4", "--seq-len", "64"]
 
 pytestmark = pytest.mark.skipif(not MODEL.is_dir(), reason="data/models/mixtral not built")

@@ -33,7 +33,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from reference import LATHE_BIN, SOURCE_DIR
+from reference import LATHE_BIN, SOURCE_DIR, THREADS
 
 MODELS_DIR = SOURCE_DIR / "data" / "models"
 CORPORA = SOURCE_DIR / "data" / "corpora"
@@ -50,7 +50,7 @@ ABS_MAX_RTOL = 1e-6  # abs-max; floor: this × the tap's largest abs-max
 HESSIAN_RTOL = 1e-5  # ‖H_lathe − H_ref‖_F / ‖H_ref‖_F
 
 # The reference tensors are tiny: one thread is fastest, and more only spin on a busy machine.
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 
 
 def calibrate(model_dir, out, *options):

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from reference import LATHE_BIN, SOURCE_DIR, recipe_text
+from reference import LATHE_BIN, SOURCE_DIR, recipe_text, THREADS
 
 MODELS = SOURCE_DIR / "data" / "models"
 METHODS = ["experts-frequency", "experts-mass", "experts-router-norm", "experts-random"]
 LENGTHS = [64, 97, 80, 71]
 TOLERANCE = 1e-5
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 
 pytestmark = pytest.mark.skipif(not (MODELS / "mixtral").is_dir(), reason="data/models not built")
 
@@ -38,7 +38,7 @@ def write_recipe(tmp_path, model, pass_yaml, out, export="[hf]"):
 
 
 def lathe(*args):
-    return subprocess.run([LATHE_BIN, "--threads", "1", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([LATHE_BIN, *map(str, args)], capture_output=True, text=True)
 
 
 def plan_for(tmp_path, model, pass_yaml):

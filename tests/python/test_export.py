@@ -24,9 +24,9 @@ import pytest
 import torch
 from safetensors.torch import load_file as load_torch
 
-from reference import LATHE_BIN, SOURCE_DIR
+from reference import LATHE_BIN, SOURCE_DIR, THREADS
 
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 MIXTRAL_RECIPE = SOURCE_DIR / "recipes" / "tiny-mixtral-rtn.yaml"
 LLAMA = SOURCE_DIR / "data" / "models" / "llama"
 
@@ -49,7 +49,7 @@ export: [hf, gptq, compressed-tensors]
 
 
 def lathe(*args):
-    proc = subprocess.run([LATHE_BIN, "--threads", "1", *map(str, args)], capture_output=True, text=True)
+    proc = subprocess.run([LATHE_BIN, *map(str, args)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return proc
 

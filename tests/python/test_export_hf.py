@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from reference import LATHE_BIN, SOURCE_DIR, recipe_text
+from reference import LATHE_BIN, SOURCE_DIR, recipe_text, THREADS
 
 MODELS = SOURCE_DIR / "data" / "models"
 CORPORA = SOURCE_DIR / "data" / "corpora"
@@ -32,13 +32,13 @@ LENGTHS = [64, 97, 80, 71]
 TOLERANCE = 1e-4
 CONFIG_ERROR = 2  # compressor/common/errors.h: config errors exit 2
 COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 
 pytestmark = pytest.mark.skipif(not (MODELS / "deepseek_v3").is_dir(), reason="data/models not built")
 
 
 def lathe(*args):
-    return subprocess.run([LATHE_BIN, "--threads", "1", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([LATHE_BIN, *map(str, args)], capture_output=True, text=True)
 
 
 def ok(*args):

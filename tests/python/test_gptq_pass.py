@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reference import LATHE_BIN, SOURCE_DIR
+from reference import LATHE_BIN, SOURCE_DIR, THREADS
 
 RECIPE = SOURCE_DIR / "recipes" / "tiny-llama-gptq.yaml"
 MODELS = SOURCE_DIR / "data" / "models"
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 
 pytestmark = pytest.mark.skipif(not (MODELS / "llama").is_dir(), reason="data/models/llama not built")
 
@@ -38,7 +38,7 @@ def recipe(tmp_path, model="llama", passes=None, calibration=True, name="recipe.
 
 
 def run(recipe_path, out, *sets, env=None, samples=8, seq_len=64):
-    args = [LATHE_BIN, "--threads", "1", "run", recipe_path, "--set", f"output={out}",
+    args = [LATHE_BIN, "run", recipe_path, "--set", f"output={out}",
             "--set", f"calibration.samples={samples}", "--set", f"calibration.seq-len={seq_len}"]
     for s in sets:
         args += ["--set", s]
@@ -161,14 +161,14 @@ def test_apply_on_the_plan_with_the_same_data_reproduces_the_run(tmp_path):
     applied = tmp_path / "applied"
     corpora = SOURCE_DIR / "data" / "corpora"
     proc = subprocess.run(list(map(str, [
-        LATHE_BIN, "--threads", "1", "apply", MODELS / "llama", "--plan", out / "plan.json", "--out", applied,
+        LATHE_BIN, "apply", MODELS / "llama", "--plan", out / "plan.json", "--out", applied,
         "--data", f"prose={corpora / 'prose' / 'train.txt'}", "--data", f"code={corpora / 'code' / 'train.txt'}",
         "--samples", "8", "--seq-len", "64"])), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     for sub in ("model", "quant"):
         assert tree(applied / sub) == tree(out / sub), sub
     # Without data the plan cannot be applied (the layers' inputs are needed).
-    proc = subprocess.run(list(map(str, [LATHE_BIN, "--threads", "1", "apply", MODELS / "llama", "--plan",
+    proc = subprocess.run(list(map(str, [LATHE_BIN, "apply", MODELS / "llama", "--plan",
                                          out / "plan.json", "--out", tmp_path / "nodata"])), capture_output=True, text=True)
     assert proc.returncode == 2 and "--data" in proc.stderr, proc.stderr
 
@@ -205,7 +205,7 @@ def test_bad_gptq_settings_are_refused(tmp_path, passes, field, message):
 
 def test_gptq_without_calibration_is_refused(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([str(LATHE_BIN), "--threads", "1", "run", str(recipe(tmp_path, calibration=False)),
+    proc = subprocess.run([str(LATHE_BIN), "run", str(recipe(tmp_path, calibration=False)),
                            "--set", f"output={out}"], capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert "calibration" in proc.stderr

@@ -12,7 +12,7 @@ RECIPES = sorted((SOURCE_DIR / "recipes").glob("*.yaml"))
 
 
 def lathe(*args):
-    return subprocess.run([str(LATHE_BIN), "--threads", "1", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([str(LATHE_BIN), *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])

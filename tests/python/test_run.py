@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference import LATHE_BIN, SOURCE_DIR, hf_perplexity
+from reference import LATHE_BIN, SOURCE_DIR, hf_perplexity, THREADS
 
 RECIPE = SOURCE_DIR / "recipes" / "tiny-mixtral-rtn.yaml"
 MODEL = SOURCE_DIR / "data" / "models" / "mixtral"
 HELDOUT = SOURCE_DIR / "data" / "corpora" / "prose" / "heldout.txt"
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 
 pytestmark = pytest.mark.skipif(not MODEL.is_dir(), reason="data/models/mixtral not built")
 
@@ -28,7 +28,7 @@ def small_text(tmp_path_factory):
 
 
 def run(out, *sets, env=None, extra=(), text=None, recipe=RECIPE):
-    args = [LATHE_BIN, "--threads", "1", "run", recipe, "--set", f"output={out}", "--set", "calibration.samples=4",
+    args = [LATHE_BIN, "run", recipe, "--set", f"output={out}", "--set", "calibration.samples=4",
             "--set", "calibration.seq-len=64"]
     if text:
         args += ["--set", f"eval.text=[{text}]", "--set", "eval.tasks=[]"]
@@ -127,7 +127,7 @@ def test_eval_after_has_the_kl_to_the_original_and_max_kl_gates_it(tmp_path, sma
     assert d["kl"] > 1e-4 and 0 < d["top1"] < 1  # the compressed model really moved
     # The same numbers as `lathe eval OUT --reference ORIGINAL`, and the reference's perplexity is eval_before's.
     alone = tmp_path / "alone.json"
-    proc_eval = subprocess.run([LATHE_BIN, "--threads", "1", "eval", out, "--reference", MODEL, "--text", small_text,
+    proc_eval = subprocess.run([LATHE_BIN, "eval", out, "--reference", MODEL, "--text", small_text,
                                 "--seq-len", str(json.loads((out / "eval_after.json").read_text())["seq_len"]),
                                 "--json", alone], capture_output=True, text=True)
     assert proc_eval.returncode == 0, proc_eval.stderr
@@ -136,7 +136,7 @@ def test_eval_after_has_the_kl_to_the_original_and_max_kl_gates_it(tmp_path, sma
     assert d["reference_perplexity"] == pytest.approx(before, rel=1e-9)
     # eval_before's perplexity (the reference's, from the same stream) equals a plain `lathe eval ORIGINAL`.
     plain = tmp_path / "plain.json"
-    proc_plain = subprocess.run([LATHE_BIN, "--threads", "1", "eval", MODEL, "--text", small_text, "--seq-len",
+    proc_plain = subprocess.run([LATHE_BIN, "eval", MODEL, "--text", small_text, "--seq-len",
                                  str(json.loads((out / "eval_after.json").read_text())["seq_len"]), "--json", plain],
                                 capture_output=True, text=True)
     assert proc_plain.returncode == 0, proc_plain.stderr

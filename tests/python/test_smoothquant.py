@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference import LATHE_BIN, SOURCE_DIR, hf_perplexity
+from reference import LATHE_BIN, SOURCE_DIR, hf_perplexity, THREADS
 
 RECIPE = SOURCE_DIR / "recipes" / "tiny-llama-w8a8.yaml"
 MODELS = SOURCE_DIR / "data" / "models"
 HELDOUT = SOURCE_DIR / "data" / "corpora" / "prose" / "heldout.txt"
 SEQ_LEN = 128
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 
 pytestmark = pytest.mark.skipif(not (MODELS / "llama").is_dir() or not (MODELS / "mixtral").is_dir(),
                                 reason="data/models not built")
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not (MODELS / "llama").is_dir() or not (MODELS /
 def run(out, *sets, model="llama", check=True):
     """`lathe run` of the example recipe without its eval and gate (perplexities are measured here)."""
     recipe = recipe_without(Path(tempfile.mkdtemp()), "eval", "gate")
-    args = [LATHE_BIN, "--threads", "1", "run", recipe, "--set", f"output={out}", "--set", f"model={MODELS / model}",
+    args = [LATHE_BIN, "run", recipe, "--set", f"output={out}", "--set", f"model={MODELS / model}",
             "--set", "calibration.samples=8"]
     for s in sets:
         args += ["--set", s]
@@ -53,7 +53,7 @@ def recipe_without(tmp_path, *sections):
 
 def lathe_perplexity(model_dir, text):
     out = Path(tempfile.mkdtemp()) / "eval.json"
-    proc = subprocess.run(list(map(str, [LATHE_BIN, "--threads", "1", "eval", model_dir, "--text", text, "--seq-len",
+    proc = subprocess.run(list(map(str, [LATHE_BIN, "eval", model_dir, "--text", text, "--seq-len",
                                          SEQ_LEN, "--json", out])), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return json.loads(out.read_text())["perplexity"][Path(text).name]
@@ -178,7 +178,7 @@ def test_plan_and_manifest_record_the_smoothing(results):
 
 def test_refused_without_calibration_data(tmp_path):
     recipe = recipe_without(tmp_path, "calibration", "eval", "gate")
-    proc = subprocess.run(list(map(str, [LATHE_BIN, "--threads", "1", "run", recipe, "--set",
+    proc = subprocess.run(list(map(str, [LATHE_BIN, "run", recipe, "--set",
                                          f"output={tmp_path / 'out'}"])), capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert "calibration" in proc.stderr
@@ -194,7 +194,7 @@ def test_apply_of_the_plan_alone_redoes_the_smoothing(results, tmp_path):
     smooth = results["llama"]["dirs"][0]
     out = tmp_path / "applied"
     corpora = SOURCE_DIR / "data" / "corpora"
-    proc = subprocess.run(list(map(str, [LATHE_BIN, "--threads", "1", "apply", MODELS / "llama", "--plan",
+    proc = subprocess.run(list(map(str, [LATHE_BIN, "apply", MODELS / "llama", "--plan",
                                          smooth / "plan.json", "--out", out, "--data", f"prose={corpora / 'prose/train.txt'}",
                                          "--data", f"code={corpora / 'code/train.txt'}", "--samples", 8, "--seq-len", 128])),
                           capture_output=True, text=True)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from reference import LATHE_BIN, SOURCE_DIR, recipe_text
+from reference import LATHE_BIN, SOURCE_DIR, recipe_text, THREADS
 from test_expert_pruning import mask_router, max_error, moe_layers, padded_batch, router_statistics
 
 MODELS = SOURCE_DIR / "data" / "models"
@@ -28,13 +28,13 @@ TASKS = ["prose", "code", "math", "german"]
 # per task): mixtral 0.953, deepseek_v3 0.914, qwen2_moe 0.906, olmoe 0.906 (docs/tcess.md). With a
 # 16-sample bank and 128-token prompts qwen2_moe and olmoe reached only 0.891.
 RETRIEVAL_MODELS = ["qwen2_moe", "mixtral", "olmoe", "deepseek_v3"]
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
 
 pytestmark = pytest.mark.skipif(not (MODELS / "mixtral").is_dir(), reason="data/models not built")
 
 
 def lathe(*args):
-    return subprocess.run([LATHE_BIN, "--threads", "1", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([LATHE_BIN, *map(str, args)], capture_output=True, text=True)
 
 
 def write_recipe(tmp_path, model, pass_yaml, out, tasks=TASKS, seq_len=128, samples=16):

@@ -54,7 +54,7 @@ export: [gptq, compressed-tensors]
 
 
 def lathe(*args, check=True):
-    return run_lathe("--threads", "1", *args, check=check)
+    return run_lathe(*args, check=check)
 
 
 def run_recipe(base: Path, text: str, model: str, *extra) -> Path:
