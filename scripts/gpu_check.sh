@@ -14,7 +14,6 @@ build=${LATHE_GPU_BUILD_DIR:-$root/build-gpu}
 logs=${OUT:-$build/logs}
 mkdir -p "$logs"
 export CCACHE_DIR="${LATHE_CACHE:-$HOME/.cache/lathe}/ccache"
-export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 export PATH="$PATH:/usr/local/cuda/bin"
 
 step() { echo "== $*" | tee -a "$logs/summary.log"; }

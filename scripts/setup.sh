@@ -58,7 +58,6 @@ ln -sfn "$venv" "$root/.venv"
 
 # --- 3. configure and build ----------------------------------------------------------------------
 export CCACHE_DIR="$cache/ccache"
-export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 export CCACHE_MAXSIZE=5G
 torch_cmake=$("$venv/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
 generator=()

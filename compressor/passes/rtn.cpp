@@ -104,7 +104,8 @@ void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& 
                       nlohmann::json details) {
   const at::Tensor w = t.value.to(at::kFloat);
   const at::Tensor deq = quant.dequantize();
-  const double denom = w.square().sum().item<double>();
+  // fp64 sums: tens of thousands of squares, and the figure must not depend on BLAS or thread count.
+  const double denom = w.to(at::kDouble).square().sum().item<double>();
   TensorRecord r;
   r.name = t.name;
   r.source = t.source;
@@ -112,7 +113,7 @@ void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& 
   r.bits = p.bits;
   r.group_size = p.group_size;
   r.sym = p.sym;
-  r.rel_err = denom > 0 ? (w - deq).square().sum().item<double>() / denom : 0.0;
+  r.rel_err = denom > 0 ? (w - deq).to(at::kDouble).square().sum().item<double>() / denom : 0.0;
   r.details = std::move(details);
   ctx.records.erase(std::remove_if(ctx.records.begin(), ctx.records.end(),
                                    [&](const TensorRecord& o) { return o.name == t.name; }),

@@ -5,7 +5,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include <chrono>
-#include <csignal>
 #include <cstdlib>
 #include <cmath>
 #include <filesystem>
@@ -23,6 +22,7 @@
 #include "calibrate/tokenizer.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/fault_injection.h"
 #include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/fingerprint.h"
@@ -87,17 +87,6 @@ TensorRecord unchanged_record(const std::string& name, const std::string& source
   r.format = dtype_name(dtype_of(value));
   r.bits = static_cast<int64_t>(value.element_size() * 8);
   return r;
-}
-
-/// Test-only fault injection: LATHE_FAULT_KILL_AFTER_LAYER=i makes the process SIGKILL itself right
-/// after layer i is on disk and recorded, so tests can prove that resume works from every point.
-std::function<void(int64_t)> fault_injection_from_env() {
-  const char* env = std::getenv("LATHE_FAULT_KILL_AFTER_LAYER");
-  if (!env || !*env) return {};
-  const int64_t target = std::strtoll(env, nullptr, 10);
-  return [target](int64_t layer) {
-    if (layer == target) ::raise(SIGKILL);
-  };
 }
 
 std::string shard_name(int64_t index, int64_t count) {

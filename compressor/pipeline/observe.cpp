@@ -13,6 +13,7 @@
 #include "calibrate/stats_store.h"
 #include "calibrate/tokenizer.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/fault_injection.h"
 #include "compressor/model/fingerprint.h"
 #include "compressor/model/weight_store.h"
 
@@ -154,6 +155,7 @@ CalibrateResult run_calibration(const CalibrateRequest& request, const Calibrate
   }
 
   auto layer_start = std::chrono::steady_clock::now();
+  const std::function<void(int64_t)> fault = fault_injection_from_env();
   stream_forward(
       model, ids, valid, request.streaming, &collector, [](int64_t, const at::Tensor&, const at::Tensor&) {},
       [&](int64_t layer) {
@@ -165,6 +167,7 @@ CalibrateResult run_calibration(const CalibrateRequest& request, const Calibrate
                    std::chrono::duration<double>(now - layer_start).count());
         }
         layer_start = now;
+        if (fault) fault(layer);
       });
   store.commit();
   result.layer_forwards = decoder_layer_forward_count() - forwards_before;

@@ -2,6 +2,7 @@
 (a byte of a calibration file, an option, a weight), a SIGKILL mid-run that leaves no store behind
 and a re-run equal to an uninterrupted one, the coverage report, and bad command lines."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -129,18 +130,15 @@ def test_one_changed_weight_is_refused_and_names_the_layer(tmp_path):
 
 
 def run_until_killed(out, after_layers, extra):
-    """Starts lathe calibrate, SIGKILLs it once `after_layers` layers have been reported."""
+    """Runs lathe calibrate until it SIGKILLs itself once `after_layers` layers are in its temporary
+    store (LATHE_FAULT_KILL_AFTER_LAYER, docs/output.md): a kill sent from here would race the run,
+    which on a loaded machine can finish first."""
     args = [LATHE_BIN, *BASE, MODEL, "--out", out, "--data", f"prose={PROSE}", "--data", f"code={CODE}", *extra]
-    proc = subprocess.Popen(list(map(str, args)), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    seen = 0
-    for line in proc.stderr:
-        if "[calibrate] layer " in line:
-            seen += 1
-            if seen == after_layers:
-                proc.send_signal(signal.SIGKILL)
-                break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before layer {after_layers} (rc {proc.returncode})"
+    env = dict(os.environ, LATHE_FAULT_KILL_AFTER_LAYER=str(after_layers - 1))
+    proc = subprocess.Popen(list(map(str, args)), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed after layer {after_layers} (rc {proc.returncode})"
+    assert stderr.count("[calibrate] layer ") == after_layers, stderr
     return proc.pid
 
 

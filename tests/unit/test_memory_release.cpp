@@ -26,14 +26,23 @@ using testing::TempDir;
 
 const std::filesystem::path kModels = std::filesystem::path(LATHE_SOURCE_DIR) / "data/models";
 
-/// RssFile of /proc/self/status in bytes (file-backed resident pages); -1 when unavailable.
+/// Resident pages of mapped files in bytes: RssFile + RssShmem of /proc/self/status (a file on tmpfs,
+/// as /tmp is on many systems, counts as shared memory, not as a file); -1 when unavailable.
 int64_t rss_file_bytes() {
   std::ifstream in("/proc/self/status");
   std::string line;
+  int64_t kib = 0;
+  int found = 0;
   while (std::getline(in, line)) {
-    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8)) * 1024;  // "NNN kB"
+    for (const char* key : {"RssFile:", "RssShmem:"}) {
+      const std::string k(key);
+      if (line.rfind(k, 0) == 0) {
+        kib += std::stoll(line.substr(k.size()));  // "NNN kB"
+        ++found;
+      }
+    }
   }
-  return -1;
+  return found == 2 ? kib * 1024 : -1;
 }
 
 /// A file with a small tensor, a large one (`n` floats, value i at index i) and another small one.

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "calibrate/tokenizer.h"
+#include "safetensors_builder.h"
 #include "test_tokenizer_helpers.h"
 
 namespace lathe::test {
@@ -269,8 +270,8 @@ TEST(TokenizerDecoders, ByteLevelMetaspaceAndNoDecoder) {
 }
 
 TEST(TokenizerModelDir, ReadsSpecialTokenNamesFromTokenizerConfig) {
-  const std::string dir = ::testing::TempDir() + "/lathe_tokenizer_model_dir";
-  std::filesystem::create_directories(dir);
+  const lathe::testing::TempDir temp;  // its own directory: concurrent suites never share it
+  const std::string dir = temp.path();
   TokenizerParts parts;
   parts.extra_tokens = {"<s>", "</s>"};
   {
