@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from near_ties import before_near_ties, least_margins
 from reference import LATHE_BIN, SOURCE_DIR, run_lathe, THREADS
 
 MODELS = SOURCE_DIR / "data" / "models"
@@ -124,18 +125,26 @@ def test_drop_experts_is_exact_against_transformers(tmp_path, name):
         unmasked = ref(ids).logits
         with mask_removed_experts(ref, removed) as masked:
             assert masked.weights or hasattr(ref.model.layers[moe_layers[0]].mlp.gate, "e_score_correction_bias")
-            expected = ref(ids).logits
+            expected, margins = least_margins([ref.model.layers[i].mlp.gate for i in moe_layers],
+                                              lambda: ref(ids).logits, ids.shape)
         got = pruned(ids).logits
     assert (expected - unmasked).abs().max().item() > 1e-3  # the removed experts mattered
     assert torch.isfinite(got).all()
-    diff = (got - expected).abs().max().item()
+    # The pruned model computes with other matrix shapes (~1e-7 apart): a token whose top-k choice
+    # in the masked original is within NEAR_TIE (near_ties.py) may route the other way there, and so
+    # may change every later position. 1e-5 as before at the positions before any such token (all,
+    # when there is none).
+    keep = before_near_ties(margins, torch.ones_like(ids))
+    print(f"{name}: least routing margin {margins.min().item():.2e}; compared {int(keep.sum())} of {ids.numel()}")
+    assert keep.sum() >= ids.numel() // 2, "most positions follow a near-tie: change the token seed"
+    diff = (got - expected).abs()[keep].max().item()
     assert diff <= 1e-5, f"max |Δlogit| {diff}"
     # lathe's own forward on the pruned checkpoint agrees too
     tokens = tmp_path / "ids.json"
     tokens.write_text(json.dumps({"ids": ids.tolist()}))
     run_lathe("forward", out / "model", "--tokens", tokens, "--out", tmp_path / "logits.bin")
     lathe_logits = torch.frombuffer(bytearray((tmp_path / "logits.bin").read_bytes()), dtype=torch.float32)
-    assert (lathe_logits.view_as(got) - got).abs().max().item() < 1e-4
+    assert (lathe_logits.view_as(got) - got).abs()[keep].max().item() < 1e-4  # the same positions
 
 
 def round_scale(scale, dtype):
@@ -209,7 +218,8 @@ def test_rtn_equals_an_independent_reference_bit_for_bit(tmp_path, bits, group, 
     entry = manifest["tensors"][names[0]]
     assert entry["format"] == f"rtn-int{bits}-g{group}-{'sym' if sym else 'asym'}"
     w0 = original[names[0]].float()
-    rel = ((w0 - reference_rtn(original[names[0]], bits, group, sym)) ** 2).sum() / (w0 ** 2).sum()
+    # fp64 sums like lathe's (the fp32 difference, squared and summed in fp64)
+    rel = ((w0 - reference_rtn(original[names[0]], bits, group, sym)).double() ** 2).sum() / (w0.double() ** 2).sum()
     assert abs(entry["rel_err"] - rel.item()) <= 1e-6 * max(rel.item(), 1e-12) + 1e-12
 
 

@@ -1,9 +1,10 @@
 """diep (ALGORITHMS.md §3; docs/diep.md) and experts-naee (ALGORITHMS.md §7).
 
 - diep end-to-end: the loss decreases, the mean gate ends within 1% of the budget, the global
-  ranking keeps the total with the per-layer floor, and the output equals the ORIGINAL model
-  (transformers, fp32) with the removed experts masked in the router and the kept experts' down_proj
-  scaled by the folded β (rounded to bf16 as the output stores it), within 1e-5.
+  ranking keeps the total with the per-layer floor, the output's tensors are the original's kept
+  experts (down_proj scaled by the folded β, rounded to bf16 as the output stores it) bit for bit,
+  and lathe's forward of it equals the ORIGINAL model (transformers, fp32) with the removed experts
+  masked in the router and down_proj so scaled, within test_forward_parity's 1e-4.
 - diep layerwise: the error curve per layer is non-increasing in the expert count, the knapsack
   allocation hits the total, and surgery is exact in the same way.
 - experts-naee: the kept set of every layer has the least Σ_seq ‖Y − Y'‖ of ALL keep sets, checked
@@ -11,16 +12,25 @@
 - Bad options: exit 2 naming the option, nothing written."""
 import itertools
 import json
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from test_expert_pruning import (MODELS, calibration_tokens, lathe, mask_router, max_error, moe_layers,
-                                 padded_batch, plan_for, write_recipe)
+from test_expert_pruning import (MODELS, calibration_tokens, lathe, mask_router, masked_logits, max_error,
+                                 moe_layers, padded_batch, plan_for, write_recipe)
 
 pytestmark = pytest.mark.skipif(not (MODELS / "mixtral").is_dir(), reason="data/models not built")
+
+# Relative slack of the monotone error curves. err(k) = ‖β·r_k − t‖ / ‖y‖ reduces fp32 expert outputs
+# in float64: another CPU's kernels move r_k and t by ~1e-7 relative, so err(k) by ≲ 1e-7·‖t‖/‖y‖,
+# ≤ 1e-6 relative at the errors seen (0.03 to 0.7; exactly 0 when all are kept). The former absolute
+# 1e-9 sat below that noise; equal neighbours (DeepSeek-V3: an expert no token selects) are bitwise
+# equal. Any inversion larger than 1e-6 of the errors still fails.
+SLACK = 1e-6
 
 
 def recipe(tmp_path, model, pass_yaml, out):
@@ -35,8 +45,38 @@ def run(tmp_path, model, pass_yaml):
     return out, json.loads((out / "plan.json").read_text()), proc.stderr
 
 
+def tensors(model_dir):
+    return {name: t for f in sorted(model_dir.glob("*.safetensors")) for name, t in load_file(f).items()}
+
+
+def assert_tensors_exact(model_name, out, plan):
+    """Every tensor of the output is the original's, bit for bit: expert j of layer l is kept[j],
+    its down_proj·β rounded to bf16 (fp32 product, as assert_surgery_exact's reference); the router's
+    rows (and selection bias) are the kept experts'; everything else is unchanged."""
+    original, got = tensors(MODELS / model_name), tensors(out / "model")
+    expert = re.compile(r"(.*layers\.(\d+)\.\w+\.experts\.)(\d+)(\..*)")
+    router = re.compile(r".*layers\.(\d+)\.\w+\.gate\.(weight|e_score_correction_bias)")
+    want = {}
+    for name, t in original.items():
+        if (m := router.fullmatch(name)) and m[1] in plan["experts"]:
+            want[name] = t[plan["experts"][m[1]]]
+        elif (m := expert.fullmatch(name)) and m[2] in plan["experts"]:
+            kept = plan["experts"][m[2]]
+            if int(m[3]) in kept:  # renumbered by its place among the kept
+                scaled = m[4] in (".down_proj.weight", ".w2.weight")
+                want[f"{m[1]}{kept.index(int(m[3]))}{m[4]}"] = (
+                    (t.float() * plan["expert_scale"][m[2]]).to(t.dtype) if scaled else t)
+        else:
+            want[name] = t
+    assert set(got) == set(want)
+    for name, t in got.items():
+        assert t.dtype == want[name].dtype and torch.equal(t, want[name]), name
+
+
 def assert_surgery_exact(model_name, out, plan):
-    """The output equals the original with removed experts masked and the routed sum scaled by β."""
+    """The output's tensors are exactly the surgery's (assert_tensors_exact), and lathe's forward of
+    it equals the original with removed experts masked and the routed sum scaled by β."""
+    assert_tensors_exact(model_name, out, plan)
     original = AutoModelForCausalLM.from_pretrained(MODELS / model_name, dtype=torch.float32).eval()
     config = json.loads((out / "model" / "config.json").read_text())
     with torch.no_grad():
@@ -50,10 +90,16 @@ def assert_surgery_exact(model_name, out, plan):
             beta = plan["expert_scale"][str(i)]
             down.copy_((down * beta).to(torch.bfloat16).float())  # lathe stores down_proj·β in bf16
     batch, mask = padded_batch(original.config.vocab_size)
-    with torch.no_grad():
-        want = original(input_ids=batch, attention_mask=mask).logits
+    want, keep = masked_logits(original, batch, mask, model_name)
     got = lathe_logits(out / "model", batch, mask)
-    assert max_error(got, want) <= 1e-5
+    error = max_error(got, want, keep)
+    print(f"{model_name}: lathe forward of the output vs the masked original: max |Δlogit| {error:.2e}")
+    # lathe's forward against transformers: two implementations (test_forward_parity's 1e-4; their
+    # fp32 sums differ by more on other CPUs and thread counts), at every position before a near-tie
+    # routing (test_expert_pruning.masked_logits). The surgery itself is checked bit for bit above,
+    # which the former 1e-5 on logits only approximated.
+    assert keep.sum() >= mask.sum() // 2, "most positions follow a near-tie: change the batch seed"
+    assert error <= 1e-4
 
 
 def lathe_logits(model_dir, batch, mask):
@@ -91,7 +137,8 @@ def test_diep_layerwise_allocation_and_exact_surgery(model_name, tmp_path):
     for layer, kept in plan["experts"].items():
         errors = diag["layers"][layer]["error_by_count"]
         # Keeping more experts (the top by α) never reconstructs worse; keeping all is exact.
-        assert all(a >= b - 1e-9 for a, b in zip(errors, errors[1:])), errors
+        print(f"{model_name} layer {layer}: error by count {errors}")
+        assert all(a >= b - SLACK * max(a, b) for a, b in zip(errors, errors[1:])), errors
         assert errors[-1] < 1e-5
         assert len(kept) >= min(len(plan["expert_scores"][layer]), 1 + (2 if model_name == "qwen2_moe" else 4))
         total += len(plan["expert_scores"][layer])
@@ -134,8 +181,11 @@ def test_naee_keeps_the_best_of_all_keep_sets(tmp_path):
         kept = tuple(plan["experts"][str(i)])
         best = min(losses.values())
         assert losses[kept] <= best * (1 + 1e-4), (i, kept, losses[kept], best)
-        # The runner-up is clearly different: the test can tell sets apart.
-        assert sorted(losses.values())[-1] > 1.5 * best
+        # The runner-up is clearly worse: the 1e-4 tolerance above accepts the best set only.
+        ranked = sorted(losses.values())
+        print(f"layer {i}: best {best:.6g}, runner-up {ranked[1]:.6g}, worst {ranked[-1]:.6g}")
+        assert ranked[1] > best * (1 + 1e-3), ranked[:2]
+        assert ranked[-1] > 1.5 * best  # and the sets differ widely: the losses mean something
         recorded = plan["diagnostics"]["experts-naee"]["layers"][str(i)]
         assert recorded["sets"] == 28
         assert abs(recorded["loss"] - losses[kept]) <= 1e-3 * losses[kept]

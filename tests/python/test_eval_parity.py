@@ -13,6 +13,10 @@ MODELS = ["llama", "mixtral", "qwen3_moe", "deepseek_v3"]
 SEQ_LEN = 128
 TEXT = SOURCE_DIR / "data" / "corpora" / "prose" / "heldout.txt"
 TASKS = SOURCE_DIR / "data" / "tasks" / "wordnet_definitions.jsonl"
+# An item whose answer scores within this many nats of the best other choice (in the reference) is a
+# near-tie: lathe may decide it either way. The choices' log-likelihoods of lathe and transformers
+# differ by at most 3.8e-6 nats here (qwen2, these 40 items): 25x margin. The least margin now: 0.52.
+SCORE_NEAR_TIE = 1e-4
 
 
 def model_dir(name):
@@ -60,7 +64,7 @@ def test_task_accuracy_matches_transformers(tmp_path):
     got = json.loads((tmp_path / "r.json").read_text())["tasks"]["t.jsonl"]
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    correct = 0
+    correct, near_ties = 0, 0
     for item in items:
         ctx = tok(item["context"], add_special_tokens=False)["input_ids"]
         scores = []
@@ -72,8 +76,12 @@ def test_task_accuracy_matches_transformers(tmp_path):
                 logp = model(seq).logits.log_softmax(-1)[0, :-1]
             scores.append(logp[len(ctx) - 1:].gather(-1, seq[0, len(ctx):].unsqueeze(-1)).sum().item())
         correct += int(max(range(len(scores)), key=lambda i: (scores[i], -i)) == item["answer"])
+        others = [s for i, s in enumerate(scores) if i != item["answer"]]
+        near_ties += abs(scores[item["answer"]] - max(others)) < SCORE_NEAR_TIE
+    print(f"{correct} of {len(items)} correct, {near_ties} near-tie items")
     assert got["n"] == len(items)
-    assert got["correct"] == correct
+    # Only a near-tie item can be decided the other way: exact, as before, when there is none.
+    assert abs(got["correct"] - correct) <= near_ties, (got["correct"], correct, near_ties)
 
 
 def test_bad_inputs(tmp_path):

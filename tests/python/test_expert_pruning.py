@@ -2,10 +2,10 @@
 -router-norm and -random.
 
 - Surgery: after pruning half the experts with each method, the output model (loaded by transformers)
-  gives the same fp32 logits, within 1e-5, as the ORIGINAL model whose removed experts are masked in
-  the router: logits at −inf before the softmax (Mixtral, Qwen2-MoE with its shared expert), or
-  excluded from selection through a −inf correction bias (DeepSeek-V3, sigmoid + bias + groups);
-  also OLMoE and Qwen3-MoE, per-expert and fused.
+  gives the same fp32 logits, within 1e-5 (before any near-tie routing: masked_logits), as the
+  ORIGINAL model whose removed experts are masked in the router: logits at −inf before the softmax
+  (Mixtral, Qwen2-MoE with its shared expert), or excluded from selection through a −inf correction
+  bias (DeepSeek-V3, sigmoid + bias + groups); also OLMoE and Qwen3-MoE, per-expert and fused.
 - Scores: frequency and mass equal what transformers' routers give on the same calibration tokens;
   router-norm equals torch.linalg.norm of the router rows; random is reproducible by seed and differs
   across seeds; global mode keeps the total and the per-layer floor and ranks normalised scores.
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from near_ties import before_near_ties, least_margins, selection_alternatives
 from reference import LATHE_BIN, SOURCE_DIR, recipe_text, THREADS
 
 MODELS = SOURCE_DIR / "data" / "models"
@@ -85,8 +86,26 @@ def padded_batch(vocab, seed=0):
     return batch, mask
 
 
-def max_error(a, b):
-    return max((a[i, :n] - b[i, :n]).abs().max().item() for i, n in enumerate(LENGTHS))
+def max_error(a, b, keep=None):
+    """Largest |a − b| over the valid positions of the padded batch, or over `keep` ([B, T] bool)."""
+    if keep is None:
+        return max((a[i, :n] - b[i, :n]).abs().max().item() for i, n in enumerate(LENGTHS))
+    return (a - b).abs()[keep].max().item()
+
+
+def masked_logits(model, batch, mask, what):
+    """(the masked original's logits, [B, T] positions to compare). The pruned model computes the
+    same with other matrix shapes (~1e-7 apart), so a token whose top-k choice in the masked original
+    is within NEAR_TIE (near_ties.py) may route the other way there and differ by far more than 1e-5,
+    as may every later position of its sequence. Those positions are left out: on the current batch
+    12 of the 24 (model, method) cases have such a token (least margins 5e-6 to 9e-5)."""
+    with torch.no_grad():
+        logits, margins = least_margins([r for _, r in moe_layers(model)],
+                                        lambda: model(input_ids=batch, attention_mask=mask).logits, mask.shape)
+    keep = before_near_ties(margins, mask)
+    print(f"{what}: least routing margin {margins[mask.bool()].min().item():.2e}; "
+          f"compared {int(keep.sum())} of {int(mask.sum())} positions")
+    return logits, keep
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -113,12 +132,14 @@ def test_pruned_model_equals_the_original_with_removed_experts_masked(model_name
             router.num_group = router.topk_group = 1
         assert pruned.model.layers[i].mlp.gate.weight.shape[0] == len(kept)
     batch, mask = padded_batch(original.config.vocab_size)
+    want, keep = masked_logits(original, batch, mask, f"{model_name} {method}")
     with torch.no_grad():
-        want = original(input_ids=batch, attention_mask=mask).logits
         got = pruned(input_ids=batch, attention_mask=mask).logits
         unmasked = AutoModelForCausalLM.from_pretrained(MODELS / model_name, dtype=torch.float32).eval()(
             input_ids=batch, attention_mask=mask).logits
-    assert max_error(got, want) <= TOLERANCE
+    # 1e-5 as before, at every position before any near-tie routing (all of them when none)
+    assert keep.sum() >= mask.sum() // 2, "most positions follow a near-tie: change the batch seed"
+    assert max_error(got, want, keep) <= TOLERANCE
     assert max_error(got, unmasked) > 1e-3  # pruning changed the model: the comparison means something
 
 
@@ -135,7 +156,10 @@ def calibration_tokens(stats):
 
 def router_statistics(model_name, ids, mask):
     """Per MoE layer, from transformers' routers: (selection counts, Σ p over all tokens, Σ p over
-    the tokens that selected e), with p softmax or (DeepSeek-V3) the sigmoid without bias."""
+    the tokens that selected e, (count slack, Σ p slack, near-tie tokens)), with p softmax or
+    (DeepSeek-V3) the sigmoid without bias. The slacks sum, over the tokens whose selection is a
+    near-tie (near_ties.py), how much each near-tie alternative moves the count (1 per expert it adds
+    or drops) and the selected mass (that token's p): what lathe may differ by; 0 without near-ties."""
     model = AutoModelForCausalLM.from_pretrained(MODELS / model_name, dtype=torch.float32).eval()
     valid = mask.reshape(-1).bool()
     result = {}
@@ -146,7 +170,11 @@ def router_statistics(model_name, ids, mask):
             logits, index = logits.double()[valid], index[valid]
             p = logits.sigmoid() if hasattr(module, "e_score_correction_bias") else logits.softmax(-1)
             selected = torch.zeros_like(p).scatter_(1, index, 1.0)
-            result[layer] = (selected.sum(0), p.sum(0), (selected * p).sum(0))
+            moved = torch.zeros_like(p)
+            for t, alt in selection_alternatives(module, logits, index):
+                moved[t] += (torch.zeros_like(p[t]).scatter_(0, alt, 1.0) - selected[t]).abs()
+            slack = (moved.sum(0), (moved * p).sum(0), int((moved.sum(1) > 0).sum()))
+            result[layer] = (selected.sum(0), p.sum(0), (selected * p).sum(0), slack)
         return router.register_forward_hook(fn)
 
     handles = [hook(i, r) for i, r in moe_layers(model)]
@@ -167,7 +195,7 @@ def test_frequency_and_mass_scores_match_transformers_routers(model_name, tmp_pa
     reference = router_statistics(model_name, ids, mask)
     assert reference
     first = min(reference)
-    for layer, (count, p_all, p_topk) in reference.items():
+    for layer, (count, p_all, p_topk, (count_slack, topk_slack, near_ties)) in reference.items():
         key = str(layer)
         # Exactly the observe stage's statistics, summed over the calibration tasks.
         assert freq["expert_scores"][key] == stored_sum(stats, "expert_tokens", layer).tolist()
@@ -177,9 +205,15 @@ def test_frequency_and_mass_scores_match_transformers_routers(model_name, tmp_pa
         # hidden states (test_forward_parity): the first MoE layer agrees exactly (counts) or to 1e-4,
         # deeper layers to ~1e-3 with an occasional near-tie selection flipped.
         if layer == first:
-            assert freq["expert_scores"][key] == count.tolist(), layer
+            # Counts exact and the selected mass within 1e-4 as before, except by what the near-tie
+            # tokens' flips may move (0, i.e. unchanged, when there are none; Σ p needs no slack).
+            print(f"{model_name}: {near_ties} near-tie tokens at layer {layer}")
+            got = np.array(freq["expert_scores"][key])
+            assert (np.abs(got - count.numpy()) <= count_slack.numpy()).all(), (layer, got, count)
             assert np.allclose(mass["expert_scores"][key], p_all.numpy(), rtol=1e-4), layer
-            assert np.allclose(topk["expert_scores"][key], p_topk.numpy(), rtol=1e-4), layer
+            got = np.array(topk["expert_scores"][key])
+            bound = 1e-8 + 1e-4 * np.abs(p_topk.numpy()) + topk_slack.numpy()  # np.allclose's, plus slack
+            assert (np.abs(got - p_topk.numpy()) <= bound).all(), (layer, got, p_topk)
         else:  # relative L1 distance: a flipped selection moves one token's count and probability
             for plan, want in ((freq, count), (mass, p_all), (topk, p_topk)):
                 got = np.array(plan["expert_scores"][key])

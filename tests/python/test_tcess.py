@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from reference import LATHE_BIN, SOURCE_DIR, recipe_text, THREADS
-from test_expert_pruning import mask_router, max_error, moe_layers, padded_batch, router_statistics
+from test_expert_pruning import mask_router, masked_logits, max_error, moe_layers, padded_batch, router_statistics
 
 MODELS = SOURCE_DIR / "data" / "models"
 CORPORA = SOURCE_DIR / "data" / "corpora"
@@ -114,10 +114,12 @@ def test_pruned_model_equals_the_original_with_removed_experts_masked(model_name
         if hasattr(router, "num_group") and out_config.get("n_group") == 1:
             router.num_group = router.topk_group = 1
     batch, mask = padded_batch(original.config.vocab_size)
+    want, keep = masked_logits(original, batch, mask, model_name)
     with torch.no_grad():
-        want = original(input_ids=batch, attention_mask=mask).logits
         got = pruned(input_ids=batch, attention_mask=mask).logits
-    assert max_error(got, want) <= 1e-5
+    # 1e-5 as before, at every position before any near-tie routing (test_expert_pruning.masked_logits)
+    assert keep.sum() >= mask.sum() // 2, "most positions follow a near-tie: change the batch seed"
+    assert max_error(got, want, keep) <= 1e-5
 
 
 # ---- the bank's vectors ---------------------------------------------------------------------------
@@ -134,7 +136,7 @@ def reference_vectors(model_name, ids, mask):
     mass) vectors, each Σ over the valid tokens divided by their number T."""
     t = mask.sum().item()
     return {layer: ((count / t).numpy(), (p_topk / t).numpy())
-            for layer, (count, _, p_topk) in router_statistics(model_name, ids, mask).items()}
+            for layer, (count, _, p_topk, _) in router_statistics(model_name, ids, mask).items()}
 
 
 @pytest.mark.parametrize("model_name", ["mixtral", "deepseek_v3"])
@@ -181,13 +183,27 @@ def test_top1_logit_score_is_count_times_mean_logit(tmp_path_factory):
 
 # ---- retrieval on held-out text -------------------------------------------------------------------
 
+# A prompt whose winning cosine is within this (relative) of the runner-up's is a near-tie and may
+# select either task on another machine: the cosines (float64) compare mass vectors summed from fp32
+# router probabilities, which other kernels (MKL's per-vendor paths) move by ~1e-6 relative; 1e-4 is
+# ~100x that (1 vs 2 threads: bitwise equal). Least margins now: qwen2_moe 3.6e-5 (one prompt, right
+# here), every other prompt of every model ≥ 6.7e-4.
+COSINE_NEAR_TIE = 1e-4
+
+
 def route_per_prompt(model, bank, prompts, tmp_path, *extra):
+    """`lathe route --per-prompt`: per prompt, (selected task, relative margin of its cosine over the
+    runner-up's)."""
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"text": p}) + "\n" for p in prompts))
     proc = lathe("route", MODELS / model, "--bank", bank, "--prompts", path, "--per-prompt", "--max-tokens", 256,
                  "--json", tmp_path / "route.json", *extra)
     assert proc.returncode == 0, proc.stderr
-    return [q["selected"] for q in json.loads((tmp_path / "route.json").read_text())["queries"]]
+    queries = json.loads((tmp_path / "route.json").read_text())["queries"]
+    for q in queries:
+        assert q["selected"] == q["ranking"][0]["task"], q
+    return [(q["selected"], (q["ranking"][0]["cosine"] - q["ranking"][1]["cosine"]) / abs(q["ranking"][0]["cosine"]))
+            for q in queries]
 
 
 @pytest.mark.parametrize("model_name", RETRIEVAL_MODELS)
@@ -198,11 +214,20 @@ def test_heldout_prompts_retrieve_their_own_task(model_name, tmp_path_factory, t
         chunks = heldout_chunks(task, chars=RETRIEVAL_CHARS)
         prompts += chunks
         truth += [task] * len(chunks)
-    got = route_per_prompt(model_name, bank_of(out), prompts, tmp_path)
+    routed = route_per_prompt(model_name, bank_of(out), prompts, tmp_path)
+    got = [g for g, _ in routed]
     per_task = {t: np.mean([g == t for g, w in zip(got, truth) if w == t]) for t in TASKS}
     accuracy = np.mean([g == w for g, w in zip(got, truth)])
-    print(f"{model_name}: retrieval {accuracy:.3f} over {len(truth)} prompts; per task {per_task}")
-    assert accuracy >= 0.9, (accuracy, per_task)
+    # ≥ 90% as before, with each near-tie prompt (COSINE_NEAR_TIE) counted as right whichever task it
+    # selected: decided prompts count as they did, and how near-ties fall on a machine no longer
+    # matters. With no near-tie this is exactly the old `accuracy >= 0.9`.
+    needed = -(-9 * len(truth) // 10)  # ⌈0.9·n⌉
+    near_ties = sum(margin < COSINE_NEAR_TIE for _, margin in routed)
+    decided_right = sum(g == w and margin >= COSINE_NEAR_TIE for (g, margin), w in zip(routed, truth))
+    print(f"{model_name}: retrieval {accuracy:.3f} over {len(truth)} prompts; per task {per_task}; "
+          f"{decided_right} decided right, {near_ties} near-ties, {needed} needed; "
+          f"least margin {min(m for _, m in routed):.2e}")
+    assert decided_right + near_ties >= needed, (accuracy, per_task, decided_right, near_ties)
 
 
 # ---- task-matched pruning -------------------------------------------------------------------------
