@@ -109,6 +109,7 @@ void write_golden_layer(const std::string& path, const GoldenLayer& g) {
     file.flush(H5F_SCOPE_GLOBAL);
     file.close();
   });
+  fsync_path(temp, path);  // on disk before the rename makes it visible, like the statistics store
   if (std::rename(temp.c_str(), path.c_str()) != 0) {
     const std::string reason = std::strerror(errno);
     std::remove(temp.c_str());

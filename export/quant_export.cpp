@@ -12,6 +12,7 @@
 #include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/model_spec.h"
+#include "export/export_manifest.h"
 #include "export/export_source.h"
 
 namespace fs = std::filesystem;
@@ -126,6 +127,7 @@ ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format, 
       if (e.is_regular_file()) fs::copy_file(e.path(), dir.path() / "verify" / e.path().filename());
     }
   }
+  write_export_manifest(dir.path());  // last: it hashes every file above (lathe verify checks them)
   dir.publish();
   return result;
 }

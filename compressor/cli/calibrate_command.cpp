@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -21,6 +22,7 @@
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/pipeline/observe.h"
+#include "export/output_lock.h"
 
 namespace lathe::cli {
 namespace {
@@ -78,6 +80,8 @@ void run_calibrate(CalibrateArgs& args) {
   req.check_only = args.check;
 
   const bool tty = ::isatty(STDERR_FILENO);
+  std::optional<OutputLock> lock;
+  if (!args.check) lock.emplace(args.out);
   const CalibrateResult r = run_calibration(req, [tty](int64_t layer, int64_t layers, int64_t stats, double seconds) {
     std::cerr << fmt::format("{}[calibrate] layer {}/{}: {} statistics, {:.1f} s{}", tty ? "\r" : "", layer + 1, layers,
                              stats, seconds, tty && layer + 1 < layers ? "" : "\n")

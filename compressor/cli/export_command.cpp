@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "compressor/cli/commands.h"
+#include "export/output_lock.h"
 #include "export/quant_export.h"
 
 namespace lathe::cli {
@@ -30,6 +31,7 @@ void add_export_command(CLI::App& app) {
     ExportOptions options;
     options.force = args->force;
     options.pad_experts = args->pad_experts;
+    const OutputLock lock(args->out);  // the output directory the export adds to
     const ExportResult r = export_checkpoint(args->out, format, options);
     for (const auto& line : r.log) std::cerr << "[export] " << line << "\n";
     if (format == ExportFormat::kHf) {

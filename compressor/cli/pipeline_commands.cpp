@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <optional>
 
 #include <chrono>
 #include <iostream>
@@ -19,6 +20,7 @@
 #include "compressor/pipeline/apply.h"
 #include "compressor/pipeline/recipe.h"
 #include "compressor/pipeline/run.h"
+#include "export/output_lock.h"
 
 namespace lathe::cli {
 
@@ -117,6 +119,7 @@ void add_pipeline_commands(CLI::App& app) {
     req.forward = parse_forward_options(args->device, args->dtype, "");
     req.streaming.micro_batch = args->micro_batch;
     req.golden = args->golden;
+    const OutputLock lock(args->out);
     print_apply_summary(run_apply(req, apply_progress()), args->out);
   });
 
@@ -140,6 +143,8 @@ void add_pipeline_commands(CLI::App& app) {
       ->capture_default_str();
   run->callback([run_args] {
     const Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
+    std::optional<OutputLock> lock;
+    if (!run_args->options.dry_run) lock.emplace(recipe.output);
     const RunResult r = run_recipe(recipe, run_args->options);
     if (!r.gate_passed) {
       std::string message = "the compressed model regressed past the recipe's gate:";

@@ -24,6 +24,7 @@
 #include "compressor/model/streaming.h"
 #include "compressor/passes/pattern_bank.h"
 #include "compressor/pipeline/apply.h"
+#include "export/output_lock.h"
 
 namespace lathe::cli {
 namespace {
@@ -166,6 +167,7 @@ void write_pruned(const RouteArgs& args, const PatternBank& bank, const TaskPatt
   req.force = args.force;
   req.weights_fingerprint = bank.weights_fingerprint;
   req.forward = parse_forward_options(args.device, args.dtype, "");
+  const OutputLock lock(args.out);
   const ApplyResult r = run_apply(req, [](int64_t layer, int64_t layers) {
     std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
   });

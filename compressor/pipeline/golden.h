@@ -24,7 +24,7 @@ class WeightStore;
 
 struct GoldenOptions {
   int64_t rows = 16;    ///< token rows per layer; 0 = no golden vectors
-  int64_t experts = 4;  ///< routed experts recorded per MoE layer (the most routed among the rows); -1 = all
+  int64_t experts = -1;  ///< routed experts recorded per MoE layer (the most routed among the rows); -1 = all
 };
 
 class GoldenRecorder {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -15,6 +16,7 @@
 #include "compressor/model/model_spec.h"
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
+#include "export/export_manifest.h"
 #include "export/quantized_checkpoint.h"
 #include "kernels/qlinear.h"
 
@@ -120,6 +122,21 @@ class OpenedExport {
 
   /// Drops the copies made for one case.
   void clear() { keep_.clear(); }
+
+  /// Every module the export stores packed: the owners of a GPTQ `qweight`, a compressed-tensors
+  /// `weight_packed`, or a `weight_scale` (int8).
+  std::set<std::string> packed_modules() const {
+    std::set<std::string> modules;
+    for (const auto& name : store_.names()) {
+      for (const char* suffix : {".qweight", ".weight_packed", ".weight_scale"}) {
+        const std::string s(suffix);
+        if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) {
+          modules.insert(name.substr(0, name.size() - s.size()));
+        }
+      }
+    }
+    return modules;
+  }
 
  private:
   fs::path dir_;
@@ -269,6 +286,42 @@ void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backen
   run_checks(c, backends, *g.moe_y, [&](Backend b, float* y) { kernels::moe_block(b, block, x.data_ptr<float>(), x.size(0), y); });
 }
 
+/// The layer a tensor or module name belongs to ("model.layers.L.…"), or -1.
+int64_t layer_of(const std::string& name) {
+  const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) != 0) return -1;
+  try {
+    return std::stoll(name.substr(prefix.size()));
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+/// The file check (export/export_manifest.h): one case when every file matches its lathe_export.json
+/// entry (or there is none to check against), else one failed case per changed tensor, named by its
+/// module, and per changed or missing file.
+std::vector<VerifyCase> integrity_cases(const fs::path& dir) {
+  const std::optional<IntegrityReport> report = check_export_manifest(dir);
+  VerifyCase c{dir.string(), -1, "files", "sha256", "skip", "", {}};
+  if (!report) {
+    c.note = std::string("no ") + kExportManifest + " (an export of an older lathe or another tool): file hashes not checked";
+    return {c};
+  }
+  if (report->problems.empty()) {
+    c.status = "ok";
+    c.note = fmt::format("{} files and {} tensors match {}", report->files, report->tensors, kExportManifest);
+    if (!report->unlisted.empty()) c.note += fmt::format("; {} files not listed there, not checked", report->unlisted.size());
+    return {c};
+  }
+  std::vector<VerifyCase> cases;
+  for (const auto& p : report->problems) {
+    const std::string module = p.tensor.empty() ? p.file : p.tensor.substr(0, p.tensor.rfind('.'));
+    const std::string what = p.tensor.empty() ? p.what : p.tensor.substr(p.tensor.rfind('.') + 1) + ": " + p.what;
+    cases.push_back({dir.string(), layer_of(module), module, "sha256", "fail", what + " (" + p.file + ")", {}});
+  }
+  return cases;
+}
+
 void verify_one_export(const fs::path& dir, const fs::path& golden_dir, const std::vector<Backend>& backends,
                        VerifyResult* result, const std::function<void(const VerifyCase&)>& on_case) {
   const std::vector<std::string> files = list_golden_files(golden_dir.string());
@@ -277,18 +330,24 @@ void verify_one_export(const fs::path& dir, const fs::path& golden_dir, const st
                       "no golden vectors (verify/layer_*.h5): they are written by lathe apply / lathe run "
                       "(--verify-rows > 0) and copied into every export");
   }
-  OpenedExport ex(dir);
   result->exports.push_back(dir.string());
+  auto count = [&](VerifyCase& c) {
+    if (c.status == "ok") ++result->passed;
+    else if (c.status == "fail") ++result->failed;
+    else ++result->skipped;
+    if (on_case) on_case(c);
+    result->cases.push_back(std::move(c));
+  };
+  for (VerifyCase& c : integrity_cases(dir)) count(c);
+  OpenedExport ex(dir);
+  std::set<std::string> covered;  // modules with a golden case
   for (const auto& file : files) {
     const GoldenLayer g = read_golden_layer(file);
     if (g.layer >= ex.spec().num_layers) throw DataError(file, "layer", fmt::format("layer {} but the export has {} layers", g.layer, ex.spec().num_layers));
     auto finish = [&](VerifyCase& c) {
       ex.clear();
-      if (c.status == "ok") ++result->passed;
-      else if (c.status == "fail") ++result->failed;
-      else ++result->skipped;
-      if (on_case) on_case(c);
-      result->cases.push_back(std::move(c));
+      covered.insert(c.name);
+      count(c);
     };
     for (const auto& l : g.linears) {
       VerifyCase c{dir.string(), g.layer, l.module, "", "", "", {}};
@@ -300,6 +359,13 @@ void verify_one_export(const fs::path& dir, const fs::path& golden_dir, const st
       verify_moe(ex, g, backends, &c);
       finish(c);
     }
+  }
+  // Packed modules the golden vectors leave out (a run with --verify-experts K): said, not hidden.
+  for (const auto& module : ex.packed_modules()) {
+    if (covered.count(module)) continue;
+    VerifyCase c{dir.string(), layer_of(module), module, "", "skip",
+                 "no golden vectors for this module (recorded with --verify-experts below all): kernels not replayed", {}};
+    count(c);
   }
 }
 

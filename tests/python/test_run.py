@@ -1,10 +1,14 @@
 """`lathe run` end to end on the tiny Mixtral recipe: the output directory, a compressed model that
 transformers loads and whose perplexity equals `lathe eval`'s within 0.1%, kill-and-resume through
-`lathe run` with byte-identical results, a changed recipe refused, --dry-run, and the gate's exit 1."""
+`lathe run` with byte-identical results (the killed run's lock taken over), a changed recipe refused,
+one writer per output (run, apply, calibrate and export refuse an output another process holds),
+--dry-run, and the gate's exit 1."""
+import fcntl
 import json
 import math
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -91,13 +95,58 @@ def test_run_killed_during_apply_resumes_byte_identical(tmp_path, kill_after):
     killed = run(out, env=env, recipe=recipe)
     assert killed.returncode == -9, killed.stderr
     assert not out.exists() and Path(str(out) + ".partial").exists()
+    lock = Path(str(out) + ".lock")  # the killed run's: its PID inside, its flock gone with the process
+    assert lock.read_text().strip().isdigit()
     # a changed recipe refuses to resume
     changed = run(out, "passes.rtn.bits=3", recipe=recipe)
     assert changed.returncode == 3 and "the pipeline changed" in changed.stderr, changed.stderr
-    resumed = run(out, recipe=recipe)
+    resumed = run(out, recipe=recipe)  # takes over the stale lock
     assert resumed.returncode == 0, resumed.stderr
     assert "[calibrate]" not in resumed.stderr  # no pass of this recipe reads statistics: no observe stage
     assert tree(out) == tree(reference)
+    assert not lock.exists()
+
+
+@contextmanager
+def held_lock(output):
+    """Holds the lock of `output` as another lathe would: flock on OUTPUT.lock, this PID inside."""
+    with open(str(output) + ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def test_a_second_writer_of_one_output_is_refused_naming_the_first(tmp_path):
+    """run, apply, calibrate and export each refuse an output another process is writing (exit 5,
+    the holder's PID named) and write nothing; --dry-run and calibrate --check write nothing, so
+    they do not lock."""
+    out = tmp_path / "out"
+    done = tmp_path / "done"
+    assert run(done, recipe=recipe_without_eval(tmp_path)).returncode == 0
+    pid = f"PID {os.getpid()}"
+    with held_lock(out):
+        proc = run(out)
+        assert proc.returncode == 5 and pid in proc.stderr and str(out) in proc.stderr, proc.stderr
+        proc = subprocess.run([LATHE_BIN, "apply", MODEL, "--plan", done / "plan.json", "--out", out],
+                              capture_output=True, text=True)
+        assert proc.returncode == 5 and pid in proc.stderr, proc.stderr
+        assert not out.exists() and not Path(str(out) + ".partial").exists()
+        assert run(out, extra=["--dry-run"]).returncode == 0
+    stats = tmp_path / "stats.h5"
+    with held_lock(stats):
+        proc = subprocess.run([LATHE_BIN, "calibrate", MODEL, "--out", stats, "--data", f"prose={HELDOUT}",
+                               "--samples", "2", "--seq-len", "32"], capture_output=True, text=True)
+        assert proc.returncode == 5 and pid in proc.stderr, proc.stderr
+        assert not list(tmp_path.glob("stats.h5*tmp*")) and not stats.exists()
+    export = [LATHE_BIN, "export", done, "--format", "compressed-tensors"]  # the recipe wrote only hf
+    with held_lock(done):
+        proc = subprocess.run(export, capture_output=True, text=True)
+        assert proc.returncode == 5 and pid in proc.stderr, proc.stderr
+        assert not (done / "ct").exists() and not (done / "ct.partial").exists()
+    proc = subprocess.run(export, capture_output=True, text=True)
+    assert proc.returncode == 0 and (done / "ct").is_dir() and not Path(str(done) + ".lock").exists(), proc.stderr
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):

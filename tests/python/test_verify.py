@@ -3,6 +3,10 @@ through the packed GPTQ and compressed-tensors exports of every tiny model, on t
 backends, must pass; one flipped byte of a packed weight or of a scale must fail, naming the
 module. The golden outputs themselves are checked against an independent NumPy decoding of the
 GPTQ export (test_export.gptq_decode), so they are the exported weights' own arithmetic.
+
+Coverage: every file and tensor of an export is hashed in its lathe_export.json, and golden vectors
+cover every expert, so one flipped byte in any packed tensor of a MoE export fails, naming its
+module, by the hash check and (for the weights and scales of every expert) by the kernels alone.
 """
 import hashlib
 import json
@@ -91,7 +95,9 @@ def test_verify_passes_on_both_exports_of_every_tiny_model(model, tmp_path):
     golden = sorted((out / "verify").glob("layer_*.h5"))
     assert len(golden) == config["num_hidden_layers"]
     for export in ("gptq", "ct"):
-        cases = [c for c in report["cases"] if Path(c["export"]).name == export]
+        files = [c for c in report["cases"] if Path(c["export"]).name == export and c["format"] == "sha256"]
+        assert [c["status"] for c in files] == ["ok"] and "lathe_export.json" in files[0]["note"], files
+        cases = [c for c in report["cases"] if Path(c["export"]).name == export and c["format"] != "sha256"]
         passed = [c for c in cases if c["status"] == "ok"]
         # Every golden linear of every layer appears once per export; most are packed and pass.
         expected = sum(len(h5py.File(g, "r")["linears"]) + ("moe" in h5py.File(g, "r")) for g in golden)
@@ -148,7 +154,7 @@ def test_w8a8_int8_export_verifies(model, tmp_path):
           "--set", "eval.tasks=[]", "--set", "export=[compressed-tensors]")
     proc, report = verify_json(out / "ct")
     assert report["failed"] == 0 and report["passed"] >= 28, proc.stdout
-    expected = {"ct-int8-w8a8"} | ({"moe-w8a8"} if model == "mixtral" else set())
+    expected = {"ct-int8-w8a8", "sha256"} | ({"moe-w8a8"} if model == "mixtral" else set())
     assert {c["format"] for c in report["cases"]} == expected
 
 
@@ -181,8 +187,8 @@ def test_one_flipped_byte_fails_naming_the_module(llama_rtn, tmp_path, export, t
     module = tensor.rsplit(".", 1)[0]
     proc, report = verify_json(copy / export, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    failed = [c["name"] for c in report["cases"] if c["status"] == "fail"]
-    assert failed == [module], failed
+    failed = [(c["name"], c["format"] == "sha256") for c in report["cases"] if c["status"] == "fail"]
+    assert sorted(failed) == [(module, False), (module, True)], failed  # the kernels, and the file hash
     assert module in proc.stderr and "do not compute what lathe measured" in proc.stderr
     assert f"FAIL {module}" in proc.stdout.replace("  ", " ").replace("  ", " ")
 
@@ -216,5 +222,123 @@ def test_verify_refuses_what_it_cannot_check(llama_rtn, tmp_path):
 def test_a_single_backend_and_the_output_dir_form(llama_rtn):
     proc, report = verify_json(llama_rtn, "--backend", "cpu-fast")
     assert report["failed"] == 0
-    assert all([k["backend"] for k in c["checks"]] == ["cpu-fast"] for c in report["cases"] if c["status"] == "ok")
+    assert all([k["backend"] for k in c["checks"]] == ["cpu-fast"] for c in report["cases"]
+               if c["status"] == "ok" and c["format"] != "sha256")
     assert "verify: 2 export(s)" in proc.stdout
+
+
+# ---- coverage: every packed tensor of a MoE export ------------------------------------------------
+
+PACKED_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
+
+
+@pytest.fixture(scope="module")
+def moe_gptq(tmp_path_factory):
+    """The GPTQ export of the tiny qwen2_moe (shared expert, 4-bit g16, layer 1 at 8 bits)."""
+    return run_recipe(tmp_path_factory.mktemp("verify-moe"), RTN_RECIPE, "qwen2_moe") / "gptq"
+
+
+def packed_tensors(export: Path) -> list:
+    index = json.loads((export / "model.safetensors.index.json").read_text())["weight_map"]
+    return sorted(t for t in index if t.rsplit(".", 1)[1] in PACKED_SUFFIXES)
+
+
+def flip_rounds(export: Path, tensors, tmp_path):
+    """One round per tensor kind (qweight, qzeros, scales, g_idx): in a copy of `export`, flips the
+    middle byte of every tensor of that kind at once, runs lathe verify, and restores the bytes;
+    yields (flipped tensors, exit code, report). Every check reads one module's tensors (the file
+    check hashes each tensor on its own; a golden case replays one module on fixed inputs; a MoE
+    block case is named by its block), so a round is as strict as flipping its tensors one by one,
+    in ~4 verify runs instead of ~400: the round passes only when every flipped module is named."""
+    copy = tmp_path / export.name
+    shutil.copytree(export, copy)
+    index = json.loads((copy / "model.safetensors.index.json").read_text())["weight_map"]
+    for suffix in PACKED_SUFFIXES:
+        flipped = [t for t in tensors if t.endswith("." + suffix)]
+        if not flipped:
+            continue
+        originals = {index[t]: (copy / index[t]).read_bytes() for t in flipped}
+        data = {shard: bytearray(raw) for shard, raw in originals.items()}
+        for t in flipped:
+            offset, length = safetensors_offset(copy / index[t], t)
+            data[index[t]][offset + length // 2] ^= 0x5A
+        for shard, raw in data.items():
+            (copy / shard).write_bytes(bytes(raw))
+        proc, report = verify_json(copy, check=False)
+        for shard, raw in originals.items():
+            (copy / shard).write_bytes(raw)
+        yield flipped, proc.returncode, report
+
+
+def moe_block_of(module: str) -> str:
+    return ".".join(module.split(".")[:3]) + ".moe"
+
+
+def test_every_flipped_packed_tensor_fails_naming_its_module(moe_gptq, tmp_path):
+    tensors = packed_tensors(moe_gptq)
+    experts = [t for t in tensors if ".mlp.experts." in t]
+    config = json.loads((moe_gptq / "config.json").read_text())
+    moe_layers = config["num_hidden_layers"] - len(config.get("mlp_only_layers", []))
+    assert moe_layers >= 2 and len({t.rsplit(".", 2)[0] for t in experts}) == moe_layers * config["num_experts"]
+    rounds = 0
+    for flipped, rc, report in flip_rounds(moe_gptq, tensors, tmp_path):
+        rounds += 1
+        modules = {t.rsplit(".", 1)[0] for t in flipped}
+        failed = {c["name"] for c in report["cases"] if c["status"] == "fail"}
+        # every flipped module, and the MoE blocks that compute with a flipped expert
+        assert rc == 1 and modules <= failed <= modules | {moe_block_of(m) for m in modules}, modules ^ failed
+        hashed = {c["name"] + "." + c["note"].split(":")[0] for c in report["cases"]
+                  if c["status"] == "fail" and c["format"] == "sha256"}
+        assert hashed == set(flipped), set(flipped) ^ hashed
+    assert rounds == len(PACKED_SUFFIXES)
+
+
+def test_golden_vectors_alone_catch_a_flipped_weight_of_every_expert(moe_gptq, tmp_path):
+    """Without the manifest only the kernels check: every expert of every layer has golden vectors
+    (the original gap: a byte flipped in an expert the golden rows did not route to passed)."""
+    bare = tmp_path / "bare"
+    shutil.copytree(moe_gptq, bare)
+    (bare / "lathe_export.json").unlink()
+    proc, report = verify_json(bare)
+    files = [c for c in report["cases"] if c["format"] == "sha256"]
+    assert [c["status"] for c in files] == ["skip"] and "not checked" in files[0]["note"]
+    assert not [c for c in report["cases"] if "no golden vectors" in c["note"]]
+    weights = [t for t in packed_tensors(bare) if t.endswith((".qweight", ".scales")) and ".mlp.experts." in t]
+    for flipped, rc, report in flip_rounds(bare, weights, tmp_path / "flips"):
+        modules = {t.rsplit(".", 1)[0] for t in flipped}
+        failed = {c["name"] for c in report["cases"] if c["status"] == "fail"}
+        assert rc == 1 and modules <= failed, modules - failed
+
+
+def test_fewer_golden_experts_are_reported_not_hidden(tmp_path):
+    out = run_recipe(tmp_path, RTN_RECIPE, "qwen2_moe", "--verify-experts", "1")
+    proc, report = verify_json(out / "gptq")
+    skipped = [c for c in report["cases"] if "no golden vectors" in c["note"]]
+    assert skipped and all(c["status"] == "skip" and ".mlp.experts." in c["name"] for c in skipped)
+    assert report["failed"] == 0, proc.stdout
+
+
+def test_a_changed_side_file_fails_naming_it(moe_gptq, tmp_path):
+    copy = tmp_path / "gptq"
+    shutil.copytree(moe_gptq, copy)
+    config = copy / "config.json"
+    config.write_text(config.read_text().replace('"num_hidden_layers"', ' "num_hidden_layers"', 1))
+    proc, report = verify_json(copy, check=False)
+    assert proc.returncode == 1 and {"config.json"} == {c["name"] for c in report["cases"] if c["status"] == "fail"}
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda m: m.update(format="other"), "format"),
+    (lambda m: m.update(version=2), "version"),
+    (lambda m: m.pop("files"), "files"),
+    (lambda m: m["tensors"].update({"x": {"file": 1}}), "tensors.x"),
+    (lambda m: m["files"].update({"config.json": {"sha256": "sha256:00"}}), "files.config.json"),
+])
+def test_a_malformed_export_manifest_is_a_data_error_naming_the_field(moe_gptq, tmp_path, edit, field):
+    copy = tmp_path / "gptq"
+    shutil.copytree(moe_gptq, copy)
+    manifest = json.loads((copy / "lathe_export.json").read_text())
+    edit(manifest)
+    (copy / "lathe_export.json").write_text(json.dumps(manifest))
+    proc = lathe("verify", copy, check=False)
+    assert proc.returncode == 3 and "lathe_export.json" in proc.stderr and field in proc.stderr, proc.stderr
