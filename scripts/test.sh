@@ -7,5 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${LATHE_BUILD_DIR:-$root/build}
 export CCACHE_DIR="${LATHE_CACHE:-$HOME/.cache/lathe}/ccache"
+# The real models scripts/setup.sh installed (tests/python/test_gguf.py and the Gemma tests).
+export LATHE_MODELS_DIR="${LATHE_CACHE:-$HOME/.cache/lathe}/models"
 cmake --build "$build" -j "$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" --output-junit "$build/test-results.xml" "$@"
