@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "compressor/common/errors.h"
+#include "compressor/model/decoder_layer.h"
 #include "compressor/model/fingerprint.h"
 #include "compressor/model/layer_weights.h"
 
@@ -154,7 +155,8 @@ struct StatsCollector::Impl {
     if (!acc.marks.defined()) acc.marks = at::zeros({width}, at::kDouble);
     if (x.size(0) > 0) {
       const at::Tensor h = x / x.norm(2, {1}, true).clamp_min(1e-30);
-      const at::Tensor a = at::silu(at::linear(h, row_normalised(gate))) * at::linear(h, row_normalised(up));
+      const at::Tensor a = gate_activation(spec, at::linear(h, row_normalised(gate))) *
+                           at::linear(h, row_normalised(up));
       const int64_t k = std::min(options.atopk, width);
       const at::Tensor idx = std::get<1>(a.abs().topk(k, 1)).reshape({-1});
       acc.marks.index_add_(0, idx, at::ones({idx.size(0)}, at::kDouble));

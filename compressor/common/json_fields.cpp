@@ -93,6 +93,22 @@ std::vector<int64_t> JsonFields::int_list(std::initializer_list<const char*> nam
   return out;
 }
 
+std::vector<std::string> JsonFields::string_list(std::initializer_list<const char*> names) const {
+  auto [value, name] = find(names);
+  std::vector<std::string> out;
+  if (!value) return out;
+  if (!value->is_array()) throw error(name, "expected a list of strings, found " + type_of(*value));
+  for (size_t i = 0; i < value->size(); ++i) {
+    const auto& item = (*value)[i];
+    if (!item.is_string()) {
+      throw error(name + "[" + std::to_string(i) + "]",
+                  "expected a string, found " + type_of(item));
+    }
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
 const nlohmann::json* JsonFields::object_or_null(std::initializer_list<const char*> names) const {
   auto [value, name] = find(names);
   if (value && !value->is_object()) throw error(name, "expected an object, found " + type_of(*value));

@@ -39,6 +39,8 @@ class JsonFields {
   std::string string_or(std::initializer_list<const char*> names, const std::string& fallback) const;
   /// Array of integers, empty when absent.
   std::vector<int64_t> int_list(std::initializer_list<const char*> names) const;
+  /// Array of strings, empty when absent.
+  std::vector<std::string> string_list(std::initializer_list<const char*> names) const;
   /// The object under a field, nullptr when absent; throws when present but not an object.
   const nlohmann::json* object_or_null(std::initializer_list<const char*> names) const;
 

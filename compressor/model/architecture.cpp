@@ -26,6 +26,7 @@ const NameTable kNameTables[] = {
     {Family::kOlmoe, "mlp", "mlp", "gate_proj", "up_proj", "down_proj", nullptr},
     {Family::kDeepseekV2, "mlp", "mlp", "gate_proj", "up_proj", "down_proj", "shared_experts"},
     {Family::kDeepseekV3, "mlp", "mlp", "gate_proj", "up_proj", "down_proj", "shared_experts"},
+    {Family::kGemma3Text, "mlp", "mlp", "gate_proj", "up_proj", "down_proj", nullptr},
 };
 
 const NameTable& names_of(Family family) {
@@ -61,6 +62,8 @@ class LayerBuilder {
       add("self_attn.v_proj.bias", {kv}, TensorRole::kVBias);
     }
     if (a.o_bias) add("self_attn.o_proj.bias", {d}, TensorRole::kOBias);
+    if (spec_.sandwich_norms)
+      add("post_attention_layernorm.weight", {d}, TensorRole::kPostAttnNorm);
     if (a.qk_norm_per_head) {
       add("self_attn.q_norm.weight", {a.head_dim}, TensorRole::kQNorm);
       add("self_attn.k_norm.weight", {a.head_dim}, TensorRole::kKNorm);
@@ -94,13 +97,25 @@ class LayerBuilder {
   void feed_forward(ExpertLayout layout) {
     const int64_t d = spec_.hidden_size;
     const LayerSpec& l = spec_.layers[layer_];
-    add("post_attention_layernorm.weight", {d}, TensorRole::kMlpNorm);
+    // With sandwich norms post_attention_layernorm belongs to the attention block (attention()).
+    add(spec_.sandwich_norms ? "pre_feedforward_layernorm.weight"
+                             : "post_attention_layernorm.weight",
+        {d}, TensorRole::kMlpNorm);
     if (!l.is_moe) {
       add("mlp.gate_proj.weight", {l.dense_intermediate, d}, TensorRole::kDenseGate);
       add("mlp.up_proj.weight", {l.dense_intermediate, d}, TensorRole::kDenseUp);
       add("mlp.down_proj.weight", {d, l.dense_intermediate}, TensorRole::kDenseDown);
-      return;
+    } else {
+      moe_block(layout);
     }
+    if (spec_.sandwich_norms)
+      add("post_feedforward_layernorm.weight", {d}, TensorRole::kPostMlpNorm);
+  }
+
+ private:
+  void moe_block(ExpertLayout layout) {
+    const int64_t d = spec_.hidden_size;
+    const LayerSpec& l = spec_.layers[layer_];
     const NameTable& n = names_of(spec_.family);
     const std::string block = std::string(layout == ExpertLayout::kFused ? n.fused_moe_block : n.moe_block) + ".";
     add(block + "gate.weight", {l.num_experts, d}, TensorRole::kRouter);
@@ -109,7 +124,6 @@ class LayerBuilder {
     shared();
   }
 
- private:
   void experts(ExpertLayout layout, const std::string& block) {
     const int64_t d = spec_.hidden_size;
     const LayerSpec& l = spec_.layers[layer_];
@@ -176,6 +190,8 @@ Category category_of(TensorRole role) {
     case TensorRole::kFinalNorm:
     case TensorRole::kAttnNorm:
     case TensorRole::kMlpNorm:
+    case TensorRole::kPostAttnNorm:
+    case TensorRole::kPostMlpNorm:
     case TensorRole::kQNorm:
     case TensorRole::kKNorm:
     case TensorRole::kQANorm:

@@ -14,7 +14,8 @@ namespace lathe {
 /// What a checkpoint tensor is, independent of the family's naming.
 enum class TensorRole {
   kEmbed, kFinalNorm, kLmHead,
-  kAttnNorm, kMlpNorm,
+  kAttnNorm, kMlpNorm,           // the attention and MLP input norms (Gemma: pre_feedforward_layernorm)
+  kPostAttnNorm, kPostMlpNorm,   // Gemma's norms of the attention and MLP outputs
   kQ, kK, kV, kO, kQBias, kKBias, kVBias, kOBias, kQNorm, kKNorm,
   // DeepSeek multi-head latent attention.
   kQA, kQABias, kQANorm, kQB, kKVA, kKVABias, kKVANorm, kKVB,

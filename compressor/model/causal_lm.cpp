@@ -28,6 +28,16 @@ ForwardOptions parse_forward_options(const std::string& device, const std::strin
   return f;
 }
 
+at::Tensor embed_rows(const ModelSpec& spec, const at::Tensor& table, const at::Tensor& ids,
+                      const at::TensorOptions& options) {
+  // Rows are gathered from the (mapped) table first, so the table is never converted whole.
+  at::Tensor rows = table.index_select(0, ids.reshape({-1}).to(at::kLong))
+                        .to(options)
+                        .view({ids.size(0), ids.size(1), table.size(1)});
+  if (spec.embedding_scale == 1.0) return rows;
+  return rows * at::scalar_tensor(spec.embedding_scale, at::kFloat).to(options);
+}
+
 CausalLM::CausalLM(const std::filesystem::path& model_dir, ForwardOptions options,
                    std::shared_ptr<const DequantizedWeights> quantized)
     : spec_(load_model_spec(model_dir)),
@@ -49,11 +59,9 @@ at::Tensor CausalLM::embed(const at::Tensor& ids) const {
                                              std::to_string(spec_.vocab_size) + ")");
     }
   }
-  // Rows are gathered from the mapped table, so the embedding is never converted whole.
   const at::Tensor table = load_tensor(*store_, "model.embed_tokens.weight");
-  return table.index_select(0, ids.reshape({-1}).to(at::kLong))
-      .to(at::TensorOptions().dtype(options_.dtype).device(options_.device))
-      .view({ids.size(0), ids.size(1), spec_.hidden_size});
+  return embed_rows(spec_, table, ids,
+                    at::TensorOptions().dtype(options_.dtype).device(options_.device));
 }
 
 DecoderLayer CausalLM::load_layer(int64_t i) const {
@@ -93,7 +101,7 @@ at::Tensor CausalLM::head(const at::Tensor& hidden) const {
   const at::Tensor norm = load_tensor(*store_, "model.norm.weight").to(opts);
   const std::string head_name = spec_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   const at::Tensor weight = load_tensor(*store_, head_name).to(opts);
-  return at::linear(rms_norm(hidden, norm, spec_.rms_norm_eps), weight).to(at::kFloat);
+  return at::linear(model_rms_norm(spec_, hidden, norm), weight).to(at::kFloat);
 }
 
 at::Tensor CausalLM::logits(const at::Tensor& ids, const at::Tensor& valid, TapObserver* observer) const {

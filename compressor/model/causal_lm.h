@@ -30,6 +30,13 @@ ForwardOptions parse_forward_options(const std::string& device, const std::strin
                                      const std::string& device_field = "--device",
                                      const std::string& dtype_field = "--dtype");
 
+/// Rows `ids` [B, T] of the embedding table [V, d] (any dtype, e.g. the mapped checkpoint) in
+/// `options`' dtype and device, [B, T, d], times spec.embedding_scale rounded to that dtype as
+/// transformers' Gemma3TextScaledWordEmbedding does (fp32 scalar, then the working dtype). Ids are
+/// not range-checked here.
+at::Tensor embed_rows(const ModelSpec& spec, const at::Tensor& table, const at::Tensor& ids,
+                      const at::TensorOptions& options);
+
 /// Opened model: config, validated weight files and expert layout. Layers are materialised one at
 /// a time on request, so resident memory is one layer plus activations.
 class CausalLM {

@@ -21,12 +21,12 @@ at::Tensor heads(const at::Tensor& x, int64_t n, int64_t d) {
   return x.view({x.size(0), x.size(1), n, d}).transpose(1, 2);
 }
 
-at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const ForwardContext& ctx,
-                  double scale) {
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& mask, double scale) {
   const int64_t rep = q.size(1) / k.size(1);
   const at::Tensor kk = rep == 1 ? k : k.repeat_interleave(rep, 1);
   const at::Tensor vv = rep == 1 ? v : v.repeat_interleave(rep, 1);
-  const at::Tensor out = at::scaled_dot_product_attention(q, kk, vv, ctx.attn_mask, 0.0, false, scale);
+  const at::Tensor out = at::scaled_dot_product_attention(q, kk, vv, mask, 0.0, false, scale);
   return out.transpose(1, 2).reshape({q.size(0), q.size(2), -1});
 }
 
@@ -51,6 +51,26 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return weight * normed.to(x.scalar_type());
 }
 
+at::Tensor rms_norm_plus_one(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps);
+  return (normed * (1.0 + weight.to(at::kFloat))).to(x.scalar_type());
+}
+
+at::Tensor model_rms_norm(const ModelSpec& spec, const at::Tensor& x, const at::Tensor& weight) {
+  return spec.norm_plus_one ? rms_norm_plus_one(x, weight, spec.rms_norm_eps)
+                            : rms_norm(x, weight, spec.rms_norm_eps);
+}
+
+at::Tensor gate_activation(const ModelSpec& spec, const at::Tensor& x) {
+  switch (spec.mlp_activation) {
+    case MlpActivation::kGeluTanh: return at::gelu(x, "tanh");
+    case MlpActivation::kGelu: return at::gelu(x);
+    case MlpActivation::kSilu: break;
+  }
+  return at::silu(x);
+}
+
 at::Tensor make_attention_mask(const at::Tensor& valid, std::optional<int64_t> sliding_window) {
   const int64_t t = valid.size(1);
   const at::Tensor pos = at::arange(t, valid.options().dtype(at::kLong));
@@ -70,6 +90,11 @@ ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& val
   const AttentionSpec& a = spec.attention;
   const int64_t rot = a.kind == AttentionKind::kMla ? a.qk_rope_head_dim : a.head_dim;
   ctx.rope = rotary_tables(spec.rope, rot, valid.size(1), spec.max_position_embeddings, options);
+  if (spec.local_attention) {
+    ctx.local_attn_mask = make_attention_mask(ctx.valid, spec.local_attention->window);
+    ctx.local_rope = rotary_tables(spec.local_attention->rope, rot, valid.size(1),
+                                   spec.max_position_embeddings, options);
+  }
   ctx.observer = observer;
   return ctx;
 }
@@ -85,16 +110,24 @@ void DecoderLayer::report(const ForwardContext& ctx, Tap tap, const at::Tensor& 
       {tap, weights_.layer, expert, &flat, index, &valid, ctx.sequence_begin, ctx.valid.size(1), &weights_});
 }
 
+at::Tensor DecoderLayer::norm(const at::Tensor& x, const at::Tensor& weight) const {
+  return model_rms_norm(spec_, x, weight);
+}
+
 int64_t decoder_layer_forward_count() { return g_forward_calls.load(); }
 
 at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext& ctx) const {
   g_forward_calls.fetch_add(1, std::memory_order_relaxed);
-  const at::Tensor attn_in = rms_norm(hidden, weights_.attn_norm, spec_.rms_norm_eps);
+  const at::Tensor attn_in = norm(hidden, weights_.attn_norm);
   report(ctx, Tap::kAttnIn, attn_in);
-  const at::Tensor h = hidden + attention(attn_in, ctx);
-  const at::Tensor mlp_in = rms_norm(h, weights_.mlp_norm, spec_.rms_norm_eps);
+  at::Tensor attn_out = attention(attn_in, ctx);
+  if (spec_.sandwich_norms) attn_out = norm(attn_out, weights_.post_attn_norm);
+  const at::Tensor h = hidden + attn_out;
+  const at::Tensor mlp_in = norm(h, weights_.mlp_norm);
   report(ctx, Tap::kMlpIn, mlp_in);
-  at::Tensor out = h + mlp(mlp_in, ctx);
+  at::Tensor mlp_out = mlp(mlp_in, ctx);
+  if (spec_.sandwich_norms) mlp_out = norm(mlp_out, weights_.post_mlp_norm);
+  at::Tensor out = h + mlp_out;
   report(ctx, Tap::kLayerOut, out);
   return out;
 }
@@ -102,7 +135,8 @@ at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext&
 at::Tensor DecoderLayer::mlp(const at::Tensor& mlp_in, const ForwardContext& ctx) const {
   if (spec_.layers[weights_.layer].is_moe) return moe(mlp_in, ctx);
   const at::Tensor in = aq(mlp_in);
-  const at::Tensor act = at::silu(at::linear(in, weights_.dense_gate.weight)) * at::linear(in, weights_.dense_up.weight);
+  const at::Tensor act = gate_activation(spec_, at::linear(in, weights_.dense_gate.weight)) *
+                         at::linear(in, weights_.dense_up.weight);
   report(ctx, Tap::kMlpAct, act);
   return at::linear(aq(act), weights_.dense_down.weight);
 }
@@ -117,8 +151,8 @@ at::Tensor DecoderLayer::gqa_attention(const at::Tensor& x, const ForwardContext
   const at::Tensor xq = aq(x);
   at::Tensor q = linear(xq, w.q), k = linear(xq, w.k), v = linear(xq, w.v);
   if (a.qk_norm_full) {  // OLMoE: one norm over all heads, before the head split
-    q = rms_norm(q, w.q_norm, spec_.rms_norm_eps);
-    k = rms_norm(k, w.k_norm, spec_.rms_norm_eps);
+    q = norm(q, w.q_norm);
+    k = norm(k, w.k_norm);
   }
   if (a.clip_qkv) {
     q = q.clamp(-*a.clip_qkv, *a.clip_qkv);
@@ -128,13 +162,19 @@ at::Tensor DecoderLayer::gqa_attention(const at::Tensor& x, const ForwardContext
   q = heads(q, a.num_heads, a.head_dim);
   k = heads(k, a.num_kv_heads, a.head_dim);
   v = heads(v, a.num_kv_heads, a.head_dim);
-  if (a.qk_norm_per_head) {  // Qwen3: a norm over each head
-    q = rms_norm(q, w.q_norm, spec_.rms_norm_eps);
-    k = rms_norm(k, w.k_norm, spec_.rms_norm_eps);
+  if (a.qk_norm_per_head) {  // Qwen3, Gemma 3: a norm over each head
+    q = norm(q, w.q_norm);
+    k = norm(k, w.k_norm);
   }
-  q = apply_rotary(q, ctx.rope, false);
-  k = apply_rotary(k, ctx.rope, false);
-  const at::Tensor heads_out = attend(q, k, v, ctx, 1.0 / std::sqrt(static_cast<double>(a.head_dim)));
+  const bool local =
+      spec_.layers[w.layer].sliding_attention;  // Gemma 3: window and local RoPE base
+  const RotaryTables& rope = local ? ctx.local_rope : ctx.rope;
+  q = apply_rotary(q, rope, false);
+  k = apply_rotary(k, rope, false);
+  // Gemma: query_pre_attn_scalar ** -0.5 as transformers computes it; the others 1/sqrt(head_dim).
+  const double scale = a.query_pre_attn_scalar ? std::pow(*a.query_pre_attn_scalar, -0.5)
+                                               : 1.0 / std::sqrt(static_cast<double>(a.head_dim));
+  const at::Tensor heads_out = attend(q, k, v, local ? ctx.local_attn_mask : ctx.attn_mask, scale);
   report(ctx, Tap::kAttnOutIn, heads_out);
   return linear(aq(heads_out), w.o);
 }
@@ -155,7 +195,7 @@ at::Tensor DecoderLayer::mla_attention(const at::Tensor& x, const ForwardContext
   const at::Tensor key = at::cat({kv_heads.slice(-1, 0, nope), k_rot_all}, -1);
   const at::Tensor value = kv_heads.slice(-1, nope);
   const double scale = softmax_scale_factor(spec_.rope) / std::sqrt(static_cast<double>(nope + rope));
-  const at::Tensor heads_out = attend(query, key, value, ctx, scale);
+  const at::Tensor heads_out = attend(query, key, value, ctx.attn_mask, scale);
   report(ctx, Tap::kAttnOutIn, heads_out);
   return linear(aq(heads_out), w.o);
 }

@@ -29,6 +29,10 @@ struct ForwardContext {
   at::Tensor valid;         ///< [B, T] bool: real tokens (false = padding)
   at::Tensor attn_mask;     ///< [B, 1, T, T] bool: causal ∧ valid keys (see make_attention_mask)
   RotaryTables rope;        ///< tables for the attention kind's rotary dims
+  /// Gemma 3 sliding layers (LayerSpec::sliding_attention): their windowed mask and local-base
+  /// RoPE tables; undefined when the model has no local attention.
+  at::Tensor local_attn_mask;
+  RotaryTables local_rope;
   TapObserver* observer = nullptr;
   int64_t sequence_begin = 0;  ///< first sequence of this batch in the whole run (TapEvent)
   /// Indexed by decoder layer (null, or shorter than the model: no gates). Not owned.
@@ -45,7 +49,8 @@ at::Tensor quantize_activations_per_token(const at::Tensor& x, int64_t bits);
 /// rows stay finite; their outputs are never used.
 at::Tensor make_attention_mask(const at::Tensor& valid, std::optional<int64_t> sliding_window);
 
-/// Builds the context for a [B, T] batch of `spec` on `options`' device and dtype.
+/// Builds the context for a [B, T] batch of `spec` on `options`' device and dtype (with the local
+/// mask and tables when spec.local_attention is set).
 ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& valid, const at::TensorOptions& options,
                                     TapObserver* observer);
 
@@ -74,6 +79,8 @@ class DecoderLayer {
  private:
   at::Tensor attention(const at::Tensor& x, const ForwardContext& ctx) const;
   at::Tensor gqa_attention(const at::Tensor& x, const ForwardContext& ctx) const;
+  /// The model's norm (model_rms_norm) with this layer's weight.
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& weight) const;
   at::Tensor mla_attention(const at::Tensor& x, const ForwardContext& ctx) const;
   at::Tensor moe(const at::Tensor& x, const ForwardContext& ctx) const;
   /// Router top-k: fills `weights` [N, k] (fp32) and `experts` [N, k] (int64) per the routing rule.
@@ -95,5 +102,15 @@ int64_t decoder_layer_forward_count();
 
 /// RMSNorm as transformers computes it: x · rsqrt(mean(x²) + eps) · weight, in fp32.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+/// Gemma's RMSNorm (transformers' Gemma3RMSNorm): x·rsqrt(mean(x²) + eps)·(1 + w) all in fp32, then
+/// cast to x's dtype (llama-style rms_norm casts before multiplying by w).
+at::Tensor rms_norm_plus_one(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+/// The model's RMSNorm: rms_norm_plus_one when spec.norm_plus_one, else rms_norm; eps from spec.
+at::Tensor model_rms_norm(const ModelSpec& spec, const at::Tensor& x, const at::Tensor& weight);
+
+/// The gated MLP's activation of gate(x) (spec.mlp_activation), in x's dtype.
+at::Tensor gate_activation(const ModelSpec& spec, const at::Tensor& x);
 
 }  // namespace lathe

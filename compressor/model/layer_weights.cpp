@@ -38,6 +38,8 @@ void assign(LayerWeights* w, TensorRole role, int64_t expert, at::Tensor tensor,
   switch (role) {
     case TensorRole::kAttnNorm: w->attn_norm = tensor; break;
     case TensorRole::kMlpNorm: w->mlp_norm = tensor; break;
+    case TensorRole::kPostAttnNorm: w->post_attn_norm = tensor; break;
+    case TensorRole::kPostMlpNorm: w->post_mlp_norm = tensor; break;
     case TensorRole::kQ: w->q.weight = tensor; break;
     case TensorRole::kK: w->k.weight = tensor; break;
     case TensorRole::kV: w->v.weight = tensor; break;

@@ -44,6 +44,7 @@ struct ExpertWeights {
 struct LayerWeights {
   int64_t layer = -1;
   at::Tensor attn_norm, mlp_norm;
+  at::Tensor post_attn_norm, post_mlp_norm;  ///< Gemma's sandwich norms (ModelSpec::sandwich_norms)
   Linear q, k, v, o;
   at::Tensor q_norm, k_norm;
   Linear q_a, q_b, kv_a, kv_b;  ///< MLA (q_b is q_proj when q_lora_rank is 0, then q_a is unused)

@@ -1,7 +1,10 @@
 #include "compressor/model/model_spec.h"
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -72,6 +75,12 @@ const FamilyEntry kFamilies[] = {
       "first_k_dense_replace":3,"routed_scaling_factor":2.5,"n_group":8,"topk_group":4,
       "topk_method":"noaux_tc","scoring_func":"sigmoid","q_lora_rank":1536,"kv_lora_rank":512,
       "qk_nope_head_dim":128,"qk_rope_head_dim":64,"v_head_dim":128})"},
+    // No rope_theta: Gemma 3's two bases have their own defaults (gemma3_ropes).
+    {Family::kGemma3Text, "gemma3_text", R"({"vocab_size":262208,"hidden_size":2304,
+      "intermediate_size":9216,"num_hidden_layers":26,"num_attention_heads":8,"num_key_value_heads":4,
+      "head_dim":256,"hidden_activation":"gelu_pytorch_tanh","max_position_embeddings":131072,
+      "rms_norm_eps":1e-6,"tie_word_embeddings":true,"attention_bias":false,"query_pre_attn_scalar":256,
+      "sliding_window":4096,"use_bidirectional_attention":false})"},
 };
 
 const FamilyEntry& family_entry(Family family) {
@@ -95,25 +104,30 @@ json merged_with_defaults(const json& config, const FamilyEntry& entry) {
   return merged;
 }
 
-RopeSpec parse_rope(const JsonFields& fields) {
+/// RoPE from one parameters object (v5 `rope_parameters`, v4 `rope_scaling`, or one layer type's
+/// entry); `theta` applies when the object has no rope_theta. `prefix` names the object in errors.
+RopeSpec rope_from_object(const json& object, const std::string& file, const std::string& prefix,
+                          double theta) {
+  JsonFields p(object, file, prefix);
   RopeSpec rope;
+  rope.theta = p.number_or({"rope_theta"}, theta);
+  rope.scaling_type = p.string_or({"rope_type", "type"}, "default");
+  rope.factor = p.number_or({"factor"}, 1.0);
+  rope.parameters_json = object.dump();
+  if (!(rope.theta > 0)) throw p.error("rope_theta", "must be positive");
+  return rope;
+}
+
+RopeSpec parse_rope(const JsonFields& fields) {
   // v5 writes rope_parameters {rope_type, rope_theta, ...}; v4 writes rope_theta + rope_scaling.
   const json* params = fields.object_or_null({"rope_parameters"});
   const json* scaling = fields.object_or_null({"rope_scaling"});
-  rope.theta = fields.number_or({"rope_theta"}, 10000.0);
-  if (params) {
-    JsonFields p(*params, fields.file(), "rope_parameters.");
-    rope.theta = p.number_or({"rope_theta"}, rope.theta);
-    rope.scaling_type = p.string_or({"rope_type", "type"}, "default");
-    rope.factor = p.number_or({"factor"}, 1.0);
-    rope.parameters_json = params->dump();
-  } else if (scaling) {
-    JsonFields s(*scaling, fields.file(), "rope_scaling.");
-    rope.scaling_type = s.string_or({"rope_type", "type"}, "default");
-    rope.factor = s.number_or({"factor"}, 1.0);
-    rope.parameters_json = scaling->dump();
-  }
-  if (!(rope.theta > 0)) throw fields.error("rope_theta", "must be positive");
+  const double theta = fields.number_or({"rope_theta"}, 10000.0);
+  if (params) return rope_from_object(*params, fields.file(), "rope_parameters.", theta);
+  if (scaling) return rope_from_object(*scaling, fields.file(), "rope_scaling.", theta);
+  if (!(theta > 0)) throw fields.error("rope_theta", "must be positive");
+  RopeSpec rope;
+  rope.theta = theta;
   return rope;
 }
 
@@ -150,9 +164,10 @@ AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden
     case Family::kMixtral: break;
     default: a.qkv_bias = a.o_bias = f.bool_or({"attention_bias"}, false);
   }
-  a.qk_norm_per_head = family == Family::kQwen3Moe;
+  a.qk_norm_per_head = family == Family::kQwen3Moe || family == Family::kGemma3Text;
   a.qk_norm_full = family == Family::kOlmoe;
   if (f.has({"clip_qkv"})) a.clip_qkv = f.number_or({"clip_qkv"}, 0.0);
+  if (family == Family::kGemma3Text) return a;  // its window applies per layer (parse_gemma3)
   const bool window_flag = f.bool_or({"use_sliding_window"}, true);
   auto window = f.optional_int({"sliding_window"});
   if (window && *window > 0 && window_flag) a.sliding_window = window;
@@ -238,7 +253,8 @@ LayerSpec moe_layer(const JsonFields& f, Family family, int64_t experts, int64_t
 }
 
 std::vector<LayerSpec> parse_layers(const JsonFields& f, Family family, int64_t num_layers) {
-  const bool moe_family = family != Family::kLlama && family != Family::kMistral && family != Family::kQwen2;
+  const bool moe_family = family != Family::kLlama && family != Family::kMistral &&
+                          family != Family::kQwen2 && family != Family::kGemma3Text;
   const std::vector<int64_t> mlp_only = f.int_list({"mlp_only_layers"});
   for (size_t i = 0; i < mlp_only.size(); ++i) {
     if (mlp_only[i] < 0 || mlp_only[i] >= num_layers) {
@@ -303,6 +319,108 @@ void validate_routing(const JsonFields& f, const ModelSpec& spec) {
   }
 }
 
+MlpActivation parse_activation(const JsonFields& f, const char* field, bool moe) {
+  const std::string name = f.string_or({field}, "silu");
+  // As transformers' ACT2FN: silu and swish are SiLU, gelu_pytorch_tanh gelu(approximate="tanh").
+  MlpActivation act;
+  if (name == "silu" || name == "swish") {
+    act = MlpActivation::kSilu;
+  } else if (name == "gelu_pytorch_tanh") {
+    act = MlpActivation::kGeluTanh;
+  } else if (name == "gelu") {
+    act = MlpActivation::kGelu;
+  } else {
+    throw UnsupportedError(
+        f.file(), field,
+        "activation \"" + name + "\" is not supported (silu, gelu, gelu_pytorch_tanh are)");
+  }
+  // The routed-expert paths (statistics, golden vectors, kernels) compute SwiGLU only.
+  if (moe && act != MlpActivation::kSilu) {
+    throw UnsupportedError(
+        f.file(), field, "MoE models with a \"" + name + "\" expert activation are not supported");
+  }
+  return act;
+}
+
+/// Gemma 3's layer pattern: true for "sliding_attention" layers. Without layer_types, transformers
+/// makes every sliding_window_pattern-th layer (default 6) full and the others sliding.
+std::vector<bool> gemma3_sliding_layers(const JsonFields& f, int64_t num_layers) {
+  std::vector<bool> sliding;
+  if (!f.has({"layer_types"})) {
+    const int64_t pattern =
+        positive(f, "sliding_window_pattern", f.int_or({"sliding_window_pattern"}, 6));
+    for (int64_t i = 0; i < num_layers; ++i) sliding.push_back((i + 1) % pattern != 0);
+    return sliding;
+  }
+  const std::vector<std::string> types = f.string_list({"layer_types"});
+  if (static_cast<int64_t>(types.size()) != num_layers) {
+    throw f.error("layer_types",
+                  "has " + std::to_string(types.size()) +
+                      " entries, expected num_hidden_layers = " + std::to_string(num_layers));
+  }
+  for (size_t i = 0; i < types.size(); ++i) {
+    if (types[i] != "sliding_attention" && types[i] != "full_attention") {
+      throw f.error(
+          "layer_types[" + std::to_string(i) + "]",
+          "expected \"sliding_attention\" or \"full_attention\", found \"" + types[i] + "\"");
+    }
+    sliding.push_back(types[i] == "sliding_attention");
+  }
+  return sliding;
+}
+
+/// Gemma 3's RoPE per layer type (transformers' Gemma3TextConfig.convert_rope_params_to_dict):
+/// rope_parameters.{full_attention, sliding_attention} (v5), else the older rope_theta (+
+/// rope_scaling) for full layers and rope_local_base_freq for sliding ones; bases default to 1e6
+/// and 1e4.
+std::pair<RopeSpec, RopeSpec> gemma3_ropes(const JsonFields& f) {
+  json full = json::object(), local = json::object();
+  if (const json* params = f.object_or_null({"rope_parameters"})) {
+    JsonFields p(*params, f.file(), "rope_parameters.");
+    const json* full_params = p.object_or_null({"full_attention"});
+    const json* local_params = p.object_or_null({"sliding_attention"});
+    if (!full_params && !local_params) {
+      throw f.error("rope_parameters",
+                    "expected one entry per layer type (full_attention, sliding_attention)");
+    }
+    if (full_params) full = *full_params;
+    if (local_params) local = *local_params;
+  }
+  if (const json* scaling = f.object_or_null({"rope_scaling"})) full.update(*scaling);
+  return {rope_from_object(full, f.file(), "rope_parameters.full_attention.",
+                           f.number_or({"rope_theta"}, 1e6)),
+          rope_from_object(local, f.file(), "rope_parameters.sliding_attention.",
+                           f.number_or({"rope_local_base_freq"}, 1e4))};
+}
+
+/// Gemma 3 text (transformers' Gemma3TextModel): (1 + w) sandwich norms, scaled embedding,
+/// query_pre_attn_scalar, and sliding layers with their window and local RoPE.
+void parse_gemma3(const JsonFields& f, ModelSpec* spec) {
+  for (const char* field : {"attn_logit_softcapping", "final_logit_softcapping"}) {
+    if (f.has({field}))
+      throw UnsupportedError(f.file(), field,
+                             "logit soft-capping is not implemented (Gemma 3 sets it to null)");
+  }
+  if (f.bool_or({"use_bidirectional_attention"}, false)) {
+    throw UnsupportedError(f.file(), "use_bidirectional_attention",
+                           "only causal attention is supported");
+  }
+  spec->norm_plus_one = spec->sandwich_norms = true;
+  spec->embedding_scale = std::sqrt(static_cast<double>(spec->hidden_size));
+  const double scalar = f.number_or({"query_pre_attn_scalar"}, 256.0);
+  if (!(scalar > 0)) throw f.error("query_pre_attn_scalar", "must be positive");
+  spec->attention.query_pre_attn_scalar = scalar;
+  const std::vector<bool> sliding = gemma3_sliding_layers(f, spec->num_layers);
+  RopeSpec local_rope;
+  std::tie(spec->rope, local_rope) = gemma3_ropes(f);
+  if (std::find(sliding.begin(), sliding.end(), true) == sliding.end()) return;
+  const auto window = f.optional_int({"sliding_window"});
+  if (!window)
+    throw f.error("sliding_window", "required: layer_types has sliding_attention layers");
+  spec->local_attention = LocalAttention{positive(f, "sliding_window", *window), local_rope};
+  for (size_t i = 0; i < sliding.size(); ++i) spec->layers[i].sliding_attention = sliding[i];
+}
+
 }  // namespace
 
 const char* family_name(Family family) { return family_entry(family).name; }
@@ -322,6 +440,11 @@ std::vector<std::optional<int64_t>> ModelSpec::experts_per_layer() const {
   std::vector<std::optional<int64_t>> out;
   for (const auto& layer : layers) out.push_back(layer.is_moe ? std::optional<int64_t>(layer.num_experts) : std::nullopt);
   return out;
+}
+
+std::optional<int64_t> ModelSpec::attention_window(int64_t layer) const {
+  if (local_attention && layers.at(layer).sliding_attention) return local_attention->window;
+  return attention.sliding_window;
 }
 
 ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
@@ -348,13 +471,16 @@ ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
   spec.rms_norm_eps = f.number_or({"rms_norm_eps"}, 1e-6);
   if (!(spec.rms_norm_eps > 0)) throw f.error("rms_norm_eps", "must be positive");
   spec.tie_word_embeddings = f.bool_or({"tie_word_embeddings"}, false);
-  spec.hidden_act = f.string_or({"hidden_act"}, "silu");
+  const char* act_field = spec.family == Family::kGemma3Text ? "hidden_activation" : "hidden_act";
+  spec.hidden_act = f.string_or({act_field}, "silu");
   spec.torch_dtype = f.string_or({"torch_dtype", "dtype"}, "");
   spec.attention = parse_attention(f, spec.family, spec.hidden_size);
   spec.rope = parse_rope(f);
   spec.routing = parse_routing(f, spec.family);
   spec.layers = parse_layers(f, spec.family, spec.num_layers);
   validate_routing(f, spec);
+  spec.mlp_activation = parse_activation(f, act_field, spec.is_moe());
+  if (spec.family == Family::kGemma3Text) parse_gemma3(f, &spec);
   return spec;
 }
 

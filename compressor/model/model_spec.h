@@ -13,7 +13,18 @@ namespace lathe {
 
 /// Model families lathe understands. Adding one means one entry in model_spec.cpp's family table
 /// and one in architecture.cpp's name table; passes do not change.
-enum class Family { kLlama, kMistral, kQwen2, kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kDeepseekV2, kDeepseekV3 };
+enum class Family {
+  kLlama,
+  kMistral,
+  kQwen2,
+  kMixtral,
+  kQwen2Moe,
+  kQwen3Moe,
+  kOlmoe,
+  kDeepseekV2,
+  kDeepseekV3,
+  kGemma3Text
+};
 
 /// The HF `model_type` string of a family ("llama", "qwen2_moe", ...).
 const char* family_name(Family family);
@@ -29,6 +40,14 @@ enum class ScoringFunc { kSoftmax, kSigmoid };
 /// its two best (DeepSeek-V3).
 enum class GroupScore { kMax, kTop2Sum };
 
+/// The gate activation of a gated MLP, down(act(gate(x)) * up(x)): config.json's hidden_act
+/// (Gemma: hidden_activation) as transformers' ACT2FN maps it.
+enum class MlpActivation {
+  kSilu,      ///< "silu" (SwiGLU)
+  kGeluTanh,  ///< "gelu_pytorch_tanh": torch's gelu(approximate="tanh") (GeGLU, Gemma)
+  kGelu,      ///< "gelu": exact (erf) GELU
+};
+
 /// Attention geometry. For GQA, q/k/v have `num_heads`/`num_kv_heads` heads of `head_dim`.
 /// For MLA, `head_dim` is unused and the *_rank / *_head_dim fields apply.
 struct AttentionSpec {
@@ -42,6 +61,8 @@ struct AttentionSpec {
   bool qk_norm_full = false;      ///< RMSNorm over all heads (OLMoE): weight [heads*head_dim]
   std::optional<int64_t> sliding_window;  ///< tokens, when the config enables a window
   std::optional<double> clip_qkv;         ///< OLMoE: clamp q, k, v to ±clip_qkv
+  /// Gemma: attention scores scale by query_pre_attn_scalar^-0.5 instead of head_dim^-0.5.
+  std::optional<double> query_pre_attn_scalar;
   // MLA only.
   int64_t q_lora_rank = 0;  ///< 0: q is a full projection (q_proj), else q_a_proj/q_b_proj
   int64_t kv_lora_rank = 0;
@@ -59,6 +80,13 @@ struct RopeSpec {
   /// The whole scaling object from the config (v4 `rope_scaling` or v5 `rope_parameters`) as JSON
   /// text, so family-specific fields (yarn's beta_fast, llama3's low_freq_factor...) survive.
   std::string parameters_json = "{}";
+};
+
+/// Gemma 3's local attention: the layers of type "sliding_attention" see `window` tokens (key j is
+/// visible to query i when 0 ≤ i − j < window) and rotate with their own RoPE (the local base).
+struct LocalAttention {
+  int64_t window = 0;
+  RopeSpec rope;
 };
 
 /// The routing rule shared by all MoE layers of a model.
@@ -82,6 +110,8 @@ struct LayerSpec {
   int64_t expert_intermediate = 0;   ///< width of one routed expert
   int64_t num_shared_experts = 0;    ///< shared experts fused into one MLP on disk
   int64_t shared_intermediate = 0;   ///< total width of the shared MLP (0 when none)
+  /// Gemma 3 "sliding_attention" layer: ModelSpec::local_attention's window and RoPE apply.
+  bool sliding_attention = false;
 };
 
 /// Typed, validated view of config.json. Every field is filled; family defaults apply where the
@@ -95,10 +125,20 @@ struct ModelSpec {
   int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
   bool tie_word_embeddings = false;
-  std::string hidden_act = "silu";
+  std::string hidden_act = "silu";  ///< as declared (Gemma: hidden_activation)
+  MlpActivation mlp_activation = MlpActivation::kSilu;
+  /// Gemma: every RMSNorm multiplies by (1 + w) in fp32, then casts (weights are 0-centred).
+  bool norm_plus_one = false;
+  /// Gemma 2/3: post_attention_layernorm and post_feedforward_layernorm normalise each block's
+  /// output before the residual add; pre_feedforward_layernorm is then the MLP's input norm.
+  bool sandwich_norms = false;
+  /// Gemma: token embeddings are multiplied by sqrt(hidden_size), rounded to the working dtype;
+  /// 1 for the other families. The tied LM head uses the unscaled table.
+  double embedding_scale = 1.0;
   std::string torch_dtype;  ///< as declared ("bfloat16", ...); empty when absent
   AttentionSpec attention;
-  RopeSpec rope;
+  RopeSpec rope;  ///< every layer's RoPE, except the sliding layers when local_attention is set
+  std::optional<LocalAttention> local_attention;  ///< Gemma 3 sliding layers; nullopt otherwise
   RoutingRule routing;
   std::vector<LayerSpec> layers;
 
@@ -106,6 +146,9 @@ struct ModelSpec {
   bool is_moe() const;
   /// Routed experts per layer; nullopt for dense layers.
   std::vector<std::optional<int64_t>> experts_per_layer() const;
+  /// The window of layer `layer`'s attention (query i sees key j when 0 ≤ i − j < window): the
+  /// local window on Gemma 3 sliding layers, else attention.sliding_window; nullopt: unlimited.
+  std::optional<int64_t> attention_window(int64_t layer) const;
 };
 
 /// Parses a config.json object. `file_label` names the file in errors.

@@ -158,11 +158,18 @@ nlohmann::json summary_to_json(const ModelSummary& s) {
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     const LayerSpec& l = spec.layers[i];
     experts.push_back(l.is_moe ? json(l.num_experts) : json(nullptr));
-    layers.push_back({{"index", i}, {"kind", l.is_moe ? "moe" : "dense"},
-                      {"experts", l.is_moe ? json(l.num_experts) : json(nullptr)}, {"top_k", l.top_k},
-                      {"dense_intermediate", l.dense_intermediate}, {"expert_intermediate", l.expert_intermediate},
-                      {"shared_experts", l.num_shared_experts}, {"shared_intermediate", l.shared_intermediate},
-                      {"params", s.layers[i].params}, {"bytes", s.layers[i].bytes}});
+    layers.push_back({{"index", i},
+                      {"kind", l.is_moe ? "moe" : "dense"},
+                      {"experts", l.is_moe ? json(l.num_experts) : json(nullptr)},
+                      {"top_k", l.top_k},
+                      {"dense_intermediate", l.dense_intermediate},
+                      {"expert_intermediate", l.expert_intermediate},
+                      {"shared_experts", l.num_shared_experts},
+                      {"shared_intermediate", l.shared_intermediate},
+                      {"attention_window",
+                       spec.attention_window(i) ? json(*spec.attention_window(i)) : json(nullptr)},
+                      {"params", s.layers[i].params},
+                      {"bytes", s.layers[i].bytes}});
   }
   json params = {{"total", s.total_params}};
   for (const auto& [k, v] : s.params) params[k] = v;
@@ -216,6 +223,17 @@ std::string summary_to_text(const ModelSummary& s) {
   out << fmt::format("  layers {}  hidden {}  vocab {}  heads {}/{} kv  head_dim {}  {}\n", spec.num_layers,
                      spec.hidden_size, spec.vocab_size, spec.attention.num_heads, spec.attention.num_kv_heads,
                      spec.attention.head_dim, spec.attention.kind == AttentionKind::kMla ? "MLA" : "GQA");
+  if (spec.local_attention) {
+    const auto sliding = std::count_if(spec.layers.begin(), spec.layers.end(),
+                                       [](const LayerSpec& l) { return l.sliding_attention; });
+    out << fmt::format(
+        "  attention: window {} on {} of {} layers (RoPE base {:g}), full on the rest (base "
+        "{:g})\n",
+        spec.local_attention->window, sliding, spec.num_layers, spec.local_attention->rope.theta,
+        spec.rope.theta);
+  } else if (spec.attention.sliding_window) {
+    out << fmt::format("  attention: window {} on every layer\n", *spec.attention.sliding_window);
+  }
   if (spec.is_moe()) {
     const RoutingRule& r = spec.routing;
     out << fmt::format("  MoE: experts stored {}; routing {} top-k{}{}{}\n", layout_name(s.layout),

@@ -177,7 +177,7 @@ class LayerSmoother {
     }
     const at::Tensor act = x.statistic(statistic_);
     const at::Tensor s = scales(x, act, weight_statistic(balanced, statistic_), balanced, log);
-    fold_into_norm(working(*norm), nullptr, refs, s);
+    fold_into_norm(working(*norm), nullptr, refs, s, ctx_.spec.norm_plus_one);
     log.tensors.push_back(norm->source);
     logs_.push_back(std::move(log));
   }
@@ -249,8 +249,11 @@ void LayerSmoother::attention(const SmoothingObserver& stats) {
 }
 
 void LayerSmoother::dense_mlp(const SmoothingObserver& stats) {
-  norm_group("post_attention_layernorm → gate,up", find(TensorRole::kMlpNorm),
-             {find(TensorRole::kDenseGate), find(TensorRole::kDenseUp)}, stats.mlp_in);
+  // Gemma's MLP input norm is pre_feedforward_layernorm; its post-norms read no linear, so stay.
+  norm_group(ctx_.spec.sandwich_norms ? "pre_feedforward_layernorm → gate,up"
+                                      : "post_attention_layernorm → gate,up",
+             find(TensorRole::kMlpNorm), {find(TensorRole::kDenseGate), find(TensorRole::kDenseUp)},
+             stats.mlp_in);
   LayerTensor *up = find(TensorRole::kDenseUp), *down = find(TensorRole::kDenseDown);
   if (up && down)
     row_group("up_proj → down_proj", up, working(*up), down, working(*down), stats.mlp_act, "all");

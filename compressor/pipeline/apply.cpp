@@ -15,17 +15,18 @@
 #include <nlohmann/json.hpp>
 
 #include "calibrate/stats_store.h"
-#include "compressor/common/sha256.h"
-#include "compressor/model/activation_buffer.h"
-#include "compressor/model/decoder_layer.h"
-#include "compressor/model/layer_weights.h"
 #include "calibrate/tokenizer.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/fault_injection.h"
 #include "compressor/common/file_io.h"
+#include "compressor/common/sha256.h"
 #include "compressor/common/strict_json.h"
+#include "compressor/model/activation_buffer.h"
+#include "compressor/model/causal_lm.h"
+#include "compressor/model/decoder_layer.h"
 #include "compressor/model/fingerprint.h"
+#include "compressor/model/layer_weights.h"
 #include "compressor/model/model_spec.h"
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
@@ -342,9 +343,10 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     current.emplace(n, t, spec.hidden_size, req.streaming.buffer_dtype, req.streaming.memory_limit_bytes, req.streaming.spill_dir);
     require_tensor(store, "model.embed_tokens.weight", {spec.vocab_size, spec.hidden_size});
     const at::Tensor table = load_tensor(store, "model.embed_tokens.weight");
+    const auto cpu_work = at::TensorOptions().dtype(req.forward.dtype);
     for (int64_t b = 0; b < n; b += req.streaming.micro_batch) {
       const at::Tensor ids = calib_ids.slice(0, b, std::min(n, b + req.streaming.micro_batch));
-      current->write(b, table.index_select(0, ids.reshape({-1})).view({ids.size(0), t, spec.hidden_size}));
+      current->write(b, embed_rows(spec, table, ids, cpu_work));
     }
     store.release("model.embed_tokens.weight");
     activations.sequences = n;

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "compressor/common/errors.h"
+#include "compressor/model/causal_lm.h"
 #include "compressor/model/decoder_layer.h"
 #include "compressor/model/layer_weights.h"
 #include "compressor/model/tensor_bridge.h"
@@ -224,7 +225,8 @@ at::Tensor golden_rows(const ModelSpec& spec, const WeightStore& store, const at
   }
   require_tensor(store, "model.embed_tokens.weight", {spec.vocab_size, spec.hidden_size});
   const at::Tensor table = load_tensor(store, "model.embed_tokens.weight");
-  return table.index_select(0, ids).to(at::kFloat).unsqueeze(0).contiguous();
+  return embed_rows(spec, table, ids.unsqueeze(0), at::TensorOptions().dtype(at::kFloat))
+      .contiguous();
 }
 
 }  // namespace lathe

@@ -168,10 +168,15 @@ void require_width(const at::Tensor& t, int64_t dim, int64_t n, const char* what
 }  // namespace
 
 void fold_into_norm(at::Tensor& norm_weight, at::Tensor* norm_bias,
-                    const std::vector<at::Tensor*>& readers, const at::Tensor& scales) {
+                    const std::vector<at::Tensor*>& readers, const at::Tensor& scales,
+                    bool plus_one) {
   const int64_t n = scales.size(0);
   require_width(norm_weight, 0, n, "the norm weight");
-  norm_weight.div_(scales.to(norm_weight.options()));
+  if (plus_one) {  // (1 + w') = (1 + w)/s
+    norm_weight.add_(1.0).div_(scales.to(norm_weight.options())).sub_(1.0);
+  } else {
+    norm_weight.div_(scales.to(norm_weight.options()));
+  }
   if (norm_bias && norm_bias->defined()) norm_bias->div_(scales.to(norm_bias->options()));
   for (at::Tensor* w : readers) {
     require_width(*w, 1, n, "a reading weight");

@@ -100,8 +100,10 @@ AlphaSearch search_alpha(const at::Tensor& sample, const at::Tensor& act,
 
 /// A norm's output scaled by 1/s, every reader's input columns by s: norm weight (and bias when
 /// given) ÷ s, column j of every `readers` weight ([out, in]) × s_j. Exact: y = (x/s)(W s)ᵀ.
+/// `plus_one`: the norm multiplies by (1 + w) (Gemma), so w becomes (1 + w)/s − 1.
 void fold_into_norm(at::Tensor& norm_weight, at::Tensor* norm_bias,
-                    const std::vector<at::Tensor*>& readers, const at::Tensor& scales);
+                    const std::vector<at::Tensor*>& readers, const at::Tensor& scales,
+                    bool plus_one = false);
 
 /// Output channel j of `producer` ÷ s_j (rows of its [out, in] weight and its bias when given),
 /// input column c of `consumer` × consumer_scales[c] (= scales when undefined). Exact when the

@@ -110,7 +110,9 @@ class Reference:
             layer.register_forward_pre_hook(self._bf16_boundary)
             self._output(layer.input_layernorm, i, "attn.in")
             self._input(layer.self_attn.o_proj, i, "attn.o.in")
-            self._output(layer.post_attention_layernorm, i, "mlp.in")
+            # Gemma's MLP input norm is pre_feedforward_layernorm (its post_attention_layernorm
+            # normalises the attention output)
+            self._output(getattr(layer, "pre_feedforward_layernorm", layer.post_attention_layernorm), i, "mlp.in")
             if self.router(i) is not None:
                 self.router(i).register_forward_hook(lambda mod, args, out, i=i: self._put(i, "router", out))
                 shared = getattr(layer.mlp, "shared_expert", None) or getattr(layer.mlp, "shared_experts", None)
@@ -263,15 +265,16 @@ def expert_act(x, experts, e):
     return experts.act_fn(gate) * up
 
 
-def atopk_marks(x, gate, up):
-    """CMoE ATopK marks (ALGORITHMS.md §5.1) of the rows x, computed in float64: (marks per neuron,
+def atopk_marks(x, gate, up, act=torch.nn.functional.silu):
+    """CMoE ATopK marks (ALGORITHMS.md §5.1) of the rows x, computed in float64 with the MLP's gate
+    activation `act` (Gemma: gelu tanh): (marks per neuron,
     per-neuron slack, rows flagged). A row whose 10th and 11th largest |a| are within ATOPK_NEAR_TIE
     × its largest |a| is flagged: it may give its mark to any neuron at that boundary (slack 1 each)."""
     x, gate, up = x.double(), gate.double(), up.double()
     h = x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
     g = gate / gate.norm(dim=1, keepdim=True)
     u = up / up.norm(dim=1, keepdim=True)
-    a = (torch.nn.functional.silu(h @ g.T) * (h @ u.T)).abs()
+    a = (act(h @ g.T) * (h @ u.T)).abs()
     width = gate.shape[0]
     k = min(ATOPK, width)
     marks = torch.zeros(width, dtype=torch.float64)
@@ -357,11 +360,11 @@ def check_tap(store, what, i, tap, x, compared):
     compared.setdefault(("hessian", i), set()).add(tap)
 
 
-def check_rate(store, what, i, tap, x, gate, up, compared):
+def check_rate(store, what, i, tap, x, gate, up, compared, act=torch.nn.functional.silu):
     """The activation rate of one tap; returns the rows flagged as ATopK near-ties."""
     rate, tokens = stat(store, "neuron_atopk_rate", i, tap)
     assert tokens == len(x), what
-    marks, slack, flagged = atopk_marks(x, gate, up)
+    marks, slack, flagged = atopk_marks(x, gate, up, act)
     n = max(len(x), 1)
     got = np.rint(rate * n)
     # Rates are marks / tokens on both sides, so the marks compare exactly; each is off by at most
@@ -418,7 +421,7 @@ def test_channel_neuron_hessian_statistics_match_reference(name, packing, tmp_pa
         mlp = ref.layers[i].mlp
         if ref.router(i) is None:
             atopk_flagged += check_rate(store, f"{name} layer {i} mlp", i, "mlp", rows[(i, "mlp.in")],
-                                        mlp.gate_proj.weight, mlp.up_proj.weight, compared)
+                                        mlp.gate_proj.weight, mlp.up_proj.weight, compared, mlp.act_fn)
             continue
         for e in range(mlp.experts.num_experts):
             atopk_flagged += check_routed_expert(store, name, i, e, rows[(i, f"expert[{e}].in")],

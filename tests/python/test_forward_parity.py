@@ -42,6 +42,12 @@ VARIANTS = {
                         rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                                          "original_max_position_embeddings": 64, "beta_fast": 32, "beta_slow": 1,
                                          "mscale": 0.8, "mscale_all_dim": 1.0}),
+    # Windows shorter than every sequence, a scalar unlike head_dim, linear-scaled global RoPE, tied head.
+    "gemma3_text": dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=20, sliding_window=24,
+                        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                        tie_word_embeddings=True,
+                        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5},
+                                         "sliding_attention": {"rope_type": "default", "rope_theta": 2e4}}),
 }
 
 

@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from reference import CATEGORIES, inspect_json, reference_counts
 
 FAMILIES = ["llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2",
-            "deepseek_v3"]
+            "deepseek_v3", "gemma3_text"]
 # Small enough to build on the meta device quickly, while keeping each family's structure.
 SHRINK = {"num_hidden_layers": 6, "vocab_size": 1000}
 # DeepSeek-V2's class default leaves num_experts_per_tok unset, which no model can run with.

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -131,8 +132,9 @@ at::Tensor f32(const at::Tensor& t) {
 /// Every tensor of `w` as an fp32 copy this test owns (experts are read-only file views otherwise).
 LayerWeights owned_fp32(const LayerWeights& w) {
   LayerWeights c = w;
-  for (at::Tensor* t : {&c.attn_norm, &c.mlp_norm, &c.q_norm, &c.k_norm, &c.q_a_norm, &c.kv_a_norm,
-                        &c.router, &c.router_bias, &c.shared_expert_gate}) {
+  for (at::Tensor* t :
+       {&c.attn_norm, &c.mlp_norm, &c.post_attn_norm, &c.post_mlp_norm, &c.q_norm, &c.k_norm,
+        &c.q_a_norm, &c.kv_a_norm, &c.router, &c.router_bias, &c.shared_expert_gate}) {
     *t = f32(*t);
   }
   for (Linear* l : {&c.q, &c.k, &c.v, &c.o, &c.q_a, &c.q_b, &c.kv_a, &c.kv_b, &c.dense_gate,
@@ -165,13 +167,15 @@ at::Tensor random_scales(int64_t n, int64_t seed) {
 }
 
 /// Folds random scales into every foldable pair of `w` (§2.1, §2.4); `wrong_gqa` uses a wrong
-/// kv-channel expansion (tiled instead of per-head-group) for the negative control.
-void fold_everything(const ModelSpec& spec, int64_t layer, LayerWeights& w,
-                     bool wrong_gqa = false) {
+/// kv-channel expansion (tiled instead of per-head-group) for the negative control, `plus_one`
+/// how the norms are folded (the model's own rule unless a test overrides it).
+void fold_everything(const ModelSpec& spec, int64_t layer, LayerWeights& w, bool wrong_gqa = false,
+                     std::optional<bool> plus_one = std::nullopt) {
   const AttentionSpec& a = spec.attention;
   const int64_t d = spec.hidden_size;
-  fold_into_norm(w.attn_norm, nullptr, {&w.q.weight, &w.k.weight, &w.v.weight},
-                 random_scales(d, 1));
+  const bool offset = plus_one.value_or(spec.norm_plus_one);
+  fold_into_norm(w.attn_norm, nullptr, {&w.q.weight, &w.k.weight, &w.v.weight}, random_scales(d, 1),
+                 offset);
   const int64_t kv = a.num_kv_heads * a.head_dim;
   const at::Tensor s_v = random_scales(kv, 2);
   const at::Tensor s_o = wrong_gqa
@@ -180,7 +184,7 @@ void fold_everything(const ModelSpec& spec, int64_t layer, LayerWeights& w,
   fold_rows_into_columns(w.v.weight, &w.v.bias, w.o.weight, s_v, s_o);
   if (!spec.layers[layer].is_moe) {
     fold_into_norm(w.mlp_norm, nullptr, {&w.dense_gate.weight, &w.dense_up.weight},
-                   random_scales(d, 3));
+                   random_scales(d, 3), offset);
     fold_rows_into_columns(w.dense_up.weight, nullptr, w.dense_down.weight,
                            random_scales(w.dense_up.weight.size(0), 4));
     return;
@@ -222,6 +226,19 @@ TEST(SmoothFold, DenseLlamaLayerUnchanged) {
 TEST(SmoothFold, Qwen2LayerWithQkvBiasUnchanged) {
   REQUIRE_MODEL("qwen2");
   expect_folds_exact("qwen2", 1);
+}
+
+TEST(SmoothFold, Gemma3LayerWithPlusOneNormsUnchanged) {
+  REQUIRE_MODEL("gemma3");
+  expect_folds_exact("gemma3",
+                     1);  // a sliding layer; input_layernorm and pre_feedforward_layernorm
+  // Negative control: folding into w as if the norm multiplied by w (not 1 + w) changes the layer.
+  const CausalLM model(kModels / "gemma3");
+  const LayerInput in = layer_input(model, kModels / "gemma3", 2);
+  const LayerWeights original = owned_fp32(model.load_layer(2).weights());
+  LayerWeights wrong = owned_fp32(original);
+  fold_everything(model.spec(), 2, wrong, false, /*plus_one=*/false);
+  EXPECT_GT(rel_diff(forward(model.spec(), wrong, in), forward(model.spec(), original, in)), 1e-3);
 }
 
 TEST(SmoothFold, MixtralMoeLayerUnchanged) {
