@@ -205,6 +205,7 @@ class DiepPass : public Pass {
 
  private:
   Targets targets(const ModelSpec& spec) const {
+    require_moe(spec, "diep");
     Targets t;
     const double keep = options_.has("keep") ? options_.get_float("keep") : 1.0 - options_.get_float("sparsity");
     const std::string field = options_.has("keep") ? "diep.keep" : "diep.sparsity";

@@ -18,6 +18,7 @@
 #include "compressor/common/strict_json.h"
 #include "compressor/passes/builtin.h"
 #include "compressor/passes/context.h"
+#include "compressor/passes/expert_selection.h"
 
 namespace lathe {
 namespace {
@@ -49,7 +50,10 @@ class DropExpertsPass : public Pass {
     }
   }
 
+  void check(const ModelSpec& spec) const override { require_moe(spec, "drop-experts"); }
+
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
+    require_moe(ctx.spec, "drop-experts");
     if (options_.has("keep")) {
       for (int64_t i = 0; i < ctx.spec.num_layers; ++i) {
         const LayerSpec& l = ctx.spec.layers[i];

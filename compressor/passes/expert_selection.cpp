@@ -29,7 +29,16 @@ void check_keep_options(const OptionValues& options, const std::string& pass) {
   }
 }
 
+void require_moe(const ModelSpec& spec, const std::string& pass) {
+  if (spec.is_moe()) return;
+  throw ConfigError(
+      "", pass,
+      fmt::format("the model ({}) has no MoE layer: there are no routed experts to prune",
+                  spec.model_type));
+}
+
 std::vector<int64_t> keep_targets(const ModelSpec& spec, const OptionValues& options, const std::string& pass) {
+  require_moe(spec, pass);
   const bool global = global_mode(options);
   const bool by_count = options.has("keep-count");
   const std::string field = pass + (by_count ? ".keep-count" : ".keep");

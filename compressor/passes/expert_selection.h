@@ -11,6 +11,10 @@ namespace lathe {
 class OptionValues;
 struct ModelSpec;
 
+/// Expert-pruning passes on a dense model (llama, gemma3_text, ...): ConfigError naming `pass`,
+/// saying that the model (its model_type) has no MoE layer. Every expert-pruning pass's check().
+void require_moe(const ModelSpec& spec, const std::string& pass);
+
 /// The kept-count options the expert-pruning passes share (registry.cpp): exactly one of `keep`
 /// and `keep-count`, `keep` above 0, `min-experts` only with `mode: global` (passes without a
 /// `mode` option are uniform). ConfigError naming "<pass>.<option>".

@@ -9,7 +9,8 @@
 - Scores: frequency and mass equal what transformers' routers give on the same calibration tokens;
   router-norm equals torch.linalg.norm of the router rows; random is reproducible by seed and differs
   across seeds; global mode keeps the total and the per-layer floor and ranks normalised scores.
-- Bad options: exit 2 naming the option, nothing written."""
+- Bad options: exit 2 naming the option, nothing written; every expert-pruning pass (these, drop-experts,
+  experts-naee, diep, tcess) refuses a dense model the same way."""
 import json
 import subprocess
 
@@ -304,6 +305,23 @@ def test_bad_options_exit_2_naming_the_option_and_write_nothing(pass_yaml, optio
     proc = lathe("run", write_recipe(tmp_path, "mixtral", pass_yaml, out))
     assert proc.returncode == 2, proc.stderr
     assert option in proc.stderr, proc.stderr
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+DENSE_MODELS = ["llama"]
+EVERY_EXPERT_PASS = METHODS + ["drop-experts", "experts-naee", "diep", "tcess"]
+
+
+@pytest.mark.parametrize("model", DENSE_MODELS)
+@pytest.mark.parametrize("name", EVERY_EXPERT_PASS)
+def test_every_expert_pass_refuses_a_dense_model(name, model, tmp_path):
+    """Before calibrating: exit 2 naming the pass and the model type, nothing written."""
+    options = "{keep: [0, 1]}" if name == "drop-experts" else "{keep: 0.5}"
+    out = tmp_path / "out"
+    proc = lathe("run", write_recipe(tmp_path, model, f"{name}: {options}", out))
+    assert proc.returncode == 2, proc.stderr
+    model_type = json.loads((MODELS / model / "config.json").read_text())["model_type"]
+    assert f"{name}: the model ({model_type}) has no MoE layer" in proc.stderr, proc.stderr
     assert not out.exists() and not (tmp_path / "out.partial").exists()
 
 
