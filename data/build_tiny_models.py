@@ -76,6 +76,12 @@ MODELS = {
         norm_topk_prob=True, first_k_dense_replace=1, moe_layer_freq=1, scoring_func="sigmoid",
         topk_method="noaux_tc", q_lora_rank=64, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
         v_head_dim=32, num_nextn_predict_layers=0), 450),
+    # Gemma 3 text: 1 KV head (as in Gemma 3 270M), a 32-token window so that the 256-token windows
+    # of the tests cross it, and query_pre_attn_scalar != head_dim so that the attention scale is tested.
+    "gemma3": ("Gemma3TextConfig", "llama", dict(
+        num_key_value_heads=1, head_dim=32, intermediate_size=384, query_pre_attn_scalar=48, sliding_window=32,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        tie_word_embeddings=True), 500),
 }
 
 
@@ -113,10 +119,29 @@ def train_bytelevel(texts):
     tk.train_from_iterator(corpus_iter(texts), trainer)
     tk.add_special_tokens(BYTELEVEL_SPECIAL)  # ids 4093.. like Qwen's added tokens after the BPE vocab
     assert tk.get_vocab_size() == VOCAB
+    return wrap_tokenizer("bytelevel", tk)
+
+
+def wrap_tokenizer(kind, tk):
+    """The transformers tokenizer saved with the models: special tokens as the family's releases set them."""
     from transformers import PreTrainedTokenizerFast
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=None, eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", unk_token=None, model_max_length=2048,
-                                   additional_special_tokens=BYTELEVEL_SPECIAL[1:])
+    if kind == "bytelevel":
+        return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=None, eos_token="<|endoftext|>",
+                                       pad_token="<|endoftext|>", unk_token=None, model_max_length=2048,
+                                       additional_special_tokens=BYTELEVEL_SPECIAL[1:])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=2048)
+
+
+def committed_tokenizer(kind):
+    """--reuse-tokenizers: the tokenizer of the committed fixture of the first model using `kind`, so
+    that a model added later shares it even where the full corpora differ slightly from the ones the
+    committed tokenizers were trained on (other Debian package versions change the code split)."""
+    from tokenizers import Tokenizer
+    source = HERE / "models" / next(n for n, m in MODELS.items() if m[1] == kind) / "tokenizer.json"
+    if not source.exists():
+        sys.exit(f"build_tiny_models: --reuse-tokenizers: {source} is missing")
+    return wrap_tokenizer(kind, Tokenizer.from_file(str(source)))
 
 
 def train_llama(texts):
@@ -155,9 +180,7 @@ def train_llama(texts):
     final.add_special_tokens(LLAMA_SPECIAL)
     final.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                          special_tokens=[("<s>", 1)])
-    from transformers import PreTrainedTokenizerFast
-    return PreTrainedTokenizerFast(tokenizer_object=final, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=2048)
+    return wrap_tokenizer("llama", final)
 
 
 def encode(tok, text):
@@ -207,12 +230,15 @@ def config_summary(cfg):
             "first_k_dense_replace", "n_group", "topk_group", "routed_scaling_factor", "scoring_func",
             "topk_method", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
             "tie_word_embeddings", "router_aux_loss_coef", "max_position_embeddings", "rms_norm_eps",
-            "bos_token_id", "eos_token_id"]
+            "bos_token_id", "eos_token_id", "query_pre_attn_scalar", "sliding_window", "layer_types",
+            "hidden_activation"]
     d = cfg.to_dict()
     out = {k: d[k] for k in keys if k in d and d[k] is not None}
     rp = d.get("rope_parameters") or {}
     if "rope_theta" in rp:
         out["rope_theta"] = rp["rope_theta"]
+    elif all(isinstance(v, dict) for v in rp.values()) and rp:  # per layer type (Gemma 3)
+        out["rope_theta"] = {k: v.get("rope_theta") for k, v in sorted(rp.items())}
     if "attention_bias" in d:
         out["attention_bias"] = d["attention_bias"]
     return out
@@ -423,6 +449,8 @@ def main():
     ap.add_argument("--only", action="append", help="model name(s) to build (repeatable or comma-separated)")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every model's step count")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-tokenizers", action="store_true",
+                    help="load each tokenizer from its committed fixture instead of training it")
     ap.add_argument("--out", type=Path, default=HERE / "models")
     ap.add_argument("--corpora", type=Path, default=HERE / "corpora")
     args = ap.parse_args()
@@ -456,7 +484,10 @@ def main():
     toks, streams, windows, unigram = {}, {}, {}, {}
     for kind in kinds:
         t0 = time.time()
-        toks[kind] = (train_llama if kind == "llama" else train_bytelevel)(train_texts)
+        if args.reuse_tokenizers:
+            toks[kind] = committed_tokenizer(kind)
+        else:
+            toks[kind] = (train_llama if kind == "llama" else train_bytelevel)(train_texts)
         streams[kind] = {t: encode(toks[kind], txt) for t, txt in zip(TASKS, train_texts)}
         windows[kind] = {}
         for t in TASKS:
@@ -489,9 +520,11 @@ def main():
     })
     logd.setdefault("models", {})
     logd.setdefault("fixtures", {})
-    logd["tokenizers"] = {k: {"vocab": VOCAB, "sha256_tokenizer_json": hashlib.sha256(
-        toks[k]._tokenizer.to_str().encode()).hexdigest(), "train_tokens": {t: len(streams[k][t]) for t in TASKS}}
-        for k in kinds}
+    logd.setdefault("tokenizers", {})
+    if not args.reuse_tokenizers:  # a reused tokenizer keeps the entry of the run that trained it
+        logd["tokenizers"].update({k: {"vocab": VOCAB, "sha256_tokenizer_json": hashlib.sha256(
+            toks[k]._tokenizer.to_str().encode()).hexdigest(), "train_tokens": {t: len(streams[k][t]) for t in TASKS}}
+            for k in kinds})
 
     for name in names:
         cls_name, kind, _, steps = MODELS[name]
@@ -509,6 +542,8 @@ def main():
             "steps": steps, "seconds": round(seconds, 1), "seed": SEED,
             "final_train_loss": round(sum(tail) / len(tail), 4), "heldout": heldout, "expert_balance": balance,
             "layer2_tensors": tensor_listing(out_dir, 2),
+            "tokenizer_source": "committed fixture (--reuse-tokenizers)" if args.reuse_tokenizers else "trained",
+            "train_tokens": {t: len(streams[kind][t]) for t in TASKS},
             "loss_curve": curve, "loss_curve_columns": ["lm_loss"] + (["aux_loss"] if curve and len(curve[0]) > 1 else []),
             "date": datetime.date.today().isoformat(),
         }

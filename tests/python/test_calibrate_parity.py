@@ -398,7 +398,7 @@ def check_routed_expert(store, name, i, e, base_in, base_act, maybe, weights, co
     raise failures[0]
 
 
-CHANNEL_CASES = [("llama", "pack"), ("llama", "document"), ("qwen2_moe", "document")]
+CHANNEL_CASES = [("llama", "pack"), ("llama", "document"), ("qwen2_moe", "document"), ("gemma3", "document")]
 
 
 @pytest.mark.parametrize("name,packing", CHANNEL_CASES, ids=[f"{n}-{p}" for n, p in CHANNEL_CASES])

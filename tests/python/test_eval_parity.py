@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reference import SOURCE_DIR, run_lathe
 
-MODELS = ["llama", "mixtral", "qwen3_moe", "deepseek_v3"]
+MODELS = ["llama", "mixtral", "qwen3_moe", "deepseek_v3", "gemma3"]
 SEQ_LEN = 128
 TEXT = SOURCE_DIR / "data" / "corpora" / "prose" / "heldout.txt"
 TASKS = SOURCE_DIR / "data" / "tasks" / "wordnet_definitions.jsonl"

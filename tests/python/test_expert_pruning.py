@@ -308,7 +308,7 @@ def test_bad_options_exit_2_naming_the_option_and_write_nothing(pass_yaml, optio
     assert not out.exists() and not (tmp_path / "out.partial").exists()
 
 
-DENSE_MODELS = ["llama"]
+DENSE_MODELS = ["llama", "gemma3"]
 EVERY_EXPERT_PASS = METHODS + ["drop-experts", "experts-naee", "diep", "tcess"]
 
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from reference import CATEGORIES, SOURCE_DIR, inspect_json, reference_counts, run_lathe
 
 MODELS = sorted(p.parent for p in (SOURCE_DIR / "data" / "models").glob("*/config.json"))
-FAMILIES = {"llama", "qwen2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"}
+FAMILIES = {"llama", "qwen2", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "gemma3_text"}
 
 
 def test_every_family_has_a_committed_model():

@@ -1,7 +1,8 @@
 """`smoothquant` end to end (docs/smoothquant.md): `lathe run` of recipes/tiny-llama-w8a8.yaml on the
 tiny Llama and (with --set model=) the tiny Mixtral. The output's model/ loads in transformers and computes
 what `lathe eval` of that directory computes; smoothing alone (quantize=false) leaves the model's outputs
-unchanged although the weights moved; the W8A8 perplexity (`lathe eval` of the output directory: int8
+unchanged although the weights moved (also on the tiny Gemma 3, whose (1 + w) norms fold as
+(1 + w)/s − 1); the W8A8 perplexity (`lathe eval` of the output directory: int8
 weights from quant/, int8 per-token inputs) stays within a few percent of full precision; plan.json and the
 manifest record the smoothing; without calibration data the run is refused."""
 import json
@@ -123,7 +124,7 @@ def hf_perplexity_windows(model_dir, text_path):
     return hf_perplexity(model_dir, text_path, SEQ_LEN)
 
 
-@pytest.mark.parametrize("model", ["llama", "mixtral"])
+@pytest.mark.parametrize("model", ["llama", "mixtral", "gemma3"])
 def test_smoothing_alone_preserves_the_outputs(tmp_path, small_text, model):
     out = tmp_path / "out"
     run(out, "passes.smoothquant.quantize=false", "passes.smoothquant.v-to-o=true",
@@ -138,6 +139,11 @@ def test_smoothing_alone_preserves_the_outputs(tmp_path, small_text, model):
     q = "model.layers.1.self_attn.q_proj.weight"
     moved = ((after[q].float() - before[q].float()).abs().max() / before[q].float().abs().max()).item()
     assert moved > 0.05, moved  # the weights changed …
+    if model == "gemma3":  # (1 + w) norms: only the two that feed smoothed linears take the scales
+        for norm, changed in [("input_layernorm", True), ("pre_feedforward_layernorm", True),
+                              ("post_attention_layernorm", False), ("post_feedforward_layernorm", False)]:
+            name = f"model.layers.1.{norm}.weight"
+            assert torch.equal(after[name], before[name]) != changed, name
     ids = token_ids(MODELS / model, small_text.read_text(), 128)
     ref, smoothed = hf_logits(MODELS / model, ids), hf_logits(out / "model", ids)
     # … the function did not: only bf16 rounding of the stored weights separates the two.

@@ -22,7 +22,7 @@ from reference import SOURCE_DIR, run_lathe
 from test_export import gptq_decode
 
 MODELS_DIR = SOURCE_DIR / "data" / "models"
-MODELS = ["llama", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "qwen3_moe-fused", "deepseek_v3"]
+MODELS = ["llama", "qwen2", "mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "qwen3_moe-fused", "deepseek_v3", "gemma3"]
 
 pytestmark = pytest.mark.skipif(not (MODELS_DIR / "llama").is_dir(), reason="data/models not built")
 
