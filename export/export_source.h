@@ -25,6 +25,7 @@
 #include "compressor/model/architecture.h"
 #include "compressor/model/model_spec.h"
 #include "compressor/quant/quantizer.h"
+#include "export/partial_directory.h"
 #include "export/quant_export.h"
 
 namespace lathe {
@@ -140,21 +141,6 @@ class ShardTensors {
  private:
   std::vector<std::string> names_;
   std::vector<at::Tensor> values_;
-};
-
-/// A directory that appears complete or not at all: files are written into `<dir>.partial`, and
-/// publish() renames it to `dir`. The constructor refuses an existing `dir` without `force`
-/// (ConfigError naming it) and clears a stale `<dir>.partial`.
-class PartialDirectory {
- public:
-  PartialDirectory(const std::filesystem::path& dir, bool force);
-  ~PartialDirectory();  ///< removes the partial directory when publish() was not reached
-  const std::filesystem::path& path() const { return partial_; }
-  void publish();
-
- private:
-  std::filesystem::path dir_, partial_;
-  bool published_ = false;
 };
 
 /// Copies the tokenizer and generation files of `model_dir` (everything except config.json,

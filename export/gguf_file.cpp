@@ -32,6 +32,10 @@ std::vector<float> File::dequantize(const TensorInfo& t) const {
 
 void File::release(const TensorInfo& t) const { map_->release(t.begin, t.begin + t.nbytes); }
 
+void File::release_range(const TensorInfo& t, uint64_t begin, uint64_t end) const {
+  map_->release(t.begin + std::min(begin, t.nbytes), t.begin + std::min(end, t.nbytes));
+}
+
 bool is_gguf_path(const std::string& path) {
   std::string ext = std::filesystem::path(path).extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });

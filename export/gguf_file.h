@@ -35,6 +35,8 @@ class File {
   std::vector<float> dequantize(const TensorInfo& t) const;
   /// Drops the resident pages of `t`'s bytes (MappedFile::release).
   void release(const TensorInfo& t) const;
+  /// Drops the resident pages of bytes [begin, end) of `t`'s data (offsets within the tensor).
+  void release_range(const TensorInfo& t, uint64_t begin, uint64_t end) const;
 
  private:
   std::string path_;

@@ -14,6 +14,7 @@ void register_commands(CLI::App& app) {
   add_compare_command(app);
   add_pipeline_commands(app);
   add_export_command(app);
+  add_import_command(app);
   add_verify_command(app);
   add_route_command(app);
 }

@@ -42,6 +42,9 @@ void add_compare_command(CLI::App& app);
 /// `lathe export OUT --format gptq|compressed-tensors [--force]` (export_command.cpp).
 void add_export_command(CLI::App& app);
 
+/// `lathe import FILE.gguf --out DIR [--dtype bf16|f32] [--force]` (import_command.cpp; docs/gguf.md).
+void add_import_command(CLI::App& app);
+
 /// `lathe verify DIR [--backend ...] [--json FILE]` (verify_command.cpp).
 void add_verify_command(CLI::App& app);
 
