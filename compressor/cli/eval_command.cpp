@@ -18,7 +18,7 @@ struct EvalArgs {
   std::string model;
   std::vector<std::string> texts, tasks;
   WindowOptions windows;
-  std::string reference, json_out, device = "cpu", dtype = "f32";
+  std::string reference, json_out, device = "cpu", dtype = "f32", bos = "auto";
   int64_t micro_batch = 8;
 };
 
@@ -30,6 +30,7 @@ void run_eval(const EvalArgs& args) {
   req.texts = args.texts;
   req.tasks = args.tasks;
   req.windows = args.windows;
+  req.bos = args.bos;
   req.micro_batch = args.micro_batch;
   req.forward = parse_forward_options(args.device, args.dtype, "");
   const nlohmann::json report = evaluate_model(req);
@@ -46,6 +47,11 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--tasks", args->tasks, "JSONL task file {context, choices, answer} (repeatable)");
   cmd->add_option("--seq-len", args->windows.seq_len, "tokens per perplexity window")->capture_default_str();
   cmd->add_option("--stride", args->windows.stride, "sliding-window stride (default: seq-len, non-overlapping)");
+  cmd->add_option("--bos", args->bos,
+                  "a BOS token before each window and task context: auto (when tokenizer_config.json has "
+                  "add_bos_token: true), on or off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
   cmd->add_option("--reference", args->reference,
                   "also measure each --text file's KL divergence and top-1 agreement against this model "
                   "(e.g. the original of a compressed output)");

@@ -17,6 +17,7 @@
 #include "calibrate/tokenizer.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
+#include "compressor/common/strict_json.h"
 #include "compressor/eval/task_file.h"
 #include "compressor/model/streaming.h"
 #include "compressor/pipeline/open_model.h"
@@ -42,15 +43,16 @@ Progress progress_for(const std::string& stage, const std::string& label) {
 /// Context and continuation tokens as lm-eval forms them: the continuation is what encoding
 /// context + choice adds after the context's own tokens (falling back to the choice alone when the
 /// tokenizer merges across the boundary).
-ChoiceItem tokenize_item(const Tokenizer& tok, const TaskItemText& item) {
+ChoiceItem tokenize_item(const Tokenizer& tok, const TaskItemText& item, int32_t prefix) {
   ChoiceItem out;
   out.context = tok.encode(item.context, false);
+  if (prefix >= 0) out.context.insert(out.context.begin(), prefix);
   out.answer = item.answer;
   for (const auto& choice : item.choices) {
     const std::vector<int32_t> whole = tok.encode(item.context + choice, false);
-    const bool prefix = whole.size() > out.context.size() &&
-                        std::equal(out.context.begin(), out.context.end(), whole.begin());
-    out.choices.push_back(prefix ? std::vector<int32_t>(whole.begin() + out.context.size(), whole.end())
+    const size_t lead = prefix >= 0 ? 1 : 0, context = out.context.size() - lead;
+    const bool extends = whole.size() > context && std::equal(out.context.begin() + lead, out.context.end(), whole.begin());
+    out.choices.push_back(extends ? std::vector<int32_t>(whole.begin() + context, whole.end())
                                  : tok.encode(choice, false));
   }
   return out;
@@ -69,6 +71,28 @@ std::vector<std::string> report_names(const std::vector<std::string>& paths) {
   return names;
 }
 
+/// The token put before each perplexity window and task context (EvalRequest::bos), -1 for none.
+int32_t window_prefix(const std::string& mode, const std::filesystem::path& model_dir, const Tokenizer& tokenizer) {
+  const std::filesystem::path config_path = model_dir / "tokenizer_config.json";
+  if (mode == "off") return -1;
+  if (mode == "auto") {
+    if (!std::filesystem::exists(config_path)) return -1;
+    const nlohmann::json config = parse_json_strict(read_file(config_path.string(), "cannot read"), config_path.string(), "");
+    const auto add = config.is_object() ? config.find("add_bos_token") : config.end();
+    if (add == config.end() || add->is_null()) return -1;
+    if (!add->is_boolean()) throw DataError(config_path.string(), "add_bos_token", "expected true or false");
+    if (!add->get<bool>()) return -1;
+  } else if (mode != "on") {
+    throw ConfigError("", "--bos", "expected auto, on or off, found \"" + mode + "\"");
+  }
+  const std::optional<int32_t> bos = tokenizer.bos_id();
+  if (!bos) {
+    throw ConfigError(config_path.string(), "bos_token",
+                      "a BOS token before each window (--bos " + mode + ") needs tokenizer_config.json's bos_token");
+  }
+  return *bos;
+}
+
 }  // namespace
 
 nlohmann::json evaluate_model(const EvalRequest& args) {
@@ -76,11 +100,14 @@ nlohmann::json evaluate_model(const EvalRequest& args) {
   const ModelSource source = resolve_model_source(args.model);
   const CausalLM model = open_model(source, args.forward);
   const Tokenizer tokenizer = Tokenizer::from_model_dir(source.model_dir.string());
+  WindowOptions windows = args.windows;
+  windows.prefix_token = window_prefix(args.bos, source.model_dir, tokenizer);
   StreamingOptions streaming;
   streaming.micro_batch = args.micro_batch;
   streaming.buffer_dtype = args.forward.dtype;  // eval keeps the working precision at layer boundaries
   nlohmann::json report = {{"model", args.model}, {"seq_len", args.windows.seq_len},
-                           {"stride", args.windows.stride ? args.windows.stride : args.windows.seq_len},
+                           {"stride", windows.stride ? windows.stride : windows.seq_len - (windows.prefix_token >= 0 ? 1 : 0)},
+                           {"bos", windows.prefix_token >= 0 ? nlohmann::json(windows.prefix_token) : nlohmann::json(nullptr)},
                            {"perplexity", nlohmann::json::object()}, {"tokens", nlohmann::json::object()},
                            {"predicted", nlohmann::json::object()}, {"tasks", nlohmann::json::object()},
                            {"lathe_version", LATHE_VERSION}};
@@ -107,7 +134,7 @@ nlohmann::json evaluate_model(const EvalRequest& args) {
         throw ConfigError(path, "--reference", "the reference's tokenizer encodes this file differently from the model's");
       }
       const DivergenceResult d =
-          evaluate_divergence(model, *reference, tokens, args.windows, streaming, progress_for(args.label, name));
+          evaluate_divergence(model, *reference, tokens, windows, streaming, progress_for(args.label, name));
       r.nll = d.nll;
       r.predicted = d.predicted;
       r.tokens = d.tokens;
@@ -119,7 +146,7 @@ nlohmann::json evaluate_model(const EvalRequest& args) {
                                  name, d.mean_kl(), d.max_kl, 100 * d.top1(), ref_ppl);
       }
     } else {
-      r = evaluate_perplexity(model, tokens, args.windows, streaming, progress_for(args.label, name));
+      r = evaluate_perplexity(model, tokens, windows, streaming, progress_for(args.label, name));
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     report["perplexity"][name] = r.perplexity();
@@ -136,7 +163,7 @@ nlohmann::json evaluate_model(const EvalRequest& args) {
     const std::string& path = args.tasks[f];
     const std::string& name = task_names[f];
     std::vector<ChoiceItem> items;
-    for (const auto& item : read_task_file(path)) items.push_back(tokenize_item(tokenizer, item));
+    for (const auto& item : read_task_file(path)) items.push_back(tokenize_item(tokenizer, item, windows.prefix_token));
     const TaskResult r = evaluate_choices(model, items, streaming, progress_for(args.label, name));
     report["tasks"][name] = {{"accuracy", r.accuracy()}, {"n", r.n}, {"correct", r.correct}};
     if (args.print) std::cout << fmt::format("{:<32} accuracy   {:10.4f}  ({}/{})\n", name, r.accuracy(), r.correct, r.n);

@@ -19,7 +19,11 @@ struct EvalRequest {
   /// of `model` from it (KL, top-1 agreement, the reference's perplexity; docs/eval.md).
   std::string reference;
   std::vector<std::string> texts, tasks;
-  WindowOptions windows;
+  WindowOptions windows;  ///< its prefix_token is set from `bos`
+  /// "auto": each perplexity window and task context starts with the tokenizer's BOS when
+  /// tokenizer_config.json says add_bos_token: true (Gemma); "on": always (ConfigError without a
+  /// bos_token); "off": never.
+  std::string bos = "auto";
   ForwardOptions forward;
   int64_t micro_batch = 8;
   bool print = true;        ///< one result line per file on stdout

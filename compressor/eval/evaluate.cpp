@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "compressor/common/errors.h"
 
@@ -24,42 +25,76 @@ std::pair<at::Tensor, at::Tensor> pad_rows(const std::vector<std::vector<int32_t
   return {ids, valid};
 }
 
-/// The windows' tokens as right-padded [windows, seq_len] ids and validity.
-std::pair<at::Tensor, at::Tensor> window_rows(const std::vector<int32_t>& tokens, const std::vector<Window>& windows) {
+/// The windows' tokens as right-padded [windows, lead + seq_len] ids and validity, each row starting
+/// with the prefix token when there is one.
+std::pair<at::Tensor, at::Tensor> window_rows(const std::vector<int32_t>& tokens, const std::vector<Window>& windows,
+                                              const WindowOptions& options) {
   std::vector<std::vector<int32_t>> rows;
-  for (const auto& w : windows) rows.emplace_back(tokens.begin() + w.begin, tokens.begin() + w.end);
+  for (const auto& w : windows) {
+    std::vector<int32_t> row;
+    if (options.prefix_token >= 0) row.push_back(options.prefix_token);
+    row.insert(row.end(), tokens.begin() + w.begin, tokens.begin() + w.end);
+    rows.push_back(std::move(row));
+  }
   return pad_rows(rows);
 }
 
 /// The columns [first, last) of a window's log-prob row ([T-1]: column c predicts token c + 1 of the
-/// window) that the window predicts.
-std::pair<int64_t, int64_t> predicted_columns(const Window& w) {
-  return {w.first_target - w.begin - 1, w.end - w.begin - 1};
+/// row) that the window predicts; `lead` tokens (the prefix) come before the window's first token.
+std::pair<int64_t, int64_t> predicted_columns(const Window& w, int64_t lead) {
+  return {w.first_target - w.begin - 1 + lead, w.end - w.begin - 1 + lead};
 }
 
-/// log p(· | ids[≤t]) for t < T-1 of each row, from final hidden states [B, T, d]: [B, T-1, V].
-at::Tensor next_token_log_probs(const CausalLM& model, const at::Tensor& hidden) {
-  return model.head(hidden).slice(1, 0, -1).log_softmax(-1);
+int64_t lead_of(const WindowOptions& options) { return options.prefix_token >= 0 ? 1 : 0; }
+
+/// Calls fn(r0, r1, p0, p1, logp) for chunks of the positions [0, T-1) of the rows of `hidden`
+/// [n, T, d], where logp [r1-r0, p1-p0, V] = log p(· | row tokens ≤ t), t in [p0, p1). A chunk holds
+/// whole rows when a row's logits fit `budget` floats, otherwise part of one row; the log-softmax
+/// and the divergence's temporaries are of the same size.
+void for_head_chunks(const CausalLM& model, const LmHead& head, const at::Tensor& hidden, int64_t budget,
+                     const std::function<void(int64_t, int64_t, int64_t, int64_t, const at::Tensor&)>& fn) {
+  const int64_t n = hidden.size(0), positions = hidden.size(1) - 1;
+  if (positions < 1) return;
+  const int64_t per_call = std::max<int64_t>(1, budget / head.weight.size(0));
+  if (per_call >= positions) {
+    const int64_t rows = per_call / positions;
+    for (int64_t r = 0; r < n; r += rows) {
+      const int64_t r1 = std::min(n, r + rows);
+      fn(r, r1, 0, positions, model.head(hidden.slice(0, r, r1).slice(1, 0, positions), head).log_softmax(-1));
+    }
+    return;
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t p = 0; p < positions; p += per_call) {
+      const int64_t p1 = std::min(positions, p + per_call);
+      fn(r, r + 1, p, p1, model.head(hidden.slice(0, r, r + 1).slice(1, p, p1), head).log_softmax(-1));
+    }
+  }
 }
 
-/// The entries of `logp` [B, T-1, V] at the tokens that follow ([B, T] ids, columns 1..T-1), on the
-/// host in fp64: [B, T-1].
-at::Tensor at_targets(const at::Tensor& logp, const at::Tensor& ids) {
-  const at::Tensor targets = ids.slice(1, 1).to(logp.device()).unsqueeze(-1);
-  return logp.gather(-1, targets).squeeze(-1).cpu().to(at::kDouble);
+/// The entries of `logp` [B, P, V] at `targets` [B, P] (int64), on the host in fp64: [B, P].
+at::Tensor at_targets(const at::Tensor& logp, const at::Tensor& targets) {
+  return logp.gather(-1, targets.to(logp.device()).unsqueeze(-1)).squeeze(-1).cpu().to(at::kDouble);
 }
 
-/// log p(ids[t] | ids[<t]) for t ≥ 1 of each row, from final hidden states [B, T, d]: [B, T-1].
-at::Tensor target_log_probs(const CausalLM& model, const at::Tensor& hidden, const at::Tensor& ids) {
-  return at_targets(next_token_log_probs(model, hidden), ids);
+/// log p(ids[t] | ids[<t]) for t ≥ 1 of each row, from final hidden states [B, T, d]: [B, T-1] fp64.
+at::Tensor target_log_probs(const CausalLM& model, const LmHead& head, const at::Tensor& hidden, const at::Tensor& ids,
+                            int64_t budget) {
+  at::Tensor out = at::zeros({hidden.size(0), std::max<int64_t>(hidden.size(1) - 1, 0)}, at::kDouble);
+  for_head_chunks(model, head, hidden, budget, [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1, const at::Tensor& logp) {
+    out.slice(0, r0, r1).slice(1, p0, p1).copy_(at_targets(logp, ids.slice(0, r0, r1).slice(1, p0 + 1, p1 + 1)));
+  });
+  return out;
 }
 
 void stream(const CausalLM& model, const at::Tensor& ids, const at::Tensor& valid, const StreamingOptions& streaming,
-            const Progress& progress, const std::function<void(int64_t, const at::Tensor&)>& on_rows) {
+            int64_t head_logits, const Progress& progress, const std::function<void(int64_t, const at::Tensor&)>& on_rows) {
+  std::optional<LmHead> head;  // prepared at the first micro-batch out of the last layer
   stream_forward(
       model, ids, valid, streaming, nullptr,
       [&](int64_t begin, const at::Tensor& hidden, const at::Tensor&) {
-        on_rows(begin, target_log_probs(model, hidden, ids.slice(0, begin, begin + hidden.size(0))));
+        if (!head) head = model.lm_head();
+        on_rows(begin, target_log_probs(model, *head, hidden, ids.slice(0, begin, begin + hidden.size(0)), head_logits));
       },
       [&](int64_t layer) {
         if (progress) progress(layer + 1, model.spec().num_layers);
@@ -69,18 +104,21 @@ void stream(const CausalLM& model, const at::Tensor& ids, const at::Tensor& vali
 }  // namespace
 
 std::vector<Window> perplexity_windows(int64_t num_tokens, const WindowOptions& options) {
-  const int64_t len = options.seq_len;
+  const int64_t lead = lead_of(options);
+  if (options.seq_len < 2) throw ConfigError("", "seq-len", "must be at least 2, found " + std::to_string(options.seq_len));
+  const int64_t len = options.seq_len - lead;  // stream tokens per window
   const int64_t stride = options.stride == 0 ? len : options.stride;
-  if (len < 2) throw ConfigError("", "seq-len", "must be at least 2, found " + std::to_string(len));
   if (stride < 1 || stride > len) {
-    throw ConfigError("", "stride", "must lie in [1, seq-len=" + std::to_string(len) + "], found " + std::to_string(stride));
+    throw ConfigError("", "stride", "must lie in [1, " + std::to_string(len) + "] (seq-len" + (lead ? " - 1 for the prefix token" : "") +
+                                        "), found " + std::to_string(stride));
   }
   std::vector<Window> windows;
   int64_t predicted_until = 0;  // tokens before this index have been predicted (or are the first)
   for (int64_t begin = 0; begin < num_tokens; begin += stride) {
     const int64_t end = std::min(begin + len, num_tokens);
-    const int64_t first = std::max(predicted_until, begin + 1);
-    if (end - begin >= 2 && first < end) windows.push_back({begin, end, first});
+    // With a prefix token the window's first token is predicted (from the prefix) too.
+    const int64_t first = std::max(predicted_until, begin + 1 - lead);
+    if (end - begin + lead >= 2 && first < end) windows.push_back({begin, end, first});
     predicted_until = end;
     if (end == num_tokens) break;
   }
@@ -103,7 +141,8 @@ DivergenceResult evaluate_divergence(const CausalLM& model, const CausalLM& refe
   result.tokens = static_cast<int64_t>(tokens.size());
   const std::vector<Window> windows = perplexity_windows(result.tokens, options);
   if (windows.empty()) return result;
-  const auto [ids, valid] = window_rows(tokens, windows);
+  const auto [ids, valid] = window_rows(tokens, windows, options);
+  const int64_t lead = lead_of(options);
   const int64_t layers = model.spec().num_layers + reference.spec().num_layers;
   // Pass 1: the reference's final hidden states, kept on the host.
   at::Tensor ref_hidden;
@@ -118,21 +157,29 @@ DivergenceResult evaluate_divergence(const CausalLM& model, const CausalLM& refe
       [&](int64_t layer) {
         if (progress) progress(layer + 1, layers);
       });
-  // Pass 2: the model; both heads per micro-batch.
+  // Pass 2: the model; both heads per chunk of positions.
+  std::optional<LmHead> head, ref_head;
   stream_forward(
       model, ids, valid, streaming, nullptr,
       [&](int64_t begin, const at::Tensor& hidden, const at::Tensor&) {
-        const int64_t n = hidden.size(0);
-        const at::Tensor lp = next_token_log_probs(model, hidden);
-        const at::Tensor lr = next_token_log_probs(reference, ref_hidden.slice(0, begin, begin + n).to(hidden.device()));
+        if (!head) head = model.lm_head(), ref_head = reference.lm_head();
+        const int64_t n = hidden.size(0), positions = hidden.size(1) - 1;
+        const at::Tensor ref = ref_hidden.slice(0, begin, begin + n).to(hidden.device());
         const at::Tensor rows = ids.slice(0, begin, begin + n);
         // Per position [n, T-1], in fp64 on the host for the sums.
-        const at::Tensor kl = (lr.exp() * (lr - lp)).sum(-1).cpu().to(at::kDouble);
-        const at::Tensor agree = (lr.argmax(-1) == lp.argmax(-1)).cpu();
-        const at::Tensor nll = at_targets(lp, rows).neg();
-        const at::Tensor ref_nll = at_targets(lr, rows).neg();
+        const auto per_position = at::TensorOptions().dtype(at::kDouble);
+        at::Tensor kl = at::zeros({n, positions}, per_position), nll = at::zeros({n, positions}, per_position);
+        at::Tensor ref_nll = at::zeros({n, positions}, per_position), agree = at::zeros({n, positions}, at::kBool);
+        for_head_chunks(model, *head, hidden, options.head_logits, [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1, const at::Tensor& lp) {
+          const at::Tensor lr = reference.head(ref.slice(0, r0, r1).slice(1, p0, p1), *ref_head).log_softmax(-1);
+          const at::Tensor targets = rows.slice(0, r0, r1).slice(1, p0 + 1, p1 + 1);
+          kl.slice(0, r0, r1).slice(1, p0, p1).copy_((lr.exp() * (lr - lp)).sum(-1).cpu().to(at::kDouble));
+          agree.slice(0, r0, r1).slice(1, p0, p1).copy_((lr.argmax(-1) == lp.argmax(-1)).cpu());
+          nll.slice(0, r0, r1).slice(1, p0, p1).copy_(at_targets(lp, targets).neg());
+          ref_nll.slice(0, r0, r1).slice(1, p0, p1).copy_(at_targets(lr, targets).neg());
+        });
         for (int64_t r = 0; r < n; ++r) {
-          const auto [a, b] = predicted_columns(windows[begin + r]);
+          const auto [a, b] = predicted_columns(windows[begin + r], lead);
           const at::Tensor k = kl[r].slice(0, a, b);
           result.kl += k.sum().item<double>();
           result.max_kl = std::max(result.max_kl, k.max().item<double>());
@@ -155,10 +202,10 @@ PerplexityResult evaluate_perplexity(const CausalLM& model, const std::vector<in
   result.tokens = static_cast<int64_t>(tokens.size());
   const std::vector<Window> windows = perplexity_windows(result.tokens, options);
   if (windows.empty()) return result;
-  const auto [ids, valid] = window_rows(tokens, windows);
-  stream(model, ids, valid, streaming, progress, [&](int64_t begin, const at::Tensor& logp) {
+  const auto [ids, valid] = window_rows(tokens, windows, options);
+  stream(model, ids, valid, streaming, options.head_logits, progress, [&](int64_t begin, const at::Tensor& logp) {
     for (int64_t r = 0; r < logp.size(0); ++r) {
-      const auto [first, last] = predicted_columns(windows[begin + r]);
+      const auto [first, last] = predicted_columns(windows[begin + r], lead_of(options));
       const at::Tensor part = logp[r].slice(0, first, last);
       result.nll -= part.sum().item<double>();
       result.predicted += part.size(0);
@@ -194,7 +241,7 @@ TaskResult evaluate_choices(const CausalLM& model, const std::vector<ChoiceItem>
   for (size_t i = 0; i < items.size(); ++i) scores[i].assign(items[i].choices.size(), 0.0);
   if (!rows.empty()) {
     const auto [ids, valid] = pad_rows(rows);
-    stream(model, ids, valid, streaming, progress, [&](int64_t begin, const at::Tensor& logp) {
+    stream(model, ids, valid, streaming, WindowOptions{}.head_logits, progress, [&](int64_t begin, const at::Tensor& logp) {
       for (int64_t r = 0; r < logp.size(0); ++r) {
         const int64_t row = begin + r, len = static_cast<int64_t>(rows[row].size());
         scores[owner[row].first][owner[row].second] = logp[r].slice(0, len - 1 - continuation[row], len - 1).sum().item<double>();

@@ -16,7 +16,13 @@ namespace lathe {
 /// Perplexity windows over one token stream.
 struct WindowOptions {
   int64_t seq_len = 512;  ///< tokens per window
-  int64_t stride = 0;     ///< 0 or seq_len: consecutive non-overlapping windows; smaller: sliding
+  int64_t stride = 0;     ///< 0 or the window's stream tokens: non-overlapping windows; smaller: sliding
+  /// A token put before every window (the BOS of a model that needs one, e.g. Gemma); -1: none.
+  /// A window is then this token and seq_len − 1 stream tokens, all of them predicted.
+  int32_t prefix_token = -1;
+  /// Logits per head call, at most (floats; 2^24 = 64 MiB): a large vocabulary (Gemma's 262,144
+  /// tokens) never yields a [micro-batch, T, V] tensor. Whole windows when one fits, else positions.
+  int64_t head_logits = int64_t{1} << 24;
 };
 
 /// One window: tokens [begin, end) of the stream, predicting positions [first_target, end).
@@ -29,7 +35,9 @@ struct Window {
 /// The windows of a stream of `num_tokens` tokens. Non-overlapping: [0, L), [L, 2L)...; the last,
 /// shorter window is kept when it has ≥ 2 tokens; each window predicts its tokens 2..n. Sliding
 /// (stride < L): windows start every `stride` tokens and predict only tokens no earlier window
-/// predicted, as in transformers' perplexity guide. ConfigError for seq_len < 2 or a bad stride.
+/// predicted, as in transformers' perplexity guide. With a prefix token, L = seq_len − 1, a window
+/// of one token is kept and every stream token is predicted (the first from the prefix alone).
+/// ConfigError for seq_len < 2 or a bad stride.
 std::vector<Window> perplexity_windows(int64_t num_tokens, const WindowOptions& options);
 
 /// Summed negative log-likelihood over predicted tokens.

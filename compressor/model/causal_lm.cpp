@@ -96,13 +96,17 @@ void CausalLM::release_head() const {
   release_if_present(*store_, spec_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
 }
 
-at::Tensor CausalLM::head(const at::Tensor& hidden) const {
+LmHead CausalLM::lm_head() const {
   const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
-  const at::Tensor norm = load_tensor(*store_, "model.norm.weight").to(opts);
   const std::string head_name = spec_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  const at::Tensor weight = load_tensor(*store_, head_name).to(opts);
-  return at::linear(model_rms_norm(spec_, hidden, norm), weight).to(at::kFloat);
+  return {load_tensor(*store_, "model.norm.weight").to(opts), load_tensor(*store_, head_name).to(opts)};
 }
+
+at::Tensor CausalLM::head(const at::Tensor& hidden, const LmHead& weights) const {
+  return at::linear(model_rms_norm(spec_, hidden, weights.norm), weights.weight).to(at::kFloat);
+}
+
+at::Tensor CausalLM::head(const at::Tensor& hidden) const { return head(hidden, lm_head()); }
 
 at::Tensor CausalLM::logits(const at::Tensor& ids, const at::Tensor& valid, TapObserver* observer) const {
   at::NoGradGuard no_grad;

@@ -37,6 +37,13 @@ ForwardOptions parse_forward_options(const std::string& device, const std::strin
 at::Tensor embed_rows(const ModelSpec& spec, const at::Tensor& table, const at::Tensor& ids,
                       const at::TensorOptions& options);
 
+/// The final norm and LM head weights in the working dtype and device, prepared once for many head
+/// calls (zero-copy views of the mapping when the checkpoint holds them in the working dtype).
+struct LmHead {
+  at::Tensor norm;
+  at::Tensor weight;  ///< [V, d]
+};
+
 /// Opened model: config, validated weight files and expert layout. Layers are materialised one at
 /// a time on request, so resident memory is one layer plus activations.
 class CausalLM {
@@ -64,6 +71,10 @@ class CausalLM {
   DecoderLayer load_layer(int64_t i) const;
   /// Final norm and LM head: hidden [B, T, d] → logits [B, T, V] in fp32.
   at::Tensor head(const at::Tensor& hidden) const;
+  /// The head's weights, for head(hidden, lm_head) on many chunks without loading them each time.
+  LmHead lm_head() const;
+  /// head() with prepared weights.
+  at::Tensor head(const at::Tensor& hidden, const LmHead& weights) const;
 
   /// Release the resident mapped pages (WeightStore::release) of every tensor of layer `i`, of
   /// the embedding table, of the final norm and LM head. Pages of the memory-mapped checkpoint

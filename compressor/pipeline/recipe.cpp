@@ -658,7 +658,7 @@ std::optional<SearchBudget> RecipeReader::read_search(const Entry& e) {
 }
 
 std::optional<EvalSpec> RecipeReader::read_eval(const Entry& e) {
-  auto keys = read_map(e, {"text", "tasks", "seq-len"});
+  auto keys = read_map(e, {"text", "tasks", "seq-len", "bos"});
   EvalSpec eval;
   for (auto [key, list] : {std::pair{"text", &eval.text}, std::pair{"tasks", &eval.tasks}})
     if (keys.count(key))
@@ -669,6 +669,9 @@ std::optional<EvalSpec> RecipeReader::read_eval(const Entry& e) {
   if (keys.count("seq-len"))
     if (auto v = read_value(keys["seq-len"], calibrate_spec("seq-len")))
       eval.seq_len = std::get<int64_t>(*v);
+  if (keys.count("bos"))
+    if (auto v = read_value(keys["bos"], spec_of("bos", OptionType::kEnum, {}, {}, {"auto", "on", "off"})))
+      eval.bos = std::get<std::string>(*v);
   if (e.value.IsMap() && !keys.count("text") && !keys.count("tasks"))
     fail(e, "eval needs text and/or tasks files");
   return eval;
@@ -803,7 +806,8 @@ nlohmann::json recipe_to_json(const Recipe& recipe) {
                                 : nlohmann::json(nullptr);
   out["eval"] = recipe.eval ? nlohmann::json{{"text", recipe.eval->text},
                                              {"tasks", recipe.eval->tasks},
-                                             {"seq-len", recipe.eval->seq_len}}
+                                             {"seq-len", recipe.eval->seq_len},
+                                             {"bos", recipe.eval->bos}}
                             : nlohmann::json(nullptr);
   return out;
 }

@@ -20,6 +20,7 @@ struct EvalSpec {
   std::vector<std::string> text;   ///< perplexity files (resolved paths)
   std::vector<std::string> tasks;  ///< task files, JSONL (resolved paths)
   int64_t seq_len = 512;           ///< tokens per perplexity window
+  std::string bos = "auto";        ///< auto | on | off: a BOS token before each window (docs/eval.md)
 };
 
 /// Regression thresholds (the `gate` section); an absent threshold is not checked.

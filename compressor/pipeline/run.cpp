@@ -95,6 +95,7 @@ nlohmann::json evaluate(const Recipe& recipe, const std::string& model_dir, cons
   if (texts) req.texts = recipe.eval->text;
   req.tasks = recipe.eval->tasks;
   req.windows.seq_len = recipe.eval->seq_len;
+  req.bos = recipe.eval->bos;
   req.forward = forward_options(recipe);
   req.micro_batch = options.micro_batch;
   req.print = false;

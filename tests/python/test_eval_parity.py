@@ -56,8 +56,68 @@ def test_perplexity_matches_transformers(name, tmp_path):
     assert abs(got["perplexity"]["text.txt"] - ppl) <= 1e-3 * ppl, (got["perplexity"], ppl)
 
 
-def test_task_accuracy_matches_transformers(tmp_path):
-    path = model_dir("qwen2")
+def bos_copy(name, dst, add_bos):
+    """A copy of tiny model `name` whose tokenizer_config.json says add_bos_token = `add_bos`."""
+    import shutil
+    shutil.copytree(model_dir(name), dst)
+    config = json.loads((dst / "tokenizer_config.json").read_text())
+    config["add_bos_token"] = add_bos
+    (dst / "tokenizer_config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_perplexity_with_bos_matches_transformers(tmp_path):
+    """A model whose tokenizer adds BOS (Gemma) is evaluated on windows of BOS + seq_len - 1 stream
+    tokens, every stream token predicted: as transformers scores the same windows."""
+    path = bos_copy("gemma3", tmp_path / "m", True)
+    text = TEXT.read_text(encoding="utf-8")[:12000]
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    run_lathe("eval", path, "--text", tmp_path / "text.txt", "--seq-len", SEQ_LEN, "--json", tmp_path / "r.json")
+    got = json.loads((tmp_path / "r.json").read_text())
+    tok = AutoTokenizer.from_pretrained(path)
+    bos = tok.bos_token_id
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    nll, predicted = 0.0, 0
+    for begin in range(0, len(ids), SEQ_LEN - 1):
+        window = torch.tensor([bos] + ids[begin:begin + SEQ_LEN - 1]).unsqueeze(0)
+        with torch.no_grad():
+            logp = model(window).logits.log_softmax(-1)[0, :-1]
+        nll -= logp.gather(-1, window[0, 1:].unsqueeze(-1)).sum().item()
+        predicted += window.shape[1] - 1
+    assert got["bos"] == bos
+    assert got["stride"] == SEQ_LEN - 1
+    assert got["predicted"]["text.txt"] == predicted == len(ids)
+    ppl = math.exp(nll / predicted)
+    assert abs(got["perplexity"]["text.txt"] - ppl) <= 1e-3 * ppl, (got["perplexity"], ppl)
+    # --bos off gives the windows without BOS; --bos on the same as auto here
+    run_lathe("eval", path, "--text", tmp_path / "text.txt", "--seq-len", SEQ_LEN, "--bos", "off",
+              "--json", tmp_path / "off.json")
+    off = json.loads((tmp_path / "off.json").read_text())
+    assert off["bos"] is None and off["predicted"]["text.txt"] < predicted
+    ref_off, _, _ = reference_perplexity(model, ids, SEQ_LEN)
+    assert abs(off["perplexity"]["text.txt"] - ref_off) <= 1e-3 * ref_off
+    run_lathe("eval", model_dir("gemma3"), "--text", tmp_path / "text.txt", "--seq-len", SEQ_LEN, "--bos", "on",
+              "--json", tmp_path / "on.json")
+    assert json.loads((tmp_path / "on.json").read_text())["perplexity"] == got["perplexity"]
+
+
+def test_bos_bad_inputs(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT.read_text(encoding="utf-8")[:2000], encoding="utf-8")
+    path = bos_copy("gemma3", tmp_path / "m", "yes")
+    proc = run_lathe("eval", path, "--text", text, check=False)
+    assert proc.returncode == 3 and "tokenizer_config.json" in proc.stderr and "add_bos_token" in proc.stderr
+    proc = run_lathe("eval", model_dir("qwen2"), "--text", text, "--bos", "on", check=False)  # no bos_token
+    assert proc.returncode == 2 and "bos_token" in proc.stderr
+    proc = run_lathe("eval", model_dir("qwen2"), "--text", text, "--bos", "maybe", check=False)
+    assert proc.returncode == 2 and "--bos" in proc.stderr
+
+
+@pytest.mark.parametrize("name,bos", [("qwen2", False), ("gemma3", True)])
+def test_task_accuracy_matches_transformers(name, bos, tmp_path):
+    """With BOS (a tokenizer that adds it), every context starts with it, as transformers would score."""
+    path = bos_copy(name, tmp_path / "m", True) if bos else model_dir(name)
     items = [json.loads(line) for line in TASKS.read_text().splitlines()[:40]]
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(i) for i in items))
     run_lathe("eval", path, "--tasks", tmp_path / "t.jsonl", "--json", tmp_path / "r.json")
@@ -71,10 +131,11 @@ def test_task_accuracy_matches_transformers(tmp_path):
         for choice in item["choices"]:
             whole = tok(item["context"] + choice, add_special_tokens=False)["input_ids"]
             cont = whole[len(ctx):] if whole[:len(ctx)] == ctx else tok(choice, add_special_tokens=False)["input_ids"]
-            seq = torch.tensor(ctx + cont).unsqueeze(0)
+            lead = [tok.bos_token_id] + ctx if bos else ctx
+            seq = torch.tensor(lead + cont).unsqueeze(0)
             with torch.no_grad():
                 logp = model(seq).logits.log_softmax(-1)[0, :-1]
-            scores.append(logp[len(ctx) - 1:].gather(-1, seq[0, len(ctx):].unsqueeze(-1)).sum().item())
+            scores.append(logp[len(lead) - 1:].gather(-1, seq[0, len(lead):].unsqueeze(-1)).sum().item())
         correct += int(max(range(len(scores)), key=lambda i: (scores[i], -i)) == item["answer"])
         others = [s for i, s in enumerate(scores) if i != item["answer"]]
         near_ties += abs(scores[item["answer"]] - max(others)) < SCORE_NEAR_TIE

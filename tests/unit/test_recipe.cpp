@@ -253,6 +253,8 @@ TEST(Recipe, OtherSectionMistakes) {
             "r.yaml:3:7: eval: eval needs text and/or tasks files");
   EXPECT_EQ(only_error(std::string(kMinimal) + "eval: {text: a.txt}\n"),
             "r.yaml:3:14: eval.text: expected a list of paths, found \"a.txt\"");
+  EXPECT_EQ(only_error(std::string(kMinimal) + "eval: {text: [a.txt], bos: maybe}\n"),
+            "r.yaml:3:28: eval.bos: expected one of auto, on, off, found \"maybe\"");
   std::string with_eval = std::string(kMinimal) + "eval: {text: [a.txt]}\n";
   EXPECT_EQ(only_error(with_eval + "gate: {max-ppl-increase: 3}\n"),
             "r.yaml:4:26: gate.max-ppl-increase: expected a fraction in [0, 1] such as 0.03, or a "
@@ -293,6 +295,7 @@ TEST(Recipe, DefaultsAreFilled) {
   }
   ASSERT_TRUE(r.eval);
   EXPECT_EQ(r.eval->seq_len, 512);
+  EXPECT_EQ(r.eval->bos, "auto");
   EXPECT_FALSE(r.search);
   EXPECT_FALSE(r.gate.max_acc_drop);
   EXPECT_TRUE(r.pipeline.export_formats.empty());
@@ -313,7 +316,7 @@ TEST(Recipe, EverySectionIsRead) {
            "False}\n"
            "    overrides:\n      - {match: 'model\\.layers\\.0\\..*\\.w2', bits: 8}\n"
            "search: {bits: 3.5, size-gb: 12}\nexport: [hf, gguf]\n"
-           "eval: {text: [h.txt], tasks: [t.jsonl], seq-len: 128}\n"
+           "eval: {text: [h.txt], tasks: [t.jsonl], seq-len: 128, bos: off}\n"
            "gate: {max-ppl-increase: 5%, max-acc-drop: 1.5}\n");
   EXPECT_EQ(r.model, "/models/m");
   EXPECT_EQ(r.device, "cuda");
@@ -337,6 +340,7 @@ TEST(Recipe, EverySectionIsRead) {
   EXPECT_EQ(r.search->size_gb, 12.0);
   EXPECT_EQ(r.pipeline.export_formats, (std::vector<std::string>{"hf", "gguf"}));
   EXPECT_EQ(r.eval->seq_len, 128);
+  EXPECT_EQ(r.eval->bos, "off");
   EXPECT_DOUBLE_EQ(*r.gate.max_ppl_increase, 0.05);
   EXPECT_EQ(*r.gate.max_acc_drop, 1.5);
 
