@@ -35,7 +35,7 @@ bool same_file(int fd, const std::string& path) {
 
 }  // namespace
 
-OutputLock::OutputLock(const std::string& output) : path_(trimmed_output(output) + ".lock") {
+OutputLock::OutputLock(const std::string& output, bool wait) : path_(trimmed_output(output) + ".lock") {
   const std::string where = trimmed_output(output);
   // The holder unlinks the file when it finishes; a process that opened the old file meanwhile
   // would lock a file no one else sees, so after locking, check that the path still names it.
@@ -44,7 +44,7 @@ OutputLock::OutputLock(const std::string& output) : path_(trimmed_output(output)
     if (fd < 0) {
       throw ResourceError(where, "", "cannot create the lock file " + path_ + ": " + std::strerror(errno));
     }
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (::flock(fd, wait ? LOCK_EX : LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
       const std::string holder = holder_of(fd);
       ::close(fd);

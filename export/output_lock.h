@@ -11,10 +11,11 @@ namespace lathe {
 
 class OutputLock {
  public:
-  /// Locks `output` (a directory or file path that may not exist yet), without waiting.
-  /// ResourceError(output) naming the holder's PID when another process holds it; ResourceError
-  /// when the lock file cannot be created (e.g. a missing or read-only parent directory).
-  explicit OutputLock(const std::string& output);
+  /// Locks `output` (a directory or file path that may not exist yet), without waiting unless
+  /// `wait`: ResourceError(output) naming the holder's PID when another process holds it (with
+  /// `wait`, blocks until it lets go instead); ResourceError when the lock file cannot be created
+  /// (e.g. a missing or read-only parent directory).
+  explicit OutputLock(const std::string& output, bool wait = false);
   ~OutputLock();  ///< unlocks and removes the lock file
   OutputLock(const OutputLock&) = delete;
   OutputLock& operator=(const OutputLock&) = delete;

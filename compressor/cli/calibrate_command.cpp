@@ -19,6 +19,7 @@
 #include "calibrate/coverage.h"
 #include "calibrate/stats_store.h"
 #include "compressor/cli/commands.h"
+#include "export/gguf_model_cache.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/pipeline/observe.h"
@@ -128,7 +129,7 @@ CalibrationSource parse_data_option(const std::string& spec) {
 void add_calibrate_command(CLI::App& app) {
   auto args = std::make_shared<CalibrateArgs>();
   auto* cmd = app.add_subcommand("calibrate", "Collect calibration statistics into an HDF5 store (docs/calibrate.md)");
-  cmd->add_option("model", args->model, "HF model directory (config.json, *.safetensors, tokenizer.json)")->required();
+  cmd->add_option("model", args->model, "HF model directory (config.json, *.safetensors, tokenizer.json) or .gguf file")->required();
   cmd->add_option("--data", args->data, "calibration file: TASK=PATH (text or JSONL) or PATH.jsonl with a task per record (repeatable)")
       ->required();
   cmd->add_option("--out", args->out, "statistics store to write (HDF5)")->required();
@@ -159,7 +160,10 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--json", args->summary_json, "write a run summary (reused, layer_forwards, statistics, tokens, seconds)");
   cmd->add_flag("--force", args->force, "replace a store computed from other inputs");
   cmd->add_flag("--check", args->check, "only check that OUT is current for these inputs (exit 0) or say what changed");
-  cmd->callback([args] { run_calibrate(*args); });
+  cmd->callback([args] {
+    args->model = model_directory(args->model);
+    run_calibrate(*args);
+  });
 
   auto cov = std::make_shared<std::pair<std::string, CoverageOptions>>();
   auto json_out = std::make_shared<std::string>();

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compressor/cli/commands.h"
+#include "export/gguf_model_cache.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/eval/eval_report.h"
@@ -25,15 +26,18 @@ struct EvalArgs {
 void run_eval(const EvalArgs& args) {
   if (args.texts.empty() && args.tasks.empty()) throw ConfigError("", "--text/--tasks", "give at least one file to evaluate");
   EvalRequest req;
-  req.model = args.model;
-  req.reference = args.reference;
+  req.model = model_directory(args.model);  // a .gguf: its imported directory (docs/gguf.md)
+  req.reference = args.reference.empty() ? "" : model_directory(args.reference);
   req.texts = args.texts;
   req.tasks = args.tasks;
   req.windows = args.windows;
   req.bos = args.bos;
   req.micro_batch = args.micro_batch;
   req.forward = parse_forward_options(args.device, args.dtype, "");
-  const nlohmann::json report = evaluate_model(req);
+  nlohmann::json report = evaluate_model(req);
+  report["model"] = args.model;  // as given; model_dir: what was read
+  report["model_dir"] = req.model;
+  if (!args.reference.empty()) report["reference"] = args.reference;
   if (!args.json_out.empty()) write_file_atomically(args.json_out, report.dump(2) + "\n");
 }
 
@@ -42,7 +46,7 @@ void run_eval(const EvalArgs& args) {
 void add_eval_command(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
   auto* cmd = app.add_subcommand("eval", "Perplexity on held-out text and accuracy on multiple-choice task files");
-  cmd->add_option("model", args->model, "HF model directory, lathe output directory (quantized weights from quant/), or a GPTQ / compressed-tensors export")->required();
+  cmd->add_option("model", args->model, "HF model directory, lathe output directory (quantized weights from quant/), GPTQ / compressed-tensors export, or .gguf file")->required();
   cmd->add_option("--text", args->texts, "held-out text file (repeatable)");
   cmd->add_option("--tasks", args->tasks, "JSONL task file {context, choices, answer} (repeatable)");
   cmd->add_option("--seq-len", args->windows.seq_len, "tokens per perplexity window")->capture_default_str();

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compressor/cli/commands.h"
+#include "export/gguf_model_cache.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
@@ -54,11 +55,12 @@ void add_forward_command(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("forward", "Run the model on token ids and write float32 logits [B, T, V]");
-  cmd->add_option("model", args->model, "HF model directory, lathe output directory or GPTQ / compressed-tensors export")->required();
+  cmd->add_option("model", args->model, "HF model directory, lathe output directory, GPTQ / compressed-tensors export, or .gguf file")->required();
   cmd->add_option("--tokens", args->tokens, "JSON file {\"ids\": [[...], ...]} (ragged; right-padded)")->required();
   cmd->add_option("--out", args->out, "raw little-endian float32 logits file")->required();
   cmd->add_option("--dtype", args->dtype, "working precision: f32 or bf16")->capture_default_str();
   cmd->callback([args] {
+    args->model = model_directory(args->model);
     if (args->dtype != "f32" && args->dtype != "bf16") throw ConfigError("", "--dtype", "expected f32 or bf16");
     ForwardOptions options;
     options.dtype = args->dtype == "bf16" ? at::kBFloat16 : at::kFloat;

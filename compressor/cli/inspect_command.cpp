@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compressor/cli/commands.h"
+#include "export/gguf_model_cache.h"
 #include "compressor/model/model_summary.h"
 
 namespace lathe::cli {
@@ -21,7 +22,7 @@ void add_inspect_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("inspect",
                                  "Describe a model directory: layout, experts per layer, parameters by category, "
                                  "bytes by dtype, memory a streaming run needs");
-  cmd->add_option("model", args->model, "HF model directory (config.json, *.safetensors)")->required();
+  cmd->add_option("model", args->model, "HF model directory (config.json, *.safetensors) or .gguf file")->required();
   cmd->add_flag("--json", args->json, "print the JSON report (docs/inspect.md) instead of text");
   cmd->add_option("--samples", args->options.samples, "calibration sequences assumed by the memory estimate")
       ->capture_default_str();
@@ -29,6 +30,7 @@ void add_inspect_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--check-finite", args->options.check_finite, "scan every weight for NaN/Inf (reads all weights)");
   cmd->callback([args] {
+    args->model = model_directory(args->model);
     const ModelSummary summary = summarize_model(args->model, args->options);
     if (args->json) {
       std::cout << summary_to_json(summary).dump(2) << "\n";

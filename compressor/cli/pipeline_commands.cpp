@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "compressor/cli/commands.h"
+#include "export/gguf_model_cache.h"
 #include "compressor/common/errors.h"
 #include "compressor/passes/pass.h"
 #include "compressor/passes/pattern_bank.h"
@@ -81,7 +82,7 @@ void add_pipeline_commands(CLI::App& app) {
   };
   auto args = std::make_shared<ApplyArgs>();
   auto* apply = app.add_subcommand("apply", "Apply a plan.json to a model, one layer at a time, into an output directory");
-  apply->add_option("model", args->model, "HF model directory")->required();
+  apply->add_option("model", args->model, "HF model directory or .gguf file")->required();
   apply->add_option("--plan", args->plan, "plan.json (docs/plan.md)")->required();
   apply->add_option("--out", args->out, "output directory (appears when complete)")->required();
   apply->add_flag("--force", args->force, "replace an existing output directory");
@@ -100,6 +101,7 @@ void add_pipeline_commands(CLI::App& app) {
   apply->add_option("--verify-experts", args->golden.experts, "routed experts per MoE layer with golden vectors (-1: all)")
       ->capture_default_str();
   apply->callback([args] {
+    args->model = model_directory(args->model);
     ApplyRequest req;
     req.model_dir = args->model;
     req.out_dir = args->out;
@@ -142,7 +144,8 @@ void add_pipeline_commands(CLI::App& app) {
                   "routed experts per MoE layer with golden vectors (-1: all)")
       ->capture_default_str();
   run->callback([run_args] {
-    const Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
+    Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
+    recipe.model = model_directory(recipe.model);  // a .gguf model: its imported directory
     std::optional<OutputLock> lock;
     if (!run_args->options.dry_run) lock.emplace(recipe.output);
     const RunResult r = run_recipe(recipe, run_args->options);
@@ -160,7 +163,8 @@ void add_pipeline_commands(CLI::App& app) {
   plan->add_option("--stats", run_args->stats, "statistics store (default: next to the plan, .stats.h5)");
   plan->add_flag("--fresh", run_args->options.fresh, "recompute statistics made from other inputs");
   plan->callback([run_args] {
-    const Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
+    Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
+    recipe.model = model_directory(recipe.model);  // a .gguf model: its imported directory
     std::string stats = run_args->stats;
     if (stats.empty()) stats = std::filesystem::path(run_args->plan_out).replace_extension(".stats.h5").string();
     const CompressionPlan p = plan_recipe(recipe, stats, run_args->options);

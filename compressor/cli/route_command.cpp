@@ -15,6 +15,7 @@
 #include "calibrate/collectors.h"
 #include "calibrate/tokenizer.h"
 #include "compressor/cli/commands.h"
+#include "export/gguf_model_cache.h"
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
@@ -255,7 +256,10 @@ void add_route_command(CLI::App& app) {
   cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--dtype", args->dtype, "working precision: f32 or bf16")->capture_default_str();
   cmd->add_option("--micro-batch", args->micro_batch, "sequences per layer call")->capture_default_str();
-  cmd->callback([args] { run_route(*args); });
+  cmd->callback([args] {
+    args->model = model_directory(args->model);
+    run_route(*args);
+  });
 }
 
 }  // namespace lathe::cli

@@ -20,6 +20,7 @@
 
 #include "calibrate/tokenizer.h"
 #include "compressor/cli/commands.h"
+#include "export/gguf_model_cache.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
@@ -174,7 +175,10 @@ void add_tokenize_command(CLI::App& app) {
   cmd->add_flag("--json", args->json,
                 "print {\"ids\": [...], \"count\": n} (decode: {\"text\": ...})");
   cmd->add_option("--repeat", args->repeat, "encode N times and print the throughput on stderr");
-  cmd->callback([args] { run_tokenize(*args); });
+  cmd->callback([args] {
+    args->tokenizer = model_directory(args->tokenizer);  // a .gguf: the tokenizer of its imported directory
+    run_tokenize(*args);
+  });
 }
 
 }  // namespace lathe::cli

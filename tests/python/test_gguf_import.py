@@ -91,9 +91,9 @@ def test_logits_equal_the_gguf_model_in_transformers_and_in_lathe(imported, refe
     assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
-def gemma_like(**edits) -> bytes:
-    """A tiny file with Gemma 3's metadata keys and tensor names (1 layer, hidden 32); `edits`
-    replace metadata values or drop them (None)."""
+def gemma_like(rng=None, **edits) -> bytes:
+    """A tiny file with Gemma 3's metadata keys and tensor names (1 layer, hidden 32), F32 zeros or,
+    with a numpy Generator `rng`, N(0, 0.5) values; `edits` replace metadata values or drop them (None)."""
     d, ff, heads, kv, head_dim, vocab = 32, 64, 2, 1, 16, 8
     meta = {"general.architecture": (8, "gemma3"), "gemma3.block_count": (4, 1), "gemma3.embedding_length": (4, d),
             "gemma3.feed_forward_length": (4, ff), "gemma3.attention.head_count": (4, heads),
@@ -113,7 +113,10 @@ def gemma_like(**edits) -> bytes:
               "blk.0.post_attention_norm.weight": (d,), "blk.0.ffn_norm.weight": (d,),
               "blk.0.ffn_gate.weight": (d, ff), "blk.0.ffn_up.weight": (d, ff), "blk.0.ffn_down.weight": (ff, d),
               "blk.0.post_ffw_norm.weight": (d,)}
-    tensors = [(name, list(dims), 0, b"\0" * 4 * int(np.prod(dims))) for name, dims in shapes.items()]
+    def values(dims):
+        n = int(np.prod(dims))
+        return b"\0" * 4 * n if rng is None else rng.normal(0, 0.5, n).astype(np.float32).tobytes()
+    tensors = [(name, list(dims), 0, values(dims)) for name, dims in shapes.items()]
     return build_gguf(tensors, [(k, kind, v) for k, (kind, v) in meta.items()])
 
 
