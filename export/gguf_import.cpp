@@ -38,25 +38,18 @@ uint16_t to_bf16(float x) {
   return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 
-/// One HF tensor's bytes in the output dtype, dequantized from the file in row chunks.
+/// One HF tensor's bytes in the output dtype, read from the file in row chunks.
 std::vector<uint8_t> tensor_bytes(const gguf::File& file, const gguf::HfTensor& t, bool bf16) {
-  const gguf::TensorInfo& info = file.tensor(t.source);
-  const gguf::TypeTraits traits = *gguf::type_traits(info.type);
-  const uint64_t row = info.dims[0], rows = info.numel() / std::max<uint64_t>(row, 1);
-  const uint64_t row_bytes = row / traits.block_size * traits.type_size;
-  const uint64_t chunk_rows = std::max<uint64_t>(1, kChunkValues / std::max<uint64_t>(row, 1));
-  std::vector<uint8_t> out(info.numel() * (bf16 ? 2 : 4));
+  const uint64_t length = gguf::hf_row_length(t), rows = gguf::hf_rows(t);
+  const uint64_t chunk_rows = std::max<uint64_t>(1, kChunkValues / std::max<uint64_t>(length, 1));
+  std::vector<uint8_t> out(rows * length * (bf16 ? 2 : 4));
   std::vector<float> values;
   for (uint64_t r = 0; r < rows; r += chunk_rows) {
-    const uint64_t n = std::min(chunk_rows, rows - r) * row;
+    const uint64_t n = std::min(chunk_rows, rows - r) * length;
     values.resize(n);
-    gguf::dequantize(info.type, file.bytes(info) + r * row_bytes, n, values.data(), file.path(), info.name);
-    file.release_range(info, r * row_bytes, (r + std::min(chunk_rows, rows - r)) * row_bytes);
-    if (t.fix == gguf::Fix::kMinusOne) {
-      for (float& x : values) x = x - 1.0f;
-    }
+    gguf::read_hf_rows(file, t, r, std::min(chunk_rows, rows - r), values.data());
     for (uint64_t i = 0; i < n; ++i) {
-      const uint64_t at = r * row + i;
+      const uint64_t at = r * length + i;
       if (bf16) {
         const uint16_t b = to_bf16(values[i]);
         std::memcpy(out.data() + 2 * at, &b, 2);
@@ -74,8 +67,8 @@ std::string shard_name(int64_t index, int64_t count) {
 
 /// The shards: one per decoder layer, the last for everything outside the layers. Returns the
 /// tensor bytes written and fills `weight_map`.
-uint64_t write_shards(const gguf::File& file, const gguf::HfModel& model, int64_t layers, bool bf16, const fs::path& dir,
-                      nlohmann::json* weight_map) {
+uint64_t write_shards(const gguf::File& file, const gguf::HfModel& model, int64_t layers, bool bf16,
+                      const fs::path& dir, nlohmann::json* weight_map) {
   std::map<int64_t, std::vector<const gguf::HfTensor*>> by_shard;  // layer → tensors; -1 last
   for (const auto& t : model.tensors) by_shard[t.layer].push_back(&t);
   uint64_t total = 0;
@@ -85,7 +78,8 @@ uint64_t write_shards(const gguf::File& file, const gguf::HfModel& model, int64_
     std::vector<TensorBytes> shard;
     for (const gguf::HfTensor* t : tensors) {
       data.push_back(tensor_bytes(file, *t, bf16));
-      shard.push_back({t->name, bf16 ? DType::kBF16 : DType::kF32, t->shape, data.back().data(), data.back().size()});
+      shard.push_back({t->name, bf16 ? DType::kBF16 : DType::kF32, t->shape, data.back().data(),
+                       data.back().size()});
       total += data.back().size();
       (*weight_map)[t->name] = shard_name(index, layers + 1);
     }
@@ -94,11 +88,14 @@ uint64_t write_shards(const gguf::File& file, const gguf::HfModel& model, int64_
   return total;
 }
 
-void write_json(const fs::path& path, const std::string& text) { write_file_atomically(path.string(), text + "\n"); }
+void write_json(const fs::path& path, const std::string& text) {
+  write_file_atomically(path.string(), text + "\n");
+}
 
 }  // namespace
 
-ImportResult import_gguf(const std::string& gguf_path, const std::string& out_dir, const ImportOptions& options) {
+ImportResult import_gguf(const std::string& gguf_path, const std::string& out_dir,
+                         const ImportOptions& options) {
   if (options.dtype != "bf16" && options.dtype != "f32") {
     throw ConfigError("", "--dtype", "expected bf16 or f32, found \"" + options.dtype + "\"");
   }
@@ -106,12 +103,14 @@ ImportResult import_gguf(const std::string& gguf_path, const std::string& out_di
   const gguf::File file(gguf_path);
   // Everything that can refuse the file runs before anything is written.
   gguf::HfModel model = gguf::hf_model(file.header(), gguf_path);
-  auto tokenizer = std::make_unique<gguf::TokenizerFiles>(gguf::hf_tokenizer(file.header(), gguf_path));
+  auto tokenizer =
+      std::make_unique<gguf::TokenizerFiles>(gguf::hf_tokenizer(file.header(), gguf_path));
   for (const auto& t : model.tensors) {
     const gguf::TensorInfo& info = file.tensor(t.source);
     if (!gguf::can_dequantize(info.type)) {
-      throw UnsupportedError(gguf_path, t.source, std::string("GGUF type ") + gguf::type_traits(info.type)->name +
-                                                      " is not supported (docs/gguf.md lists the types lathe reads)");
+      throw UnsupportedError(gguf_path, t.source,
+                             std::string("GGUF type ") + gguf::type_traits(info.type)->name +
+                                 " is not supported (docs/gguf.md lists the types lathe reads)");
     }
   }
   model.config["dtype"] = bf16 ? "bfloat16" : "float32";
@@ -123,15 +122,18 @@ ImportResult import_gguf(const std::string& gguf_path, const std::string& out_di
   write_json(dir.path() / "tokenizer.json", tokenizer->tokenizer.dump());
   write_json(dir.path() / "tokenizer_config.json", tokenizer->config.dump(2));
   tokenizer.reset();
-  ::malloc_trim(0);  // hand its many small blocks back to the system, not just to malloc's free lists
+  ::malloc_trim(
+      0);  // hand its many small blocks back to the system, not just to malloc's free lists
   ImportResult result;
   result.dir = out_dir;
   result.architecture = model.architecture;
   result.tensors = static_cast<int64_t>(model.tensors.size());
   nlohmann::json weight_map = nlohmann::json::object();
   result.bytes = write_shards(file, model, layers, bf16, dir.path(), &weight_map);
-  write_json(dir.path() / "model.safetensors.index.json",
-             nlohmann::json{{"metadata", {{"total_size", result.bytes}}}, {"weight_map", weight_map}}.dump(2));
+  write_json(
+      dir.path() / "model.safetensors.index.json",
+      nlohmann::json{{"metadata", {{"total_size", result.bytes}}}, {"weight_map", weight_map}}.dump(
+          2));
   write_json(dir.path() / "config.json", model.config.dump(2));
   write_export_manifest(dir.path());
   dir.publish();

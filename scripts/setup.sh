@@ -79,6 +79,34 @@ else
   mv "$gemma.partial" "$gemma"
 fi
 
+# --- 3b. llama.cpp's HF → GGUF converter, from the llama.cpp vendored in llama-cpp-python's sdist ----
+# tests/python/test_gguf_archs.py converts the tiny models with it (LATHE_LLAMA_CPP_DIR, scripts/test.sh).
+# Only the converter, its conversion/ package and gguf-py are kept (MIT, LICENSE beside them).
+llama_cpp_version=0.3.36
+llama_cpp_sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+llama_cpp="$cache/llama.cpp-$llama_cpp_version"
+if [ -f "$llama_cpp/.lathe-complete" ]; then
+  log "llama.cpp converter: $llama_cpp (present)"
+else
+  log "installing llama.cpp's converter from llama-cpp-python==$llama_cpp_version (sdist)"
+  sdist_dir=$(mktemp -d "$cache/.llama-cpp.XXXXXX")
+  "$venv/bin/pip" download -q --no-binary :all: --no-deps -d "$sdist_dir" "llama-cpp-python==$llama_cpp_version"
+  sdist="$sdist_dir/llama_cpp_python-$llama_cpp_version.tar.gz"
+  if ! echo "$llama_cpp_sha256  $sdist" | sha256sum --check --status; then
+    rm -rf "$sdist_dir"
+    echo "setup: $sdist: SHA-256 differs from $llama_cpp_sha256" >&2
+    exit 1
+  fi
+  vendor="llama_cpp_python-$llama_cpp_version/vendor/llama.cpp"
+  rm -rf "$llama_cpp"
+  mkdir -p "$llama_cpp.partial"
+  tar -xzf "$sdist" -C "$llama_cpp.partial" --strip-components=3 \
+    "$vendor/convert_hf_to_gguf.py" "$vendor/conversion" "$vendor/gguf-py" "$vendor/LICENSE"
+  rm -rf "$sdist_dir"
+  touch "$llama_cpp.partial/.lathe-complete"
+  mv "$llama_cpp.partial" "$llama_cpp"
+fi
+
 # --- 4. configure and build ----------------------------------------------------------------------
 export CCACHE_DIR="$cache/ccache"
 export CCACHE_MAXSIZE=5G

@@ -141,11 +141,11 @@ def test_a_tiny_gemma_like_file_imports(tmp_path):
 
 
 def test_bad_files_are_refused_before_anything_is_written(tmp_path):
-    refused(tmp_path, gemma_like(**{"general.architecture": (8, "llama")}), UNSUPPORTED, "general.architecture")
+    refused(tmp_path, gemma_like(**{"general.architecture": (8, "phi3")}), UNSUPPORTED, "general.architecture")
     refused(tmp_path, gemma_like(**{"gemma3.feed_forward_length": None}), DATA_ERROR, "gemma3.feed_forward_length")
     refused(tmp_path, gemma_like(**{"gemma3.feed_forward_length": (8, "64")}), DATA_ERROR, "gemma3.feed_forward_length")
     refused(tmp_path, gemma_like(**{"gemma3.feed_forward_length": (4, 48)}), DATA_ERROR, "blk.0.ffn_gate.weight")
-    refused(tmp_path, gemma_like(**{"tokenizer.ggml.model": (8, "gpt2")}), UNSUPPORTED, "tokenizer.ggml.model")
+    refused(tmp_path, gemma_like(**{"tokenizer.ggml.model": (8, "rwkv")}), UNSUPPORTED, "tokenizer.ggml.model")
     path = tmp_path / "ok.gguf"
     path.write_bytes(gemma_like())
     proc = run_lathe("import", path, "--out", tmp_path / "out", "--dtype", "f16", check=False)
