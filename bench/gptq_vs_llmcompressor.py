@@ -171,17 +171,24 @@ def lathe_calibration_ids(stats_h5):
     return [list(map(int, row[:n])) for row, n in zip(ids, lengths)]
 
 
-def lathe_eval(lathe, model_dir, heldout, seq_len, threads, json_out, env):
+def lathe_eval(lathe, model_dir, heldout, seq_len, threads, json_out, env, reference=None):
+    """Perplexity, or with `reference` (perplexity, KL(reference ‖ model), top-1 agreement)."""
     if not Path(json_out).exists():
         cmd = ["nice", "-n", "5", lathe, "--threads", str(threads), "eval", str(model_dir),
                "--text", str(heldout), "--seq-len", str(seq_len), "--json", str(json_out)]
-        run_measured(cmd, env, str(json_out) + ".log")
+        run_measured(cmd + (["--reference", str(reference)] if reference else []), env, str(json_out) + ".log")
     report = json.loads(Path(json_out).read_text())
-    return next(iter(report["perplexity"].values()))
+    ppl = next(iter(report["perplexity"].values()))
+    if not reference:
+        return ppl
+    d = next(iter(report["divergence"].values()))
+    return ppl, d["kl"], d["top1"]
 
 
 def bench_model(name, args, pass_name, env):
-    model_dir = (ROOT / "data" / "models" / name).resolve()
+    """`name`: a committed tiny model (data/models/NAME) or any HF model directory."""
+    model_dir = Path(name).resolve() if Path(name).is_dir() else (ROOT / "data" / "models" / name).resolve()
+    name = model_dir.name
     work = Path(args.workdir) / name
     work.mkdir(parents=True, exist_ok=True)
     group, widths = group_size_for(model_dir)
@@ -259,10 +266,12 @@ def bench_model(name, args, pass_name, env):
                         work / f"eval-fp-{tag}.json", env)
     for stale in (work / f"eval-lathe-{tag}.json", work / f"eval-llmc-{tag}.json"):
         stale.unlink(missing_ok=True)
-    ppl_lathe = lathe_eval(args.lathe, lathe_out / "model", args.heldout, args.eval_seq_len,
-                           args.threads, work / f"eval-lathe-{tag}.json", env)
-    ppl_llmc = lathe_eval(args.lathe, llmc_out / "dense", args.heldout, args.eval_seq_len,
-                          args.threads, work / f"eval-llmc-{tag}.json", env)
+    # KL to the original on the same windows: lathe's output directory (its quant/ sidecar, exact)
+    # and llm-compressor's decompressed checkpoint.
+    ppl_lathe, kl_lathe, top1_lathe = lathe_eval(args.lathe, lathe_out, args.heldout, args.eval_seq_len,
+                                                 args.threads, work / f"eval-lathe-{tag}.json", env, model_dir)
+    ppl_llmc, kl_llmc, top1_llmc = lathe_eval(args.lathe, llmc_out / "dense", args.heldout, args.eval_seq_len,
+                                              args.threads, work / f"eval-llmc-{tag}.json", env, model_dir)
 
     return {
         "model": name, "group_size": group, "pass": pass_name, "calibration_tokens": n_tokens,
@@ -274,13 +283,16 @@ def bench_model(name, args, pass_name, env):
         "time_ratio_cpu": llmc_cpu / lathe_cpu, "rss_ratio": lathe_rss / llmc_rss,
         "ppl_fp": ppl_fp, "ppl_lathe": ppl_lathe, "ppl_llmc": ppl_llmc,
         "ppl_rel_diff": ppl_lathe / ppl_llmc - 1,
+        "kl_lathe": kl_lathe, "kl_llmc": kl_llmc, "kl_rel_diff": kl_lathe / kl_llmc - 1,
+        "top1_lathe": top1_lathe, "top1_llmc": top1_llmc,
         "lathe_runs": lathe_runs, "llmc_runs": llmc_runs,
     }
 
 
 def print_table(rows, file=sys.stdout):
     head = ("model", "G", "lathe s", "llmc s", "x wall", "lathe core", "llmc core", "x core",
-            "x cpu", "lathe RSS", "llmc RSS", "RSS ratio", "ppl fp", "ppl lathe", "ppl llmc", "Δppl")
+            "x cpu", "lathe RSS", "llmc RSS", "RSS ratio", "ppl fp", "ppl lathe", "ppl llmc", "Δppl",
+            "KL lathe", "KL llmc", "ΔKL")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
@@ -293,7 +305,8 @@ def print_table(rows, file=sys.stdout):
             f"{r['time_ratio_core']:.1f}×", f"{r['time_ratio_cpu']:.1f}×",
             f"{r['lathe_peak_rss_bytes'] / mib:.0f} MiB", f"{r['llmc_peak_rss_bytes'] / mib:.0f} MiB",
             f"{r['rss_ratio']:.2f}", f"{r['ppl_fp']:.3f}", f"{r['ppl_lathe']:.3f}", f"{r['ppl_llmc']:.3f}",
-            f"{100 * r['ppl_rel_diff']:+.2f}%"]) + " |")
+            f"{100 * r['ppl_rel_diff']:+.2f}%", f"{r['kl_lathe']:.5f}", f"{r['kl_llmc']:.5f}",
+            f"{100 * r['kl_rel_diff']:+.1f}%"]) + " |")
     print("\n".join(lines), file=file)
 
 
@@ -356,7 +369,8 @@ def main():
                        "geomean_time_ratio_core": geo([r["time_ratio_core"] for r in ok]),
                        "geomean_time_ratio_cpu": geo([r["time_ratio_cpu"] for r in ok]),
                        "geomean_rss_ratio": geo([r["rss_ratio"] for r in ok]),
-                       "max_ppl_rel_diff": max(r["ppl_rel_diff"] for r in ok)}
+                       "max_ppl_rel_diff": max(r["ppl_rel_diff"] for r in ok),
+                       "max_kl_rel_diff": max(r["kl_rel_diff"] for r in ok)}
         # Written after every model, so an interrupted run keeps what it measured.
         result = {"format": "lathe-bench-gptq-vs-llmcompressor", "version": 1,
                   "settings": dict(settings, load_average=os.getloadavg()),
@@ -370,7 +384,7 @@ def main():
         print(f"\ngeomean llmc/lathe time: wall {summary['geomean_time_ratio_wall']:.2f}×, core "
               f"{summary['geomean_time_ratio_core']:.2f}×, cpu {summary['geomean_time_ratio_cpu']:.2f}×; "
               f"geomean lathe/llmc RSS {summary['geomean_rss_ratio']:.2f}; worst ppl lathe vs llmc "
-              f"{100 * summary['max_ppl_rel_diff']:+.2f}%")
+              f"{100 * summary['max_ppl_rel_diff']:+.2f}%, worst KL lathe vs llmc {100 * summary['max_kl_rel_diff']:+.1f}%")
     print(f"JSON: {args.json}")
     return 0 if len(ok) == len(rows) else 1
 
