@@ -11,6 +11,7 @@
 #include "compressor/model/decoder_layer.h"
 #include "compressor/model/fingerprint.h"
 #include "compressor/model/layer_weights.h"
+#include "compressor/quant/gptq.h"
 
 namespace lathe {
 namespace {
@@ -144,7 +145,7 @@ struct StatsCollector::Impl {
   void add_hessian(int64_t layer, const std::string& tap, const at::Tensor& x) {
     HessianAcc& acc = hess[{layer, tap}];
     if (!acc.h.defined()) acc.h = at::zeros({x.size(1), x.size(1)}, at::kFloat);
-    if (x.size(0) > 0) acc.h.addmm_(x.t(), x);
+    accumulate_hessian(acc.h, x);
     acc.tokens += x.size(0);
   }
 

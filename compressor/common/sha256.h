@@ -34,13 +34,21 @@ class Sha256 {
   void reset();
 
  private:
-  void compress(const uint8_t* block);
+  void compress(const uint8_t* blocks, size_t count);
 
   std::array<uint32_t, 8> state_;
   std::array<uint8_t, 64> buffer_;
   size_t buffered_ = 0;       // bytes waiting in buffer_, always < 64
   uint64_t total_bytes_ = 0;  // message length so far
 };
+
+/// The block functions behind Sha256, exposed for the test that checks them against each other:
+/// `count` 64-byte blocks at `blocks` into `state`. The accelerated one uses the x86 SHA extensions
+/// and returns false (touching nothing) on a CPU or build without them; Sha256 uses it when it can.
+namespace sha256_blocks {
+void portable(uint32_t state[8], const uint8_t* blocks, size_t count);
+bool accelerated(uint32_t state[8], const uint8_t* blocks, size_t count);
+}  // namespace sha256_blocks
 
 /// Lower-case hex of `size` bytes at `data`.
 std::string to_hex(const uint8_t* data, size_t size);

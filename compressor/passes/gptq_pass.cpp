@@ -55,7 +55,7 @@ struct Hessian {
     if (x.size(0) == 0) return;
     const at::Tensor xf = x.to(at::kFloat);
     if (!sum.defined()) sum = at::zeros({xf.size(1), xf.size(1)}, xf.options());
-    sum.addmm_(xf.t(), xf);
+    accumulate_hessian(sum, xf);
     tokens += xf.size(0);
   }
 };

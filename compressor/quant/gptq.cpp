@@ -224,4 +224,26 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   return r;
 }
 
+void accumulate_hessian(at::Tensor& h, const at::Tensor& x) {
+  const int64_t in = x.size(1);
+  constexpr int64_t kBlock = 256;
+  if (x.size(0) == 0) return;
+  if (in < 2 * kBlock) {
+    h.addmm_(x.t(), x);
+    return;
+  }
+  const at::Tensor xt = x.t().contiguous();  // [in, n]: row blocks are contiguous
+  for (int64_t i = 0; i < in; i += kBlock) {
+    const int64_t i1 = std::min(in, i + kBlock);
+    const at::Tensor xi = xt.slice(0, i, i1);
+    // Row block i of the upper triangle in one product: [i1 - i, n] x [n, in - i].
+    h.slice(0, i, i1).slice(1, i).addmm_(xi, xt.slice(0, i).t());
+  }
+  // Mirror: every block below the diagonal from its transpose above (the diagonal blocks are whole).
+  for (int64_t i = kBlock; i < in; i += kBlock) {
+    const int64_t i1 = std::min(in, i + kBlock);
+    h.slice(0, i, i1).slice(1, 0, i).copy_(h.slice(0, 0, i).slice(1, i, i1).t());
+  }
+}
+
 }  // namespace lathe

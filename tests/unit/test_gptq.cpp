@@ -573,3 +573,28 @@ TEST(Gptq, BadOptionsAreConfigErrors) {
 
 }  // namespace
 }  // namespace lathe
+
+namespace lathe {
+namespace {
+
+/// The blocked upper-triangle accumulation gives Σ xᵀx of every batch, symmetric, for narrow inputs
+/// (one product), widths that are and are not multiples of the block, and several batches.
+TEST(AccumulateHessian, EqualsTheFullProductAndStaysSymmetric) {
+  at::manual_seed(3);
+  for (const int64_t in : {64, 512, 700, 2048}) {
+    at::Tensor h = at::zeros({in, in}, at::kFloat);
+    at::Tensor want = at::zeros({in, in}, at::kDouble);
+    for (const int64_t n : {300, 17, 0}) {
+      const at::Tensor x = at::randn({n, in}, at::kFloat);
+      accumulate_hessian(h, x);
+      const at::Tensor xd = x.to(at::kDouble);
+      want += xd.t().mm(xd);
+    }
+    EXPECT_LE((h - h.t()).abs().max().item<double>(), 1e-6 * h.abs().max().item<double>()) << in;
+    const double err = (h.to(at::kDouble) - want).abs().max().item<double>();
+    EXPECT_LE(err, 1e-5 * want.abs().max().item<double>()) << in;
+  }
+}
+
+}  // namespace
+}  // namespace lathe
