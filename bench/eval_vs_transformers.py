@@ -28,8 +28,12 @@ torch.set_num_threads(threads)
 tok = AutoTokenizer.from_pretrained(path)
 ids = tok(open(text_file, encoding="utf-8").read(), add_special_tokens=False)["input_ids"]
 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-# lathe's windows (docs/eval.md): BOS + seq_len - 1 tokens where the tokenizer adds BOS (Gemma)
-bos = [tok.bos_token_id] if getattr(tok, "add_bos_token", False) and tok.bos_token_id is not None else []
+# lathe's windows (docs/eval.md): BOS + seq_len - 1 tokens where tokenizer_config.json says
+# add_bos_token: true (Gemma)
+import os
+config_path = os.path.join(path, "tokenizer_config.json")
+adds_bos = os.path.exists(config_path) and json.load(open(config_path)).get("add_bos_token") is True
+bos = [tok.bos_token_id] if adds_bos else []
 step = seq_len - len(bos)
 windows = [bos + ids[b:b + step] for b in range(0, len(ids), step) if len(bos + ids[b:b + step]) >= 2]
 start, nll, predicted = time.perf_counter(), 0.0, 0
