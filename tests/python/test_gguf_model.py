@@ -4,7 +4,8 @@ $LATHE_CACHE/gguf/ and found again by the file's path, size and modification tim
 
 - a tiny Gemma-like file with random values: every command gives what it gives on the directory
   `lathe import --dtype f32` writes (perplexity, logits and tokens equal), the second command
-  imports nothing, a touched file is imported again, a bad file is refused naming the key with
+  imports nothing, a touched file is imported again, concurrent first uses import once (a process
+  finding the import's lock held waits for it), a bad file is refused naming the key with
   nothing left in the cache, an unusable cache is a resource error;
 - the real Gemma 3 270M: `lathe eval FILE.gguf` on the start of the prose held-out file equals
   transformers loading the same GGUF file (`from_pretrained(dir, gguf_file=...)`) on the same
@@ -85,6 +86,39 @@ def test_a_gguf_file_works_as_model_in_every_command(tmp_path, cache):
     os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 1_000_000_000))
     assert "importing it once" in run_lathe("inspect", model).stderr
     assert len(cached(cache)) == 2
+
+
+def test_concurrent_first_uses_import_once(tmp_path, cache):
+    """Four processes given the same new file at once: one imports, the others wait for its lock and
+    read the same directory; no partial directory or lock is left."""
+    import subprocess
+    from reference import LATHE_BIN
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(gemma_like(np.random.default_rng(2)))
+    procs = [subprocess.Popen([str(LATHE_BIN), "inspect", str(model), "--json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate() + (p.returncode,) for p in procs]
+    assert all(code == 0 for _, _, code in results), [err for _, err, _ in results]
+    assert sum("importing it once" in err for _, err, _ in results) == 1
+    assert len({json.loads(out)["path"] for out, _, _ in results}) == 1
+    assert cached(cache) == [cached(cache)[0]] and not cached(cache)[0].endswith((".partial", ".lock"))
+
+    # While another process holds the import's lock, a first use waits, then imports.
+    import fcntl
+    import shutil
+    import time
+    directory = cache / "gguf" / cached(cache)[0]
+    shutil.rmtree(directory)
+    with open(str(directory) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.Popen([str(LATHE_BIN), "inspect", str(model)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert proc.poll() is None, proc.communicate()  # waiting for the lock
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "importing it once" in err, err
+    assert directory.is_dir()
 
 
 def test_bad_gguf_models_and_caches(tmp_path, cache):
