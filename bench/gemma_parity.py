@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gemma_quality import DEFAULT_GGUF, heldout_starts
+
 ROOT = Path(__file__).resolve().parents[1]
 LATHE = os.environ.get("LATHE_BIN", str(ROOT / "build" / "lathe"))
-CORPORA = ["prose", "code", "math", "german", "definitions"]
-DEFAULT_GGUF = Path(os.environ.get("LATHE_MODELS_DIR", Path.home() / ".cache/lathe/models")) / "gemma-3-270m-q4_k_m.gguf"
 
 
 def lathe(*args):
@@ -60,12 +60,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        texts = []
-        for name in CORPORA:
-            path = tmp / f"{name}.txt"
-            path.write_text((ROOT / "data/corpora" / name / "heldout.txt").read_text(encoding="utf-8")[:args.chars],
-                            encoding="utf-8")
-            texts.append(path)
+        texts = heldout_starts(tmp, args.chars)
         start = time.perf_counter()
         lathe("--threads", args.threads, "eval", args.gguf, *[a for t in texts for a in ("--text", t)],
               "--seq-len", args.seq_len, "--json", tmp / "eval.json")

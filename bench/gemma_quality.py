@@ -43,6 +43,17 @@ CONFIGS = [
 ]
 
 
+def heldout_starts(directory, chars):
+    """The first `chars` characters of each domain's held-out file, written to directory/<domain>.txt."""
+    paths = []
+    for d in DOMAINS:
+        path = Path(directory) / f"{d}.txt"
+        path.write_text((ROOT / "data/corpora" / d / "heldout.txt").read_text(encoding="utf-8")[:chars],
+                        encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
 def run_measured(cmd, log):
     """Runs cmd in its own process, stderr to `log`: (exit status, wall seconds, peak RSS bytes from
     wait4's rusage of that process alone)."""
@@ -88,12 +99,7 @@ def main():
     rows = {}
     with tempfile.TemporaryDirectory(prefix="lathe-gemma-") as tmp:
         work = Path(tmp)
-        texts = []
-        for d in DOMAINS:
-            path = work / f"{d}.txt"
-            path.write_text((ROOT / "data/corpora" / d / "heldout.txt").read_text(encoding="utf-8")[:args.chars],
-                            encoding="utf-8")
-            texts.append(str(path))
+        texts = [str(p) for p in heldout_starts(work, args.chars)]
         sets = "\n".join(f"    - {{task: {d}, path: {ROOT}/data/corpora/{d}/train.txt}}" for d in DOMAINS)
         fp, bos = None, None
         for key, pass_yaml, _ in configs:

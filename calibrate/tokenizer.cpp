@@ -33,6 +33,8 @@ struct TokenizerPipeline {
   std::unique_ptr<Decoder> decoder;
   AddedVocabulary added;
   std::optional<int32_t> bos, eos, pad;
+  std::string config_path;        // tokenizer_config.json (from_model_dir), for add_bos_token's errors
+  nlohmann::json add_bos_token;   // its value as found (null: absent); checked by adds_bos()
 };
 
 }  // namespace tok
@@ -105,6 +107,8 @@ Tokenizer Tokenizer::from_model_dir(const std::string& dir) {
     pipeline->bos = special_from_config(root, "bos_token", *pipeline);
     pipeline->eos = special_from_config(root, "eos_token", *pipeline);
     pipeline->pad = special_from_config(root, "pad_token", *pipeline);
+    pipeline->config_path = config_path;
+    if (auto add_bos = root.find("add_bos_token")) pipeline->add_bos_token = add_bos->value();
   }
   return Tokenizer(std::move(pipeline));
 }
@@ -210,6 +214,10 @@ bool Tokenizer::is_special(int32_t id) const {
 
 std::optional<int32_t> Tokenizer::bos_id() const {
   return pipeline_->bos;
+}
+bool Tokenizer::adds_bos() const {
+  if (pipeline_->add_bos_token.is_null()) return false;
+  return tok::JsonReader(pipeline_->add_bos_token, pipeline_->config_path, "add_bos_token").as_bool();
 }
 std::optional<int32_t> Tokenizer::eos_id() const {
   return pipeline_->eos;

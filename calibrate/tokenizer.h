@@ -78,6 +78,9 @@ class Tokenizer {
   std::optional<int32_t> bos_id() const;
   std::optional<int32_t> eos_id() const;
   std::optional<int32_t> pad_id() const;
+  /// tokenizer_config.json's add_bos_token (from_model_dir only): false when absent or null;
+  /// DataError naming the file and the key when it is not a boolean.
+  bool adds_bos() const;
 
   /// Where the tokenizer was loaded from.
   const std::string& source() const;

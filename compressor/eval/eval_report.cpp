@@ -17,7 +17,6 @@
 #include "calibrate/tokenizer.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
-#include "compressor/common/strict_json.h"
 #include "compressor/eval/task_file.h"
 #include "compressor/model/streaming.h"
 #include "compressor/pipeline/open_model.h"
@@ -73,21 +72,13 @@ std::vector<std::string> report_names(const std::vector<std::string>& paths) {
 
 /// The token put before each perplexity window and task context (EvalRequest::bos), -1 for none.
 int32_t window_prefix(const std::string& mode, const std::filesystem::path& model_dir, const Tokenizer& tokenizer) {
-  const std::filesystem::path config_path = model_dir / "tokenizer_config.json";
-  if (mode == "off") return -1;
-  if (mode == "auto") {
-    if (!std::filesystem::exists(config_path)) return -1;
-    const nlohmann::json config = parse_json_strict(read_file(config_path.string(), "cannot read"), config_path.string(), "");
-    const auto add = config.is_object() ? config.find("add_bos_token") : config.end();
-    if (add == config.end() || add->is_null()) return -1;
-    if (!add->is_boolean()) throw DataError(config_path.string(), "add_bos_token", "expected true or false");
-    if (!add->get<bool>()) return -1;
-  } else if (mode != "on") {
+  if (mode != "auto" && mode != "on" && mode != "off") {
     throw ConfigError("", "--bos", "expected auto, on or off, found \"" + mode + "\"");
   }
+  if (mode == "off" || (mode == "auto" && !tokenizer.adds_bos())) return -1;
   const std::optional<int32_t> bos = tokenizer.bos_id();
   if (!bos) {
-    throw ConfigError(config_path.string(), "bos_token",
+    throw ConfigError((model_dir / "tokenizer_config.json").string(), "bos_token",
                       "a BOS token before each window (--bos " + mode + ") needs tokenizer_config.json's bos_token");
   }
   return *bos;

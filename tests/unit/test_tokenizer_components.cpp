@@ -285,6 +285,28 @@ TEST(TokenizerModelDir, ReadsSpecialTokenNamesFromTokenizerConfig) {
   EXPECT_EQ(tokenizer.eos_id(), tokenizer.token_to_id("</s>"));
   EXPECT_FALSE(tokenizer.pad_id().has_value());
   EXPECT_EQ(tokenizer.source(), dir + "/tokenizer.json");
+  EXPECT_FALSE(tokenizer.adds_bos());  // no add_bos_token
+}
+
+TEST(TokenizerModelDir, AddBosTokenIsABooleanCheckedWhenAsked) {
+  const lathe::testing::TempDir temp;
+  const std::string dir = temp.path();
+  std::ofstream(dir + "/tokenizer.json") << tokenizer_json(TokenizerParts{});
+  auto with_config = [&](const std::string& json) {
+    std::ofstream(dir + "/tokenizer_config.json") << json;
+    return Tokenizer::from_file(dir);
+  };
+  EXPECT_TRUE(with_config(R"({"add_bos_token": true})").adds_bos());
+  EXPECT_FALSE(with_config(R"({"add_bos_token": false})").adds_bos());
+  EXPECT_FALSE(with_config(R"({"add_bos_token": null})").adds_bos());
+  const Tokenizer odd = with_config(R"({"add_bos_token": "yes"})");  // loads: only adds_bos() needs it
+  try {
+    odd.adds_bos();
+    FAIL() << "a string add_bos_token was accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer_config.json"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("add_bos_token"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
