@@ -117,35 +117,65 @@ at::Tensor DecoderLayer::norm(const at::Tensor& x, const at::Tensor& weight) con
 int64_t decoder_layer_forward_count() { return g_forward_calls.load(); }
 
 at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext& ctx) const {
+  LayerState state;
+  state.hidden = hidden;
+  return run(LayerPoint::kInput, state, ctx);
+}
+
+at::Tensor DecoderLayer::run(LayerPoint from, LayerState& s, const ForwardContext& ctx) const {
   g_forward_calls.fetch_add(1, std::memory_order_relaxed);
-  const at::Tensor attn_in = norm(hidden, weights_.attn_norm);
-  report(ctx, Tap::kAttnIn, attn_in);
-  at::Tensor attn_out = attention(attn_in, ctx);
-  if (spec_.sandwich_norms) attn_out = norm(attn_out, weights_.post_attn_norm);
-  const at::Tensor h = hidden + attn_out;
-  const at::Tensor mlp_in = norm(h, weights_.mlp_norm);
-  report(ctx, Tap::kMlpIn, mlp_in);
-  at::Tensor mlp_out = mlp(mlp_in, ctx);
+  const bool dense = !spec_.layers[weights_.layer].is_moe;
+  if (from == LayerPoint::kMlpAct && !dense) throw InternalError("", "", "DecoderLayer::run: kMlpAct on an MoE layer");
+  if (from == LayerPoint::kInput) {
+    const at::Tensor attn_in = norm(s.hidden, weights_.attn_norm);
+    report(ctx, Tap::kAttnIn, attn_in);
+    s.heads = attention_heads(attn_in, ctx);
+  }
+  if (from <= LayerPoint::kHeads) {
+    report(ctx, Tap::kAttnOutIn, s.heads);
+    at::Tensor attn_out = linear(aq(s.heads), weights_.o);
+    if (spec_.sandwich_norms) attn_out = norm(attn_out, weights_.post_attn_norm);
+    s.h = s.hidden + attn_out;
+    s.mlp_in = norm(s.h, weights_.mlp_norm);
+  }
+  at::Tensor mlp_out;
+  if (from <= LayerPoint::kMlpIn) {
+    report(ctx, Tap::kMlpIn, s.mlp_in);
+    if (dense) {
+      s.act = dense_act(s.mlp_in);
+    } else {
+      mlp_out = moe(s.mlp_in, ctx);
+    }
+  }
+  if (dense) {
+    report(ctx, Tap::kMlpAct, s.act);
+    mlp_out = dense_down(s.act);
+  }
   if (spec_.sandwich_norms) mlp_out = norm(mlp_out, weights_.post_mlp_norm);
-  at::Tensor out = h + mlp_out;
+  at::Tensor out = s.h + mlp_out;
   report(ctx, Tap::kLayerOut, out);
   return out;
 }
 
+at::Tensor DecoderLayer::dense_act(const at::Tensor& mlp_in) const {
+  const at::Tensor in = aq(mlp_in);
+  return gate_activation(spec_, at::linear(in, weights_.dense_gate.weight)) * at::linear(in, weights_.dense_up.weight);
+}
+
+at::Tensor DecoderLayer::dense_down(const at::Tensor& act) const { return at::linear(aq(act), weights_.dense_down.weight); }
+
 at::Tensor DecoderLayer::mlp(const at::Tensor& mlp_in, const ForwardContext& ctx) const {
   if (spec_.layers[weights_.layer].is_moe) return moe(mlp_in, ctx);
-  const at::Tensor in = aq(mlp_in);
-  const at::Tensor act = gate_activation(spec_, at::linear(in, weights_.dense_gate.weight)) *
-                         at::linear(in, weights_.dense_up.weight);
+  const at::Tensor act = dense_act(mlp_in);
   report(ctx, Tap::kMlpAct, act);
-  return at::linear(aq(act), weights_.dense_down.weight);
+  return dense_down(act);
 }
 
-at::Tensor DecoderLayer::attention(const at::Tensor& x, const ForwardContext& ctx) const {
-  return spec_.attention.kind == AttentionKind::kMla ? mla_attention(x, ctx) : gqa_attention(x, ctx);
+at::Tensor DecoderLayer::attention_heads(const at::Tensor& x, const ForwardContext& ctx) const {
+  return spec_.attention.kind == AttentionKind::kMla ? mla_heads(x, ctx) : gqa_heads(x, ctx);
 }
 
-at::Tensor DecoderLayer::gqa_attention(const at::Tensor& x, const ForwardContext& ctx) const {
+at::Tensor DecoderLayer::gqa_heads(const at::Tensor& x, const ForwardContext& ctx) const {
   const AttentionSpec& a = spec_.attention;
   const LayerWeights& w = weights_;
   const at::Tensor xq = aq(x);
@@ -174,12 +204,10 @@ at::Tensor DecoderLayer::gqa_attention(const at::Tensor& x, const ForwardContext
   // Gemma: query_pre_attn_scalar ** -0.5 as transformers computes it; the others 1/sqrt(head_dim).
   const double scale = a.query_pre_attn_scalar ? std::pow(*a.query_pre_attn_scalar, -0.5)
                                                : 1.0 / std::sqrt(static_cast<double>(a.head_dim));
-  const at::Tensor heads_out = attend(q, k, v, local ? ctx.local_attn_mask : ctx.attn_mask, scale);
-  report(ctx, Tap::kAttnOutIn, heads_out);
-  return linear(aq(heads_out), w.o);
+  return attend(q, k, v, local ? ctx.local_attn_mask : ctx.attn_mask, scale);
 }
 
-at::Tensor DecoderLayer::mla_attention(const at::Tensor& x, const ForwardContext& ctx) const {
+at::Tensor DecoderLayer::mla_heads(const at::Tensor& x, const ForwardContext& ctx) const {
   const AttentionSpec& a = spec_.attention;
   const LayerWeights& w = weights_;
   const int64_t b = x.size(0), t = x.size(1), nope = a.qk_nope_head_dim, rope = a.qk_rope_head_dim;
@@ -195,9 +223,7 @@ at::Tensor DecoderLayer::mla_attention(const at::Tensor& x, const ForwardContext
   const at::Tensor key = at::cat({kv_heads.slice(-1, 0, nope), k_rot_all}, -1);
   const at::Tensor value = kv_heads.slice(-1, nope);
   const double scale = softmax_scale_factor(spec_.rope) / std::sqrt(static_cast<double>(nope + rope));
-  const at::Tensor heads_out = attend(query, key, value, ctx.attn_mask, scale);
-  report(ctx, Tap::kAttnOutIn, heads_out);
-  return linear(aq(heads_out), w.o);
+  return attend(query, key, value, ctx.attn_mask, scale);
 }
 
 void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,

@@ -54,6 +54,22 @@ at::Tensor make_attention_mask(const at::Tensor& valid, std::optional<int64_t> s
 ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& valid, const at::TensorOptions& options,
                                     TapObserver* observer);
 
+/// Points a layer forward can start from (DecoderLayer::run): the layer input, the attention heads
+/// (the input of o_proj), the MLP input, and (dense MLPs) the input of down_proj. The apply stage's
+/// replays resume from them when nothing upstream of the point changed (compressor/pipeline/
+/// layer_replay.h).
+enum class LayerPoint { kInput = 0, kHeads, kMlpIn, kMlpAct };
+
+/// The values of one layer forward at its resume points. DecoderLayer::run reads those the start
+/// point needs and fills the later ones as it computes them.
+struct LayerState {
+  at::Tensor hidden;  ///< [B, T, d] the layer input
+  at::Tensor heads;   ///< [B, T, H·D_v] attention heads concatenated, the input of o_proj (Tap::kAttnOutIn)
+  at::Tensor h;       ///< [B, T, d] the residual stream after the attention block
+  at::Tensor mlp_in;  ///< [B, T, d] the MLP block's input (Tap::kMlpIn)
+  at::Tensor act;     ///< [B, T, I] dense MLPs: act(gate)·up, the input of down_proj (Tap::kMlpAct)
+};
+
 /// The weights of one layer plus the family rules to run them. Immutable after construction.
 class DecoderLayer {
  public:
@@ -61,6 +77,14 @@ class DecoderLayer {
 
   /// hidden [B, T, d] → [B, T, d]. Reports taps to ctx.observer when it wants them.
   at::Tensor forward(const at::Tensor& hidden, const ForwardContext& ctx) const;
+
+  /// The forward from `from`, with what `state` holds for it (kInput: hidden; kHeads: hidden and
+  /// heads; kMlpIn: h and mlp_in; kMlpAct: h and act, dense MLP layers only), computing exactly what
+  /// forward computes from there. Fills the later fields of `state` as they are computed (each
+  /// before its tap is reported, so they are there when an observer stops the forward). The start
+  /// point's own tap is reported (kHeads: kAttnOutIn, kMlpIn: kMlpIn, kMlpAct: kMlpAct), earlier ones
+  /// are not. Returns the layer output.
+  at::Tensor run(LayerPoint from, LayerState& state, const ForwardContext& ctx) const;
 
   /// The MLP block alone (dense SwiGLU or MoE: router, routed and shared experts) on its input
   /// (after post_attention_layernorm), [B, T, d] or [N, d]; the residual is not added. Reports the
@@ -77,11 +101,15 @@ class DecoderLayer {
   const LayerWeights& weights() const { return weights_; }
 
  private:
-  at::Tensor attention(const at::Tensor& x, const ForwardContext& ctx) const;
-  at::Tensor gqa_attention(const at::Tensor& x, const ForwardContext& ctx) const;
+  /// The attention heads concatenated (the input of o_proj), before o_proj; reports nothing past kAttnIn.
+  at::Tensor attention_heads(const at::Tensor& x, const ForwardContext& ctx) const;
+  at::Tensor gqa_heads(const at::Tensor& x, const ForwardContext& ctx) const;
+  /// A dense MLP's act(gate(x))·up(x), and its down_proj.
+  at::Tensor dense_act(const at::Tensor& mlp_in) const;
+  at::Tensor dense_down(const at::Tensor& act) const;
   /// The model's norm (model_rms_norm) with this layer's weight.
   at::Tensor norm(const at::Tensor& x, const at::Tensor& weight) const;
-  at::Tensor mla_attention(const at::Tensor& x, const ForwardContext& ctx) const;
+  at::Tensor mla_heads(const at::Tensor& x, const ForwardContext& ctx) const;
   at::Tensor moe(const at::Tensor& x, const ForwardContext& ctx) const;
   /// Router top-k: fills `weights` [N, k] (fp32) and `experts` [N, k] (int64) per the routing rule.
   void route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights, at::Tensor* experts) const;

@@ -76,7 +76,11 @@ struct TensorRecord {
 /// The calibration inputs of the layer being applied, for passes with needs_activations(). `run`
 /// replays the layer AS IT IS NOW (ctx.tensors, including what earlier passes and earlier steps of
 /// this pass changed) on every calibration sequence, reporting taps (with layer = ctx.layer) to
-/// `observer`. Each call is one full forward of the layer over the calibration set.
+/// `observer`. Each call gives what one full forward of the layer over the calibration set would;
+/// it resumes from values an earlier call computed when no tensor upstream of them changed since
+/// (compressor/pipeline/layer_replay.h). So a pass changes a tensor only by assigning LayerTensor::
+/// value or with ATen in-place ops (which bump its version counter), never by writing through
+/// data_ptr(), which that check cannot see.
 struct LayerActivations {
   std::function<void(TapObserver& observer)> run;
   int64_t sequences = 0;  ///< calibration sequences

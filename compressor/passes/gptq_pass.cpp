@@ -75,7 +75,9 @@ class HessianObserver : public TapObserver {
       case kAttn: case kLatent: return tap == Tap::kAttnIn;
       case kOut: return tap == Tap::kAttnOutIn;
       case kUp: return tap == Tap::kMlpIn || tap == Tap::kExpertIn;
-      case kDown: return tap == Tap::kMlpAct || tap == Tap::kSharedAct || tap == Tap::kExpertAct || tap == Tap::kMlpIn;
+      case kDown:  // kMlpIn only for the all-token Hessians of rarely routed experts' down_proj
+        return tap == Tap::kMlpAct || tap == Tap::kSharedAct || tap == Tap::kExpertAct ||
+               (tap == Tap::kMlpIn && all_token_experts_ && !all_token_experts_->empty());
       default: return false;
     }
   }

@@ -32,6 +32,7 @@
 #include "compressor/model/weight_store.h"
 #include "compressor/passes/builtin.h"
 #include "compressor/passes/moe_blocks.h"
+#include "compressor/pipeline/layer_replay.h"
 #include "export/safetensors_writer.h"
 
 namespace fs = std::filesystem;
@@ -360,38 +361,6 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     store.release("model.embed_tokens.weight");
     golden.emplace(out_spec, layout, req.golden, rows, source);
   }
-  // Runs layer `i` built from `tensors` over every calibration sequence: taps to `observer`, and
-  // the outputs into `next` when given.
-  auto run_layer = [&](int64_t i, const std::vector<LayerTensor>& tensors, int64_t act_bits, TapObserver* observer,
-                       ActivationBuffer* next) {
-    at::NoGradGuard no_grad;
-    std::map<std::string, const at::Tensor*> by_name;
-    for (const auto& t : tensors) by_name[t.name] = &t.value;
-    const LayerWeights w = make_layer_weights(
-        out_spec, layout, i,
-        [&](const std::string& name) {
-          auto it = by_name.find(name);
-          return it == by_name.end() ? at::Tensor() : *it->second;
-        },
-        work, act_bits);
-    const DecoderLayer layer(out_spec, w);
-    const int64_t n = calib_ids.size(0);
-    for (int64_t b = 0; b < n; b += req.streaming.micro_batch) {
-      const int64_t e = std::min(n, b + req.streaming.micro_batch);
-      ForwardContext fctx = make_forward_context(out_spec, calib_valid.slice(0, b, e).to(work.device()), work, observer);
-      fctx.sequence_begin = b;
-      if (!next) {  // a replay for taps only: the observer may stop the forward early
-        try {
-          layer.forward(current->rows(b, e).to(work), fctx);
-        } catch (const StopForward&) {
-        }
-        continue;
-      }
-      const at::Tensor out = layer.forward(current->rows(b, e).to(work), fctx);
-      next->write(b, out.cpu());
-    }
-  };
-
   const std::function<void(int64_t)> fault = fault_injection_from_env();
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     const auto start = std::chrono::steady_clock::now();
@@ -405,8 +374,12 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     std::vector<TensorRecord> records;
     std::vector<std::string> warnings;
     std::vector<QuantRecord> quant;
+    // Replays of this layer over the calibration set (each resumes from where the last one left
+    // off when nothing upstream changed since: layer_replay.h).
+    std::optional<LayerReplay> replay;
     if (calib) {
-      activations.run = [&, i](TapObserver& observer) { run_layer(i, tensors, 0, &observer, nullptr); };
+      replay.emplace(out_spec, layout, i, *current, calib_valid, req.streaming, work);
+      activations.run = [&](TapObserver& observer) { replay->run(tensors, 0, &observer, nullptr); };
     }
     LayerApplyContext ctx{spec, layout, i, req.plan, tensors, records, warnings, quant, calib ? &activations : nullptr,
                           &out_spec};
@@ -454,7 +427,8 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
       for (const auto& q : quant) act_bits = std::max(act_bits, q.act_bits);
       ActivationBuffer next(calib_ids.size(0), calib_ids.size(1), spec.hidden_size, req.streaming.buffer_dtype,
                             req.streaming.memory_limit_bytes, req.streaming.spill_dir);
-      run_layer(i, tensors, act_bits, nullptr, &next);
+      replay->run(tensors, act_bits, nullptr, &next);
+      replay.reset();
       *current = std::move(next);
     }
     for (const auto& t : expected) store.release(t.name);
