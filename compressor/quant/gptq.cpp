@@ -1,12 +1,14 @@
 #include "compressor/quant/gptq.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "compressor/common/errors.h"
 
@@ -37,6 +39,45 @@ std::pair<at::Tensor, at::Tensor> group_params(const at::Tensor& x, const GptqOp
 /// tr(A H Aᵀ) = Σ (A H) ⊙ A: the GEMM in fp32, the sum in fp64 (a scalar over out·in terms).
 double quad_trace(const at::Tensor& a, const at::Tensor& h) {
   return (a.mm(h) * a).sum(at::kDouble).item<double>();
+}
+
+
+/// One segment of a block's column loop on the CPU (§1.3), row by row: every row of W1 is
+/// independent once the group parameters are known, so each row runs columns [c0, c1) to the end
+/// of the block without per-column tensor ops. The arithmetic is the tensor path's, operation by
+/// operation: code = clamp(round_half_even(w / s) + z, 0, maxq), diff = w − s·(code − z),
+/// err = diff / d, then w_j −= err·U_cj as a rounded product and a rounded difference (this file is
+/// built without fused multiply-add, like the single-column product the tensor path computes).
+/// `scale`/`zero` give row r's parameters for column c: scale[r * s_row + s_col[c]].
+template <typename T>
+void column_segment(T* w1, T* q1, T* err1, const T* u1, int64_t out, int64_t count, int64_t c0, int64_t c1,
+                    const T* scale, const T* zero, int64_t s_row, const int64_t* s_col, double maxq,
+                    std::vector<double>& row_loss) {
+  at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* w = w1 + r * count;
+      double loss = 0;
+      for (int64_t c = c0; c < c1; ++c) {
+        const T s = scale[r * s_row + s_col[c]], z = zero[r * s_row + s_col[c]];
+        const T d = u1[c * count + c];
+        T code = std::nearbyint(w[c] / s) + z;
+        code = std::min(std::max(code, T(0)), static_cast<T>(maxq));
+        const T scaled = s * (code - z);
+        const T diff = w[c] - scaled;
+        q1[r * count + c] = code;
+        const T sq = diff * diff, dd = d * d;
+        loss += static_cast<double>(sq / dd);
+        const T err = diff / d;
+        err1[r * count + c] = err;
+        const T* u = u1 + c * count;
+        for (int64_t j = c + 1; j < count; ++j) {
+          const T p = err * u[j];
+          w[j] = w[j] - p;
+        }
+      }
+      row_loss[r] += loss;
+    }
+  });
 }
 
 }  // namespace
@@ -158,6 +199,12 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   at::Tensor codes = at::empty({out, in}, w0.options());  // loop order
   at::Tensor scale, zero;                                // [out, 1] f32 of the current group
   at::Tensor loss = at::zeros({}, w0.options().dtype(at::kDouble));  // on the device: no sync per block
+  const bool cpu = w0.device().is_cpu();
+  std::vector<double> row_loss(cpu ? out : 0, 0.0);
+  const double maxq = static_cast<double>((1 << o.bits) - 1);
+  // The CPU path reads static groups' parameters per column from these ([out, groups], working dtype).
+  const at::Tensor static_scales = static_groups && cpu ? scales.contiguous() : at::Tensor();
+  const at::Tensor static_zeros = static_groups && cpu ? zeros.to(dt).contiguous() : at::Tensor();
   for (int64_t i1 = 0; i1 < in; i1 += o.block_size) {
     const int64_t i2 = std::min(i1 + o.block_size, in), count = i2 - i1;
     at::Tensor W1 = W.slice(1, i1, i2).clone();
@@ -165,43 +212,82 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
     at::Tensor Err1 = at::zeros_like(W1);
     at::Tensor Losses1 = at::empty_like(W1);
     const at::Tensor U1 = U.slice(0, i1, i2).slice(1, i1, i2);
-    for (int64_t i = 0; i < count; ++i) {
+    // Dynamic group parameters at column k (k % g == 0): from the fully updated columns k..k+g.
+    // Inside the block they are W1's; past the block they still lack this block's updates, applied
+    // here explicitly. *Note:* the reference codes read W (not W1) here, so a group that starts
+    // inside a block misses the updates of the block's earlier columns; lathe follows the unbatched
+    // algorithm.
+    auto dynamic_params = [&](int64_t i) {
       const int64_t k = i1 + i;
-      if (static_groups) {
-        const int64_t j = perm_host[k] / g;
-        scale = scales.slice(1, j, j + 1);
-        zero = zeros.slice(1, j, j + 1).to(dt);
-      } else if (k % g == 0) {
-        // Dynamic group: parameters from the fully updated columns k..k+g. Inside the block they
-        // are W1's; past the block they still lack this block's updates, applied here explicitly.
-        // *Note:* the reference codes read W (not W1) here, so a group that starts inside a block
-        // misses the updates of the block's earlier columns; lathe follows the unbatched algorithm.
-        at::Tensor cols;
-        if (k + g <= i2) {
-          cols = W1.slice(1, i, i + g);
-        } else {
-          const at::Tensor tail = W.slice(1, i2, k + g) - Err1.slice(1, 0, i).mm(U.slice(0, i1, k).slice(1, i2, k + g));
-          cols = at::cat({W1.slice(1, i), tail}, 1);
-        }
-        auto [s, z] = group_params(cols, o);
-        scales.select(1, k / g).copy_(s);
-        zeros.select(1, k / g).copy_(z);
-        scale = s.unsqueeze(1);
-        zero = z.to(dt).unsqueeze(1);
+      at::Tensor cols;
+      if (k + g <= i2) {
+        cols = W1.slice(1, i, i + g);
+      } else {
+        const at::Tensor tail = W.slice(1, i2, k + g) - Err1.slice(1, 0, i).mm(U.slice(0, i1, k).slice(1, i2, k + g));
+        cols = at::cat({W1.slice(1, i), tail}, 1);
       }
-      const at::Tensor w = W1.slice(1, i, i + 1);  // [out, 1]
-      const at::Tensor d = U1[i][i];
-      const at::Tensor qc = quantize_codes(w, scale, zero, o.bits);
-      const at::Tensor diff = w - scale * (qc - zero);
-      Q1.slice(1, i, i + 1).copy_(qc);
-      Losses1.slice(1, i, i + 1).copy_(diff.square() / d.square());
-      const at::Tensor err = diff / d;
-      W1.slice(1, i).sub_(err.mm(U1.slice(0, i, i + 1).slice(1, i)));
-      Err1.slice(1, i, i + 1).copy_(err);
+      auto [s, z] = group_params(cols, o);
+      scales.select(1, k / g).copy_(s);
+      zeros.select(1, k / g).copy_(z);
+      scale = s.unsqueeze(1);
+      zero = z.to(dt).unsqueeze(1);
+    };
+    if (cpu) {
+      const at::Tensor U1c = U1.contiguous();
+      std::vector<int64_t> s_col(static_cast<size_t>(count), 0);
+      int64_t i = 0;
+      while (i < count) {
+        // A segment: columns sharing one set of dynamic parameters (static groups: the whole block).
+        int64_t end = count;
+        at::Tensor seg_scale, seg_zero;
+        int64_t s_row = 1;
+        if (static_groups) {
+          for (int64_t c = 0; c < count; ++c) s_col[c] = perm_host[i1 + c] / g;
+          seg_scale = static_scales;
+          seg_zero = static_zeros;
+          s_row = groups;
+        } else {
+          if ((i1 + i) % g == 0) dynamic_params(i);
+          end = std::min(count, i + (g - (i1 + i) % g));
+          seg_scale = scale.contiguous();
+          seg_zero = zero.contiguous();
+        }
+        AT_DISPATCH_FLOATING_TYPES(dt, "gptq_column_segment", [&] {
+          column_segment<scalar_t>(W1.data_ptr<scalar_t>(), Q1.data_ptr<scalar_t>(), Err1.data_ptr<scalar_t>(),
+                                   U1c.data_ptr<scalar_t>(), out, count, i, end, seg_scale.data_ptr<scalar_t>(),
+                                   seg_zero.data_ptr<scalar_t>(), s_row, s_col.data(), maxq, row_loss);
+        });
+        i = end;
+      }
+    } else {
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t k = i1 + i;
+        if (static_groups) {
+          const int64_t j = perm_host[k] / g;
+          scale = scales.slice(1, j, j + 1);
+          zero = zeros.slice(1, j, j + 1).to(dt);
+        } else if (k % g == 0) {
+          dynamic_params(i);
+        }
+        const at::Tensor w = W1.slice(1, i, i + 1);  // [out, 1]
+        const at::Tensor d = U1[i][i];
+        const at::Tensor qc = quantize_codes(w, scale, zero, o.bits);
+        const at::Tensor diff = w - scale * (qc - zero);
+        Q1.slice(1, i, i + 1).copy_(qc);
+        Losses1.slice(1, i, i + 1).copy_(diff.square() / d.square());
+        const at::Tensor err = diff / d;
+        W1.slice(1, i).sub_(err.mm(U1.slice(0, i, i + 1).slice(1, i)));
+        Err1.slice(1, i, i + 1).copy_(err);
+      }
+      loss += Losses1.sum(at::kDouble);
     }
     codes.slice(1, i1, i2).copy_(Q1);
-    loss += Losses1.sum(at::kDouble);
     if (i2 < in) W.slice(1, i2).sub_(Err1.mm(U.slice(0, i1, i2).slice(1, i2)));
+  }
+  if (cpu) {
+    double total = 0;
+    for (double v : row_loss) total += v;
+    loss += total;
   }
 
   r.q.spec = spec;
