@@ -13,7 +13,7 @@
 #include "compressor/common/strict_json.h"
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
-#include "compressor/quant/quant_sidecar.h"
+#include "export/quant_sidecar.h"
 #include "export/safetensors_writer.h"
 
 namespace fs = std::filesystem;

@@ -16,7 +16,7 @@
 #include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/causal_lm.h"
-#include "compressor/pipeline/open_model.h"
+#include "export/open_model.h"
 
 namespace lathe::cli {
 namespace {

@@ -19,7 +19,7 @@
 #include "compressor/common/file_io.h"
 #include "compressor/eval/task_file.h"
 #include "compressor/model/streaming.h"
-#include "compressor/pipeline/open_model.h"
+#include "export/open_model.h"
 
 namespace lathe {
 namespace {

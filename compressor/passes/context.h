@@ -13,7 +13,7 @@
 #include "compressor/model/architecture.h"
 #include "compressor/model/model_spec.h"
 #include "compressor/passes/plan.h"
-#include "compressor/quant/quant_sidecar.h"
+#include "compressor/quant/quant_record.h"
 
 namespace lathe {
 

@@ -33,6 +33,7 @@
 #include "compressor/passes/builtin.h"
 #include "compressor/passes/moe_blocks.h"
 #include "compressor/pipeline/layer_replay.h"
+#include "export/quant_sidecar.h"
 #include "export/safetensors_writer.h"
 
 namespace fs = std::filesystem;

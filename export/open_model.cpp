@@ -1,7 +1,7 @@
-#include "compressor/pipeline/open_model.h"
+#include "export/open_model.h"
 
 #include "compressor/common/errors.h"
-#include "compressor/quant/quant_sidecar.h"
+#include "export/quant_sidecar.h"
 #include "export/quantized_checkpoint.h"
 
 namespace fs = std::filesystem;
