@@ -15,8 +15,9 @@ bool cuda_compiled();
 
 /// Converts `count` BF16 (`is_bf16`) or F16 values from host memory to F32 in host memory on
 /// device 0: copy in, one thread per element, copy out. Bit-exact with the CPU conversion,
-/// including subnormals, infinities and NaN. Throws lathe::ResourceError on a CUDA failure and
-/// lathe::UnsupportedError in a build without CUDA.
+/// including subnormals, infinities and NaN. Throws KernelError of kind kRuntime on a CUDA failure
+/// and of kind kUnsupported in a build without CUDA (the CLI maps them to the resource and
+/// unsupported exit codes).
 void cuda_half_to_f32(const uint16_t* host_in, float* host_out, size_t count, bool is_bf16);
 
 }  // namespace lathe::kernels

@@ -2,8 +2,8 @@
 // caller asks for a CUDA conversion anyway.
 #ifndef LATHE_HAVE_CUDA
 
-#include "compressor/common/errors.h"
 #include "kernels/convert.h"
+#include "kernels/kernel_error.h"
 
 namespace lathe::kernels {
 
@@ -12,7 +12,8 @@ int cuda_device_count() { return 0; }
 bool cuda_compiled() { return false; }
 
 void cuda_half_to_f32(const uint16_t*, float*, size_t, bool) {
-  throw UnsupportedError("", "device", "this lathe was built without CUDA (configure with -DLATHE_CUDA=ON)");
+  throw KernelError(KernelError::Kind::kUnsupported,
+                    "device: this lathe was built without CUDA (configure with -DLATHE_CUDA=ON)");
 }
 
 }  // namespace lathe::kernels

@@ -24,12 +24,10 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kernel_error.h"
+
 namespace lathe::kernels {
 
-/// Bad arguments to a kernel (shapes, bits, null pointers): what was wrong, in one line.
-struct KernelError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 enum class Backend { kCpuRef, kCpuFast, kCuda };
 const char* backend_name(Backend b);  ///< "cpu-ref", "cpu-fast", "cuda"

@@ -8,6 +8,7 @@
 #include "compressor/cli/commands.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/threads.h"
+#include "kernels/kernel_error.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"lathe: offline compression for dense and Mixture-of-Experts language models"};
@@ -30,6 +31,14 @@ int main(int argc, char** argv) {
   } catch (const lathe::Error& e) {
     std::cerr << "lathe: " << lathe::kind_name(e.kind()) << " error: " << e.what() << "\n";
     return lathe::exit_code(e.kind());
+  } catch (const lathe::kernels::KernelError& e) {
+    // kernels/ has its own error type (it includes nothing from compressor/): map its kinds.
+    using Kind = lathe::kernels::KernelError::Kind;
+    const lathe::ErrorKind kind = e.kind() == Kind::kUnsupported ? lathe::ErrorKind::kUnsupported
+                                  : e.kind() == Kind::kRuntime   ? lathe::ErrorKind::kResource
+                                                                 : lathe::ErrorKind::kInternal;
+    std::cerr << "lathe: " << lathe::kind_name(kind) << " error: " << e.what() << "\n";
+    return lathe::exit_code(kind);
   } catch (const std::bad_alloc&) {
     std::cerr << "lathe: resource error: out of memory\n";
     return lathe::exit_code(lathe::ErrorKind::kResource);

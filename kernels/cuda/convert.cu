@@ -3,8 +3,8 @@
 
 #include <string>
 
-#include "compressor/common/errors.h"
 #include "kernels/convert.h"
+#include "kernels/kernel_error.h"
 
 namespace lathe::kernels {
 namespace {
@@ -36,7 +36,9 @@ __global__ void half_to_f32_kernel(const uint16_t* in, float* out, size_t count,
 }
 
 void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw ResourceError("cuda", what, cudaGetErrorString(status));
+  if (status != cudaSuccess) {
+    throw KernelError(KernelError::Kind::kRuntime, std::string("cuda: ") + what + ": " + cudaGetErrorString(status));
+  }
 }
 
 }  // namespace

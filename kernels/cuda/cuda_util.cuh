@@ -1,5 +1,5 @@
-// Private helpers of kernels/cuda/*.cu: CUDA error checking (lathe::ResourceError with the CUDA
-// error string), an owning device buffer, and small device utilities. Torch-free.
+// Private helpers of kernels/cuda/*.cu: CUDA error checking (KernelError of kind kRuntime with the
+// CUDA error string), an owning device buffer, and small device utilities. Torch-free.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,13 +8,15 @@
 #include <cstdint>
 #include <string>
 
-#include "compressor/common/errors.h"
+#include "kernels/kernel_error.h"
 
 namespace lathe::kernels::cuda_detail {
 
-/// Throws ResourceError("cuda", what, <CUDA error string>) unless `status` is cudaSuccess.
+/// Throws KernelError(kRuntime, "cuda: <what>: <CUDA error string>") unless `status` is cudaSuccess.
 inline void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw ResourceError("cuda", what, cudaGetErrorString(status));
+  if (status != cudaSuccess) {
+    throw KernelError(KernelError::Kind::kRuntime, std::string("cuda: ") + what + ": " + cudaGetErrorString(status));
+  }
 }
 
 /// Checks the launch of the kernel just enqueued (configuration errors, earlier async faults).

@@ -34,7 +34,7 @@ struct DeviceWeight {
 };
 
 /// Checks `w` (check_view plus what the device kernels rely on: g_idx values in range, pack
-/// multiples; KernelError) and uploads it. ResourceError on CUDA failures.
+/// multiples; KernelError) and uploads it. KernelError (kRuntime) on CUDA failures.
 void upload_weight(const QuantWeightView& w, DeviceWeight* dw);
 
 /// Scratch space of device_qlinear, grown on demand and reused across calls.

@@ -8,6 +8,7 @@
 #include "compressor/common/errors.h"
 #include "compressor/model/dtype.h"
 #include "kernels/convert.h"
+#include "kernels/kernel_error.h"
 
 namespace lathe {
 namespace {
@@ -43,8 +44,8 @@ TEST(CudaConvert, WithoutCudaBuildTheErrorSaysHowToGetIt) {
   try {
     kernels::cuda_half_to_f32(&in, &out, 1, true);
     FAIL() << "expected an error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+  } catch (const kernels::KernelError& e) {
+    EXPECT_EQ(e.kind(), kernels::KernelError::Kind::kUnsupported);
     EXPECT_NE(std::string(e.what()).find("-DLATHE_CUDA=ON"), std::string::npos);
   }
 }
