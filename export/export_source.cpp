@@ -71,10 +71,9 @@ ExportSource::ExportSource(const fs::path& out_dir, const ExportSourceOptions& o
     for (auto& l : spec_.layers) {
       if (l.is_moe) l.num_experts = most;
     }
-    for (const char* k : {"num_local_experts", "num_experts", "n_routed_experts"}) {
-      if (config_.contains(k) && config_[k].is_number_integer()) config_[k] = most;
-    }
-    config_.erase("num_experts_per_layer");
+    std::vector<int64_t> per_layer;
+    for (const auto& l : spec_.layers) per_layer.push_back(l.is_moe ? most : 0);
+    write_expert_counts(config_, spec_, per_layer);
     // A group of dummies around one real expert would hide it (FORMATS.md §6).
     const RoutingRule& r = model_spec_.routing;
     if (r.num_groups > 1 && r.topk_groups < r.num_groups) {
@@ -326,69 +325,31 @@ void ShardTensors::add(const std::string& name, const at::Tensor& value) {
   values_.push_back(value.contiguous().cpu());
 }
 
-namespace {
-
-DType dtype_of(const at::Tensor& t, const std::string& name) {
-  switch (t.scalar_type()) {
-    case at::kBFloat16: return DType::kBF16;
-    case at::kHalf: return DType::kF16;
-    case at::kFloat: return DType::kF32;
-    case at::kInt: return DType::kI32;
-    case at::kLong: return DType::kI64;
-    case at::kByte: return DType::kU8;
-    case at::kChar: return DType::kI8;
-    case at::kBool: return DType::kBool;
-    default: throw UnsupportedError("", name, std::string("cannot write dtype ") + c10::toString(t.scalar_type()));
-  }
-}
-
-}  // namespace
-
-uint64_t ShardTensors::write(const std::string& path, const std::map<std::string, std::string>& metadata) const {
-  std::vector<TensorBytes> bytes;
-  uint64_t total = 0;
+std::vector<TensorBytes> ShardTensors::bytes() const {
+  std::vector<TensorBytes> out;
   for (size_t k = 0; k < names_.size(); ++k) {
     const at::Tensor& v = values_[k];
-    bytes.push_back({names_[k], dtype_of(v, names_[k]), v.sizes().vec(), static_cast<const uint8_t*>(v.data_ptr()),
-                     static_cast<uint64_t>(v.nbytes())});
-    total += v.nbytes();
+    out.push_back({names_[k], safetensors_dtype(v.scalar_type(), names_[k]), v.sizes().vec(),
+                   static_cast<const uint8_t*>(v.data_ptr()), static_cast<uint64_t>(v.nbytes())});
   }
-  write_safetensors(path, bytes, metadata);
-  return total;
-}
-
-void copy_model_side_files(const fs::path& model_dir, const fs::path& dir) {
-  for (const auto& entry : fs::directory_iterator(model_dir)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_regular_file() || name == "config.json" || name == "model.safetensors.index.json" ||
-        entry.path().extension() == ".safetensors") {
-      continue;
-    }
-    fs::copy_file(entry.path(), dir / name, fs::copy_options::overwrite_existing);
-  }
+  return out;
 }
 
 uint64_t write_export_shards(const ExportSource& src, const fs::path& dir,
                              const std::map<std::string, std::string>& metadata,
                              const std::function<void(int64_t, ShardTensors*)>& write_layer) {
-  const int64_t layers = src.spec().num_layers, shards = layers + 1;
-  auto shard_name = [&](int64_t k) { return fmt::format("model-{:05d}-of-{:05d}.safetensors", k, shards); };
-  nlohmann::json weight_map = nlohmann::json::object();
-  uint64_t total = 0;
-  for (int64_t i = 0; i < layers; ++i) {
+  CheckpointShards shards(dir, src.spec().num_layers, metadata);
+  for (int64_t i = 0; i < src.spec().num_layers; ++i) {
     ShardTensors shard;
     write_layer(i, &shard);
-    total += shard.write((dir / shard_name(i + 1)).string(), metadata);
-    for (const auto& n : shard.names()) weight_map[n] = shard_name(i + 1);
+    shards.write(i, shard.bytes());
     src.release_layer(i);
   }
   ShardTensors last;
   for (const auto& [name, value] : src.head_tensors()) last.add(name, value);
-  total += last.write((dir / shard_name(shards)).string(), metadata);
-  for (const auto& n : last.names()) weight_map[n] = shard_name(shards);
-  const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  write_file_atomically((dir / "model.safetensors.index.json").string(), index.dump(2) + "\n");
-  return total;
+  shards.write(-1, last.bytes());
+  shards.write_index({{"total_size", shards.tensor_bytes()}});
+  return shards.tensor_bytes();
 }
 
 }  // namespace lathe

@@ -27,6 +27,7 @@
 #include "compressor/quant/quantizer.h"
 #include "export/partial_directory.h"
 #include "export/quant_export.h"
+#include "export/checkpoint_writer.h"
 
 namespace lathe {
 
@@ -135,17 +136,13 @@ class ShardTensors {
   /// Adds `value` (any CPU tensor; made contiguous and kept alive here).
   void add(const std::string& name, const at::Tensor& value);
   const std::vector<std::string>& names() const { return names_; }
-  /// Writes `path` (safetensors, deterministic) with `metadata`; returns Σ tensor bytes.
-  uint64_t write(const std::string& path, const std::map<std::string, std::string>& metadata) const;
+  /// The tensors' bytes for CheckpointShards::write (views of the tensors kept here).
+  std::vector<TensorBytes> bytes() const;
 
  private:
   std::vector<std::string> names_;
   std::vector<at::Tensor> values_;
 };
-
-/// Copies the tokenizer and generation files of `model_dir` (everything except config.json,
-/// *.safetensors and the index) into `dir`.
-void copy_model_side_files(const std::filesystem::path& model_dir, const std::filesystem::path& dir);
 
 /// Writes the per-layer shards (`model-0000i-of-0000N.safetensors`, N = layers + 1, the last for
 /// embedding, norm and head) and `model.safetensors.index.json` into `dir`; `write_layer(i, &shard)`

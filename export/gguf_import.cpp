@@ -15,6 +15,7 @@
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/model/dtype.h"
+#include "export/checkpoint_writer.h"
 #include "export/export_manifest.h"
 #include "export/gguf_file.h"
 #include "export/gguf_model.h"
@@ -39,7 +40,7 @@ uint16_t to_bf16(float x) {
 }
 
 /// One HF tensor's bytes in the output dtype, read from the file in row chunks.
-std::vector<uint8_t> tensor_bytes(const gguf::File& file, const gguf::HfTensor& t, bool bf16) {
+std::vector<uint8_t> dequantized_bytes(const gguf::File& file, const gguf::HfTensor& t, bool bf16) {
   const uint64_t length = gguf::hf_row_length(t), rows = gguf::hf_rows(t);
   const uint64_t chunk_rows = std::max<uint64_t>(1, kChunkValues / std::max<uint64_t>(length, 1));
   std::vector<uint8_t> out(rows * length * (bf16 ? 2 : 4));
@@ -61,31 +62,20 @@ std::vector<uint8_t> tensor_bytes(const gguf::File& file, const gguf::HfTensor& 
   return out;
 }
 
-std::string shard_name(int64_t index, int64_t count) {
-  return fmt::format("model-{:05d}-of-{:05d}.safetensors", index, count);
-}
-
-/// The shards: one per decoder layer, the last for everything outside the layers. Returns the
-/// tensor bytes written and fills `weight_map`.
-uint64_t write_shards(const gguf::File& file, const gguf::HfModel& model, int64_t layers, bool bf16,
-                      const fs::path& dir, nlohmann::json* weight_map) {
+/// The shards: one per decoder layer, the last for everything outside the layers.
+void write_shards(const gguf::File& file, const gguf::HfModel& model, bool bf16, CheckpointShards* shards) {
   std::map<int64_t, std::vector<const gguf::HfTensor*>> by_shard;  // layer → tensors; -1 last
   for (const auto& t : model.tensors) by_shard[t.layer].push_back(&t);
-  uint64_t total = 0;
   for (const auto& [layer, tensors] : by_shard) {
-    const int64_t index = layer < 0 ? layers + 1 : layer + 1;
     std::vector<std::vector<uint8_t>> data;
     std::vector<TensorBytes> shard;
     for (const gguf::HfTensor* t : tensors) {
-      data.push_back(tensor_bytes(file, *t, bf16));
+      data.push_back(dequantized_bytes(file, *t, bf16));
       shard.push_back({t->name, bf16 ? DType::kBF16 : DType::kF32, t->shape, data.back().data(),
                        data.back().size()});
-      total += data.back().size();
-      (*weight_map)[t->name] = shard_name(index, layers + 1);
     }
-    write_safetensors((dir / shard_name(index, layers + 1)).string(), shard, {{"format", "pt"}});
+    shards->write(layer, shard);
   }
-  return total;
 }
 
 void write_json(const fs::path& path, const std::string& text) {
@@ -128,12 +118,10 @@ ImportResult import_gguf(const std::string& gguf_path, const std::string& out_di
   result.dir = out_dir;
   result.architecture = model.architecture;
   result.tensors = static_cast<int64_t>(model.tensors.size());
-  nlohmann::json weight_map = nlohmann::json::object();
-  result.bytes = write_shards(file, model, layers, bf16, dir.path(), &weight_map);
-  write_json(
-      dir.path() / "model.safetensors.index.json",
-      nlohmann::json{{"metadata", {{"total_size", result.bytes}}}, {"weight_map", weight_map}}.dump(
-          2));
+  CheckpointShards shards(dir.path(), layers, {{"format", "pt"}});
+  write_shards(file, model, bf16, &shards);
+  result.bytes = shards.tensor_bytes();
+  shards.write_index({{"total_size", result.bytes}});
   write_json(dir.path() / "config.json", model.config.dump(2));
   write_export_manifest(dir.path());
   dir.publish();

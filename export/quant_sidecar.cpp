@@ -10,21 +10,13 @@
 #include "compressor/common/errors.h"
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
+#include "export/checkpoint_writer.h"
 
 namespace fs = std::filesystem;
 
 namespace lathe {
 
 namespace {
-
-DType dtype_for(at::ScalarType t) {
-  switch (t) {
-    case at::kByte: return DType::kU8;
-    case at::kInt: return DType::kI32;
-    case at::kFloat: return DType::kF32;
-    default: throw InternalError("", "quant", std::string("unexpected dtype ") + c10::toString(t));
-  }
-}
 
 const char* kParts[] = {"codes", "scales", "zeros", "g_idx", "qparams"};
 
@@ -36,7 +28,7 @@ void append_quant_tensors(const QuantRecord& r, std::vector<TensorBytes>* out, s
   for (int i = 0; i < 5; ++i) {
     keep->push_back(parts[i].contiguous().cpu());
     const at::Tensor& c = keep->back();
-    out->push_back({r.name + "." + kParts[i], dtype_for(c.scalar_type()), c.sizes().vec(),
+    out->push_back({r.name + "." + kParts[i], safetensors_dtype(c.scalar_type(), r.name), c.sizes().vec(),
                     static_cast<const uint8_t*>(c.data_ptr()), c.nbytes()});
   }
 }

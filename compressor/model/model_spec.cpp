@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -489,6 +490,24 @@ ModelSpec load_model_spec(const std::filesystem::path& model_dir) {
   const std::string text = read_file(path.string(), "cannot open: no config.json in the model directory");
   // Strict: a key given twice is an error, not a silent "last one wins".
   return parse_model_spec(parse_json_strict(text, path.string(), ""), path.string());
+}
+
+bool write_expert_counts(nlohmann::json& config, const ModelSpec& spec, const std::vector<int64_t>& per_layer) {
+  std::set<int64_t> counts;
+  for (size_t i = 0; i < per_layer.size() && i < spec.layers.size(); ++i) {
+    if (spec.layers[i].is_moe) counts.insert(per_layer[i]);
+  }
+  if (counts.size() <= 1) {
+    if (counts.size() == 1) {
+      for (const char* k : {"num_local_experts", "num_experts", "n_routed_experts"}) {
+        if (config.contains(k) && config[k].is_number_integer()) config[k] = *counts.begin();
+      }
+    }
+    config.erase("num_experts_per_layer");
+    return true;
+  }
+  config["num_experts_per_layer"] = per_layer;
+  return false;
 }
 
 }  // namespace lathe

@@ -156,6 +156,13 @@ struct ModelSpec {
 /// inconsistent (e.g. heads not dividing hidden size); UnsupportedError for an unknown model_type.
 ModelSpec parse_model_spec(const nlohmann::json& config, const std::string& file_label);
 
+/// Writes routed-expert counts into a config.json (`per_layer`: one entry per decoder layer, 0 for
+/// dense ones). One count for every MoE layer goes into whichever of num_local_experts /
+/// num_experts / n_routed_experts the config has, and num_experts_per_layer is dropped; different
+/// counts go into lathe's own num_experts_per_layer (FORMATS.md §6). Returns whether the counts
+/// were uniform. The one place that rewrites expert counts (apply's output, the padded exports).
+bool write_expert_counts(nlohmann::json& config, const ModelSpec& spec, const std::vector<int64_t>& per_layer);
+
 /// Reads and parses `<model_dir>/config.json`. Throws ResourceError when the file is missing,
 /// DataError when it is not JSON, then as parse_model_spec.
 ModelSpec load_model_spec(const std::filesystem::path& model_dir);

@@ -33,6 +33,7 @@
 #include "compressor/passes/builtin.h"
 #include "compressor/passes/moe_blocks.h"
 #include "compressor/pipeline/layer_replay.h"
+#include "export/checkpoint_writer.h"
 #include "export/quant_sidecar.h"
 #include "export/safetensors_writer.h"
 
@@ -58,42 +59,14 @@ std::vector<std::unique_ptr<Pass>> make_passes(const std::vector<PassInstance>& 
   return out;
 }
 
-DType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kBFloat16: return DType::kBF16;
-    case at::kHalf: return DType::kF16;
-    case at::kFloat: return DType::kF32;
-    case at::kDouble: return DType::kF64;
-    case at::kLong: return DType::kI64;
-    case at::kInt: return DType::kI32;
-    case at::kByte: return DType::kU8;
-    case at::kChar: return DType::kI8;
-    case at::kBool: return DType::kBool;
-    default: throw UnsupportedError("", "dtype", std::string("cannot write ") + c10::toString(t.scalar_type()));
-  }
-}
-
-/// A view of `value`'s bytes for write_safetensors; the contiguous CPU tensor it points into is
-/// appended to `keep` so it outlives the write (no copy when `value` already is one, e.g. a mapped
-/// weight).
-TensorBytes to_bytes(const std::string& name, const at::Tensor& value, std::vector<at::Tensor>* keep) {
-  keep->push_back(value.contiguous().cpu());
-  const at::Tensor& c = keep->back();
-  return {name, dtype_of(c), c.sizes().vec(), static_cast<const uint8_t*>(c.data_ptr()), c.nbytes()};
-}
-
 /// The record of a tensor written as it was loaded (no pass changed it).
 TensorRecord unchanged_record(const std::string& name, const std::string& source, const at::Tensor& value) {
   TensorRecord r;
   r.name = name;
   r.source = source;
-  r.format = dtype_name(dtype_of(value));
+  r.format = dtype_name(safetensors_dtype(value.scalar_type(), name));
   r.bits = static_cast<int64_t>(value.element_size() * 8);
   return r;
-}
-
-std::string shard_name(int64_t index, int64_t count) {
-  return fmt::format("model-{:05d}-of-{:05d}.safetensors", index, count);
 }
 
 /// config.json of the output model: expert counts after surgery (ALGORITHMS.md §4.4 for groups).
@@ -101,23 +74,13 @@ nlohmann::json output_config(const nlohmann::json& config, const ModelSpec& spec
                              std::vector<std::string>* warnings) {
   nlohmann::json out = config;
   if (plan.experts.empty()) return out;
-  std::set<int64_t> counts;
   std::vector<int64_t> per_layer;
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     const LayerSpec& l = spec.layers[i];
     auto it = plan.experts.find(i);
-    const int64_t n = !l.is_moe ? 0 : it == plan.experts.end() ? l.num_experts : static_cast<int64_t>(it->second.size());
-    per_layer.push_back(n);
-    if (l.is_moe) counts.insert(n);
+    per_layer.push_back(!l.is_moe ? 0 : it == plan.experts.end() ? l.num_experts : static_cast<int64_t>(it->second.size()));
   }
-  static const char* kCountKeys[] = {"num_local_experts", "num_experts", "n_routed_experts"};
-  if (counts.size() == 1) {
-    for (const char* k : kCountKeys) {
-      if (out.contains(k) && out[k].is_number_integer()) out[k] = *counts.begin();
-    }
-    out.erase("num_experts_per_layer");
-  } else {
-    out["num_experts_per_layer"] = per_layer;  // lathe's own format (FORMATS.md §6)
+  if (!write_expert_counts(out, spec, per_layer)) {
     warnings->push_back("expert counts differ between layers: config.json has num_experts_per_layer, which only "
                         "lathe reads (transformers needs the same count in every layer)");
   }
@@ -270,7 +233,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     } else if (old.contains("shards") && old["shards"].is_object()) {
       for (const auto& [k, v] : old["shards"].items()) {
         const int64_t index = std::stoll(k);
-        const fs::path file = partial / "model" / shard_name(index, spec.num_layers + 1);
+        const fs::path file = partial / "model" / checkpoint_shard_name(index, spec.num_layers + 1);
         // A shard counts as finished only when its bytes are what the state recorded.
         if (v.is_string() && fs::exists(file) && file_fingerprint(file.string()) == v.get<std::string>()) state.layers[index] = v;
       }
@@ -278,7 +241,7 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
       const nlohmann::json q = old.value("quant_shards", nlohmann::json::object());
       for (auto it = state.layers.begin(); it != state.layers.end();) {
         const std::string key = std::to_string(it->first);
-        const fs::path file = partial / "quant" / shard_name(it->first, spec.num_layers + 1);
+        const fs::path file = partial / "quant" / checkpoint_shard_name(it->first, spec.num_layers + 1);
         const bool ok = q.contains(key) && q[key].is_string() &&
                         (q[key].get<std::string>().empty() ? !fs::exists(file)
                                                            : fs::exists(file) && file_fingerprint(file.string()) == q[key].get<std::string>());
@@ -322,10 +285,10 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   }
   result.timings.resize(steps.size());
   for (size_t p = 0; p < steps.size(); ++p) result.timings[p].name = steps[p].first;
-  const int64_t shards = spec.num_layers + 1;
   const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"lathe.pipeline", req.pipeline},
                                                        {"lathe.version", LATHE_VERSION}};
-  nlohmann::json weight_map = nlohmann::json::object(), quant_map = nlohmann::json::object();
+  CheckpointShards model_shards(partial / "model", spec.num_layers, metadata);
+  CheckpointShards quant_shards(partial / "quant", spec.num_layers, metadata);
   std::vector<TensorRecord> all_records;
 
   // The output's spec (expert counts after surgery): what the compressed layers run as.
@@ -400,25 +363,23 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
       if (r.format != "removed") recorded.insert(r.name);  // a kept expert may now carry a removed one's name
     }
     for (const auto& t : tensors) {
-      weight_map[t.name] = shard_name(i + 1, shards);
       if (!recorded.count(t.name)) records.push_back(unchanged_record(t.name, t.source, t.value));
     }
     all_records.insert(all_records.end(), records.begin(), records.end());
     for (const auto& w : warnings) result.warnings.push_back(fmt::format("layer {}: {}", i, w));
-    const fs::path file = partial / "model" / shard_name(i + 1, shards);
-    const fs::path quant_file = partial / "quant" / shard_name(i + 1, shards);
     std::vector<TensorBytes> quant_bytes;
     std::vector<at::Tensor> quant_keep;
     for (const auto& q : quant) append_quant_tensors(q, &quant_bytes, &quant_keep);
-    for (const auto& b : quant_bytes) quant_map[b.name] = shard_name(i + 1, shards);
-    if (state.layers.count(i + 1)) {
+    if (state.layers.count(i + 1)) {  // written by the partial run this one resumes
+      for (const auto& t : tensors) model_shards.record(i, t.name);
+      for (const auto& b : quant_bytes) quant_shards.record(i, b.name);
       result.resumed_layers += 1;
     } else {
       std::vector<TensorBytes> bytes;
       std::vector<at::Tensor> keep;
-      for (const auto& t : tensors) bytes.push_back(to_bytes(t.name, t.value.to(t.stored), &keep));
-      state.quant[i + 1] = quant_bytes.empty() ? "" : write_safetensors(quant_file.string(), quant_bytes, metadata);
-      state.layers[i + 1] = write_safetensors(file.string(), bytes, metadata);
+      for (const auto& t : tensors) bytes.push_back(tensor_bytes(t.name, t.value.to(t.stored), &keep));
+      state.quant[i + 1] = quant_bytes.empty() ? "" : quant_shards.write(i, quant_bytes);
+      state.layers[i + 1] = model_shards.write(i, bytes);
       save_state();
       result.written_layers += 1;
     }
@@ -448,12 +409,11 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
       if (t.layer >= 0) continue;
       require_tensor(store, t.name, t.shape);
       const at::Tensor v = load_tensor(store, t.name);
-      bytes.push_back(to_bytes(t.name, v, &keep));
-      weight_map[t.name] = shard_name(shards, shards);
+      bytes.push_back(tensor_bytes(t.name, v, &keep));
       all_records.push_back(unchanged_record(t.name, t.name, v));
       names.push_back(t.name);
     }
-    write_safetensors((partial / "model" / shard_name(shards, shards)).string(), bytes, metadata);
+    model_shards.write(-1, bytes);
     store.release(names);
   }
 
@@ -462,26 +422,14 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   const nlohmann::json& config = in_config;
   const nlohmann::json out_config = output_config(config, spec, req.plan, &result.warnings);
   write_file_atomically((partial / "model" / "config.json").string(), out_config.dump(2) + "\n");
-  for (const auto& entry : fs::directory_iterator(in_dir)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_regular_file() || name == "config.json" || name == "model.safetensors.index.json" ||
-        entry.path().extension() == ".safetensors" || name == "expert_map.json") {
-      continue;
-    }
-    fs::copy_file(entry.path(), partial / "model" / name, fs::copy_options::overwrite_existing);
-  }
-  uint64_t total = 0;
-  for (const auto& entry : fs::directory_iterator(partial / "model")) {
-    if (entry.path().extension() == ".safetensors") total += fs::file_size(entry.path());
-  }
-  const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  write_file_atomically((partial / "model" / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+  copy_model_side_files(in_dir, partial / "model", {"expert_map.json"});
+  const uint64_t total = model_shards.file_bytes();
+  model_shards.write_index({{"total_size", total}});
   if (fs::is_empty(partial / "verify")) fs::remove_all(partial / "verify");
-  if (quant_map.empty()) {
+  if (quant_shards.empty()) {
     fs::remove_all(partial / "quant");
   } else {
-    const nlohmann::json quant_index = {{"metadata", {{"format", "lathe-quant"}, {"version", 1}}}, {"weight_map", quant_map}};
-    write_file_atomically((partial / "quant" / "model.safetensors.index.json").string(), quant_index.dump(2) + "\n");
+    quant_shards.write_index({{"format", "lathe-quant"}, {"version", 1}});
   }
   if (!req.plan.experts.empty()) {
     nlohmann::json layers = nlohmann::json::object();

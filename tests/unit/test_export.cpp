@@ -84,7 +84,7 @@ void write_lathe_output(const fs::path& out, const fs::path& model, const std::v
     auto it = by_name.find(name);
     weights.add(name, it == by_name.end() ? v : it->second->dequantize().to(v.scalar_type()));
   }
-  weights.write((out / "model" / "model.safetensors").string(), {{"format", "pt"}});
+  write_safetensors((out / "model" / "model.safetensors").string(), weights.bytes(), {{"format", "pt"}});
   std::vector<TensorBytes> bytes;
   std::vector<at::Tensor> keep;
   for (const auto& r : records) append_quant_tensors(r, &bytes, &keep);
@@ -317,7 +317,7 @@ void replace_tensor(const fs::path& dir, const std::string& name, const at::Tens
   const WeightStore file(shard);
   ShardTensors out;
   for (const auto& n : file.names()) out.add(n, n == name ? value : load_tensor(file, n).clone());
-  out.write(shard, {{"format", "pt"}});
+  write_safetensors(shard, out.bytes(), {{"format", "pt"}});
 }
 
 class BadExportTest : public ExportTest {
