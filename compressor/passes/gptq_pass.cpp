@@ -151,6 +151,25 @@ class HessianObserver : public TapObserver {
   const std::set<int64_t>* all_token_experts_;
 };
 
+/// The Hessian of a non-expert linear of `role` from a stage's observer (null when it has none).
+const Hessian* shared_hessian(const HessianObserver& obs, TensorRole role) {
+  int key = -1;
+  switch (role) {
+    case TensorRole::kQ: case TensorRole::kK: case TensorRole::kV: case TensorRole::kQA: case TensorRole::kKVA:
+      key = kInAttn; break;
+    case TensorRole::kQB: key = kInQLatent; break;
+    case TensorRole::kKVB: key = kInKvLatent; break;
+    case TensorRole::kO: key = kInAttnOut; break;
+    case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kSharedGate: case TensorRole::kSharedUp:
+      key = kInMlp; break;
+    case TensorRole::kDenseDown: key = kInMlpAct; break;
+    case TensorRole::kSharedDown: key = kInSharedAct; break;
+    default: return nullptr;
+  }
+  auto it = obs.inputs_.find(key);
+  return it == obs.inputs_.end() ? nullptr : &it->second;
+}
+
 GptqOptions gptq_options(const TensorPlan& p, at::ScalarType stored) {
   GptqOptions o;
   o.bits = p.bits;
@@ -228,25 +247,6 @@ void apply_gptq(LayerApplyContext& ctx) {
     for (LayerTensor* t : by_stage[stage]) {
       const TensorPlan& p = ctx.plan.tensors.at(t->source);
       const at::Tensor w = t->value.to(at::kFloat);
-      // The Hessian of a non-expert linear.
-      auto shared_input = [&]() -> const Hessian* {
-        if (!obs) return nullptr;
-        int key = -1;
-        switch (t->role) {
-          case TensorRole::kQ: case TensorRole::kK: case TensorRole::kV: case TensorRole::kQA: case TensorRole::kKVA:
-            key = kInAttn; break;
-          case TensorRole::kQB: key = kInQLatent; break;
-          case TensorRole::kKVB: key = kInKvLatent; break;
-          case TensorRole::kO: key = kInAttnOut; break;
-          case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kSharedGate: case TensorRole::kSharedUp:
-            key = kInMlp; break;
-          case TensorRole::kDenseDown: key = kInMlpAct; break;
-          case TensorRole::kSharedDown: key = kInSharedAct; break;
-          default: return nullptr;
-        }
-        auto it = obs->inputs_.find(key);
-        return it == obs->inputs_.end() ? nullptr : &it->second;
-      };
       // The Hessian of expert e's linear at this stage by the coverage rule (§1.7).
       auto expert_input = [&](int64_t e, nlohmann::json* d) -> const Hessian* {
         if (!obs) return nullptr;
@@ -293,7 +293,7 @@ void apply_gptq(LayerApplyContext& ctx) {
         details.update(d);
         if (!has_h) details["h_source"] = "none";
       } else {
-        const Hessian* h = shared_input();
+        const Hessian* h = obs ? shared_hessian(*obs, t->role) : nullptr;
         quant = quantize_one(w, h, p, t->stored, &details);
         if (h && h->tokens > 0) details["h_source"] = "all";
       }

@@ -80,6 +80,160 @@ void column_segment(T* w1, T* q1, T* err1, const T* u1, int64_t out, int64_t cou
   });
 }
 
+/// §1.2.3–4: the upper Cholesky factor U of (H + λ·mean(diag H)·I)⁻¹ with the smallest
+/// λ = damp + k·damp_step (k = 0, 1, … up to damp_max) for which both factorisations succeed and U
+/// is finite; undefined when none does (or H is not finite or its mean diagonal is not positive).
+/// `lambda` and `retries` get the last λ tried and k.
+at::Tensor damped_inverse_factor(const at::Tensor& H, const GptqOptions& o, double* lambda, int* retries) {
+  const bool finite = H.isfinite().all().item<bool>();
+  const at::Tensor mean_diag = H.diagonal().mean();  // working precision, as the reference implementations
+  *lambda = o.damp;
+  *retries = 0;
+  if (!finite || !(mean_diag.item<double>() > 0)) return at::Tensor();
+  for (;;) {
+    *lambda = o.damp + *retries * o.damp_step;  // not accumulated: no drift over hundreds of steps
+    at::Tensor hd = H.clone();
+    hd.diagonal().add_(mean_diag * *lambda);
+    auto [lower, info] = at::linalg_cholesky_ex(hd, /*upper=*/false, /*check_errors=*/false);
+    if (info.item<int64_t>() == 0) {
+      auto [upper, info2] = at::linalg_cholesky_ex(at::cholesky_inverse(lower), /*upper=*/true, /*check_errors=*/false);
+      if (info2.item<int64_t>() == 0 && upper.isfinite().all().item<bool>()) return upper;
+    }
+    if (o.damp + (*retries + 1) * o.damp_step > o.damp_max * (1 + 1e-12)) return at::Tensor();
+    ++*retries;
+  }
+}
+
+/// One block of §1.3's column loop: columns [i1, i2) of W as they are being quantized.
+struct Block {
+  int64_t i1 = 0, i2 = 0, count = 0;
+  at::Tensor W1, Q1, Err1, U1;
+};
+
+/// Dynamic group parameters at block column i (k = i1 + i, k % g == 0), from the fully updated
+/// columns k..k+g: inside the block they are W1's; past it they still lack this block's updates,
+/// applied here explicitly. *Note:* the reference codes read W (not W1) here, so a group that starts
+/// inside a block misses the updates of the block's earlier columns; lathe follows the unbatched
+/// algorithm. Stores them in column k / g of scales / zeros and returns them as [out, 1] columns.
+void dynamic_params(const at::Tensor& W, const at::Tensor& U, const Block& b, int64_t i, int64_t g,
+                    const GptqOptions& o, at::Tensor& scales, at::Tensor& zeros, at::Tensor* scale, at::Tensor* zero) {
+  const int64_t k = b.i1 + i;
+  at::Tensor cols;
+  if (k + g <= b.i2) {
+    cols = b.W1.slice(1, i, i + g);
+  } else {
+    const at::Tensor tail = W.slice(1, b.i2, k + g) - b.Err1.slice(1, 0, i).mm(U.slice(0, b.i1, k).slice(1, b.i2, k + g));
+    cols = at::cat({b.W1.slice(1, i), tail}, 1);
+  }
+  auto [s, z] = group_params(cols, o);
+  scales.select(1, k / g).copy_(s);
+  zeros.select(1, k / g).copy_(z);
+  *scale = s.unsqueeze(1);
+  *zero = z.to(W.scalar_type()).unsqueeze(1);
+}
+
+/// The block on the CPU: segments of columns that share group parameters (static groups: the whole
+/// block; dynamic: from one group start to the next) run row by row (column_segment). `scale` /
+/// `zero` carry the current dynamic group's parameters from block to block.
+void cpu_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g, bool static_groups,
+               const std::vector<int64_t>& perm_host, at::Tensor& scales, at::Tensor& zeros,
+               const at::Tensor& static_scales, const at::Tensor& static_zeros, at::Tensor& scale, at::Tensor& zero,
+               std::vector<double>& row_loss) {
+  const int64_t out = W.size(0), groups = scales.size(1);
+  const double maxq = static_cast<double>((1 << o.bits) - 1);
+  const at::Tensor U1c = b.U1.contiguous();
+  std::vector<int64_t> s_col(static_cast<size_t>(b.count), 0);
+  int64_t i = 0;
+  while (i < b.count) {
+    int64_t end = b.count;
+    at::Tensor seg_scale, seg_zero;
+    int64_t s_row = 1;
+    if (static_groups) {
+      for (int64_t c = 0; c < b.count; ++c) s_col[c] = perm_host[b.i1 + c] / g;
+      seg_scale = static_scales;
+      seg_zero = static_zeros;
+      s_row = groups;
+    } else {
+      if ((b.i1 + i) % g == 0) dynamic_params(W, U, b, i, g, o, scales, zeros, &scale, &zero);
+      end = std::min(b.count, i + (g - (b.i1 + i) % g));
+      seg_scale = scale.contiguous();
+      seg_zero = zero.contiguous();
+    }
+    AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "gptq_column_segment", [&] {
+      column_segment<scalar_t>(b.W1.data_ptr<scalar_t>(), b.Q1.data_ptr<scalar_t>(), b.Err1.data_ptr<scalar_t>(),
+                               U1c.data_ptr<scalar_t>(), out, b.count, i, end, seg_scale.data_ptr<scalar_t>(),
+                               seg_zero.data_ptr<scalar_t>(), s_row, s_col.data(), maxq, row_loss);
+    });
+    i = end;
+  }
+}
+
+/// The block with tensor operations, one column at a time (devices other than the CPU). Returns
+/// the block's loss terms summed (fp64, on the device: no sync per block).
+at::Tensor tensor_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g,
+                        bool static_groups, const std::vector<int64_t>& perm_host, at::Tensor& scales,
+                        at::Tensor& zeros, at::Tensor& scale, at::Tensor& zero) {
+  at::Tensor losses = at::empty_like(b.W1);
+  for (int64_t i = 0; i < b.count; ++i) {
+    const int64_t k = b.i1 + i;
+    if (static_groups) {
+      const int64_t j = perm_host[k] / g;
+      scale = scales.slice(1, j, j + 1);
+      zero = zeros.slice(1, j, j + 1).to(W.scalar_type());
+    } else if (k % g == 0) {
+      dynamic_params(W, U, b, i, g, o, scales, zeros, &scale, &zero);
+    }
+    const at::Tensor w = b.W1.slice(1, i, i + 1);  // [out, 1]
+    const at::Tensor d = b.U1[i][i];
+    const at::Tensor qc = quantize_codes(w, scale, zero, o.bits);
+    const at::Tensor diff = w - scale * (qc - zero);
+    b.Q1.slice(1, i, i + 1).copy_(qc);
+    losses.slice(1, i, i + 1).copy_(diff.square() / d.square());
+    const at::Tensor err = diff / d;
+    b.W1.slice(1, i).sub_(err.mm(b.U1.slice(0, i, i + 1).slice(1, i)));
+    b.Err1.slice(1, i, i + 1).copy_(err);
+  }
+  return losses.sum(at::kDouble);
+}
+
+/// §1.3: the column loop with lazy block updates, in W's precision. W (permuted, dead columns
+/// zeroed) is updated in place; scales / zeros hold static groups' parameters already, dynamic
+/// ones are filled here. Returns the codes in loop order; `loss` gets Σ (w − q)² / d².
+at::Tensor column_loop(const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g, bool static_groups,
+                       const std::vector<int64_t>& perm_host, at::Tensor& scales, at::Tensor& zeros, double* loss) {
+  const int64_t out = W.size(0), in = W.size(1);
+  at::Tensor codes = at::empty({out, in}, W.options());
+  at::Tensor scale, zero;  // [out, 1]: the current dynamic group's (a group may span blocks)
+  at::Tensor device_loss = at::zeros({}, W.options().dtype(at::kDouble));
+  const bool cpu = W.device().is_cpu();
+  std::vector<double> row_loss(cpu ? out : 0, 0.0);
+  // The CPU path reads static groups' parameters per column from these ([out, groups], W's dtype).
+  const at::Tensor static_scales = static_groups && cpu ? scales.contiguous() : at::Tensor();
+  const at::Tensor static_zeros = static_groups && cpu ? zeros.to(W.scalar_type()).contiguous() : at::Tensor();
+  for (int64_t i1 = 0; i1 < in; i1 += o.block_size) {
+    Block b;
+    b.i1 = i1;
+    b.i2 = std::min(i1 + o.block_size, in);
+    b.count = b.i2 - i1;
+    b.W1 = W.slice(1, i1, b.i2).clone();
+    b.Q1 = at::empty_like(b.W1);
+    b.Err1 = at::zeros_like(b.W1);
+    b.U1 = U.slice(0, i1, b.i2).slice(1, i1, b.i2);
+    if (cpu) {
+      cpu_block(b, W, U, o, g, static_groups, perm_host, scales, zeros, static_scales, static_zeros, scale, zero,
+                row_loss);
+    } else {
+      device_loss += tensor_block(b, W, U, o, g, static_groups, perm_host, scales, zeros, scale, zero);
+    }
+    codes.slice(1, i1, b.i2).copy_(b.Q1);
+    if (b.i2 < in) W.slice(1, b.i2).sub_(b.Err1.mm(U.slice(0, i1, b.i2).slice(1, b.i2)));
+  }
+  double total = 0;
+  for (double v : row_loss) total += v;
+  *loss = total + device_loss.item<double>();
+  return codes;
+}
+
 }  // namespace
 
 at::Tensor gptq_dequantize(const QuantizedWeight& q, const at::Tensor& g_idx) {
@@ -143,28 +297,9 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   }
 
   // §1.2.3–4: damping with retries; U = upper Cholesky factor of H_d⁻¹.
-  const bool finite = H.isfinite().all().item<bool>();
-  const at::Tensor mean_diag = H.diagonal().mean();  // working precision, as the reference implementations
-  at::Tensor U;
   double lambda = o.damp;
   int retries = 0;
-  if (finite && mean_diag.item<double>() > 0) {
-    for (;;) {
-      lambda = o.damp + retries * o.damp_step;  // not accumulated: no drift over hundreds of steps
-      at::Tensor hd = H.clone();
-      hd.diagonal().add_(mean_diag * lambda);
-      auto [lower, info] = at::linalg_cholesky_ex(hd, /*upper=*/false, /*check_errors=*/false);
-      if (info.item<int64_t>() == 0) {
-        auto [upper, info2] = at::linalg_cholesky_ex(at::cholesky_inverse(lower), /*upper=*/true, /*check_errors=*/false);
-        if (info2.item<int64_t>() == 0 && upper.isfinite().all().item<bool>()) {
-          U = upper;
-          break;
-        }
-      }
-      if (o.damp + (retries + 1) * o.damp_step > o.damp_max * (1 + 1e-12)) break;
-      ++retries;
-    }
-  }
+  const at::Tensor U = damped_inverse_factor(H, o, &lambda, &retries);
   r.damp_used = lambda;
   r.retries = retries;
   H.reset();  // only U, H0 and W are needed from here on (in² floats each)
@@ -196,99 +331,8 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   }
 
   // §1.3: column loop with lazy block updates, in working precision.
-  at::Tensor codes = at::empty({out, in}, w0.options());  // loop order
-  at::Tensor scale, zero;                                // [out, 1] f32 of the current group
-  at::Tensor loss = at::zeros({}, w0.options().dtype(at::kDouble));  // on the device: no sync per block
-  const bool cpu = w0.device().is_cpu();
-  std::vector<double> row_loss(cpu ? out : 0, 0.0);
-  const double maxq = static_cast<double>((1 << o.bits) - 1);
-  // The CPU path reads static groups' parameters per column from these ([out, groups], working dtype).
-  const at::Tensor static_scales = static_groups && cpu ? scales.contiguous() : at::Tensor();
-  const at::Tensor static_zeros = static_groups && cpu ? zeros.to(dt).contiguous() : at::Tensor();
-  for (int64_t i1 = 0; i1 < in; i1 += o.block_size) {
-    const int64_t i2 = std::min(i1 + o.block_size, in), count = i2 - i1;
-    at::Tensor W1 = W.slice(1, i1, i2).clone();
-    at::Tensor Q1 = at::empty_like(W1);
-    at::Tensor Err1 = at::zeros_like(W1);
-    at::Tensor Losses1 = at::empty_like(W1);
-    const at::Tensor U1 = U.slice(0, i1, i2).slice(1, i1, i2);
-    // Dynamic group parameters at column k (k % g == 0): from the fully updated columns k..k+g.
-    // Inside the block they are W1's; past the block they still lack this block's updates, applied
-    // here explicitly. *Note:* the reference codes read W (not W1) here, so a group that starts
-    // inside a block misses the updates of the block's earlier columns; lathe follows the unbatched
-    // algorithm.
-    auto dynamic_params = [&](int64_t i) {
-      const int64_t k = i1 + i;
-      at::Tensor cols;
-      if (k + g <= i2) {
-        cols = W1.slice(1, i, i + g);
-      } else {
-        const at::Tensor tail = W.slice(1, i2, k + g) - Err1.slice(1, 0, i).mm(U.slice(0, i1, k).slice(1, i2, k + g));
-        cols = at::cat({W1.slice(1, i), tail}, 1);
-      }
-      auto [s, z] = group_params(cols, o);
-      scales.select(1, k / g).copy_(s);
-      zeros.select(1, k / g).copy_(z);
-      scale = s.unsqueeze(1);
-      zero = z.to(dt).unsqueeze(1);
-    };
-    if (cpu) {
-      const at::Tensor U1c = U1.contiguous();
-      std::vector<int64_t> s_col(static_cast<size_t>(count), 0);
-      int64_t i = 0;
-      while (i < count) {
-        // A segment: columns sharing one set of dynamic parameters (static groups: the whole block).
-        int64_t end = count;
-        at::Tensor seg_scale, seg_zero;
-        int64_t s_row = 1;
-        if (static_groups) {
-          for (int64_t c = 0; c < count; ++c) s_col[c] = perm_host[i1 + c] / g;
-          seg_scale = static_scales;
-          seg_zero = static_zeros;
-          s_row = groups;
-        } else {
-          if ((i1 + i) % g == 0) dynamic_params(i);
-          end = std::min(count, i + (g - (i1 + i) % g));
-          seg_scale = scale.contiguous();
-          seg_zero = zero.contiguous();
-        }
-        AT_DISPATCH_FLOATING_TYPES(dt, "gptq_column_segment", [&] {
-          column_segment<scalar_t>(W1.data_ptr<scalar_t>(), Q1.data_ptr<scalar_t>(), Err1.data_ptr<scalar_t>(),
-                                   U1c.data_ptr<scalar_t>(), out, count, i, end, seg_scale.data_ptr<scalar_t>(),
-                                   seg_zero.data_ptr<scalar_t>(), s_row, s_col.data(), maxq, row_loss);
-        });
-        i = end;
-      }
-    } else {
-      for (int64_t i = 0; i < count; ++i) {
-        const int64_t k = i1 + i;
-        if (static_groups) {
-          const int64_t j = perm_host[k] / g;
-          scale = scales.slice(1, j, j + 1);
-          zero = zeros.slice(1, j, j + 1).to(dt);
-        } else if (k % g == 0) {
-          dynamic_params(i);
-        }
-        const at::Tensor w = W1.slice(1, i, i + 1);  // [out, 1]
-        const at::Tensor d = U1[i][i];
-        const at::Tensor qc = quantize_codes(w, scale, zero, o.bits);
-        const at::Tensor diff = w - scale * (qc - zero);
-        Q1.slice(1, i, i + 1).copy_(qc);
-        Losses1.slice(1, i, i + 1).copy_(diff.square() / d.square());
-        const at::Tensor err = diff / d;
-        W1.slice(1, i).sub_(err.mm(U1.slice(0, i, i + 1).slice(1, i)));
-        Err1.slice(1, i, i + 1).copy_(err);
-      }
-      loss += Losses1.sum(at::kDouble);
-    }
-    codes.slice(1, i1, i2).copy_(Q1);
-    if (i2 < in) W.slice(1, i2).sub_(Err1.mm(U.slice(0, i1, i2).slice(1, i2)));
-  }
-  if (cpu) {
-    double total = 0;
-    for (double v : row_loss) total += v;
-    loss += total;
-  }
+  double loss = 0;
+  const at::Tensor codes = column_loop(W, U, o, g, static_groups, perm_host, scales, zeros, &loss);
 
   r.q.spec = spec;
   r.q.scales = scales.to(at::kFloat);
@@ -305,7 +349,7 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
     r.q.codes = codes.to(at::kByte);
     r.g_idx = contiguous_gidx;
   }
-  r.loss_sum = 0.5 * loss.item<double>();
+  r.loss_sum = 0.5 * loss;
   finish_metrics(gptq_dequantize(r.q, r.g_idx));
   return r;
 }
