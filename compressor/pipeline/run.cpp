@@ -199,20 +199,186 @@ std::string describe_plan(const std::string& model_dir, const CompressionPlan& p
   return out;
 }
 
-RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
-  const std::string pipeline = recipe_pipeline_string(recipe);
-  std::cerr << "[run] pipeline: " << pipeline << "\n";
-  RunResult result;
-  result.out_dir = recipe.output;
-  std::vector<ExportFormat> exports;  // out/hf, out/gptq, out/ct (out/model is always written)
-  bool packed_exports = false;        // gptq or ct: verified after writing
+namespace {
+
+/// The recipe's export formats (out/hf, out/gptq, out/ct; out/model is always written);
+/// `packed` tells whether one is packed (gptq, ct: verified after writing).
+std::vector<ExportFormat> recipe_exports(const Recipe& recipe, bool* packed) {
+  std::vector<ExportFormat> exports;
+  *packed = false;
   for (const auto& f : recipe.pipeline.export_formats) {
     if (f == "gguf") {
       throw UnsupportedError(recipe.source, "export", "export format \"gguf\" is not implemented in this lathe yet");
     }
     exports.push_back(parse_export_format(f, recipe.source, "export"));
-    packed_exports = packed_exports || exports.back() != ExportFormat::kHf;
+    *packed = *packed || exports.back() != ExportFormat::kHf;
   }
+  return exports;
+}
+
+/// The apply stage of a recipe run: publishing is left to the run (after eval and the report).
+ApplyRequest recipe_apply_request(const Recipe& recipe, const RunOptions& options, const std::string& pipeline,
+                                  const CompressionPlan& plan) {
+  ApplyRequest req;
+  req.model_dir = recipe.model;
+  req.out_dir = recipe.output;
+  req.pipeline = pipeline;
+  req.passes = recipe.pipeline.passes;
+  req.plan = plan;
+  req.force = options.force;
+  req.fresh = options.fresh;
+  req.weights_fingerprint = plan.weights_fingerprint;  // decide just hashed the same weights
+  req.publish = false;
+  req.calibration = recipe.pipeline.calibration;  // passes that need the layers' inputs (gptq) stream it
+  req.forward = forward_options(recipe);
+  req.streaming.micro_batch = options.micro_batch;
+  req.golden = options.golden;
+  return req;
+}
+
+/// The recipe's exports, written into the partial output directory.
+void write_recipe_exports(const Recipe& recipe, const fs::path& partial, const std::vector<ExportFormat>& exports) {
+  for (const ExportFormat f : exports) {
+    ExportOptions export_options;
+    export_options.force = true;  // a leftover of a killed run in the partial directory
+    export_options.pad_experts = recipe.pipeline.pad_experts;
+    const ExportResult exported = export_checkpoint(partial.string(), f, export_options);
+    for (const auto& line : exported.log) std::cerr << "[export] " << line << "\n";
+    std::cerr << fmt::format("[export] {}/{}: {} modules packed, {} stored dequantized\n", recipe.output,
+                             export_dir_name(f), exported.packed_modules, exported.unpacked_modules);
+  }
+}
+
+/// Checks the packed exports against the golden vectors with every available backend but the
+/// reference; each failing case appends a line to `failures`. Returns the seconds it took.
+double verify_run_exports(const Recipe& recipe, const fs::path& partial, std::vector<std::string>* failures) {
+  const auto tv = std::chrono::steady_clock::now();
+  VerifyOptions vo;
+  for (const kernels::Backend b : kernels::available_backends()) {
+    if (b != kernels::Backend::kCpuRef) vo.backends.push_back(b);  // the reference is for lathe verify
+  }
+  const VerifyResult v = verify_exports(partial.string(), vo);
+  for (const auto& c : v.cases) {
+    if (c.status == "fail") failures->push_back(fmt::format("verify: {} in {} does not compute what lathe measured{}", c.name,
+                                                                  fs::path(c.export_dir).filename().string(),
+                                                                  c.note.empty() ? "" : " (" + c.note + ")"));
+  }
+  std::cerr << fmt::format("[verify] {} passed, {} failed, {} skipped (lathe verify {} for details)\n", v.passed, v.failed,
+                           v.skipped, recipe.output);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - tv).count();
+}
+
+/// The report's per-tensor rows (format, Hessian source and tokens, relative error) and per-layer
+/// rows (experts kept, mean relative error, seconds).
+void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& plan, const ApplyResult& applied,
+                                  Report* report) {
+  std::map<int64_t, std::pair<double, int64_t>> layer_err;
+  for (const auto& r : applied.records) {
+    TensorReport t;
+    t.name = r.format == "removed" ? r.source : r.name;
+    t.layer = layer_of(r.source);
+    t.format = r.format;
+    t.bits = r.bits;
+    if (r.details.is_object() && r.details.contains("experts")) {  // fused experts: per-expert sources
+      std::map<std::string, int64_t> sources;
+      int64_t fewest = -1;
+      for (const auto& e : r.details["experts"]) {
+        sources[e.value("h_source", "none")] += 1;
+        const int64_t n = e.value("routed_tokens", e.value("tokens", int64_t{0}));
+        fewest = fewest < 0 ? n : std::min(fewest, n);
+      }
+      for (const auto& [k, v] : sources) t.h_source += (t.h_source.empty() ? "" : ", ") + k + " " + std::to_string(v);
+      t.tokens = fewest;
+    } else if (r.details.is_object() && r.details.contains("h_source")) {
+      t.h_source = r.details["h_source"].get<std::string>();
+      t.tokens = r.details.value("routed_tokens", r.details.value("tokens", int64_t{0}));
+    }
+    if (r.rel_err >= 0) {
+      t.rel_err = r.rel_err;
+      if (t.layer) {
+        layer_err[*t.layer].first += r.rel_err;
+        layer_err[*t.layer].second += 1;
+      }
+    }
+    report->tensors.push_back(t);
+  }
+  for (int64_t i = 0; i < spec.num_layers; ++i) {
+    LayerReport l;
+    l.layer = i;
+    const LayerSpec& ls = spec.layers[i];
+    if (ls.is_moe) {
+      l.experts_before = ls.num_experts;
+      auto it = plan.experts.find(i);
+      l.experts_kept = it == plan.experts.end() ? ls.num_experts : static_cast<int64_t>(it->second.size());
+    }
+    if (auto it = layer_err.find(i); it != layer_err.end()) l.rel_err = it->second.first / it->second.second;
+    if (i < static_cast<int64_t>(applied.layer_seconds.size())) l.seconds = applied.layer_seconds[i];
+    report->layers.push_back(l);
+  }
+}
+
+/// The before / after evaluation of a run (docs/eval.md) and its gate: eval_before.json and
+/// eval_after.json in the partial directory, the comparison printed, the report's eval and gate.
+void evaluate_and_gate(const Recipe& recipe, const RunOptions& options, const fs::path& partial, Report* report,
+                       RunResult* result) {
+  const auto te = std::chrono::steady_clock::now();
+  // The output is measured with quant/ dequantized exactly. The original streams once over the text
+  // files, as the reference of the output's KL (docs/eval.md); the before-evaluation's perplexities
+  // are the reference's, on the same windows. Task files are scored by each model on its own.
+  const bool texts = !recipe.eval->text.empty();
+  nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options, /*texts=*/false);
+  const nlohmann::json after =
+      evaluate(recipe, partial.string(), "eval after", options, /*texts=*/true, texts ? recipe.model : "");
+  if (texts) {
+    for (const auto& [name, d] : after.at("divergence").items()) {
+      before["perplexity"][name] = d.at("reference_perplexity");
+      before["tokens"][name] = after.at("tokens").at(name);
+      before["predicted"][name] = after.at("predicted").at(name);
+    }
+  }
+  write_file_atomically((partial / "eval_before.json").string(), before.dump(2) + "\n");
+  write_file_atomically((partial / "eval_after.json").string(), after.dump(2) + "\n");
+  report->eval_before = parse_eval_summary(before, "eval before");
+  report->eval_after = parse_eval_summary(after, "eval after");
+  Thresholds thresholds;
+  thresholds.max_ppl_increase = recipe.gate.max_ppl_increase;
+  thresholds.max_acc_drop = recipe.gate.max_acc_drop;
+  const Comparison cmp = compare_evals(*report->eval_before, *report->eval_after, thresholds, "compressed");
+  std::cout << format_comparison(cmp, "original", "compressed");
+  std::vector<std::string> kl_failures;
+  if (after.contains("divergence")) {
+    for (const auto& [name, d] : after["divergence"].items()) {
+      // JSON null: a non-finite KL (a diverged model, or no predicted tokens); it fails a KL gate.
+      const bool finite = d.contains("kl") && d.at("kl").is_number();
+      const double kl = finite ? d.at("kl").get<double>() : std::numeric_limits<double>::infinity();
+      const double top1 = d.contains("top1") && d.at("top1").is_number() ? d.at("top1").get<double>() : 0.0;
+      std::cout << fmt::format("KL to the original {}: {:.6f} nats/token, top-1 agreement {:.2f}%\n", name, kl, 100 * top1);
+      if (recipe.gate.max_kl && !(kl <= *recipe.gate.max_kl)) {
+        kl_failures.push_back(fmt::format("KL to the original {}: {:.6f} > {:g} nats/token", name, kl, *recipe.gate.max_kl));
+      }
+    }
+  }
+  if (thresholds.any() || recipe.gate.max_kl) {
+    report->gate = gate_report(cmp);
+    report->gate->max_kl = recipe.gate.max_kl;
+    report->gate->failures.insert(report->gate->failures.end(), kl_failures.begin(), kl_failures.end());
+    report->gate->passed = cmp.passed && kl_failures.empty();
+    result->gate_passed = report->gate->passed;
+    result->gate_failures = report->gate->failures;
+  }
+  report->passes.push_back({"eval", "", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count(),
+                           peak_rss_bytes()});
+}
+
+}  // namespace
+
+RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
+  const std::string pipeline = recipe_pipeline_string(recipe);
+  std::cerr << "[run] pipeline: " << pipeline << "\n";
+  RunResult result;
+  result.out_dir = recipe.output;
+  bool packed_exports = false;  // gptq or ct: verified after writing
+  const std::vector<ExportFormat> exports = recipe_exports(recipe, &packed_exports);
   if (options.dry_run) {
     if (needs_statistics(recipe)) {
       std::cerr << "[run] dry run: the passes need calibration statistics; run `lathe plan` to compute them\n";
@@ -245,20 +411,7 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   check_export_expert_counts(recipe, plan, exports);
   const double decide_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
 
-  ApplyRequest req;
-  req.model_dir = recipe.model;
-  req.out_dir = recipe.output;
-  req.pipeline = pipeline;
-  req.passes = recipe.pipeline.passes;
-  req.plan = plan;
-  req.force = options.force;
-  req.fresh = options.fresh;
-  req.weights_fingerprint = plan.weights_fingerprint;  // decide just hashed the same weights
-  req.publish = false;
-  req.calibration = recipe.pipeline.calibration;  // passes that need the layers' inputs (gptq) stream it
-  req.forward = forward_options(recipe);
-  req.streaming.micro_batch = options.micro_batch;
-  req.golden = options.golden;
+  const ApplyRequest req = recipe_apply_request(recipe, options, pipeline, plan);
   const ApplyResult applied = run_apply(req, [](int64_t layer, int64_t layers) {
     std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
   });
@@ -266,36 +419,12 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   if (write_plan_pattern_bank(plan, (partial / "pattern_bank.json").string())) {  // tcess (docs/tcess.md)
     std::cerr << fmt::format("[decide] pattern bank: {}/pattern_bank.json\n", recipe.output);
   }
-  // The exports, inside the partial directory so they are published with it.
-  for (const ExportFormat f : exports) {
-    ExportOptions export_options;
-    export_options.force = true;  // a leftover of a killed run in the partial directory
-    export_options.pad_experts = recipe.pipeline.pad_experts;
-    const ExportResult exported = export_checkpoint(partial.string(), f, export_options);
-    for (const auto& line : exported.log) std::cerr << "[export] " << line << "\n";
-    std::cerr << fmt::format("[export] {}/{}: {} modules packed, {} stored dequantized\n", recipe.output,
-                             export_dir_name(f), exported.packed_modules, exported.unpacked_modules);
-  }
+  write_recipe_exports(recipe, partial, exports);  // inside the partial directory: published with it
 
   // The exports recompute the golden vectors (docs/verify.md); a mismatch fails the run like a gate.
-  double verify_seconds = -1;
   std::vector<std::string> verify_failures;
-  if (packed_exports && options.golden.rows > 0) {
-    const auto tv = std::chrono::steady_clock::now();
-    VerifyOptions vo;
-    for (const kernels::Backend b : kernels::available_backends()) {
-      if (b != kernels::Backend::kCpuRef) vo.backends.push_back(b);  // the reference is for lathe verify
-    }
-    const VerifyResult v = verify_exports(partial.string(), vo);
-    for (const auto& c : v.cases) {
-      if (c.status == "fail") verify_failures.push_back(fmt::format("verify: {} in {} does not compute what lathe measured{}", c.name,
-                                                                    fs::path(c.export_dir).filename().string(),
-                                                                    c.note.empty() ? "" : " (" + c.note + ")"));
-    }
-    std::cerr << fmt::format("[verify] {} passed, {} failed, {} skipped (lathe verify {} for details)\n", v.passed, v.failed,
-                             v.skipped, recipe.output);
-    verify_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - tv).count();
-  }
+  const double verify_seconds =
+      packed_exports && options.golden.rows > 0 ? verify_run_exports(recipe, partial, &verify_failures) : -1;
 
   Report report;
   report.pipeline = pipeline;
@@ -305,50 +434,7 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   report.created = utc_now();
   report.size_before_bytes = static_cast<int64_t>(applied.bytes_before);
   report.size_after_bytes = static_cast<int64_t>(applied.bytes_after);
-  const ModelSpec spec = load_model_spec(recipe.model);
-  std::map<int64_t, std::pair<double, int64_t>> layer_err;
-  for (const auto& r : applied.records) {
-    TensorReport t;
-    t.name = r.format == "removed" ? r.source : r.name;
-    t.layer = layer_of(r.source);
-    t.format = r.format;
-    t.bits = r.bits;
-    if (r.details.is_object() && r.details.contains("experts")) {  // fused experts: per-expert sources
-      std::map<std::string, int64_t> sources;
-      int64_t fewest = -1;
-      for (const auto& e : r.details["experts"]) {
-        sources[e.value("h_source", "none")] += 1;
-        const int64_t n = e.value("routed_tokens", e.value("tokens", int64_t{0}));
-        fewest = fewest < 0 ? n : std::min(fewest, n);
-      }
-      for (const auto& [k, v] : sources) t.h_source += (t.h_source.empty() ? "" : ", ") + k + " " + std::to_string(v);
-      t.tokens = fewest;
-    } else if (r.details.is_object() && r.details.contains("h_source")) {
-      t.h_source = r.details["h_source"].get<std::string>();
-      t.tokens = r.details.value("routed_tokens", r.details.value("tokens", int64_t{0}));
-    }
-    if (r.rel_err >= 0) {
-      t.rel_err = r.rel_err;
-      if (t.layer) {
-        layer_err[*t.layer].first += r.rel_err;
-        layer_err[*t.layer].second += 1;
-      }
-    }
-    report.tensors.push_back(t);
-  }
-  for (int64_t i = 0; i < spec.num_layers; ++i) {
-    LayerReport l;
-    l.layer = i;
-    const LayerSpec& ls = spec.layers[i];
-    if (ls.is_moe) {
-      l.experts_before = ls.num_experts;
-      auto it = plan.experts.find(i);
-      l.experts_kept = it == plan.experts.end() ? ls.num_experts : static_cast<int64_t>(it->second.size());
-    }
-    if (auto it = layer_err.find(i); it != layer_err.end()) l.rel_err = it->second.first / it->second.second;
-    if (i < static_cast<int64_t>(applied.layer_seconds.size())) l.seconds = applied.layer_seconds[i];
-    report.layers.push_back(l);
-  }
+  add_tensor_and_layer_reports(load_model_spec(recipe.model), plan, applied, &report);
   if (needs_statistics(recipe)) report.passes.push_back({"calibrate", "", calibrate_seconds, calibrate_rss});
   report.passes.push_back({"decide", "", decide_seconds, peak_rss_bytes()});
   for (size_t p = 0; p < applied.timings.size(); ++p) {
@@ -363,53 +449,7 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   if (verify_seconds >= 0) report.passes.push_back({"verify", "", verify_seconds, peak_rss_bytes()});
 
   if (recipe.eval && (!recipe.eval->text.empty() || !recipe.eval->tasks.empty())) {
-    const auto te = std::chrono::steady_clock::now();
-    // The output is measured with quant/ dequantized exactly. The original streams once over the text
-    // files, as the reference of the output's KL (docs/eval.md); the before-evaluation's perplexities
-    // are the reference's, on the same windows. Task files are scored by each model on its own.
-    const bool texts = !recipe.eval->text.empty();
-    nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options, /*texts=*/false);
-    const nlohmann::json after =
-        evaluate(recipe, partial.string(), "eval after", options, /*texts=*/true, texts ? recipe.model : "");
-    if (texts) {
-      for (const auto& [name, d] : after.at("divergence").items()) {
-        before["perplexity"][name] = d.at("reference_perplexity");
-        before["tokens"][name] = after.at("tokens").at(name);
-        before["predicted"][name] = after.at("predicted").at(name);
-      }
-    }
-    write_file_atomically((partial / "eval_before.json").string(), before.dump(2) + "\n");
-    write_file_atomically((partial / "eval_after.json").string(), after.dump(2) + "\n");
-    report.eval_before = parse_eval_summary(before, "eval before");
-    report.eval_after = parse_eval_summary(after, "eval after");
-    Thresholds thresholds;
-    thresholds.max_ppl_increase = recipe.gate.max_ppl_increase;
-    thresholds.max_acc_drop = recipe.gate.max_acc_drop;
-    const Comparison cmp = compare_evals(*report.eval_before, *report.eval_after, thresholds, "compressed");
-    std::cout << format_comparison(cmp, "original", "compressed");
-    std::vector<std::string> kl_failures;
-    if (after.contains("divergence")) {
-      for (const auto& [name, d] : after["divergence"].items()) {
-        // JSON null: a non-finite KL (a diverged model, or no predicted tokens); it fails a KL gate.
-        const bool finite = d.contains("kl") && d.at("kl").is_number();
-        const double kl = finite ? d.at("kl").get<double>() : std::numeric_limits<double>::infinity();
-        const double top1 = d.contains("top1") && d.at("top1").is_number() ? d.at("top1").get<double>() : 0.0;
-        std::cout << fmt::format("KL to the original {}: {:.6f} nats/token, top-1 agreement {:.2f}%\n", name, kl, 100 * top1);
-        if (recipe.gate.max_kl && !(kl <= *recipe.gate.max_kl)) {
-          kl_failures.push_back(fmt::format("KL to the original {}: {:.6f} > {:g} nats/token", name, kl, *recipe.gate.max_kl));
-        }
-      }
-    }
-    if (thresholds.any() || recipe.gate.max_kl) {
-      report.gate = gate_report(cmp);
-      report.gate->max_kl = recipe.gate.max_kl;
-      report.gate->failures.insert(report.gate->failures.end(), kl_failures.begin(), kl_failures.end());
-      report.gate->passed = cmp.passed && kl_failures.empty();
-      result.gate_passed = report.gate->passed;
-      result.gate_failures = report.gate->failures;
-    }
-    report.passes.push_back({"eval", "", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count(),
-                             peak_rss_bytes()});
+    evaluate_and_gate(recipe, options, partial, &report, &result);
   }
   if (!verify_failures.empty()) {
     result.gate_passed = false;
