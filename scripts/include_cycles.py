@@ -8,7 +8,10 @@ a header in B with a quoted project path ("compressor/quant/gptq.h"). Prints eve
 example, then the strongly connected components with more than one node; exits 1 when there is
 any, so CI can run it.
 
-    python3 scripts/include_cycles.py [--edges]
+    python3 scripts/include_cycles.py [--edges] [--allowed docs/architecture.md]
+
+With --allowed FILE, every edge must also be one of the `a -> b` lines of FILE's "Allowed arrows"
+block (docs/architecture.md), so the documented architecture and the code cannot drift apart.
 """
 import re
 import sys
@@ -77,8 +80,22 @@ def cycles(edges):
     return out
 
 
+def allowed_arrows(path):
+    text = Path(path).read_text()
+    block = text[text.index("## Allowed arrows"):]
+    return set(re.findall(r"^(\S+) -> (\S+)$", block, re.M))
+
+
 def main():
     edges = graph()
+    status = 0
+    if "--allowed" in sys.argv:
+        allowed = allowed_arrows(sys.argv[sys.argv.index("--allowed") + 1])
+        for a in sorted(edges):
+            for b in sorted(edges[a]):
+                if (a, b) not in allowed:
+                    print(f"not an allowed arrow: {a} -> {b}    ({edges[a][b]})")
+                    status = 1
     if "--edges" in sys.argv:
         for a in sorted(edges):
             for b in sorted(edges[a]):
@@ -92,7 +109,7 @@ def main():
                     print(f"  {a} -> {b}    ({edges[a][b]})")
     if not found:
         print("no include cycles between folders")
-    return 1 if found else 0
+    return 1 if found or status else 0
 
 
 if __name__ == "__main__":

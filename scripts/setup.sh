@@ -19,7 +19,7 @@ log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 # Build dependencies, headless Chromium for the report rendering test (tests/python/test_report_html.py),
 # then the packages whose text data/build_corpora.py extracts (DATA.md).
 apt_packages=(
-  build-essential cmake ninja-build ccache pkg-config python3-venv clang libclang-rt-14-dev
+  build-essential cmake ninja-build ccache pkg-config python3-venv clang libclang-rt-14-dev clang-format
   libeigen3-dev libhdf5-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev zlib1g-dev
   chromium

@@ -39,4 +39,16 @@ std::string Error::compose(const std::string& where, const std::string& field,
   return out + message;
 }
 
+void rethrow_with_context(const Error& e, const std::string& context) {
+  std::string where = context + (e.where().empty() ? "" : " (" + e.where() + ")");
+  switch (e.kind()) {
+    case ErrorKind::kConfig: throw ConfigError(std::move(where), e.field(), e.message());
+    case ErrorKind::kData: throw DataError(std::move(where), e.field(), e.message());
+    case ErrorKind::kUnsupported: throw UnsupportedError(std::move(where), e.field(), e.message());
+    case ErrorKind::kResource: throw ResourceError(std::move(where), e.field(), e.message());
+    case ErrorKind::kInternal: break;
+  }
+  throw InternalError(std::move(where), e.field(), e.message());
+}
+
 }  // namespace lathe

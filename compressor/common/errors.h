@@ -70,6 +70,11 @@ struct InternalError : Error {
       : Error(ErrorKind::kInternal, std::move(where), std::move(field), message) {}
 };
 
+/// Rethrows `e` as the same kind of error with `context` (e.g. "gptq, layer 7") in front of its
+/// location: what() reads "<context> (<where>): <field>: <message>", so an error raised deep inside
+/// a pass names the pass and layer as well as the file and tensor.
+[[noreturn]] void rethrow_with_context(const Error& e, const std::string& context);
+
 /// A quality gate that failed (`lathe compare` with thresholds): not an error of lathe or of its
 /// inputs, so it has no ErrorKind; main() prints `what()` and exits 1.
 struct GateFailure : std::runtime_error {

@@ -14,6 +14,12 @@
 
 namespace lathe {
 
+/// Each pass's description (name, summary, option schema, statistics, factory), one per line of
+/// passes.def, defined beside the pass.
+#define LATHE_PASS(id) PassInfo id##_pass_info();
+#include "compressor/passes/passes.def"
+#undef LATHE_PASS
+
 std::unique_ptr<Pass> make_rtn_pass(const PassInstance& instance);           // rtn.cpp
 std::unique_ptr<Pass> make_drop_experts_pass(const PassInstance& instance);  // drop_experts.cpp
 std::unique_ptr<Pass> make_gptq_pass(const PassInstance& instance);          // gptq_pass.cpp

@@ -136,6 +136,49 @@ std::pair<at::Tensor, at::Tensor> distillation(const at::Tensor& student, const 
   return {ce, (t_log.exp() * (t_log - s_log)).sum(-1).mean()};
 }
 
+/// The relative error ‖Y − Y'‖/‖Y‖ of MoE block `l` keeping only the top k experts of `rank`
+/// (k = floor..E), each with its least-squares routed scale β (returned per k too).
+void topk_errors(const DecoderLayer& l, int64_t layer, const MoeBlockInputs& in, const at::Tensor& x, const at::Tensor& y,
+                 const std::vector<int64_t>& rank, int64_t e, int64_t floor, std::vector<double>* err,
+                 std::vector<double>* beta_k) {
+  ForwardContext plain;
+  // Exact error of keeping the top k by α, with the least-squares β: accumulate ⟨R,R⟩, ⟨R,T⟩, ⟨T,T⟩
+  // (R = routed sum of the kept experts, T = Y − shared), per k, over chunks of sequences so that
+  // the experts' outputs [E, rows, d] stay under ~1 GiB whatever the calibration set's size.
+  at::NoGradGuard no_grad;
+  std::vector<double> rr(e + 1, 0), rt(e + 1, 0);
+  double tt = 0, yy = 0;
+  std::vector<ExpertGate> g(static_cast<size_t>(layer) + 1);
+  ForwardContext fc;
+  fc.expert_gates = &g;
+  std::vector<at::Tensor> keep_gates;  // log-gates keeping the top k, k = floor..e
+  for (int64_t k = floor; k <= e; ++k) {
+    keep_gates.push_back(at::full({e}, -std::numeric_limits<float>::infinity(), at::kFloat));
+    keep_gates.back().index_fill_(0, at::tensor(std::vector<int64_t>(rank.begin(), rank.begin() + k), at::kLong), 0.0);
+  }
+  for (const auto& [s0, s1] : sequence_chunks(in.offsets, e * x.size(1) * static_cast<int64_t>(x.element_size()))) {
+    const int64_t r0 = in.offsets[s0], r1 = in.offsets[s1];
+    const at::Tensor xc = x.slice(0, r0, r1);
+    const at::Tensor outputs = all_expert_outputs(l, xc);
+    // Y − shared: the original routed sum.
+    const at::Tensor target_t = combine_experts(l.routing_weights(xc, plain), outputs).to(at::kDouble);
+    tt += target_t.pow(2).sum().item<double>();
+    yy += y.slice(0, r0, r1).to(at::kDouble).pow(2).sum().item<double>();
+    for (int64_t k = floor; k <= e; ++k) {
+      g[layer].log_gate = keep_gates[static_cast<size_t>(k - floor)];
+      const at::Tensor r = combine_experts(l.routing_weights(xc, fc), outputs).to(at::kDouble);
+      rr[k] += r.pow(2).sum().item<double>();
+      rt[k] += (r * target_t).sum().item<double>();
+    }
+  }
+  for (int64_t k = floor; k <= e; ++k) {
+    const double b = rr[k] > 0 ? rt[k] / rr[k] : 1.0;
+    const double sq = std::max(0.0, b * b * rr[k] - 2 * b * rt[k] + tt);
+    err->push_back(std::sqrt(sq) / std::sqrt(std::max(yy, 1e-300)));
+    beta_k->push_back(b);
+  }
+}
+
 class DiepPass : public Pass {
  public:
   explicit DiepPass(const PassInstance& instance) : options_(instance.options) {
@@ -464,42 +507,8 @@ class DiepPass : public Pass {
       const at::Tensor a = alpha.detach().to(at::kDouble).contiguous();
       alpha_out->emplace_back(a.data_ptr<double>(), a.data_ptr<double>() + a.numel());
       const std::vector<int64_t> rank = rank_experts(alpha_out->back());
-      // Exact error of keeping the top k by α, with the least-squares β: accumulate ⟨R,R⟩, ⟨R,T⟩, ⟨T,T⟩
-      // (R = routed sum of the kept experts, T = Y − shared), per k, over chunks of sequences so that
-      // the experts' outputs [E, rows, d] stay under ~1 GiB whatever the calibration set's size.
-      at::NoGradGuard no_grad;
-      std::vector<double> rr(e + 1, 0), rt(e + 1, 0);
-      double tt = 0, yy = 0;
-      std::vector<ExpertGate> g(static_cast<size_t>(layer) + 1);
-      ForwardContext fc;
-      fc.expert_gates = &g;
-      std::vector<at::Tensor> keep_gates;  // log-gates keeping the top k, k = floor..e
-      for (int64_t k = floor; k <= e; ++k) {
-        keep_gates.push_back(at::full({e}, -std::numeric_limits<float>::infinity(), at::kFloat));
-        keep_gates.back().index_fill_(0, at::tensor(std::vector<int64_t>(rank.begin(), rank.begin() + k), at::kLong), 0.0);
-      }
-      for (const auto& [s0, s1] : sequence_chunks(in.offsets, e * x.size(1) * static_cast<int64_t>(x.element_size()))) {
-        const int64_t r0 = in.offsets[s0], r1 = in.offsets[s1];
-        const at::Tensor xc = x.slice(0, r0, r1);
-        const at::Tensor outputs = all_expert_outputs(l, xc);
-        // Y − shared: the original routed sum.
-        const at::Tensor target_t = combine_experts(l.routing_weights(xc, plain), outputs).to(at::kDouble);
-        tt += target_t.pow(2).sum().item<double>();
-        yy += y.slice(0, r0, r1).to(at::kDouble).pow(2).sum().item<double>();
-        for (int64_t k = floor; k <= e; ++k) {
-          g[layer].log_gate = keep_gates[static_cast<size_t>(k - floor)];
-          const at::Tensor r = combine_experts(l.routing_weights(xc, fc), outputs).to(at::kDouble);
-          rr[k] += r.pow(2).sum().item<double>();
-          rt[k] += (r * target_t).sum().item<double>();
-        }
-      }
       std::vector<double> err, beta_k;
-      for (int64_t k = floor; k <= e; ++k) {
-        const double b = rr[k] > 0 ? rt[k] / rr[k] : 1.0;
-        const double sq = std::max(0.0, b * b * rr[k] - 2 * b * rt[k] + tt);
-        err.push_back(std::sqrt(sq) / std::sqrt(std::max(yy, 1e-300)));
-        beta_k.push_back(b);
-      }
+      topk_errors(l, layer, in, x, y, rank, e, floor, &err, &beta_k);
       errors.push_back(err);
       betas.push_back(beta_k);
       orders.push_back(rank);
@@ -527,5 +536,41 @@ class DiepPass : public Pass {
 }  // namespace
 
 std::unique_ptr<Pass> make_diep_pass(const PassInstance& instance) { return std::make_unique<DiepPass>(instance); }
+
+PassInfo diep_pass_info() {
+  OptionSpec diep_mode = make_option("mode", OptionType::kEnum, "layerwise",
+                                "end-to-end: every layer resident, CE + KD + global budget; layerwise: one MoE block "
+                                "at a time (streaming); auto: end-to-end when it fits in memory");
+  diep_mode.choices = {"auto", "end-to-end", "layerwise"};
+  OptionSpec kd = make_option("kd", OptionType::kEnum, "kl", "distillation term: kl (KL(teacher‖student)) or frobenius");
+  kd.choices = {"kl", "frobenius"};
+  return {"diep",
+               "differentiable non-uniform expert pruning: learned per-expert router gates under one global budget "
+               "(needs calibration data)",
+               {
+                   make_option("keep", OptionType::kFloat, "", "fraction of all routed experts kept, in (0, 1)", 0, 1),
+                   make_option("sparsity", OptionType::kFloat, "", "fraction of all routed experts removed; instead of keep",
+                          0, 1),
+                   diep_mode,
+                   make_option("min-experts", OptionType::kInt, "", "experts every MoE layer keeps at least (default top_k + 1)",
+                          1, 1 << 20),
+                   make_option("steps", OptionType::kInt, "300", "optimiser steps (α, α, α, β alternating); per layer when layerwise",
+                          1, 1e7),
+                   make_option("batch", OptionType::kInt, "16", "calibration sequences per step", 1, 1 << 20),
+                   make_option("lr", OptionType::kFloat, "0.15", "Adam learning rate of α and β (cosine schedule)", 0, 10),
+                   make_option("lambda", OptionType::kFloat, "0.01", "weight of the distillation term", 0, 1e6),
+                   kd,
+                   make_option("budget-weight", OptionType::kFloat, "10",
+                          "initial weight μ of the budget penalty (grows 100× over training)", 0, 1e9),
+                   make_option("tau-start", OptionType::kFloat, "1", "initial gate temperature", 1e-6, 1e6),
+                   make_option("tau-end", OptionType::kFloat, "0.05", "final gate temperature", 1e-6, 1e6),
+                   make_option("seed", OptionType::kInt, "0", "seed of the batch order", 0, 9007199254740991.0),
+                   make_option("memory-limit", OptionType::kFloat, "0",
+                          "GiB end-to-end may hold (0: 80% of MemAvailable)", 0, 1e9),
+               },
+               {},
+               false,
+               make_diep_pass};
+}
 
 }  // namespace lathe

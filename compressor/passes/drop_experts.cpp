@@ -158,4 +158,18 @@ std::unique_ptr<Pass> make_drop_experts_pass(const PassInstance& instance) {
   return std::make_unique<DropExpertsPass>(instance);
 }
 
+PassInfo drop_experts_pass_info() {
+  return {"drop-experts",
+               "remove routed experts: keep a given list in every MoE layer, or per layer from an expert map",
+               {
+                   make_option("keep", OptionType::kIntList, "", "original expert ids kept in every MoE layer", 0, 1 << 20),
+                   make_option("map", OptionType::kString, "",
+                          "expert_map.json (FORMATS.md) with the kept ids per layer; instead of keep", {}, {},
+                          /*is_path=*/true),
+               },
+               {},
+               false,
+               make_drop_experts_pass};
+}
+
 }  // namespace lathe

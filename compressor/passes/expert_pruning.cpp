@@ -168,4 +168,41 @@ std::unique_ptr<Pass> make_experts_random_pass(const PassInstance& instance) {
   return std::make_unique<ExpertScorePass>(instance, ScoreMethod::kRandom);
 }
 
+PassInfo experts_frequency_pass_info() {
+  return {"experts-frequency",
+               "prune routed experts by how many calibration tokens select them (needs calibration data)",
+               expert_selection_options({}),
+               {"expert_tokens"},
+               false,
+               make_experts_frequency_pass};
+}
+
+PassInfo experts_mass_pass_info() {
+  OptionSpec variant = make_option("variant", OptionType::kEnum, "all",
+                              "all: Σ p over every token; topk: only over tokens that selected the expert");
+  variant.choices = {"all", "topk"};
+  return {"experts-mass",
+         "prune routed experts by the router probability mass they receive (needs calibration data)",
+         expert_selection_options({variant}),
+         {"router_prob_mass", "router_selected_mass"},
+         false,
+         make_experts_mass_pass};
+}
+
+PassInfo experts_router_norm_pass_info() {
+  return {"experts-router-norm", "prune routed experts by the L2 norm of their router row (no data)",
+               expert_selection_options({}),
+               {},
+               false,
+               make_experts_router_norm_pass};
+}
+
+PassInfo experts_random_pass_info() {
+  return {"experts-random", "prune a seeded uniformly random subset of routed experts per layer (no data)",
+               expert_selection_options({make_option("seed", OptionType::kInt, "0", "random seed", 0, 9007199254740991.0)}),
+               {},
+               false,
+               make_experts_random_pass};
+}
+
 }  // namespace lathe

@@ -161,4 +161,20 @@ std::vector<int64_t> knapsack_counts(const std::vector<std::vector<double>>& cos
   return k;
 }
 
+std::vector<OptionSpec> expert_selection_options(std::vector<OptionSpec> extra) {
+  OptionSpec mode = make_option("mode", OptionType::kEnum, "uniform",
+                                "uniform: the best experts of each layer; global: ranked across layers (scores per "
+                                "calibration token, or per layer sum when data-free) above a per-layer floor");
+  mode.choices = {"uniform", "global"};
+  std::vector<OptionSpec> o = {
+      make_option("keep", OptionType::kFloat, "", "fraction of each MoE layer's routed experts kept, in (0, 1]", 0, 1),
+      make_option("keep-count", OptionType::kInt, "", "routed experts kept per MoE layer; instead of keep", 1, 1 << 20),
+      mode,
+      make_option("min-experts", OptionType::kInt, "", "global mode: experts every layer keeps at least (default top_k)",
+                  1, 1 << 20),
+  };
+  o.insert(o.end(), extra.begin(), extra.end());
+  return o;
+}
+
 }  // namespace lathe

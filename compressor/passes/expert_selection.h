@@ -10,12 +10,17 @@ namespace lathe {
 
 class OptionValues;
 struct ModelSpec;
+struct OptionSpec;
+
+/// The options every expert-pruning selection shares (keep, keep-count, mode, min-experts), then
+/// `extra`: the schema part of the experts-* passes' pass_info().
+std::vector<OptionSpec> expert_selection_options(std::vector<OptionSpec> extra = {});
 
 /// Expert-pruning passes on a dense model (llama, gemma3_text, ...): ConfigError naming `pass`,
 /// saying that the model (its model_type) has no MoE layer. Every expert-pruning pass's check().
 void require_moe(const ModelSpec& spec, const std::string& pass);
 
-/// The kept-count options the expert-pruning passes share (registry.cpp): exactly one of `keep`
+/// The kept-count options the expert-pruning passes share (expert_selection_options): exactly one of `keep`
 /// and `keep-count`, `keep` above 0, `min-experts` only with `mode: global` (passes without a
 /// `mode` option are uniform). ConfigError naming "<pass>.<option>".
 void check_keep_options(const OptionValues& options, const std::string& pass);

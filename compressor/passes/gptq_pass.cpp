@@ -344,4 +344,26 @@ class GptqPass : public Pass {
 
 std::unique_ptr<Pass> make_gptq_pass(const PassInstance& instance) { return std::make_unique<GptqPass>(instance); }
 
+PassInfo gptq_pass_info() {
+  OptionSpec act_order = make_option("act-order", OptionType::kEnum, "static",
+                                "column order: none, static (diag H descending, static groups; g_idx trivial) or "
+                                "dynamic (groups formed in that order; g_idx scattered)");
+  act_order.choices = {"none", "static", "dynamic"};
+  return {"gptq",
+               "GPTQ weight quantization with Hessians of the current layer inputs (needs calibration data)",
+               {
+                   make_option("bits", OptionType::kInt, "4", "bits per weight: 2, 3, 4 or 8 (the GPTQ packings)", 2, 8),
+                   make_option("group-size", OptionType::kInt, "128",
+                          "columns sharing one scale; -1 = a whole row (must divide the input width)", -1, 1 << 20),
+                   make_option("sym", OptionType::kBool, "true", "symmetric (zero point 2^(bits-1)) or asymmetric"),
+                   act_order,
+                   make_option("mse", OptionType::kBool, "false", "search a clipping ratio per group (MSE grid)"),
+                   make_option("damp", OptionType::kFloat, "0.01", "dampening, relative to mean(diag H)", 0, 1),
+                   make_option("skip", OptionType::kBool, "false", "leave the tensor unquantized (for overrides)"),
+               },
+               {},
+               true,
+               make_gptq_pass};
+}
+
 }  // namespace lathe

@@ -39,6 +39,51 @@ bool next_combination(std::vector<int64_t>& c, int64_t n) {
   return false;
 }
 
+/// One MoE layer's enumeration: for each kept count k, the best keep set and its loss.
+struct LayerResult {
+  int64_t layer;
+  std::vector<double> best_loss;               // per k in [lo, E]
+  std::vector<std::vector<int64_t>> best_set;  // per k
+  std::vector<std::vector<double>> excluded;   // per k: per expert, least loss of a set without it
+  int64_t sets = 0;
+};
+
+/// From the losses of every keep set of size k = lo..hi (enumeration order, next_combination), the
+/// best set per k (ties keep the lexicographically first) and, per expert, the least loss of a set
+/// without it (0 when k = E).
+void summarize_keep_sets(const std::vector<std::vector<double>>& loss, int64_t lo, int64_t hi, int64_t e,
+                         LayerResult* r_out) {
+  LayerResult& r = *r_out;
+  for (int64_t k = lo; k <= hi; ++k) {
+    const std::vector<double>& lk = loss[static_cast<size_t>(k - lo)];
+    double best = std::numeric_limits<double>::infinity();
+    std::vector<int64_t> best_set;
+    std::vector<double> excluded(e, std::numeric_limits<double>::infinity());
+    std::vector<int64_t> set(k);
+    for (int64_t i = 0; i < k; ++i) set[i] = i;
+    size_t index = 0;
+    do {
+      const double v = lk[index++];
+      r.sets += 1;
+      if (v < best) {  // strict: ties keep the lexicographically first set
+        best = v;
+        best_set = set;
+      }
+      std::vector<bool> in_set(e, false);
+      for (int64_t id : set) in_set[id] = true;
+      for (int64_t id = 0; id < e; ++id) {
+        if (!in_set[id]) excluded[id] = std::min(excluded[id], v);
+      }
+    } while (next_combination(set, e));
+    for (double& v : excluded) {
+      if (!std::isfinite(v)) v = 0;  // k = E: nothing is excluded
+    }
+    r.best_loss.push_back(best);
+    r.best_set.push_back(best_set);
+    r.excluded.push_back(excluded);
+  }
+}
+
 class NaeePass : public Pass {
  public:
   explicit NaeePass(const PassInstance& instance) : options_(instance.options) {
@@ -52,13 +97,6 @@ class NaeePass : public Pass {
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
     if (!ctx.model) throw InternalError("", "experts-naee", "decide without the model");
     const Sizes sizes = plan_sizes(ctx.spec);
-    struct LayerResult {
-      int64_t layer;
-      std::vector<double> best_loss;               // per k in [lo, E]
-      std::vector<std::vector<int64_t>> best_set;  // per k
-      std::vector<std::vector<double>> excluded;   // per k: per expert, least loss of a set without it
-      int64_t sets = 0;
-    };
     std::vector<LayerResult> results;
     size_t moe_index = 0;
     for_each_moe_block(*ctx.model, [&](int64_t layer, const DecoderLayer& l, const MoeBlockInputs& in) {
@@ -104,34 +142,7 @@ class NaeePass : public Pass {
           } while (next_combination(set, e));
         }
       }
-      for (int64_t k = lo; k <= hi; ++k) {
-        const std::vector<double>& lk = loss[static_cast<size_t>(k - lo)];
-        double best = std::numeric_limits<double>::infinity();
-        std::vector<int64_t> best_set;
-        std::vector<double> excluded(e, std::numeric_limits<double>::infinity());
-        std::vector<int64_t> set(k);
-        for (int64_t i = 0; i < k; ++i) set[i] = i;
-        size_t index = 0;
-        do {
-          const double v = lk[index++];
-          r.sets += 1;
-          if (v < best) {  // strict: ties keep the lexicographically first set
-            best = v;
-            best_set = set;
-          }
-          std::vector<bool> in_set(e, false);
-          for (int64_t id : set) in_set[id] = true;
-          for (int64_t id = 0; id < e; ++id) {
-            if (!in_set[id]) excluded[id] = std::min(excluded[id], v);
-          }
-        } while (next_combination(set, e));
-        for (double& v : excluded) {
-          if (!std::isfinite(v)) v = 0;  // k = E: nothing is excluded
-        }
-        r.best_loss.push_back(best);
-        r.best_set.push_back(best_set);
-        r.excluded.push_back(excluded);
-      }
+      summarize_keep_sets(loss, lo, hi, e, &r);
       results.push_back(std::move(r));
     });
     // Choose the size per layer: uniform → the target; global → least Σ loss under the total.
@@ -205,5 +216,17 @@ class NaeePass : public Pass {
 }  // namespace
 
 std::unique_ptr<Pass> make_experts_naee_pass(const PassInstance& instance) { return std::make_unique<NaeePass>(instance); }
+
+PassInfo experts_naee_pass_info() {
+  return {"experts-naee",
+               "prune routed experts by enumerating keep sets and keeping the one that best reconstructs each MoE "
+               "block's output on calibration data (small expert counts only; needs calibration data)",
+               expert_selection_options({make_option("max-subsets", OptionType::kInt, "10000",
+                                 "refuse a layer that would need more keep sets than this (use diep instead)", 1,
+                                 1e9)}),
+               {},
+               false,
+               make_experts_naee_pass};
+}
 
 }  // namespace lathe

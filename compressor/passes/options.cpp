@@ -366,4 +366,17 @@ std::string OptionValues::canonical(const std::vector<OptionSpec>& specs) const 
   return out;
 }
 
+OptionSpec make_option(std::string name, OptionType type, std::string default_value, std::string help,
+                       std::optional<double> min, std::optional<double> max, bool is_path) {
+  OptionSpec o;
+  o.name = std::move(name);
+  o.type = type;
+  o.default_value = std::move(default_value);
+  o.help = std::move(help);
+  o.min = min;
+  o.max = max;
+  o.is_path = is_path;
+  return o;
+}
+
 }  // namespace lathe

@@ -41,6 +41,10 @@ struct OptionSpec {
   bool is_path = false;
 };
 
+/// One option's spec; bounds apply to numbers and list elements.
+OptionSpec make_option(std::string name, OptionType type, std::string default_value, std::string help,
+                       std::optional<double> min = {}, std::optional<double> max = {}, bool is_path = false);
+
 /// A value of one option.
 using OptionValue = std::variant<int64_t, double, bool, std::string, std::vector<int64_t>, std::vector<std::string>>;
 

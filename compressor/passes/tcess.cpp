@@ -165,4 +165,31 @@ class TcessPass : public Pass {
 
 std::unique_ptr<Pass> make_tcess_pass(const PassInstance& instance) { return std::make_unique<TcessPass>(instance); }
 
+PassInfo tcess_pass_info() {
+  // PreMoe's TCESS (ALGORITHMS.md §4; docs/tcess.md): per-task expert scores, a pattern bank for
+  // `lathe route`, and one task's kept experts in the plan.
+  OptionSpec score = make_option("score", OptionType::kEnum, "mass",
+                            "mass: Σ p over tokens that selected e; frequency: tokens that selected e; "
+                            "top1-logit: Σ raw logit where e is the top-1 (PreMoe's code, for reproduction)");
+  score.choices = {"mass", "frequency", "top1-logit"};
+  return {"tcess",
+               "PreMoe TCESS: per-task expert scores and a pattern bank; keeps one task's top experts per MoE "
+               "layer (needs calibration data with tasks)",
+               {
+                   score,
+                   make_option("r", OptionType::kFloat, "0", "mass threshold; only 0 (every selected expert) is supported",
+                          0, 1),
+                   make_option("keep", OptionType::kFloat, "", "fraction of each MoE layer's routed experts kept, in (0, 1]", 0, 1),
+                   make_option("keep-count", OptionType::kInt, "", "routed experts kept per MoE layer (M ≥ top_k); instead of keep",
+                          1, 1 << 20),
+                   make_option("task", OptionType::kString, "", "calibration task whose kept experts go into the plan (default: the first)"),
+                   make_option("bank", OptionType::kString, "",
+                          "also write the pattern bank here (lathe run always writes <output>/pattern_bank.json)", {}, {},
+                          /*is_path=*/true),
+               },
+               {"router_selected_mass", "expert_tokens", "router_top1_count", "router_top1_logit"},
+               false,
+               make_tcess_pass};
+}
+
 }  // namespace lathe

@@ -402,7 +402,11 @@ uint64_t write_model_files(const ApplyRequest& req, const ModelSpec& spec, const
 void run_steps(const std::vector<ApplyStep>& steps, LayerApplyContext& ctx, std::vector<PassTiming>* timings) {
   for (size_t p = 0; p < steps.size(); ++p) {
     const auto t0 = std::chrono::steady_clock::now();
-    steps[p].second(ctx);
+    try {
+      steps[p].second(ctx);
+    } catch (const Error& e) {  // name the pass and layer (the error names file and tensor)
+      rethrow_with_context(e, fmt::format("{}, layer {}", steps[p].first, ctx.layer));
+    }
     (*timings)[p].seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     (*timings)[p].peak_rss_bytes = peak_rss_bytes();
   }
@@ -420,6 +424,93 @@ ActivationBuffer next_layer_inputs(LayerReplay& replay, const std::vector<LayerT
   replay.run(tensors, act_bits, nullptr, &next);
   return next;
 }
+
+/// The layer loop of apply: what every layer reads and appends to.
+struct ApplyRun {
+  const ApplyRequest& req;
+  const ModelSpec& spec;
+  const ModelSpec& out_spec;  ///< what the compressed layers run as (expert counts after surgery)
+  ExpertLayout layout;
+  const WeightStore& store;
+  const std::vector<ApplyStep>& steps;
+  fs::path partial;
+  ResumeState& state;
+  std::function<void()> save_state;
+  CheckpointShards& model_shards;
+  CheckpointShards& quant_shards;
+  std::vector<TensorRecord>& all_records;
+  ApplyResult& result;
+  // The calibration set's boundary activations (only when a pass needs them).
+  bool calibrated = false;
+  at::TensorOptions work{};
+  at::Tensor calib_ids{}, calib_valid{};
+  std::optional<ActivationBuffer> current{};  ///< the inputs of the layer being applied
+  LayerActivations activations{};
+  std::optional<GoldenRecorder> golden{};
+
+  /// Embeds the calibration set once (layer 0's inputs).
+  void start_calibration(const std::optional<CalibrationSet>& calib) {
+    work = at::TensorOptions().dtype(req.forward.dtype).device(req.forward.device);
+    if (!calib) return;
+    calibrated = true;
+    std::tie(calib_ids, calib_valid) = calibration_tensors(*calib);
+    current.emplace(embed_calibration(spec, store, calib_ids, req.streaming, req.forward.dtype));
+    activations.sequences = calib_ids.size(0);
+    activations.tokens = calib->tokens();
+  }
+
+  /// Golden vectors for the verification harness: a few real rows carried through the compressed layers.
+  void start_golden() {
+    if (req.golden.rows <= 0) return;
+    std::string source;
+    const at::Tensor rows = golden_rows(spec, store, calib_ids, calib_valid, req.golden.rows, &source);
+    store.release("model.embed_tokens.weight");
+    golden.emplace(out_spec, layout, req.golden, rows, source);
+  }
+
+  /// Layer i: load, every step, golden vectors, records, shards (or the resumed run's), and the
+  /// next layer's inputs.
+  void apply_layer(int64_t i) {
+    const auto start = std::chrono::steady_clock::now();
+    const std::vector<ExpectedTensor> expected = expected_layer_tensors(spec, layout, i);
+    std::vector<LayerTensor> tensors = load_layer_tensors(store, expected);
+    std::vector<TensorRecord> records;
+    std::vector<std::string> warnings;
+    std::vector<QuantRecord> quant;
+    // Replays of this layer over the calibration set (each resumes from where the last one left
+    // off when nothing upstream changed since: layer_replay.h).
+    std::optional<LayerReplay> replay;
+    if (calibrated) {
+      replay.emplace(out_spec, layout, i, *current, calib_valid, req.streaming, work);
+      activations.run = [&](TapObserver& observer) { replay->run(tensors, 0, &observer, nullptr); };
+    }
+    LayerApplyContext ctx{spec,  layout, i, req.plan, tensors, records, warnings, quant,
+                          calibrated ? &activations : nullptr, &out_spec};
+    run_steps(steps, ctx, &result.timings);
+    if (golden) {
+      const GoldenLayer g = golden->record(i, tensors, quant);
+      if (!g.linears.empty()) write_golden_layer((partial / "verify" / golden_file_name(i)).string(), g);
+    }
+    add_unchanged_records(tensors, &records);
+    all_records.insert(all_records.end(), records.begin(), records.end());
+    for (const auto& w : warnings) result.warnings.push_back(fmt::format("layer {}: {}", i, w));
+    if (write_layer_shards(i, tensors, quant, &state, &model_shards, &quant_shards)) {
+      save_state();
+      result.written_layers += 1;
+    } else {
+      result.resumed_layers += 1;
+    }
+    // The next layer's inputs: this layer as compressed, on the calibration inputs.
+    if (calibrated && i + 1 < spec.num_layers) {
+      ActivationBuffer next = next_layer_inputs(*replay, tensors, quant, spec, calib_ids, req.streaming);
+      replay.reset();
+      *current = std::move(next);
+    }
+    activations.run = nullptr;
+    for (const auto& t : expected) store.release(t.name);
+    result.layer_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+};
 
 }  // namespace
 
@@ -462,7 +553,13 @@ CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassI
   plan.pipeline = pipeline;
   plan.model = model_dir;
   plan.weights_fingerprint = fingerprints.weights;
-  for (const auto& pass : instances) pass->decide(ctx, plan);
+  for (size_t p = 0; p < instances.size(); ++p) {
+    try {
+      instances[p]->decide(ctx, plan);
+    } catch (const Error& e) {
+      rethrow_with_context(e, passes[p].name + ", decide");
+    }
+  }
   if (log) *log = notes;
   return plan;
 }
@@ -509,64 +606,13 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   std::vector<std::string> ignored;
   const ModelSpec out_spec = parse_model_spec(output_config(in_config, spec, req.plan, &ignored), "output config.json");
 
-  // Boundary activations of the calibration set (only when a pass needs them).
-  const auto work = at::TensorOptions().dtype(req.forward.dtype).device(req.forward.device);
-  at::Tensor calib_ids, calib_valid;
-  std::optional<ActivationBuffer> current;
-  LayerActivations activations;
-  if (calib) {
-    std::tie(calib_ids, calib_valid) = calibration_tensors(*calib);
-    current.emplace(embed_calibration(spec, store, calib_ids, req.streaming, req.forward.dtype));
-    activations.sequences = calib_ids.size(0);
-    activations.tokens = calib->tokens();
-  }
-  // Golden vectors for the verification harness: a few real rows carried through the compressed layers.
-  std::optional<GoldenRecorder> golden;
-  if (req.golden.rows > 0) {
-    std::string source;
-    const at::Tensor rows = golden_rows(spec, store, calib_ids, calib_valid, req.golden.rows, &source);
-    store.release("model.embed_tokens.weight");
-    golden.emplace(out_spec, layout, req.golden, rows, source);
-  }
+  ApplyRun run{req, spec, out_spec, layout, store, steps, partial, state, save_state, model_shards, quant_shards,
+               all_records, result};
+  run.start_calibration(calib);
+  run.start_golden();
   const std::function<void(int64_t)> fault = fault_injection_from_env();
   for (int64_t i = 0; i < spec.num_layers; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    const std::vector<ExpectedTensor> expected = expected_layer_tensors(spec, layout, i);
-    std::vector<LayerTensor> tensors = load_layer_tensors(store, expected);
-    std::vector<TensorRecord> records;
-    std::vector<std::string> warnings;
-    std::vector<QuantRecord> quant;
-    // Replays of this layer over the calibration set (each resumes from where the last one left
-    // off when nothing upstream changed since: layer_replay.h).
-    std::optional<LayerReplay> replay;
-    if (calib) {
-      replay.emplace(out_spec, layout, i, *current, calib_valid, req.streaming, work);
-      activations.run = [&](TapObserver& observer) { replay->run(tensors, 0, &observer, nullptr); };
-    }
-    LayerApplyContext ctx{spec, layout, i, req.plan, tensors, records, warnings, quant, calib ? &activations : nullptr,
-                          &out_spec};
-    run_steps(steps, ctx, &result.timings);
-    if (golden) {
-      const GoldenLayer g = golden->record(i, tensors, quant);
-      if (!g.linears.empty()) write_golden_layer((partial / "verify" / golden_file_name(i)).string(), g);
-    }
-    add_unchanged_records(tensors, &records);
-    all_records.insert(all_records.end(), records.begin(), records.end());
-    for (const auto& w : warnings) result.warnings.push_back(fmt::format("layer {}: {}", i, w));
-    if (write_layer_shards(i, tensors, quant, &state, &model_shards, &quant_shards)) {
-      save_state();
-      result.written_layers += 1;
-    } else {
-      result.resumed_layers += 1;
-    }
-    // The next layer's inputs: this layer as compressed, on the calibration inputs.
-    if (calib && i + 1 < spec.num_layers) {
-      ActivationBuffer next = next_layer_inputs(*replay, tensors, quant, spec, calib_ids, req.streaming);
-      replay.reset();
-      *current = std::move(next);
-    }
-    for (const auto& t : expected) store.release(t.name);
-    result.layer_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    run.apply_layer(i);
     if (req.after_layer) req.after_layer(i);
     if (fault) fault(i);
     if (progress) progress(i, spec.num_layers);

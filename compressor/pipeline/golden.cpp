@@ -91,6 +91,21 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+/// The `limit` routed experts (all when negative) the golden rows select most often (ties: lower id).
+std::set<int64_t> most_routed_experts(GoldenTaps& taps, const LayerSpec& ls, int64_t limit) {
+  std::vector<std::pair<int64_t, int64_t>> counts;  // (−count, expert)
+  const at::Tensor topk = taps.values.count(Tap::kRouterTopK) ? taps.values[Tap::kRouterTopK] : at::Tensor();
+  for (int64_t e = 0; e < ls.num_experts; ++e) {
+    const int64_t c = topk.defined() ? (topk == e).sum().item<int64_t>() : 0;
+    counts.emplace_back(-c, e);
+  }
+  std::sort(counts.begin(), counts.end());
+  const int64_t keep = limit < 0 ? ls.num_experts : std::min(limit, ls.num_experts);
+  std::set<int64_t> chosen;
+  for (int64_t k = 0; k < keep; ++k) chosen.insert(counts[k].second);
+  return chosen;
+}
+
 }  // namespace
 
 GoldenRecorder::GoldenRecorder(const ModelSpec& out_spec, ExpertLayout layout, GoldenOptions options, at::Tensor hidden,
@@ -135,19 +150,8 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
   }
 
   // Which routed experts get golden vectors: the most routed among the rows.
-  std::set<int64_t> chosen;
   const LayerSpec& ls = spec_.layers[layer];
-  if (ls.is_moe) {
-    std::vector<std::pair<int64_t, int64_t>> counts;  // (−count, expert)
-    const at::Tensor topk = taps.values.count(Tap::kRouterTopK) ? taps.values[Tap::kRouterTopK] : at::Tensor();
-    for (int64_t e = 0; e < ls.num_experts; ++e) {
-      const int64_t c = topk.defined() ? (topk == e).sum().item<int64_t>() : 0;
-      counts.emplace_back(-c, e);
-    }
-    std::sort(counts.begin(), counts.end());
-    const int64_t keep = options_.experts < 0 ? ls.num_experts : std::min(options_.experts, ls.num_experts);
-    for (int64_t k = 0; k < keep; ++k) chosen.insert(counts[k].second);
-  }
+  const std::set<int64_t> chosen = ls.is_moe ? most_routed_experts(taps, ls, options_.experts) : std::set<int64_t>{};
 
   auto tap = [&](Tap t) { return taps.values.count(t) ? taps.values[t] : at::Tensor(); };
   std::map<std::string, at::Tensor> inputs = {{"attn_in", tap(Tap::kAttnIn)},   {"attn_out_in", tap(Tap::kAttnOutIn)},

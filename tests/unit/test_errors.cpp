@@ -27,5 +27,27 @@ TEST(Errors, EachKindHasItsOwnExitCode) {
   EXPECT_STREQ(kind_name(ErrorKind::kUnsupported), "unsupported");
 }
 
+TEST(Errors, ContextKeepsTheKindAndNamesPassAndLayer) {
+  try {
+    rethrow_with_context(DataError("out/quant/model-00002-of-00005.safetensors", "model.layers.1.mlp.down_proj.weight",
+                                   "codes out of range"),
+                         "gptq, layer 1");
+    FAIL() << "expected a DataError";
+  } catch (const DataError& e) {
+    EXPECT_STREQ(e.what(), "gptq, layer 1 (out/quant/model-00002-of-00005.safetensors): "
+                           "model.layers.1.mlp.down_proj.weight: codes out of range");
+    EXPECT_EQ(e.kind(), ErrorKind::kData);
+  }
+  try {
+    rethrow_with_context(ConfigError("", "gptq.group-size", "32 does not divide 48"), "gptq, decide");
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(), "gptq, decide: gptq.group-size: 32 does not divide 48");
+  }
+  EXPECT_THROW(rethrow_with_context(InternalError("", "", "bug"), "rtn, layer 0"), InternalError);
+  EXPECT_THROW(rethrow_with_context(ResourceError("f", "", "disk full"), "x"), ResourceError);
+  EXPECT_THROW(rethrow_with_context(UnsupportedError("f", "", "no"), "x"), UnsupportedError);
+}
+
 }  // namespace
 }  // namespace lathe
