@@ -17,12 +17,15 @@ namespace lathe {
 namespace {
 
 const std::vector<std::string>& hessian_tap_names() {
-  static const std::vector<std::string> names = {"attn.in",  "attn.o.in", "mlp.in",     "mlp.act",
-                                                 "shared.act", "expert.in", "expert.act", "expert.act.all"};
+  static const std::vector<std::string> names = {"attn.in",    "attn.o.in",     "mlp.in",
+                                                 "mlp.act",    "shared.act",    "expert.in",
+                                                 "expert.act", "expert.act.all"};
   return names;
 }
 
-std::string expert_tap(int64_t e, const char* suffix) { return "expert[" + std::to_string(e) + "]" + suffix; }
+std::string expert_tap(int64_t e, const char* suffix) {
+  return "expert[" + std::to_string(e) + "]" + suffix;
+}
 
 /// Per-row task index of a flattened [B·T] batch.
 at::Tensor row_tasks(const TapEvent& ev, const at::Tensor& task_of) {
@@ -35,7 +38,8 @@ at::Tensor row_tasks(const TapEvent& ev, const at::Tensor& task_of) {
 at::Tensor task_onehot(const TapEvent& ev, const at::Tensor& task_of, int64_t n_tasks) {
   const at::Tensor valid = ev.valid->to(at::kCPU);
   const at::Tensor tasks = row_tasks(ev, task_of);
-  return at::zeros({valid.size(0), n_tasks}, at::kDouble).scatter_(1, tasks.unsqueeze(1), valid.to(at::kDouble).unsqueeze(1));
+  return at::zeros({valid.size(0), n_tasks}, at::kDouble)
+      .scatter_(1, tasks.unsqueeze(1), valid.to(at::kDouble).unsqueeze(1));
 }
 
 /// The valid rows of an event's value (expert taps: of the routed rows), on CPU in fp32.
@@ -53,9 +57,9 @@ at::Tensor row_normalised(const at::Tensor& w) {
 }
 
 struct RouterAcc {
-  at::Tensor tokens;         // [n_tasks] f64
-  at::Tensor expert_tokens;  // [n_tasks, E]
-  at::Tensor rank_count;     // [n_tasks, k, E]
+  at::Tensor tokens;                                                // [n_tasks] f64
+  at::Tensor expert_tokens;                                         // [n_tasks, E]
+  at::Tensor rank_count;                                            // [n_tasks, k, E]
   at::Tensor prob_mass, selected_mass, top1_count, top1_logit_sum;  // [n_tasks, E]
   at::Tensor pending_probs, pending_onehot;  // of the last logits event, for its top-k event
 };
@@ -94,7 +98,8 @@ std::vector<std::string> parse_hessian_taps(const std::string& list, const std::
   return taps;
 }
 
-std::string collector_options_fingerprint(const CollectorOptions& options, const std::string& group) {
+std::string collector_options_fingerprint(const CollectorOptions& options,
+                                          const std::string& group) {
   Fingerprinter fp("lathe.collector." + group + "/1");
   fp.add("forward_dtype", options.forward_dtype);
   if (group == "neurons") fp.add("atopk", options.atopk);
@@ -119,7 +124,8 @@ struct StatsCollector::Impl {
   std::map<std::pair<int64_t, std::string>, NeuronAcc> neurons;
   std::map<std::pair<int64_t, std::string>, HessianAcc> hess;
 
-  Impl(const ModelSpec& s, CollectorOptions o, std::vector<int32_t> task_of_in, std::vector<std::string> t)
+  Impl(const ModelSpec& s, CollectorOptions o, std::vector<int32_t> task_of_in,
+       std::vector<std::string> t)
       : spec(s), options(std::move(o)), tasks(std::move(t)) {
     std::vector<int64_t> ids(task_of_in.begin(), task_of_in.end());
     task_of = at::tensor(ids, at::kLong);
@@ -149,8 +155,8 @@ struct StatsCollector::Impl {
     acc.tokens += x.size(0);
   }
 
-  void add_neurons(int64_t layer, const std::string& tap, const at::Tensor& x, const at::Tensor& gate,
-                   const at::Tensor& up) {
+  void add_neurons(int64_t layer, const std::string& tap, const at::Tensor& x,
+                   const at::Tensor& gate, const at::Tensor& up) {
     NeuronAcc& acc = neurons[{layer, tap}];
     const int64_t width = gate.size(0);
     if (!acc.marks.defined()) acc.marks = at::zeros({width}, at::kDouble);
@@ -179,7 +185,8 @@ struct StatsCollector::Impl {
       acc.top1_logit_sum = at::zeros({n, e}, at::kDouble);
     }
     const at::Tensor logits = ev.value->to(at::kCPU, at::kFloat);
-    const at::Tensor probs = (spec.routing.scoring == ScoringFunc::kSoftmax ? logits.softmax(-1) : logits.sigmoid());
+    const at::Tensor probs =
+        (spec.routing.scoring == ScoringFunc::kSoftmax ? logits.softmax(-1) : logits.sigmoid());
     const at::Tensor onehot_t = task_onehot(ev, task_of, n).t().contiguous();  // [n, R]
     const at::Tensor p = probs.to(at::kDouble);
     acc.tokens += onehot_t.sum(1);
@@ -193,11 +200,13 @@ struct StatsCollector::Impl {
 
   void observe_topk(const TapEvent& ev) {
     RouterAcc& acc = router.at(ev.layer);
-    if (!acc.pending_probs.defined()) throw InternalError("", "router.topk", "top-k tap without its logits");
+    if (!acc.pending_probs.defined())
+      throw InternalError("", "router.topk", "top-k tap without its logits");
     const at::Tensor experts = ev.value->to(at::kCPU, at::kLong);
     at::Tensor selected = at::zeros_like(acc.pending_probs);
     for (int64_t r = 0; r < experts.size(1); ++r) {
-      const at::Tensor rank = at::zeros_like(acc.pending_probs).scatter_(1, experts.slice(1, r, r + 1), 1.0);
+      const at::Tensor rank =
+          at::zeros_like(acc.pending_probs).scatter_(1, experts.slice(1, r, r + 1), 1.0);
       acc.rank_count.select(1, r) += acc.pending_onehot.mm(rank);
       selected += rank;
     }
@@ -212,11 +221,13 @@ struct StatsCollector::Impl {
     const at::Tensor x = valid_rows(ev);
     if (options.channels) add_channels(ev.layer, "mlp.in", x);
     if (hessian("mlp.in")) add_hessian(ev.layer, "mlp.in", x);
-    if (!l.is_moe && options.neurons) add_neurons(ev.layer, "mlp", x, ev.weights->dense_gate.weight, ev.weights->dense_up.weight);
+    if (!l.is_moe && options.neurons)
+      add_neurons(ev.layer, "mlp", x, ev.weights->dense_gate.weight, ev.weights->dense_up.weight);
     if (l.is_moe && hessian("expert.act.all")) {
       for (int64_t e = 0; e < l.num_experts; ++e) {
         const ExpertWeights& w = ev.weights->experts[e];
-        const at::Tensor act = at::silu(at::linear(x, w.gate.to(at::kFloat))) * at::linear(x, w.up.to(at::kFloat));
+        const at::Tensor act =
+            at::silu(at::linear(x, w.gate.to(at::kFloat))) * at::linear(x, w.up.to(at::kFloat));
         add_hessian(ev.layer, expert_tap(e, ".act.all"), act);
       }
     }
@@ -260,9 +271,10 @@ struct StatsCollector::Impl {
   }
 };
 
-StatsCollector::StatsCollector(const ModelSpec& spec, CollectorOptions options, std::vector<int32_t> task_of,
-                               std::vector<std::string> tasks)
-    : impl_(std::make_unique<Impl>(spec, std::move(options), std::move(task_of), std::move(tasks))) {}
+StatsCollector::StatsCollector(const ModelSpec& spec, CollectorOptions options,
+                               std::vector<int32_t> task_of, std::vector<std::string> tasks)
+    : impl_(
+          std::make_unique<Impl>(spec, std::move(options), std::move(task_of), std::move(tasks))) {}
 
 StatsCollector::~StatsCollector() = default;
 
@@ -276,7 +288,8 @@ bool StatsCollector::wants(Tap tap, int64_t layer) const {
     case Tap::kAttnIn: return ch || m.hessian("attn.in");
     case Tap::kAttnOutIn: return ch || m.hessian("attn.o.in");
     case Tap::kMlpIn:
-      return ch || m.hessian("mlp.in") || (!l.is_moe && m.options.neurons) || (l.is_moe && m.hessian("expert.act.all"));
+      return ch || m.hessian("mlp.in") || (!l.is_moe && m.options.neurons) ||
+             (l.is_moe && m.hessian("expert.act.all"));
     case Tap::kMlpAct: return ch || m.hessian("mlp.act");
     case Tap::kSharedAct: return ch || m.hessian("shared.act");
     case Tap::kExpertIn: return ch || m.options.neurons || m.hessian("expert.in");
@@ -286,7 +299,9 @@ bool StatsCollector::wants(Tap tap, int64_t layer) const {
   return false;
 }
 
-void StatsCollector::observe(const TapEvent& event) { impl_->observe(event); }
+void StatsCollector::observe(const TapEvent& event) {
+  impl_->observe(event);
+}
 
 std::vector<StatsKey> StatsCollector::expected_keys(int64_t layer) const {
   const Impl& m = *impl_;
@@ -308,8 +323,9 @@ std::vector<StatsKey> StatsCollector::expected_keys(int64_t layer) const {
   } else {
     if (m.options.router) {
       for (const auto& task : m.tasks) {
-        for (const char* kind : {"expert_tokens", "router_rank_count", "router_prob_mass", "router_selected_mass",
-                                 "router_top1_count", "router_top1_logit"}) {
+        for (const char* kind :
+             {"expert_tokens", "router_rank_count", "router_prob_mass", "router_selected_mass",
+              "router_top1_count", "router_top1_logit"}) {
           keys.push_back({kind, layer, "router", task});
         }
       }
@@ -317,7 +333,8 @@ std::vector<StatsKey> StatsCollector::expected_keys(int64_t layer) const {
     for (int64_t e = 0; e < l.num_experts; ++e) {
       channel_and_hessian(expert_tap(e, ".in"), "expert.in");
       channel_and_hessian(expert_tap(e, ".act"), "expert.act");
-      if (m.hessian("expert.act.all")) keys.push_back({"hessian", layer, expert_tap(e, ".act.all"), "all"});
+      if (m.hessian("expert.act.all"))
+        keys.push_back({"hessian", layer, expert_tap(e, ".act.all"), "all"});
       if (m.options.neurons) keys.push_back({"neuron_atopk_rate", layer, expert_tap(e, ""), "all"});
     }
     if (l.shared_intermediate > 0) channel_and_hessian("shared.act", "shared.act");
@@ -341,42 +358,71 @@ std::vector<CollectedStat> StatsCollector::finish_layer(int64_t layer) {
       const std::string& task = m.tasks[t];
       const int64_t tokens = static_cast<int64_t>(std::llround(a.tokens[t].item<double>()));
       const at::Tensor count = a.top1_count[t];
-      const at::Tensor mean_logit = at::where(count > 0, a.top1_logit_sum[t] / count.clamp_min(1.0), 0.0);
-      out.push_back({{"expert_tokens", layer, "router", task}, a.expert_tokens[t].round().to(at::kLong), fp_router, tokens});
-      out.push_back({{"router_rank_count", layer, "router", task}, a.rank_count[t].round().to(at::kLong), fp_router, tokens});
-      out.push_back({{"router_prob_mass", layer, "router", task}, a.prob_mass[t].clone(), fp_router, tokens});
-      out.push_back({{"router_selected_mass", layer, "router", task}, a.selected_mass[t].clone(), fp_router, tokens});
-      out.push_back({{"router_top1_count", layer, "router", task}, count.round().to(at::kLong), fp_router, tokens});
+      const at::Tensor mean_logit =
+          at::where(count > 0, a.top1_logit_sum[t] / count.clamp_min(1.0), 0.0);
+      out.push_back({{"expert_tokens", layer, "router", task},
+                     a.expert_tokens[t].round().to(at::kLong),
+                     fp_router,
+                     tokens});
+      out.push_back({{"router_rank_count", layer, "router", task},
+                     a.rank_count[t].round().to(at::kLong),
+                     fp_router,
+                     tokens});
+      out.push_back(
+          {{"router_prob_mass", layer, "router", task}, a.prob_mass[t].clone(), fp_router, tokens});
+      out.push_back({{"router_selected_mass", layer, "router", task},
+                     a.selected_mass[t].clone(),
+                     fp_router,
+                     tokens});
+      out.push_back({{"router_top1_count", layer, "router", task},
+                     count.round().to(at::kLong),
+                     fp_router,
+                     tokens});
       out.push_back({{"router_top1_logit", layer, "router", task}, mean_logit, fp_router, tokens});
     }
     m.router.erase(it);
   }
   for (auto it = m.channels.begin(); it != m.channels.end();) {
-    if (it->first.first != layer) { ++it; continue; }
+    if (it->first.first != layer) {
+      ++it;
+      continue;
+    }
     const ChannelAcc& a = it->second;
-    out.push_back({{"channel_norm", layer, it->first.second, "all"}, a.sq_sum.sqrt(), fp_channels, a.tokens});
-    out.push_back({{"channel_abs_max", layer, it->first.second, "all"}, a.abs_max, fp_channels, a.tokens});
+    out.push_back(
+        {{"channel_norm", layer, it->first.second, "all"}, a.sq_sum.sqrt(), fp_channels, a.tokens});
+    out.push_back(
+        {{"channel_abs_max", layer, it->first.second, "all"}, a.abs_max, fp_channels, a.tokens});
     it = m.channels.erase(it);
   }
   for (auto it = m.neurons.begin(); it != m.neurons.end();) {
-    if (it->first.first != layer) { ++it; continue; }
+    if (it->first.first != layer) {
+      ++it;
+      continue;
+    }
     const NeuronAcc& a = it->second;
     const at::Tensor rate = a.tokens > 0 ? a.marks / static_cast<double>(a.tokens) : a.marks;
-    out.push_back({{"neuron_atopk_rate", layer, it->first.second, "all"}, rate, fp_neurons, a.tokens});
+    out.push_back(
+        {{"neuron_atopk_rate", layer, it->first.second, "all"}, rate, fp_neurons, a.tokens});
     it = m.neurons.erase(it);
   }
   for (auto it = m.hess.begin(); it != m.hess.end();) {
-    if (it->first.first != layer) { ++it; continue; }
-    out.push_back({{"hessian", layer, it->first.second, "all"}, it->second.h, fp_hessian, it->second.tokens});
+    if (it->first.first != layer) {
+      ++it;
+      continue;
+    }
+    out.push_back(
+        {{"hessian", layer, it->first.second, "all"}, it->second.h, fp_hessian, it->second.tokens});
     it = m.hess.erase(it);
   }
-  // Experts that received no token still get their (zero) statistics, so every run stores the same keys.
+  // Experts that received no token still get their (zero) statistics, so every run stores the same
+  // keys.
   if (l.is_moe) {
     std::set<StatsKey> have;
     for (const auto& s : out) have.insert(s.key);
     for (const auto& key : expected_keys(layer)) {
       if (have.count(key) || key.task != "all") continue;
-      const bool input_side = key.tap.size() >= 3 && key.tap.compare(key.tap.size() - 3, 3, ".in") == 0;
+      const bool input_side =
+          key.tap.size() >= 3 && key.tap.compare(key.tap.size() - 3, 3, ".in") == 0;
       const int64_t width = input_side ? m.spec.hidden_size : l.expert_intermediate;
       if (key.kind == "channel_norm" || key.kind == "channel_abs_max") {
         out.push_back({key, at::zeros({width}, at::kDouble), fp_channels, 0});
@@ -387,7 +433,8 @@ std::vector<CollectedStat> StatsCollector::finish_layer(int64_t layer) {
       }
     }
   }
-  std::sort(out.begin(), out.end(), [](const CollectedStat& a, const CollectedStat& b) { return a.key < b.key; });
+  std::sort(out.begin(), out.end(),
+            [](const CollectedStat& a, const CollectedStat& b) { return a.key < b.key; });
   return out;
 }
 

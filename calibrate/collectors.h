@@ -5,16 +5,17 @@
 // What is collected (docs/calibrate.md lists the store keys; every sum is over non-padding tokens):
 //   router (MoE layers; per task, tap "router"):
 //     expert_tokens        [E]    i64  tokens whose selection TopK(t) contains e: the coverage n_e
-//     router_rank_count    [k,E]  i64  tokens that selected e at rank r (r = 0: best selection score)
-//     router_prob_mass     [E]    f64  Σ_t p_{t,e}, p the router's own softmax / sigmoid (no bias)
-//     router_selected_mass [E]    f64  Σ_t p_{t,e}·1[e ∈ TopK(t)]
-//     router_top1_count    [E]    i64  tokens whose largest raw router logit is e (PreMoe's marker)
-//     router_top1_logit    [E]    f64  mean raw logit of e over those tokens (0 where the count is 0)
+//     router_rank_count    [k,E]  i64  tokens that selected e at rank r (r = 0: best selection
+//     score) router_prob_mass     [E]    f64  Σ_t p_{t,e}, p the router's own softmax / sigmoid (no
+//     bias) router_selected_mass [E]    f64  Σ_t p_{t,e}·1[e ∈ TopK(t)] router_top1_count    [E]
+//     i64  tokens whose largest raw router logit is e (PreMoe's marker) router_top1_logit    [E]
+//     f64  mean raw logit of e over those tokens (0 where the count is 0)
 //   channels (task "all"; at every linear-input tap: "attn.in", "attn.o.in", "mlp.in", "mlp.act",
 //   "shared.act", "expert[e].in", "expert[e].act"; expert taps see routed tokens only):
 //     channel_norm         [in]   f64  ‖X_{:,j}‖₂ = sqrt(Σ_t x_{t,j}²)   (Wanda, OWL)
 //     channel_abs_max      [in]   f64  max_t |x_{t,j}|                   (SmoothQuant)
-//   neurons (task "all"; tap "mlp" for a dense MLP, "expert[e]" for a routed expert, routed tokens):
+//   neurons (task "all"; tap "mlp" for a dense MLP, "expert[e]" for a routed expert, routed
+//   tokens):
 //     neuron_atopk_rate    [I]    f64  CMoE activation rate μ_j (ALGORITHMS.md §5.1): per token the
 //                                      K_a largest |a_j| of a = SiLU(ĥĜᵀ)⊙(ĥÛᵀ) are marked
 //   hessians (task "all"; only at the taps asked for):
@@ -48,8 +49,8 @@ struct CollectorOptions {
   /// "attn.in", "attn.o.in", "mlp.in", "mlp.act", "shared.act", "expert.in", "expert.act",
   /// "expert.act.all". ConfigError for anything else.
   std::vector<std::string> hessians;
-  /// Working dtype of the forward ("f32", "bf16"): part of the options fingerprint, since it changes
-  /// the statistics.
+  /// Working dtype of the forward ("f32", "bf16"): part of the options fingerprint, since it
+  /// changes the statistics.
   std::string forward_dtype = "f32";
 };
 
@@ -67,7 +68,8 @@ struct CollectedStat {
 
 /// The options fingerprint of each statistic group: "router", "channels", "neurons", "hessian".
 /// Includes the collector version, so a change in a statistic's meaning invalidates stored ones.
-std::string collector_options_fingerprint(const CollectorOptions& options, const std::string& group);
+std::string collector_options_fingerprint(const CollectorOptions& options,
+                                          const std::string& group);
 
 /// The group of a statistic kind, for collector_options_fingerprint: "hessian", "channels"
 /// (channel_*), "neurons" (neuron_*), else "router".

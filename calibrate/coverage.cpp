@@ -16,21 +16,25 @@
 namespace lathe {
 
 int64_t CoverageReport::threshold(int64_t task_tokens) const {
-  const auto fraction = static_cast<int64_t>(std::ceil(options.min_fraction * static_cast<double>(task_tokens)));
+  const auto fraction =
+      static_cast<int64_t>(std::ceil(options.min_fraction * static_cast<double>(task_tokens)));
   return std::max(options.min_tokens, fraction);
 }
 
 CoverageReport coverage_from_store(const StatsStore& store, const CoverageOptions& options) {
   CoverageReport report;
   report.options = options;
-  std::map<int64_t, std::map<std::string, std::pair<int64_t, at::Tensor>>> found;  // layer → task → (tokens, counts)
+  std::map<int64_t, std::map<std::string, std::pair<int64_t, at::Tensor>>>
+      found;  // layer → task → (tokens, counts)
   for (const StatsKey& key : store.keys()) {
     if (key.kind != "expert_tokens") continue;
     const StatsInfo info = store.info(key);
     const at::Tensor counts = store.get_as_stored(key).to(at::kLong);
-    if (counts.dim() != 1) throw DataError(store.path(), to_string(key), "expected a 1-d tensor of token counts");
+    if (counts.dim() != 1)
+      throw DataError(store.path(), to_string(key), "expected a 1-d tensor of token counts");
     found[key.layer][key.task] = {info.tokens, counts};
-    if (std::find(report.tasks.begin(), report.tasks.end(), key.task) == report.tasks.end()) report.tasks.push_back(key.task);
+    if (std::find(report.tasks.begin(), report.tasks.end(), key.task) == report.tasks.end())
+      report.tasks.push_back(key.task);
   }
   // Tasks in the calibration set's order when the store has it, else sorted.
   if (const std::optional<std::string> description = stored_calibration_description(store)) {
@@ -40,7 +44,8 @@ CoverageReport coverage_from_store(const StatsStore& store, const CoverageOption
       for (const auto& t : doc["tasks"]) {
         if (t.is_object() && t.contains("name") && t["name"].is_string()) {
           const std::string name = t["name"];
-          if (std::find(report.tasks.begin(), report.tasks.end(), name) != report.tasks.end()) ordered.push_back(name);
+          if (std::find(report.tasks.begin(), report.tasks.end(), name) != report.tasks.end())
+            ordered.push_back(name);
         }
       }
       if (ordered.size() == report.tasks.size()) report.tasks = ordered;
@@ -53,7 +58,8 @@ CoverageReport coverage_from_store(const StatsStore& store, const CoverageOption
     for (const auto& task : report.tasks) {
       auto it = by_task.find(task);
       if (it == by_task.end()) {
-        throw DataError(store.path(), fmt::format("expert_tokens/layer_{}/router/{}", layer, task), "missing for this layer");
+        throw DataError(store.path(), fmt::format("expert_tokens/layer_{}/router/{}", layer, task),
+                        "missing for this layer");
       }
       if (experts < 0) {
         experts = it->second.second.size(0);
@@ -101,14 +107,20 @@ nlohmann::json coverage_json(const CoverageReport& report) {
   }
   nlohmann::json flagged = nlohmann::json::array();
   for (const auto& f : report.flagged) {
-    flagged.push_back({{"layer", f.layer}, {"expert", f.expert}, {"task", f.task}, {"tokens", f.tokens}, {"threshold", f.threshold}});
+    flagged.push_back({{"layer", f.layer},
+                       {"expert", f.expert},
+                       {"task", f.task},
+                       {"tokens", f.tokens},
+                       {"threshold", f.threshold}});
   }
-  return {{"format", "lathe-coverage"},
-          {"version", 1},
-          {"rule", {{"min_tokens", report.options.min_tokens}, {"min_fraction", report.options.min_fraction}}},
-          {"tasks", report.tasks},
-          {"layers", layers},
-          {"flagged", flagged}};
+  return {
+      {"format", "lathe-coverage"},
+      {"version", 1},
+      {"rule",
+       {{"min_tokens", report.options.min_tokens}, {"min_fraction", report.options.min_fraction}}},
+      {"tasks", report.tasks},
+      {"layers", layers},
+      {"flagged", flagged}};
 }
 
 std::string coverage_text(const CoverageReport& report) {
@@ -117,10 +129,12 @@ std::string coverage_text(const CoverageReport& report) {
     out << "expert coverage: no MoE layers in this store\n";
     return out.str();
   }
-  out << fmt::format("expert coverage: tokens routed to each expert; flagged below max({}, {:g}% of the task's tokens)\n",
-                     report.options.min_tokens, report.options.min_fraction * 100);
-  out << fmt::format("{:>5} {:>9} {:>7} {:>9} {:>9} {:>9}  {}\n", "layer", "tokens", "experts", "min", "median", "max",
-                     "flagged per task");
+  out << fmt::format(
+      "expert coverage: tokens routed to each expert; flagged below max({}, {:g}% of the task's "
+      "tokens)\n",
+      report.options.min_tokens, report.options.min_fraction * 100);
+  out << fmt::format("{:>5} {:>9} {:>7} {:>9} {:>9} {:>9}  {}\n", "layer", "tokens", "experts",
+                     "min", "median", "max", "flagged per task");
   for (const auto& l : report.layers) {
     std::vector<int64_t> totals;
     for (const auto& per : l.expert_tokens) {
@@ -140,18 +154,20 @@ std::string coverage_text(const CoverageReport& report) {
     }
     const int64_t median = sorted.empty() ? 0 : sorted[(sorted.size() - 1) / 2];
     out << fmt::format("{:>5} {:>9} {:>7} {:>9} {:>9} {:>9}  {}\n", l.layer, tokens, totals.size(),
-                       sorted.empty() ? 0 : sorted.front(), median, sorted.empty() ? 0 : sorted.back(),
-                       flags.empty() ? "-" : flags);
+                       sorted.empty() ? 0 : sorted.front(), median,
+                       sorted.empty() ? 0 : sorted.back(), flags.empty() ? "-" : flags);
   }
   if (!report.flagged.empty()) {
-    out << fmt::format("{} flagged (layer, expert, task: tokens < threshold):\n", report.flagged.size());
+    out << fmt::format("{} flagged (layer, expert, task: tokens < threshold):\n",
+                       report.flagged.size());
     size_t shown = 0;
     for (const auto& f : report.flagged) {
       if (++shown > 40) {
         out << fmt::format("  … {} more in the JSON report\n", report.flagged.size() - 40);
         break;
       }
-      out << fmt::format("  layer {:>3} expert {:>4} {}: {} < {}\n", f.layer, f.expert, f.task, f.tokens, f.threshold);
+      out << fmt::format("  layer {:>3} expert {:>4} {}: {} < {}\n", f.layer, f.expert, f.task,
+                         f.tokens, f.threshold);
     }
   }
   return out.str();

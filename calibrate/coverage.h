@@ -34,8 +34,8 @@ struct CoverageReport {
   };
   std::vector<std::string> tasks;
   CoverageOptions options;
-  std::vector<Layer> layers;   ///< MoE layers, ascending
-  std::vector<Flag> flagged;   ///< by layer, expert, then task order ("all" last)
+  std::vector<Layer> layers;  ///< MoE layers, ascending
+  std::vector<Flag> flagged;  ///< by layer, expert, then task order ("all" last)
 
   /// The threshold for a task with `task_tokens` tokens.
   int64_t threshold(int64_t task_tokens) const;

@@ -1,14 +1,16 @@
-// Golden vectors of the verification harness (DESIGN.md "Output directory": out/verify/; docs/verify.md):
-// for each decoder layer with quantized linears, real inputs of those linears and the outputs of
-// lathe's dequantized layer, so `lathe verify` can prove that an export's packed weights compute
-// what lathe measured. One HDF5 file per layer, `verify/layer_<L>.h5` (L zero-padded to 5 digits):
+// Golden vectors of the verification harness (DESIGN.md "Output directory": out/verify/;
+// docs/verify.md): for each decoder layer with quantized linears, real inputs of those linears and
+// the outputs of lathe's dequantized layer, so `lathe verify` can prove that an export's packed
+// weights compute what lathe measured. One HDF5 file per layer, `verify/layer_<L>.h5` (L
+// zero-padded to 5 digits):
 //
 //   /                attrs format "lathe-golden", format_version 1, layer, source (where the
 //                    rows came from), lathe_version
 //   /inputs/<name>   F32 [R, n]   an input shared by several linears ("attn_in", "attn_out_in",
 //                                 "q_latent", "kv_latent", "mlp_in", "mlp_act", "shared_act",
 //                                 "expert_act.<e>")
-//   /linears/<module>             group per quantized linear (module = tensor name without ".weight")
+//   /linears/<module>             group per quantized linear (module = tensor name without
+//   ".weight")
 //        attrs input (name under /inputs), bits, group_size, sym, act_bits
 //        y   F32 [R, out]          act(x) · Wᵀ + b with W lathe's exact dequantized weight (fp32)
 //   /moe             (MoE layers) attrs input ("mlp_in"); y F32 [R, d] = the MoE block's output

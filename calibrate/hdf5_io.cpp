@@ -32,14 +32,17 @@ herr_t record_hdf5_error(hid_t stack, void*) {
 
 }  // namespace
 
-std::string& last_reason() { return t_hdf5_reason; }
+std::string& last_reason() {
+  return t_hdf5_reason;
+}
 
 void install_error_handler() {
   H5Eset_auto2(H5E_DEFAULT, record_hdf5_error, nullptr);
   t_hdf5_reason.clear();
 }
 
-void throw_error(ErrorKind kind, const std::string& where, const std::string& field, const std::string& message) {
+void throw_error(ErrorKind kind, const std::string& where, const std::string& field,
+                 const std::string& message) {
   switch (kind) {
     case ErrorKind::kConfig: throw ConfigError(where, field, message);
     case ErrorKind::kData: throw DataError(where, field, message);
@@ -116,7 +119,6 @@ H5::FileAccPropList file_access() {
   h5_check(H5Pset_file_locking(fapl.getId(), true, true), "H5Pset_file_locking");
   return fapl;
 }
-
 
 // Groups and datasets record no modification times, so files are byte-reproducible.
 void set_untimed(hid_t object_create_plist) {

@@ -25,8 +25,8 @@ void install_error_handler();
 /// Runs `action`, turning an H5::Exception into a lathe error of `kind` (DataError while reading,
 /// ResourceError while writing) naming the file and the key; lathe errors pass through.
 template <typename Action>
-auto with_hdf5(ErrorKind kind, const std::string& where, const std::string& field, const std::string& doing,
-               Action&& action) -> decltype(action()) {
+auto with_hdf5(ErrorKind kind, const std::string& where, const std::string& field,
+               const std::string& doing, Action&& action) -> decltype(action()) {
   install_error_handler();
   try {
     return action();
@@ -46,11 +46,12 @@ Result h5_check(Result result, const char* function) {
 H5::StrType utf8_string_type();
 void write_string(const H5::H5Object& object, const char* name, const std::string& value);
 void write_int(const H5::H5Object& object, const char* name, int64_t value);
-/// Scalar attributes; nullopt when absent, DataError (field = `field`) when of another type or shape.
-std::optional<std::string> read_string(const H5::H5Object& object, const char* name, const std::string& where,
-                                       const std::string& field);
-std::optional<int64_t> read_int(const H5::H5Object& object, const char* name, const std::string& where,
-                                const std::string& field);
+/// Scalar attributes; nullopt when absent, DataError (field = `field`) when of another type or
+/// shape.
+std::optional<std::string> read_string(const H5::H5Object& object, const char* name,
+                                       const std::string& where, const std::string& field);
+std::optional<int64_t> read_int(const H5::H5Object& object, const char* name,
+                                const std::string& where, const std::string& field);
 std::string required_string(const H5::H5Object& object, const char* name, const std::string& where,
                             const std::string& field);
 
@@ -60,7 +61,8 @@ H5::FileAccPropList file_access();
 /// Owns an id from the C API, closing it on scope exit.
 class CId {
  public:
-  CId(hid_t id, herr_t (*close)(hid_t), const char* function) : id_(h5_check(id, function)), close_(close) {}
+  CId(hid_t id, herr_t (*close)(hid_t), const char* function)
+      : id_(h5_check(id, function)), close_(close) {}
   ~CId() { close_(id_); }
   CId(const CId&) = delete;
   CId& operator=(const CId&) = delete;

@@ -506,7 +506,9 @@ at::Tensor StatsStore::get(const StatsKey& key, const StatsFingerprints& expecte
   });
 }
 
-at::Tensor StatsStore::get_as_stored(const StatsKey& key) const { return get(key, info(key).fingerprints); }
+at::Tensor StatsStore::get_as_stored(const StatsKey& key) const {
+  return get(key, info(key).fingerprints);
+}
 
 bool StatsStore::is_current(const StatsKey& key, const StatsFingerprints& expected) const {
   if (!contains(key)) return false;
@@ -556,13 +558,16 @@ void StatsStore::commit() {
   impl.open_readonly();
 }
 
-StatsKey calibration_description_key() { return {"calibration_description", StatsKey::kAllLayers, "input", "all"}; }
+StatsKey calibration_description_key() {
+  return {"calibration_description", StatsKey::kAllLayers, "input", "all"};
+}
 
 std::optional<std::string> stored_calibration_description(const StatsStore& store) {
   const StatsKey key = calibration_description_key();
   if (!store.contains(key)) return std::nullopt;
   const at::Tensor bytes = store.get_as_stored(key).contiguous();
-  return std::string(static_cast<const char*>(bytes.data_ptr()), static_cast<size_t>(bytes.numel()));
+  return std::string(static_cast<const char*>(bytes.data_ptr()),
+                     static_cast<size_t>(bytes.numel()));
 }
 
 }  // namespace lathe

@@ -33,8 +33,8 @@ struct TokenizerPipeline {
   std::unique_ptr<Decoder> decoder;
   AddedVocabulary added;
   std::optional<int32_t> bos, eos, pad;
-  std::string config_path;        // tokenizer_config.json (from_model_dir), for add_bos_token's errors
-  nlohmann::json add_bos_token;   // its value as found (null: absent); checked by adds_bos()
+  std::string config_path;  // tokenizer_config.json (from_model_dir), for add_bos_token's errors
+  nlohmann::json add_bos_token;  // its value as found (null: absent); checked by adds_bos()
 };
 
 }  // namespace tok
@@ -217,7 +217,8 @@ std::optional<int32_t> Tokenizer::bos_id() const {
 }
 bool Tokenizer::adds_bos() const {
   if (pipeline_->add_bos_token.is_null()) return false;
-  return tok::JsonReader(pipeline_->add_bos_token, pipeline_->config_path, "add_bos_token").as_bool();
+  return tok::JsonReader(pipeline_->add_bos_token, pipeline_->config_path, "add_bos_token")
+      .as_bool();
 }
 std::optional<int32_t> Tokenizer::eos_id() const {
   return pipeline_->eos;

@@ -27,33 +27,39 @@ DType safetensors_dtype(at::ScalarType type, const std::string& name) {
     case at::kByte: return DType::kU8;
     case at::kChar: return DType::kI8;
     case at::kBool: return DType::kBool;
-    default: throw UnsupportedError("", name, std::string("cannot write dtype ") + c10::toString(type));
+    default:
+      throw UnsupportedError("", name, std::string("cannot write dtype ") + c10::toString(type));
   }
 }
 
-TensorBytes tensor_bytes(const std::string& name, const at::Tensor& value, std::vector<at::Tensor>* keep) {
+TensorBytes tensor_bytes(const std::string& name, const at::Tensor& value,
+                         std::vector<at::Tensor>* keep) {
   keep->push_back(value.contiguous().cpu());
   const at::Tensor& c = keep->back();
-  return {name, safetensors_dtype(c.scalar_type(), name), c.sizes().vec(), static_cast<const uint8_t*>(c.data_ptr()),
-          static_cast<uint64_t>(c.nbytes())};
+  return {name, safetensors_dtype(c.scalar_type(), name), c.sizes().vec(),
+          static_cast<const uint8_t*>(c.data_ptr()), static_cast<uint64_t>(c.nbytes())};
 }
 
-void copy_model_side_files(const fs::path& model_dir, const fs::path& dir, const std::set<std::string>& skip) {
+void copy_model_side_files(const fs::path& model_dir, const fs::path& dir,
+                           const std::set<std::string>& skip) {
   for (const auto& entry : fs::directory_iterator(model_dir)) {
     const std::string name = entry.path().filename().string();
-    if (!entry.is_regular_file() || name == "config.json" || name == "model.safetensors.index.json" ||
-        entry.path().extension() == ".safetensors" || skip.count(name)) {
+    if (!entry.is_regular_file() || name == "config.json" ||
+        name == "model.safetensors.index.json" || entry.path().extension() == ".safetensors" ||
+        skip.count(name)) {
       continue;
     }
     fs::copy_file(entry.path(), dir / name, fs::copy_options::overwrite_existing);
   }
 }
 
-CheckpointShards::CheckpointShards(fs::path dir, int64_t layers, std::map<std::string, std::string> metadata)
+CheckpointShards::CheckpointShards(fs::path dir, int64_t layers,
+                                   std::map<std::string, std::string> metadata)
     : dir_(std::move(dir)), layers_(layers), metadata_(std::move(metadata)) {}
 
 std::string CheckpointShards::file_name(int64_t layer) const {
-  if (layer < -1 || layer >= layers_) throw InternalError(dir_.string(), "", fmt::format("no shard for layer {}", layer));
+  if (layer < -1 || layer >= layers_)
+    throw InternalError(dir_.string(), "", fmt::format("no shard for layer {}", layer));
   return checkpoint_shard_name(layer < 0 ? layers_ + 1 : layer + 1, layers_ + 1);
 }
 
@@ -65,7 +71,9 @@ std::string CheckpointShards::write(int64_t layer, const std::vector<TensorBytes
   return write_safetensors(path(layer).string(), tensors, metadata_);
 }
 
-void CheckpointShards::record(int64_t layer, const std::string& tensor_name) { weight_map_[tensor_name] = file_name(layer); }
+void CheckpointShards::record(int64_t layer, const std::string& tensor_name) {
+  weight_map_[tensor_name] = file_name(layer);
+}
 
 uint64_t CheckpointShards::file_bytes() const {
   uint64_t total = 0;

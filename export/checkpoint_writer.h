@@ -1,7 +1,8 @@
-// The one writer of HF checkpoint directories (issue 26, item 1), shared by `lathe apply` (OUT/model
-// and OUT/quant), every export (OUT/hf, OUT/gptq, OUT/ct) and `lathe import` of a GGUF:
+// The one writer of HF checkpoint directories (issue 26, item 1), shared by `lathe apply`
+// (OUT/model and OUT/quant), every export (OUT/hf, OUT/gptq, OUT/ct) and `lathe import` of a GGUF:
 //   - shards: layer i in model-<i+1>-of-<N+1>.safetensors, embedding / final norm / LM head in the
-//     last (N = decoder layers), each written atomically and deterministically (safetensors_writer.h);
+//     last (N = decoder layers), each written atomically and deterministically
+//     (safetensors_writer.h);
 //   - model.safetensors.index.json with every tensor's shard and the total tensor bytes;
 //   - the source model's side files (tokenizer, generation config, ...) copied beside them;
 //   - the ATen dtype → safetensors dtype mapping.
@@ -33,7 +34,8 @@ DType safetensors_dtype(at::ScalarType type, const std::string& name);
 /// A view of `value`'s bytes for write_safetensors; the contiguous CPU tensor it points into is
 /// appended to `keep` so it outlives the write (no copy when `value` already is one, e.g. a mapped
 /// weight).
-TensorBytes tensor_bytes(const std::string& name, const at::Tensor& value, std::vector<at::Tensor>* keep);
+TensorBytes tensor_bytes(const std::string& name, const at::Tensor& value,
+                         std::vector<at::Tensor>* keep);
 
 /// Copies every regular file of `model_dir` into `dir` except config.json, the safetensors shards,
 /// their index and the names in `skip`; an existing file is replaced.
@@ -43,7 +45,8 @@ void copy_model_side_files(const std::filesystem::path& model_dir, const std::fi
 /// The shards and index of one checkpoint directory with `layers` decoder layers.
 class CheckpointShards {
  public:
-  CheckpointShards(std::filesystem::path dir, int64_t layers, std::map<std::string, std::string> metadata);
+  CheckpointShards(std::filesystem::path dir, int64_t layers,
+                   std::map<std::string, std::string> metadata);
 
   /// The shard file of decoder layer `layer` (−1: the last shard).
   std::string file_name(int64_t layer) const;

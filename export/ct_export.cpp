@@ -29,7 +29,8 @@ struct CtScheme {
   bool operator<(const CtScheme& o) const { return key() < o.key(); }
   std::string text() const {
     return fmt::format("{} {}-bit g{} {}{}{}", format, bits, group_size, sym ? "sym" : "asym",
-                       actorder_group ? " actorder" : "", act_bits ? fmt::format(" a{}", act_bits) : "");
+                       actorder_group ? " actorder" : "",
+                       act_bits ? fmt::format(" a{}", act_bits) : "");
   }
 };
 
@@ -55,24 +56,29 @@ nlohmann::ordered_json weights_args(const CtScheme& s) {
   return {{"num_bits", s.bits},
           {"type", "int"},
           {"symmetric", s.sym},
-          {"group_size", s.group_size == -1 ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(s.group_size)},
+          {"group_size", s.group_size == -1 ? nlohmann::ordered_json(nullptr)
+                                            : nlohmann::ordered_json(s.group_size)},
           {"strategy", s.group_size == -1 ? "channel" : "group"},
           {"block_structure", nullptr},
           {"dynamic", false},
-          {"actorder", s.actorder_group ? nlohmann::ordered_json("group") : nlohmann::ordered_json(nullptr)},
+          {"actorder",
+           s.actorder_group ? nlohmann::ordered_json("group") : nlohmann::ordered_json(nullptr)},
           {"observer", "minmax"},
           {"observer_kwargs", nlohmann::ordered_json::object()}};
 }
 
 nlohmann::ordered_json input_args(const CtScheme& s) {
   if (!s.act_bits) return nullptr;
-  return {{"num_bits", s.act_bits}, {"type", "int"},   {"symmetric", true},     {"group_size", nullptr},
-          {"strategy", "token"},    {"block_structure", nullptr}, {"dynamic", true}, {"actorder", nullptr},
+  return {{"num_bits", s.act_bits}, {"type", "int"},
+          {"symmetric", true},      {"group_size", nullptr},
+          {"strategy", "token"},    {"block_structure", nullptr},
+          {"dynamic", true},        {"actorder", nullptr},
           {"observer", nullptr},    {"observer_kwargs", nlohmann::ordered_json::object()}};
 }
 
 /// compressed-tensors targets: an exact module name, or "re:" + a family regex.
-std::vector<std::string> ct_targets(const std::vector<std::string>& all, const std::set<std::string>& modules) {
+std::vector<std::string> ct_targets(const std::vector<std::string>& all,
+                                    const std::set<std::string>& modules) {
   std::vector<std::string> out;
   for (const auto& p : module_patterns(all, modules)) {
     if (p.find("\\d+") != std::string::npos) {
@@ -89,22 +95,26 @@ std::vector<std::string> ct_targets(const std::vector<std::string>& all, const s
   return out;
 }
 
-void add_packed(const ExportLinear& l, const CtScheme& s, at::ScalarType scale_dtype, ShardTensors* shard) {
+void add_packed(const ExportLinear& l, const CtScheme& s, at::ScalarType scale_dtype,
+                ShardTensors* shard) {
   if (s.format == "int-quantized") {
     const CtIntTensors t = pack_ct_int8(l.q, scale_dtype);
     shard->add(l.module + ".weight", t.weight);
     shard->add(l.module + ".weight_scale", t.weight_scale);
     return;
   }
-  const CtPackedTensors t = pack_ct_packed(l.q, scale_dtype, s.actorder_group ? l.g_idx : at::Tensor());
+  const CtPackedTensors t =
+      pack_ct_packed(l.q, scale_dtype, s.actorder_group ? l.g_idx : at::Tensor());
   shard->add(l.module + ".weight_packed", t.weight_packed);
   shard->add(l.module + ".weight_scale", t.weight_scale);
   shard->add(l.module + ".weight_shape", t.weight_shape);
-  if (t.weight_zero_point.defined()) shard->add(l.module + ".weight_zero_point", t.weight_zero_point);
+  if (t.weight_zero_point.defined())
+    shard->add(l.module + ".weight_zero_point", t.weight_zero_point);
   if (t.weight_g_idx.defined()) shard->add(l.module + ".weight_g_idx", t.weight_g_idx);
 }
 
-nlohmann::ordered_json ct_config(const ExportSource& src, const std::map<CtScheme, std::set<std::string>>& groups,
+nlohmann::ordered_json ct_config(const ExportSource& src,
+                                 const std::map<CtScheme, std::set<std::string>>& groups,
                                  const std::set<std::string>& skipped) {
   const std::vector<std::string> all = src.all_linear_modules();
   nlohmann::ordered_json config_groups = nlohmann::ordered_json::object();
@@ -151,14 +161,16 @@ void write_ct_files(const ExportSource& src, const fs::path& dir, ExportResult* 
         if (!l.router) settings[l.module] = "unquantized";
         if (!reason.empty()) {
           result->unpacked_modules += 1;
-          result->log.push_back(fmt::format("{}: stored dequantized, in the ignore list ({})", l.module, reason));
+          result->log.push_back(
+              fmt::format("{}: stored dequantized, in the ignore list ({})", l.module, reason));
         }
         continue;
       }
       if (!exact_in(l.q.scales, scale_dtype)) {
-        throw UnsupportedError(src.out_dir().string(), l.module + ".weight_scale",
-                               std::string("a scale is not exactly representable in the model dtype ") +
-                                   c10::toString(scale_dtype));
+        throw UnsupportedError(
+            src.out_dir().string(), l.module + ".weight_scale",
+            std::string("a scale is not exactly representable in the model dtype ") +
+                c10::toString(scale_dtype));
       }
       add_packed(l, s, scale_dtype, shard);
       groups[s].insert(l.module);
@@ -167,7 +179,8 @@ void write_ct_files(const ExportSource& src, const fs::path& dir, ExportResult* 
     }
   });
   if (groups.empty()) {
-    throw ConfigError(src.out_dir().string(), "quant", "no quantized module can be stored as compressed-tensors (see the log)");
+    throw ConfigError(src.out_dir().string(), "quant",
+                      "no quantized module can be stored as compressed-tensors (see the log)");
   }
   for (const auto& w : fused_setting_warnings(settings)) result->log.push_back("warning: " + w);
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(src.config().dump());

@@ -27,7 +27,7 @@ struct IntegrityProblem {
 };
 
 struct IntegrityReport {
-  int64_t files = 0, tensors = 0;         ///< what the manifest lists
+  int64_t files = 0, tensors = 0;          ///< what the manifest lists
   std::vector<IntegrityProblem> problems;  ///< empty when every listed file and tensor matches
   std::vector<std::string> unlisted;       ///< files present but not in the manifest (not checked)
 };

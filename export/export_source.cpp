@@ -20,14 +20,16 @@ namespace fs = std::filesystem;
 
 namespace lathe {
 
-
 namespace {
 
-bool is_router(TensorRole role) { return role == TensorRole::kRouter || role == TensorRole::kSharedExpertGate; }
+bool is_router(TensorRole role) {
+  return role == TensorRole::kRouter || role == TensorRole::kSharedExpertGate;
+}
 
 std::string module_of(const std::string& weight_name) {
   static const std::string suffix = ".weight";
-  if (weight_name.size() <= suffix.size() || weight_name.compare(weight_name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+  if (weight_name.size() <= suffix.size() ||
+      weight_name.compare(weight_name.size() - suffix.size(), suffix.size(), suffix) != 0) {
     throw InternalError(weight_name, "", "a linear weight's name must end in .weight");
   }
   return weight_name.substr(0, weight_name.size() - suffix.size());
@@ -48,7 +50,8 @@ QuantizedWeight rows_of(const QuantizedWeight& q, int64_t begin, int64_t n) {
 bool ExportLinear::permuted_groups() const {
   if (!quantized || !g_idx.defined()) return false;
   const int64_t in = g_idx.size(0), g = q.spec.group_size == -1 ? in : q.spec.group_size;
-  const at::Tensor contiguous = at::arange(in, at::TensorOptions().dtype(at::kLong)).div(g, "floor");
+  const at::Tensor contiguous =
+      at::arange(in, at::TensorOptions().dtype(at::kLong)).div(g, "floor");
   return !at::equal(g_idx.to(at::kLong), contiguous);
 }
 
@@ -56,15 +59,18 @@ ExportSource::ExportSource(const fs::path& out_dir, const ExportSourceOptions& o
     : out_dir_(out_dir), model_dir_(out_dir / "model") {
   const fs::path manifest = out_dir / "lathe_manifest.json";
   if (!fs::exists(manifest) || !fs::is_directory(model_dir_)) {
-    throw ConfigError(out_dir.string(), "", "not a lathe output directory (expected lathe_manifest.json and model/)");
+    throw ConfigError(out_dir.string(), "",
+                      "not a lathe output directory (expected lathe_manifest.json and model/)");
   }
   const nlohmann::json m = parse_json_strict(read_file(manifest.string()), manifest.string(), "");
-  if (m.is_object() && m.contains("pipeline") && m["pipeline"].is_string()) pipeline_ = m["pipeline"].get<std::string>();
+  if (m.is_object() && m.contains("pipeline") && m["pipeline"].is_string())
+    pipeline_ = m["pipeline"].get<std::string>();
   const fs::path config = model_dir_ / "config.json";
   config_ = parse_json_strict(read_file(config.string()), config.string(), "");
   model_spec_ = load_model_spec(model_dir_);
   spec_ = model_spec_;
-  padding_ = plan_expert_padding(model_spec_, options.pad_experts, options.target, out_dir.string());
+  padding_ =
+      plan_expert_padding(model_spec_, options.pad_experts, options.target, out_dir.string());
   if (!padding_.empty()) {
     int64_t most = 0;
     for (const auto& l : spec_.layers) most = std::max(most, l.num_experts);
@@ -77,9 +83,10 @@ ExportSource::ExportSource(const fs::path& out_dir, const ExportSourceOptions& o
     // A group of dummies around one real expert would hide it (FORMATS.md §6).
     const RoutingRule& r = model_spec_.routing;
     if (r.num_groups > 1 && r.topk_groups < r.num_groups) {
-      warnings_.push_back(fmt::format("padding turned group-limited routing off (n_group {}, topk_group {} → 1, 1): "
-                                      "the export routes differently from OUT",
-                                      r.num_groups, r.topk_groups));
+      warnings_.push_back(fmt::format(
+          "padding turned group-limited routing off (n_group {}, topk_group {} → 1, 1): "
+          "the export routes differently from OUT",
+          r.num_groups, r.topk_groups));
     }
     spec_.routing.num_groups = spec_.routing.topk_groups = 1;
     if (config_.contains("n_group")) config_["n_group"] = 1;
@@ -89,9 +96,11 @@ ExportSource::ExportSource(const fs::path& out_dir, const ExportSourceOptions& o
   quant_ = open_quant_sidecar(out_dir.string());
   if (!quant_ && options.require_quant) {
     throw ConfigError(out_dir.string(), "quant",
-                      "no quantized tensors (quant/ is missing): the packed exports need a quantizing pass (rtn, gptq)");
+                      "no quantized tensors (quant/ is missing): the packed exports need a "
+                      "quantizing pass (rtn, gptq)");
   }
-  layout_ = detect_expert_layout(model_spec_, [this](const std::string& n) { return store_->contains(n); });
+  layout_ = detect_expert_layout(model_spec_,
+                                 [this](const std::string& n) { return store_->contains(n); });
   for (const auto& t : expected_tensors(model_spec_, layout_)) {
     if (t.role == TensorRole::kEmbed) model_dtype_ = to_scalar_type(store_->info(t.name).dtype);
   }
@@ -142,11 +151,13 @@ ExportLayer ExportSource::layer(int64_t i) const {
         int64_t begin, n;
       };
       const bool gate_up = t.role == TensorRole::kExpertsGateUp;
-      const Part split[2] = {{TensorRole::kExpertGate, 0, rows / 2}, {TensorRole::kExpertUp, rows / 2, rows / 2}};
+      const Part split[2] = {{TensorRole::kExpertGate, 0, rows / 2},
+                             {TensorRole::kExpertUp, rows / 2, rows / 2}};
       const Part whole[1] = {{TensorRole::kExpertDown, 0, rows}};
       for (const Part& p : gate_up ? at::ArrayRef<Part>(split) : at::ArrayRef<Part>(whole)) {
         auto name = per_expert.find({p.role, e});
-        if (name == per_expert.end()) throw InternalError(t.name, "", fmt::format("no per-expert name for expert {}", e));
+        if (name == per_expert.end())
+          throw InternalError(t.name, "", fmt::format("no per-expert name for expert {}", e));
         ExportLinear l;
         l.module = module_of(name->second);
         l.role = p.role;
@@ -200,7 +211,8 @@ void ExportSource::pad_layer(int64_t i, ExportLayer* layer) const {
   for (const auto& t : expected_layer_tensors(spec_, ExpertLayout::kPerExpert, i)) {
     if (t.expert < real) continue;
     auto it = like.find(t.role);
-    if (it == like.end()) throw InternalError(t.name, "", "no real expert to shape a dummy expert after");
+    if (it == like.end())
+      throw InternalError(t.name, "", "no real expert to shape a dummy expert after");
     added.push_back(dummy_like(*it->second, module_of(t.name)));
   }
   for (ExportLinear& l : layer->linears) {
@@ -211,7 +223,9 @@ void ExportSource::pad_layer(int64_t i, ExportLayer* layer) const {
   for (auto& l : added) layer->linears.push_back(std::move(l));
   static const std::string bias = "e_score_correction_bias";
   for (auto& [name, value] : layer->others) {
-    if (name.size() < bias.size() || name.compare(name.size() - bias.size(), bias.size(), bias) != 0) continue;
+    if (name.size() < bias.size() ||
+        name.compare(name.size() - bias.size(), bias.size(), bias) != 0)
+      continue;
     value = at::cat({value, at::full({dummies}, -1e4, value.options())}, 0);
   }
 }
@@ -265,13 +279,14 @@ std::vector<std::string> generalisations(const std::string& name) {
     const size_t dot = name.find('.', start);
     parts.push_back(name.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
     const std::string& part = parts.back();
-    if (!part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    if (!part.empty() &&
+        std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       numeric.push_back(parts.size() - 1);
     }
     if (dot == std::string::npos) break;
     start = dot + 1;
   }
-  if (numeric.size() > 4) numeric.resize(4);  // bounded: 2^4 patterns per name
+  if (numeric.size() > 4) numeric.resize(4);     // bounded: 2^4 patterns per name
   std::vector<std::pair<int, std::string>> out;  // {generalised components, pattern}
   for (uint32_t mask = 0; mask < (1u << numeric.size()); ++mask) {
     std::vector<std::string> p = parts;
@@ -285,7 +300,8 @@ std::vector<std::string> generalisations(const std::string& name) {
     }
     out.emplace_back(count, text);
   }
-  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::stable_sort(out.begin(), out.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<std::string> patterns;
   for (auto& [c, t] : out) patterns.push_back(std::move(t));
   return patterns;
@@ -293,7 +309,8 @@ std::vector<std::string> generalisations(const std::string& name) {
 
 }  // namespace
 
-std::vector<std::string> module_patterns(const std::vector<std::string>& all, const std::set<std::string>& selected) {
+std::vector<std::string> module_patterns(const std::vector<std::string>& all,
+                                         const std::set<std::string>& selected) {
   // A pattern may stand for its members only when every name of `all` it matches is selected, so
   // patterns of disjoint selections never match a common name.
   std::map<std::string, std::pair<int64_t, int64_t>> members;  // pattern → {names, selected names}
@@ -356,7 +373,8 @@ uint64_t write_export_shards(const ExportSource& src, const fs::path& dir,
 
 namespace lathe {
 
-std::vector<std::string> fused_setting_warnings(const std::map<std::string, std::string>& setting_by_module) {
+std::vector<std::string> fused_setting_warnings(
+    const std::map<std::string, std::string>& setting_by_module) {
   static const std::regex expert(R"(\.experts\.\d+\.[A-Za-z0-9_]+$)");
   static const std::regex qkv(R"(\.(q_proj|k_proj|v_proj)$)");
   static const std::regex gate_up(R"(\.(gate_proj|up_proj)$)");
@@ -382,7 +400,9 @@ std::vector<std::string> fused_setting_warnings(const std::map<std::string, std:
     if (settings.size() < 2) continue;
     std::string list;
     for (const auto& s : settings) list += (list.empty() ? "" : ", ") + s;
-    out.push_back(fmt::format("{}: vLLM loads these as one fused layer with one setting, but they differ ({})", key, list));
+    out.push_back(fmt::format(
+        "{}: vLLM loads these as one fused layer with one setting, but they differ ({})", key,
+        list));
   }
   return out;
 }

@@ -25,9 +25,9 @@
 #include "compressor/model/architecture.h"
 #include "compressor/model/model_spec.h"
 #include "compressor/quant/quantizer.h"
+#include "export/checkpoint_writer.h"
 #include "export/partial_directory.h"
 #include "export/quant_export.h"
-#include "export/checkpoint_writer.h"
 
 namespace lathe {
 
@@ -36,14 +36,15 @@ class QuantSidecar;
 
 /// One linear layer of the exported model (a module: `<module>.weight` in an HF checkpoint).
 struct ExportLinear {
-  std::string module;  ///< e.g. "model.layers.0.self_attn.q_proj", "model.layers.1.mlp.experts.3.up_proj"
+  std::string
+      module;  ///< e.g. "model.layers.0.self_attn.q_proj", "model.layers.1.mlp.experts.3.up_proj"
   TensorRole role = TensorRole::kQ;
-  bool router = false;     ///< a router / shared-expert gate: never quantized, always skipped by name
+  bool router = false;  ///< a router / shared-expert gate: never quantized, always skipped by name
   bool quantized = false;  ///< OUT/quant holds it: q and g_idx are set
   QuantizedWeight q;       ///< codes [out, in], scales [out, G], zeros [out, G], spec
   at::Tensor g_idx;        ///< int32 [in]
   int64_t act_bits = 0;    ///< 8: W8A8
-  at::Tensor weight;       ///< the OUT/model weight (model dtype) [out, in]: written when not packed
+  at::Tensor weight;  ///< the OUT/model weight (model dtype) [out, in]: written when not packed
   int64_t out_features() const { return weight.size(0); }
   int64_t in_features() const { return weight.size(1); }
   /// True when g_idx is not the contiguous c / group_size (act-order with dynamic groups).
@@ -52,8 +53,9 @@ struct ExportLinear {
 
 /// The tensors of one decoder layer as the export sees them.
 struct ExportLayer {
-  std::vector<ExportLinear> linears;                        ///< model order
-  std::vector<std::pair<std::string, at::Tensor>> others;  ///< norms, biases, router biases: copied as they are
+  std::vector<ExportLinear> linears;  ///< model order
+  std::vector<std::pair<std::string, at::Tensor>>
+      others;  ///< norms, biases, router biases: copied as they are
 };
 
 struct ExportSourceOptions {
@@ -72,7 +74,8 @@ class ExportSource {
   /// or model/), has no quant/ while `require_quant` (nothing quantized: "run a quantizing pass
   /// first"), or has expert counts that differ between layers and cannot be padded
   /// (plan_expert_padding); otherwise throws like WeightStore / QuantSidecar.
-  explicit ExportSource(const std::filesystem::path& out_dir, const ExportSourceOptions& options = {});
+  explicit ExportSource(const std::filesystem::path& out_dir,
+                        const ExportSourceOptions& options = {});
   ~ExportSource();
 
   const std::filesystem::path& out_dir() const { return out_dir_; }
@@ -123,9 +126,10 @@ class ExportSource {
 /// `selected` among `all`. Each selected name becomes its most general generalisation — numeric
 /// path components (layer, expert) replaced by `\d+`, e.g. `model\.layers\.\d+\.mlp\.down_proj$`
 /// or `model\.layers\.0\.mlp\.experts\.\d+\.down_proj$` — whose matches in `all` are all
-/// selected, or else its own escaped name. So patterns made for disjoint `selected` sets never match
-/// a common name. Sorted, deterministic.
-std::vector<std::string> module_patterns(const std::vector<std::string>& all, const std::set<std::string>& selected);
+/// selected, or else its own escaped name. So patterns made for disjoint `selected` sets never
+/// match a common name. Sorted, deterministic.
+std::vector<std::string> module_patterns(const std::vector<std::string>& all,
+                                         const std::set<std::string>& selected);
 
 /// `name` with regex metacharacters escaped ("." → "\.").
 std::string escape_regex(const std::string& name);
@@ -145,21 +149,25 @@ class ShardTensors {
 };
 
 /// Writes the per-layer shards (`model-0000i-of-0000N.safetensors`, N = layers + 1, the last for
-/// embedding, norm and head) and `model.safetensors.index.json` into `dir`; `write_layer(i, &shard)`
-/// fills layer i's shard. Returns the total tensor bytes.
+/// embedding, norm and head) and `model.safetensors.index.json` into `dir`; `write_layer(i,
+/// &shard)` fills layer i's shard. Returns the total tensor bytes.
 uint64_t write_export_shards(const ExportSource& src, const std::filesystem::path& dir,
                              const std::map<std::string, std::string>& metadata,
                              const std::function<void(int64_t, ShardTensors*)>& write_layer);
 
 /// The writers behind export_checkpoint (hf_export.cpp, gptq_export.cpp, ct_export.cpp): fill `dir`
 /// (shards, index, config.json, side files) and add counts and log lines to `result`.
-void write_hf_files(const ExportSource& src, const std::filesystem::path& dir, ExportResult* result);
-void write_gptq_files(const ExportSource& src, const std::filesystem::path& dir, ExportResult* result);
-void write_ct_files(const ExportSource& src, const std::filesystem::path& dir, ExportResult* result);
+void write_hf_files(const ExportSource& src, const std::filesystem::path& dir,
+                    ExportResult* result);
+void write_gptq_files(const ExportSource& src, const std::filesystem::path& dir,
+                      ExportResult* result);
+void write_ct_files(const ExportSource& src, const std::filesystem::path& dir,
+                    ExportResult* result);
 
 /// Warnings for vLLM, which loads q/k/v, gate/up (w1/w3) and all experts of an MoE layer as one
 /// fused layer with one setting: one line per such set whose modules' `setting` strings differ.
-std::vector<std::string> fused_setting_warnings(const std::map<std::string, std::string>& setting_by_module);
+std::vector<std::string> fused_setting_warnings(
+    const std::map<std::string, std::string>& setting_by_module);
 
 /// A float tensor's values are exactly representable in `dtype` (round trip is the identity).
 bool exact_in(const at::Tensor& values, at::ScalarType dtype);

@@ -11,7 +11,9 @@
 namespace lathe::gguf {
 
 File::File(const std::string& path)
-    : path_(path), map_(std::make_shared<const MappedFile>(path)), header_(parse(map_->data(), map_->size(), path)) {}
+    : path_(path),
+      map_(std::make_shared<const MappedFile>(path)),
+      header_(parse(map_->data(), map_->size(), path)) {}
 
 File::~File() = default;
 
@@ -21,7 +23,9 @@ const TensorInfo& File::tensor(const std::string& name) const {
   return *t;
 }
 
-const uint8_t* File::bytes(const TensorInfo& t) const { return map_->data() + t.begin; }
+const uint8_t* File::bytes(const TensorInfo& t) const {
+  return map_->data() + t.begin;
+}
 
 std::vector<float> File::dequantize(const TensorInfo& t) const {
   std::vector<float> out(static_cast<size_t>(t.numel()));
@@ -30,7 +34,9 @@ std::vector<float> File::dequantize(const TensorInfo& t) const {
   return out;
 }
 
-void File::release(const TensorInfo& t) const { map_->release(t.begin, t.begin + t.nbytes); }
+void File::release(const TensorInfo& t) const {
+  map_->release(t.begin, t.begin + t.nbytes);
+}
 
 void File::release_range(const TensorInfo& t, uint64_t begin, uint64_t end) const {
   map_->release(t.begin + std::min(begin, t.nbytes), t.begin + std::min(end, t.nbytes));
@@ -38,7 +44,8 @@ void File::release_range(const TensorInfo& t, uint64_t begin, uint64_t end) cons
 
 bool is_gguf_path(const std::string& path) {
   std::string ext = std::filesystem::path(path).extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return ext == ".gguf" && std::filesystem::is_regular_file(path);
 }
 

@@ -63,7 +63,8 @@ std::vector<uint8_t> dequantized_bytes(const gguf::File& file, const gguf::HfTen
 }
 
 /// The shards: one per decoder layer, the last for everything outside the layers.
-void write_shards(const gguf::File& file, const gguf::HfModel& model, bool bf16, CheckpointShards* shards) {
+void write_shards(const gguf::File& file, const gguf::HfModel& model, bool bf16,
+                  CheckpointShards* shards) {
   std::map<int64_t, std::vector<const gguf::HfTensor*>> by_shard;  // layer → tensors; -1 last
   for (const auto& t : model.tensors) by_shard[t.layer].push_back(&t);
   for (const auto& [layer, tensors] : by_shard) {

@@ -19,13 +19,14 @@ struct ImportResult {
   std::string dir;
   std::string architecture;  ///< general.architecture
   int64_t tensors = 0;
-  uint64_t bytes = 0;        ///< tensor bytes written
+  uint64_t bytes = 0;  ///< tensor bytes written
 };
 
 /// Writes the HF checkpoint of `gguf_path` to `out_dir` (built as `out_dir.partial`, renamed when
 /// complete). ConfigError for an existing `out_dir` without `force` or a bad dtype; the errors of
 /// gguf::File, gguf::hf_model and gguf::hf_tokenizer (DataError / UnsupportedError naming the file
 /// and the key or tensor) before anything is written; ResourceError when writing fails.
-ImportResult import_gguf(const std::string& gguf_path, const std::string& out_dir, const ImportOptions& options);
+ImportResult import_gguf(const std::string& gguf_path, const std::string& out_dir,
+                         const ImportOptions& options);
 
 }  // namespace lathe

@@ -30,10 +30,12 @@ std::string cache_name(const std::string& path) {
   std::error_code ec;
   const fs::path absolute = fs::weakly_canonical(fs::absolute(path), ec);
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw ResourceError(path, "", std::string("cannot stat: ") + std::strerror(errno));
+  if (::stat(path.c_str(), &st) != 0)
+    throw ResourceError(path, "", std::string("cannot stat: ") + std::strerror(errno));
   const std::string identity =
-      fmt::format("{}\n{}\n{}.{:09}\nrevision {}\n", (ec ? fs::path(path) : absolute).string(), static_cast<int64_t>(st.st_size),
-                  static_cast<int64_t>(st.st_mtim.tv_sec), static_cast<int64_t>(st.st_mtim.tv_nsec), kImportRevision);
+      fmt::format("{}\n{}\n{}.{:09}\nrevision {}\n", (ec ? fs::path(path) : absolute).string(),
+                  static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_mtim.tv_sec),
+                  static_cast<int64_t>(st.st_mtim.tv_nsec), kImportRevision);
   std::string stem = fs::path(path).stem().string();
   for (char& c : stem) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) c = '_';
@@ -45,8 +47,11 @@ std::string cache_name(const std::string& path) {
 
 fs::path lathe_cache_dir() {
   if (const char* dir = std::getenv("LATHE_CACHE"); dir && *dir) return fs::path(dir);
-  if (const char* home = std::getenv("HOME"); home && *home) return fs::path(home) / ".cache" / "lathe";
-  throw ConfigError("", "LATHE_CACHE", "neither LATHE_CACHE nor HOME is set: lathe needs a cache directory for imported GGUF models");
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return fs::path(home) / ".cache" / "lathe";
+  throw ConfigError("", "LATHE_CACHE",
+                    "neither LATHE_CACHE nor HOME is set: lathe needs a cache directory for "
+                    "imported GGUF models");
 }
 
 bool is_gguf_file(const std::string& path) {
@@ -65,14 +70,18 @@ std::string model_directory(const std::string& path) {
   if (fs::is_directory(dir)) return dir.string();  // complete: the import publishes it by a rename
   std::error_code ec;
   fs::create_directories(root, ec);
-  if (ec) throw ResourceError(root.string(), "", "cannot create the GGUF model cache: " + ec.message());
-  const OutputLock lock(dir.string(), /*wait=*/true);  // a concurrent import of the same file finishes first
+  if (ec)
+    throw ResourceError(root.string(), "", "cannot create the GGUF model cache: " + ec.message());
+  const OutputLock lock(dir.string(),
+                        /*wait=*/true);  // a concurrent import of the same file finishes first
   if (fs::is_directory(dir)) return dir.string();
-  std::cerr << fmt::format("[gguf] {}: importing it once into {} (float32; docs/gguf.md)\n", path, dir.string());
+  std::cerr << fmt::format("[gguf] {}: importing it once into {} (float32; docs/gguf.md)\n", path,
+                           dir.string());
   ImportOptions options;
   options.dtype = "f32";
   const ImportResult r = import_gguf(path, dir.string(), options);
-  std::cerr << fmt::format("[gguf] {} model, {} tensors, {:.1f} MB\n", r.architecture, r.tensors, r.bytes / 1e6);
+  std::cerr << fmt::format("[gguf] {} model, {} tensors, {:.1f} MB\n", r.architecture, r.tensors,
+                           r.bytes / 1e6);
   return dir.string();
 }
 

@@ -21,7 +21,8 @@ float half_at(const uint8_t* p) {
   return f16_to_f32(bits);
 }
 
-// ---- 32-value blocks -----------------------------------------------------------------------------
+// ---- 32-value blocks
+// -----------------------------------------------------------------------------
 
 // Q4_0: f16 d, 16 bytes of nibbles (values 0-15: low nibbles, 16-31: high); x = d · (q − 8).
 void q4_0(const uint8_t* b, float* y) {
@@ -43,8 +44,8 @@ void q4_1(const uint8_t* b, float* y) {
 
 /// The fifth bit of each of the 32 values of a Q5 block: bit i of a little-endian u32.
 uint32_t high_bits(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
-         static_cast<uint32_t>(p[3]) << 24;
+  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
+         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
 }
 
 // Q5_0: f16 d, u32 high bits, 16 bytes of nibbles; x = d · (q − 16).
@@ -77,7 +78,8 @@ void q8_0(const uint8_t* b, float* y) {
   for (int i = 0; i < 32; ++i) y[i] = static_cast<float>(static_cast<int8_t>(b[2 + i])) * d;
 }
 
-// ---- 256-value super-blocks (K-quants) --------------------------------------------------------------
+// ---- 256-value super-blocks (K-quants)
+// --------------------------------------------------------------
 
 // Q2_K: 16 bytes of scales (low nibble: scale, high: min, per 16 values), 64 bytes of 2-bit codes,
 // f16 d, f16 dmin; x = (d · sc) · q − (dmin · mn). Value e's code: byte 32·(e/128) + e%32, bits
@@ -88,7 +90,8 @@ void q2_k(const uint8_t* b, float* y) {
   const float d = half_at(b + 80), dmin = half_at(b + 82);
   for (int e = 0; e < kQK; ++e) {
     const int j = e / 16;
-    const float dl = d * static_cast<float>(scales[j] & 0x0F), ml = dmin * static_cast<float>(scales[j] >> 4);
+    const float dl = d * static_cast<float>(scales[j] & 0x0F),
+                ml = dmin * static_cast<float>(scales[j] >> 4);
     const int q = (qs[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
     y[e] = dl * static_cast<float>(q) - ml;
   }
@@ -147,7 +150,8 @@ void q5_k(const uint8_t* b, float* y) {
   const uint8_t* qs = b + 48;
   for (int e = 0; e < kQK; ++e) {
     const int j = e / 32;
-    const int q = ((qs[32 * (j / 2) + e % 32] >> (4 * (j % 2))) & 0x0F) | ((qh[e % 32] >> j) & 1) << 4;
+    const int q = ((qs[32 * (j / 2) + e % 32] >> (4 * (j % 2))) & 0x0F) | ((qh[e % 32] >> j) & 1)
+                                                                              << 4;
     y[e] = d * static_cast<float>(sc[j]) * static_cast<float>(q) - dmin * static_cast<float>(mn[j]);
   }
 }
@@ -189,20 +193,23 @@ BlockFn block_fn(uint32_t type) {
 
 bool can_dequantize(uint32_t type) {
   const auto t = static_cast<TensorType>(type);
-  return t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16 || block_fn(type) != nullptr;
+  return t == TensorType::kF32 || t == TensorType::kF16 || t == TensorType::kBF16 ||
+         block_fn(type) != nullptr;
 }
 
-void dequantize(uint32_t type, const uint8_t* data, uint64_t numel, float* out, const std::string& label,
-                const std::string& tensor) {
+void dequantize(uint32_t type, const uint8_t* data, uint64_t numel, float* out,
+                const std::string& label, const std::string& tensor) {
   const std::optional<TypeTraits> traits = type_traits(type);
   if (!traits || !can_dequantize(type)) {
-    throw UnsupportedError(label, tensor,
-                           std::string("GGUF type ") + (traits ? traits->name : std::to_string(type).c_str()) +
-                               " is not supported (lathe reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and "
-                               "Q2_K-Q6_K): convert the model with one of those");
+    throw UnsupportedError(
+        label, tensor,
+        std::string("GGUF type ") + (traits ? traits->name : std::to_string(type).c_str()) +
+            " is not supported (lathe reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and "
+            "Q2_K-Q6_K): convert the model with one of those");
   }
   if (numel % traits->block_size != 0) {
-    throw InternalError(label, tensor, std::to_string(numel) + " values are not whole " + traits->name + " blocks");
+    throw InternalError(
+        label, tensor, std::to_string(numel) + " values are not whole " + traits->name + " blocks");
   }
   if (numel == 0) return;  // an empty tensor (a zero dimension): `out` and `data` may be null
   switch (static_cast<TensorType>(type)) {
@@ -221,7 +228,8 @@ void dequantize(uint32_t type, const uint8_t* data, uint64_t numel, float* out, 
   }
   const BlockFn fn = block_fn(type);
   const uint64_t blocks = numel / traits->block_size;
-  for (uint64_t k = 0; k < blocks; ++k) fn(data + k * traits->type_size, out + k * traits->block_size);
+  for (uint64_t k = 0; k < blocks; ++k)
+    fn(data + k * traits->type_size, out + k * traits->block_size);
 }
 
 }  // namespace lathe::gguf

@@ -17,7 +17,7 @@ bool can_dequantize(uint32_t type);
 /// the GGUF row = dims[0]). `numel` must be a multiple of the type's block size. UnsupportedError
 /// (label, tensor) naming the type for a type can_dequantize() refuses; InternalError for a
 /// `numel` that is not a whole number of blocks.
-void dequantize(uint32_t type, const uint8_t* data, uint64_t numel, float* out, const std::string& label,
-                const std::string& tensor);
+void dequantize(uint32_t type, const uint8_t* data, uint64_t numel, float* out,
+                const std::string& label, const std::string& tensor);
 
 }  // namespace lathe::gguf

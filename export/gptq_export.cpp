@@ -27,7 +27,8 @@ struct GptqSetting {
   bool operator<(const GptqSetting& o) const { return key() < o.key(); }
   bool operator==(const GptqSetting& o) const { return key() == o.key(); }
   std::string text() const {
-    return fmt::format("{}-bit g{} {}{}", bits, group_size, sym ? "sym" : "asym", desc_act ? " desc_act" : "");
+    return fmt::format("{}-bit g{} {}{}", bits, group_size, sym ? "sym" : "asym",
+                       desc_act ? " desc_act" : "");
   }
 };
 
@@ -37,8 +38,8 @@ std::string unpackable_reason(const ExportLinear& l) {
   const int64_t bits = l.q.spec.bits, m = gptq_pack_multiple(bits);
   if (m == 0) return fmt::format("{} bits: GPTQ packs 2, 3, 4 or 8", bits);
   if (l.in_features() % m || l.out_features() % m) {
-    return fmt::format("{}-bit GPTQ needs in and out divisible by {}, found [{}, {}]", bits, m, l.out_features(),
-                       l.in_features());
+    return fmt::format("{}-bit GPTQ needs in and out divisible by {}, found [{}, {}]", bits, m,
+                       l.out_features(), l.in_features());
   }
   return "";
 }
@@ -55,31 +56,42 @@ GptqSetting base_setting(const std::map<std::string, GptqSetting>& packed) {
   return best;
 }
 
-nlohmann::ordered_json gptq_config(const ExportSource& src, const std::map<std::string, GptqSetting>& packed,
+nlohmann::ordered_json gptq_config(const ExportSource& src,
+                                   const std::map<std::string, GptqSetting>& packed,
                                    const std::set<std::string>& skipped) {
   const GptqSetting base = base_setting(packed);
   const std::vector<std::string> all = src.all_linear_modules();
   nlohmann::ordered_json dynamic = nlohmann::ordered_json::object();
   // Patterns of disjoint module sets never match a common name, so only the generic router
   // rules (last) overlap with them; vLLM takes the first match.
-  for (const auto& p : module_patterns(all, skipped)) dynamic["-:" + p] = nlohmann::ordered_json::object();
+  for (const auto& p : module_patterns(all, skipped))
+    dynamic["-:" + p] = nlohmann::ordered_json::object();
   std::map<GptqSetting, std::set<std::string>> overrides;
   for (const auto& [m, s] : packed) {
     if (!(s == base)) overrides[s].insert(m);
   }
   for (const auto& [s, modules] : overrides) {
     for (const auto& p : module_patterns(all, modules)) {
-      dynamic["+:" + p] = {{"bits", s.bits}, {"group_size", s.group_size}, {"sym", s.sym}, {"desc_act", s.desc_act}};
+      dynamic["+:" + p] = {
+          {"bits", s.bits}, {"group_size", s.group_size}, {"sym", s.sym}, {"desc_act", s.desc_act}};
     }
   }
   dynamic["-:.*mlp\\.gate$"] = nlohmann::ordered_json::object();
   dynamic["-:.*shared_expert_gate$"] = nlohmann::ordered_json::object();
   nlohmann::ordered_json meta = {{"quantizer", {std::string("lathe:") + LATHE_VERSION}}};
   if (!src.pipeline().empty()) meta["lathe_pipeline"] = src.pipeline();
-  return {{"quant_method", "gptq"},   {"bits", base.bits},          {"group_size", base.group_size},
-          {"sym", base.sym},          {"desc_act", base.desc_act},  {"static_groups", false},
-          {"true_sequential", true},  {"damp_percent", 0.01},       {"lm_head", false},
-          {"checkpoint_format", "gptq"}, {"pack_dtype", "int32"},   {"dynamic", dynamic},
+  return {{"quant_method", "gptq"},
+          {"bits", base.bits},
+          {"group_size", base.group_size},
+          {"sym", base.sym},
+          {"desc_act", base.desc_act},
+          {"static_groups", false},
+          {"true_sequential", true},
+          {"damp_percent", 0.01},
+          {"lm_head", false},
+          {"checkpoint_format", "gptq"},
+          {"pack_dtype", "int32"},
+          {"dynamic", dynamic},
           {"meta", meta}};
 }
 
@@ -103,13 +115,15 @@ void write_gptq_files(const ExportSource& src, const fs::path& dir, ExportResult
         if (!l.router) settings[l.module] = "unquantized";
         if (!reason.empty()) {
           result->unpacked_modules += 1;
-          result->log.push_back(fmt::format("{}: stored dequantized under a -: rule ({})", l.module, reason));
+          result->log.push_back(
+              fmt::format("{}: stored dequantized under a -: rule ({})", l.module, reason));
         }
         continue;
       }
       if (!exact_in(l.q.scales, at::kHalf)) {
-        throw UnsupportedError(src.out_dir().string(), l.module + ".scales",
-                               "a scale is not exactly representable in float16 (GPTQ stores fp16 scales)");
+        throw UnsupportedError(
+            src.out_dir().string(), l.module + ".scales",
+            "a scale is not exactly representable in float16 (GPTQ stores fp16 scales)");
       }
       const GptqTensors t = pack_gptq(l.q, l.g_idx);
       shard->add(l.module + ".qweight", t.qweight);
@@ -124,12 +138,14 @@ void write_gptq_files(const ExportSource& src, const fs::path& dir, ExportResult
     }
   });
   if (packed.empty()) {
-    throw ConfigError(src.out_dir().string(), "quant", "no quantized module can be stored as GPTQ (see the log)");
+    throw ConfigError(src.out_dir().string(), "quant",
+                      "no quantized module can be stored as GPTQ (see the log)");
   }
   if (act_quantized) {
-    result->log.push_back(fmt::format("warning: {} modules quantize their inputs to 8 bits (W8A8); GPTQ has no "
-                                      "activation quantization, so this export is weight-only",
-                                      act_quantized));
+    result->log.push_back(
+        fmt::format("warning: {} modules quantize their inputs to 8 bits (W8A8); GPTQ has no "
+                    "activation quantization, so this export is weight-only",
+                    act_quantized));
   }
   for (const auto& w : fused_setting_warnings(settings)) result->log.push_back("warning: " + w);
   const nlohmann::ordered_json qc = gptq_config(src, packed, skipped);

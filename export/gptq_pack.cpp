@@ -23,7 +23,9 @@ std::string field_name(const std::string& where, const char* name) {
   return where.empty() ? std::string(name) : where + "." + name;
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // Packs each row of `vals` (int32 [rows, n], every value in [0, 2^bits)) into a little-endian bit
 // stream of ⌈n·bits/32⌉ 32-bit words: value j at stream bits [bits·j, bits·j + bits).
@@ -76,15 +78,18 @@ struct Dims {
 };
 
 Dims check_quantized(const QuantizedWeight& q, const char* what) {
-  if (!q.codes.defined() || q.codes.dim() != 2) throw InternalError(what, "codes", "expected a 2-d tensor");
+  if (!q.codes.defined() || q.codes.dim() != 2)
+    throw InternalError(what, "codes", "expected a 2-d tensor");
   if (q.codes.scalar_type() != at::kByte) throw InternalError(what, "codes", "expected uint8");
   const int64_t out = q.codes.size(0), in = q.codes.size(1);
   if (!q.scales.defined() || q.scales.dim() != 2 || q.scales.size(0) != out || q.scales.size(1) < 1)
     throw InternalError(what, "scales", "expected [" + std::to_string(out) + ", G]");
   const int64_t groups = q.scales.size(1);
-  if (!q.zeros.defined() || q.zeros.dim() != 2 || q.zeros.size(0) != out || q.zeros.size(1) != groups)
-    throw InternalError(what, "zeros", "expected " + shape_str({out, groups}) + ", found " +
-                                           (q.zeros.defined() ? shape_str(q.zeros.sizes()) : "none"));
+  if (!q.zeros.defined() || q.zeros.dim() != 2 || q.zeros.size(0) != out ||
+      q.zeros.size(1) != groups)
+    throw InternalError(what, "zeros",
+                        "expected " + shape_str({out, groups}) + ", found " +
+                            (q.zeros.defined() ? shape_str(q.zeros.sizes()) : "none"));
   const int64_t maxq = (int64_t{1} << q.spec.bits) - 1;
   if (out > 0 && in > 0 && q.codes.max().item<int64_t>() > maxq)
     throw InternalError(what, "codes", "a code exceeds 2^bits - 1 = " + std::to_string(maxq));
@@ -92,16 +97,20 @@ Dims check_quantized(const QuantizedWeight& q, const char* what) {
 }
 
 // int32 [in] group index: `g_idx` checked, or c / g from the spec when undefined.
-at::Tensor group_index(const at::Tensor& g_idx, const Dims& d, int64_t group_size, const char* what) {
+at::Tensor group_index(const at::Tensor& g_idx, const Dims& d, int64_t group_size,
+                       const char* what) {
   if (!g_idx.defined()) {
     const int64_t g = group_size == -1 ? d.in : group_size;
     if (g <= 0 || ceil_div(d.in, g) != d.groups)
-      throw InternalError(what, "g_idx", "no g_idx and group size " + std::to_string(group_size) +
-                                             " does not give " + std::to_string(d.groups) + " groups");
+      throw InternalError(what, "g_idx",
+                          "no g_idx and group size " + std::to_string(group_size) +
+                              " does not give " + std::to_string(d.groups) + " groups");
     return at::arange(d.in, at::TensorOptions().dtype(at::kLong)).div(g, "floor").to(at::kInt);
   }
   if (g_idx.dim() != 1 || g_idx.size(0) != d.in)
-    throw InternalError(what, "g_idx", "expected [" + std::to_string(d.in) + "], found " + shape_str(g_idx.sizes()));
+    throw InternalError(
+        what, "g_idx",
+        "expected [" + std::to_string(d.in) + "], found " + shape_str(g_idx.sizes()));
   at::Tensor gi = g_idx.to(at::kCPU, at::kInt).contiguous();
   if (d.in > 0 && (gi.min().item<int64_t>() < 0 || gi.max().item<int64_t>() >= d.groups))
     throw InternalError(what, "g_idx", "values must lie in [0, " + std::to_string(d.groups) + ")");
@@ -111,7 +120,8 @@ at::Tensor group_index(const at::Tensor& g_idx, const Dims& d, int64_t group_siz
 at::Tensor to_scale_dtype(const at::Tensor& scales_rows, at::ScalarType dt, const char* what) {
   at::Tensor s = scales_rows.to(at::kCPU).to(dt).contiguous();
   if (s.numel() > 0 && !at::isfinite(s).all().item<bool>())
-    throw UnsupportedError(what, "scales", std::string("a scale is not finite in ") + c10::toString(dt));
+    throw UnsupportedError(what, "scales",
+                           std::string("a scale is not finite in ") + c10::toString(dt));
   return s;
 }
 
@@ -122,20 +132,25 @@ void expect(const at::Tensor& t, const std::string& where, const char* name, at:
   const std::string f = field_name(where, name);
   if (!t.defined()) throw DataError("", f, "tensor is missing");
   if (t.scalar_type() != dt)
-    throw DataError("", f, std::string("expected dtype ") + c10::toString(dt) + ", found " +
-                               c10::toString(t.scalar_type()));
+    throw DataError("", f,
+                    std::string("expected dtype ") + c10::toString(dt) + ", found " +
+                        c10::toString(t.scalar_type()));
   if (t.sizes() != at::IntArrayRef(shape))
-    throw DataError("", f, "expected shape " + shape_str(shape) + ", found " + shape_str(t.sizes()));
+    throw DataError("", f,
+                    "expected shape " + shape_str(shape) + ", found " + shape_str(t.sizes()));
 }
 
-void expect_float(const at::Tensor& t, const std::string& where, const char* name, std::vector<int64_t> shape) {
+void expect_float(const at::Tensor& t, const std::string& where, const char* name,
+                  std::vector<int64_t> shape) {
   const std::string f = field_name(where, name);
   if (!t.defined()) throw DataError("", f, "tensor is missing");
   const auto dt = t.scalar_type();
   if (dt != at::kHalf && dt != at::kBFloat16 && dt != at::kFloat)
-    throw DataError("", f, std::string("expected float16, bfloat16 or float32, found ") + c10::toString(dt));
+    throw DataError(
+        "", f, std::string("expected float16, bfloat16 or float32, found ") + c10::toString(dt));
   if (t.sizes() != at::IntArrayRef(shape))
-    throw DataError("", f, "expected shape " + shape_str(shape) + ", found " + shape_str(t.sizes()));
+    throw DataError("", f,
+                    "expected shape " + shape_str(shape) + ", found " + shape_str(t.sizes()));
 }
 
 at::Tensor finite_f32(const at::Tensor& s, const std::string& where, const char* name) {
@@ -145,31 +160,35 @@ at::Tensor finite_f32(const at::Tensor& s, const std::string& where, const char*
   return f;
 }
 
-at::Tensor checked_g_idx(const at::Tensor& g_idx, int64_t in, int64_t groups, const std::string& where,
-                         const char* name) {
+at::Tensor checked_g_idx(const at::Tensor& g_idx, int64_t in, int64_t groups,
+                         const std::string& where, const char* name) {
   expect(g_idx, where, name, at::kInt, {in});
   at::Tensor gi = g_idx.to(at::kCPU).contiguous();
   if (in > 0 && (gi.min().item<int64_t>() < 0 || gi.max().item<int64_t>() >= groups))
-    throw DataError("", field_name(where, name), "values must lie in [0, " + std::to_string(groups) + ")");
+    throw DataError("", field_name(where, name),
+                    "values must lie in [0, " + std::to_string(groups) + ")");
   return gi;
 }
 
 int64_t groups_of(int64_t in, int64_t group_size, const std::string& where) {
   if (group_size == 0 || group_size < -1)
-    throw DataError("", field_name(where, "group_size"), "expected -1 or > 0, found " + std::to_string(group_size));
+    throw DataError("", field_name(where, "group_size"),
+                    "expected -1 or > 0, found " + std::to_string(group_size));
   return group_size == -1 ? 1 : ceil_div(in, group_size);
 }
 
 void check_gptq_bits_data(int64_t bits, const std::string& where) {
   if (gptq_pack_multiple(bits) == 0)
-    throw DataError("", field_name(where, "bits"), "GPTQ packs 2, 3, 4 or 8 bits, found " + std::to_string(bits));
+    throw DataError("", field_name(where, "bits"),
+                    "GPTQ packs 2, 3, 4 or 8 bits, found " + std::to_string(bits));
 }
 
 void check_gptq_width_data(int64_t n, int64_t bits, const std::string& where, const char* name) {
   const int64_t m = gptq_pack_multiple(bits);
   if (n <= 0 || n % m != 0)
-    throw DataError("", field_name(where, name), std::to_string(bits) + "-bit GPTQ needs a positive multiple of " +
-                                                     std::to_string(m) + ", found " + std::to_string(n));
+    throw DataError("", field_name(where, name),
+                    std::to_string(bits) + "-bit GPTQ needs a positive multiple of " +
+                        std::to_string(m) + ", found " + std::to_string(n));
 }
 
 // Validates the GPTQ tensors for (bits, in, out, G); returns the checked g_idx.
@@ -186,8 +205,8 @@ at::Tensor check_gptq(const GptqTensors& t, int64_t bits, int64_t in, int64_t ou
 
 int64_t ct_pf_data(int64_t bits, const std::string& where) {
   if (!ct_pack_bits_supported(bits))
-    throw DataError("", field_name(where, "bits"), "pack-quantized is read for 2, 4 or 8 bits, found " +
-                                                       std::to_string(bits));
+    throw DataError("", field_name(where, "bits"),
+                    "pack-quantized is read for 2, 4 or 8 bits, found " + std::to_string(bits));
   return 32 / bits;
 }
 
@@ -196,8 +215,10 @@ std::pair<int64_t, int64_t> ct_shape(const at::Tensor& ws, const std::string& wh
   const std::string f = field_name(where, "weight_shape");
   if (!ws.defined()) throw DataError("", f, "tensor is missing");
   if (ws.scalar_type() != at::kInt && ws.scalar_type() != at::kLong)
-    throw DataError("", f, std::string("expected int32 or int64, found ") + c10::toString(ws.scalar_type()));
-  if (ws.dim() != 1 || ws.size(0) != 2) throw DataError("", f, "expected shape [2], found " + shape_str(ws.sizes()));
+    throw DataError(
+        "", f, std::string("expected int32 or int64, found ") + c10::toString(ws.scalar_type()));
+  if (ws.dim() != 1 || ws.size(0) != 2)
+    throw DataError("", f, "expected shape [2], found " + shape_str(ws.sizes()));
   const at::Tensor v = ws.to(at::kCPU, at::kLong);
   const int64_t out = v[0].item<int64_t>(), in = v[1].item<int64_t>();
   if (out <= 0 || in <= 0) throw DataError("", f, "dimensions must be positive");
@@ -221,35 +242,42 @@ int64_t gptq_pack_multiple(int64_t bits) {
 
 bool gptq_packable(int64_t bits, int64_t in_features, int64_t out_features) {
   const int64_t m = gptq_pack_multiple(bits);
-  return m != 0 && in_features > 0 && out_features > 0 && in_features % m == 0 && out_features % m == 0;
+  return m != 0 && in_features > 0 && out_features > 0 && in_features % m == 0 &&
+         out_features % m == 0;
 }
 
 GptqTensors pack_gptq(const QuantizedWeight& q, const at::Tensor& g_idx) {
   const char* what = "gptq pack";
   const int64_t bits = q.spec.bits;
   const int64_t m = gptq_pack_multiple(bits);
-  if (m == 0) throw UnsupportedError(what, "bits", "GPTQ packs 2, 3, 4 or 8 bits, found " + std::to_string(bits));
+  if (m == 0)
+    throw UnsupportedError(what, "bits",
+                           "GPTQ packs 2, 3, 4 or 8 bits, found " + std::to_string(bits));
   const Dims d = check_quantized(q, what);
   if (d.in <= 0 || d.in % m != 0)
-    throw UnsupportedError(what, "in_features", std::to_string(bits) + "-bit GPTQ needs a multiple of " +
-                                                    std::to_string(m) + ", found " + std::to_string(d.in));
+    throw UnsupportedError(what, "in_features",
+                           std::to_string(bits) + "-bit GPTQ needs a multiple of " +
+                               std::to_string(m) + ", found " + std::to_string(d.in));
   if (d.out <= 0 || d.out % m != 0)
-    throw UnsupportedError(what, "out_features", std::to_string(bits) + "-bit GPTQ needs a multiple of " +
-                                                     std::to_string(m) + ", found " + std::to_string(d.out));
+    throw UnsupportedError(what, "out_features",
+                           std::to_string(bits) + "-bit GPTQ needs a multiple of " +
+                               std::to_string(m) + ", found " + std::to_string(d.out));
   const at::Tensor z = q.zeros.to(at::kCPU, at::kInt);
   if (z.min().item<int64_t>() < 1 || z.max().item<int64_t>() > (int64_t{1} << bits))
-    throw InternalError(what, "zeros", "v1 stores z - 1 in " + std::to_string(bits) + " bits: zeros must lie in [1, " +
-                                           std::to_string(int64_t{1} << bits) + "]");
+    throw InternalError(what, "zeros",
+                        "v1 stores z - 1 in " + std::to_string(bits) +
+                            " bits: zeros must lie in [1, " + std::to_string(int64_t{1} << bits) +
+                            "]");
   GptqTensors t;
   t.g_idx = group_index(g_idx, d, q.spec.group_size, what);
   t.qweight = pack_rows(q.codes.to(at::kCPU, at::kInt), bits).t().contiguous();  // [in·b/32, out]
-  t.qzeros = pack_rows((z - 1).t().contiguous(), bits);                           // [G, out·b/32]
-  t.scales = to_scale_dtype(q.scales.t(), at::kHalf, what);                       // [G, out]
+  t.qzeros = pack_rows((z - 1).t().contiguous(), bits);                          // [G, out·b/32]
+  t.scales = to_scale_dtype(q.scales.t(), at::kHalf, what);                      // [G, out]
   return t;
 }
 
-QuantizedWeight unpack_gptq(const GptqTensors& t, int64_t bits, int64_t in_features, int64_t out_features,
-                            int64_t group_size, const std::string& where) {
+QuantizedWeight unpack_gptq(const GptqTensors& t, int64_t bits, int64_t in_features,
+                            int64_t out_features, int64_t group_size, const std::string& where) {
   const int64_t groups = groups_of(in_features, group_size, where);
   check_gptq(t, bits, in_features, out_features, groups, where);
   QuantizedWeight q;
@@ -271,8 +299,8 @@ at::Tensor dequantize_gptq(const GptqTensors& t, int64_t bits, const std::string
   if (groups < 1) throw DataError("", field_name(where, "scales"), "expected at least one group");
   const at::Tensor gi = check_gptq(t, bits, in, out, groups, where).to(at::kLong);
   const at::Tensor q = unpack_rows(t.qweight.t().contiguous(), bits, in).t();  // [in, out]
-  const at::Tensor z = unpack_rows(t.qzeros, bits, out) + 1;                    // [G, out]
-  const at::Tensor s = finite_f32(t.scales, where, "scales");                   // [G, out]
+  const at::Tensor z = unpack_rows(t.qzeros, bits, out) + 1;                   // [G, out]
+  const at::Tensor s = finite_f32(t.scales, where, "scales");                  // [G, out]
   const at::Tensor w = s.index_select(0, gi) * (q - z.index_select(0, gi)).to(at::kFloat);
   return w.t().contiguous();
 }
@@ -280,15 +308,21 @@ at::Tensor dequantize_gptq(const GptqTensors& t, int64_t bits, const std::string
 // ---------------------------------------------------------------------------------------------
 // compressed-tensors
 
-bool ct_pack_bits_supported(int64_t bits) { return bits == 2 || bits == 4 || bits == 8; }
+bool ct_pack_bits_supported(int64_t bits) {
+  return bits == 2 || bits == 4 || bits == 8;
+}
 
-CtPackedTensors pack_ct_packed(const QuantizedWeight& q, at::ScalarType scale_dtype, const at::Tensor& g_idx) {
+CtPackedTensors pack_ct_packed(const QuantizedWeight& q, at::ScalarType scale_dtype,
+                               const at::Tensor& g_idx) {
   const char* what = "compressed-tensors pack";
   const int64_t bits = q.spec.bits;
   if (!ct_pack_bits_supported(bits))
-    throw UnsupportedError(what, "bits", "pack-quantized is written for 2, 4 or 8 bits, found " + std::to_string(bits));
+    throw UnsupportedError(
+        what, "bits",
+        "pack-quantized is written for 2, 4 or 8 bits, found " + std::to_string(bits));
   if (scale_dtype != at::kHalf && scale_dtype != at::kBFloat16 && scale_dtype != at::kFloat)
-    throw UnsupportedError(what, "weight_scale", std::string("scale dtype ") + c10::toString(scale_dtype));
+    throw UnsupportedError(what, "weight_scale",
+                           std::string("scale dtype ") + c10::toString(scale_dtype));
   const Dims d = check_quantized(q, what);
   if (d.out <= 0 || d.in <= 0) throw UnsupportedError(what, "weight_shape", "empty weight");
   const at::Tensor z = q.zeros.to(at::kCPU, at::kInt).contiguous();
@@ -296,7 +330,8 @@ CtPackedTensors pack_ct_packed(const QuantizedWeight& q, at::ScalarType scale_dt
   CtPackedTensors t;
   if (q.spec.sym) {
     if (!z.eq(half).all().item<bool>())
-      throw InternalError(what, "zeros", "symmetric weight with a zero other than " + std::to_string(half));
+      throw InternalError(what, "zeros",
+                          "symmetric weight with a zero other than " + std::to_string(half));
   } else {
     if (z.min().item<int64_t>() < 0 || z.max().item<int64_t>() > maxq)
       throw InternalError(what, "zeros", "zeros must lie in [0, " + std::to_string(maxq) + "]");
@@ -305,19 +340,22 @@ CtPackedTensors pack_ct_packed(const QuantizedWeight& q, at::ScalarType scale_dt
   if (g_idx.defined()) t.weight_g_idx = group_index(g_idx, d, q.spec.group_size, what);
   t.weight_packed = pack_rows(q.codes.to(at::kCPU, at::kInt), bits);  // [out, ⌈in/pf⌉]
   t.weight_scale = to_scale_dtype(q.scales, scale_dtype, what);       // [out, G]
-  t.weight_shape = at::tensor(std::vector<int32_t>{static_cast<int32_t>(d.out), static_cast<int32_t>(d.in)},
-                              at::TensorOptions().dtype(at::kInt));
+  t.weight_shape =
+      at::tensor(std::vector<int32_t>{static_cast<int32_t>(d.out), static_cast<int32_t>(d.in)},
+                 at::TensorOptions().dtype(at::kInt));
   return t;
 }
 
 namespace {
 
 struct CtDecoded {
-  at::Tensor codes, zeros, scales, g_idx;  // int32 [out,in], int32 [out,G], f32 [out,G], int64 [in] or undefined
+  at::Tensor codes, zeros, scales,
+      g_idx;  // int32 [out,in], int32 [out,G], f32 [out,G], int64 [in] or undefined
   int64_t out, in, groups;
 };
 
-CtDecoded decode_ct(const CtPackedTensors& t, int64_t bits, int64_t group_size, const std::string& where) {
+CtDecoded decode_ct(const CtPackedTensors& t, int64_t bits, int64_t group_size,
+                    const std::string& where) {
   const int64_t pf = ct_pf_data(bits, where);
   CtDecoded r;
   std::tie(r.out, r.in) = ct_shape(t.weight_shape, where);
@@ -325,12 +363,15 @@ CtDecoded decode_ct(const CtPackedTensors& t, int64_t bits, int64_t group_size, 
   expect(t.weight_packed, where, "weight_packed", at::kInt, {r.out, ceil_div(r.in, pf)});
   expect_float(t.weight_scale, where, "weight_scale", {r.out, r.groups});
   if (t.weight_zero_point.defined()) {
-    expect(t.weight_zero_point, where, "weight_zero_point", at::kInt, {ceil_div(r.out, pf), r.groups});
+    expect(t.weight_zero_point, where, "weight_zero_point", at::kInt,
+           {ceil_div(r.out, pf), r.groups});
     r.zeros = unpack_rows(t.weight_zero_point.t().contiguous(), bits, r.out).t().contiguous();
   } else {
-    r.zeros = at::full({r.out, r.groups}, int64_t{1} << (bits - 1), at::TensorOptions().dtype(at::kInt));
+    r.zeros =
+        at::full({r.out, r.groups}, int64_t{1} << (bits - 1), at::TensorOptions().dtype(at::kInt));
   }
-  if (t.weight_g_idx.defined()) r.g_idx = checked_g_idx(t.weight_g_idx, r.in, r.groups, where, "weight_g_idx");
+  if (t.weight_g_idx.defined())
+    r.g_idx = checked_g_idx(t.weight_g_idx, r.in, r.groups, where, "weight_g_idx");
   r.codes = unpack_rows(t.weight_packed, bits, r.in);
   r.scales = finite_f32(t.weight_scale, where, "weight_scale");
   return r;
@@ -338,7 +379,8 @@ CtDecoded decode_ct(const CtPackedTensors& t, int64_t bits, int64_t group_size, 
 
 }  // namespace
 
-QuantizedWeight unpack_ct_packed(const CtPackedTensors& t, int64_t bits, int64_t group_size, const std::string& where) {
+QuantizedWeight unpack_ct_packed(const CtPackedTensors& t, int64_t bits, int64_t group_size,
+                                 const std::string& where) {
   CtDecoded r = decode_ct(t, bits, group_size, where);
   QuantizedWeight q;
   q.codes = r.codes.to(at::kByte);
@@ -348,7 +390,8 @@ QuantizedWeight unpack_ct_packed(const CtPackedTensors& t, int64_t bits, int64_t
   return q;
 }
 
-at::Tensor dequantize_ct_packed(const CtPackedTensors& t, int64_t bits, int64_t group_size, const std::string& where) {
+at::Tensor dequantize_ct_packed(const CtPackedTensors& t, int64_t bits, int64_t group_size,
+                                const std::string& where) {
   CtDecoded r = decode_ct(t, bits, group_size, where);
   at::Tensor gi;
   if (r.g_idx.defined()) {
@@ -363,11 +406,14 @@ at::Tensor dequantize_ct_packed(const CtPackedTensors& t, int64_t bits, int64_t 
 CtIntTensors pack_ct_int8(const QuantizedWeight& q, at::ScalarType scale_dtype) {
   const char* what = "compressed-tensors int8";
   if (q.spec.bits != 8)
-    throw UnsupportedError(what, "bits", "int-quantized is 8-bit, found " + std::to_string(q.spec.bits));
+    throw UnsupportedError(what, "bits",
+                           "int-quantized is 8-bit, found " + std::to_string(q.spec.bits));
   if (scale_dtype != at::kHalf && scale_dtype != at::kBFloat16 && scale_dtype != at::kFloat)
-    throw UnsupportedError(what, "weight_scale", std::string("scale dtype ") + c10::toString(scale_dtype));
+    throw UnsupportedError(what, "weight_scale",
+                           std::string("scale dtype ") + c10::toString(scale_dtype));
   const Dims d = check_quantized(q, what);
-  if (d.groups != 1) throw UnsupportedError(what, "group_size", "int-quantized is per channel (one group per row)");
+  if (d.groups != 1)
+    throw UnsupportedError(what, "group_size", "int-quantized is per channel (one group per row)");
   if (!q.zeros.eq(128).all().item<bool>())
     throw UnsupportedError(what, "zeros", "int-quantized is symmetric: every zero must be 128");
   CtIntTensors t;
@@ -380,9 +426,12 @@ QuantizedWeight unpack_ct_int8(const CtIntTensors& t, const std::string& where) 
   const std::string f = field_name(where, "weight");
   if (!t.weight.defined()) throw DataError("", f, "tensor is missing");
   if (t.weight.scalar_type() != at::kChar)
-    throw DataError("", f, std::string("expected dtype Char (int8), found ") + c10::toString(t.weight.scalar_type()));
+    throw DataError(
+        "", f,
+        std::string("expected dtype Char (int8), found ") + c10::toString(t.weight.scalar_type()));
   if (t.weight.dim() != 2 || t.weight.size(0) <= 0 || t.weight.size(1) <= 0)
-    throw DataError("", f, "expected a non-empty [out, in] tensor, found " + shape_str(t.weight.sizes()));
+    throw DataError("", f,
+                    "expected a non-empty [out, in] tensor, found " + shape_str(t.weight.sizes()));
   const int64_t out = t.weight.size(0);
   expect_float(t.weight_scale, where, "weight_scale", {out, 1});
   QuantizedWeight q;

@@ -46,8 +46,8 @@ int64_t gptq_pack_multiple(int64_t bits);
 /// multiples of gptq_pack_multiple). Callers keep other modules unquantized (FORMATS §3 DECISION).
 bool gptq_packable(int64_t bits, int64_t in_features, int64_t out_features);
 
-/// Packs `q` (codes [out, in] u8, scales [out, G] f32, zeros [out, G] i32) with `g_idx` (int32 [in];
-/// undefined = contiguous c / g from q.spec.group_size). Scales are rounded to fp16.
+/// Packs `q` (codes [out, in] u8, scales [out, G] f32, zeros [out, G] i32) with `g_idx` (int32
+/// [in]; undefined = contiguous c / g from q.spec.group_size). Scales are rounded to fp16.
 /// UnsupportedError for bits ∉ {2,3,4,8}, widths not divisible by the pack width, or a scale
 /// that is not finite in fp16; InternalError for shape mismatches, codes > 2^b − 1, zeros outside
 /// [1, 2^b] (v1 stores z − 1 in b bits) or g_idx values outside [0, G).
@@ -58,8 +58,9 @@ GptqTensors pack_gptq(const QuantizedWeight& q, const at::Tensor& g_idx);
 /// g = −1). The returned q does not carry g_idx: with a non-contiguous t.g_idx dequantize with
 /// gptq_dequantize(q, t.g_idx). DataError (naming the tensor) for a wrong dtype or shape, g_idx
 /// values outside [0, G), non-finite scales, bits ∉ {2,3,4,8}, bad group size or widths.
-QuantizedWeight unpack_gptq(const GptqTensors& t, int64_t bits, int64_t in_features, int64_t out_features,
-                            int64_t group_size, const std::string& where = {});
+QuantizedWeight unpack_gptq(const GptqTensors& t, int64_t bits, int64_t in_features,
+                            int64_t out_features, int64_t group_size,
+                            const std::string& where = {});
 
 /// W[o, i] = scales[g_idx[i], o] · (q[i, o] − z[g_idx[i], o]) as float32 [out, in] with the fp16
 /// scale (converted exactly to f32). in = g_idx.size(0), out = scales.size(1), G = scales.size(0);
@@ -74,9 +75,10 @@ at::Tensor dequantize_gptq(const GptqTensors& t, int64_t bits, const std::string
 struct CtPackedTensors {
   at::Tensor weight_packed;      ///< int32 [out, ⌈in/pf⌉]
   at::Tensor weight_scale;       ///< scale dtype (model dtype) [out, G] ([out, 1] per channel)
-  at::Tensor weight_zero_point;  ///< int32 [⌈out/pf⌉, G], zero packed along dim 0; undefined when symmetric
-  at::Tensor weight_shape;       ///< int32 [2] = {out, in}
-  at::Tensor weight_g_idx;       ///< int32 [in]; undefined unless given (actorder "group")
+  at::Tensor weight_zero_point;  ///< int32 [⌈out/pf⌉, G], zero packed along dim 0; undefined when
+                                 ///< symmetric
+  at::Tensor weight_shape;  ///< int32 [2] = {out, in}
+  at::Tensor weight_g_idx;  ///< int32 [in]; undefined unless given (actorder "group")
 };
 
 /// Bits accepted by pack-quantized here: 2, 4 and 8 (pf = 32/b divides 32 exactly). 3 bits is
@@ -88,10 +90,12 @@ bool ct_pack_bits_supported(int64_t bits);
 /// (q.spec.sym) requires every zero = 2^(b−1) and writes no zero point; asymmetric writes
 /// weight_zero_point (the zero as CT zp + 2^(b−1), i.e. lathe's zero, in [0, 2^b − 1]).
 /// `g_idx` (int32 [in]) is written as weight_g_idx when defined. Errors as pack_gptq.
-CtPackedTensors pack_ct_packed(const QuantizedWeight& q, at::ScalarType scale_dtype, const at::Tensor& g_idx = {});
+CtPackedTensors pack_ct_packed(const QuantizedWeight& q, at::ScalarType scale_dtype,
+                               const at::Tensor& g_idx = {});
 
-/// Inverse of pack_ct_packed: out, in from weight_shape (int32 or int64), G = ⌈in/g⌉ (1 for g = −1);
-/// zeros = unpacked zero point, or 2^(b−1) when absent (spec.sym = absent). DataError as unpack_gptq.
+/// Inverse of pack_ct_packed: out, in from weight_shape (int32 or int64), G = ⌈in/g⌉ (1 for g =
+/// −1); zeros = unpacked zero point, or 2^(b−1) when absent (spec.sym = absent). DataError as
+/// unpack_gptq.
 QuantizedWeight unpack_ct_packed(const CtPackedTensors& t, int64_t bits, int64_t group_size,
                                  const std::string& where = {});
 
@@ -110,7 +114,8 @@ struct CtIntTensors {
 /// UnsupportedError otherwise (InternalError for broken invariants as pack_gptq).
 CtIntTensors pack_ct_int8(const QuantizedWeight& q, at::ScalarType scale_dtype);
 
-/// codes = weight + 128, zeros 128, scales f32 [out, 1], spec {8, −1, sym}. DataError naming the tensor.
+/// codes = weight + 128, zeros 128, scales f32 [out, 1], spec {8, −1, sym}. DataError naming the
+/// tensor.
 QuantizedWeight unpack_ct_int8(const CtIntTensors& t, const std::string& where = {});
 
 /// scale[o] · weight[o, i], float32 [out, in].

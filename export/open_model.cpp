@@ -24,7 +24,8 @@ ModelSource resolve_model_source(const std::string& path) {
   const fs::path p(path);
   if (!fs::exists(p)) throw ResourceError(path, "", "no such file or directory");
   ModelSource s;
-  if (fs::is_directory(p) && fs::exists(p / "lathe_manifest.json") && fs::is_directory(p / "model")) {
+  if (fs::is_directory(p) && fs::exists(p / "lathe_manifest.json") &&
+      fs::is_directory(p / "model")) {
     s.kind = ModelSource::Kind::kLatheOutput;
     s.model_dir = p / "model";
     s.quantized = open_quant_sidecar(path);

@@ -29,20 +29,24 @@ std::string holder_of(int fd) {
 }
 
 bool same_file(int fd, const std::string& path) {
-  struct stat a {}, b {};
-  return ::fstat(fd, &a) == 0 && ::stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+  struct stat a {
+  }, b{};
+  return ::fstat(fd, &a) == 0 && ::stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
+         a.st_ino == b.st_ino;
 }
 
 }  // namespace
 
-OutputLock::OutputLock(const std::string& output, bool wait) : path_(trimmed_output(output) + ".lock") {
+OutputLock::OutputLock(const std::string& output, bool wait)
+    : path_(trimmed_output(output) + ".lock") {
   const std::string where = trimmed_output(output);
   // The holder unlinks the file when it finishes; a process that opened the old file meanwhile
   // would lock a file no one else sees, so after locking, check that the path still names it.
   for (int attempt = 0; attempt < 100; ++attempt) {
     const int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
-      throw ResourceError(where, "", "cannot create the lock file " + path_ + ": " + std::strerror(errno));
+      throw ResourceError(where, "",
+                          "cannot create the lock file " + path_ + ": " + std::strerror(errno));
     }
     if (::flock(fd, wait ? LOCK_EX : LOCK_EX | LOCK_NB) != 0) {
       const int err = errno;
@@ -50,7 +54,8 @@ OutputLock::OutputLock(const std::string& output, bool wait) : path_(trimmed_out
       ::close(fd);
       if (err == EWOULDBLOCK) {
         throw ResourceError(where, "",
-                            "another lathe process (PID " + holder + ") is writing this output (lock " + path_ +
+                            "another lathe process (PID " + holder +
+                                ") is writing this output (lock " + path_ +
                                 "); wait for it to finish or stop it");
       }
       throw ResourceError(where, "", "cannot lock " + path_ + ": " + std::strerror(err));
@@ -60,7 +65,8 @@ OutputLock::OutputLock(const std::string& output, bool wait) : path_(trimmed_out
       continue;
     }
     const std::string pid = std::to_string(::getpid()) + "\n";
-    if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+    if (::ftruncate(fd, 0) != 0 ||
+        ::pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
       const std::string reason = std::strerror(errno);
       ::close(fd);
       throw ResourceError(where, "", "cannot write the lock file " + path_ + ": " + reason);

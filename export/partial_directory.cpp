@@ -9,14 +9,16 @@ namespace fs = std::filesystem;
 
 namespace lathe {
 
-PartialDirectory::PartialDirectory(const fs::path& dir, bool force) : dir_(dir), partial_(dir.string() + ".partial") {
+PartialDirectory::PartialDirectory(const fs::path& dir, bool force)
+    : dir_(dir), partial_(dir.string() + ".partial") {
   if (fs::exists(dir_) && !force) {
     throw ConfigError(dir_.string(), "", "the directory exists; use --force to replace it");
   }
   std::error_code ec;
   fs::remove_all(partial_, ec);
   fs::create_directories(partial_, ec);
-  if (ec) throw ResourceError(partial_.string(), "", "cannot create the directory: " + ec.message());
+  if (ec)
+    throw ResourceError(partial_.string(), "", "cannot create the directory: " + ec.message());
 }
 
 PartialDirectory::~PartialDirectory() {
@@ -29,7 +31,9 @@ void PartialDirectory::publish() {
   std::error_code ec;
   fs::remove_all(dir_, ec);
   fs::rename(partial_, dir_, ec);
-  if (ec) throw ResourceError(dir_.string(), "", "cannot rename " + partial_.string() + " into place: " + ec.message());
+  if (ec)
+    throw ResourceError(dir_.string(), "",
+                        "cannot rename " + partial_.string() + " into place: " + ec.message());
   published_ = true;
 }
 

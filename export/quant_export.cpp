@@ -19,11 +19,14 @@ namespace fs = std::filesystem;
 
 namespace lathe {
 
-ExportFormat parse_export_format(const std::string& name, const std::string& where, const std::string& field) {
+ExportFormat parse_export_format(const std::string& name, const std::string& where,
+                                 const std::string& field) {
   if (name == "hf") return ExportFormat::kHf;
   if (name == "gptq") return ExportFormat::kGptq;
   if (name == "compressed-tensors") return ExportFormat::kCompressedTensors;
-  throw ConfigError(where, field, "unknown export format \"" + name + "\": expected hf, gptq or compressed-tensors");
+  throw ConfigError(
+      where, field,
+      "unknown export format \"" + name + "\": expected hf, gptq or compressed-tensors");
 }
 
 const char* export_format_name(ExportFormat format) {
@@ -44,7 +47,8 @@ const char* export_dir_name(ExportFormat format) {
   return "";
 }
 
-std::map<int64_t, int64_t> plan_expert_padding(const ModelSpec& spec, bool pad_experts, const std::string& target,
+std::map<int64_t, int64_t> plan_expert_padding(const ModelSpec& spec, bool pad_experts,
+                                               const std::string& target,
                                                const std::string& where) {
   std::set<int64_t> counts;
   std::string listing;
@@ -53,24 +57,28 @@ std::map<int64_t, int64_t> plan_expert_padding(const ModelSpec& spec, bool pad_e
     if (!spec.layers[i].is_moe) continue;
     counts.insert(spec.layers[i].num_experts);
     most = std::max(most, spec.layers[i].num_experts);
-    listing += fmt::format("{}layer {}: {}", listing.empty() ? "" : ", ", i, spec.layers[i].num_experts);
+    listing +=
+        fmt::format("{}layer {}: {}", listing.empty() ? "" : ", ", i, spec.layers[i].num_experts);
   }
   std::map<int64_t, int64_t> padding;
   if (counts.size() <= 1) return padding;
   const bool can_pad = spec.routing.selection_bias;
   if (!pad_experts || !can_pad) {
-    const std::string why =
-        !can_pad ? fmt::format("; padding is not possible for {}: its router has no selection bias, so dummy experts "
-                               "could not be excluded exactly",
-                               family_name(spec.family))
-                 : "";
-    throw ConfigError(
-        where, "pad-experts",
-        fmt::format("{} needs the same expert count in every MoE layer (transformers and vLLM hold one global count), "
-                    "but the counts differ ({}). Fixes: prune with `mode: uniform` on the expert-pruning pass, or export "
-                    "with `pad-experts` (recipe `export: {{formats: [...], pad-experts: true}}`, CLI --pad-experts; only "
-                    "for routers with a selection bias, e.g. DeepSeek-V3){}",
-                    target, listing, why));
+    const std::string why = !can_pad ? fmt::format(
+                                           "; padding is not possible for {}: its router has no "
+                                           "selection bias, so dummy experts "
+                                           "could not be excluded exactly",
+                                           family_name(spec.family))
+                                     : "";
+    throw ConfigError(where, "pad-experts",
+                      fmt::format("{} needs the same expert count in every MoE layer (transformers "
+                                  "and vLLM hold one global count), "
+                                  "but the counts differ ({}). Fixes: prune with `mode: uniform` "
+                                  "on the expert-pruning pass, or export "
+                                  "with `pad-experts` (recipe `export: {{formats: [...], "
+                                  "pad-experts: true}}`, CLI --pad-experts; only "
+                                  "for routers with a selection bias, e.g. DeepSeek-V3){}",
+                                  target, listing, why));
   }
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     const LayerSpec& l = spec.layers[i];
@@ -84,8 +92,9 @@ namespace {
 /// OUT/model/expert_map.json as copied into `dir`, with `padding` filled in (FORMATS.md §7).
 void write_padded_expert_map(const ExportSource& src, const fs::path& dir) {
   const fs::path source = src.model_dir() / "expert_map.json";
-  nlohmann::json map = fs::exists(source) ? parse_json_strict(read_file(source.string()), source.string(), "")
-                                          : nlohmann::json{{"format", "lathe-expert-map"}, {"version", 1}};
+  nlohmann::json map = fs::exists(source)
+                           ? parse_json_strict(read_file(source.string()), source.string(), "")
+                           : nlohmann::json{{"format", "lathe-expert-map"}, {"version", 1}};
   nlohmann::json padding = nlohmann::json::object();
   for (const auto& [layer, n] : src.padding()) padding[std::to_string(layer)] = n;
   map["padding"] = padding;
@@ -94,12 +103,14 @@ void write_padded_expert_map(const ExportSource& src, const fs::path& dir) {
 
 }  // namespace
 
-ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format, const ExportOptions& options) {
+ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format,
+                               const ExportOptions& options) {
   const fs::path target = fs::path(out_dir) / export_dir_name(format);
   ExportSourceOptions source_options;
   source_options.require_quant = format != ExportFormat::kHf;
   source_options.pad_experts = options.pad_experts;
-  source_options.target = fmt::format("the {} export ({})", export_format_name(format), target.string());
+  source_options.target =
+      fmt::format("the {} export ({})", export_format_name(format), target.string());
   const ExportSource src{fs::path(out_dir), source_options};  // refuses before anything is written
   PartialDirectory dir(target, options.force);
   ExportResult result;
@@ -113,9 +124,10 @@ ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format, 
     write_padded_expert_map(src, dir.path());
     int64_t dummies = 0;
     for (const auto& [layer, n] : src.padding()) dummies += n;
-    result.log.push_back(fmt::format("padded {} MoE layers with {} dummy experts in all (never selected: correction "
-                                     "bias -1e4, zero weights); expert_map.json lists them under padding",
-                                     src.padding().size(), dummies));
+    result.log.push_back(
+        fmt::format("padded {} MoE layers with {} dummy experts in all (never selected: correction "
+                    "bias -1e4, zero weights); expert_map.json lists them under padding",
+                    src.padding().size(), dummies));
   }
   for (const auto& w : src.warnings()) result.log.push_back("warning: " + w);
   // The golden vectors travel with the packed exports, so `lathe verify` can check them on their

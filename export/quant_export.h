@@ -1,8 +1,8 @@
-// The exports of a lathe output directory (docs/export.md): OUT/hf (a plain HF checkpoint that stock
-// transformers loads), OUT/gptq (GPTQ v1, FORMATS.md §3) and OUT/ct (compressed-tensors, FORMATS.md
-// §4), written from OUT/model, OUT/quant and the manifest by `lathe export OUT --format F` and by
-// `lathe run` (recipe `export: [...]`). Models pruned to different expert counts per layer are
-// padded to one count (FORMATS.md §6) or refused.
+// The exports of a lathe output directory (docs/export.md): OUT/hf (a plain HF checkpoint that
+// stock transformers loads), OUT/gptq (GPTQ v1, FORMATS.md §3) and OUT/ct (compressed-tensors,
+// FORMATS.md §4), written from OUT/model, OUT/quant and the manifest by `lathe export OUT --format
+// F` and by `lathe run` (recipe `export: [...]`). Models pruned to different expert counts per
+// layer are padded to one count (FORMATS.md §6) or refused.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +18,8 @@ enum class ExportFormat { kHf, kGptq, kCompressedTensors };
 
 /// "hf", "gptq" or "compressed-tensors" (the recipe / CLI names). ConfigError(where, field)
 /// otherwise, listing the choices.
-ExportFormat parse_export_format(const std::string& name, const std::string& where, const std::string& field);
+ExportFormat parse_export_format(const std::string& name, const std::string& where,
+                                 const std::string& field);
 
 /// The recipe / CLI name: "hf", "gptq" or "compressed-tensors".
 const char* export_format_name(ExportFormat format);
@@ -33,19 +34,20 @@ struct ExportOptions {
 
 /// Dummy experts to append per MoE layer so that every layer has the model's largest expert count
 /// (FORMATS.md §6): empty when the counts are uniform. Non-uniform counts are padded only with
-/// `pad_experts` and a router with a selection bias (DeepSeek-V3: sigmoid + e_score_correction_bias,
-/// which can exclude the dummies exactly); otherwise ConfigError(where, "pad-experts") naming
-/// `target` (e.g. "the hf export") and both fixes: `mode: uniform` on the expert-pruning pass, and
-/// `pad-experts` (selection-bias routers only).
-std::map<int64_t, int64_t> plan_expert_padding(const ModelSpec& spec, bool pad_experts, const std::string& target,
-                                               const std::string& where);
+/// `pad_experts` and a router with a selection bias (DeepSeek-V3: sigmoid +
+/// e_score_correction_bias, which can exclude the dummies exactly); otherwise ConfigError(where,
+/// "pad-experts") naming `target` (e.g. "the hf export") and both fixes: `mode: uniform` on the
+/// expert-pruning pass, and `pad-experts` (selection-bias routers only).
+std::map<int64_t, int64_t> plan_expert_padding(const ModelSpec& spec, bool pad_experts,
+                                               const std::string& target, const std::string& where);
 
 struct ExportResult {
-  std::string dir;                 ///< the directory written
-  int64_t packed_modules = 0;      ///< linears stored quantized
-  int64_t unpacked_modules = 0;    ///< quantized in OUT but stored dequantized (format cannot express them)
-  uint64_t bytes = 0;              ///< Σ tensor bytes of the shards
-  std::vector<std::string> log;    ///< one line per fallback and per warning, for the user
+  std::string dir;             ///< the directory written
+  int64_t packed_modules = 0;  ///< linears stored quantized
+  int64_t unpacked_modules =
+      0;               ///< quantized in OUT but stored dequantized (format cannot express them)
+  uint64_t bytes = 0;  ///< Σ tensor bytes of the shards
+  std::vector<std::string> log;  ///< one line per fallback and per warning, for the user
 };
 
 /// Writes `<out_dir>/hf`, `<out_dir>/gptq` or `<out_dir>/ct` (built as `<dir>.partial`, renamed
@@ -59,6 +61,7 @@ struct ExportResult {
 /// (GPTQ: bits ∉ {2,3,4,8} or widths not divisible by the pack width; compressed-tensors: 3, 5,
 /// 6, 7 bits) keep their dequantized `.weight` and are listed in `log` and skipped by the config
 /// (`-:` rule / ignore list).
-ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format, const ExportOptions& options = {});
+ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format,
+                               const ExportOptions& options = {});
 
 }  // namespace lathe

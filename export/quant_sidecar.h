@@ -1,6 +1,6 @@
 // lathe's own record of quantized tensors: out/quant/ beside out/model/ (docs/output.md
-// "Quantized tensors"). out/model/ holds every quantized weight dequantized and rounded to the model
-// dtype (a plain HF checkpoint); out/quant/ holds the codes, scales, zeros and g_idx that the
+// "Quantized tensors"). out/model/ holds every quantized weight dequantized and rounded to the
+// model dtype (a plain HF checkpoint); out/quant/ holds the codes, scales, zeros and g_idx that the
 // exports pack and that `lathe eval` dequantizes exactly. One shard per decoder layer, named like
 // the model shard of that layer, and an index (model.safetensors.index.json) over them.
 //
@@ -9,11 +9,12 @@
 // expert dimension E):
 //   N.codes    U8  [out, in]  ([E, out, in] fused)  codes in [0, 2^bits − 1], original column order
 //   N.scales   F32 [out, G]   ([E, out, G])         G = in / group_size (1 for −1)
-//   N.zeros    I32 [out, G]   ([E, out, G])         symmetric: 2^(bits−1); asymmetric: in [1, 2^bits − 1]
-//   N.g_idx    I32 [in]       ([E, in])             group of each input column
-//   N.qparams  I32 [4]                              bits, group_size, sym (0/1), activation bits (0/8)
-// and the value is  W[.., r, c] = scales[.., r, g_idx[c]] · (codes[.., r, c] − zeros[.., r, g_idx[c]])
-// in fp32 (exact: a scale times a small integer).
+//   N.zeros    I32 [out, G]   ([E, out, G])         symmetric: 2^(bits−1); asymmetric: in [1,
+//   2^bits − 1] N.g_idx    I32 [in]       ([E, in])             group of each input column
+//   N.qparams  I32 [4]                              bits, group_size, sym (0/1), activation bits
+//   (0/8)
+// and the value is  W[.., r, c] = scales[.., r, g_idx[c]] · (codes[.., r, c] − zeros[.., r,
+// g_idx[c]]) in fp32 (exact: a scale times a small integer).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -30,7 +31,8 @@
 namespace lathe {
 
 /// Appends the five tensors of `r` to `out` (views of contiguous CPU tensors that `keep` owns).
-void append_quant_tensors(const QuantRecord& r, std::vector<TensorBytes>* out, std::vector<at::Tensor>* keep);
+void append_quant_tensors(const QuantRecord& r, std::vector<TensorBytes>* out,
+                          std::vector<at::Tensor>* keep);
 
 /// Reads out/quant/ (or any directory with such an index): the DequantizedWeights the engine uses
 /// for a lathe output directory, and the source of the exports.

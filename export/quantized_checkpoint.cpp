@@ -42,7 +42,9 @@ class Fields {
     if (!v->is_number_integer()) throw error(field, "expected an integer, found " + v->dump());
     return v->get<int64_t>();
   }
-  int64_t int_or(const std::string& field, int64_t fallback) const { return get(field) ? required_int(field) : fallback; }
+  int64_t int_or(const std::string& field, int64_t fallback) const {
+    return get(field) ? required_int(field) : fallback;
+  }
   bool bool_or(const std::string& field, bool fallback) const {
     const ojson* v = get(field);
     if (!v) return fallback;
@@ -77,7 +79,9 @@ ojson read_quantization_config(const fs::path& dir) {
   if (!config.is_object()) throw DataError(path.string(), "", "expected a JSON object");
   auto it = config.find("quantization_config");
   if (it == config.end() || it->is_null()) return nullptr;
-  if (!it->is_object()) throw DataError(path.string(), "quantization_config", "expected an object, found " + it->dump());
+  if (!it->is_object())
+    throw DataError(path.string(), "quantization_config",
+                    "expected an object, found " + it->dump());
   return *it;
 }
 
@@ -95,7 +99,8 @@ bool re_match(const std::regex& re, const std::string& name) {
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() > suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 /// Runs `f`, giving DataErrors of the tensor code (which have no file) the shard file `file`.
@@ -114,7 +119,9 @@ class CheckpointBase : public DequantizedWeights, public PackedCheckpoint {
  public:
   std::string describe() const override = 0;
   explicit CheckpointBase(const std::string& dir) : dir_(dir), store_(dir) {}
-  bool has(const std::string& name) const override { return modules_.count(module_of(name)) && ends_with(name, ".weight"); }
+  bool has(const std::string& name) const override {
+    return modules_.count(module_of(name)) && ends_with(name, ".weight");
+  }
   void release(const std::vector<std::string>& names) const override {
     for (const auto& n : names) {
       auto it = modules_.find(module_of(n));
@@ -129,14 +136,17 @@ class CheckpointBase : public DequantizedWeights, public PackedCheckpoint {
   static std::string module_of(const std::string& name) {
     return ends_with(name, ".weight") ? name.substr(0, name.size() - 7) : name;
   }
-  at::Tensor tensor(const std::string& name) const { return store_.contains(name) ? load_tensor(store_, name) : at::Tensor(); }
+  at::Tensor tensor(const std::string& name) const {
+    return store_.contains(name) ? load_tensor(store_, name) : at::Tensor();
+  }
   std::string file_of(const std::string& name) const {
     return store_.contains(name) ? store_.info(name).shard_path : dir_;
   }
   /// The module of `name`, or DataError when this checkpoint does not hold it quantized.
   const std::string& require_module(const std::string& name) const {
     auto it = modules_.find(module_of(name));
-    if (it == modules_.end() || !ends_with(name, ".weight")) throw DataError(dir_, name, "not a quantized tensor of this checkpoint");
+    if (it == modules_.end() || !ends_with(name, ".weight"))
+      throw DataError(dir_, name, "not a quantized tensor of this checkpoint");
     return it->first;
   }
 
@@ -159,15 +169,22 @@ class GptqCheckpoint : public CheckpointBase {
   GptqCheckpoint(const std::string& dir, const ojson& qc) : CheckpointBase(dir) {
     tensor_suffixes_ = {".qweight", ".qzeros", ".scales", ".g_idx"};
     const Fields f(qc, (fs::path(dir) / "config.json").string(), "quantization_config.");
-    const std::string format = f.get("checkpoint_format") ? f.string_or("checkpoint_format", "gptq") : f.string_or("format", "gptq");
-    if (format == "gptq_v2") throw UnsupportedError(f.file(), f.prefix() + "checkpoint_format", "gptq_v2 (GPTQModel's internal zero points) is not read; lathe reads v1 (\"gptq\")");
-    if (format != "gptq") throw f.error("checkpoint_format", "expected \"gptq\", found \"" + format + "\"");
-    if (f.bool_or("lm_head", false)) throw UnsupportedError(f.file(), f.prefix() + "lm_head", "a quantized lm_head is not read");
+    const std::string format = f.get("checkpoint_format") ? f.string_or("checkpoint_format", "gptq")
+                                                          : f.string_or("format", "gptq");
+    if (format == "gptq_v2")
+      throw UnsupportedError(
+          f.file(), f.prefix() + "checkpoint_format",
+          "gptq_v2 (GPTQModel's internal zero points) is not read; lathe reads v1 (\"gptq\")");
+    if (format != "gptq")
+      throw f.error("checkpoint_format", "expected \"gptq\", found \"" + format + "\"");
+    if (f.bool_or("lm_head", false))
+      throw UnsupportedError(f.file(), f.prefix() + "lm_head", "a quantized lm_head is not read");
     GptqModule base{f.required_int("bits"), f.required_int("group_size"), f.bool_or("sym", true)};
     check_setting(base, f, "");
     f.bool_or("desc_act", false);  // type-checked; dequantization follows g_idx either way
     base_bits_ = base.bits;
-    std::vector<std::pair<std::string, std::optional<GptqModule>>> rules;  // pattern key → override (nullopt: skip)
+    std::vector<std::pair<std::string, std::optional<GptqModule>>>
+        rules;  // pattern key → override (nullopt: skip)
     std::vector<std::regex> regexes;
     if (const ojson* dyn = f.object_or_null("dynamic")) {
       for (const auto& [key, value] : dyn->items()) {
@@ -178,9 +195,11 @@ class GptqCheckpoint : public CheckpointBase {
           rules.emplace_back(key, std::nullopt);
           continue;
         }
-        if (!value.is_object()) throw f.error("dynamic." + key, "expected an object of overrides, found " + value.dump());
+        if (!value.is_object())
+          throw f.error("dynamic." + key, "expected an object of overrides, found " + value.dump());
         const Fields o(value, f.file(), f.prefix() + "dynamic." + key + ".");
-        GptqModule m{o.int_or("bits", base.bits), o.int_or("group_size", base.group_size), o.bool_or("sym", base.sym)};
+        GptqModule m{o.int_or("bits", base.bits), o.int_or("group_size", base.group_size),
+                     o.bool_or("sym", base.sym)};
         o.bool_or("desc_act", false);
         check_setting(m, o, "");
         rules.emplace_back(key, m);
@@ -193,7 +212,9 @@ class GptqCheckpoint : public CheckpointBase {
       for (size_t r = 0; r < rules.size(); ++r) {
         if (!re_match(regexes[r], module)) continue;
         if (!rules[r].second) {
-          throw DataError(file_of(name), name, "dynamic rule \"" + rules[r].first + "\" skips this module, but it is stored quantized");
+          throw DataError(file_of(name), name,
+                          "dynamic rule \"" + rules[r].first +
+                              "\" skips this module, but it is stored quantized");
         }
         m = *rules[r].second;
         break;
@@ -206,27 +227,38 @@ class GptqCheckpoint : public CheckpointBase {
   at::Tensor load(const std::string& name) const override {
     const std::string& module = require_module(name);
     const GptqModule& m = settings_[modules_.at(module)];
-    GptqTensors t{tensor(module + ".qweight"), tensor(module + ".qzeros"), tensor(module + ".scales"), tensor(module + ".g_idx")};
+    GptqTensors t{tensor(module + ".qweight"), tensor(module + ".qzeros"),
+                  tensor(module + ".scales"), tensor(module + ".g_idx")};
     return in_file(file_of(module + ".qweight"), [&] {
-      if (!t.g_idx.defined() || t.g_idx.dim() != 1) throw DataError("", module + ".g_idx", "missing or not 1-d");
-      if (!t.scales.defined() || t.scales.dim() != 2) throw DataError("", module + ".scales", "missing or not 2-d");
+      if (!t.g_idx.defined() || t.g_idx.dim() != 1)
+        throw DataError("", module + ".g_idx", "missing or not 1-d");
+      if (!t.scales.defined() || t.scales.dim() != 2)
+        throw DataError("", module + ".scales", "missing or not 2-d");
       const int64_t in = t.g_idx.size(0), out = t.scales.size(1);
       const QuantizedWeight q = unpack_gptq(t, m.bits, in, out, m.group_size, module);
       if (m.sym && !q.spec.sym) {
-        throw DataError("", module + ".qzeros", fmt::format("the config says sym, but a zero point is not {}", int64_t{1} << (m.bits - 1)));
+        throw DataError("", module + ".qzeros",
+                        fmt::format("the config says sym, but a zero point is not {}",
+                                    int64_t{1} << (m.bits - 1)));
       }
       const at::Tensor gi = t.g_idx.to(at::kLong);
-      return (q.scales.index_select(1, gi) * (q.codes.to(at::kInt) - q.zeros.index_select(1, gi)).to(at::kFloat)).contiguous();
+      return (q.scales.index_select(1, gi) *
+              (q.codes.to(at::kInt) - q.zeros.index_select(1, gi)).to(at::kFloat))
+          .contiguous();
     });
   }
   int64_t activation_bits(const std::string&) const override { return 0; }
-  std::string describe() const override { return fmt::format("GPTQ {}-bit checkpoint {}", base_bits_, dir_); }
+  std::string describe() const override {
+    return fmt::format("GPTQ {}-bit checkpoint {}", base_bits_, dir_);
+  }
   std::optional<PackedModule> packed(const std::string& module) const override {
     if (!modules_.count(module)) return std::nullopt;
     load(module + ".weight");  // validates every tensor of the module
     const GptqModule& m = settings_[modules_.at(module)];
-    PackedModule p{module, "gptq", m.bits, m.group_size, m.sym, 0, 0, 0, {}, file_of(module + ".qweight")};
-    for (const char* s : {"qweight", "qzeros", "scales", "g_idx"}) p.tensors[s] = tensor(module + "." + s);
+    PackedModule p{module, "gptq", m.bits, m.group_size, m.sym,
+                   0,      0,      0,      {},           file_of(module + ".qweight")};
+    for (const char* s : {"qweight", "qzeros", "scales", "g_idx"})
+      p.tensors[s] = tensor(module + "." + s);
     p.in = p.tensors["g_idx"].size(0);
     p.out = p.tensors["scales"].size(1);
     return p;
@@ -234,8 +266,10 @@ class GptqCheckpoint : public CheckpointBase {
 
  private:
   static void check_setting(const GptqModule& m, const Fields& f, const std::string&) {
-    if (gptq_pack_multiple(m.bits) == 0) throw f.error("bits", fmt::format("GPTQ packs 2, 3, 4 or 8 bits, found {}", m.bits));
-    if (m.group_size == 0 || m.group_size < -1) throw f.error("group_size", fmt::format("expected -1 or > 0, found {}", m.group_size));
+    if (gptq_pack_multiple(m.bits) == 0)
+      throw f.error("bits", fmt::format("GPTQ packs 2, 3, 4 or 8 bits, found {}", m.bits));
+    if (m.group_size == 0 || m.group_size < -1)
+      throw f.error("group_size", fmt::format("expected -1 or > 0, found {}", m.group_size));
   }
   std::vector<GptqModule> settings_;
   int64_t base_bits_ = 4;
@@ -249,22 +283,26 @@ struct CtGroup {
   int64_t bits = 4, group_size = 128;  ///< −1: channel
   bool sym = true, actorder_group = false;
   int64_t act_bits = 0;
-  std::vector<std::string> names;     ///< exact targets
-  std::vector<std::regex> regexes;    ///< "re:" targets
-  std::vector<std::string> classes;   ///< other targets ("Linear"): every quantized module
+  std::vector<std::string> names;    ///< exact targets
+  std::vector<std::regex> regexes;   ///< "re:" targets
+  std::vector<std::string> classes;  ///< other targets ("Linear"): every quantized module
 };
 
-CtGroup parse_group(const std::string& key, const ojson& g, const Fields& top, const std::string& default_format) {
-  if (!g.is_object()) throw top.error("config_groups." + key, "expected an object, found " + g.dump());
+CtGroup parse_group(const std::string& key, const ojson& g, const Fields& top,
+                    const std::string& default_format) {
+  if (!g.is_object())
+    throw top.error("config_groups." + key, "expected an object, found " + g.dump());
   const Fields f(g, top.file(), top.prefix() + "config_groups." + key + ".");
   CtGroup r;
   r.name = key;
   r.format = f.string_or("format", default_format);
   if (r.format != "pack-quantized" && r.format != "int-quantized") {
-    throw UnsupportedError(f.file(), f.prefix() + "format", "\"" + r.format + "\": lathe reads pack-quantized and int-quantized");
+    throw UnsupportedError(f.file(), f.prefix() + "format",
+                           "\"" + r.format + "\": lathe reads pack-quantized and int-quantized");
   }
   const ojson* targets = f.get("targets");
-  if (!targets || !targets->is_array() || targets->empty()) throw f.error("targets", "expected a non-empty list of strings");
+  if (!targets || !targets->is_array() || targets->empty())
+    throw f.error("targets", "expected a non-empty list of strings");
   for (const auto& t : *targets) {
     if (!t.is_string()) throw f.error("targets", "expected strings, found " + t.dump());
     const std::string s = t.get<std::string>();
@@ -279,25 +317,31 @@ CtGroup parse_group(const std::string& key, const ojson& g, const Fields& top, c
   const ojson* w = f.object_or_null("weights");
   if (!w) throw f.error("weights", "missing: expected the weight quantization arguments");
   const Fields wf(*w, f.file(), f.prefix() + "weights.");
-  if (wf.string_or("type", "int") != "int") throw UnsupportedError(wf.file(), wf.prefix() + "type", "only integer weights are read");
-  if (wf.bool_or("dynamic", false)) throw UnsupportedError(wf.file(), wf.prefix() + "dynamic", "dynamic weight quantization is not read");
+  if (wf.string_or("type", "int") != "int")
+    throw UnsupportedError(wf.file(), wf.prefix() + "type", "only integer weights are read");
+  if (wf.bool_or("dynamic", false))
+    throw UnsupportedError(wf.file(), wf.prefix() + "dynamic",
+                           "dynamic weight quantization is not read");
   r.bits = wf.required_int("num_bits");
   r.sym = wf.bool_or("symmetric", true);
   const std::string strategy = wf.string_or("strategy", "");
   if (strategy == "group") {
     r.group_size = wf.required_int("group_size");
-    if (r.group_size <= 0) throw wf.error("group_size", fmt::format("expected > 0, found {}", r.group_size));
+    if (r.group_size <= 0)
+      throw wf.error("group_size", fmt::format("expected > 0, found {}", r.group_size));
   } else if (strategy == "channel") {
     r.group_size = -1;
   } else {
-    throw UnsupportedError(wf.file(), wf.prefix() + "strategy", "\"" + strategy + "\": lathe reads group and channel");
+    throw UnsupportedError(wf.file(), wf.prefix() + "strategy",
+                           "\"" + strategy + "\": lathe reads group and channel");
   }
   if (const ojson* a = wf.get("actorder")) {
     if (a->is_boolean()) {
       r.actorder_group = a->get<bool>();
     } else {
       const std::string s = wf.string_or("actorder", "");
-      if (s != "group" && s != "dynamic" && s != "weight" && s != "static") throw wf.error("actorder", "expected group, weight or null, found " + a->dump());
+      if (s != "group" && s != "dynamic" && s != "weight" && s != "static")
+        throw wf.error("actorder", "expected group, weight or null, found " + a->dump());
       r.actorder_group = s == "group" || s == "dynamic";
     }
   }
@@ -305,41 +349,54 @@ CtGroup parse_group(const std::string& key, const ojson& g, const Fields& top, c
     throw wf.error("num_bits", "int-quantized is read for 8-bit symmetric per-channel weights");
   }
   if (r.format == "pack-quantized" && !ct_pack_bits_supported(r.bits)) {
-    throw UnsupportedError(wf.file(), wf.prefix() + "num_bits", fmt::format("pack-quantized is read for 2, 4 or 8 bits, found {}", r.bits));
+    throw UnsupportedError(
+        wf.file(), wf.prefix() + "num_bits",
+        fmt::format("pack-quantized is read for 2, 4 or 8 bits, found {}", r.bits));
   }
   if (const ojson* in = f.object_or_null("input_activations")) {
     const Fields af(*in, f.file(), f.prefix() + "input_activations.");
-    const bool int8_token = af.int_or("num_bits", 0) == 8 && af.string_or("type", "int") == "int" && af.bool_or("symmetric", false) &&
+    const bool int8_token = af.int_or("num_bits", 0) == 8 && af.string_or("type", "int") == "int" &&
+                            af.bool_or("symmetric", false) &&
                             af.string_or("strategy", "") == "token" && af.bool_or("dynamic", false);
-    if (!int8_token) throw UnsupportedError(af.file(), f.prefix() + "input_activations", "only int8 symmetric per-token dynamic inputs are read");
+    if (!int8_token)
+      throw UnsupportedError(af.file(), f.prefix() + "input_activations",
+                             "only int8 symmetric per-token dynamic inputs are read");
     r.act_bits = 8;
   }
-  if (f.get("output_activations")) throw UnsupportedError(f.file(), f.prefix() + "output_activations", "output quantization is not read");
+  if (f.get("output_activations"))
+    throw UnsupportedError(f.file(), f.prefix() + "output_activations",
+                           "output quantization is not read");
   return r;
 }
 
 class CompressedTensorsCheckpoint : public CheckpointBase {
  public:
   CompressedTensorsCheckpoint(const std::string& dir, const ojson& qc) : CheckpointBase(dir) {
-    tensor_suffixes_ = {".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point", ".weight_g_idx", ".weight"};
+    tensor_suffixes_ = {".weight_packed",     ".weight_scale", ".weight_shape",
+                        ".weight_zero_point", ".weight_g_idx", ".weight"};
     const Fields f(qc, (fs::path(dir) / "config.json").string(), "quantization_config.");
     const std::string status = f.string_or("quantization_status", "");
     if (status != "compressed") {
-      throw UnsupportedError(f.file(), f.prefix() + "quantization_status", "\"" + status + "\": lathe reads compressed checkpoints");
+      throw UnsupportedError(f.file(), f.prefix() + "quantization_status",
+                             "\"" + status + "\": lathe reads compressed checkpoints");
     }
     const std::string format = f.string_or("format", "");
     const ojson* groups = f.object_or_null("config_groups");
-    if (!groups || groups->empty()) throw f.error("config_groups", "missing: expected at least one group");
+    if (!groups || groups->empty())
+      throw f.error("config_groups", "missing: expected at least one group");
     for (const auto& [key, g] : groups->items()) groups_.push_back(parse_group(key, g, f, format));
     std::vector<std::regex> ignore_re;
     std::vector<std::string> ignore_names;
     if (const ojson* ig = f.get("ignore")) {
-      if (!ig->is_array()) throw f.error("ignore", "expected a list of strings, found " + ig->dump());
+      if (!ig->is_array())
+        throw f.error("ignore", "expected a list of strings, found " + ig->dump());
       for (const auto& t : *ig) {
         if (!t.is_string()) throw f.error("ignore", "expected strings, found " + t.dump());
         const std::string s = t.get<std::string>();
-        if (s.rfind("re:", 0) == 0) ignore_re.push_back(compile_pattern(s.substr(3), f, "ignore"));
-        else ignore_names.push_back(s);
+        if (s.rfind("re:", 0) == 0)
+          ignore_re.push_back(compile_pattern(s.substr(3), f, "ignore"));
+        else
+          ignore_names.push_back(s);
       }
     }
     for (const auto& name : store_.names()) {
@@ -353,15 +410,20 @@ class CompressedTensorsCheckpoint : public CheckpointBase {
         continue;
       }
       for (const auto& n : ignore_names) {
-        if (n == module) throw DataError(file_of(name), name, "the module is in the ignore list, but it is stored quantized");
+        if (n == module)
+          throw DataError(file_of(name), name,
+                          "the module is in the ignore list, but it is stored quantized");
       }
       for (const auto& re : ignore_re) {
-        if (re_match(re, module)) throw DataError(file_of(name), name, "the module matches the ignore list, but it is stored quantized");
+        if (re_match(re, module))
+          throw DataError(file_of(name), name,
+                          "the module matches the ignore list, but it is stored quantized");
       }
       const int64_t g = match_group(module, name);
       if ((groups_[g].format == "pack-quantized") != packed) {
-        throw DataError(file_of(name), name, "stored as " + std::string(packed ? "pack-quantized" : "int-quantized") + " but its group " +
-                                                 groups_[g].name + " is " + groups_[g].format);
+        throw DataError(file_of(name), name,
+                        "stored as " + std::string(packed ? "pack-quantized" : "int-quantized") +
+                            " but its group " + groups_[g].name + " is " + groups_[g].format);
       }
       modules_[module] = g;
     }
@@ -374,28 +436,40 @@ class CompressedTensorsCheckpoint : public CheckpointBase {
       const CtIntTensors t{tensor(module + ".weight"), tensor(module + ".weight_scale")};
       return in_file(file_of(module + ".weight"), [&] { return dequantize_ct_int8(t, module); });
     }
-    const CtPackedTensors t{tensor(module + ".weight_packed"), tensor(module + ".weight_scale"), tensor(module + ".weight_zero_point"),
-                            tensor(module + ".weight_shape"), tensor(module + ".weight_g_idx")};
+    const CtPackedTensors t{tensor(module + ".weight_packed"), tensor(module + ".weight_scale"),
+                            tensor(module + ".weight_zero_point"), tensor(module + ".weight_shape"),
+                            tensor(module + ".weight_g_idx")};
     return in_file(file_of(module + ".weight_packed"), [&] {
-      if (g.sym && t.weight_zero_point.defined()) throw DataError("", module + ".weight_zero_point", "present, but the group is symmetric");
-      if (!g.sym && !t.weight_zero_point.defined()) throw DataError("", module + ".weight_zero_point", "missing: the group is asymmetric");
-      if (g.actorder_group && !t.weight_g_idx.defined()) throw DataError("", module + ".weight_g_idx", "missing: the group has actorder group");
-      if (!g.actorder_group && t.weight_g_idx.defined()) throw DataError("", module + ".weight_g_idx", "present, but the group's actorder is not group");
+      if (g.sym && t.weight_zero_point.defined())
+        throw DataError("", module + ".weight_zero_point", "present, but the group is symmetric");
+      if (!g.sym && !t.weight_zero_point.defined())
+        throw DataError("", module + ".weight_zero_point", "missing: the group is asymmetric");
+      if (g.actorder_group && !t.weight_g_idx.defined())
+        throw DataError("", module + ".weight_g_idx", "missing: the group has actorder group");
+      if (!g.actorder_group && t.weight_g_idx.defined())
+        throw DataError("", module + ".weight_g_idx",
+                        "present, but the group's actorder is not group");
       return dequantize_ct_packed(t, g.bits, g.group_size, module);
     });
   }
-  int64_t activation_bits(const std::string& name) const override { return groups_[modules_.at(require_module(name))].act_bits; }
+  int64_t activation_bits(const std::string& name) const override {
+    return groups_[modules_.at(require_module(name))].act_bits;
+  }
   std::string describe() const override { return "compressed-tensors checkpoint " + dir_; }
   std::optional<PackedModule> packed(const std::string& module) const override {
     if (!modules_.count(module)) return std::nullopt;
     load(module + ".weight");  // validates every tensor of the module
     const CtGroup& g = groups_[modules_.at(module)];
     const bool int8 = g.format == "int-quantized";
-    PackedModule p{module, int8 ? "ct-int8" : "ct-packed", g.bits, g.group_size, g.sym, g.act_bits, 0, 0, {},
-                   file_of(module + (int8 ? ".weight" : ".weight_packed"))};
-    const std::vector<std::string> names = int8 ? std::vector<std::string>{"weight", "weight_scale"}
-                                                : std::vector<std::string>{"weight_packed", "weight_scale", "weight_shape",
-                                                                           "weight_zero_point", "weight_g_idx"};
+    PackedModule p{module, int8 ? "ct-int8" : "ct-packed",
+                   g.bits, g.group_size,
+                   g.sym,  g.act_bits,
+                   0,      0,
+                   {},     file_of(module + (int8 ? ".weight" : ".weight_packed"))};
+    const std::vector<std::string> names =
+        int8 ? std::vector<std::string>{"weight", "weight_scale"}
+             : std::vector<std::string>{"weight_packed", "weight_scale", "weight_shape",
+                                        "weight_zero_point", "weight_g_idx"};
     for (const auto& n : names) {
       const at::Tensor t = tensor(module + "." + n);
       if (t.defined()) p.tensors[n] = t;
@@ -419,18 +493,22 @@ class CompressedTensorsCheckpoint : public CheckpointBase {
       for (size_t g = 0; g < groups_.size(); ++g) {
         const CtGroup& c = groups_[g];
         bool hit = false;
-        if (level == 0) for (const auto& n : c.names) hit = hit || n == module;
-        if (level == 1) for (const auto& re : c.regexes) hit = hit || re_match(re, module);
+        if (level == 0)
+          for (const auto& n : c.names) hit = hit || n == module;
+        if (level == 1)
+          for (const auto& re : c.regexes) hit = hit || re_match(re, module);
         if (level == 2) hit = !c.classes.empty();
         if (hit) hits.push_back(static_cast<int64_t>(g));
       }
       if (hits.size() == 1) return hits[0];
       if (hits.size() > 1) {
         throw DataError(file_of(tensor_name), tensor_name,
-                        "the module matches the targets of several config groups (" + groups_[hits[0]].name + ", " + groups_[hits[1]].name + ")");
+                        "the module matches the targets of several config groups (" +
+                            groups_[hits[0]].name + ", " + groups_[hits[1]].name + ")");
       }
     }
-    throw DataError(file_of(tensor_name), tensor_name, "stored quantized, but no config group targets the module");
+    throw DataError(file_of(tensor_name), tensor_name,
+                    "stored quantized, but no config group targets the module");
   }
   std::vector<CtGroup> groups_;
 };
@@ -439,13 +517,16 @@ class CompressedTensorsCheckpoint : public CheckpointBase {
 
 std::shared_ptr<const DequantizedWeights> open_gptq_checkpoint(const std::string& dir) {
   const ojson qc = read_quantization_config(dir);
-  if (qc.is_null()) throw DataError((fs::path(dir) / "config.json").string(), "quantization_config", "missing");
+  if (qc.is_null())
+    throw DataError((fs::path(dir) / "config.json").string(), "quantization_config", "missing");
   return std::make_shared<GptqCheckpoint>(dir, qc);
 }
 
-std::shared_ptr<const DequantizedWeights> open_compressed_tensors_checkpoint(const std::string& dir) {
+std::shared_ptr<const DequantizedWeights> open_compressed_tensors_checkpoint(
+    const std::string& dir) {
   const ojson qc = read_quantization_config(dir);
-  if (qc.is_null()) throw DataError((fs::path(dir) / "config.json").string(), "quantization_config", "missing");
+  if (qc.is_null())
+    throw DataError((fs::path(dir) / "config.json").string(), "quantization_config", "missing");
   return std::make_shared<CompressedTensorsCheckpoint>(dir, qc);
 }
 
@@ -459,7 +540,8 @@ std::string quantization_method(const std::string& dir) {
   if (qc.is_null()) return "";
   const Fields f(qc, (fs::path(dir) / "config.json").string(), "quantization_config.");
   const std::string method = f.string_or("quant_method", "");
-  if (method.empty()) throw f.error("quant_method", "missing: expected \"gptq\" or \"compressed-tensors\"");
+  if (method.empty())
+    throw f.error("quant_method", "missing: expected \"gptq\" or \"compressed-tensors\"");
   return method;
 }
 
@@ -470,7 +552,8 @@ std::shared_ptr<const DequantizedWeights> open_quantized_checkpoint(const std::s
   const std::string method = f.string_or("quant_method", "");
   if (method == "gptq") return std::make_shared<GptqCheckpoint>(dir, qc);
   if (method == "compressed-tensors") return std::make_shared<CompressedTensorsCheckpoint>(dir, qc);
-  if (method.empty()) throw f.error("quant_method", "missing: expected \"gptq\" or \"compressed-tensors\"");
+  if (method.empty())
+    throw f.error("quant_method", "missing: expected \"gptq\" or \"compressed-tensors\"");
   throw UnsupportedError(f.file(), f.prefix() + "quant_method",
                          "\"" + method + "\": lathe reads gptq and compressed-tensors checkpoints");
 }

@@ -29,7 +29,8 @@ namespace lathe {
 std::shared_ptr<const DequantizedWeights> open_quantized_checkpoint(const std::string& dir);
 
 /// config.json's quantization_config.quant_method of `dir`: "" when there is no
-/// quantization_config; DataError when it is not an object or quant_method is missing / not a string.
+/// quantization_config; DataError when it is not an object or quant_method is missing / not a
+/// string.
 std::string quantization_method(const std::string& dir);
 
 /// GPTQ v1 (`checkpoint_format` / `format` "gptq"): per-module bits, group size and sym from the
@@ -41,7 +42,8 @@ std::shared_ptr<const DequantizedWeights> open_gptq_checkpoint(const std::string
 /// (pack-quantized) or an int8 weight (int-quantized) must match exactly one config group
 /// (exact name over `re:` regex over class name such as "Linear") and no ignore entry.
 /// activation_bits is 8 for groups with int8 per-token dynamic input_activations.
-std::shared_ptr<const DequantizedWeights> open_compressed_tensors_checkpoint(const std::string& dir);
+std::shared_ptr<const DequantizedWeights> open_compressed_tensors_checkpoint(
+    const std::string& dir);
 
 /// One quantized module of a packed checkpoint exactly as stored, for code that computes from the
 /// packed bytes themselves (the kernels of kernels/qlinear.h behind `lathe verify`).

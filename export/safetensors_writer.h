@@ -1,6 +1,6 @@
 // Writes safetensors files (FORMATS.md §1) deterministically: tensors in ascending name order, the
-// header JSON with sorted keys and no whitespace, padded with spaces to a multiple of 8 bytes, so the
-// same tensors always give the same bytes (resume relies on it). Torch-free.
+// header JSON with sorted keys and no whitespace, padded with spaces to a multiple of 8 bytes, so
+// the same tensors always give the same bytes (resume relies on it). Torch-free.
 #pragma once
 
 #include <cstdint>

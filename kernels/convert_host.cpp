@@ -7,9 +7,13 @@
 
 namespace lathe::kernels {
 
-int cuda_device_count() { return 0; }
+int cuda_device_count() {
+  return 0;
+}
 
-bool cuda_compiled() { return false; }
+bool cuda_compiled() {
+  return false;
+}
 
 void cuda_half_to_f32(const uint16_t*, float*, size_t, bool) {
   throw KernelError(KernelError::Kind::kUnsupported,

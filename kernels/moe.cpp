@@ -22,7 +22,8 @@ void check_block(const MoeBlockView& b) {
   if (r.top_k < 1 || r.top_k > b.num_experts)
     bad("top_k " + std::to_string(r.top_k) + " outside [1, " + std::to_string(b.num_experts) + "]");
   if (r.num_groups < 1 || b.num_experts % r.num_groups != 0)
-    bad("num_groups " + std::to_string(r.num_groups) + " must divide " + std::to_string(b.num_experts));
+    bad("num_groups " + std::to_string(r.num_groups) + " must divide " +
+        std::to_string(b.num_experts));
   if (r.num_groups > 1 && (r.topk_groups < 1 || r.topk_groups > r.num_groups))
     bad("topk_groups " + std::to_string(r.topk_groups) + " outside [1, num_groups]");
   const auto n = static_cast<size_t>(b.num_experts);
@@ -30,8 +31,8 @@ void check_block(const MoeBlockView& b) {
     bad("gate/up/down must hold num_experts views");
 }
 
-void check_expert(const QuantWeightView& gate, const QuantWeightView& up, const QuantWeightView& down,
-                  int64_t hidden) {
+void check_expert(const QuantWeightView& gate, const QuantWeightView& up,
+                  const QuantWeightView& down, int64_t hidden) {
   if (gate.in != hidden || up.in != hidden || up.out != gate.out || down.in != gate.out ||
       down.out != hidden)
     throw KernelError("moe block: expert shapes must be gate/up [I, hidden], down [hidden, I]");
@@ -46,11 +47,13 @@ std::vector<int64_t> top_indices(const std::vector<float>& v, int64_t k) {
   return idx;
 }
 
-float sigmoidf(float v) { return 1.f / (1.f + std::exp(-v)); }
+float sigmoidf(float v) {
+  return 1.f / (1.f + std::exp(-v));
+}
 
 // Keeps the topk_groups best groups (score per group), sets the others' entries to `fill`.
-void mask_groups(std::vector<float>* values, const std::vector<float>& group_score, int64_t topk_groups,
-                 float fill) {
+void mask_groups(std::vector<float>* values, const std::vector<float>& group_score,
+                 int64_t topk_groups, float fill) {
   const int64_t per = static_cast<int64_t>(values->size() / group_score.size());
   std::vector<char> keep(group_score.size(), 0);
   for (int64_t g : top_indices(group_score, topk_groups)) keep[g] = 1;
@@ -58,7 +61,8 @@ void mask_groups(std::vector<float>* values, const std::vector<float>& group_sco
     if (!keep[e / per]) (*values)[e] = fill;
 }
 
-void route_softmax(const MoeRouting& r, std::vector<float> logits, int32_t* experts, float* weights) {
+void route_softmax(const MoeRouting& r, std::vector<float> logits, int32_t* experts,
+                   float* weights) {
   const int64_t n = static_cast<int64_t>(logits.size());
   const float top = *std::max_element(logits.begin(), logits.end());
   double sum = 0;
@@ -85,7 +89,8 @@ void route_softmax(const MoeRouting& r, std::vector<float> logits, int32_t* expe
 
 // DeepSeek-V3: select on sigmoid score + bias within the best groups (a group scores the sum of
 // its two best), weight by the raw score.
-void route_sigmoid(const MoeRouting& r, const std::vector<float>& logits, int32_t* experts, float* weights) {
+void route_sigmoid(const MoeRouting& r, const std::vector<float>& logits, int32_t* experts,
+                   float* weights) {
   const int64_t n = static_cast<int64_t>(logits.size());
   std::vector<float> scores(logits.size()), choice(logits.size());
   for (int64_t e = 0; e < n; ++e) {
@@ -114,7 +119,9 @@ void route_sigmoid(const MoeRouting& r, const std::vector<float>& logits, int32_
   }
 }
 
-float silu(float v) { return v / (1.f + std::exp(-v)); }
+float silu(float v) {
+  return v / (1.f + std::exp(-v));
+}
 
 // SiLU(gate(x)) * up(x) → down, for x[n, hidden]: out[n, hidden].
 void swiglu(Backend backend, const QuantWeightView& gate, const QuantWeightView& up,
@@ -129,7 +136,8 @@ void swiglu(Backend backend, const QuantWeightView& gate, const QuantWeightView&
 
 }  // namespace
 
-void moe_route(const MoeBlockView& block, const float* x, int64_t m, int32_t* experts, float* weights) {
+void moe_route(const MoeBlockView& block, const float* x, int64_t m, int32_t* experts,
+               float* weights) {
   check_block(block);
   if (m > 0 && (!x || !experts || !weights)) throw KernelError("moe_route: null argument");
   const int64_t e_count = block.num_experts, h = block.hidden, k = block.routing.top_k;
@@ -137,7 +145,8 @@ void moe_route(const MoeBlockView& block, const float* x, int64_t m, int32_t* ex
   for (int64_t t = 0; t < m; ++t) {
     for (int64_t e = 0; e < e_count; ++e) {
       double acc = 0;
-      for (int64_t i = 0; i < h; ++i) acc += static_cast<double>(x[t * h + i]) * block.router[e * h + i];
+      for (int64_t i = 0; i < h; ++i)
+        acc += static_cast<double>(x[t * h + i]) * block.router[e * h + i];
       logits[e] = static_cast<float>(acc);
     }
     if (block.routing.scoring == MoeRouting::Scoring::kSoftmax)
@@ -151,7 +160,8 @@ void moe_block(Backend backend, const MoeBlockView& block, const float* x, int64
   check_block(block);
   for (int64_t e = 0; e < block.num_experts; ++e)
     check_expert(block.gate[e], block.up[e], block.down[e], block.hidden);
-  if (block.has_shared) check_expert(block.shared_gate, block.shared_up, block.shared_down, block.hidden);
+  if (block.has_shared)
+    check_expert(block.shared_gate, block.shared_up, block.shared_down, block.hidden);
   if (m <= 0) return;
   if (!x || !y) throw KernelError("moe_block: x or y is null");
   const int64_t h = block.hidden, k = block.routing.top_k;
@@ -178,7 +188,8 @@ void moe_block(Backend backend, const MoeBlockView& block, const float* x, int64
     const int64_t n = static_cast<int64_t>(tokens.size());
     xe.resize(static_cast<size_t>(n * h));
     ye.resize(xe.size());
-    for (int64_t r = 0; r < n; ++r) std::copy(x + tokens[r] * h, x + (tokens[r] + 1) * h, &xe[r * h]);
+    for (int64_t r = 0; r < n; ++r)
+      std::copy(x + tokens[r] * h, x + (tokens[r] + 1) * h, &xe[r * h]);
     swiglu(backend, block.gate[e], block.up[e], block.down[e], xe.data(), n, ye.data());
     for (int64_t r = 0; r < n; ++r)
       for (int64_t i = 0; i < h; ++i) y[tokens[r] * h + i] += ye[r * h + i] * wts[r];
@@ -190,7 +201,8 @@ void moe_block(Backend backend, const MoeBlockView& block, const float* x, int64
     float gate = 1.f;
     if (block.shared_expert_gate) {
       double acc = 0;
-      for (int64_t i = 0; i < h; ++i) acc += static_cast<double>(x[t * h + i]) * block.shared_expert_gate[i];
+      for (int64_t i = 0; i < h; ++i)
+        acc += static_cast<double>(x[t * h + i]) * block.shared_expert_gate[i];
       gate = sigmoidf(static_cast<float>(acc));
     }
     for (int64_t i = 0; i < h; ++i) y[t * h + i] += gate * shared[t * h + i];

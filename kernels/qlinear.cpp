@@ -55,16 +55,16 @@ void check_groups(const QuantWeightView& w) {
   const int64_t groups = w.groups();
   for (int64_t i = 0; i < w.in; ++i)
     if (w.g_idx[i] < 0 || w.g_idx[i] >= groups)
-      fail(w, "g_idx[" + std::to_string(i) + "] = " + std::to_string(w.g_idx[i]) +
-                  " outside [0, " + std::to_string(groups) + ")");
+      fail(w, "g_idx[" + std::to_string(i) + "] = " + std::to_string(w.g_idx[i]) + " outside [0, " +
+                  std::to_string(groups) + ")");
 }
 
 void check_gptq(const QuantWeightView& w) {
   const int64_t pw = detail::gptq_pack_width(w.bits);
   if (pw == 0) fail(w, "bits " + std::to_string(w.bits) + ": GPTQ packs 2, 3, 4 or 8");
   if (w.in % pw != 0 || w.out % pw != 0)
-    fail(w, std::to_string(w.bits) + "-bit GPTQ needs in and out multiples of " +
-                std::to_string(pw));
+    fail(w,
+         std::to_string(w.bits) + "-bit GPTQ needs in and out multiples of " + std::to_string(pw));
   require(w, w.packed != nullptr, "qweight (packed) is null");
   require(w, w.zeros != nullptr, "qzeros (zeros) is null");
   require(w, w.scales != nullptr, "scales is null");
@@ -93,7 +93,8 @@ void check_ct_int8(const QuantWeightView& w) {
 void check_view(const QuantWeightView& w) {
   if (w.out <= 0 || w.in <= 0) fail(w, "out and in must be positive");
   if (w.act_bits != 0 && w.act_bits != 8)
-    fail(w, "act_bits " + std::to_string(w.act_bits) + ": expected 0 (float) or 8 (int8 per token)");
+    fail(w,
+         "act_bits " + std::to_string(w.act_bits) + ": expected 0 (float) or 8 (int8 per token)");
   switch (w.format) {
     case WeightFormat::kDense: require(w, w.dense != nullptr, "dense weight is null"); return;
     case WeightFormat::kGptq: check_gptq(w); return;

@@ -5,9 +5,9 @@
 // Kernels: W4A16 grouped GEMV (decode, m = 1) and GEMM (prefill, m > 1) for GPTQ and
 // compressed-tensors pack-quantized (2/3/4/8 bits are accepted by the generic path; 4-bit has the
 // tuned one), W8A8 int8 GEMM (per-token activation scales, per-channel weight scales, int32
-// accumulation) for compressed-tensors int-quantized, and the MoE expert dispatch (tokens grouped by
-// expert on the device, each expert's gate/up/down as above, weighted scatter-add).
-// A16 formats convert activations to fp16 on the device and accumulate in fp32.
+// accumulation) for compressed-tensors int-quantized, and the MoE expert dispatch (tokens grouped
+// by expert on the device, each expert's gate/up/down as above, weighted scatter-add). A16 formats
+// convert activations to fp16 on the device and accumulate in fp32.
 #pragma once
 
 #include <cstddef>

@@ -41,7 +41,9 @@ void decode_row_scalar(const QuantWeightView& w, int64_t o, float* row) {
   const int64_t stride = gptq ? w.out : 1;
   for (int64_t i = 0; i < in; ++i) {
     const int64_t g = detail::group_of(w, i);
-    row[i] = scale[g] * static_cast<float>(static_cast<int64_t>(detail::stream_value(words, stride, i, b)) - zero[g]);
+    row[i] =
+        scale[g] * static_cast<float>(
+                       static_cast<int64_t>(detail::stream_value(words, stride, i, b)) - zero[g]);
   }
 }
 
@@ -100,7 +102,8 @@ std::vector<float> gemv_scaled_x(const float* x, int64_t in, int64_t bits) {
   return xs;
 }
 
-void gptq_gemv(const QuantWeightView& w, const float* x, const std::vector<fast::Band>& bands, float* y) {
+void gptq_gemv(const QuantWeightView& w, const float* x, const std::vector<fast::Band>& bands,
+               float* y) {
   const std::vector<float> xs = gemv_scaled_x(x, w.in, w.bits);
   const int64_t out8 = w.out / 8 * 8;
 #pragma omp parallel
@@ -163,7 +166,8 @@ void gptq_tiles(const QuantWeightView& w, const float* x, int64_t m, float* y) {
 
 void rows(const QuantWeightView& w, const float* x, int64_t m, float* y) {
   // Whole 32-column blocks share a group: the vectorised row decoder applies.
-  const bool vector_decode = trivial_g_idx(w) && (w.group_size <= 0 || w.group_size >= w.in || w.group_size % 32 == 0);
+  const bool vector_decode =
+      trivial_g_idx(w) && (w.group_size <= 0 || w.group_size >= w.in || w.group_size % 32 == 0);
   const int64_t blocks = (w.out + 15) / 16;
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t b = 0; b < blocks; ++b)
@@ -197,7 +201,8 @@ void qlinear_cpu_fast(const QuantWeightView& w, const float* x, int64_t m, float
   // Float kernels see the fake-quantized activations; only the AVX2 W8A8 kernel takes int8 codes.
   if (w.act_bits == 8 && (w.format != WeightFormat::kCtInt8 || !avx2)) {
     x_hat.resize(m * w.in);
-    for (int64_t t = 0; t < m; ++t) quantize_activation_row(x + t * w.in, w.in, nullptr, &x_hat[t * w.in]);
+    for (int64_t t = 0; t < m; ++t)
+      quantize_activation_row(x + t * w.in, w.in, nullptr, &x_hat[t * w.in]);
     x = x_hat.data();
   }
   if (!avx2) return qlinear_portable(w, x, m, y);

@@ -30,29 +30,30 @@ struct Band {
 /// GPTQ GEMV (m = 1, trivial g_idx, in % 32 == 0, bands as above): y[o] for o ∈ [o0, o1), o0 and
 /// o1 multiples of 8. xs: x pre-scaled per position in its 32-block (see the .cpp). scratch:
 /// 2·(o1 − o0) floats.
-void gptq_gemv_avx2(const QuantWeightView& w, const float* xs, const std::vector<Band>& bands, int64_t o0,
-                    int64_t o1, float* scratch, float* y);
+void gptq_gemv_avx2(const QuantWeightView& w, const float* xs, const std::vector<Band>& bands,
+                    int64_t o0, int64_t o1, float* scratch, float* y);
 
 /// compressed-tensors GEMV (m = 1, trivial g_idx, in and the group size multiples of 8·32/B): rows
 /// [o0, o1). xd: x regrouped per 8-word chunk as [value j][lane] and scaled by 2^−B·j (the top
 /// value unscaled); xsum [G]: Σ x per group.
-void ct_gemv_avx2(const QuantWeightView& w, const float* xd, const float* xsum, int64_t o0, int64_t o1, float* y);
+void ct_gemv_avx2(const QuantWeightView& w, const float* xd, const float* xsum, int64_t o0,
+                  int64_t o1, float* y);
 
 /// GPTQ via k-major tiles (any g_idx, any m): outputs [o0, o1) (o0 multiple of 64). sf, zf:
 /// scales and zeros as float32 [G, out]. x [m, in]. y [m, out] written (bias added).
-void gptq_tiles_avx2(const QuantWeightView& w, const float* sf, const float* zf, const float* x, int64_t m,
-                     int64_t o0, int64_t o1, float* y);
+void gptq_tiles_avx2(const QuantWeightView& w, const float* sf, const float* zf, const float* x,
+                     int64_t m, int64_t o0, int64_t o1, float* y);
 
 /// Row-major formats (dense, compressed-tensors, int8 weights with float activations): rows
 /// [o0, o1) decoded four at a time (vectorised for trivial groups, else decode_row_scalar) and
 /// dotted with x [m, in]. y [m, out] written (bias added). vector_decode: trivial g_idx and groups
 /// of whole 32-column blocks (the caller checks once per call).
-void rows_avx2(const QuantWeightView& w, bool vector_decode, const float* x, int64_t m, int64_t o0, int64_t o1,
-               float* y);
+void rows_avx2(const QuantWeightView& w, bool vector_decode, const float* x, int64_t m, int64_t o0,
+               int64_t o1, float* y);
 
 /// W8A8: xq [m, ldx] int16 (the int8 codes, zero-padded to ldx ≥ in, a multiple of 16), xscale [m]
 /// per-token scales; int32 sums of int8 × int8, then y = s_t · s_w · sum (+ bias). Rows [o0, o1).
-void w8a8_avx2(const QuantWeightView& w, const int16_t* xq, int64_t ldx, const float* xscale, int64_t m,
-               int64_t o0, int64_t o1, float* y);
+void w8a8_avx2(const QuantWeightView& w, const int16_t* xq, int64_t ldx, const float* xscale,
+               int64_t m, int64_t o0, int64_t o1, float* y);
 
 }  // namespace lathe::kernels::fast

@@ -66,7 +66,8 @@ inline float scale_at(const QuantWeightView& w, int64_t index) {
 inline uint32_t stream_value(const int32_t* words, int64_t stride, int64_t j, int64_t bits) {
   const int64_t bit = j * bits, k = bit >> 5, s = bit & 31;
   uint64_t v = static_cast<uint32_t>(words[k * stride]);
-  if (s + bits > 32) v |= static_cast<uint64_t>(static_cast<uint32_t>(words[(k + 1) * stride])) << 32;
+  if (s + bits > 32)
+    v |= static_cast<uint64_t>(static_cast<uint32_t>(words[(k + 1) * stride])) << 32;
   return static_cast<uint32_t>((v >> s) & ((uint64_t{1} << bits) - 1));
 }
 

@@ -16,7 +16,8 @@ float gptq_element(const QuantWeightView& w, int64_t o, int64_t i) {
   const int64_t g = detail::group_of(w, i);
   const int64_t zero_words = w.out * w.bits / 32;
   const int64_t code = detail::stream_value(w.packed + o, w.out, i, w.bits);
-  const int64_t zero = static_cast<int64_t>(detail::stream_value(w.zeros + g * zero_words, 1, o, w.bits)) + 1;
+  const int64_t zero =
+      static_cast<int64_t>(detail::stream_value(w.zeros + g * zero_words, 1, o, w.bits)) + 1;
   return detail::scale_at(w, g * w.out + o) * static_cast<float>(code - zero);
 }
 
@@ -28,8 +29,8 @@ float ct_packed_element(const QuantWeightView& w, int64_t o, int64_t i) {
   const int64_t groups = w.groups();
   const int64_t row_words = (w.in * w.bits + 31) / 32;
   const int64_t code = detail::stream_value(w.packed + o * row_words, 1, i, w.bits);
-  const int64_t zero = w.zeros ? detail::stream_value(w.zeros + g, groups, o, w.bits)
-                               : int64_t{1} << (w.bits - 1);
+  const int64_t zero =
+      w.zeros ? detail::stream_value(w.zeros + g, groups, o, w.bits) : int64_t{1} << (w.bits - 1);
   return detail::scale_at(w, o * groups + g) * static_cast<float>(code - zero);
 }
 
@@ -61,7 +62,8 @@ void qlinear_cpu_ref(const QuantWeightView& w, const float* x, int64_t m, float*
   dequantize_ref(w, weight.data());
   std::vector<float> act(x, x + m * w.in);
   if (w.act_bits == 8)
-    for (int64_t t = 0; t < m; ++t) quantize_activation_row(x + t * w.in, w.in, nullptr, &act[t * w.in]);
+    for (int64_t t = 0; t < m; ++t)
+      quantize_activation_row(x + t * w.in, w.in, nullptr, &act[t * w.in]);
   for (int64_t t = 0; t < m; ++t) {
     for (int64_t o = 0; o < w.out; ++o) {
       double acc = 0;

@@ -1,4 +1,5 @@
-// Registration of every `lathe` subcommand. Each command lives in its own file under compressor/cli.
+// Registration of every `lathe` subcommand. Each command lives in its own file under
+// compressor/cli.
 #pragma once
 
 namespace CLI {
@@ -42,7 +43,8 @@ void add_compare_command(CLI::App& app);
 /// `lathe export OUT --format gptq|compressed-tensors [--force]` (export_command.cpp).
 void add_export_command(CLI::App& app);
 
-/// `lathe import FILE.gguf --out DIR [--dtype bf16|f32] [--force]` (import_command.cpp; docs/gguf.md).
+/// `lathe import FILE.gguf --out DIR [--dtype bf16|f32] [--force]` (import_command.cpp;
+/// docs/gguf.md).
 void add_import_command(CLI::App& app);
 
 /// `lathe verify DIR [--backend ...] [--json FILE]` (verify_command.cpp).

@@ -1,5 +1,5 @@
-// `lathe export OUT --format hf|gptq|compressed-tensors [--pad-experts] [--force]`: the exports of a
-// lathe output directory, OUT/hf, OUT/gptq or OUT/ct (docs/export.md).
+// `lathe export OUT --format hf|gptq|compressed-tensors [--pad-experts] [--force]`: the exports of
+// a lathe output directory, OUT/hf, OUT/gptq or OUT/ct (docs/export.md).
 #include <CLI/CLI.hpp>
 
 #include <iostream>
@@ -18,12 +18,16 @@ void add_export_command(CLI::App& app) {
     bool force = false, pad_experts = false;
   };
   auto args = std::make_shared<Args>();
-  auto* cmd = app.add_subcommand("export", "Write an HF (OUT/hf), packed GPTQ (OUT/gptq) or compressed-tensors (OUT/ct) "
-                                           "checkpoint of a lathe output directory");
-  cmd->add_option("out", args->out, "lathe output directory (lathe_manifest.json, model/, quant/)")->required();
+  auto* cmd = app.add_subcommand(
+      "export",
+      "Write an HF (OUT/hf), packed GPTQ (OUT/gptq) or compressed-tensors (OUT/ct) "
+      "checkpoint of a lathe output directory");
+  cmd->add_option("out", args->out, "lathe output directory (lathe_manifest.json, model/, quant/)")
+      ->required();
   cmd->add_option("--format", args->format, "hf, gptq or compressed-tensors")->required();
   cmd->add_flag("--pad-experts", args->pad_experts,
-                "pad expert counts that differ between layers with never-selected dummy experts (routers with a "
+                "pad expert counts that differ between layers with never-selected dummy experts "
+                "(routers with a "
                 "selection bias only, e.g. DeepSeek-V3)");
   cmd->add_flag("--force", args->force, "replace an existing export directory");
   cmd->callback([args] {
@@ -35,11 +39,11 @@ void add_export_command(CLI::App& app) {
     const ExportResult r = export_checkpoint(args->out, format, options);
     for (const auto& line : r.log) std::cerr << "[export] " << line << "\n";
     if (format == ExportFormat::kHf) {
-      std::cerr << fmt::format("[export] {}: {} quantized modules stored dequantized; {:.2f} MB\n", r.dir,
-                               r.unpacked_modules, r.bytes / 1e6);
+      std::cerr << fmt::format("[export] {}: {} quantized modules stored dequantized; {:.2f} MB\n",
+                               r.dir, r.unpacked_modules, r.bytes / 1e6);
     } else {
-      std::cerr << fmt::format("[export] {}: {} modules packed, {} stored dequantized; {:.2f} MB\n", r.dir,
-                               r.packed_modules, r.unpacked_modules, r.bytes / 1e6);
+      std::cerr << fmt::format("[export] {}: {} modules packed, {} stored dequantized; {:.2f} MB\n",
+                               r.dir, r.packed_modules, r.unpacked_modules, r.bytes / 1e6);
     }
   });
 }

@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "compressor/cli/commands.h"
-#include "export/gguf_model_cache.h"
 #include "compressor/model/model_summary.h"
+#include "export/gguf_model_cache.h"
 
 namespace lathe::cli {
 
@@ -19,16 +19,22 @@ void add_inspect_command(CLI::App& app) {
     SummaryOptions options;
   };
   auto args = std::make_shared<Args>();
-  auto* cmd = app.add_subcommand("inspect",
-                                 "Describe a model directory: layout, experts per layer, parameters by category, "
-                                 "bytes by dtype, memory a streaming run needs");
-  cmd->add_option("model", args->model, "HF model directory (config.json, *.safetensors) or .gguf file")->required();
+  auto* cmd = app.add_subcommand(
+      "inspect",
+      "Describe a model directory: layout, experts per layer, parameters by category, "
+      "bytes by dtype, memory a streaming run needs");
+  cmd->add_option("model", args->model,
+                  "HF model directory (config.json, *.safetensors) or .gguf file")
+      ->required();
   cmd->add_flag("--json", args->json, "print the JSON report (docs/inspect.md) instead of text");
-  cmd->add_option("--samples", args->options.samples, "calibration sequences assumed by the memory estimate")
+  cmd->add_option("--samples", args->options.samples,
+                  "calibration sequences assumed by the memory estimate")
       ->capture_default_str();
-  cmd->add_option("--seq-len", args->options.seq_len, "tokens per sequence assumed by the memory estimate")
+  cmd->add_option("--seq-len", args->options.seq_len,
+                  "tokens per sequence assumed by the memory estimate")
       ->capture_default_str();
-  cmd->add_flag("--check-finite", args->options.check_finite, "scan every weight for NaN/Inf (reads all weights)");
+  cmd->add_flag("--check-finite", args->options.check_finite,
+                "scan every weight for NaN/Inf (reads all weights)");
   cmd->callback([args] {
     args->model = model_directory(args->model);
     const ModelSummary summary = summarize_model(args->model, args->options);

@@ -24,7 +24,7 @@ struct TensorsOptions {
   std::string model;
   bool json = false;
   bool sha256 = false;
-  std::string as;  // "" (raw bytes) or "f32"
+  std::string as;         // "" (raw bytes) or "f32"
   std::string dump, out;  // --dump NAME --out FILE: the tensor's values as float32
 };
 
@@ -134,7 +134,9 @@ std::string gguf_sha256(const gguf::File& file, const gguf::TensorInfo& t, bool 
   return sha256_hex(values.data(), values.size() * sizeof(float));
 }
 
-const char* gguf_type_name(uint32_t type) { return gguf::type_traits(type)->name; }  // parse() checked it
+const char* gguf_type_name(uint32_t type) {
+  return gguf::type_traits(type)->name;
+}  // parse() checked it
 
 void print_gguf(const gguf::File& file, const TensorsOptions& options) {
   const gguf::Header& h = file.header();
@@ -170,35 +172,42 @@ void print_gguf(const gguf::File& file, const TensorsOptions& options) {
     name_width = std::max(name_width, t.name.size());
     shape_width = std::max(shape_width, format_shape(t.shape()).size());
   }
-  const auto pad = [](const std::string& s, size_t width) { return s + std::string(width > s.size() ? width - s.size() : 0, ' '); };
-  std::cout << pad("name", name_width) << "  " << pad("type", 7) << "  " << pad("shape", shape_width) << "  bytes"
+  const auto pad = [](const std::string& s, size_t width) {
+    return s + std::string(width > s.size() ? width - s.size() : 0, ' ');
+  };
+  std::cout << pad("name", name_width) << "  " << pad("type", 7) << "  "
+            << pad("shape", shape_width) << "  bytes"
             << (options.sha256 ? (f32 ? "  sha256(f32)" : "  sha256") : "") << "\n";
   for (const auto& t : h.tensors) {
-    std::cout << pad(t.name, name_width) << "  " << pad(gguf_type_name(t.type), 7) << "  " << pad(format_shape(t.shape()), shape_width)
-              << "  " << t.nbytes;
+    std::cout << pad(t.name, name_width) << "  " << pad(gguf_type_name(t.type), 7) << "  "
+              << pad(format_shape(t.shape()), shape_width) << "  " << t.nbytes;
     if (options.sha256) std::cout << "  " << gguf_sha256(file, t, f32);
     std::cout << "\n";
   }
-  std::cout << h.tensors.size() << " tensors, " << total << " bytes, GGUF v" << h.version << ", " << h.metadata.size()
-            << " metadata keys\n";
+  std::cout << h.tensors.size() << " tensors, " << total << " bytes, GGUF v" << h.version << ", "
+            << h.metadata.size() << " metadata keys\n";
 }
 
 }  // namespace
 
 void add_tensors_command(CLI::App& app) {
   auto options = std::make_shared<TensorsOptions>();
-  auto* cmd = app.add_subcommand("tensors", "List every tensor of a safetensors checkpoint or a GGUF file");
-  cmd->add_option("model", options->model,
-                  "model directory, model.safetensors.index.json, a .safetensors file, or a .gguf file")
+  auto* cmd =
+      app.add_subcommand("tensors", "List every tensor of a safetensors checkpoint or a GGUF file");
+  cmd->add_option(
+         "model", options->model,
+         "model directory, model.safetensors.index.json, a .safetensors file, or a .gguf file")
       ->required();
   cmd->add_flag("--json", options->json, "print JSON instead of a table");
   auto* sha = cmd->add_flag("--sha256", options->sha256, "add the SHA-256 of each tensor");
   cmd->add_option("--as", options->as,
-                  "hash the float32 (little-endian) conversion instead of the stored bytes (GGUF: the dequantized values)")
+                  "hash the float32 (little-endian) conversion instead of the stored bytes (GGUF: "
+                  "the dequantized values)")
       ->check(CLI::IsMember({"f32"}))
       ->needs(sha);
-  auto* dump = cmd->add_option("--dump", options->dump,
-                               "write this tensor's values (dequantized for GGUF) as little-endian float32 to --out");
+  auto* dump = cmd->add_option(
+      "--dump", options->dump,
+      "write this tensor's values (dequantized for GGUF) as little-endian float32 to --out");
   cmd->add_option("--out", options->out, "file for --dump")->needs(dump);
   cmd->callback([options] {
     if (!options->dump.empty()) {

@@ -20,10 +20,10 @@
 
 #include "calibrate/tokenizer.h"
 #include "compressor/cli/commands.h"
-#include "export/gguf_model_cache.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
 #include "compressor/common/strict_json.h"
+#include "export/gguf_model_cache.h"
 
 namespace lathe::cli {
 namespace {
@@ -176,7 +176,8 @@ void add_tokenize_command(CLI::App& app) {
                 "print {\"ids\": [...], \"count\": n} (decode: {\"text\": ...})");
   cmd->add_option("--repeat", args->repeat, "encode N times and print the throughput on stderr");
   cmd->callback([args] {
-    args->tokenizer = model_directory(args->tokenizer);  // a .gguf: the tokenizer of its imported directory
+    args->tokenizer =
+        model_directory(args->tokenizer);  // a .gguf: the tokenizer of its imported directory
     run_tokenize(*args);
   });
 }

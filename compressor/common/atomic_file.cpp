@@ -18,7 +18,9 @@ void write_file_atomically(const std::string& path, const void* data, size_t siz
 void write_file_atomically(const std::string& path, const std::vector<FilePiece>& pieces) {
   const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw ResourceError(path, "", std::string("cannot create the output file: ") + std::strerror(errno));
+  if (fd < 0)
+    throw ResourceError(path, "",
+                        std::string("cannot create the output file: ") + std::strerror(errno));
   auto fail = [&](const char* what) {
     const int err = errno;
     ::close(fd);
@@ -47,7 +49,8 @@ void write_file_atomically(const std::string& path, const std::vector<FilePiece>
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
     ::unlink(tmp.c_str());
-    throw ResourceError(path, "", std::string("cannot rename the finished file into place: ") + std::strerror(err));
+    throw ResourceError(
+        path, "", std::string("cannot rename the finished file into place: ") + std::strerror(err));
   }
 }
 

@@ -11,8 +11,8 @@
 namespace lathe {
 
 /// Writes `size` bytes at `data` to `path` atomically: `<path>.tmp-<pid>` is created in the same
-/// directory, written, fsync'ed and renamed over `path` (an existing file there is replaced; callers
-/// decide beforehand whether that is allowed). On failure the temporary file is removed and
+/// directory, written, fsync'ed and renamed over `path` (an existing file there is replaced;
+/// callers decide beforehand whether that is allowed). On failure the temporary file is removed and
 /// ResourceError (where = path) says what failed, with the OS reason.
 void write_file_atomically(const std::string& path, const void* data, size_t size);
 

@@ -49,10 +49,12 @@ std::optional<int64_t> JsonFields::optional_int(std::initializer_list<const char
   if (!value) return std::nullopt;
   if (value->is_number_unsigned()) {
     const uint64_t u = value->get<uint64_t>();
-    if (u > static_cast<uint64_t>(INT64_MAX)) throw error(name, "integer " + value->dump() + " is too large");
+    if (u > static_cast<uint64_t>(INT64_MAX))
+      throw error(name, "integer " + value->dump() + " is too large");
     return static_cast<int64_t>(u);
   }
-  if (!value->is_number_integer()) throw error(name, "expected an integer, found " + type_of(*value));
+  if (!value->is_number_integer())
+    throw error(name, "expected an integer, found " + type_of(*value));
   return value->get<int64_t>();
 }
 
@@ -82,11 +84,13 @@ std::vector<int64_t> JsonFields::int_list(std::initializer_list<const char*> nam
   auto [value, name] = find(names);
   std::vector<int64_t> out;
   if (!value) return out;
-  if (!value->is_array()) throw error(name, "expected a list of integers, found " + type_of(*value));
+  if (!value->is_array())
+    throw error(name, "expected a list of integers, found " + type_of(*value));
   for (size_t i = 0; i < value->size(); ++i) {
     const auto& item = (*value)[i];
     if (!item.is_number_integer()) {
-      throw error(name + "[" + std::to_string(i) + "]", "expected an integer, found " + type_of(item));
+      throw error(name + "[" + std::to_string(i) + "]",
+                  "expected an integer, found " + type_of(item));
     }
     out.push_back(item.get<int64_t>());
   }
@@ -111,7 +115,8 @@ std::vector<std::string> JsonFields::string_list(std::initializer_list<const cha
 
 const nlohmann::json* JsonFields::object_or_null(std::initializer_list<const char*> names) const {
   auto [value, name] = find(names);
-  if (value && !value->is_object()) throw error(name, "expected an object, found " + type_of(*value));
+  if (value && !value->is_object())
+    throw error(name, "expected an object, found " + type_of(*value));
   return value;
 }
 

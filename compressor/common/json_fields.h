@@ -36,7 +36,8 @@ class JsonFields {
   /// Boolean field or `fallback` when absent.
   bool bool_or(std::initializer_list<const char*> names, bool fallback) const;
   /// String field or `fallback` when absent.
-  std::string string_or(std::initializer_list<const char*> names, const std::string& fallback) const;
+  std::string string_or(std::initializer_list<const char*> names,
+                        const std::string& fallback) const;
   /// Array of integers, empty when absent.
   std::vector<int64_t> int_list(std::initializer_list<const char*> names) const;
   /// Array of strings, empty when absent.
@@ -50,7 +51,8 @@ class JsonFields {
 
  private:
   /// The first present, non-null field among `names`, and its name.
-  std::pair<const nlohmann::json*, std::string> find(std::initializer_list<const char*> names) const;
+  std::pair<const nlohmann::json*, std::string> find(
+      std::initializer_list<const char*> names) const;
   static std::string type_of(const nlohmann::json& value);
 
   const nlohmann::json& object_;

@@ -96,7 +96,8 @@ bool cpu_has_sha() {
 
 /// The 64 rounds of each block with SHA256RNDS2 (two rounds per instruction) and the message
 /// schedule with SHA256MSG1/MSG2. The state is kept as the instructions want it: ABEF and CDGH.
-__attribute__((target("sha,sse4.1,ssse3"))) void shani(uint32_t state[8], const uint8_t* blocks, size_t count) {
+__attribute__((target("sha,sse4.1,ssse3"))) void shani(uint32_t state[8], const uint8_t* blocks,
+                                                       size_t count) {
   const __m128i byte_swap = _mm_set_epi8(12, 13, 14, 15, 8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3);
   __m128i abcd = _mm_loadu_si128(reinterpret_cast<const __m128i*>(state));
   __m128i efgh = _mm_loadu_si128(reinterpret_cast<const __m128i*>(state + 4));
@@ -110,7 +111,8 @@ __attribute__((target("sha,sse4.1,ssse3"))) void shani(uint32_t state[8], const 
     for (int i = 0; i < 16; ++i) {
       __m128i& x = w[i % 4];
       if (i < 4) {
-        x = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + 16 * i)), byte_swap);
+        x = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + 16 * i)),
+                             byte_swap);
       } else {
         // W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16] for t = 4i .. 4i+3.
         const __m128i& prev = w[(i - 1) % 4];
@@ -118,7 +120,8 @@ __attribute__((target("sha,sse4.1,ssse3"))) void shani(uint32_t state[8], const 
                                               _mm_alignr_epi8(prev, w[(i - 2) % 4], 4));
         x = _mm_sha256msg2_epu32(partial, prev);
       }
-      __m128i k = _mm_add_epi32(x, _mm_loadu_si128(reinterpret_cast<const __m128i*>(kRound + 4 * i)));
+      __m128i k =
+          _mm_add_epi32(x, _mm_loadu_si128(reinterpret_cast<const __m128i*>(kRound + 4 * i)));
       cdgh = _mm_sha256rnds2_epu32(cdgh, abef, k);  // rounds 4i, 4i+1: the new ABEF
       k = _mm_shuffle_epi32(k, 0x0E);
       abef = _mm_sha256rnds2_epu32(abef, cdgh, k);  // rounds 4i+2, 4i+3
@@ -141,13 +144,16 @@ bool accelerated(uint32_t state[8], const uint8_t* blocks, size_t count) {
   return true;
 }
 #else
-bool accelerated(uint32_t*, const uint8_t*, size_t) { return false; }
+bool accelerated(uint32_t*, const uint8_t*, size_t) {
+  return false;
+}
 #endif
 
 }  // namespace sha256_blocks
 
 void Sha256::compress(const uint8_t* blocks, size_t count) {
-  if (!sha256_blocks::accelerated(state_.data(), blocks, count)) sha256_blocks::portable(state_.data(), blocks, count);
+  if (!sha256_blocks::accelerated(state_.data(), blocks, count))
+    sha256_blocks::portable(state_.data(), blocks, count);
 }
 
 void Sha256::update(const void* data, size_t size) {

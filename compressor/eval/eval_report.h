@@ -1,6 +1,6 @@
 // Held-out evaluation as a library: perplexity files and multiple-choice task files through the
-// streaming forward, giving the eval JSON of docs/eval.md. `lathe eval` and `lathe run` (before/after)
-// both call it.
+// streaming forward, giving the eval JSON of docs/eval.md. `lathe eval` and `lathe run`
+// (before/after) both call it.
 #pragma once
 
 #include <string>
@@ -26,7 +26,7 @@ struct EvalRequest {
   std::string bos = "auto";
   ForwardOptions forward;
   int64_t micro_batch = 8;
-  bool print = true;        ///< one result line per file on stdout
+  bool print = true;           ///< one result line per file on stdout
   std::string label = "eval";  ///< progress prefix on stderr
 };
 

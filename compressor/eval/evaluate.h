@@ -16,12 +16,14 @@ namespace lathe {
 /// Perplexity windows over one token stream.
 struct WindowOptions {
   int64_t seq_len = 512;  ///< tokens per window
-  int64_t stride = 0;     ///< 0 or the window's stream tokens: non-overlapping windows; smaller: sliding
+  int64_t stride =
+      0;  ///< 0 or the window's stream tokens: non-overlapping windows; smaller: sliding
   /// A token put before every window (the BOS of a model that needs one, e.g. Gemma); -1: none.
   /// A window is then this token and seq_len − 1 stream tokens, all of them predicted.
   int32_t prefix_token = -1;
   /// Logits per head call, at most (floats; 2^24 = 64 MiB): a large vocabulary (Gemma's 262,144
-  /// tokens) never yields a [micro-batch, T, V] tensor. Whole windows when one fits, else positions.
+  /// tokens) never yields a [micro-batch, T, V] tensor. Whole windows when one fits, else
+  /// positions.
   int64_t head_logits = int64_t{1} << 24;
 };
 
@@ -53,30 +55,37 @@ using Progress = std::function<void(int64_t, int64_t)>;
 
 /// Perplexity of `model` on `tokens` over the windows of `options`.
 PerplexityResult evaluate_perplexity(const CausalLM& model, const std::vector<int32_t>& tokens,
-                                     const WindowOptions& options, const StreamingOptions& streaming,
+                                     const WindowOptions& options,
+                                     const StreamingOptions& streaming,
                                      const Progress& progress = {});
 
 /// How far `model`'s next-token distributions are from a reference model's on the same windows
 /// (llama.cpp's `--kl-divergence`): KL(p_ref ‖ p_model) summed over predicted positions, the
 /// positions where both models' most likely token agree, and both models' NLL.
 struct DivergenceResult {
-  double kl = 0;               ///< Σ_positions Σ_v p_ref(v) (log p_ref(v) − log p_model(v)), nats
-  double max_kl = 0;           ///< the largest single-position KL
-  int64_t top1_agree = 0;      ///< positions where argmax p_ref = argmax p_model
-  double nll = 0;              ///< the model's Σ −log p(token)
-  double reference_nll = 0;    ///< the reference's
+  double kl = 0;             ///< Σ_positions Σ_v p_ref(v) (log p_ref(v) − log p_model(v)), nats
+  double max_kl = 0;         ///< the largest single-position KL
+  int64_t top1_agree = 0;    ///< positions where argmax p_ref = argmax p_model
+  double nll = 0;            ///< the model's Σ −log p(token)
+  double reference_nll = 0;  ///< the reference's
   int64_t predicted = 0;
   int64_t tokens = 0;
   double mean_kl() const { return predicted ? kl / static_cast<double>(predicted) : std::nan(""); }
-  double top1() const { return predicted ? static_cast<double>(top1_agree) / static_cast<double>(predicted) : std::nan(""); }
+  double top1() const {
+    return predicted ? static_cast<double>(top1_agree) / static_cast<double>(predicted)
+                     : std::nan("");
+  }
 };
 
 /// Divergence of `model` from `reference` over the windows of `options`. The reference runs first
-/// and keeps only its final hidden states (windows × seq_len × hidden, working dtype); the model then
-/// streams and both LM heads are applied one micro-batch at a time, so neither model is resident
-/// whole and no [windows, seq_len, vocab] tensor exists. ConfigError when the vocabularies differ.
-DivergenceResult evaluate_divergence(const CausalLM& model, const CausalLM& reference, const std::vector<int32_t>& tokens,
-                                     const WindowOptions& options, const StreamingOptions& streaming,
+/// and keeps only its final hidden states (windows × seq_len × hidden, working dtype); the model
+/// then streams and both LM heads are applied one micro-batch at a time, so neither model is
+/// resident whole and no [windows, seq_len, vocab] tensor exists. ConfigError when the vocabularies
+/// differ.
+DivergenceResult evaluate_divergence(const CausalLM& model, const CausalLM& reference,
+                                     const std::vector<int32_t>& tokens,
+                                     const WindowOptions& options,
+                                     const StreamingOptions& streaming,
                                      const Progress& progress = {});
 
 /// One multiple-choice item, tokenized: the log-likelihood of each continuation given the context.

@@ -18,24 +18,29 @@ namespace {
 void* map_spill_file(const std::filesystem::path& dir, uint64_t bytes) {
   std::string pattern = (dir / "lathe-activations-XXXXXX").string();
   const int fd = ::mkstemp(pattern.data());
-  if (fd < 0) throw ResourceError(dir.string(), "", std::string("cannot create a spill file: ") + std::strerror(errno));
+  if (fd < 0)
+    throw ResourceError(dir.string(), "",
+                        std::string("cannot create a spill file: ") + std::strerror(errno));
   ::unlink(pattern.c_str());  // the mapping keeps the space; a killed run leaves nothing behind
   const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(bytes));
   if (rc != 0) {
     ::close(fd);
-    throw ResourceError(dir.string(), "", "cannot reserve " + std::to_string(bytes) +
-                                              " bytes for spilled activations: " + std::strerror(rc));
+    throw ResourceError(dir.string(), "",
+                        "cannot reserve " + std::to_string(bytes) +
+                            " bytes for spilled activations: " + std::strerror(rc));
   }
   void* data = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   const int map_errno = errno;
   ::close(fd);
-  if (data == MAP_FAILED) throw ResourceError(dir.string(), "", std::string("mmap failed: ") + std::strerror(map_errno));
+  if (data == MAP_FAILED)
+    throw ResourceError(dir.string(), "", std::string("mmap failed: ") + std::strerror(map_errno));
   return data;
 }
 
 }  // namespace
 
-ActivationBuffer::ActivationBuffer(int64_t n, int64_t t, int64_t d, at::ScalarType dtype, uint64_t memory_limit_bytes,
+ActivationBuffer::ActivationBuffer(int64_t n, int64_t t, int64_t d, at::ScalarType dtype,
+                                   uint64_t memory_limit_bytes,
                                    const std::filesystem::path& spill_dir) {
   bytes_ = static_cast<uint64_t>(n) * t * d * c10::elementSize(dtype);
   const auto options = at::TensorOptions().dtype(dtype);
@@ -69,7 +74,9 @@ ActivationBuffer& ActivationBuffer::operator=(ActivationBuffer&& other) noexcept
   return *this;
 }
 
-at::Tensor ActivationBuffer::rows(int64_t begin, int64_t end) const { return tensor_.slice(0, begin, end); }
+at::Tensor ActivationBuffer::rows(int64_t begin, int64_t end) const {
+  return tensor_.slice(0, begin, end);
+}
 
 void ActivationBuffer::write(int64_t begin, const at::Tensor& values) {
   tensor_.slice(0, begin, begin + values.size(0)).copy_(values);

@@ -16,8 +16,8 @@ class ActivationBuffer {
  public:
   /// Allocates the buffer; spills to a file under `spill_dir` when its size exceeds
   /// `memory_limit_bytes`. ResourceError when the file cannot be created or sized (disk full).
-  ActivationBuffer(int64_t n, int64_t t, int64_t d, at::ScalarType dtype, uint64_t memory_limit_bytes,
-                   const std::filesystem::path& spill_dir);
+  ActivationBuffer(int64_t n, int64_t t, int64_t d, at::ScalarType dtype,
+                   uint64_t memory_limit_bytes, const std::filesystem::path& spill_dir);
   ~ActivationBuffer();
   ActivationBuffer(ActivationBuffer&&) noexcept;
   ActivationBuffer& operator=(ActivationBuffer&&) noexcept;

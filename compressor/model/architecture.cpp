@@ -13,7 +13,7 @@ struct NameTable {
   const char* expert_gate;      ///< projection names inside one expert
   const char* expert_up;
   const char* expert_down;
-  const char* shared;           ///< shared-expert module under mlp, or nullptr
+  const char* shared;  ///< shared-expert module under mlp, or nullptr
 };
 
 const NameTable kNameTables[] = {
@@ -40,9 +40,13 @@ const NameTable& names_of(Family family) {
 class LayerBuilder {
  public:
   LayerBuilder(const ModelSpec& spec, int64_t layer, std::vector<ExpectedTensor>* out)
-      : spec_(spec), layer_(layer), out_(out), prefix_("model.layers." + std::to_string(layer) + ".") {}
+      : spec_(spec),
+        layer_(layer),
+        out_(out),
+        prefix_("model.layers." + std::to_string(layer) + ".") {}
 
-  void add(const std::string& suffix, std::vector<int64_t> shape, TensorRole role, int64_t expert = -1) {
+  void add(const std::string& suffix, std::vector<int64_t> shape, TensorRole role,
+           int64_t expert = -1) {
     out_->push_back({prefix_ + suffix, std::move(shape), role, layer_, expert});
   }
 
@@ -85,11 +89,14 @@ class LayerBuilder {
     } else {
       add("self_attn.q_proj.weight", {q_out, d}, TensorRole::kQ);
     }
-    add("self_attn.kv_a_proj_with_mqa.weight", {a.kv_lora_rank + a.qk_rope_head_dim, d}, TensorRole::kKVA);
-    if (a.qkv_bias) add("self_attn.kv_a_proj_with_mqa.bias", {a.kv_lora_rank + a.qk_rope_head_dim}, TensorRole::kKVABias);
+    add("self_attn.kv_a_proj_with_mqa.weight", {a.kv_lora_rank + a.qk_rope_head_dim, d},
+        TensorRole::kKVA);
+    if (a.qkv_bias)
+      add("self_attn.kv_a_proj_with_mqa.bias", {a.kv_lora_rank + a.qk_rope_head_dim},
+          TensorRole::kKVABias);
     add("self_attn.kv_a_layernorm.weight", {a.kv_lora_rank}, TensorRole::kKVANorm);
-    add("self_attn.kv_b_proj.weight", {a.num_heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank},
-        TensorRole::kKVB);
+    add("self_attn.kv_b_proj.weight",
+        {a.num_heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank}, TensorRole::kKVB);
     add("self_attn.o_proj.weight", {d, a.num_heads * a.v_head_dim}, TensorRole::kO);
     if (a.o_bias) add("self_attn.o_proj.bias", {d}, TensorRole::kOBias);
   }
@@ -117,9 +124,11 @@ class LayerBuilder {
     const int64_t d = spec_.hidden_size;
     const LayerSpec& l = spec_.layers[layer_];
     const NameTable& n = names_of(spec_.family);
-    const std::string block = std::string(layout == ExpertLayout::kFused ? n.fused_moe_block : n.moe_block) + ".";
+    const std::string block =
+        std::string(layout == ExpertLayout::kFused ? n.fused_moe_block : n.moe_block) + ".";
     add(block + "gate.weight", {l.num_experts, d}, TensorRole::kRouter);
-    if (spec_.routing.selection_bias) add(block + "gate.e_score_correction_bias", {l.num_experts}, TensorRole::kRouterBias);
+    if (spec_.routing.selection_bias)
+      add(block + "gate.e_score_correction_bias", {l.num_experts}, TensorRole::kRouterBias);
     experts(layout, block);
     shared();
   }
@@ -151,7 +160,8 @@ class LayerBuilder {
     add(p + "gate_proj.weight", {w, d}, TensorRole::kSharedGate);
     add(p + "up_proj.weight", {w, d}, TensorRole::kSharedUp);
     add(p + "down_proj.weight", {d, w}, TensorRole::kSharedDown);
-    if (spec_.routing.shared_expert_gate) add("mlp.shared_expert_gate.weight", {1, d}, TensorRole::kSharedExpertGate);
+    if (spec_.routing.shared_expert_gate)
+      add("mlp.shared_expert_gate.weight", {1, d}, TensorRole::kSharedExpertGate);
   }
 
   const ModelSpec& spec_;
@@ -177,9 +187,9 @@ const char* category_key(Category category) {
 }
 
 const std::vector<Category>& all_categories() {
-  static const std::vector<Category> kAll = {Category::kEmbedding, Category::kAttention, Category::kDenseMlp,
-                                             Category::kRoutedExperts, Category::kSharedExperts, Category::kRouter,
-                                             Category::kNorm, Category::kLmHead};
+  static const std::vector<Category> kAll = {
+      Category::kEmbedding,     Category::kAttention, Category::kDenseMlp, Category::kRoutedExperts,
+      Category::kSharedExperts, Category::kRouter,    Category::kNorm,     Category::kLmHead};
   return kAll;
 }
 
@@ -214,9 +224,12 @@ Category category_of(TensorRole role) {
   }
 }
 
-std::vector<ExpectedTensor> expected_layer_tensors(const ModelSpec& spec, ExpertLayout layout, int64_t layer) {
+std::vector<ExpectedTensor> expected_layer_tensors(const ModelSpec& spec, ExpertLayout layout,
+                                                   int64_t layer) {
   if (layer < 0 || layer >= spec.num_layers) {
-    throw InternalError("", "layer", std::to_string(layer) + " outside [0, " + std::to_string(spec.num_layers) + ")");
+    throw InternalError(
+        "", "layer",
+        std::to_string(layer) + " outside [0, " + std::to_string(spec.num_layers) + ")");
   }
   std::vector<ExpectedTensor> out;
   LayerBuilder builder(spec, layer, &out);
@@ -227,37 +240,56 @@ std::vector<ExpectedTensor> expected_layer_tensors(const ModelSpec& spec, Expert
 
 std::vector<ExpectedTensor> expected_tensors(const ModelSpec& spec, ExpertLayout layout) {
   const int64_t d = spec.hidden_size;
-  std::vector<ExpectedTensor> out = {{"model.embed_tokens.weight", {spec.vocab_size, d}, TensorRole::kEmbed}};
+  std::vector<ExpectedTensor> out = {
+      {"model.embed_tokens.weight", {spec.vocab_size, d}, TensorRole::kEmbed}};
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     auto layer = expected_layer_tensors(spec, layout, i);
-    out.insert(out.end(), std::make_move_iterator(layer.begin()), std::make_move_iterator(layer.end()));
+    out.insert(out.end(), std::make_move_iterator(layer.begin()),
+               std::make_move_iterator(layer.end()));
   }
   out.push_back({"model.norm.weight", {d}, TensorRole::kFinalNorm});
-  if (!spec.tie_word_embeddings) out.push_back({"lm_head.weight", {spec.vocab_size, d}, TensorRole::kLmHead});
+  if (!spec.tie_word_embeddings)
+    out.push_back({"lm_head.weight", {spec.vocab_size, d}, TensorRole::kLmHead});
   return out;
 }
 
-ExpertLayout detect_expert_layout(const ModelSpec& spec, const std::function<bool(const std::string&)>& has_tensor) {
+ExpertLayout detect_expert_layout(const ModelSpec& spec,
+                                  const std::function<bool(const std::string&)>& has_tensor) {
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     if (!spec.layers[i].is_moe) continue;
     for (const auto& t : expected_layer_tensors(spec, ExpertLayout::kFused, i)) {
-      if (t.role == TensorRole::kExpertsGateUp) return has_tensor(t.name) ? ExpertLayout::kFused : ExpertLayout::kPerExpert;
+      if (t.role == TensorRole::kExpertsGateUp)
+        return has_tensor(t.name) ? ExpertLayout::kFused : ExpertLayout::kPerExpert;
     }
   }
   return ExpertLayout::kPerExpert;
 }
 
-const char* layout_name(ExpertLayout layout) { return layout == ExpertLayout::kFused ? "fused" : "per-expert"; }
+const char* layout_name(ExpertLayout layout) {
+  return layout == ExpertLayout::kFused ? "fused" : "per-expert";
+}
 
 bool is_quantizable(TensorRole role) {
   switch (role) {
-    case TensorRole::kQ: case TensorRole::kK: case TensorRole::kV: case TensorRole::kO:
-    case TensorRole::kQA: case TensorRole::kQB: case TensorRole::kKVA: case TensorRole::kKVB:
-    case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kDenseDown:
-    case TensorRole::kExpertGate: case TensorRole::kExpertUp: case TensorRole::kExpertDown:
-    case TensorRole::kExpertsGateUp: case TensorRole::kExpertsDown:
-    case TensorRole::kSharedGate: case TensorRole::kSharedUp: case TensorRole::kSharedDown:
-      return true;
+    case TensorRole::kQ:
+    case TensorRole::kK:
+    case TensorRole::kV:
+    case TensorRole::kO:
+    case TensorRole::kQA:
+    case TensorRole::kQB:
+    case TensorRole::kKVA:
+    case TensorRole::kKVB:
+    case TensorRole::kDenseGate:
+    case TensorRole::kDenseUp:
+    case TensorRole::kDenseDown:
+    case TensorRole::kExpertGate:
+    case TensorRole::kExpertUp:
+    case TensorRole::kExpertDown:
+    case TensorRole::kExpertsGateUp:
+    case TensorRole::kExpertsDown:
+    case TensorRole::kSharedGate:
+    case TensorRole::kSharedUp:
+    case TensorRole::kSharedDown: return true;
     default:
       return false;  // norms, routers, biases, embeddings and the LM head stay as they are (§1.6)
   }

@@ -1,5 +1,5 @@
-// Architecture registry: maps logical tensors (layer i, expert e, role) to checkpoint names, one small
-// table per family (DESIGN.md "Core types"; FORMATS.md §2 "Tensor names").
+// Architecture registry: maps logical tensors (layer i, expert e, role) to checkpoint names, one
+// small table per family (DESIGN.md "Core types"; FORMATS.md §2 "Tensor names").
 #pragma once
 
 #include <cstdint>
@@ -13,22 +13,60 @@ namespace lathe {
 
 /// What a checkpoint tensor is, independent of the family's naming.
 enum class TensorRole {
-  kEmbed, kFinalNorm, kLmHead,
-  kAttnNorm, kMlpNorm,           // the attention and MLP input norms (Gemma: pre_feedforward_layernorm)
-  kPostAttnNorm, kPostMlpNorm,   // Gemma's norms of the attention and MLP outputs
-  kQ, kK, kV, kO, kQBias, kKBias, kVBias, kOBias, kQNorm, kKNorm,
+  kEmbed,
+  kFinalNorm,
+  kLmHead,
+  kAttnNorm,
+  kMlpNorm,  // the attention and MLP input norms (Gemma: pre_feedforward_layernorm)
+  kPostAttnNorm,
+  kPostMlpNorm,  // Gemma's norms of the attention and MLP outputs
+  kQ,
+  kK,
+  kV,
+  kO,
+  kQBias,
+  kKBias,
+  kVBias,
+  kOBias,
+  kQNorm,
+  kKNorm,
   // DeepSeek multi-head latent attention.
-  kQA, kQABias, kQANorm, kQB, kKVA, kKVABias, kKVANorm, kKVB,
-  kDenseGate, kDenseUp, kDenseDown,
-  kRouter, kRouterBias,
-  kExpertGate, kExpertUp, kExpertDown,   // per-expert layout
-  kExpertsGateUp, kExpertsDown,          // fused 3-D layout: [E, 2I, d] and [E, d, I]
-  kSharedGate, kSharedUp, kSharedDown, kSharedExpertGate,
+  kQA,
+  kQABias,
+  kQANorm,
+  kQB,
+  kKVA,
+  kKVABias,
+  kKVANorm,
+  kKVB,
+  kDenseGate,
+  kDenseUp,
+  kDenseDown,
+  kRouter,
+  kRouterBias,
+  kExpertGate,
+  kExpertUp,
+  kExpertDown,  // per-expert layout
+  kExpertsGateUp,
+  kExpertsDown,  // fused 3-D layout: [E, 2I, d] and [E, d, I]
+  kSharedGate,
+  kSharedUp,
+  kSharedDown,
+  kSharedExpertGate,
 };
 
 /// Parameter categories reported by `lathe inspect`. The Qwen2-MoE shared-expert gate counts as
 /// router; q/k norms and MLA's latent norms count as norm.
-enum class Category { kEmbedding, kAttention, kDenseMlp, kRoutedExperts, kSharedExperts, kRouter, kNorm, kLmHead };
+enum class Category {
+  kEmbedding,
+  kAttention,
+  kDenseMlp,
+  kRoutedExperts,
+  kSharedExperts,
+  kRouter,
+  kNorm,
+  kLmHead
+};
 
 /// Stable JSON key of a category ("embedding", "routed_experts", ...).
 const char* category_key(Category category);
@@ -60,11 +98,14 @@ struct ExpectedTensor {
 std::vector<ExpectedTensor> expected_tensors(const ModelSpec& spec, ExpertLayout layout);
 
 /// The expected tensors of one decoder layer only.
-std::vector<ExpectedTensor> expected_layer_tensors(const ModelSpec& spec, ExpertLayout layout, int64_t layer);
+std::vector<ExpectedTensor> expected_layer_tensors(const ModelSpec& spec, ExpertLayout layout,
+                                                   int64_t layer);
 
 /// Decides the expert layout from which names exist (`has_tensor`). Dense models and checkpoints
-/// with per-expert keys give kPerExpert; a fused `experts.gate_up_proj` in the first MoE layer gives kFused.
-ExpertLayout detect_expert_layout(const ModelSpec& spec, const std::function<bool(const std::string&)>& has_tensor);
+/// with per-expert keys give kPerExpert; a fused `experts.gate_up_proj` in the first MoE layer
+/// gives kFused.
+ExpertLayout detect_expert_layout(const ModelSpec& spec,
+                                  const std::function<bool(const std::string&)>& has_tensor);
 
 /// Stable name of a layout: "per-expert" or "fused".
 const char* layout_name(ExpertLayout layout);

@@ -11,8 +11,9 @@
 
 namespace lathe {
 
-ForwardOptions parse_forward_options(const std::string& device, const std::string& dtype, const std::string& where,
-                                     const std::string& device_field, const std::string& dtype_field) {
+ForwardOptions parse_forward_options(const std::string& device, const std::string& dtype,
+                                     const std::string& where, const std::string& device_field,
+                                     const std::string& dtype_field) {
   ForwardOptions f;
   if (dtype == "bf16") {
     f.dtype = at::kBFloat16;
@@ -20,7 +21,8 @@ ForwardOptions parse_forward_options(const std::string& device, const std::strin
     throw ConfigError(where, dtype_field, "expected f32 or bf16, found \"" + dtype + "\"");
   }
   if (device == "cuda") {
-    if (!at::hasCUDA()) throw UnsupportedError(where, device_field, "no CUDA device visible to this lathe build");
+    if (!at::hasCUDA())
+      throw UnsupportedError(where, device_field, "no CUDA device visible to this lathe build");
     f.device = at::kCUDA;
   } else if (device != "cpu") {
     throw ConfigError(where, device_field, "expected cpu or cuda, found \"" + device + "\"");
@@ -44,8 +46,9 @@ CausalLM::CausalLM(const std::filesystem::path& model_dir, ForwardOptions option
       store_(std::make_unique<WeightStore>(model_dir.string())),
       options_(options),
       quantized_(std::move(quantized)) {
-  layout_ = detect_expert_layout(
-      spec_, [this](const std::string& n) { return store_->contains(n) || (quantized_ && quantized_->has(n)); });
+  layout_ = detect_expert_layout(spec_, [this](const std::string& n) {
+    return store_->contains(n) || (quantized_ && quantized_->has(n));
+  });
 }
 
 CausalLM::~CausalLM() = default;
@@ -55,8 +58,10 @@ at::Tensor CausalLM::embed(const at::Tensor& ids) const {
   if (ids.numel() > 0) {
     const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     if (lo < 0 || hi >= spec_.vocab_size) {
-      throw ConfigError("", "input_ids", "token id " + std::to_string(lo < 0 ? lo : hi) + " outside the vocabulary [0, " +
-                                             std::to_string(spec_.vocab_size) + ")");
+      throw ConfigError("", "input_ids",
+                        "token id " + std::to_string(lo < 0 ? lo : hi) +
+                            " outside the vocabulary [0, " + std::to_string(spec_.vocab_size) +
+                            ")");
     }
   }
   const at::Tensor table = load_tensor(*store_, "model.embed_tokens.weight");
@@ -66,7 +71,8 @@ at::Tensor CausalLM::embed(const at::Tensor& ids) const {
 
 DecoderLayer CausalLM::load_layer(int64_t i) const {
   const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
-  return DecoderLayer(spec_, load_layer_weights(spec_, *store_, layout_, i, opts, quantized_.get()));
+  return DecoderLayer(spec_,
+                      load_layer_weights(spec_, *store_, layout_, i, opts, quantized_.get()));
 }
 
 namespace {
@@ -93,22 +99,28 @@ void CausalLM::release_embedding() const {
 
 void CausalLM::release_head() const {
   release_if_present(*store_, "model.norm.weight");
-  release_if_present(*store_, spec_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  release_if_present(*store_,
+                     spec_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
 }
 
 LmHead CausalLM::lm_head() const {
   const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
-  const std::string head_name = spec_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  return {load_tensor(*store_, "model.norm.weight").to(opts), load_tensor(*store_, head_name).to(opts)};
+  const std::string head_name =
+      spec_.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  return {load_tensor(*store_, "model.norm.weight").to(opts),
+          load_tensor(*store_, head_name).to(opts)};
 }
 
 at::Tensor CausalLM::head(const at::Tensor& hidden, const LmHead& weights) const {
   return at::linear(model_rms_norm(spec_, hidden, weights.norm), weights.weight).to(at::kFloat);
 }
 
-at::Tensor CausalLM::head(const at::Tensor& hidden) const { return head(hidden, lm_head()); }
+at::Tensor CausalLM::head(const at::Tensor& hidden) const {
+  return head(hidden, lm_head());
+}
 
-at::Tensor CausalLM::logits(const at::Tensor& ids, const at::Tensor& valid, TapObserver* observer) const {
+at::Tensor CausalLM::logits(const at::Tensor& ids, const at::Tensor& valid,
+                            TapObserver* observer) const {
   at::NoGradGuard no_grad;
   const auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
   const ForwardContext ctx = make_forward_context(spec_, valid, opts, observer);

@@ -26,7 +26,8 @@ struct ForwardOptions {
 /// Parses the user's device ("cpu" | "cuda") and working dtype ("f32" | "bf16"). ConfigError(where,
 /// field = `device_field` / `dtype_field`) for other values, UnsupportedError for cuda without a
 /// visible CUDA device.
-ForwardOptions parse_forward_options(const std::string& device, const std::string& dtype, const std::string& where,
+ForwardOptions parse_forward_options(const std::string& device, const std::string& dtype,
+                                     const std::string& where,
                                      const std::string& device_field = "--device",
                                      const std::string& dtype_field = "--dtype");
 
@@ -86,7 +87,8 @@ class CausalLM {
   void release_embedding() const;
   void release_head() const;
   /// Whole forward, one layer resident at a time: ids [B, T] and valid [B, T] → logits [B, T, V].
-  at::Tensor logits(const at::Tensor& ids, const at::Tensor& valid, TapObserver* observer = nullptr) const;
+  at::Tensor logits(const at::Tensor& ids, const at::Tensor& valid,
+                    TapObserver* observer = nullptr) const;
 
  private:
   ModelSpec spec_;

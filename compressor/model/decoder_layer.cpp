@@ -32,7 +32,9 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 
 /// The relaxation of layer `layer` in this forward (ForwardContext::expert_gates), or nullptr.
 const ExpertGate* expert_gate(const ForwardContext& ctx, int64_t layer) {
-  return ctx.expert_gates && layer < static_cast<int64_t>(ctx.expert_gates->size()) ? &(*ctx.expert_gates)[layer] : nullptr;
+  return ctx.expert_gates && layer < static_cast<int64_t>(ctx.expert_gates->size())
+             ? &(*ctx.expert_gates)[layer]
+             : nullptr;
 }
 
 }  // namespace
@@ -82,8 +84,8 @@ at::Tensor make_attention_mask(const at::Tensor& valid, std::optional<int64_t> s
   return mask.unsqueeze(1);
 }
 
-ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& valid, const at::TensorOptions& options,
-                                    TapObserver* observer) {
+ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& valid,
+                                    const at::TensorOptions& options, TapObserver* observer) {
   ForwardContext ctx;
   ctx.valid = valid.to(options.device(), at::kBool);
   ctx.attn_mask = make_attention_mask(ctx.valid, spec.attention.sliding_window);
@@ -99,22 +101,25 @@ ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& val
   return ctx;
 }
 
-DecoderLayer::DecoderLayer(const ModelSpec& spec, LayerWeights weights) : spec_(spec), weights_(std::move(weights)) {}
+DecoderLayer::DecoderLayer(const ModelSpec& spec, LayerWeights weights)
+    : spec_(spec), weights_(std::move(weights)) {}
 
-void DecoderLayer::report(const ForwardContext& ctx, Tap tap, const at::Tensor& value, int64_t expert,
-                          const at::Tensor* index) const {
+void DecoderLayer::report(const ForwardContext& ctx, Tap tap, const at::Tensor& value,
+                          int64_t expert, const at::Tensor* index) const {
   if (!ctx.observer || !ctx.observer->wants(tap, weights_.layer)) return;
   const at::Tensor valid = ctx.valid.reshape({-1});
   const at::Tensor flat = value.dim() == 3 ? value.reshape({-1, value.size(-1)}) : value;
-  ctx.observer->observe(
-      {tap, weights_.layer, expert, &flat, index, &valid, ctx.sequence_begin, ctx.valid.size(1), &weights_});
+  ctx.observer->observe({tap, weights_.layer, expert, &flat, index, &valid, ctx.sequence_begin,
+                         ctx.valid.size(1), &weights_});
 }
 
 at::Tensor DecoderLayer::norm(const at::Tensor& x, const at::Tensor& weight) const {
   return model_rms_norm(spec_, x, weight);
 }
 
-int64_t decoder_layer_forward_count() { return g_forward_calls.load(); }
+int64_t decoder_layer_forward_count() {
+  return g_forward_calls.load();
+}
 
 at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext& ctx) const {
   LayerState state;
@@ -125,7 +130,8 @@ at::Tensor DecoderLayer::forward(const at::Tensor& hidden, const ForwardContext&
 at::Tensor DecoderLayer::run(LayerPoint from, LayerState& s, const ForwardContext& ctx) const {
   g_forward_calls.fetch_add(1, std::memory_order_relaxed);
   const bool dense = !spec_.layers[weights_.layer].is_moe;
-  if (from == LayerPoint::kMlpAct && !dense) throw InternalError("", "", "DecoderLayer::run: kMlpAct on an MoE layer");
+  if (from == LayerPoint::kMlpAct && !dense)
+    throw InternalError("", "", "DecoderLayer::run: kMlpAct on an MoE layer");
   if (from == LayerPoint::kInput) {
     const at::Tensor attn_in = norm(s.hidden, weights_.attn_norm);
     report(ctx, Tap::kAttnIn, attn_in);
@@ -159,10 +165,13 @@ at::Tensor DecoderLayer::run(LayerPoint from, LayerState& s, const ForwardContex
 
 at::Tensor DecoderLayer::dense_act(const at::Tensor& mlp_in) const {
   const at::Tensor in = aq(mlp_in);
-  return gate_activation(spec_, at::linear(in, weights_.dense_gate.weight)) * at::linear(in, weights_.dense_up.weight);
+  return gate_activation(spec_, at::linear(in, weights_.dense_gate.weight)) *
+         at::linear(in, weights_.dense_up.weight);
 }
 
-at::Tensor DecoderLayer::dense_down(const at::Tensor& act) const { return at::linear(aq(act), weights_.dense_down.weight); }
+at::Tensor DecoderLayer::dense_down(const at::Tensor& act) const {
+  return at::linear(aq(act), weights_.dense_down.weight);
+}
 
 at::Tensor DecoderLayer::mlp(const at::Tensor& mlp_in, const ForwardContext& ctx) const {
   if (spec_.layers[weights_.layer].is_moe) return moe(mlp_in, ctx);
@@ -212,17 +221,22 @@ at::Tensor DecoderLayer::mla_heads(const at::Tensor& x, const ForwardContext& ct
   const LayerWeights& w = weights_;
   const int64_t b = x.size(0), t = x.size(1), nope = a.qk_nope_head_dim, rope = a.qk_rope_head_dim;
   const at::Tensor xq = aq(x);
-  const at::Tensor q_in = a.q_lora_rank > 0 ? aq(rms_norm(linear(xq, w.q_a), w.q_a_norm, spec_.rms_norm_eps)) : xq;
+  const at::Tensor q_in =
+      a.q_lora_rank > 0 ? aq(rms_norm(linear(xq, w.q_a), w.q_a_norm, spec_.rms_norm_eps)) : xq;
   const at::Tensor q = heads(linear(q_in, w.q_b), a.num_heads, nope + rope);
   const at::Tensor kv = linear(xq, w.kv_a);
-  const at::Tensor latent = rms_norm(kv.slice(-1, 0, a.kv_lora_rank), w.kv_a_norm, spec_.rms_norm_eps);
+  const at::Tensor latent =
+      rms_norm(kv.slice(-1, 0, a.kv_lora_rank), w.kv_a_norm, spec_.rms_norm_eps);
   const at::Tensor k_rot = kv.slice(-1, a.kv_lora_rank).view({b, 1, t, rope});
   const at::Tensor kv_heads = heads(linear(aq(latent), w.kv_b), a.num_heads, nope + a.v_head_dim);
-  const at::Tensor query = at::cat({q.slice(-1, 0, nope), apply_rotary(q.slice(-1, nope), ctx.rope, a.rope_interleave)}, -1);
-  const at::Tensor k_rot_all = apply_rotary(k_rot, ctx.rope, a.rope_interleave).expand({b, a.num_heads, t, rope});
+  const at::Tensor query = at::cat(
+      {q.slice(-1, 0, nope), apply_rotary(q.slice(-1, nope), ctx.rope, a.rope_interleave)}, -1);
+  const at::Tensor k_rot_all =
+      apply_rotary(k_rot, ctx.rope, a.rope_interleave).expand({b, a.num_heads, t, rope});
   const at::Tensor key = at::cat({kv_heads.slice(-1, 0, nope), k_rot_all}, -1);
   const at::Tensor value = kv_heads.slice(-1, nope);
-  const double scale = softmax_scale_factor(spec_.rope) / std::sqrt(static_cast<double>(nope + rope));
+  const double scale =
+      softmax_scale_factor(spec_.rope) / std::sqrt(static_cast<double>(nope + rope));
   return attend(query, key, value, ctx.attn_mask, scale);
 }
 
@@ -233,14 +247,21 @@ void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Ten
   const at::Tensor logits = at::linear(x.to(at::kFloat), weights_.router.to(at::kFloat));
   report(ctx, Tap::kRouterLogits, logits);
   const ExpertGate* gate = expert_gate(ctx, weights_.layer);
-  const at::Tensor log_gate = gate && gate->log_gate.defined() ? gate->log_gate.to(at::kFloat) : at::Tensor();
+  const at::Tensor log_gate =
+      gate && gate->log_gate.defined() ? gate->log_gate.to(at::kFloat) : at::Tensor();
   if (r.scoring == ScoringFunc::kSoftmax) {
     at::Tensor probs = (log_gate.defined() ? logits + log_gate : logits).softmax(-1);
     if (r.num_groups > 1) {  // DeepSeek-V2 group_limited_greedy: groups scored by their best expert
       const int64_t n = probs.size(0), e = probs.size(1);
-      const at::Tensor group_best = std::get<0>(probs.view({n, r.num_groups, e / r.num_groups}).max(-1));
-      const at::Tensor keep = at::zeros_like(group_best).scatter_(1, std::get<1>(group_best.topk(r.topk_groups, -1)), 1);
-      probs = probs.masked_fill(~keep.unsqueeze(-1).expand({n, r.num_groups, e / r.num_groups}).reshape({n, e}).to(at::kBool), 0.0);
+      const at::Tensor group_best =
+          std::get<0>(probs.view({n, r.num_groups, e / r.num_groups}).max(-1));
+      const at::Tensor keep = at::zeros_like(group_best)
+                                  .scatter_(1, std::get<1>(group_best.topk(r.topk_groups, -1)), 1);
+      probs = probs.masked_fill(~keep.unsqueeze(-1)
+                                     .expand({n, r.num_groups, e / r.num_groups})
+                                     .reshape({n, e})
+                                     .to(at::kBool),
+                                0.0);
     }
     std::tie(*weights, *experts) = probs.topk(k, -1);
     report(ctx, Tap::kRouterTopK, *experts);
@@ -252,13 +273,19 @@ void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Ten
   // Sigmoid (DeepSeek-V3): select on score + bias within the best groups, weight by the raw score.
   // Gated (DiEP/NAEE): log g joins the selection score; g multiplies the final combine weight.
   const at::Tensor scores = logits.sigmoid();
-  at::Tensor choice = weights_.router_bias.defined() ? scores + weights_.router_bias.to(at::kFloat) : scores;
+  at::Tensor choice =
+      weights_.router_bias.defined() ? scores + weights_.router_bias.to(at::kFloat) : scores;
   if (log_gate.defined()) choice = choice + log_gate;
   if (r.num_groups > 1) {
     const int64_t n = choice.size(0), e = choice.size(1);
-    const at::Tensor group_score = std::get<0>(choice.view({n, r.num_groups, e / r.num_groups}).topk(2, -1)).sum(-1);
-    const at::Tensor keep = at::zeros_like(group_score).scatter_(1, std::get<1>(group_score.topk(r.topk_groups, -1)), 1);
-    const at::Tensor mask = keep.unsqueeze(-1).expand({n, r.num_groups, e / r.num_groups}).reshape({n, e}).to(at::kBool);
+    const at::Tensor group_score =
+        std::get<0>(choice.view({n, r.num_groups, e / r.num_groups}).topk(2, -1)).sum(-1);
+    const at::Tensor keep = at::zeros_like(group_score)
+                                .scatter_(1, std::get<1>(group_score.topk(r.topk_groups, -1)), 1);
+    const at::Tensor mask = keep.unsqueeze(-1)
+                                .expand({n, r.num_groups, e / r.num_groups})
+                                .reshape({n, e})
+                                .to(at::kBool);
     choice = choice.masked_fill(~mask, -std::numeric_limits<float>::infinity());
   }
   *experts = std::get<1>(choice.topk(k, -1));
@@ -279,7 +306,8 @@ at::Tensor DecoderLayer::routing_weights(const at::Tensor& x, const ForwardConte
 at::Tensor DecoderLayer::expert_forward(int64_t e, const at::Tensor& x) const {
   const auto& ex = weights_.experts.at(static_cast<size_t>(e));
   const at::Tensor xq = aq(x);
-  const at::Tensor act = at::silu(at::linear(xq, ex.gate.to(x.scalar_type()))) * at::linear(xq, ex.up.to(x.scalar_type()));
+  const at::Tensor act = at::silu(at::linear(xq, ex.gate.to(x.scalar_type()))) *
+                         at::linear(xq, ex.up.to(x.scalar_type()));
   return at::linear(aq(act), ex.down.to(x.scalar_type()));
 }
 
@@ -295,7 +323,8 @@ at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) co
     const at::Tensor tokens = hit.select(1, 0), slots = hit.select(1, 1);
     const at::Tensor xe = x.index_select(0, tokens);
     report(ctx, Tap::kExpertIn, xe, e, &tokens);
-    // On the CPU experts are stored-dtype views of the mapping (LayerWeights): convert this one now.
+    // On the CPU experts are stored-dtype views of the mapping (LayerWeights): convert this one
+    // now.
     const at::Tensor xeq = aq(xe);
     const at::Tensor act = at::silu(at::linear(xeq, experts[e].gate.to(x.scalar_type()))) *
                            at::linear(xeq, experts[e].up.to(x.scalar_type()));
@@ -308,10 +337,12 @@ at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) co
   const LayerWeights& w = weights_;
   if (w.shared_gate.weight.defined()) {
     const at::Tensor xq = aq(x);
-    const at::Tensor act = at::silu(at::linear(xq, w.shared_gate.weight)) * at::linear(xq, w.shared_up.weight);
+    const at::Tensor act =
+        at::silu(at::linear(xq, w.shared_gate.weight)) * at::linear(xq, w.shared_up.weight);
     report(ctx, Tap::kSharedAct, act);
     at::Tensor shared = at::linear(aq(act), w.shared_down.weight);
-    if (w.shared_expert_gate.defined()) shared = at::sigmoid(at::linear(x, w.shared_expert_gate)) * shared;
+    if (w.shared_expert_gate.defined())
+      shared = at::sigmoid(at::linear(x, w.shared_expert_gate)) * shared;
     out = out + shared;
   }
   return out.view(x3.sizes());

@@ -16,9 +16,9 @@ namespace lathe {
 /// What a layer needs besides its weights, shared by all layers of one forward.
 /// Relaxed expert pruning (DiEP, NAEE; ALGORITHMS.md §3, §7; docs/diep.md) of one MoE layer:
 /// `log_gate` [E] fp32 is added to the routing (softmax routers: to the logits, for selection and
-/// combine; sigmoid routers: to the selection score), and g = exp(log_gate) multiplies each selected
-/// expert's final combine weight; so −inf removes an expert exactly as surgery does and 0 changes
-/// nothing. `routed_scale` (a scalar, β) multiplies the routed experts' sum (shared experts
+/// combine; sigmoid routers: to the selection score), and g = exp(log_gate) multiplies each
+/// selected expert's final combine weight; so −inf removes an expert exactly as surgery does and 0
+/// changes nothing. `routed_scale` (a scalar, β) multiplies the routed experts' sum (shared experts
 /// untouched). Undefined tensors: no change. Both may require grad.
 struct ExpertGate {
   at::Tensor log_gate;
@@ -26,9 +26,9 @@ struct ExpertGate {
 };
 
 struct ForwardContext {
-  at::Tensor valid;         ///< [B, T] bool: real tokens (false = padding)
-  at::Tensor attn_mask;     ///< [B, 1, T, T] bool: causal ∧ valid keys (see make_attention_mask)
-  RotaryTables rope;        ///< tables for the attention kind's rotary dims
+  at::Tensor valid;      ///< [B, T] bool: real tokens (false = padding)
+  at::Tensor attn_mask;  ///< [B, 1, T, T] bool: causal ∧ valid keys (see make_attention_mask)
+  RotaryTables rope;     ///< tables for the attention kind's rotary dims
   /// Gemma 3 sliding layers (LayerSpec::sliding_attention): their windowed mask and local-base
   /// RoPE tables; undefined when the model has no local attention.
   at::Tensor local_attn_mask;
@@ -51,8 +51,8 @@ at::Tensor make_attention_mask(const at::Tensor& valid, std::optional<int64_t> s
 
 /// Builds the context for a [B, T] batch of `spec` on `options`' device and dtype (with the local
 /// mask and tables when spec.local_attention is set).
-ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& valid, const at::TensorOptions& options,
-                                    TapObserver* observer);
+ForwardContext make_forward_context(const ModelSpec& spec, const at::Tensor& valid,
+                                    const at::TensorOptions& options, TapObserver* observer);
 
 /// Points a layer forward can start from (DecoderLayer::run): the layer input, the attention heads
 /// (the input of o_proj), the MLP input, and (dense MLPs) the input of down_proj. The apply stage's
@@ -64,10 +64,11 @@ enum class LayerPoint { kInput = 0, kHeads, kMlpIn, kMlpAct };
 /// point needs and fills the later ones as it computes them.
 struct LayerState {
   at::Tensor hidden;  ///< [B, T, d] the layer input
-  at::Tensor heads;   ///< [B, T, H·D_v] attention heads concatenated, the input of o_proj (Tap::kAttnOutIn)
+  at::Tensor
+      heads;  ///< [B, T, H·D_v] attention heads concatenated, the input of o_proj (Tap::kAttnOutIn)
   at::Tensor h;       ///< [B, T, d] the residual stream after the attention block
   at::Tensor mlp_in;  ///< [B, T, d] the MLP block's input (Tap::kMlpIn)
-  at::Tensor act;     ///< [B, T, I] dense MLPs: act(gate)·up, the input of down_proj (Tap::kMlpAct)
+  at::Tensor act;  ///< [B, T, I] dense MLPs: act(gate)·up, the input of down_proj (Tap::kMlpAct)
 };
 
 /// The weights of one layer plus the family rules to run them. Immutable after construction.
@@ -79,11 +80,11 @@ class DecoderLayer {
   at::Tensor forward(const at::Tensor& hidden, const ForwardContext& ctx) const;
 
   /// The forward from `from`, with what `state` holds for it (kInput: hidden; kHeads: hidden and
-  /// heads; kMlpIn: h and mlp_in; kMlpAct: h and act, dense MLP layers only), computing exactly what
-  /// forward computes from there. Fills the later fields of `state` as they are computed (each
+  /// heads; kMlpIn: h and mlp_in; kMlpAct: h and act, dense MLP layers only), computing exactly
+  /// what forward computes from there. Fills the later fields of `state` as they are computed (each
   /// before its tap is reported, so they are there when an observer stops the forward). The start
-  /// point's own tap is reported (kHeads: kAttnOutIn, kMlpIn: kMlpIn, kMlpAct: kMlpAct), earlier ones
-  /// are not. Returns the layer output.
+  /// point's own tap is reported (kHeads: kAttnOutIn, kMlpIn: kMlpIn, kMlpAct: kMlpAct), earlier
+  /// ones are not. Returns the layer output.
   at::Tensor run(LayerPoint from, LayerState& state, const ForwardContext& ctx) const;
 
   /// The MLP block alone (dense SwiGLU or MoE: router, routed and shared experts) on its input
@@ -101,7 +102,8 @@ class DecoderLayer {
   const LayerWeights& weights() const { return weights_; }
 
  private:
-  /// The attention heads concatenated (the input of o_proj), before o_proj; reports nothing past kAttnIn.
+  /// The attention heads concatenated (the input of o_proj), before o_proj; reports nothing past
+  /// kAttnIn.
   at::Tensor attention_heads(const at::Tensor& x, const ForwardContext& ctx) const;
   at::Tensor gqa_heads(const at::Tensor& x, const ForwardContext& ctx) const;
   /// A dense MLP's act(gate(x))·up(x), and its down_proj.
@@ -112,7 +114,8 @@ class DecoderLayer {
   at::Tensor mla_heads(const at::Tensor& x, const ForwardContext& ctx) const;
   at::Tensor moe(const at::Tensor& x, const ForwardContext& ctx) const;
   /// Router top-k: fills `weights` [N, k] (fp32) and `experts` [N, k] (int64) per the routing rule.
-  void route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights, at::Tensor* experts) const;
+  void route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,
+             at::Tensor* experts) const;
   /// The input of a quantized linear as the format computes it: per-token int8 when act_bits.
   at::Tensor aq(const at::Tensor& x) const {
     return weights_.act_bits ? quantize_activations_per_token(x, weights_.act_bits) : x;

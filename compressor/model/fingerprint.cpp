@@ -66,7 +66,8 @@ bool is_fingerprint(std::string_view text) {
 namespace {
 
 /// Digest of each tensor's bytes by name, for the names given (each read once).
-std::map<std::string, Sha256::Digest> digests_by_name(const WeightStore& store, const std::vector<std::string>& names) {
+std::map<std::string, Sha256::Digest> digests_by_name(const WeightStore& store,
+                                                      const std::vector<std::string>& names) {
   std::vector<TensorView> views;
   views.reserve(names.size());
   for (const std::string& name : names) views.push_back(store.view(name));  // throws if missing
@@ -99,7 +100,8 @@ std::string compose_fingerprint(const WeightStore& store, const std::vector<std:
 }
 
 /// The upstream chain (upstream_weight_fingerprints) from digests already computed.
-std::vector<std::string> compose_upstream(const WeightStore& store, const ModelSpec& spec, ExpertLayout layout,
+std::vector<std::string> compose_upstream(const WeightStore& store, const ModelSpec& spec,
+                                          ExpertLayout layout,
                                           const std::map<std::string, Sha256::Digest>& digests) {
   std::vector<std::string> out;
   std::string previous = compose_fingerprint(store, {"model.embed_tokens.weight"}, digests);
@@ -139,14 +141,17 @@ std::string weights_fingerprint(const WeightStore& store) {
   return tensor_fingerprint(store, store.names());
 }
 
-std::vector<std::string> upstream_weight_fingerprints(const WeightStore& store, const ModelSpec& spec,
-                                                      ExpertLayout layout) {
-  return compose_upstream(store, spec, layout, digests_by_name(store, upstream_names(spec, layout)));
+std::vector<std::string> upstream_weight_fingerprints(const WeightStore& store,
+                                                      const ModelSpec& spec, ExpertLayout layout) {
+  return compose_upstream(store, spec, layout,
+                          digests_by_name(store, upstream_names(spec, layout)));
 }
 
-ModelFingerprints model_fingerprints(const WeightStore& store, const ModelSpec& spec, ExpertLayout layout) {
+ModelFingerprints model_fingerprints(const WeightStore& store, const ModelSpec& spec,
+                                     ExpertLayout layout) {
   const std::map<std::string, Sha256::Digest> digests = digests_by_name(store, store.names());
-  return {compose_fingerprint(store, store.names(), digests), compose_upstream(store, spec, layout, digests)};
+  return {compose_fingerprint(store, store.names(), digests),
+          compose_upstream(store, spec, layout, digests)};
 }
 
 std::string config_fingerprint(const nlohmann::json& config) {

@@ -37,9 +37,9 @@ bool is_fingerprint(std::string_view text);
 /// Nothing else is hashed: no metadata, shard names or offsets. Duplicates in `names` count once;
 /// an empty list gives the digest of the empty message. Reads every byte of the named tensors
 /// (per-tensor digests run on all cores) and releases the pages it read (WeightStore::release), so
-/// hashing a checkpoint larger than RAM keeps RSS flat. Throws DataError (field = the name) for a name the
-/// store does not hold. Use it for the weights a statistic depends on, e.g. every tensor upstream
-/// of layer i.
+/// hashing a checkpoint larger than RAM keeps RSS flat. Throws DataError (field = the name) for a
+/// name the store does not hold. Use it for the weights a statistic depends on, e.g. every tensor
+/// upstream of layer i.
 std::string tensor_fingerprint(const WeightStore& store, const std::vector<std::string>& names);
 
 /// tensor_fingerprint() over every tensor of the store: FORMATS.md §7 *weights* fingerprint.
@@ -52,8 +52,8 @@ std::string weights_fingerprint(const WeightStore& store);
 /// "lathe.upstream-weights/1").add("previous", u_{i-1}).add("layer", tensor_fingerprint(layer i)).
 /// A changed weight in layer j changes entries j.. only, so the first changed entry names the
 /// layer that changed. Throws like tensor_fingerprint.
-std::vector<std::string> upstream_weight_fingerprints(const WeightStore& store, const ModelSpec& spec,
-                                                      ExpertLayout layout);
+std::vector<std::string> upstream_weight_fingerprints(const WeightStore& store,
+                                                      const ModelSpec& spec, ExpertLayout layout);
 
 /// weights_fingerprint() and upstream_weight_fingerprints() from one read of every tensor (the
 /// decide stage needs both; each hash reads the whole checkpoint).
@@ -61,7 +61,8 @@ struct ModelFingerprints {
   std::string weights;
   std::vector<std::string> upstream;
 };
-ModelFingerprints model_fingerprints(const WeightStore& store, const ModelSpec& spec, ExpertLayout layout);
+ModelFingerprints model_fingerprints(const WeightStore& store, const ModelSpec& spec,
+                                     ExpertLayout layout);
 
 /// FORMATS.md §7 *config* fingerprint: SHA-256 of `config.dump()`, i.e. the JSON value with object
 /// keys sorted by their UTF-8 bytes (nlohmann::json keeps objects sorted), no whitespace, strings

@@ -13,16 +13,18 @@ namespace lathe {
 namespace {
 
 bool is_routed_expert(TensorRole role) {
-  return role == TensorRole::kExpertGate || role == TensorRole::kExpertUp || role == TensorRole::kExpertDown ||
-         role == TensorRole::kExpertsGateUp || role == TensorRole::kExpertsDown;
+  return role == TensorRole::kExpertGate || role == TensorRole::kExpertUp ||
+         role == TensorRole::kExpertDown || role == TensorRole::kExpertsGateUp ||
+         role == TensorRole::kExpertsDown;
 }
 
-at::Tensor load_checked(const WeightStore& store, const ExpectedTensor& t, const at::TensorOptions& options,
-                        const DequantizedWeights* source) {
+at::Tensor load_checked(const WeightStore& store, const ExpectedTensor& t,
+                        const at::TensorOptions& options, const DequantizedWeights* source) {
   if (source && source->has(t.name)) {
     at::Tensor v = source->load(t.name);
     if (v.sizes().vec() != t.shape) {
-      throw DataError(source->describe(), t.name, "dequantized shape does not match what config.json implies");
+      throw DataError(source->describe(), t.name,
+                      "dequantized shape does not match what config.json implies");
     }
     return v.to(options, /*non_blocking=*/false, /*copy=*/false);
   }
@@ -85,15 +87,18 @@ void assign(LayerWeights* w, TensorRole role, int64_t expert, at::Tensor tensor,
 
 }  // namespace
 
-LayerWeights load_layer_weights(const ModelSpec& spec, const WeightStore& store, ExpertLayout layout,
-                                int64_t layer, const at::TensorOptions& options, const DequantizedWeights* source) {
+LayerWeights load_layer_weights(const ModelSpec& spec, const WeightStore& store,
+                                ExpertLayout layout, int64_t layer,
+                                const at::TensorOptions& options,
+                                const DequantizedWeights* source) {
   LayerWeights w;
   w.layer = layer;
   const LayerSpec& l = spec.layers.at(layer);
   w.experts.resize(l.is_moe ? l.num_experts : 0);
   for (const auto& t : expected_layer_tensors(spec, layout, layer)) {
     assign(&w, t.role, t.expert, load_checked(store, t, options, source), l.expert_intermediate);
-    if (source && source->has(t.name)) w.act_bits = std::max(w.act_bits, source->activation_bits(t.name));
+    if (source && source->has(t.name))
+      w.act_bits = std::max(w.act_bits, source->activation_bits(t.name));
   }
   if (spec.attention.kind == AttentionKind::kMla && spec.attention.q_lora_rank == 0) w.q_b = w.q;
   return w;

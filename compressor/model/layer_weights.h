@@ -67,8 +67,9 @@ struct LayerWeights {
 /// resident as they are read; WeightStore::release (CausalLM::release_layer) drops them.
 /// Tensors that `source` holds (quantized checkpoints) come from it instead, dequantized (fp32,
 /// then `options`), and set act_bits when the format quantizes their inputs.
-LayerWeights load_layer_weights(const ModelSpec& spec, const WeightStore& store, ExpertLayout layout,
-                                int64_t layer, const at::TensorOptions& options,
+LayerWeights load_layer_weights(const ModelSpec& spec, const WeightStore& store,
+                                ExpertLayout layout, int64_t layer,
+                                const at::TensorOptions& options,
                                 const DequantizedWeights* source = nullptr);
 
 /// The same from tensors already in memory: `get(name)` returns each tensor expected_layer_tensors

@@ -32,7 +32,8 @@ const FamilyEntry kFamilies[] = {
     {Family::kLlama, "llama", R"({"vocab_size":32000,"hidden_size":4096,"intermediate_size":11008,
       "num_hidden_layers":32,"num_attention_heads":32,"max_position_embeddings":2048,
       "rms_norm_eps":1e-6,"tie_word_embeddings":false,"rope_theta":10000.0,"attention_bias":false})"},
-    {Family::kMistral, "mistral", R"({"vocab_size":32000,"hidden_size":4096,"intermediate_size":14336,
+    {Family::kMistral, "mistral",
+     R"({"vocab_size":32000,"hidden_size":4096,"intermediate_size":14336,
       "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"head_dim":128,
       "max_position_embeddings":131072,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
       "rope_theta":10000.0,"sliding_window":4096})"},
@@ -40,17 +41,20 @@ const FamilyEntry kFamilies[] = {
       "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,
       "max_position_embeddings":32768,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
       "rope_theta":10000.0,"use_sliding_window":false})"},
-    {Family::kMixtral, "mixtral", R"({"vocab_size":32000,"hidden_size":4096,"intermediate_size":14336,
+    {Family::kMixtral, "mixtral",
+     R"({"vocab_size":32000,"hidden_size":4096,"intermediate_size":14336,
       "num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,
       "max_position_embeddings":131072,"rms_norm_eps":1e-5,"tie_word_embeddings":false,
       "rope_theta":1000000.0,"num_local_experts":8,"num_experts_per_tok":2})"},
-    {Family::kQwen2Moe, "qwen2_moe", R"({"vocab_size":151936,"hidden_size":2048,"intermediate_size":5632,
+    {Family::kQwen2Moe, "qwen2_moe",
+     R"({"vocab_size":151936,"hidden_size":2048,"intermediate_size":5632,
       "num_hidden_layers":24,"num_attention_heads":16,"num_key_value_heads":16,
       "max_position_embeddings":32768,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
       "rope_theta":10000.0,"use_sliding_window":false,"num_experts":60,"num_experts_per_tok":4,
       "moe_intermediate_size":1408,"shared_expert_intermediate_size":5632,"norm_topk_prob":false,
       "decoder_sparse_step":1,"mlp_only_layers":[],"qkv_bias":true})"},
-    {Family::kQwen3Moe, "qwen3_moe", R"({"vocab_size":151936,"hidden_size":2048,"intermediate_size":6144,
+    {Family::kQwen3Moe, "qwen3_moe",
+     R"({"vocab_size":151936,"hidden_size":2048,"intermediate_size":6144,
       "num_hidden_layers":24,"num_attention_heads":32,"num_key_value_heads":4,
       "max_position_embeddings":32768,"rms_norm_eps":1e-6,"tie_word_embeddings":false,
       "rope_theta":10000.0,"attention_bias":false,"use_sliding_window":false,"num_experts":128,
@@ -91,7 +95,9 @@ const FamilyEntry& family_entry(Family family) {
   throw InternalError("", "family", "family missing from the family table");
 }
 
-bool is_deepseek(Family f) { return f == Family::kDeepseekV2 || f == Family::kDeepseekV3; }
+bool is_deepseek(Family f) {
+  return f == Family::kDeepseekV2 || f == Family::kDeepseekV3;
+}
 
 int64_t positive(const JsonFields& fields, const char* name, int64_t value) {
   if (value <= 0) throw fields.error(name, "must be positive, found " + std::to_string(value));
@@ -135,9 +141,11 @@ RopeSpec parse_rope(const JsonFields& fields) {
 AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden) {
   AttentionSpec a;
   a.num_heads = positive(f, "num_attention_heads", f.required_int({"num_attention_heads"}));
-  a.num_kv_heads = positive(f, "num_key_value_heads", f.int_or({"num_key_value_heads"}, a.num_heads));
+  a.num_kv_heads =
+      positive(f, "num_key_value_heads", f.int_or({"num_key_value_heads"}, a.num_heads));
   if (a.num_heads % a.num_kv_heads != 0) {
-    throw f.error("num_key_value_heads", std::to_string(a.num_kv_heads) + " must divide num_attention_heads " +
+    throw f.error("num_key_value_heads", std::to_string(a.num_kv_heads) +
+                                             " must divide num_attention_heads " +
                                              std::to_string(a.num_heads));
   }
   if (is_deepseek(family)) {
@@ -156,7 +164,8 @@ AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden
   }
   if (!f.has({"head_dim"}) && hidden % a.num_heads != 0) {
     throw f.error("num_attention_heads", std::to_string(a.num_heads) + " must divide hidden_size " +
-                                             std::to_string(hidden) + " when head_dim is not given");
+                                             std::to_string(hidden) +
+                                             " when head_dim is not given");
   }
   a.head_dim = positive(f, "head_dim", f.int_or({"head_dim"}, hidden / a.num_heads));
   switch (family) {
@@ -195,22 +204,24 @@ RoutingRule parse_routing(const JsonFields& f, Family family) {
     r.selection_bias = true;
     r.group_score = GroupScore::kTop2Sum;
   } else if (method != "greedy" && method != "group_limited_greedy") {
-    throw f.error("topk_method", "expected greedy, group_limited_greedy or noaux_tc, found \"" + method + "\"");
+    throw f.error("topk_method",
+                  "expected greedy, group_limited_greedy or noaux_tc, found \"" + method + "\"");
   }
   if (method != "greedy") {
     r.num_groups = f.int_or({"n_group"}, 1);
     r.topk_groups = f.int_or({"topk_group"}, r.num_groups);
     if (r.num_groups < 1) throw f.error("n_group", "must be at least 1");
     if (r.topk_groups < 1 || r.topk_groups > r.num_groups) {
-      throw f.error("topk_group", "must lie in [1, n_group=" + std::to_string(r.num_groups) + "], found " +
-                                      std::to_string(r.topk_groups));
+      throw f.error("topk_group", "must lie in [1, n_group=" + std::to_string(r.num_groups) +
+                                      "], found " + std::to_string(r.topk_groups));
     }
   }
   return r;
 }
 
 /// Whether layer i is MoE under the family's own rule (before any lathe per-layer override).
-bool family_layer_is_moe(const JsonFields& f, Family family, int64_t i, const std::vector<int64_t>& mlp_only) {
+bool family_layer_is_moe(const JsonFields& f, Family family, int64_t i,
+                         const std::vector<int64_t>& mlp_only) {
   switch (family) {
     case Family::kMixtral:
     case Family::kOlmoe: return true;
@@ -232,12 +243,14 @@ bool family_layer_is_moe(const JsonFields& f, Family family, int64_t i, const st
 /// Routed experts and width of one expert, per family field names.
 void expert_fields(const JsonFields& f, Family family, int64_t* experts, int64_t* width) {
   const bool fused_width = family == Family::kMixtral || family == Family::kOlmoe;
-  *width = fused_width ? f.required_int({"intermediate_size"}) : f.required_int({"moe_intermediate_size"});
+  *width = fused_width ? f.required_int({"intermediate_size"})
+                       : f.required_int({"moe_intermediate_size"});
   *experts = f.required_int({"num_local_experts", "num_experts", "n_routed_experts"});
   positive(f, fused_width ? "intermediate_size" : "moe_intermediate_size", *width);
 }
 
-LayerSpec moe_layer(const JsonFields& f, Family family, int64_t experts, int64_t width, int64_t top_k) {
+LayerSpec moe_layer(const JsonFields& f, Family family, int64_t experts, int64_t width,
+                    int64_t top_k) {
   LayerSpec layer;
   layer.is_moe = true;
   layer.num_experts = experts;
@@ -260,14 +273,16 @@ std::vector<LayerSpec> parse_layers(const JsonFields& f, Family family, int64_t 
   for (size_t i = 0; i < mlp_only.size(); ++i) {
     if (mlp_only[i] < 0 || mlp_only[i] >= num_layers) {
       throw f.error("mlp_only_layers[" + std::to_string(i) + "]",
-                    "layer " + std::to_string(mlp_only[i]) + " is outside [0, " + std::to_string(num_layers) + ")");
+                    "layer " + std::to_string(mlp_only[i]) + " is outside [0, " +
+                        std::to_string(num_layers) + ")");
     }
   }
   // lathe's own per-layer counts after non-uniform pruning (FORMATS.md §6).
   const std::vector<int64_t> per_layer = f.int_list({"num_experts_per_layer"});
   if (!per_layer.empty() && static_cast<int64_t>(per_layer.size()) != num_layers) {
-    throw f.error("num_experts_per_layer", "has " + std::to_string(per_layer.size()) +
-                                               " entries, expected num_hidden_layers = " + std::to_string(num_layers));
+    throw f.error("num_experts_per_layer",
+                  "has " + std::to_string(per_layer.size()) +
+                      " entries, expected num_hidden_layers = " + std::to_string(num_layers));
   }
   int64_t experts = 0, width = 0, top_k = 0;
   if (moe_family) {
@@ -281,9 +296,11 @@ std::vector<LayerSpec> parse_layers(const JsonFields& f, Family family, int64_t 
     if (!per_layer.empty()) {
       count = per_layer[i];
       const std::string field = "num_experts_per_layer[" + std::to_string(i) + "]";
-      if (!moe && count != 0) throw f.error(field, "layer " + std::to_string(i) + " is dense: expected 0");
+      if (!moe && count != 0)
+        throw f.error(field, "layer " + std::to_string(i) + " is dense: expected 0");
       if (moe && (count < top_k || count > experts)) {
-        throw f.error(field, std::to_string(count) + " experts: expected between num_experts_per_tok = " +
+        throw f.error(field, std::to_string(count) +
+                                 " experts: expected between num_experts_per_tok = " +
                                  std::to_string(top_k) + " and " + std::to_string(experts));
       }
     }
@@ -291,7 +308,8 @@ std::vector<LayerSpec> parse_layers(const JsonFields& f, Family family, int64_t 
       layers.push_back(moe_layer(f, family, count, width, top_k));
     } else {
       LayerSpec dense;
-      dense.dense_intermediate = positive(f, "intermediate_size", f.required_int({"intermediate_size"}));
+      dense.dense_intermediate =
+          positive(f, "intermediate_size", f.required_int({"intermediate_size"}));
       layers.push_back(dense);
     }
   }
@@ -304,17 +322,19 @@ void validate_routing(const JsonFields& f, const ModelSpec& spec) {
     if (!layer.is_moe) continue;
     if (layer.top_k < 1 || layer.top_k > layer.num_experts) {
       throw f.error("num_experts_per_tok", std::to_string(layer.top_k) + " must lie in [1, " +
-                                               std::to_string(layer.num_experts) + "] (experts of layer " +
-                                               std::to_string(i) + ")");
+                                               std::to_string(layer.num_experts) +
+                                               "] (experts of layer " + std::to_string(i) + ")");
     }
     const RoutingRule& r = spec.routing;
     if (r.num_groups > 1) {
       if (layer.num_experts % r.num_groups != 0) {
         throw f.error("n_group", std::to_string(r.num_groups) + " groups must divide the " +
-                                     std::to_string(layer.num_experts) + " experts of layer " + std::to_string(i));
+                                     std::to_string(layer.num_experts) + " experts of layer " +
+                                     std::to_string(i));
       }
       if (layer.top_k > r.topk_groups * (layer.num_experts / r.num_groups)) {
-        throw f.error("topk_group", "the selected groups hold fewer experts than num_experts_per_tok");
+        throw f.error("topk_group",
+                      "the selected groups hold fewer experts than num_experts_per_tok");
       }
     }
   }
@@ -424,7 +444,9 @@ void parse_gemma3(const JsonFields& f, ModelSpec* spec) {
 
 }  // namespace
 
-const char* family_name(Family family) { return family_entry(family).name; }
+const char* family_name(Family family) {
+  return family_entry(family).name;
+}
 
 std::optional<Family> family_from_name(const std::string& model_type) {
   for (const auto& entry : kFamilies) {
@@ -439,7 +461,8 @@ bool ModelSpec::is_moe() const {
 
 std::vector<std::optional<int64_t>> ModelSpec::experts_per_layer() const {
   std::vector<std::optional<int64_t>> out;
-  for (const auto& layer : layers) out.push_back(layer.is_moe ? std::optional<int64_t>(layer.num_experts) : std::nullopt);
+  for (const auto& layer : layers)
+    out.push_back(layer.is_moe ? std::optional<int64_t>(layer.num_experts) : std::nullopt);
   return out;
 }
 
@@ -456,8 +479,10 @@ ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
   auto family = family_from_name(model_type);
   if (!family) {
     std::string known;
-    for (const auto& entry : kFamilies) known += std::string(known.empty() ? "" : ", ") + entry.name;
-    throw UnsupportedError(file_label, "model_type", "unknown family \"" + model_type + "\"; supported: " + known);
+    for (const auto& entry : kFamilies)
+      known += std::string(known.empty() ? "" : ", ") + entry.name;
+    throw UnsupportedError(file_label, "model_type",
+                           "unknown family \"" + model_type + "\"; supported: " + known);
   }
   const json merged = merged_with_defaults(config, family_entry(*family));
   JsonFields f(merged, file_label);
@@ -487,12 +512,14 @@ ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
 
 ModelSpec load_model_spec(const std::filesystem::path& model_dir) {
   const auto path = model_dir / "config.json";
-  const std::string text = read_file(path.string(), "cannot open: no config.json in the model directory");
+  const std::string text =
+      read_file(path.string(), "cannot open: no config.json in the model directory");
   // Strict: a key given twice is an error, not a silent "last one wins".
   return parse_model_spec(parse_json_strict(text, path.string(), ""), path.string());
 }
 
-bool write_expert_counts(nlohmann::json& config, const ModelSpec& spec, const std::vector<int64_t>& per_layer) {
+bool write_expert_counts(nlohmann::json& config, const ModelSpec& spec,
+                         const std::vector<int64_t>& per_layer) {
   std::set<int64_t> counts;
   for (size_t i = 0; i < per_layer.size() && i < spec.layers.size(); ++i) {
     if (spec.layers[i].is_moe) counts.insert(per_layer[i]);

@@ -55,8 +55,8 @@ struct AttentionSpec {
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
-  bool qkv_bias = false;       ///< q/k/v projections carry a bias (Qwen2 always; llama `attention_bias`)
-  bool o_bias = false;         ///< o_proj carries a bias (llama `attention_bias`)
+  bool qkv_bias = false;  ///< q/k/v projections carry a bias (Qwen2 always; llama `attention_bias`)
+  bool o_bias = false;    ///< o_proj carries a bias (llama `attention_bias`)
   bool qk_norm_per_head = false;  ///< RMSNorm over each head (Qwen3): weight [head_dim]
   bool qk_norm_full = false;      ///< RMSNorm over all heads (OLMoE): weight [heads*head_dim]
   std::optional<int64_t> sliding_window;  ///< tokens, when the config enables a window
@@ -92,24 +92,26 @@ struct LocalAttention {
 /// The routing rule shared by all MoE layers of a model.
 struct RoutingRule {
   ScoringFunc scoring = ScoringFunc::kSoftmax;
-  bool renormalize = false;        ///< top-k weights renormalised to sum to 1
-  double scaling_factor = 1.0;     ///< routed_scaling_factor applied to routed weights
-  bool selection_bias = false;     ///< e_score_correction_bias added for selection only (V3)
-  int64_t num_groups = 1;          ///< n_group; 1 = no group-limited routing
-  int64_t topk_groups = 1;         ///< topk_group
+  bool renormalize = false;     ///< top-k weights renormalised to sum to 1
+  double scaling_factor = 1.0;  ///< routed_scaling_factor applied to routed weights
+  bool selection_bias = false;  ///< e_score_correction_bias added for selection only (V3)
+  int64_t num_groups = 1;       ///< n_group; 1 = no group-limited routing
+  int64_t topk_groups = 1;      ///< topk_group
   GroupScore group_score = GroupScore::kMax;
-  bool shared_expert_gate = false;  ///< Qwen2-MoE: sigmoid(shared_expert_gate(x)) scales the shared expert
+  bool shared_expert_gate =
+      false;  ///< Qwen2-MoE: sigmoid(shared_expert_gate(x)) scales the shared expert
 };
 
-/// One decoder layer's feed-forward layout. Expert counts are per layer because pruning makes them differ.
+/// One decoder layer's feed-forward layout. Expert counts are per layer because pruning makes them
+/// differ.
 struct LayerSpec {
   bool is_moe = false;
-  int64_t dense_intermediate = 0;    ///< FFN width of a dense layer (0 for MoE layers)
-  int64_t num_experts = 0;           ///< routed experts (0 for dense layers)
-  int64_t top_k = 0;                 ///< experts selected per token
-  int64_t expert_intermediate = 0;   ///< width of one routed expert
-  int64_t num_shared_experts = 0;    ///< shared experts fused into one MLP on disk
-  int64_t shared_intermediate = 0;   ///< total width of the shared MLP (0 when none)
+  int64_t dense_intermediate = 0;   ///< FFN width of a dense layer (0 for MoE layers)
+  int64_t num_experts = 0;          ///< routed experts (0 for dense layers)
+  int64_t top_k = 0;                ///< experts selected per token
+  int64_t expert_intermediate = 0;  ///< width of one routed expert
+  int64_t num_shared_experts = 0;   ///< shared experts fused into one MLP on disk
+  int64_t shared_intermediate = 0;  ///< total width of the shared MLP (0 when none)
   /// Gemma 3 "sliding_attention" layer: ModelSpec::local_attention's window and RoPE apply.
   bool sliding_attention = false;
 };
@@ -161,7 +163,8 @@ ModelSpec parse_model_spec(const nlohmann::json& config, const std::string& file
 /// num_experts / n_routed_experts the config has, and num_experts_per_layer is dropped; different
 /// counts go into lathe's own num_experts_per_layer (FORMATS.md §6). Returns whether the counts
 /// were uniform. The one place that rewrites expert counts (apply's output, the padded exports).
-bool write_expert_counts(nlohmann::json& config, const ModelSpec& spec, const std::vector<int64_t>& per_layer);
+bool write_expert_counts(nlohmann::json& config, const ModelSpec& spec,
+                         const std::vector<int64_t>& per_layer);
 
 /// Reads and parses `<model_dir>/config.json`. Throws ResourceError when the file is missing,
 /// DataError when it is not JSON, then as parse_model_spec.

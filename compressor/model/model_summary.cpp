@@ -32,7 +32,8 @@ uint64_t declared_element_bytes(const std::string& torch_dtype) {
   return 2;  // bfloat16, float16, or undeclared: HF checkpoints are half precision by default
 }
 
-void add_tensor(ModelSummary* s, const ExpectedTensor& t, int64_t params, uint64_t bytes, const std::string& dtype) {
+void add_tensor(ModelSummary* s, const ExpectedTensor& t, int64_t params, uint64_t bytes,
+                const std::string& dtype) {
   const std::string key = category_key(category_of(t.role));
   s->params[key] += params;
   s->total_params += params;
@@ -49,9 +50,10 @@ void add_tensor(ModelSummary* s, const ExpectedTensor& t, int64_t params, uint64
   }
 }
 
-/// Accounts the checkpoint's tensors against the expected list, failing on missing or misshapen ones.
-void account_weights(ModelSummary* s, const std::vector<ExpectedTensor>& expected, const WeightStore& store,
-                     const SummaryOptions& options) {
+/// Accounts the checkpoint's tensors against the expected list, failing on missing or misshapen
+/// ones.
+void account_weights(ModelSummary* s, const std::vector<ExpectedTensor>& expected,
+                     const WeightStore& store, const SummaryOptions& options) {
   std::unordered_map<std::string, bool> known;
   for (const auto& t : expected) {
     known[t.name] = true;
@@ -62,7 +64,8 @@ void account_weights(ModelSummary* s, const std::vector<ExpectedTensor>& expecte
     const TensorInfo& info = store.info(name);
     if (options.check_finite) {
       s->non_finite += store.count_non_finite(name);
-      store.release(name);  // a whole-checkpoint scan must not stay resident (DESIGN.md "Memory model")
+      store.release(
+          name);  // a whole-checkpoint scan must not stay resident (DESIGN.md "Memory model")
     }
     if (known.count(name)) continue;
     s->bytes_by_dtype[dtype_name(info.dtype)] += info.nbytes();
@@ -77,7 +80,10 @@ void account_weights(ModelSummary* s, const std::vector<ExpectedTensor>& expecte
 
 void account_config_only(ModelSummary* s, const std::vector<ExpectedTensor>& expected) {
   const uint64_t element = declared_element_bytes(s->spec.torch_dtype);
-  const std::string dtype = element == 4 ? "F32" : element == 8 ? "F64" : s->spec.torch_dtype == "float16" ? "F16" : "BF16";
+  const std::string dtype = element == 4                       ? "F32"
+                            : element == 8                     ? "F64"
+                            : s->spec.torch_dtype == "float16" ? "F16"
+                                                               : "BF16";
   for (const auto& t : expected) {
     const int64_t n = numel_of(t.shape);
     add_tensor(s, t, n, static_cast<uint64_t>(n) * element, dtype);
@@ -92,7 +98,8 @@ StreamingEstimate estimate_memory(const ModelSummary& s, const SummaryOptions& o
   auto working = [&](size_t i) {
     const LayerSummary& l = s.layers[i];
     const LayerSpec& ls = spec.layers[i];
-    const uint64_t one_expert = ls.is_moe ? static_cast<uint64_t>(3 * ls.expert_intermediate * spec.hidden_size) * 4 : 0;
+    const uint64_t one_expert =
+        ls.is_moe ? static_cast<uint64_t>(3 * ls.expert_intermediate * spec.hidden_size) * 4 : 0;
     return static_cast<uint64_t>(l.params - l.routed_params) * 4 + l.routed_bytes + one_expert;
   };
   for (size_t i = 0; i < s.layers.size(); ++i) {
@@ -112,16 +119,19 @@ StreamingEstimate estimate_memory(const ModelSummary& s, const SummaryOptions& o
   const uint64_t t = options.seq_len;
   m.forward_scratch_bytes = 4 * t * (3 * widest + 4 * spec.hidden_size + t);
   m.embedding_working_bytes = static_cast<uint64_t>(spec.vocab_size) * spec.hidden_size * 4;
-  m.peak_bytes = m.activation_buffer_bytes +
-                 std::max(m.layer_working_bytes + m.forward_scratch_bytes, m.embedding_working_bytes);
+  m.peak_bytes =
+      m.activation_buffer_bytes +
+      std::max(m.layer_working_bytes + m.forward_scratch_bytes, m.embedding_working_bytes);
   return m;
 }
 
 }  // namespace
 
-ModelSummary summarize_model(const std::filesystem::path& model_dir, const SummaryOptions& options) {
+ModelSummary summarize_model(const std::filesystem::path& model_dir,
+                             const SummaryOptions& options) {
   if (!std::filesystem::is_directory(model_dir)) {
-    throw ResourceError(model_dir.string(), "", "not a model directory (expected config.json and *.safetensors)");
+    throw ResourceError(model_dir.string(), "",
+                        "not a model directory (expected config.json and *.safetensors)");
   }
   if (options.samples <= 0 || options.seq_len <= 0) {
     throw ConfigError("", options.samples <= 0 ? "samples" : "seq-len", "must be positive");
@@ -139,10 +149,13 @@ ModelSummary summarize_model(const std::filesystem::path& model_dir, const Summa
   if (s.has_weights) {
     WeightStore store(model_dir.string());
     s.num_shards = store.shard_paths().size();
-    s.layout = detect_expert_layout(s.spec, [&store](const std::string& n) { return store.contains(n); });
+    s.layout =
+        detect_expert_layout(s.spec, [&store](const std::string& n) { return store.contains(n); });
     account_weights(&s, expected_tensors(s.spec, s.layout), store, options);
     if (s.non_finite > 0) {
-      throw DataError(store.path(), "", std::to_string(s.non_finite) + " NaN/Inf weight elements (run `lathe tensors` to locate)");
+      throw DataError(store.path(), "",
+                      std::to_string(s.non_finite) +
+                          " NaN/Inf weight elements (run `lathe tensors` to locate)");
     }
   } else {
     account_config_only(&s, expected_tensors(s.spec, s.layout));
@@ -174,26 +187,45 @@ nlohmann::json summary_to_json(const ModelSummary& s) {
   json params = {{"total", s.total_params}};
   for (const auto& [k, v] : s.params) params[k] = v;
   const AttentionSpec& a = spec.attention;
-  json out = {
-      {"path", s.path}, {"family", spec.model_type}, {"weights", s.has_weights},
-      {"num_layers", spec.num_layers}, {"hidden_size", spec.hidden_size}, {"vocab_size", spec.vocab_size},
-      {"tie_word_embeddings", spec.tie_word_embeddings},
-      {"attention", {{"kind", a.kind == AttentionKind::kMla ? "mla" : "gqa"}, {"heads", a.num_heads},
-                     {"kv_heads", a.num_kv_heads}, {"head_dim", a.head_dim}}},
-      {"moe", spec.is_moe()}, {"expert_layout", layout_name(s.layout)}, {"experts_per_layer", experts},
-      {"routing", {{"scoring", spec.routing.scoring == ScoringFunc::kSigmoid ? "sigmoid" : "softmax"},
-                   {"renormalize", spec.routing.renormalize}, {"scaling_factor", spec.routing.scaling_factor},
-                   {"selection_bias", spec.routing.selection_bias}, {"groups", spec.routing.num_groups},
-                   {"topk_groups", spec.routing.topk_groups}, {"shared_expert_gate", spec.routing.shared_expert_gate}}},
-      {"layers", layers}, {"params", params},
-      {"bytes", {{"total", s.total_bytes}, {"by_dtype", s.bytes_by_dtype}, {"by_category", s.bytes_by_category}}},
-      {"shards", s.num_shards}, {"unrecognised_tensors", s.unrecognised},
-      {"memory", {{"largest_layer", s.memory.largest_layer}, {"largest_layer_bytes", s.memory.largest_layer_bytes},
-                  {"layer_working_bytes", s.memory.layer_working_bytes},
-                  {"activation_buffer_bytes", s.memory.activation_buffer_bytes},
-                  {"forward_scratch_bytes", s.memory.forward_scratch_bytes},
-                  {"embedding_working_bytes", s.memory.embedding_working_bytes},
-                  {"streaming_peak_bytes", s.memory.peak_bytes}}}};
+  json out = {{"path", s.path},
+              {"family", spec.model_type},
+              {"weights", s.has_weights},
+              {"num_layers", spec.num_layers},
+              {"hidden_size", spec.hidden_size},
+              {"vocab_size", spec.vocab_size},
+              {"tie_word_embeddings", spec.tie_word_embeddings},
+              {"attention",
+               {{"kind", a.kind == AttentionKind::kMla ? "mla" : "gqa"},
+                {"heads", a.num_heads},
+                {"kv_heads", a.num_kv_heads},
+                {"head_dim", a.head_dim}}},
+              {"moe", spec.is_moe()},
+              {"expert_layout", layout_name(s.layout)},
+              {"experts_per_layer", experts},
+              {"routing",
+               {{"scoring", spec.routing.scoring == ScoringFunc::kSigmoid ? "sigmoid" : "softmax"},
+                {"renormalize", spec.routing.renormalize},
+                {"scaling_factor", spec.routing.scaling_factor},
+                {"selection_bias", spec.routing.selection_bias},
+                {"groups", spec.routing.num_groups},
+                {"topk_groups", spec.routing.topk_groups},
+                {"shared_expert_gate", spec.routing.shared_expert_gate}}},
+              {"layers", layers},
+              {"params", params},
+              {"bytes",
+               {{"total", s.total_bytes},
+                {"by_dtype", s.bytes_by_dtype},
+                {"by_category", s.bytes_by_category}}},
+              {"shards", s.num_shards},
+              {"unrecognised_tensors", s.unrecognised},
+              {"memory",
+               {{"largest_layer", s.memory.largest_layer},
+                {"largest_layer_bytes", s.memory.largest_layer_bytes},
+                {"layer_working_bytes", s.memory.layer_working_bytes},
+                {"activation_buffer_bytes", s.memory.activation_buffer_bytes},
+                {"forward_scratch_bytes", s.memory.forward_scratch_bytes},
+                {"embedding_working_bytes", s.memory.embedding_working_bytes},
+                {"streaming_peak_bytes", s.memory.peak_bytes}}}};
   return out;
 }
 
@@ -219,10 +251,12 @@ std::string human_count(int64_t n) {
 std::string summary_to_text(const ModelSummary& s) {
   const ModelSpec& spec = s.spec;
   std::ostringstream out;
-  out << fmt::format("{}  ({}{})\n", s.path, spec.model_type, s.has_weights ? "" : ", config only: figures from config.json");
-  out << fmt::format("  layers {}  hidden {}  vocab {}  heads {}/{} kv  head_dim {}  {}\n", spec.num_layers,
-                     spec.hidden_size, spec.vocab_size, spec.attention.num_heads, spec.attention.num_kv_heads,
-                     spec.attention.head_dim, spec.attention.kind == AttentionKind::kMla ? "MLA" : "GQA");
+  out << fmt::format("{}  ({}{})\n", s.path, spec.model_type,
+                     s.has_weights ? "" : ", config only: figures from config.json");
+  out << fmt::format("  layers {}  hidden {}  vocab {}  heads {}/{} kv  head_dim {}  {}\n",
+                     spec.num_layers, spec.hidden_size, spec.vocab_size, spec.attention.num_heads,
+                     spec.attention.num_kv_heads, spec.attention.head_dim,
+                     spec.attention.kind == AttentionKind::kMla ? "MLA" : "GQA");
   if (spec.local_attention) {
     const auto sliding = std::count_if(spec.layers.begin(), spec.layers.end(),
                                        [](const LayerSpec& l) { return l.sliding_attention; });
@@ -236,32 +270,38 @@ std::string summary_to_text(const ModelSummary& s) {
   }
   if (spec.is_moe()) {
     const RoutingRule& r = spec.routing;
-    out << fmt::format("  MoE: experts stored {}; routing {} top-k{}{}{}\n", layout_name(s.layout),
-                       r.scoring == ScoringFunc::kSigmoid ? "sigmoid" : "softmax", r.renormalize ? ", renormalised" : "",
-                       r.selection_bias ? ", selection bias" : "",
-                       r.num_groups > 1 ? fmt::format(", {} of {} groups", r.topk_groups, r.num_groups) : "");
+    out << fmt::format(
+        "  MoE: experts stored {}; routing {} top-k{}{}{}\n", layout_name(s.layout),
+        r.scoring == ScoringFunc::kSigmoid ? "sigmoid" : "softmax",
+        r.renormalize ? ", renormalised" : "", r.selection_bias ? ", selection bias" : "",
+        r.num_groups > 1 ? fmt::format(", {} of {} groups", r.topk_groups, r.num_groups) : "");
   }
   out << "  layer  kind   experts  top-k  ffn width  shared     params       bytes\n";
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     const LayerSpec& l = spec.layers[i];
-    out << fmt::format("  {:>5}  {:<5}  {:>7}  {:>5}  {:>9}  {:>6}  {:>9}  {:>10}\n", i, l.is_moe ? "moe" : "dense",
-                       l.is_moe ? std::to_string(l.num_experts) : "-", l.is_moe ? std::to_string(l.top_k) : "-",
+    out << fmt::format("  {:>5}  {:<5}  {:>7}  {:>5}  {:>9}  {:>6}  {:>9}  {:>10}\n", i,
+                       l.is_moe ? "moe" : "dense", l.is_moe ? std::to_string(l.num_experts) : "-",
+                       l.is_moe ? std::to_string(l.top_k) : "-",
                        l.is_moe ? l.expert_intermediate : l.dense_intermediate,
                        l.shared_intermediate ? std::to_string(l.shared_intermediate) : "-",
                        human_count(s.layers[i].params), human_bytes(s.layers[i].bytes));
   }
   out << fmt::format("  parameters: {} total\n", human_count(s.total_params));
   for (const auto& [k, v] : s.params) {
-    if (v) out << fmt::format("    {:<15} {:>10}  {:5.1f}%\n", k, human_count(v), 100.0 * v / std::max<int64_t>(1, s.total_params));
+    if (v)
+      out << fmt::format("    {:<15} {:>10}  {:5.1f}%\n", k, human_count(v),
+                         100.0 * v / std::max<int64_t>(1, s.total_params));
   }
   out << fmt::format("  bytes: {}", human_bytes(s.total_bytes));
   for (const auto& [k, v] : s.bytes_by_dtype) out << fmt::format("  {} {}", k, human_bytes(v));
-  out << fmt::format("\n  streaming run: peak ≈ {} (activation buffer {}, layer {} working set {})\n",
-                     human_bytes(s.memory.peak_bytes), human_bytes(s.memory.activation_buffer_bytes),
-                     s.memory.largest_layer, human_bytes(s.memory.layer_working_bytes));
+  out << fmt::format(
+      "\n  streaming run: peak ≈ {} (activation buffer {}, layer {} working set {})\n",
+      human_bytes(s.memory.peak_bytes), human_bytes(s.memory.activation_buffer_bytes),
+      s.memory.largest_layer, human_bytes(s.memory.layer_working_bytes));
   if (!s.unrecognised.empty()) {
-    out << fmt::format("  warning: {} tensors not in the {} architecture table (counted as other), e.g. {}\n",
-                       s.unrecognised.size(), spec.model_type, s.unrecognised.front());
+    out << fmt::format(
+        "  warning: {} tensors not in the {} architecture table (counted as other), e.g. {}\n",
+        s.unrecognised.size(), spec.model_type, s.unrecognised.front());
   }
   return out.str();
 }

@@ -17,9 +17,9 @@ namespace lathe {
 
 /// Options of summarize_model.
 struct SummaryOptions {
-  int64_t samples = 128;        ///< calibration sequences assumed by the memory estimate
-  int64_t seq_len = 2048;       ///< tokens per sequence assumed by the memory estimate
-  bool check_finite = false;    ///< scan every tensor for NaN/Inf (reads all weight pages)
+  int64_t samples = 128;      ///< calibration sequences assumed by the memory estimate
+  int64_t seq_len = 2048;     ///< tokens per sequence assumed by the memory estimate
+  bool check_finite = false;  ///< scan every tensor for NaN/Inf (reads all weight pages)
 };
 
 /// Parameters and bytes of one decoder layer.
@@ -32,12 +32,14 @@ struct LayerSummary {
 
 /// Memory a layer-streaming run needs (DESIGN.md "Memory model"), in bytes.
 struct StreamingEstimate {
-  int64_t largest_layer = 0;          ///< index of the layer with the most parameters
-  uint64_t largest_layer_bytes = 0;   ///< that layer as stored
-  uint64_t layer_working_bytes = 0;   ///< that layer while it runs: non-expert tensors in fp32, routed
-                                      ///< experts as stored (mapped pages), one expert in fp32
+  int64_t largest_layer = 0;         ///< index of the layer with the most parameters
+  uint64_t largest_layer_bytes = 0;  ///< that layer as stored
+  uint64_t layer_working_bytes =
+      0;  ///< that layer while it runs: non-expert tensors in fp32, routed
+          ///< experts as stored (mapped pages), one expert in fp32
   uint64_t activation_buffer_bytes = 0;  ///< samples × seq_len × hidden in bf16
-  uint64_t forward_scratch_bytes = 0;    ///< one sequence through the widest FFN and attention scores, fp32
+  uint64_t forward_scratch_bytes =
+      0;  ///< one sequence through the widest FFN and attention scores, fp32
   uint64_t embedding_working_bytes = 0;  ///< embedding (or LM head) materialised in fp32
   uint64_t peak_bytes = 0;               ///< buffer + max(layer + scratch, embedding/head)
 };
@@ -64,7 +66,8 @@ struct ModelSummary {
 /// Reads config.json and, when present, the safetensors weights of `model_dir`, and checks that
 /// every tensor the config implies exists with the implied shape.
 /// Throws ResourceError (missing directory or config), ConfigError/UnsupportedError (config.json),
-/// DataError naming the tensor when a weight is missing or has the wrong shape, or NaN/Inf is found.
+/// DataError naming the tensor when a weight is missing or has the wrong shape, or NaN/Inf is
+/// found.
 ModelSummary summarize_model(const std::filesystem::path& model_dir, const SummaryOptions& options);
 
 /// The stable JSON form (documented in docs/inspect.md).

@@ -28,22 +28,28 @@ at::Tensor llama3_inv_freq(const at::Tensor& inv_freq, const RopeSpec& rope) {
   return at::where(medium, smoothed, scaled);
 }
 
-double yarn_mscale(double scale, double mscale) { return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0; }
+double yarn_mscale(double scale, double mscale) {
+  return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
 
 /// YaRN (transformers' _compute_yarn_parameters): blends interpolated and extrapolated
 /// frequencies over a ramp between the correction dims; returns the cos/sin attention factor.
-double yarn_inv_freq(at::Tensor* inv_freq, const RopeSpec& rope, int64_t dim, int64_t max_positions) {
+double yarn_inv_freq(at::Tensor* inv_freq, const RopeSpec& rope, int64_t dim,
+                     int64_t max_positions) {
   const auto params = nlohmann::json::parse(rope.parameters_json);
   JsonFields f(params, "config.json", "rope_parameters.");
   const double original = static_cast<double>(f.required_int({"original_max_position_embeddings"}));
   const double factor = f.number_or({"factor"}, static_cast<double>(max_positions) / original);
-  const double mscale = f.number_or({"mscale"}, 0.0), mscale_all = f.number_or({"mscale_all_dim"}, 0.0);
+  const double mscale = f.number_or({"mscale"}, 0.0),
+               mscale_all = f.number_or({"mscale_all_dim"}, 0.0);
   double attention = f.number_or({"attention_factor"}, 0.0);
   if (attention == 0.0) {
-    attention = mscale != 0 && mscale_all != 0 ? yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all)
-                                               : yarn_mscale(factor, 1.0);
+    attention = mscale != 0 && mscale_all != 0
+                    ? yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all)
+                    : yarn_mscale(factor, 1.0);
   }
-  const double beta_fast = f.number_or({"beta_fast"}, 32.0), beta_slow = f.number_or({"beta_slow"}, 1.0);
+  const double beta_fast = f.number_or({"beta_fast"}, 32.0),
+               beta_slow = f.number_or({"beta_slow"}, 1.0);
   const bool truncate = f.bool_or({"truncate"}, true);
   auto correction_dim = [&](double rotations) {
     return dim * std::log(original / (rotations * 2 * M_PI)) / (2 * std::log(rope.theta));
@@ -71,12 +77,13 @@ double softmax_scale_factor(const RopeSpec& rope) {
   return m * m;
 }
 
-RotaryTables rotary_tables(const RopeSpec& rope, int64_t rot_dim, int64_t seq_len, int64_t max_positions,
-                           const at::TensorOptions& options) {
+RotaryTables rotary_tables(const RopeSpec& rope, int64_t rot_dim, int64_t seq_len,
+                           int64_t max_positions, const at::TensorOptions& options) {
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   double attention = 1.0;
   // transformers: 1 / (base ** (arange(0, dim, 2).float() / dim)), in float32.
-  at::Tensor inv_freq = 1.0 / at::pow(rope.theta, at::arange(0, rot_dim, 2, at::kLong).to(at::kFloat) / rot_dim);
+  at::Tensor inv_freq =
+      1.0 / at::pow(rope.theta, at::arange(0, rot_dim, 2, at::kLong).to(at::kFloat) / rot_dim);
   if (rope.scaling_type == "linear") {
     inv_freq = inv_freq / rope.factor;
   } else if (rope.scaling_type == "llama3") {
@@ -84,8 +91,9 @@ RotaryTables rotary_tables(const RopeSpec& rope, int64_t rot_dim, int64_t seq_le
   } else if (rope.scaling_type == "yarn") {
     attention = yarn_inv_freq(&inv_freq, rope, rot_dim, max_positions);
   } else if (rope.scaling_type != "default") {
-    throw UnsupportedError("config.json", "rope_parameters.rope_type",
-                           "\"" + rope.scaling_type + "\" is not supported yet (default, linear, llama3, yarn are)");
+    throw UnsupportedError(
+        "config.json", "rope_parameters.rope_type",
+        "\"" + rope.scaling_type + "\" is not supported yet (default, linear, llama3, yarn are)");
   }
   const at::Tensor positions = at::arange(seq_len, f32);
   const at::Tensor freqs = at::outer(positions, inv_freq);

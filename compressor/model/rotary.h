@@ -19,8 +19,8 @@ struct RotaryTables {
 /// Tables for `rot_dim` rotary dimensions. Supports rope types default, linear, llama3 and yarn
 /// (`max_positions` = max_position_embeddings, yarn's fallback for `factor`); throws
 /// UnsupportedError naming `rope_parameters.rope_type` for others.
-RotaryTables rotary_tables(const RopeSpec& rope, int64_t rot_dim, int64_t seq_len, int64_t max_positions,
-                           const at::TensorOptions& options);
+RotaryTables rotary_tables(const RopeSpec& rope, int64_t rot_dim, int64_t seq_len,
+                           int64_t max_positions, const at::TensorOptions& options);
 
 /// Multiplier of the attention softmax scale that YaRN's mscale_all_dim implies for DeepSeek MLA
 /// (transformers' yarn_apply_mscale); 1 for unscaled RoPE.

@@ -9,15 +9,16 @@
 namespace lathe {
 
 void stream_forward(const CausalLM& model, const at::Tensor& ids, const at::Tensor& valid,
-                    const StreamingOptions& options, TapObserver* observer, const FinalHiddenConsumer& consume,
-                    const LayerFinished& on_layer) {
+                    const StreamingOptions& options, TapObserver* observer,
+                    const FinalHiddenConsumer& consume, const LayerFinished& on_layer) {
   if (options.micro_batch <= 0) throw ConfigError("", "micro-batch", "must be positive");
   at::NoGradGuard no_grad;
   const ModelSpec& spec = model.spec();
   const int64_t n = ids.size(0), t = ids.size(1);
   const auto work = at::TensorOptions().dtype(model.options().dtype).device(model.options().device);
   auto buffer = [&] {
-    return ActivationBuffer(n, t, spec.hidden_size, options.buffer_dtype, options.memory_limit_bytes, options.spill_dir);
+    return ActivationBuffer(n, t, spec.hidden_size, options.buffer_dtype,
+                            options.memory_limit_bytes, options.spill_dir);
   };
   ActivationBuffer current = buffer();
   for (int64_t b = 0; b < n; b += options.micro_batch) {
@@ -28,7 +29,8 @@ void stream_forward(const CausalLM& model, const at::Tensor& ids, const at::Tens
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     const DecoderLayer layer = model.load_layer(i);
     const bool last = i + 1 == spec.num_layers;
-    ActivationBuffer next = last ? ActivationBuffer(0, 0, 0, options.buffer_dtype, 0, options.spill_dir) : buffer();
+    ActivationBuffer next =
+        last ? ActivationBuffer(0, 0, 0, options.buffer_dtype, 0, options.spill_dir) : buffer();
     for (int64_t b = 0; b < n; b += options.micro_batch) {
       const int64_t e = std::min(n, b + options.micro_batch);
       const at::Tensor v = valid.slice(0, b, e);

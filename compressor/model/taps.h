@@ -14,7 +14,8 @@ enum class Tap {
   kAttnOutIn,     ///< input of o_proj (attention heads concatenated), [tokens, H·D_v]
   kMlpIn,         ///< input of the MLP/MoE block after post_attention_layernorm, [tokens, d]
   kRouterLogits,  ///< raw router logits (fp32), [tokens, E]
-  kRouterTopK,    ///< experts the router selected (int64, best first; bias and group limits included), [tokens, k]
+  kRouterTopK,    ///< experts the router selected (int64, best first; bias and group limits
+                  ///< included), [tokens, k]
   kExpertIn,      ///< tokens routed to one expert, [n_e, d]
   kExpertAct,     ///< that expert's act(gate) * up, [n_e, I]
   kMlpAct,        ///< a dense MLP's act(gate) * up (the input of down_proj), [tokens, I]

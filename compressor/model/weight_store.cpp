@@ -274,12 +274,14 @@ uint64_t WeightStore::count_non_finite(const std::string& name) const {
 const TensorInfo& require_tensor(const WeightStore& store, const std::string& name,
                                  const std::vector<int64_t>& shape) {
   if (!store.contains(name)) {
-    throw DataError(store.path(), name, "missing: config.json implies a tensor of shape " + format_shape(shape));
+    throw DataError(store.path(), name,
+                    "missing: config.json implies a tensor of shape " + format_shape(shape));
   }
   const TensorInfo& info = store.info(name);
   if (info.shape != shape) {
-    throw DataError(info.shard_path, name,
-                    "shape " + format_shape(info.shape) + " but config.json implies " + format_shape(shape));
+    throw DataError(
+        info.shard_path, name,
+        "shape " + format_shape(info.shape) + " but config.json implies " + format_shape(shape));
   }
   return info;
 }

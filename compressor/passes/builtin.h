@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "compressor/model/architecture.h"
-#include "compressor/passes/pass.h"
 #include "compressor/passes/context.h"
+#include "compressor/passes/pass.h"
 #include "compressor/passes/plan.h"
 
 namespace lathe {
@@ -30,8 +30,9 @@ std::unique_ptr<Pass> make_experts_mass_pass(const PassInstance& instance);
 std::unique_ptr<Pass> make_experts_router_norm_pass(const PassInstance& instance);
 std::unique_ptr<Pass> make_experts_random_pass(const PassInstance& instance);
 std::unique_ptr<Pass> make_experts_naee_pass(const PassInstance& instance);  // naee.cpp
-std::unique_ptr<Pass> make_diep_pass(const PassInstance& instance);          // diep.cpp (ALGORITHMS.md §3)
-std::unique_ptr<Pass> make_tcess_pass(const PassInstance& instance);  // tcess.cpp (ALGORITHMS.md §4)
+std::unique_ptr<Pass> make_diep_pass(const PassInstance& instance);  // diep.cpp (ALGORITHMS.md §3)
+std::unique_ptr<Pass> make_tcess_pass(
+    const PassInstance& instance);  // tcess.cpp (ALGORITHMS.md §4)
 
 /// GPTQ of every tensor of the layer whose plan entry has method "gptq" (gptq_pass.cpp), with the
 /// entry's bits / group / sym / act_order / mse / damp / act_bits: true-sequential sub-groups
@@ -57,7 +58,6 @@ void apply_expert_surgery(LayerApplyContext& ctx);
 /// Round-to-nearest of every tensor of the layer whose plan entry has method "rtn" (rtn.cpp): the
 /// value becomes its exact fp32 dequantization (record_quantized).
 void apply_rtn(LayerApplyContext& ctx);
-
 
 /// A weight-quantization pass's per-tensor options (rtn, gptq): the instance's options overlaid by
 /// its first matching override (ECMAScript regex, full match on the module name without
@@ -90,8 +90,8 @@ at::ScalarType scale_storage_dtype(at::ScalarType stored);
 
 /// Records tensor `t` as quantized by `p`: the TensorRecord (weight-space rel_err, `details`),
 /// `quant` into ctx.quant (replacing one of the same name) and t.value = its exact dequantization.
-void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& p, QuantRecord quant,
-                      nlohmann::json details);
+void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& p,
+                      QuantRecord quant, nlohmann::json details);
 
 /// "rtn-int4-g128-sym": the manifest's format of a quantized tensor.
 std::string quant_format(const TensorPlan& plan);

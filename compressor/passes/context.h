@@ -37,8 +37,9 @@ struct DecideContext {
   const WeightStore& store;
   ExpertLayout layout;
   const StatsStore* stats = nullptr;  ///< null when the pipeline collected none
-  const std::vector<ExpectedTensor>& tensors;  ///< every tensor of the input checkpoint, model order
-  std::vector<std::string>& log;               ///< decisions worth telling the user (overrides used, …)
+  const std::vector<ExpectedTensor>&
+      tensors;                    ///< every tensor of the input checkpoint, model order
+  std::vector<std::string>& log;  ///< decisions worth telling the user (overrides used, …)
   /// upstream_weight_fingerprints of the input, per decoder layer: what statistics are checked
   /// against (computed once, with the plan's weights fingerprint, from one read of the weights).
   const std::vector<std::string>& upstream_weights;
@@ -93,7 +94,8 @@ struct LayerApplyContext {
   int64_t layer = 0;
   const CompressionPlan& plan;
   std::vector<LayerTensor>& tensors;
-  std::vector<TensorRecord>& records;  ///< apply appends records of what it changed (removed, quantized)
+  std::vector<TensorRecord>&
+      records;  ///< apply appends records of what it changed (removed, quantized)
   std::vector<std::string>& warnings;
   /// Codes, scales, zeros of every tensor a pass quantized (written to out/quant/); a pass that
   /// quantizes `name` appends its QuantRecord here (replacing an earlier one of the same name).

@@ -1,8 +1,8 @@
 // `drop-experts`: removes routed experts. Decide: the kept original ids per MoE layer, from `keep`
 // (the same list in every layer) or `map` (an expert_map.json, FORMATS.md, with per-layer lists).
 // Apply (surgery): router rows and selection-bias entries of removed experts are sliced away, kept
-// experts are renumbered in ascending original order, fused expert tensors are sliced. The model then
-// computes exactly what the original computes with the removed experts' router logits at −inf.
+// experts are renumbered in ascending original order, fused expert tensors are sliced. The model
+// then computes exactly what the original computes with the removed experts' router logits at −inf.
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
@@ -25,8 +25,9 @@ namespace {
 
 /// Sorted, checked kept ids. Problems are ConfigError for the `keep` option, DataError for an
 /// expert-map file (`from_file`).
-std::vector<int64_t> checked_ids(std::vector<int64_t> ids, int64_t experts, int64_t top_k, const std::string& where,
-                                 const std::string& field, bool from_file) {
+std::vector<int64_t> checked_ids(std::vector<int64_t> ids, int64_t experts, int64_t top_k,
+                                 const std::string& where, const std::string& field,
+                                 bool from_file) {
   auto fail = [&](const std::string& message) {
     if (from_file) throw DataError(where, field, message);
     throw ConfigError(where, field, message);
@@ -46,7 +47,8 @@ class DropExpertsPass : public Pass {
  public:
   explicit DropExpertsPass(const PassInstance& instance) : options_(instance.options) {
     if (options_.has("keep") == options_.has("map")) {
-      throw ConfigError("", "drop-experts", "give exactly one of keep (ids for every layer) and map (expert_map.json)");
+      throw ConfigError("", "drop-experts",
+                        "give exactly one of keep (ids for every layer) and map (expert_map.json)");
     }
   }
 
@@ -58,17 +60,20 @@ class DropExpertsPass : public Pass {
       for (int64_t i = 0; i < ctx.spec.num_layers; ++i) {
         const LayerSpec& l = ctx.spec.layers[i];
         if (!l.is_moe) continue;
-        plan.experts[i] = checked_ids(options_.get_int_list("keep"), l.num_experts, l.top_k, "", "drop-experts.keep", false);
+        plan.experts[i] = checked_ids(options_.get_int_list("keep"), l.num_experts, l.top_k, "",
+                                      "drop-experts.keep", false);
         plan.decided_by["experts"] = "drop-experts";
       }
       return;
     }
     const std::string path = options_.get_string("map");
-    const nlohmann::json doc = parse_json_strict(read_file(path, "cannot open the expert map"), path, "");
+    const nlohmann::json doc =
+        parse_json_strict(read_file(path, "cannot open the expert map"), path, "");
     if (!doc.is_object() || doc.value("format", "") != "lathe-expert-map") {
       throw DataError(path, "format", "expected \"lathe-expert-map\"");
     }
-    if (!doc.contains("layers") || !doc["layers"].is_object()) throw DataError(path, "layers", "expected an object");
+    if (!doc.contains("layers") || !doc["layers"].is_object())
+      throw DataError(path, "layers", "expected an object");
     for (const auto& [key, ids] : doc["layers"].items()) {
       const std::string field = "layers." + key;
       int64_t layer = -1;
@@ -78,7 +83,8 @@ class DropExpertsPass : public Pass {
         if (used != key.size()) layer = -1;
       } catch (const std::exception&) {
       }
-      if (layer < 0 || layer >= ctx.spec.num_layers) throw DataError(path, field, "not a decoder layer index");
+      if (layer < 0 || layer >= ctx.spec.num_layers)
+        throw DataError(path, field, "not a decoder layer index");
       const LayerSpec& l = ctx.spec.layers[layer];
       if (!l.is_moe) throw DataError(path, field, "layer " + key + " is not an MoE layer");
       if (!ids.is_array()) throw DataError(path, field, "expected a list of expert ids");
@@ -139,16 +145,17 @@ void apply_expert_surgery(LayerApplyContext& ctx) {
           ctx.records.push_back(r);
           break;
         }
-        const std::string from = fmt::format(".experts.{}.", t.expert), to = fmt::format(".experts.{}.", id);
+        const std::string from = fmt::format(".experts.{}.", t.expert),
+                          to = fmt::format(".experts.{}.", id);
         const size_t pos = t.name.find(from);
-        if (pos == std::string::npos) throw InternalError(t.name, "", "expert tensor name without " + from);
+        if (pos == std::string::npos)
+          throw InternalError(t.name, "", "expert tensor name without " + from);
         t.name.replace(pos, from.size(), to);
         t.expert = id;
         out.push_back(std::move(t));
         break;
       }
-      default:
-        out.push_back(std::move(t));
+      default: out.push_back(std::move(t));
     }
   }
   ctx.tensors = std::move(out);
@@ -159,17 +166,21 @@ std::unique_ptr<Pass> make_drop_experts_pass(const PassInstance& instance) {
 }
 
 PassInfo drop_experts_pass_info() {
-  return {"drop-experts",
-               "remove routed experts: keep a given list in every MoE layer, or per layer from an expert map",
-               {
-                   make_option("keep", OptionType::kIntList, "", "original expert ids kept in every MoE layer", 0, 1 << 20),
-                   make_option("map", OptionType::kString, "",
-                          "expert_map.json (FORMATS.md) with the kept ids per layer; instead of keep", {}, {},
-                          /*is_path=*/true),
-               },
-               {},
-               false,
-               make_drop_experts_pass};
+  return {
+      "drop-experts",
+      "remove routed experts: keep a given list in every MoE layer, or per layer from an expert "
+      "map",
+      {
+          make_option("keep", OptionType::kIntList, "",
+                      "original expert ids kept in every MoE layer", 0, 1 << 20),
+          make_option("map", OptionType::kString, "",
+                      "expert_map.json (FORMATS.md) with the kept ids per layer; instead of keep",
+                      {}, {},
+                      /*is_path=*/true),
+      },
+      {},
+      false,
+      make_drop_experts_pass};
 }
 
 }  // namespace lathe

@@ -31,19 +31,26 @@ enum Stage { kAttn = 0, kLatent, kOut, kUp, kDown, kStages };
 
 int stage_of(TensorRole r) {
   switch (r) {
-    case TensorRole::kQ: case TensorRole::kK: case TensorRole::kV: case TensorRole::kQA: case TensorRole::kKVA:
-      return kAttn;
-    case TensorRole::kQB: case TensorRole::kKVB:
-      return kLatent;
-    case TensorRole::kO:
-      return kOut;
-    case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kExpertGate: case TensorRole::kExpertUp:
-    case TensorRole::kExpertsGateUp: case TensorRole::kSharedGate: case TensorRole::kSharedUp:
-      return kUp;
-    case TensorRole::kDenseDown: case TensorRole::kExpertDown: case TensorRole::kExpertsDown: case TensorRole::kSharedDown:
-      return kDown;
-    default:
-      return -1;
+    case TensorRole::kQ:
+    case TensorRole::kK:
+    case TensorRole::kV:
+    case TensorRole::kQA:
+    case TensorRole::kKVA: return kAttn;
+    case TensorRole::kQB:
+    case TensorRole::kKVB: return kLatent;
+    case TensorRole::kO: return kOut;
+    case TensorRole::kDenseGate:
+    case TensorRole::kDenseUp:
+    case TensorRole::kExpertGate:
+    case TensorRole::kExpertUp:
+    case TensorRole::kExpertsGateUp:
+    case TensorRole::kSharedGate:
+    case TensorRole::kSharedUp: return kUp;
+    case TensorRole::kDenseDown:
+    case TensorRole::kExpertDown:
+    case TensorRole::kExpertsDown:
+    case TensorRole::kSharedDown: return kDown;
+    default: return -1;
   }
 }
 
@@ -66,13 +73,15 @@ enum Input { kInAttn, kInQLatent, kInKvLatent, kInAttnOut, kInMlp, kInMlpAct, kI
 /// Gathers the Hessians of one stage from the layer's taps.
 class HessianObserver : public TapObserver {
  public:
-  HessianObserver(int stage, int64_t layer, const ModelSpec& spec, const std::set<int64_t>* all_token_experts)
+  HessianObserver(int stage, int64_t layer, const ModelSpec& spec,
+                  const std::set<int64_t>* all_token_experts)
       : stage_(stage), layer_(layer), spec_(spec), all_token_experts_(all_token_experts) {}
 
   bool wants(Tap tap, int64_t layer) const override {
     if (layer != layer_) return false;
     switch (stage_) {
-      case kAttn: case kLatent: return tap == Tap::kAttnIn;
+      case kAttn:
+      case kLatent: return tap == Tap::kAttnIn;
       case kOut: return tap == Tap::kAttnOutIn;
       case kUp: return tap == Tap::kMlpIn || tap == Tap::kExpertIn;
       case kDown:  // kMlpIn only for the all-token Hessians of rarely routed experts' down_proj
@@ -87,8 +96,10 @@ class HessianObserver : public TapObserver {
     // Nothing after this tap feeds this stage: skip the rest of the layer (dense MLPs; MoE stages
     // need every expert's tap, so they run to the end).
     const bool dense = !spec_.layers.at(layer_).is_moe;
-    if ((e.tap == Tap::kAttnIn && (stage_ == kAttn || stage_ == kLatent)) || (e.tap == Tap::kAttnOutIn && stage_ == kOut) ||
-        (dense && e.tap == Tap::kMlpIn && stage_ == kUp) || (dense && e.tap == Tap::kMlpAct && stage_ == kDown)) {
+    if ((e.tap == Tap::kAttnIn && (stage_ == kAttn || stage_ == kLatent)) ||
+        (e.tap == Tap::kAttnOutIn && stage_ == kOut) ||
+        (dense && e.tap == Tap::kMlpIn && stage_ == kUp) ||
+        (dense && e.tap == Tap::kMlpAct && stage_ == kDown)) {
       throw StopForward{};
     }
   }
@@ -113,7 +124,8 @@ class HessianObserver : public TapObserver {
           const LayerWeights& w = *e.weights;
           const AttentionSpec& a = spec_.attention;
           if (a.q_lora_rank > 0) {
-            inputs_[kInQLatent].add(rms_norm(at::linear(real, w.q_a.weight), w.q_a_norm, spec_.rms_norm_eps));
+            inputs_[kInQLatent].add(
+                rms_norm(at::linear(real, w.q_a.weight), w.q_a_norm, spec_.rms_norm_eps));
           }
           const at::Tensor kv = at::linear(real, w.kv_a.weight).slice(-1, 0, a.kv_lora_rank);
           inputs_[kInKvLatent].add(rms_norm(kv, w.kv_a_norm, spec_.rms_norm_eps));
@@ -124,7 +136,7 @@ class HessianObserver : public TapObserver {
       case Tap::kSharedAct: inputs_[kInSharedAct].add(real); break;
       case Tap::kMlpIn:
         if (stage_ == kUp) {
-          inputs_[kInMlp].add(real);  // dense and shared gate/up, and every expert's H_a
+          inputs_[kInMlp].add(real);      // dense and shared gate/up, and every expert's H_a
         } else if (all_token_experts_) {  // kDown: H_a of down for experts below the threshold
           const LayerWeights& w = *e.weights;
           for (int64_t id : *all_token_experts_) {
@@ -155,13 +167,18 @@ class HessianObserver : public TapObserver {
 const Hessian* shared_hessian(const HessianObserver& obs, TensorRole role) {
   int key = -1;
   switch (role) {
-    case TensorRole::kQ: case TensorRole::kK: case TensorRole::kV: case TensorRole::kQA: case TensorRole::kKVA:
-      key = kInAttn; break;
+    case TensorRole::kQ:
+    case TensorRole::kK:
+    case TensorRole::kV:
+    case TensorRole::kQA:
+    case TensorRole::kKVA: key = kInAttn; break;
     case TensorRole::kQB: key = kInQLatent; break;
     case TensorRole::kKVB: key = kInKvLatent; break;
     case TensorRole::kO: key = kInAttnOut; break;
-    case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kSharedGate: case TensorRole::kSharedUp:
-      key = kInMlp; break;
+    case TensorRole::kDenseGate:
+    case TensorRole::kDenseUp:
+    case TensorRole::kSharedGate:
+    case TensorRole::kSharedUp: key = kInMlp; break;
     case TensorRole::kDenseDown: key = kInMlpAct; break;
     case TensorRole::kSharedDown: key = kInSharedAct; break;
     default: return nullptr;
@@ -175,8 +192,9 @@ GptqOptions gptq_options(const TensorPlan& p, at::ScalarType stored) {
   o.bits = p.bits;
   o.group_size = p.group_size;
   o.sym = p.sym;
-  o.act_order = p.act_order == "none" ? GptqOptions::kNone : p.act_order == "dynamic" ? GptqOptions::kDynamic
-                                                                                      : GptqOptions::kStatic;
+  o.act_order = p.act_order == "none"      ? GptqOptions::kNone
+                : p.act_order == "dynamic" ? GptqOptions::kDynamic
+                                           : GptqOptions::kStatic;
   o.damp = p.damp;
   o.damp_max = std::max(1.0, p.damp);
   o.mse = p.mse;
@@ -187,15 +205,17 @@ GptqOptions gptq_options(const TensorPlan& p, at::ScalarType stored) {
 /// GPTQ of one [out, in] linear; fills the details the manifest and report show.
 QuantRecord quantize_one(const at::Tensor& w, const Hessian* h, const TensorPlan& p,
                          at::ScalarType stored, nlohmann::json* details) {
-  const GptqResult r = h && h->tokens > 0 ? gptq_quantize(w, h->sum, h->tokens, gptq_options(p, stored))
-                                          : gptq_quantize(w, at::Tensor(), 0, gptq_options(p, stored));
-  nlohmann::json d = {{"tokens", h ? h->tokens : 0},
-                      {"h_source", r.h_source},
-                      {"damp", r.damp_used},
-                      {"retries", r.retries},
-                      {"fallback", r.rtn_fallback},
-                      {"loss_sum", r.loss_sum},
-                      {"loss_per_token", h && h->tokens > 0 ? r.loss_sum / static_cast<double>(h->tokens) : 0.0}};
+  const GptqResult r = h && h->tokens > 0
+                           ? gptq_quantize(w, h->sum, h->tokens, gptq_options(p, stored))
+                           : gptq_quantize(w, at::Tensor(), 0, gptq_options(p, stored));
+  nlohmann::json d = {
+      {"tokens", h ? h->tokens : 0},
+      {"h_source", r.h_source},
+      {"damp", r.damp_used},
+      {"retries", r.retries},
+      {"fallback", r.rtn_fallback},
+      {"loss_sum", r.loss_sum},
+      {"loss_per_token", h && h->tokens > 0 ? r.loss_sum / static_cast<double>(h->tokens) : 0.0}};
   if (!std::isnan(r.rel_err)) d["h_rel_err"] = r.rel_err;
   *details = d;
   return make_quant_record("", r.q, r.g_idx, p.act_bits);
@@ -217,11 +237,14 @@ void apply_gptq(LayerApplyContext& ctx) {
   if (!acts) {
     bool any = false;
     for (const auto& s : by_stage) any = any || !s.empty();
-    if (any) ctx.warnings.push_back("gptq: no calibration data: data-free RTN with MSE clipping (ALGORITHMS.md §1.7)");
+    if (any)
+      ctx.warnings.push_back(
+          "gptq: no calibration data: data-free RTN with MSE clipping (ALGORITHMS.md §1.7)");
   }
   const ModelSpec& spec = ctx.out_spec ? *ctx.out_spec : ctx.spec;
   const int64_t n_tok = acts ? acts->tokens : 0;
-  const int64_t threshold = std::max<int64_t>(256, static_cast<int64_t>(std::ceil(0.005 * static_cast<double>(n_tok))));
+  const int64_t threshold =
+      std::max<int64_t>(256, static_cast<int64_t>(std::ceil(0.005 * static_cast<double>(n_tok))));
   const std::string rule = fmt::format("n_e >= max(256, ceil(0.005 * {})) = {}", n_tok, threshold);
   std::map<int64_t, int64_t> routed;  // n_e from the kUp replay
   bool routed_known = false;
@@ -232,7 +255,8 @@ void apply_gptq(LayerApplyContext& ctx) {
     std::unique_ptr<HessianObserver> obs;
     if (acts) {
       if (stage == kDown) {
-        const int64_t experts = spec.layers.at(ctx.layer).is_moe ? spec.layers.at(ctx.layer).num_experts : 0;
+        const int64_t experts =
+            spec.layers.at(ctx.layer).is_moe ? spec.layers.at(ctx.layer).num_experts : 0;
         for (int64_t e = 0; e < experts; ++e) {
           if (!routed_known || routed[e] < threshold) all_token.insert(e);
         }
@@ -250,7 +274,8 @@ void apply_gptq(LayerApplyContext& ctx) {
       // The Hessian of expert e's linear at this stage by the coverage rule (§1.7).
       auto expert_input = [&](int64_t e, nlohmann::json* d) -> const Hessian* {
         if (!obs) return nullptr;
-        const int64_t n_e = stage == kUp ? obs->routed_[e] : (routed_known ? routed[e] : obs->routed_[e]);
+        const int64_t n_e =
+            stage == kUp ? obs->routed_[e] : (routed_known ? routed[e] : obs->routed_[e]);
         (*d)["routed_tokens"] = n_e;
         (*d)["rule"] = rule;
         if (n_e >= threshold) {
@@ -259,8 +284,9 @@ void apply_gptq(LayerApplyContext& ctx) {
         }
         (*d)["h_source"] = "all";
         if (n_e == 0) {
-          ctx.warnings.push_back(fmt::format("gptq: {} (expert {}) received no calibration tokens: all-token Hessian",
-                                             t->name, e));
+          ctx.warnings.push_back(
+              fmt::format("gptq: {} (expert {}) received no calibration tokens: all-token Hessian",
+                          t->name, e));
         }
         if (stage == kUp) {
           auto it = obs->inputs_.find(kInMlp);
@@ -298,9 +324,10 @@ void apply_gptq(LayerApplyContext& ctx) {
         if (h && h->tokens > 0) details["h_source"] = "all";
       }
       if (details.value("fallback", false)) {
-        ctx.warnings.push_back(fmt::format("gptq: {}: the Hessian did not factorise with damping up to {}: RTN with MSE "
-                                           "clipping instead",
-                                           t->name, details.value("damp", 0.0)));
+        ctx.warnings.push_back(fmt::format(
+            "gptq: {}: the Hessian did not factorise with damping up to {}: RTN with MSE "
+            "clipping instead",
+            t->name, details.value("damp", 0.0)));
       }
       record_quantized(ctx, *t, p, std::move(quant), details);
     }
@@ -319,10 +346,12 @@ class GptqPass : public Pass {
       p.method = "gptq";
       p.bits = opts.get_int("bits");
       if (p.bits != 2 && p.bits != 3 && p.bits != 4 && p.bits != 8) {
-        throw ConfigError("", "gptq.bits",
-                          fmt::format("{} bits for {}: GPTQ checkpoints pack 2, 3, 4 or 8 bits (use rtn for other "
-                                      "widths inside lathe only)",
-                                      p.bits, t.name));
+        throw ConfigError(
+            "", "gptq.bits",
+            fmt::format(
+                "{} bits for {}: GPTQ checkpoints pack 2, 3, 4 or 8 bits (use rtn for other "
+                "widths inside lathe only)",
+                p.bits, t.name));
       }
       p.group_size = opts.get_int("group-size");
       p.sym = opts.get_bool("sym");
@@ -342,28 +371,38 @@ class GptqPass : public Pass {
 
 }  // namespace
 
-std::unique_ptr<Pass> make_gptq_pass(const PassInstance& instance) { return std::make_unique<GptqPass>(instance); }
+std::unique_ptr<Pass> make_gptq_pass(const PassInstance& instance) {
+  return std::make_unique<GptqPass>(instance);
+}
 
 PassInfo gptq_pass_info() {
-  OptionSpec act_order = make_option("act-order", OptionType::kEnum, "static",
-                                "column order: none, static (diag H descending, static groups; g_idx trivial) or "
-                                "dynamic (groups formed in that order; g_idx scattered)");
+  OptionSpec act_order =
+      make_option("act-order", OptionType::kEnum, "static",
+                  "column order: none, static (diag H descending, static groups; g_idx trivial) or "
+                  "dynamic (groups formed in that order; g_idx scattered)");
   act_order.choices = {"none", "static", "dynamic"};
-  return {"gptq",
-               "GPTQ weight quantization with Hessians of the current layer inputs (needs calibration data)",
-               {
-                   make_option("bits", OptionType::kInt, "4", "bits per weight: 2, 3, 4 or 8 (the GPTQ packings)", 2, 8),
-                   make_option("group-size", OptionType::kInt, "128",
-                          "columns sharing one scale; -1 = a whole row (must divide the input width)", -1, 1 << 20),
-                   make_option("sym", OptionType::kBool, "true", "symmetric (zero point 2^(bits-1)) or asymmetric"),
-                   act_order,
-                   make_option("mse", OptionType::kBool, "false", "search a clipping ratio per group (MSE grid)"),
-                   make_option("damp", OptionType::kFloat, "0.01", "dampening, relative to mean(diag H)", 0, 1),
-                   make_option("skip", OptionType::kBool, "false", "leave the tensor unquantized (for overrides)"),
-               },
-               {},
-               true,
-               make_gptq_pass};
+  return {
+      "gptq",
+      "GPTQ weight quantization with Hessians of the current layer inputs (needs calibration data)",
+      {
+          make_option("bits", OptionType::kInt, "4",
+                      "bits per weight: 2, 3, 4 or 8 (the GPTQ packings)", 2, 8),
+          make_option("group-size", OptionType::kInt, "128",
+                      "columns sharing one scale; -1 = a whole row (must divide the input width)",
+                      -1, 1 << 20),
+          make_option("sym", OptionType::kBool, "true",
+                      "symmetric (zero point 2^(bits-1)) or asymmetric"),
+          act_order,
+          make_option("mse", OptionType::kBool, "false",
+                      "search a clipping ratio per group (MSE grid)"),
+          make_option("damp", OptionType::kFloat, "0.01", "dampening, relative to mean(diag H)", 0,
+                      1),
+          make_option("skip", OptionType::kBool, "false",
+                      "leave the tensor unquantized (for overrides)"),
+      },
+      {},
+      true,
+      make_gptq_pass};
 }
 
 }  // namespace lathe

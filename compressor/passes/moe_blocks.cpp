@@ -34,14 +34,16 @@ struct Finished {};
 
 std::pair<at::Tensor, at::Tensor> calibration_tensors(const CalibrationSet& set) {
   const int64_t n = set.num_samples(), t = set.seq_len;
-  at::Tensor ids = at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, t}, at::kInt).to(at::kLong);
+  at::Tensor ids =
+      at::from_blob(const_cast<int32_t*>(set.ids.data()), {n, t}, at::kInt).to(at::kLong);
   at::Tensor valid = at::zeros({n, t}, at::kBool);
   for (int64_t i = 0; i < n; ++i) valid[i].slice(0, 0, set.lengths[i]).fill_(true);
   return {ids, valid};
 }
 
-void for_each_moe_block(const DecideModel& m,
-                        const std::function<void(int64_t, const DecoderLayer&, const MoeBlockInputs&)>& fn) {
+void for_each_moe_block(
+    const DecideModel& m,
+    const std::function<void(int64_t, const DecoderLayer&, const MoeBlockInputs&)>& fn) {
   const CalibrationSet& set = m.calibration;
   const ModelSpec& spec = m.model.spec();
   int64_t last_moe = -1;
@@ -55,7 +57,8 @@ void for_each_moe_block(const DecideModel& m,
   BlockInputCollector collector(m.streaming.buffer_dtype);
   try {
     stream_forward(
-        m.model, ids, valid, m.streaming, &collector, [](int64_t, const at::Tensor&, const at::Tensor&) {},
+        m.model, ids, valid, m.streaming, &collector,
+        [](int64_t, const at::Tensor&, const at::Tensor&) {},
         [&](int64_t layer) {
           if (!spec.layers[layer].is_moe) {
             (void)collector.take();
@@ -72,12 +75,13 @@ void for_each_moe_block(const DecideModel& m,
 
 at::Tensor all_expert_outputs(const DecoderLayer& layer, const at::Tensor& x) {
   std::vector<at::Tensor> out;
-  for (size_t e = 0; e < layer.weights().experts.size(); ++e) out.push_back(layer.expert_forward(static_cast<int64_t>(e), x));
+  for (size_t e = 0; e < layer.weights().experts.size(); ++e)
+    out.push_back(layer.expert_forward(static_cast<int64_t>(e), x));
   return at::stack(out, 0);
 }
 
-std::vector<std::pair<int64_t, int64_t>> sequence_chunks(const std::vector<int64_t>& offsets, int64_t row_bytes,
-                                                         int64_t budget_bytes) {
+std::vector<std::pair<int64_t, int64_t>> sequence_chunks(const std::vector<int64_t>& offsets,
+                                                         int64_t row_bytes, int64_t budget_bytes) {
   const int64_t sequences = static_cast<int64_t>(offsets.size()) - 1;
   const int64_t max_rows = std::max<int64_t>(1, budget_bytes / std::max<int64_t>(row_bytes, 1));
   std::vector<std::pair<int64_t, int64_t>> chunks;

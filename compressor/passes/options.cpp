@@ -366,8 +366,9 @@ std::string OptionValues::canonical(const std::vector<OptionSpec>& specs) const 
   return out;
 }
 
-OptionSpec make_option(std::string name, OptionType type, std::string default_value, std::string help,
-                       std::optional<double> min, std::optional<double> max, bool is_path) {
+OptionSpec make_option(std::string name, OptionType type, std::string default_value,
+                       std::string help, std::optional<double> min, std::optional<double> max,
+                       bool is_path) {
   OptionSpec o;
   o.name = std::move(name);
   o.type = type;

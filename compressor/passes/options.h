@@ -1,7 +1,7 @@
 // Typed pass options (DESIGN.md "Core types": Pass; STYLE.md): every pass declares its options as a
-// schema; recipes (YAML), `--set` overrides and the canonical pipeline string are all parsed against
-// it, so unknown keys, wrong types and out-of-range values are rejected the same way everywhere and
-// every option prints as `key=value`. Torch-free.
+// schema; recipes (YAML), `--set` overrides and the canonical pipeline string are all parsed
+// against it, so unknown keys, wrong types and out-of-range values are rejected the same way
+// everywhere and every option prints as `key=value`. Torch-free.
 #pragma once
 
 #include <cstdint>
@@ -14,13 +14,13 @@
 namespace lathe {
 
 enum class OptionType {
-  kInt,       ///< integer (YAML int; canonical decimal)
-  kFloat,     ///< number (YAML int or float; canonical shortest round-trip, e.g. 0.25)
-  kBool,      ///< true / false
-  kString,    ///< free text
-  kEnum,      ///< one of `choices`
-  kIntList,   ///< list of integers; canonical "1:2:3" (':' because ',' separates options)
-  kStringList ///< list of strings; canonical "a:b:c"
+  kInt,        ///< integer (YAML int; canonical decimal)
+  kFloat,      ///< number (YAML int or float; canonical shortest round-trip, e.g. 0.25)
+  kBool,       ///< true / false
+  kString,     ///< free text
+  kEnum,       ///< one of `choices`
+  kIntList,    ///< list of integers; canonical "1:2:3" (':' because ',' separates options)
+  kStringList  ///< list of strings; canonical "a:b:c"
 };
 
 /// "int", "float", "bool", "string", "enum", "int-list", "string-list".
@@ -30,23 +30,26 @@ const char* option_type_name(OptionType type);
 struct OptionSpec {
   std::string name;
   OptionType type = OptionType::kInt;
-  std::string default_value;         ///< canonical text of the default; empty: no default (the option
-                                     ///< is absent unless given, or an error when `required`)
-  std::string help;                  ///< one line, printed by `lathe passes`
+  std::string default_value;  ///< canonical text of the default; empty: no default (the option
+                              ///< is absent unless given, or an error when `required`)
+  std::string help;           ///< one line, printed by `lathe passes`
   std::vector<std::string> choices;  ///< kEnum only
   std::optional<double> min, max;    ///< inclusive bounds for kInt / kFloat (and list elements)
   bool required = false;
   /// kString holding a file path: a recipe resolves a relative value against its own directory
-  /// (a `--set` value against the working directory), so the pipeline string holds the resolved path.
+  /// (a `--set` value against the working directory), so the pipeline string holds the resolved
+  /// path.
   bool is_path = false;
 };
 
 /// One option's spec; bounds apply to numbers and list elements.
-OptionSpec make_option(std::string name, OptionType type, std::string default_value, std::string help,
-                       std::optional<double> min = {}, std::optional<double> max = {}, bool is_path = false);
+OptionSpec make_option(std::string name, OptionType type, std::string default_value,
+                       std::string help, std::optional<double> min = {},
+                       std::optional<double> max = {}, bool is_path = false);
 
 /// A value of one option.
-using OptionValue = std::variant<int64_t, double, bool, std::string, std::vector<int64_t>, std::vector<std::string>>;
+using OptionValue = std::variant<int64_t, double, bool, std::string, std::vector<int64_t>,
+                                 std::vector<std::string>>;
 
 /// What a value of `spec` must look like, as error messages say it: "an integer in [2, 8]",
 /// "one of pack, document", "a list of integers ≥ 0".
@@ -55,13 +58,15 @@ std::string describe_option(const OptionSpec& spec);
 /// Canonical text of a value of `spec`'s type (what `k=v` prints and parses back).
 std::string format_option(const OptionSpec& spec, const OptionValue& value);
 
-/// Parses canonical text (pipeline strings, `--set`) for `spec`. On failure returns nullopt and sets
+/// Parses canonical text (pipeline strings, `--set`) for `spec`. On failure returns nullopt and
+/// sets
 /// `*error` (when `error` is not null) to what was expected, e.g. "expected an integer ≥ 1, found
 /// \"x\"". Strings and list elements may be bare or quoted; unquoted text is taken as it is.
-std::optional<OptionValue> parse_option(const OptionSpec& spec, const std::string& text, std::string* error);
+std::optional<OptionValue> parse_option(const OptionSpec& spec, const std::string& text,
+                                        std::string* error);
 
-/// Checks a value against the spec's type, choices and bounds; empty string when valid, else what was
-/// expected (same wording as parse_option).
+/// Checks a value against the spec's type, choices and bounds; empty string when valid, else what
+/// was expected (same wording as parse_option).
 std::string check_option(const OptionSpec& spec, const OptionValue& value);
 
 /// A pass's options after validation: every declared option has a value (default or given).

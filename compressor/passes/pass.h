@@ -1,7 +1,7 @@
 // The pass framework (DESIGN.md "Core types": Pass, CompressionPlan; issue 5): a pass has a stable
-// name, typed options (options.h), the statistics it needs, and up to two hooks — decide (whole-model
-// statistics → plan fragment) and apply (one layer at a time, streaming). One registry lists every
-// pass (registry.cpp); `lathe passes` prints it.
+// name, typed options (options.h), the statistics it needs, and up to two hooks — decide
+// (whole-model statistics → plan fragment) and apply (one layer at a time, streaming). One registry
+// lists every pass (registry.cpp); `lathe passes` prints it.
 #pragma once
 
 #include <cstdint>
@@ -32,8 +32,8 @@ struct PassInfo {
   std::function<std::unique_ptr<Pass>(const PassInstance&)> make;
 };
 
-/// A per-tensor override of a pass's options: the first `match` (ECMAScript regex, full match on the
-/// checkpoint tensor name without ".weight") that matches wins; `options` replace the pass's.
+/// A per-tensor override of a pass's options: the first `match` (ECMAScript regex, full match on
+/// the checkpoint tensor name without ".weight") that matches wins; `options` replace the pass's.
 struct PassOverride {
   std::string match;
   OptionValues options;  ///< only the keys given in the override
@@ -50,13 +50,15 @@ class Pass {
  public:
   virtual ~Pass() = default;
   /// Checks the options against the model before anything runs or is written (`lathe run` and
-  /// `lathe plan` call it ahead of the observe stage). ConfigError naming the option. Default: none.
+  /// `lathe plan` call it ahead of the observe stage). ConfigError naming the option. Default:
+  /// none.
   virtual void check(const ModelSpec& spec) const;
   /// Decide stage: reads statistics, writes its decisions into `plan`. Default: nothing to decide.
   virtual void decide(const DecideContext& ctx, CompressionPlan& plan) const;
   /// Apply stage: transforms one materialised layer as the plan says. Default: nothing.
   virtual void apply(LayerApplyContext& ctx) const;
-  /// True when apply needs the layer's calibration inputs (GPTQ); the runner then streams activations.
+  /// True when apply needs the layer's calibration inputs (GPTQ); the runner then streams
+  /// activations.
   virtual bool needs_activations() const { return false; }
   /// True when decide runs the model itself on calibration data (naee, diep): run_decide then opens
   /// the model and builds the calibration set for it (DecideContext::model).

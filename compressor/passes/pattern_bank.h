@@ -29,12 +29,14 @@ struct TaskPattern {
   std::vector<std::vector<int64_t>> kept;
 
   /// The vectors `kept` was ranked by.
-  const std::vector<std::vector<double>>& ranking_scores() const { return scores.empty() ? mass : scores; }
+  const std::vector<std::vector<double>>& ranking_scores() const {
+    return scores.empty() ? mass : scores;
+  }
 };
 
 struct PatternBank {
-  std::string weights_fingerprint;  ///< FORMATS.md §7 weights fingerprint of the model
-  std::vector<int64_t> moe_layers;  ///< decoder layer index of each MoE layer, ascending
+  std::string weights_fingerprint;   ///< FORMATS.md §7 weights fingerprint of the model
+  std::vector<int64_t> moe_layers;   ///< decoder layer index of each MoE layer, ascending
   std::vector<int64_t> num_experts;  ///< routed experts per MoE layer (E)
   std::vector<int64_t> top_k;        ///< per MoE layer
   std::vector<TaskPattern> tasks;    ///< at least one, names unique
@@ -67,8 +69,8 @@ struct RouteScore {
 /// Every task of `bank` ranked by the cosine similarity of its pattern (mass vectors of the first
 /// `layers` MoE layers, normalised and concatenated as the query) to `query` ([layers][E]): highest
 /// first, ties → lower task index (ALGORITHMS.md §4.3).
-std::vector<RouteScore> rank_patterns(const PatternBank& bank, const std::vector<std::vector<double>>& query,
-                                      size_t layers);
+std::vector<RouteScore> rank_patterns(const PatternBank& bank,
+                                      const std::vector<std::vector<double>>& query, size_t layers);
 
 /// Writes the pattern bank a `tcess` pass left in `plan` (diagnostics.tcess.pattern_bank) to `path`
 /// atomically; false (nothing written) when the plan has none. `lathe run` writes

@@ -18,7 +18,8 @@ nlohmann::json CompressionPlan::to_json() const {
   nlohmann::json experts_json = nlohmann::json::object(), tensors_json = nlohmann::json::object();
   for (const auto& [layer, ids] : experts) experts_json[std::to_string(layer)] = ids;
   for (const auto& [name, t] : tensors) {
-    nlohmann::json j = {{"method", t.method}, {"bits", t.bits}, {"group_size", t.group_size}, {"sym", t.sym}};
+    nlohmann::json j = {
+        {"method", t.method}, {"bits", t.bits}, {"group_size", t.group_size}, {"sym", t.sym}};
     if (t.method == "gptq") {
       j["act_order"] = t.act_order;
       j["mse"] = t.mse;
@@ -61,13 +62,15 @@ const nlohmann::json& member(const nlohmann::json& obj, const char* key, const s
                              nlohmann::json::value_t type, const char* expected) {
   if (!obj.contains(key)) throw DataError(where, key, "missing");
   const nlohmann::json& v = obj[key];
-  const bool ok = type == nlohmann::json::value_t::number_integer ? v.is_number_integer() : v.type() == type;
+  const bool ok =
+      type == nlohmann::json::value_t::number_integer ? v.is_number_integer() : v.type() == type;
   if (!ok) throw DataError(where, key, std::string("expected ") + expected);
   return v;
 }
 
 SmoothingPlan smoothing_from_json(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_object()) throw DataError(where, "smoothing", "expected {alpha, adaptive, statistic, v_to_o}");
+  if (!j.is_object())
+    throw DataError(where, "smoothing", "expected {alpha, adaptive, statistic, v_to_o}");
   SmoothingPlan p;
   for (const auto& [k, v] : j.items()) {
     if (k == "alpha" && v.is_number()) {
@@ -79,15 +82,18 @@ SmoothingPlan smoothing_from_json(const nlohmann::json& j, const std::string& wh
     } else if (k == "v_to_o" && v.is_boolean()) {
       p.v_to_o = v.get<bool>();
     } else {
-      throw DataError(where, "smoothing." + k,
-                      "unknown key or wrong type (alpha: number, adaptive/v_to_o: bool, statistic: string)");
+      throw DataError(
+          where, "smoothing." + k,
+          "unknown key or wrong type (alpha: number, adaptive/v_to_o: bool, statistic: string)");
     }
   }
   if (!(p.alpha >= 0 && p.alpha <= 1)) {
-    throw DataError(where, "smoothing.alpha", fmt::format("expected a number in [0, 1], found {}", p.alpha));
+    throw DataError(where, "smoothing.alpha",
+                    fmt::format("expected a number in [0, 1], found {}", p.alpha));
   }
   if (p.statistic != "absmax" && p.statistic != "range") {
-    throw DataError(where, "smoothing.statistic", "expected \"absmax\" or \"range\", found \"" + p.statistic + "\"");
+    throw DataError(where, "smoothing.statistic",
+                    "expected \"absmax\" or \"range\", found \"" + p.statistic + "\"");
   }
   return p;
 }
@@ -103,8 +109,9 @@ int64_t layer_index(const std::string& key, const std::string& where, const std:
 /// `doc[key]` as {decoder layer index: [values]} (absent: empty). DataError naming `key.<layer>`
 /// for a key that is not a layer index, a value that is not a list, or an element `accept` refuses.
 template <typename T, typename Accept>
-std::map<int64_t, std::vector<T>> layer_lists(const nlohmann::json& doc, const std::string& key, const std::string& where,
-                                              const std::string& hint, const std::string& list_of,
+std::map<int64_t, std::vector<T>> layer_lists(const nlohmann::json& doc, const std::string& key,
+                                              const std::string& where, const std::string& hint,
+                                              const std::string& list_of,
                                               const std::string& elements, Accept&& accept) {
   std::map<int64_t, std::vector<T>> out;
   if (!doc.contains(key)) return out;
@@ -132,20 +139,25 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
   if (member(doc, "format", where, vt::string, "a string") != "lathe-plan") {
     throw DataError(where, "format", "expected \"lathe-plan\"");
   }
-  const int64_t version = member(doc, "version", where, vt::number_integer, "an integer").get<int64_t>();
-  if (version != 1) throw UnsupportedError(where, "version", fmt::format("plan version {} (this lathe reads 1)", version));
-  static const std::vector<std::string> known = {"format", "version", "pipeline", "model", "weights_fingerprint",
-                                                 "experts", "tensors", "decided_by", "smoothing",
-                                                 "expert_scores", "expert_scale", "diagnostics"};
+  const int64_t version =
+      member(doc, "version", where, vt::number_integer, "an integer").get<int64_t>();
+  if (version != 1)
+    throw UnsupportedError(where, "version",
+                           fmt::format("plan version {} (this lathe reads 1)", version));
+  static const std::vector<std::string> known = {
+      "format",  "version",    "pipeline",  "model",         "weights_fingerprint", "experts",
+      "tensors", "decided_by", "smoothing", "expert_scores", "expert_scale",        "diagnostics"};
   for (const auto& [k, v] : doc.items()) {
-    if (std::find(known.begin(), known.end(), k) == known.end()) throw DataError(where, k, "unknown key");
+    if (std::find(known.begin(), known.end(), k) == known.end())
+      throw DataError(where, k, "unknown key");
   }
   CompressionPlan plan;
   plan.pipeline = doc.value("pipeline", "");
   plan.model = doc.value("model", "");
   plan.weights_fingerprint = doc.value("weights_fingerprint", "");
-  plan.experts = layer_lists<int64_t>(doc, "experts", where, "ids", "expert ids", "integer expert ids",
-                                     [](const nlohmann::json& x) { return x.is_number_integer(); });
+  plan.experts =
+      layer_lists<int64_t>(doc, "experts", where, "ids", "expert ids", "integer expert ids",
+                           [](const nlohmann::json& x) { return x.is_number_integer(); });
   if (doc.contains("tensors")) {
     const auto& t = doc["tensors"];
     if (!t.is_object()) throw DataError(where, "tensors", "expected an object {name: format}");
@@ -172,41 +184,52 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
           p.act_bits = v.get<int64_t>();
         } else {
           throw DataError(where, field + "." + k,
-                          "unknown key or wrong type (method/act_order: string, bits/group_size/act_bits: integer, "
+                          "unknown key or wrong type (method/act_order: string, "
+                          "bits/group_size/act_bits: integer, "
                           "sym/mse: bool, damp: number)");
         }
       }
       if (p.method != "rtn" && p.method != "gptq") {
-        throw DataError(where, field + ".method", "expected \"rtn\" or \"gptq\", found \"" + p.method + "\"");
+        throw DataError(where, field + ".method",
+                        "expected \"rtn\" or \"gptq\", found \"" + p.method + "\"");
       }
       if (p.act_order != "none" && p.act_order != "static" && p.act_order != "dynamic") {
-        throw DataError(where, field + ".act_order", "expected none, static or dynamic, found \"" + p.act_order + "\"");
+        throw DataError(where, field + ".act_order",
+                        "expected none, static or dynamic, found \"" + p.act_order + "\"");
       }
-      if (!(p.damp >= 0 && p.damp <= 1)) throw DataError(where, field + ".damp", fmt::format("expected 0..1, found {}", p.damp));
+      if (!(p.damp >= 0 && p.damp <= 1))
+        throw DataError(where, field + ".damp", fmt::format("expected 0..1, found {}", p.damp));
       if (p.act_bits != 0 && p.act_bits != 8) {
-        throw DataError(where, field + ".act_bits", fmt::format("expected 0 or 8, found {}", p.act_bits));
+        throw DataError(where, field + ".act_bits",
+                        fmt::format("expected 0 or 8, found {}", p.act_bits));
       }
-      if (p.bits < 2 || p.bits > 8) throw DataError(where, field + ".bits", fmt::format("expected 2..8, found {}", p.bits));
+      if (p.bits < 2 || p.bits > 8)
+        throw DataError(where, field + ".bits", fmt::format("expected 2..8, found {}", p.bits));
       if (p.group_size == 0 || p.group_size < -1) {
-        throw DataError(where, field + ".group_size", fmt::format("expected -1 or a positive size, found {}", p.group_size));
+        throw DataError(where, field + ".group_size",
+                        fmt::format("expected -1 or a positive size, found {}", p.group_size));
       }
       plan.tensors[name] = p;
     }
   }
-  plan.expert_scores = layer_lists<double>(doc, "expert_scores", where, "scores", "numbers", "numbers",
-                                           [](const nlohmann::json& x) { return x.is_number(); });
+  plan.expert_scores =
+      layer_lists<double>(doc, "expert_scores", where, "scores", "numbers", "numbers",
+                          [](const nlohmann::json& x) { return x.is_number(); });
   if (doc.contains("expert_scale")) {
     const auto& e = doc["expert_scale"];
-    if (!e.is_object()) throw DataError(where, "expert_scale", "expected an object {layer: factor}");
+    if (!e.is_object())
+      throw DataError(where, "expert_scale", "expected an object {layer: factor}");
     for (const auto& [layer, v] : e.items()) {
       const std::string field = "expert_scale." + layer;
       const int64_t index = layer_index(layer, where, field);
-      if (!v.is_number() || !std::isfinite(v.get<double>())) throw DataError(where, field, "expected a finite number");
+      if (!v.is_number() || !std::isfinite(v.get<double>()))
+        throw DataError(where, field, "expected a finite number");
       plan.expert_scale[index] = v.get<double>();
     }
   }
   if (doc.contains("diagnostics")) {
-    if (!doc["diagnostics"].is_object()) throw DataError(where, "diagnostics", "expected an object {pass: {...}}");
+    if (!doc["diagnostics"].is_object())
+      throw DataError(where, "diagnostics", "expected an object {pass: {...}}");
     for (const auto& [k, v] : doc["diagnostics"].items()) plan.diagnostics[k] = v;
   }
   if (doc.contains("smoothing")) plan.smoothing = smoothing_from_json(doc["smoothing"], where);
@@ -225,32 +248,41 @@ CompressionPlan CompressionPlan::read(const std::string& path) {
 }
 
 void CompressionPlan::validate(const ModelSpec& spec, const std::vector<std::string>& tensor_names,
-                               const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& where) const {
+                               const std::map<std::string, std::vector<int64_t>>& shapes,
+                               const std::string& where) const {
   for (const auto& [layer, ids] : experts) {
     const std::string field = "experts." + std::to_string(layer);
-    if (layer < 0 || layer >= spec.num_layers) throw DataError(where, field, "no such decoder layer");
+    if (layer < 0 || layer >= spec.num_layers)
+      throw DataError(where, field, "no such decoder layer");
     const LayerSpec& l = spec.layers[layer];
     if (!l.is_moe) throw DataError(where, field, "not an MoE layer");
     for (size_t i = 0; i < ids.size(); ++i) {
       if (ids[i] < 0 || ids[i] >= l.num_experts) {
-        throw DataError(where, field, fmt::format("expert id {} outside [0, {})", ids[i], l.num_experts));
+        throw DataError(where, field,
+                        fmt::format("expert id {} outside [0, {})", ids[i], l.num_experts));
       }
-      if (i > 0 && ids[i] <= ids[i - 1]) throw DataError(where, field, "expert ids must be unique and ascending");
+      if (i > 0 && ids[i] <= ids[i - 1])
+        throw DataError(where, field, "expert ids must be unique and ascending");
     }
     if (static_cast<int64_t>(ids.size()) < l.top_k) {
-      throw DataError(where, field, fmt::format("keeps {} experts but top_k is {}", ids.size(), l.top_k));
+      throw DataError(where, field,
+                      fmt::format("keeps {} experts but top_k is {}", ids.size(), l.top_k));
     }
   }
   for (const auto& [layer, scores] : expert_scores) {
     const std::string field = "expert_scores." + std::to_string(layer);
-    if (layer < 0 || layer >= spec.num_layers || !spec.layers[layer].is_moe) throw DataError(where, field, "not an MoE layer");
+    if (layer < 0 || layer >= spec.num_layers || !spec.layers[layer].is_moe)
+      throw DataError(where, field, "not an MoE layer");
     if (static_cast<int64_t>(scores.size()) != spec.layers[layer].num_experts) {
-      throw DataError(where, field, fmt::format("{} scores for {} experts", scores.size(), spec.layers[layer].num_experts));
+      throw DataError(
+          where, field,
+          fmt::format("{} scores for {} experts", scores.size(), spec.layers[layer].num_experts));
     }
   }
   for (const auto& [layer, factor] : expert_scale) {
     const std::string field = "expert_scale." + std::to_string(layer);
-    if (layer < 0 || layer >= spec.num_layers || !spec.layers[layer].is_moe) throw DataError(where, field, "not an MoE layer");
+    if (layer < 0 || layer >= spec.num_layers || !spec.layers[layer].is_moe)
+      throw DataError(where, field, "not an MoE layer");
     if (!std::isfinite(factor)) throw DataError(where, field, "expected a finite number");
   }
   for (const auto& [name, p] : tensors) {
@@ -261,7 +293,8 @@ void CompressionPlan::validate(const ModelSpec& spec, const std::vector<std::str
     const auto& shape = shapes.at(name);
     const int64_t in = shape.back();
     if (p.group_size > 0 && in % p.group_size != 0) {
-      throw DataError(where, field + ".group_size", fmt::format("{} does not divide the input width {}", p.group_size, in));
+      throw DataError(where, field + ".group_size",
+                      fmt::format("{} does not divide the input width {}", p.group_size, in));
     }
   }
 }

@@ -19,7 +19,7 @@ struct ModelSpec;
 struct TensorPlan {
   std::string method = "rtn";  ///< "rtn" or "gptq"
   int64_t bits = 4;
-  int64_t group_size = 128;    ///< -1 = whole row
+  int64_t group_size = 128;  ///< -1 = whole row
   bool sym = true;
   // gptq only (plan.json omits them for rtn):
   std::string act_order = "static";  ///< "none" | "static" | "dynamic" (ALGORITHMS.md §1.5)
@@ -35,19 +35,20 @@ struct TensorPlan {
 /// W8A8 smoothing of every layer before its quantization (the `smoothquant` pass, ALGORITHMS.md §2;
 /// docs/smoothquant.md): enough for `lathe apply --plan` alone to redo it from calibration data.
 struct SmoothingPlan {
-  double alpha = 0.5;                ///< migration strength in [0, 1]; unused when adaptive
-  bool adaptive = false;             ///< HAQ-style α per smoothing group from {0.3, …, 0.9} (§2.3)
+  double alpha = 0.5;     ///< migration strength in [0, 1]; unused when adaptive
+  bool adaptive = false;  ///< HAQ-style α per smoothing group from {0.3, …, 0.9} (§2.3)
   std::string statistic = "absmax";  ///< "absmax" | "range"
   bool v_to_o = false;               ///< also fold v_proj rows into o_proj columns (GQA)
   bool operator==(const SmoothingPlan& o) const {
-    return alpha == o.alpha && adaptive == o.adaptive && statistic == o.statistic && v_to_o == o.v_to_o;
+    return alpha == o.alpha && adaptive == o.adaptive && statistic == o.statistic &&
+           v_to_o == o.v_to_o;
   }
 };
 
 class CompressionPlan {
  public:
-  std::string pipeline;  ///< canonical pipeline string that produced it
-  std::string model;     ///< input model directory, as given
+  std::string pipeline;             ///< canonical pipeline string that produced it
+  std::string model;                ///< input model directory, as given
   std::string weights_fingerprint;  ///< of the input model
   /// MoE layer → kept ORIGINAL expert ids, ascending (new id i is experts[i]). Absent: all kept.
   std::map<int64_t, std::vector<int64_t>> experts;
@@ -59,8 +60,9 @@ class CompressionPlan {
   /// per ORIGINAL expert id, unnormalised (counts, masses, norms or random draws). Informational:
   /// apply ignores it. Absent: no scoring pass ran.
   std::map<int64_t, std::vector<double>> expert_scores;
-  /// Per MoE layer, a factor the apply stage multiplies the KEPT routed experts' down_proj by (DiEP's
-  /// β folded in, ALGORITHMS.md §3; exact, since the routed sum is linear in down_proj). Absent: 1.
+  /// Per MoE layer, a factor the apply stage multiplies the KEPT routed experts' down_proj by
+  /// (DiEP's β folded in, ALGORITHMS.md §3; exact, since the routed sum is linear in down_proj).
+  /// Absent: 1.
   std::map<int64_t, double> expert_scale;
   /// What a trained or searched decision recorded for the report (DiEP: loss curve, mean gate,
   /// gates and β per layer; NAEE: loss per kept set). Pass name → free-form JSON; apply ignores it.
@@ -73,11 +75,12 @@ class CompressionPlan {
   /// Reads plan.json; DataError(where = path, field = JSON path) for anything malformed.
   static CompressionPlan from_json(const nlohmann::json& doc, const std::string& where);
   static CompressionPlan read(const std::string& path);
-  /// Checks the plan against the input model: expert ids unique, ascending, in range, at least top_k
-  /// per layer, only MoE layers; tensor names exist (per expected_tensors) and are 2-d linears that
-  /// may be quantized; group sizes divide the input width. DataError naming the field.
+  /// Checks the plan against the input model: expert ids unique, ascending, in range, at least
+  /// top_k per layer, only MoE layers; tensor names exist (per expected_tensors) and are 2-d
+  /// linears that may be quantized; group sizes divide the input width. DataError naming the field.
   void validate(const ModelSpec& spec, const std::vector<std::string>& tensor_names,
-                const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& where) const;
+                const std::map<std::string, std::vector<int64_t>>& shapes,
+                const std::string& where) const;
 };
 
 }  // namespace lathe

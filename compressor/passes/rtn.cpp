@@ -1,7 +1,7 @@
 // `rtn`: round-to-nearest weight quantization (ALGORITHMS.md §1.4's quantizer without GPTQ's error
-// feedback). Decide: every quantizable linear gets a TensorPlan (per-tensor overrides by regex, first
-// match wins). Apply: the weight is replaced by its dequantized values in the stored dtype, so the HF
-// checkpoint in out/model computes what the packed export will.
+// feedback). Decide: every quantizable linear gets a TensorPlan (per-tensor overrides by regex,
+// first match wins). Apply: the weight is replaced by its dequantized values in the stored dtype,
+// so the HF checkpoint in out/model computes what the packed export will.
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
@@ -16,56 +16,66 @@
 
 namespace lathe {
 
-
 std::string quant_format(const TensorPlan& p) {
   return fmt::format("{}-int{}-g{}-{}", p.method, p.bits, p.group_size, p.sym ? "sym" : "asym");
 }
 
-TensorOverrides::TensorOverrides(const PassInstance& instance) : pass_(instance.name), base_(instance.options) {
+TensorOverrides::TensorOverrides(const PassInstance& instance)
+    : pass_(instance.name), base_(instance.options) {
   for (size_t i = 0; i < instance.overrides.size(); ++i) {
     const PassOverride& o = instance.overrides[i];
     try {
       compiled_.push_back({std::regex(o.match, std::regex::ECMAScript), o.match, o.options});
     } catch (const std::regex_error& e) {
-      throw ConfigError("", fmt::format("{}.overrides[{}].match", pass_, i), "\"" + o.match + "\" is not a valid regex: " + e.what());
+      throw ConfigError("", fmt::format("{}.overrides[{}].match", pass_, i),
+                        "\"" + o.match + "\" is not a valid regex: " + e.what());
     }
   }
 }
 
-std::vector<std::pair<ExpectedTensor, OptionValues>> TensorOverrides::resolve(const DecideContext& ctx,
-                                                                              const CompressionPlan& plan) const {
+std::vector<std::pair<ExpectedTensor, OptionValues>> TensorOverrides::resolve(
+    const DecideContext& ctx, const CompressionPlan& plan) const {
   std::vector<std::pair<ExpectedTensor, OptionValues>> out;
   std::vector<int64_t> hits(compiled_.size(), 0);
   for (const ExpectedTensor& t : ctx.tensors) {
     if (!is_quantizable(t.role)) continue;
     if (t.expert >= 0) {
       auto kept = plan.experts.find(t.layer);
-      if (kept != plan.experts.end() && !std::binary_search(kept->second.begin(), kept->second.end(), t.expert)) continue;
+      if (kept != plan.experts.end() &&
+          !std::binary_search(kept->second.begin(), kept->second.end(), t.expert))
+        continue;
     }
     std::string module = t.name;
-    if (module.size() > 7 && module.compare(module.size() - 7, 7, ".weight") == 0) module.resize(module.size() - 7);
+    if (module.size() > 7 && module.compare(module.size() - 7, 7, ".weight") == 0)
+      module.resize(module.size() - 7);
     OptionValues opts = base_;
     for (size_t i = 0; i < compiled_.size(); ++i) {
       if (!std::regex_match(module, compiled_[i].re)) continue;
       for (const auto& [k, v] : compiled_[i].options.values()) opts.set(k, v);
-      ctx.log.push_back(fmt::format("{}: {} matches override \"{}\"", pass_, t.name, compiled_[i].text));
+      ctx.log.push_back(
+          fmt::format("{}: {} matches override \"{}\"", pass_, t.name, compiled_[i].text));
       hits[i] += 1;
       break;
     }
     if (opts.get_bool("skip")) continue;
     const int64_t g = opts.get_int("group-size"), in = t.shape.back();
     if (g == 0 || g < -1 || (g > 0 && in % g != 0)) {
-      throw ConfigError("", pass_ + ".group-size",
-                        fmt::format("{} does not divide the input width {} of {}; use a divisor or -1", g, in, t.name));
+      throw ConfigError(
+          "", pass_ + ".group-size",
+          fmt::format("{} does not divide the input width {} of {}; use a divisor or -1", g, in,
+                      t.name));
     }
     out.push_back({t, opts});
   }
   for (size_t i = 0; i < compiled_.size(); ++i) {
     if (hits[i] == 0) {
-      throw ConfigError("", fmt::format("{}.overrides[{}].match", pass_, i),
-                        fmt::format("\"{}\" matches no quantizable tensor (it must match a whole module name without "
-                                    "\".weight\", e.g. model\\.layers\\.0\\.mlp\\.down_proj); `lathe tensors MODEL` lists them",
-                                    compiled_[i].text));
+      throw ConfigError(
+          "", fmt::format("{}.overrides[{}].match", pass_, i),
+          fmt::format(
+              "\"{}\" matches no quantizable tensor (it must match a whole module name without "
+              "\".weight\", e.g. model\\.layers\\.0\\.mlp\\.down_proj); `lathe tensors MODEL` "
+              "lists them",
+              compiled_[i].text));
     }
   }
   return out;
@@ -100,11 +110,12 @@ at::ScalarType scale_storage_dtype(at::ScalarType stored) {
   return stored == at::kBFloat16 ? at::kBFloat16 : at::kHalf;
 }
 
-void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& p, QuantRecord quant,
-                      nlohmann::json details) {
+void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& p,
+                      QuantRecord quant, nlohmann::json details) {
   const at::Tensor w = t.value.to(at::kFloat);
   const at::Tensor deq = quant.dequantize();
-  // fp64 sums: tens of thousands of squares, and the figure must not depend on BLAS or thread count.
+  // fp64 sums: tens of thousands of squares, and the figure must not depend on BLAS or thread
+  // count.
   const double denom = w.to(at::kDouble).square().sum().item<double>();
   TensorRecord r;
   r.name = t.name;
@@ -119,7 +130,8 @@ void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& 
                                    [&](const TensorRecord& o) { return o.name == t.name; }),
                     ctx.records.end());
   ctx.records.push_back(r);
-  ctx.quant.erase(std::remove_if(ctx.quant.begin(), ctx.quant.end(), [&](const QuantRecord& o) { return o.name == t.name; }),
+  ctx.quant.erase(std::remove_if(ctx.quant.begin(), ctx.quant.end(),
+                                 [&](const QuantRecord& o) { return o.name == t.name; }),
                   ctx.quant.end());
   quant.name = t.name;
   ctx.quant.push_back(std::move(quant));
@@ -136,7 +148,8 @@ void apply_rtn(LayerApplyContext& ctx) {
     QuantRecord quant;
     if (w.dim() == 3) {  // fused experts [E, out, in]: one linear per expert
       std::vector<QuantRecord> parts;
-      for (int64_t e = 0; e < w.size(0); ++e) parts.push_back(make_quant_record(t.name, quantize_rtn(w[e], spec), {}));
+      for (int64_t e = 0; e < w.size(0); ++e)
+        parts.push_back(make_quant_record(t.name, quantize_rtn(w[e], spec), {}));
       quant = stack_quant_records(t.name, parts);
     } else {
       quant = make_quant_record(t.name, quantize_rtn(w, spec), {});
@@ -145,21 +158,27 @@ void apply_rtn(LayerApplyContext& ctx) {
   }
 }
 
-std::unique_ptr<Pass> make_rtn_pass(const PassInstance& instance) { return std::make_unique<RtnPass>(instance); }
+std::unique_ptr<Pass> make_rtn_pass(const PassInstance& instance) {
+  return std::make_unique<RtnPass>(instance);
+}
 
 PassInfo rtn_pass_info() {
-  return {"rtn",
-               "round-to-nearest weight quantization of every decoder linear (no calibration data)",
-               {
-                   make_option("bits", OptionType::kInt, "4", "bits per weight", 2, 8),
-                   make_option("group-size", OptionType::kInt, "128",
-                          "columns sharing one scale; -1 = a whole row (must divide the input width)", -1, 1 << 20),
-                   make_option("sym", OptionType::kBool, "true", "symmetric (zero point 2^(bits-1)) or asymmetric"),
-                   make_option("skip", OptionType::kBool, "false", "leave the tensor unquantized (for overrides)"),
-               },
-               {},
-               true,
-               make_rtn_pass};
+  return {
+      "rtn",
+      "round-to-nearest weight quantization of every decoder linear (no calibration data)",
+      {
+          make_option("bits", OptionType::kInt, "4", "bits per weight", 2, 8),
+          make_option("group-size", OptionType::kInt, "128",
+                      "columns sharing one scale; -1 = a whole row (must divide the input width)",
+                      -1, 1 << 20),
+          make_option("sym", OptionType::kBool, "true",
+                      "symmetric (zero point 2^(bits-1)) or asymmetric"),
+          make_option("skip", OptionType::kBool, "false",
+                      "leave the tensor unquantized (for overrides)"),
+      },
+      {},
+      true,
+      make_rtn_pass};
 }
 
 }  // namespace lathe

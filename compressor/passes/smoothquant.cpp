@@ -450,29 +450,38 @@ std::unique_ptr<Pass> make_smoothquant_pass(const PassInstance& instance) {
 }
 
 PassInfo smoothquant_pass_info() {
-  OptionSpec statistic = make_option("statistic", OptionType::kEnum, "absmax",
-                                "per-channel statistics: absmax (max|X| vs max|W|) or range (max X - min X vs 2 max|W|)");
+  OptionSpec statistic = make_option(
+      "statistic", OptionType::kEnum, "absmax",
+      "per-channel statistics: absmax (max|X| vs max|W|) or range (max X - min X vs 2 max|W|)");
   statistic.choices = {"absmax", "range"};
-  OptionSpec act_order = make_option("act-order", OptionType::kEnum, "static", "GPTQ column order: none, static or dynamic");
+  OptionSpec act_order = make_option("act-order", OptionType::kEnum, "static",
+                                     "GPTQ column order: none, static or dynamic");
   act_order.choices = {"none", "static", "dynamic"};
-  return {"smoothquant",
-               "W8A8: SmoothQuant scales folded into the weights, then int8 per-channel GPTQ weights with int8 "
-               "per-token inputs (needs calibration data)",
-               {
-                   make_option("alpha", OptionType::kFloat, "0.5", "migration strength (0.75-0.85 for outlier-heavy models)", 0, 1),
-                   make_option("adaptive", OptionType::kBool, "false",
-                          "choose alpha per smoothing group from 0.3..0.9 by the W8A8 output error"),
-                   statistic,
-                   make_option("v-to-o", OptionType::kBool, "false", "also fold v_proj rows into o_proj columns (GQA)"),
-                   act_order,
-                   make_option("damp", OptionType::kFloat, "0.01", "GPTQ dampening, relative to mean(diag H)", 0, 1),
-                   make_option("smooth", OptionType::kBool, "true", "false: W8A8 without smoothing (a baseline)"),
-                   make_option("quantize", OptionType::kBool, "true",
-                          "false: smooth only, everything stays in full precision (checks that smoothing is exact)"),
-               },
-               {},
-               false,
-               make_smoothquant_pass};
+  return {
+      "smoothquant",
+      "W8A8: SmoothQuant scales folded into the weights, then int8 per-channel GPTQ weights with "
+      "int8 "
+      "per-token inputs (needs calibration data)",
+      {
+          make_option("alpha", OptionType::kFloat, "0.5",
+                      "migration strength (0.75-0.85 for outlier-heavy models)", 0, 1),
+          make_option("adaptive", OptionType::kBool, "false",
+                      "choose alpha per smoothing group from 0.3..0.9 by the W8A8 output error"),
+          statistic,
+          make_option("v-to-o", OptionType::kBool, "false",
+                      "also fold v_proj rows into o_proj columns (GQA)"),
+          act_order,
+          make_option("damp", OptionType::kFloat, "0.01",
+                      "GPTQ dampening, relative to mean(diag H)", 0, 1),
+          make_option("smooth", OptionType::kBool, "true",
+                      "false: W8A8 without smoothing (a baseline)"),
+          make_option("quantize", OptionType::kBool, "true",
+                      "false: smooth only, everything stays in full precision (checks that "
+                      "smoothing is exact)"),
+      },
+      {},
+      false,
+      make_smoothquant_pass};
 }
 
 }  // namespace lathe

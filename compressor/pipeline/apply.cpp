@@ -1,12 +1,12 @@
 #include "compressor/pipeline/apply.h"
 
-#include <sys/resource.h>
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <sys/resource.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -60,7 +60,8 @@ std::vector<std::unique_ptr<Pass>> make_passes(const std::vector<PassInstance>& 
 }
 
 /// The record of a tensor written as it was loaded (no pass changed it).
-TensorRecord unchanged_record(const std::string& name, const std::string& source, const at::Tensor& value) {
+TensorRecord unchanged_record(const std::string& name, const std::string& source,
+                              const at::Tensor& value) {
   TensorRecord r;
   r.name = name;
   r.source = source;
@@ -70,19 +71,22 @@ TensorRecord unchanged_record(const std::string& name, const std::string& source
 }
 
 /// config.json of the output model: expert counts after surgery (ALGORITHMS.md §4.4 for groups).
-nlohmann::json output_config(const nlohmann::json& config, const ModelSpec& spec, const CompressionPlan& plan,
-                             std::vector<std::string>* warnings) {
+nlohmann::json output_config(const nlohmann::json& config, const ModelSpec& spec,
+                             const CompressionPlan& plan, std::vector<std::string>* warnings) {
   nlohmann::json out = config;
   if (plan.experts.empty()) return out;
   std::vector<int64_t> per_layer;
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     const LayerSpec& l = spec.layers[i];
     auto it = plan.experts.find(i);
-    per_layer.push_back(!l.is_moe ? 0 : it == plan.experts.end() ? l.num_experts : static_cast<int64_t>(it->second.size()));
+    per_layer.push_back(!l.is_moe                  ? 0
+                        : it == plan.experts.end() ? l.num_experts
+                                                   : static_cast<int64_t>(it->second.size()));
   }
   if (!write_expert_counts(out, spec, per_layer)) {
-    warnings->push_back("expert counts differ between layers: config.json has num_experts_per_layer, which only "
-                        "lathe reads (transformers needs the same count in every layer)");
+    warnings->push_back(
+        "expert counts differ between layers: config.json has num_experts_per_layer, which only "
+        "lathe reads (transformers needs the same count in every layer)");
   }
   // Group-limited routing survives only when every group keeps the same share (ALGORITHMS.md §4.4).
   const RoutingRule& r = spec.routing;
@@ -91,7 +95,8 @@ nlohmann::json output_config(const nlohmann::json& config, const ModelSpec& spec
     for (const auto& [layer, ids] : plan.experts) {
       const LayerSpec& l = spec.layers[layer];
       const int64_t group = l.num_experts / r.num_groups, m = static_cast<int64_t>(ids.size());
-      if (m % r.num_groups != 0 || r.topk_groups * (m / r.num_groups) < l.top_k) keep_groups = false;
+      if (m % r.num_groups != 0 || r.topk_groups * (m / r.num_groups) < l.top_k)
+        keep_groups = false;
       std::vector<int64_t> per_group(r.num_groups, 0);
       for (int64_t id : ids) per_group[id / group] += 1;
       for (int64_t c : per_group) keep_groups = keep_groups && c * r.num_groups == m;
@@ -99,9 +104,10 @@ nlohmann::json output_config(const nlohmann::json& config, const ModelSpec& spec
     if (!keep_groups) {
       out["n_group"] = 1;
       out["topk_group"] = 1;
-      warnings->push_back(fmt::format("group-limited routing (n_group {}, topk_group {}) turned off: the kept experts are "
-                                      "not spread evenly over the groups, so routing changed",
-                                      r.num_groups, r.topk_groups));
+      warnings->push_back(fmt::format(
+          "group-limited routing (n_group {}, topk_group {}) turned off: the kept experts are "
+          "not spread evenly over the groups, so routing changed",
+          r.num_groups, r.topk_groups));
     }
   }
   return out;
@@ -110,17 +116,24 @@ nlohmann::json output_config(const nlohmann::json& config, const ModelSpec& spec
 struct ResumeState {
   std::string pipeline, weights, plan, calibration;
   std::map<int64_t, std::string> layers;  // shard index → sha256
-  std::map<int64_t, std::string> quant;   // shard index → sha256 of its quant/ shard ("" when none)
+  std::map<int64_t, std::string> quant;  // shard index → sha256 of its quant/ shard ("" when none)
   nlohmann::json to_json() const {
     nlohmann::json l = nlohmann::json::object(), q = nlohmann::json::object();
     for (const auto& [k, v] : layers) l[std::to_string(k)] = v;
     for (const auto& [k, v] : quant) q[std::to_string(k)] = v;
-    return {{"format", "lathe-resume"}, {"version", 1}, {"pipeline", pipeline}, {"weights_fingerprint", weights},
-            {"plan_sha256", plan}, {"calibration", calibration}, {"shards", l}, {"quant_shards", q}};
+    return {{"format", "lathe-resume"},
+            {"version", 1},
+            {"pipeline", pipeline},
+            {"weights_fingerprint", weights},
+            {"plan_sha256", plan},
+            {"calibration", calibration},
+            {"shards", l},
+            {"quant_shards", q}};
   }
 };
 
-/// Checks the plan against this model's quantizable tensors and shapes (ConfigError naming the field).
+/// Checks the plan against this model's quantizable tensors and shapes (ConfigError naming the
+/// field).
 void validate_plan(const CompressionPlan& plan, const ModelSpec& spec, ExpertLayout layout) {
   std::vector<std::string> quantizable;
   std::map<std::string, std::vector<int64_t>> shapes;
@@ -133,8 +146,10 @@ void validate_plan(const CompressionPlan& plan, const ModelSpec& spec, ExpertLay
   plan.validate(spec, quantizable, shapes, "plan");
 }
 
-/// Whether a pass (or, without passes, the plan: smoothing or gptq tensors) needs the layers' inputs.
-bool apply_needs_activations(const ApplyRequest& req, const std::vector<std::unique_ptr<Pass>>& passes) {
+/// Whether a pass (or, without passes, the plan: smoothing or gptq tensors) needs the layers'
+/// inputs.
+bool apply_needs_activations(const ApplyRequest& req,
+                             const std::vector<std::unique_ptr<Pass>>& passes) {
   bool needs = false;
   for (const auto& p : passes) needs = needs || p->needs_activations();
   if (passes.empty()) {
@@ -144,16 +159,19 @@ bool apply_needs_activations(const ApplyRequest& req, const std::vector<std::uni
   return needs;
 }
 
-/// The calibration set of a run whose passes need the layers' inputs (ConfigError when none is given).
+/// The calibration set of a run whose passes need the layers' inputs (ConfigError when none is
+/// given).
 CalibrationSet apply_calibration(const ApplyRequest& req) {
   if (!req.calibration) {
     throw ConfigError("", "calibration",
-                      "gptq and smoothquant quantize with the layers' inputs: give calibration data (a calibration "
+                      "gptq and smoothquant quantize with the layers' inputs: give calibration "
+                      "data (a calibration "
                       "section in the recipe, or --data TASK=FILE for lathe apply)");
   }
   const Tokenizer tokenizer = Tokenizer::from_model_dir(req.model_dir);
-  return build_calibration_set(*req.calibration, tokenizer,
-                               file_fingerprint((fs::path(req.model_dir) / "tokenizer.json").string()));
+  return build_calibration_set(
+      *req.calibration, tokenizer,
+      file_fingerprint((fs::path(req.model_dir) / "tokenizer.json").string()));
 }
 
 /// Resume (docs/output.md): a partial run of the same inputs keeps the shards whose bytes are what
@@ -162,12 +180,15 @@ CalibrationSet apply_calibration(const ApplyRequest& req) {
 void restore_resume_state(const fs::path& partial, int64_t layers, bool fresh, ResumeState* state) {
   const fs::path state_path = partial / ".lathe" / "state.json";
   if (fs::exists(state_path)) {
-    const nlohmann::json old = parse_json_strict(read_file(state_path.string()), state_path.string(), "");
+    const nlohmann::json old =
+        parse_json_strict(read_file(state_path.string()), state_path.string(), "");
     std::vector<std::string> changed;
     if (old.value("pipeline", "") != state->pipeline) changed.push_back("the pipeline changed");
-    if (old.value("weights_fingerprint", "") != state->weights) changed.push_back("the model weights changed");
+    if (old.value("weights_fingerprint", "") != state->weights)
+      changed.push_back("the model weights changed");
     if (old.value("plan_sha256", "") != state->plan) changed.push_back("the plan changed");
-    if (old.value("calibration", "") != state->calibration) changed.push_back("the calibration data changed");
+    if (old.value("calibration", "") != state->calibration)
+      changed.push_back("the calibration data changed");
     if (!changed.empty()) {
       if (!fresh) {
         std::string message = "a partial run of other inputs is here:";
@@ -184,7 +205,9 @@ void restore_resume_state(const fs::path& partial, int64_t layers, bool fresh, R
         const int64_t index = std::stoll(k);
         const fs::path file = partial / "model" / checkpoint_shard_name(index, layers + 1);
         // A shard counts as finished only when its bytes are what the state recorded.
-        if (v.is_string() && fs::exists(file) && file_fingerprint(file.string()) == v.get<std::string>()) state->layers[index] = v;
+        if (v.is_string() && fs::exists(file) &&
+            file_fingerprint(file.string()) == v.get<std::string>())
+          state->layers[index] = v;
       }
       // ... and its quant/ shard, when it has one, is intact too.
       const nlohmann::json q = old.value("quant_shards", nlohmann::json::object());
@@ -192,8 +215,10 @@ void restore_resume_state(const fs::path& partial, int64_t layers, bool fresh, R
         const std::string key = std::to_string(it->first);
         const fs::path file = partial / "quant" / checkpoint_shard_name(it->first, layers + 1);
         const bool ok = q.contains(key) && q[key].is_string() &&
-                        (q[key].get<std::string>().empty() ? !fs::exists(file)
-                                                           : fs::exists(file) && file_fingerprint(file.string()) == q[key].get<std::string>());
+                        (q[key].get<std::string>().empty()
+                             ? !fs::exists(file)
+                             : fs::exists(file) &&
+                                   file_fingerprint(file.string()) == q[key].get<std::string>());
         if (ok) {
           state->quant[it->first] = q[key].get<std::string>();
           ++it;
@@ -203,7 +228,8 @@ void restore_resume_state(const fs::path& partial, int64_t layers, bool fresh, R
       }
     }
   } else if (fs::exists(partial / "model")) {
-    fs::remove_all(partial / "model");  // killed before its first state was written: nothing to keep
+    fs::remove_all(partial /
+                   "model");  // killed before its first state was written: nothing to keep
     fs::remove_all(partial / "quant");
     fs::remove_all(partial / "verify");
   }
@@ -217,7 +243,8 @@ using ApplyStep = std::pair<std::string, std::function<void(LayerApplyContext&)>
 
 /// The passes' apply hooks; without passes (lathe apply on a plan.json) the plan alone drives the
 /// built-in steps: expert surgery, then each tensor's quantization method.
-std::vector<ApplyStep> apply_steps(const ApplyRequest& req, const std::vector<std::unique_ptr<Pass>>& passes,
+std::vector<ApplyStep> apply_steps(const ApplyRequest& req,
+                                   const std::vector<std::unique_ptr<Pass>>& passes,
                                    bool needs_activations) {
   std::vector<ApplyStep> steps;
   for (size_t p = 0; p < passes.size(); ++p) {
@@ -225,12 +252,14 @@ std::vector<ApplyStep> apply_steps(const ApplyRequest& req, const std::vector<st
     steps.push_back({req.passes[p].name, [pass](LayerApplyContext& c) { pass->apply(c); }});
   }
   if (passes.empty()) {
-    if (!req.plan.experts.empty() || !req.plan.expert_scale.empty()) steps.push_back({"expert-surgery", apply_expert_surgery});
+    if (!req.plan.experts.empty() || !req.plan.expert_scale.empty())
+      steps.push_back({"expert-surgery", apply_expert_surgery});
     bool rtn = false;
     for (const auto& [name, t] : req.plan.tensors) rtn = rtn || t.method == "rtn";
     if (rtn) steps.push_back({"rtn", apply_rtn});
     if (req.plan.smoothing) {
-      steps.push_back({"smoothquant", apply_smoothquant});  // smoothing, then GPTQ of the plan's tensors
+      steps.push_back(
+          {"smoothquant", apply_smoothquant});  // smoothing, then GPTQ of the plan's tensors
     } else if (needs_activations) {
       steps.push_back({"gptq", apply_gptq});
     }
@@ -239,8 +268,8 @@ std::vector<ApplyStep> apply_steps(const ApplyRequest& req, const std::vector<st
 }
 
 /// The last shard: embedding, final norm and LM head, unchanged.
-void write_last_shard(const ModelSpec& spec, ExpertLayout layout, const WeightStore& store, CheckpointShards* shards,
-                      std::vector<TensorRecord>* records) {
+void write_last_shard(const ModelSpec& spec, ExpertLayout layout, const WeightStore& store,
+                      CheckpointShards* shards, std::vector<TensorRecord>* records) {
   std::vector<TensorBytes> bytes;
   std::vector<at::Tensor> keep;
   std::vector<std::string> names;
@@ -262,17 +291,21 @@ void write_expert_map(const CompressionPlan& plan, const ModelSpec& spec, const 
   for (const auto& [l, ids] : plan.experts) layers[std::to_string(l)] = ids;
   int64_t source = 0;
   for (const auto& l : spec.layers) source = std::max(source, l.num_experts);
-  const nlohmann::json map = {{"format", "lathe-expert-map"}, {"version", 1},   {"source_num_experts", source},
-                              {"method", plan.decided_by.count("experts") ? plan.decided_by.at("experts") : ""},
-                              {"layers", layers},           {"padding", nlohmann::json::object()}};
+  const nlohmann::json map = {
+      {"format", "lathe-expert-map"},
+      {"version", 1},
+      {"source_num_experts", source},
+      {"method", plan.decided_by.count("experts") ? plan.decided_by.at("experts") : ""},
+      {"layers", layers},
+      {"padding", nlohmann::json::object()}};
   write_file_atomically(path.string(), map.dump(2) + "\n");
 }
 
 /// lathe_manifest.json (docs/output.md): pipeline, input fingerprints, every tensor's format and
 /// error, the removed experts and every output file's fingerprint.
-nlohmann::json apply_manifest(const ApplyRequest& req, const ModelSpec& spec, const nlohmann::json& config,
-                              const std::string& weights_fp, const std::vector<TensorRecord>& records,
-                              const fs::path& partial) {
+nlohmann::json apply_manifest(const ApplyRequest& req, const ModelSpec& spec,
+                              const nlohmann::json& config, const std::string& weights_fp,
+                              const std::vector<TensorRecord>& records, const fs::path& partial) {
   // Output tensors by output name; removed experts listed by their input names apart, since a
   // renumbered kept expert may carry a removed one's old name.
   nlohmann::json tensors_json = nlohmann::json::object(), removed_json = nlohmann::json::array();
@@ -295,35 +328,38 @@ nlohmann::json apply_manifest(const ApplyRequest& req, const ModelSpec& spec, co
     if (!fs::exists(partial / sub)) continue;
     for (const auto& entry : fs::directory_iterator(partial / sub)) {
       if (entry.is_regular_file()) {
-        outputs[std::string(sub) + "/" + entry.path().filename().string()] = file_fingerprint(entry.path().string());
+        outputs[std::string(sub) + "/" + entry.path().filename().string()] =
+            file_fingerprint(entry.path().string());
       }
     }
   }
   outputs["plan.json"] = file_fingerprint((partial / "plan.json").string());
   nlohmann::json experts = nlohmann::json::object();
-  for (const auto& [l, ids] : req.plan.experts) experts[std::to_string(l)] = {{"count", ids.size()}, {"map", ids}};
+  for (const auto& [l, ids] : req.plan.experts)
+    experts[std::to_string(l)] = {{"count", ids.size()}, {"map", ids}};
   const fs::path tok = fs::path(req.model_dir) / "tokenizer.json";
-  return {
-      {"format", "lathe-manifest"},
-      {"version", 1},
-      {"tool", {{"name", "lathe"}, {"version", LATHE_VERSION}}},
-      {"pipeline", req.pipeline},
-      {"input_model",
-       {{"architecture", spec.model_type},
-        {"config_sha256", config_fingerprint(config)},
-        {"weights_fingerprint", weights_fp},
-        {"tokenizer_fingerprint", fs::exists(tok) ? file_fingerprint(tok.string()) : ""}}},
-      {"tensors", tensors_json},
-      {"removed", removed_json},
-      {"experts", experts},
-      {"outputs", outputs}};
+  return {{"format", "lathe-manifest"},
+          {"version", 1},
+          {"tool", {{"name", "lathe"}, {"version", LATHE_VERSION}}},
+          {"pipeline", req.pipeline},
+          {"input_model",
+           {{"architecture", spec.model_type},
+            {"config_sha256", config_fingerprint(config)},
+            {"weights_fingerprint", weights_fp},
+            {"tokenizer_fingerprint", fs::exists(tok) ? file_fingerprint(tok.string()) : ""}}},
+          {"tensors", tensors_json},
+          {"removed", removed_json},
+          {"experts", experts},
+          {"outputs", outputs}};
 }
 
 /// The layer-0 inputs of every calibration sequence (the embedding, in micro-batches).
-ActivationBuffer embed_calibration(const ModelSpec& spec, const WeightStore& store, const at::Tensor& calib_ids,
-                                   const StreamingOptions& streaming, at::ScalarType dtype) {
+ActivationBuffer embed_calibration(const ModelSpec& spec, const WeightStore& store,
+                                   const at::Tensor& calib_ids, const StreamingOptions& streaming,
+                                   at::ScalarType dtype) {
   const int64_t n = calib_ids.size(0), t = calib_ids.size(1);
-  ActivationBuffer buffer(n, t, spec.hidden_size, streaming.buffer_dtype, streaming.memory_limit_bytes, streaming.spill_dir);
+  ActivationBuffer buffer(n, t, spec.hidden_size, streaming.buffer_dtype,
+                          streaming.memory_limit_bytes, streaming.spill_dir);
   require_tensor(store, "model.embed_tokens.weight", {spec.vocab_size, spec.hidden_size});
   const at::Tensor table = load_tensor(store, "model.embed_tokens.weight");
   const auto cpu_work = at::TensorOptions().dtype(dtype);
@@ -336,7 +372,8 @@ ActivationBuffer embed_calibration(const ModelSpec& spec, const WeightStore& sto
 }
 
 /// A layer's tensors as loaded (stored dtype, views of the mapping), before any pass.
-std::vector<LayerTensor> load_layer_tensors(const WeightStore& store, const std::vector<ExpectedTensor>& expected) {
+std::vector<LayerTensor> load_layer_tensors(const WeightStore& store,
+                                            const std::vector<ExpectedTensor>& expected) {
   std::vector<LayerTensor> tensors;
   for (const auto& t : expected) {
     require_tensor(store, t.name, t.shape);
@@ -347,10 +384,12 @@ std::vector<LayerTensor> load_layer_tensors(const WeightStore& store, const std:
 }
 
 /// Records for the tensors no pass changed.
-void add_unchanged_records(const std::vector<LayerTensor>& tensors, std::vector<TensorRecord>* records) {
+void add_unchanged_records(const std::vector<LayerTensor>& tensors,
+                           std::vector<TensorRecord>* records) {
   std::set<std::string> recorded;
   for (const auto& r : *records) {
-    if (r.format != "removed") recorded.insert(r.name);  // a kept expert may now carry a removed one's name
+    if (r.format != "removed")
+      recorded.insert(r.name);  // a kept expert may now carry a removed one's name
   }
   for (const auto& t : tensors) {
     if (!recorded.count(t.name)) records->push_back(unchanged_record(t.name, t.source, t.value));
@@ -359,8 +398,9 @@ void add_unchanged_records(const std::vector<LayerTensor>& tensors, std::vector<
 
 /// Layer i's model and quant/ shards: written (their fingerprints into `state`; returns true), or,
 /// when the partial run being resumed wrote them already, only recorded in the indexes.
-bool write_layer_shards(int64_t i, const std::vector<LayerTensor>& tensors, const std::vector<QuantRecord>& quant,
-                        ResumeState* state, CheckpointShards* model_shards, CheckpointShards* quant_shards) {
+bool write_layer_shards(int64_t i, const std::vector<LayerTensor>& tensors,
+                        const std::vector<QuantRecord>& quant, ResumeState* state,
+                        CheckpointShards* model_shards, CheckpointShards* quant_shards) {
   std::vector<TensorBytes> quant_bytes;
   std::vector<at::Tensor> quant_keep;
   for (const auto& q : quant) append_quant_tensors(q, &quant_bytes, &quant_keep);
@@ -379,9 +419,11 @@ bool write_layer_shards(int64_t i, const std::vector<LayerTensor>& tensors, cons
 
 /// The output's config.json (expert counts after surgery), the input's side files, the model and
 /// quant/ indexes, the expert map and plan.json; returns the model shards' bytes.
-uint64_t write_model_files(const ApplyRequest& req, const ModelSpec& spec, const nlohmann::json& in_config,
-                           const std::string& plan_text, const fs::path& partial, const CheckpointShards& model_shards,
-                           const CheckpointShards& quant_shards, std::vector<std::string>* warnings) {
+uint64_t write_model_files(const ApplyRequest& req, const ModelSpec& spec,
+                           const nlohmann::json& in_config, const std::string& plan_text,
+                           const fs::path& partial, const CheckpointShards& model_shards,
+                           const CheckpointShards& quant_shards,
+                           std::vector<std::string>* warnings) {
   const nlohmann::json out_config = output_config(in_config, spec, req.plan, warnings);
   write_file_atomically((partial / "model" / "config.json").string(), out_config.dump(2) + "\n");
   copy_model_side_files(req.model_dir, partial / "model", {"expert_map.json"});
@@ -393,13 +435,15 @@ uint64_t write_model_files(const ApplyRequest& req, const ModelSpec& spec, const
   } else {
     quant_shards.write_index({{"format", "lathe-quant"}, {"version", 1}});
   }
-  if (!req.plan.experts.empty()) write_expert_map(req.plan, spec, partial / "model" / "expert_map.json");
+  if (!req.plan.experts.empty())
+    write_expert_map(req.plan, spec, partial / "model" / "expert_map.json");
   write_file_atomically((partial / "plan.json").string(), plan_text);
   return total;
 }
 
 /// Runs each step on the layer, adding its time and the peak RSS so far to `timings`.
-void run_steps(const std::vector<ApplyStep>& steps, LayerApplyContext& ctx, std::vector<PassTiming>* timings) {
+void run_steps(const std::vector<ApplyStep>& steps, LayerApplyContext& ctx,
+               std::vector<PassTiming>* timings) {
   for (size_t p = 0; p < steps.size(); ++p) {
     const auto t0 = std::chrono::steady_clock::now();
     try {
@@ -407,7 +451,8 @@ void run_steps(const std::vector<ApplyStep>& steps, LayerApplyContext& ctx, std:
     } catch (const Error& e) {  // name the pass and layer (the error names file and tensor)
       rethrow_with_context(e, fmt::format("{}, layer {}", steps[p].first, ctx.layer));
     }
-    (*timings)[p].seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    (*timings)[p].seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     (*timings)[p].peak_rss_bytes = peak_rss_bytes();
   }
 }
@@ -419,8 +464,8 @@ ActivationBuffer next_layer_inputs(LayerReplay& replay, const std::vector<LayerT
                                    const at::Tensor& calib_ids, const StreamingOptions& streaming) {
   int64_t act_bits = 0;
   for (const auto& q : quant) act_bits = std::max(act_bits, q.act_bits);
-  ActivationBuffer next(calib_ids.size(0), calib_ids.size(1), spec.hidden_size, streaming.buffer_dtype,
-                        streaming.memory_limit_bytes, streaming.spill_dir);
+  ActivationBuffer next(calib_ids.size(0), calib_ids.size(1), spec.hidden_size,
+                        streaming.buffer_dtype, streaming.memory_limit_bytes, streaming.spill_dir);
   replay.run(tensors, act_bits, nullptr, &next);
   return next;
 }
@@ -459,11 +504,13 @@ struct ApplyRun {
     activations.tokens = calib->tokens();
   }
 
-  /// Golden vectors for the verification harness: a few real rows carried through the compressed layers.
+  /// Golden vectors for the verification harness: a few real rows carried through the compressed
+  /// layers.
   void start_golden() {
     if (req.golden.rows <= 0) return;
     std::string source;
-    const at::Tensor rows = golden_rows(spec, store, calib_ids, calib_valid, req.golden.rows, &source);
+    const at::Tensor rows =
+        golden_rows(spec, store, calib_ids, calib_valid, req.golden.rows, &source);
     store.release("model.embed_tokens.weight");
     golden.emplace(out_spec, layout, req.golden, rows, source);
   }
@@ -484,12 +531,15 @@ struct ApplyRun {
       replay.emplace(out_spec, layout, i, *current, calib_valid, req.streaming, work);
       activations.run = [&](TapObserver& observer) { replay->run(tensors, 0, &observer, nullptr); };
     }
-    LayerApplyContext ctx{spec,  layout, i, req.plan, tensors, records, warnings, quant,
-                          calibrated ? &activations : nullptr, &out_spec};
+    LayerApplyContext ctx{spec,     layout,  i,
+                          req.plan, tensors, records,
+                          warnings, quant,   calibrated ? &activations : nullptr,
+                          &out_spec};
     run_steps(steps, ctx, &result.timings);
     if (golden) {
       const GoldenLayer g = golden->record(i, tensors, quant);
-      if (!g.linears.empty()) write_golden_layer((partial / "verify" / golden_file_name(i)).string(), g);
+      if (!g.linears.empty())
+        write_golden_layer((partial / "verify" / golden_file_name(i)).string(), g);
     }
     add_unchanged_records(tensors, &records);
     all_records.insert(all_records.end(), records.begin(), records.end());
@@ -502,13 +552,15 @@ struct ApplyRun {
     }
     // The next layer's inputs: this layer as compressed, on the calibration inputs.
     if (calibrated && i + 1 < spec.num_layers) {
-      ActivationBuffer next = next_layer_inputs(*replay, tensors, quant, spec, calib_ids, req.streaming);
+      ActivationBuffer next =
+          next_layer_inputs(*replay, tensors, quant, spec, calib_ids, req.streaming);
       replay.reset();
       *current = std::move(next);
     }
     activations.run = nullptr;
     for (const auto& t : expected) store.release(t.name);
-    result.layer_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    result.layer_seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
 };
 
@@ -520,17 +572,19 @@ void check_passes(const std::string& model_dir, const std::vector<PassInstance>&
 }
 
 CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,
-                           const std::string& pipeline, const std::string& stats_path, std::vector<std::string>* log,
-                           const DecideRequest& data) {
+                           const std::string& pipeline, const std::string& stats_path,
+                           std::vector<std::string>* log, const DecideRequest& data) {
   const ModelSpec spec = load_model_spec(model_dir);
   const WeightStore store(model_dir);
-  const ExpertLayout layout = detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
+  const ExpertLayout layout =
+      detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
   std::optional<StatsStore> stats;
   if (!stats_path.empty()) stats.emplace(StatsStore::open(stats_path));
   const std::vector<ExpectedTensor> tensors = expected_tensors(spec, layout);
   std::vector<std::string> notes;
   const ModelFingerprints fingerprints = model_fingerprints(store, spec, layout);
-  DecideContext ctx{spec, store, layout, stats ? &*stats : nullptr, tensors, notes, fingerprints.upstream};
+  DecideContext ctx{
+      spec, store, layout, stats ? &*stats : nullptr, tensors, notes, fingerprints.upstream};
   const std::vector<std::unique_ptr<Pass>> instances = make_passes(passes);
   bool needs_model = false;
   for (const auto& pass : instances) needs_model = needs_model || pass->decide_needs_model();
@@ -539,13 +593,15 @@ CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassI
   std::optional<DecideModel> decide_model;
   if (needs_model) {
     if (!data.calibration) {
-      throw ConfigError("", "calibration",
-                        "naee and diep run the model on calibration data to decide: add a calibration section");
+      throw ConfigError(
+          "", "calibration",
+          "naee and diep run the model on calibration data to decide: add a calibration section");
     }
     model.emplace(model_dir, data.forward);
     const Tokenizer tokenizer = Tokenizer::from_model_dir(model_dir);
-    calib = build_calibration_set(*data.calibration, tokenizer,
-                                  file_fingerprint((fs::path(model_dir) / "tokenizer.json").string()));
+    calib =
+        build_calibration_set(*data.calibration, tokenizer,
+                              file_fingerprint((fs::path(model_dir) / "tokenizer.json").string()));
     decide_model.emplace(DecideModel{*model, *calib, data.streaming});
     ctx.model = &*decide_model;
   }
@@ -564,18 +620,22 @@ CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassI
   return plan;
 }
 
-ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t, int64_t)>& progress) {
+ApplyResult run_apply(const ApplyRequest& req,
+                      const std::function<void(int64_t, int64_t)>& progress) {
   ApplyResult result;
   const fs::path out(req.out_dir), partial(req.out_dir + ".partial");
   if (fs::exists(out)) {
-    if (!req.force) throw ConfigError(req.out_dir, "", "the output directory exists; use --force to replace it");
+    if (!req.force)
+      throw ConfigError(req.out_dir, "", "the output directory exists; use --force to replace it");
   }
   const ModelSpec spec = load_model_spec(req.model_dir);
   const WeightStore store(req.model_dir);
-  const ExpertLayout layout = detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
+  const ExpertLayout layout =
+      detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
 
   validate_plan(req.plan, spec, layout);  // before anything is written
-  const std::string weights_fp = req.weights_fingerprint.empty() ? weights_fingerprint(store) : req.weights_fingerprint;
+  const std::string weights_fp =
+      req.weights_fingerprint.empty() ? weights_fingerprint(store) : req.weights_fingerprint;
   const std::string plan_text = req.plan.to_json().dump(2) + "\n";
   Sha256 plan_sha;
   plan_sha.update(plan_text);
@@ -584,30 +644,39 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
   const bool needs_activations = apply_needs_activations(req, passes);
   const std::optional<CalibrationSet> calib =
       needs_activations ? std::optional<CalibrationSet>(apply_calibration(req)) : std::nullopt;
-  ResumeState state{req.pipeline, weights_fp, fingerprint_from_digest(plan_sha.finish()), calib ? calib->fingerprint : "", {}, {}};
+  ResumeState state{req.pipeline,
+                    weights_fp,
+                    fingerprint_from_digest(plan_sha.finish()),
+                    calib ? calib->fingerprint : "",
+                    {},
+                    {}};
 
   const fs::path state_path = partial / ".lathe" / "state.json";
   restore_resume_state(partial, spec.num_layers, req.fresh, &state);
-  auto save_state = [&] { write_file_atomically(state_path.string(), state.to_json().dump(2) + "\n"); };
+  auto save_state = [&] {
+    write_file_atomically(state_path.string(), state.to_json().dump(2) + "\n");
+  };
   save_state();
 
   const std::vector<ApplyStep> steps = apply_steps(req, passes, needs_activations);
   result.timings.resize(steps.size());
   for (size_t p = 0; p < steps.size(); ++p) result.timings[p].name = steps[p].first;
-  const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"lathe.pipeline", req.pipeline},
-                                                       {"lathe.version", LATHE_VERSION}};
+  const std::map<std::string, std::string> metadata = {
+      {"format", "pt"}, {"lathe.pipeline", req.pipeline}, {"lathe.version", LATHE_VERSION}};
   CheckpointShards model_shards(partial / "model", spec.num_layers, metadata);
   CheckpointShards quant_shards(partial / "quant", spec.num_layers, metadata);
   std::vector<TensorRecord> all_records;
 
   // The output's spec (expert counts after surgery): what the compressed layers run as.
   const fs::path config_path = fs::path(req.model_dir) / "config.json";
-  const nlohmann::json in_config = parse_json_strict(read_file(config_path.string()), config_path.string(), "");
+  const nlohmann::json in_config =
+      parse_json_strict(read_file(config_path.string()), config_path.string(), "");
   std::vector<std::string> ignored;
-  const ModelSpec out_spec = parse_model_spec(output_config(in_config, spec, req.plan, &ignored), "output config.json");
+  const ModelSpec out_spec =
+      parse_model_spec(output_config(in_config, spec, req.plan, &ignored), "output config.json");
 
-  ApplyRun run{req, spec, out_spec, layout, store, steps, partial, state, save_state, model_shards, quant_shards,
-               all_records, result};
+  ApplyRun run{req,   spec,       out_spec,     layout,       store,       steps, partial,
+               state, save_state, model_shards, quant_shards, all_records, result};
   run.start_calibration(calib);
   run.start_golden();
   const std::function<void(int64_t)> fault = fault_injection_from_env();
@@ -618,14 +687,16 @@ ApplyResult run_apply(const ApplyRequest& req, const std::function<void(int64_t,
     if (progress) progress(i, spec.num_layers);
   }
 
-  write_last_shard(spec, layout, store, &model_shards, &all_records);  // embedding, final norm, LM head
+  write_last_shard(spec, layout, store, &model_shards,
+                   &all_records);  // embedding, final norm, LM head
 
   // Config, tokenizer files, indexes, expert map, plan; then the manifest.
-  const uint64_t total = write_model_files(req, spec, in_config, plan_text, partial, model_shards, quant_shards,
-                                           &result.warnings);
+  const uint64_t total = write_model_files(req, spec, in_config, plan_text, partial, model_shards,
+                                           quant_shards, &result.warnings);
   for (const auto& name : store.names()) result.bytes_before += store.info(name).nbytes();
   result.bytes_after = total;
-  const nlohmann::json manifest = apply_manifest(req, spec, in_config, weights_fp, all_records, partial);
+  const nlohmann::json manifest =
+      apply_manifest(req, spec, in_config, weights_fp, all_records, partial);
   write_file_atomically((partial / "lathe_manifest.json").string(), manifest.dump(2) + "\n");
   result.records = std::move(all_records);
 

@@ -24,7 +24,8 @@ void check_passes(const std::string& model_dir, const std::vector<PassInstance>&
 
 /// What decide passes that run the model themselves (naee, diep: Pass::decide_needs_model) need.
 struct DecideRequest {
-  std::optional<CalibrationOptions> calibration;  ///< required when such a pass runs (ConfigError otherwise)
+  std::optional<CalibrationOptions>
+      calibration;  ///< required when such a pass runs (ConfigError otherwise)
   ForwardOptions forward;
   StreamingOptions streaming;
 };
@@ -33,8 +34,8 @@ struct DecideRequest {
 /// `stats_path` when not empty) and returns the plan. `log` receives the passes' notes. When a pass
 /// has decide_needs_model(), the model is opened and `data.calibration` tokenized for it.
 CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,
-                           const std::string& pipeline, const std::string& stats_path, std::vector<std::string>* log,
-                           const DecideRequest& data = {});
+                           const std::string& pipeline, const std::string& stats_path,
+                           std::vector<std::string>* log, const DecideRequest& data = {});
 
 struct ApplyRequest {
   std::string model_dir;
@@ -42,13 +43,13 @@ struct ApplyRequest {
   std::string pipeline;  ///< canonical pipeline string (manifest, resume check)
   std::vector<PassInstance> passes;
   CompressionPlan plan;
-  /// FORMATS.md §7 weights fingerprint of `model_dir` when the caller already computed it (lathe run:
-  /// decide just did); empty: computed here (it reads every weight).
+  /// FORMATS.md §7 weights fingerprint of `model_dir` when the caller already computed it (lathe
+  /// run: decide just did); empty: computed here (it reads every weight).
   std::string weights_fingerprint;
   bool force = false;  ///< replace an existing finished output directory
   bool fresh = false;  ///< discard a partial run made from other inputs instead of refusing
-  /// Rename `<out_dir>.partial` to `out_dir` at the end. `lathe run` sets false, adds evaluation and
-  /// the report, then publishes itself (publish_output).
+  /// Rename `<out_dir>.partial` to `out_dir` at the end. `lathe run` sets false, adds evaluation
+  /// and the report, then publishes itself (publish_output).
   bool publish = true;
   /// Called after layer i's shard is on disk and the resume state records it. (Tests also inject a
   /// SIGKILL there with the environment variable LATHE_FAULT_KILL_AFTER_LAYER=i, docs/output.md.)
@@ -60,7 +61,8 @@ struct ApplyRequest {
   std::optional<CalibrationOptions> calibration;
   ForwardOptions forward;      ///< working precision and device of those forwards
   StreamingOptions streaming;  ///< micro-batch and activation buffer of those forwards
-  /// Golden vectors written to verify/ for `lathe verify` (compressor/pipeline/golden.h); rows 0: none.
+  /// Golden vectors written to verify/ for `lathe verify` (compressor/pipeline/golden.h); rows 0:
+  /// none.
   GoldenOptions golden;
 };
 
@@ -80,13 +82,14 @@ struct ApplyResult {
   std::vector<double> layer_seconds;
 };
 
-/// Applies `plan` layer by layer (one layer resident), writing `out_dir` (layout in docs/output.md).
-/// The directory is built as `<out_dir>.partial` and renamed into place when complete; a run killed
-/// at any point and started again with the same request resumes after the last finished layer and
-/// produces byte-identical model files, plan and manifest. A partial run of other inputs (pipeline,
-/// weights or plan) is refused with DataError naming what changed, unless `fresh`. An existing
-/// `out_dir` is refused (ConfigError) unless `force`.
-ApplyResult run_apply(const ApplyRequest& request, const std::function<void(int64_t, int64_t)>& progress = {});
+/// Applies `plan` layer by layer (one layer resident), writing `out_dir` (layout in
+/// docs/output.md). The directory is built as `<out_dir>.partial` and renamed into place when
+/// complete; a run killed at any point and started again with the same request resumes after the
+/// last finished layer and produces byte-identical model files, plan and manifest. A partial run of
+/// other inputs (pipeline, weights or plan) is refused with DataError naming what changed, unless
+/// `fresh`. An existing `out_dir` is refused (ConfigError) unless `force`.
+ApplyResult run_apply(const ApplyRequest& request,
+                      const std::function<void(int64_t, int64_t)>& progress = {});
 
 /// Renames `<out_dir>.partial` to `out_dir` (removing its resume state), replacing an existing
 /// `out_dir` (callers check --force first).

@@ -23,8 +23,8 @@ namespace {
 class GoldenTaps : public TapObserver {
  public:
   bool wants(Tap tap, int64_t) const override {
-    return tap == Tap::kAttnIn || tap == Tap::kAttnOutIn || tap == Tap::kMlpIn || tap == Tap::kMlpAct ||
-           tap == Tap::kSharedAct || tap == Tap::kRouterTopK;
+    return tap == Tap::kAttnIn || tap == Tap::kAttnOutIn || tap == Tap::kMlpIn ||
+           tap == Tap::kMlpAct || tap == Tap::kSharedAct || tap == Tap::kRouterTopK;
   }
   void observe(const TapEvent& e) override {
     const at::Tensor v = e.value->reshape({-1, e.value->size(-1)});
@@ -64,14 +64,20 @@ const Linear* linear_of(const LayerWeights& w, TensorRole role, int64_t expert, 
 /// Name of the golden input a linear of `role` reads.
 std::string input_of(TensorRole role, int64_t expert) {
   switch (role) {
-    case TensorRole::kQ: case TensorRole::kK: case TensorRole::kV: case TensorRole::kQA: case TensorRole::kKVA:
-      return "attn_in";
+    case TensorRole::kQ:
+    case TensorRole::kK:
+    case TensorRole::kV:
+    case TensorRole::kQA:
+    case TensorRole::kKVA: return "attn_in";
     case TensorRole::kO: return "attn_out_in";
     case TensorRole::kQB: return "q_latent";
     case TensorRole::kKVB: return "kv_latent";
-    case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kSharedGate: case TensorRole::kSharedUp:
-    case TensorRole::kExpertGate: case TensorRole::kExpertUp:
-      return "mlp_in";
+    case TensorRole::kDenseGate:
+    case TensorRole::kDenseUp:
+    case TensorRole::kSharedGate:
+    case TensorRole::kSharedUp:
+    case TensorRole::kExpertGate:
+    case TensorRole::kExpertUp: return "mlp_in";
     case TensorRole::kDenseDown: return "mlp_act";
     case TensorRole::kSharedDown: return "shared_act";
     case TensorRole::kExpertDown: return fmt::format("expert_act.{}", expert);
@@ -91,10 +97,12 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-/// The `limit` routed experts (all when negative) the golden rows select most often (ties: lower id).
+/// The `limit` routed experts (all when negative) the golden rows select most often (ties: lower
+/// id).
 std::set<int64_t> most_routed_experts(GoldenTaps& taps, const LayerSpec& ls, int64_t limit) {
   std::vector<std::pair<int64_t, int64_t>> counts;  // (−count, expert)
-  const at::Tensor topk = taps.values.count(Tap::kRouterTopK) ? taps.values[Tap::kRouterTopK] : at::Tensor();
+  const at::Tensor topk =
+      taps.values.count(Tap::kRouterTopK) ? taps.values[Tap::kRouterTopK] : at::Tensor();
   for (int64_t e = 0; e < ls.num_experts; ++e) {
     const int64_t c = topk.defined() ? (topk == e).sum().item<int64_t>() : 0;
     counts.emplace_back(-c, e);
@@ -108,9 +116,13 @@ std::set<int64_t> most_routed_experts(GoldenTaps& taps, const LayerSpec& ls, int
 
 }  // namespace
 
-GoldenRecorder::GoldenRecorder(const ModelSpec& out_spec, ExpertLayout layout, GoldenOptions options, at::Tensor hidden,
-                               std::string source)
-    : spec_(out_spec), layout_(layout), options_(options), hidden_(std::move(hidden)), source_(std::move(source)) {}
+GoldenRecorder::GoldenRecorder(const ModelSpec& out_spec, ExpertLayout layout,
+                               GoldenOptions options, at::Tensor hidden, std::string source)
+    : spec_(out_spec),
+      layout_(layout),
+      options_(options),
+      hidden_(std::move(hidden)),
+      source_(std::move(source)) {}
 
 GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>& tensors,
                                    const std::vector<QuantRecord>& quant) {
@@ -151,16 +163,21 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
 
   // Which routed experts get golden vectors: the most routed among the rows.
   const LayerSpec& ls = spec_.layers[layer];
-  const std::set<int64_t> chosen = ls.is_moe ? most_routed_experts(taps, ls, options_.experts) : std::set<int64_t>{};
+  const std::set<int64_t> chosen =
+      ls.is_moe ? most_routed_experts(taps, ls, options_.experts) : std::set<int64_t>{};
 
   auto tap = [&](Tap t) { return taps.values.count(t) ? taps.values[t] : at::Tensor(); };
-  std::map<std::string, at::Tensor> inputs = {{"attn_in", tap(Tap::kAttnIn)},   {"attn_out_in", tap(Tap::kAttnOutIn)},
-                                              {"mlp_in", tap(Tap::kMlpIn)},     {"mlp_act", tap(Tap::kMlpAct)},
+  std::map<std::string, at::Tensor> inputs = {{"attn_in", tap(Tap::kAttnIn)},
+                                              {"attn_out_in", tap(Tap::kAttnOutIn)},
+                                              {"mlp_in", tap(Tap::kMlpIn)},
+                                              {"mlp_act", tap(Tap::kMlpAct)},
                                               {"shared_act", tap(Tap::kSharedAct)}};
   const AttentionSpec& a = spec_.attention;
   if (a.kind == AttentionKind::kMla && inputs["attn_in"].defined()) {
     const at::Tensor x = act_input(inputs["attn_in"], act_bits);
-    if (a.q_lora_rank > 0) inputs["q_latent"] = rms_norm(at::linear(x, w.q_a.weight, w.q_a.bias), w.q_a_norm, spec_.rms_norm_eps);
+    if (a.q_lora_rank > 0)
+      inputs["q_latent"] =
+          rms_norm(at::linear(x, w.q_a.weight, w.q_a.bias), w.q_a_norm, spec_.rms_norm_eps);
     const at::Tensor kv = at::linear(x, w.kv_a.weight, w.kv_a.bias).slice(-1, 0, a.kv_lora_rank);
     inputs["kv_latent"] = rms_norm(kv, w.kv_a_norm, spec_.rms_norm_eps);
   }
@@ -169,7 +186,8 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
   for (const auto& t : expected_layer_tensors(spec_, ExpertLayout::kPerExpert, layer)) {
     if (!is_quantizable(t.role)) continue;
     // The quant record: the tensor itself, or the fused tensor holding this expert.
-    const std::string& holder = layout_ == ExpertLayout::kFused && t.expert >= 0 ? fused_names[fused_role(t.role)] : t.name;
+    const std::string& holder =
+        layout_ == ExpertLayout::kFused && t.expert >= 0 ? fused_names[fused_role(t.role)] : t.name;
     auto found = records.find(holder);
     const QuantRecord* rec = found == records.end() ? nullptr : found->second;
     if (!rec) continue;
@@ -181,15 +199,18 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
     Linear scratch;
     const Linear* lin = linear_of(w, t.role, t.expert, &scratch);
     if (input.empty() || !lin || !lin->weight.defined()) {
-      throw InternalError(t.name, "", "golden vectors: no input or weight for this quantized linear");
+      throw InternalError(t.name, "",
+                          "golden vectors: no input or weight for this quantized linear");
     }
     if (t.role == TensorRole::kExpertDown && !inputs.count(input)) {
       const ExpertWeights& e = w.experts.at(t.expert);
       const at::Tensor x = act_input(inputs.at("mlp_in"), act_bits);
-      inputs[input] = at::silu(at::linear(x, e.gate.to(at::kFloat))) * at::linear(x, e.up.to(at::kFloat));
+      inputs[input] =
+          at::silu(at::linear(x, e.gate.to(at::kFloat))) * at::linear(x, e.up.to(at::kFloat));
     }
     const at::Tensor x = inputs.at(input);
-    if (!x.defined()) throw InternalError(t.name, "", "golden vectors: input " + input + " was not observed");
+    if (!x.defined())
+      throw InternalError(t.name, "", "golden vectors: input " + input + " was not observed");
     GoldenLinear l;
     l.module = t.name.substr(0, t.name.size() - std::string(".weight").size());
     l.input = input;
@@ -223,7 +244,8 @@ at::Tensor golden_rows(const ModelSpec& spec, const WeightStore& store, const at
     *source = fmt::format("calibration sample 0, first {} tokens", ids.size(0));
   } else {
     std::vector<int64_t> v;
-    for (int64_t k = 0; k < rows; ++k) v.push_back(static_cast<int64_t>(splitmix64(static_cast<uint64_t>(k)) % spec.vocab_size));
+    for (int64_t k = 0; k < rows; ++k)
+      v.push_back(static_cast<int64_t>(splitmix64(static_cast<uint64_t>(k)) % spec.vocab_size));
     ids = at::tensor(v, at::kLong);
     *source = fmt::format("{} token ids drawn with seed 0 (no calibration data in this run)", rows);
   }

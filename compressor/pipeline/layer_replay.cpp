@@ -15,23 +15,33 @@ namespace lathe {
 /// The values of every calibration sequence at one resume point, and what they were computed from.
 struct LayerReplay::Cache {
   LayerPoint point = LayerPoint::kInput;
-  std::vector<std::pair<std::string, at::Tensor>> upstream;  ///< holding them keeps their identity unique
+  std::vector<std::pair<std::string, at::Tensor>>
+      upstream;  ///< holding them keeps their identity unique
   std::vector<int64_t> versions;
   int64_t act_bits = 0;
-  std::shared_ptr<ActivationBuffer> heads, h, mlp_in, act;  ///< those `point` needs (h is shared by kMlpIn and kMlpAct)
+  std::shared_ptr<ActivationBuffer> heads, h, mlp_in,
+      act;  ///< those `point` needs (h is shared by kMlpIn and kMlpAct)
 };
 
 namespace {
 
 bool is_mlp_role(TensorRole r) {
   switch (r) {
-    case TensorRole::kDenseGate: case TensorRole::kDenseUp: case TensorRole::kDenseDown: case TensorRole::kRouter:
-    case TensorRole::kRouterBias: case TensorRole::kExpertGate: case TensorRole::kExpertUp: case TensorRole::kExpertDown:
-    case TensorRole::kExpertsGateUp: case TensorRole::kExpertsDown: case TensorRole::kSharedGate: case TensorRole::kSharedUp:
-    case TensorRole::kSharedDown: case TensorRole::kSharedExpertGate:
-      return true;
-    default:
-      return false;
+    case TensorRole::kDenseGate:
+    case TensorRole::kDenseUp:
+    case TensorRole::kDenseDown:
+    case TensorRole::kRouter:
+    case TensorRole::kRouterBias:
+    case TensorRole::kExpertGate:
+    case TensorRole::kExpertUp:
+    case TensorRole::kExpertDown:
+    case TensorRole::kExpertsGateUp:
+    case TensorRole::kExpertsDown:
+    case TensorRole::kSharedGate:
+    case TensorRole::kSharedUp:
+    case TensorRole::kSharedDown:
+    case TensorRole::kSharedExpertGate: return true;
+    default: return false;
   }
 }
 
@@ -41,8 +51,9 @@ bool downstream_of(TensorRole r, LayerPoint point) {
   switch (point) {
     case LayerPoint::kInput: return true;
     case LayerPoint::kHeads:
-      return is_mlp_role(r) || r == TensorRole::kO || r == TensorRole::kOBias || r == TensorRole::kPostAttnNorm ||
-             r == TensorRole::kMlpNorm || r == TensorRole::kPostMlpNorm;
+      return is_mlp_role(r) || r == TensorRole::kO || r == TensorRole::kOBias ||
+             r == TensorRole::kPostAttnNorm || r == TensorRole::kMlpNorm ||
+             r == TensorRole::kPostMlpNorm;
     case LayerPoint::kMlpIn: return is_mlp_role(r) || r == TensorRole::kPostMlpNorm;
     case LayerPoint::kMlpAct: return r == TensorRole::kDenseDown || r == TensorRole::kPostMlpNorm;
   }
@@ -51,15 +62,22 @@ bool downstream_of(TensorRole r, LayerPoint point) {
 
 }  // namespace
 
-LayerReplay::LayerReplay(const ModelSpec& spec, ExpertLayout layout, int64_t layer, const ActivationBuffer& input,
-                         const at::Tensor& valid, const StreamingOptions& streaming, const at::TensorOptions& work)
-    : spec_(spec), layout_(layout), layer_(layer), input_(input), valid_(valid), streaming_(streaming), work_(work),
+LayerReplay::LayerReplay(const ModelSpec& spec, ExpertLayout layout, int64_t layer,
+                         const ActivationBuffer& input, const at::Tensor& valid,
+                         const StreamingOptions& streaming, const at::TensorOptions& work)
+    : spec_(spec),
+      layout_(layout),
+      layer_(layer),
+      input_(input),
+      valid_(valid),
+      streaming_(streaming),
+      work_(work),
       dense_(!spec.layers.at(layer).is_moe) {}
 
 LayerReplay::~LayerReplay() = default;
 
-std::vector<std::pair<std::string, at::Tensor>> LayerReplay::upstream(LayerPoint point,
-                                                                      const std::vector<LayerTensor>& tensors) {
+std::vector<std::pair<std::string, at::Tensor>> LayerReplay::upstream(
+    LayerPoint point, const std::vector<LayerTensor>& tensors) {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const LayerTensor& t : tensors) {
     if (!downstream_of(t.role, point)) out.emplace_back(t.name, t.value);
@@ -67,7 +85,8 @@ std::vector<std::pair<std::string, at::Tensor>> LayerReplay::upstream(LayerPoint
   return out;
 }
 
-bool LayerReplay::valid(const Cache& c, const std::vector<LayerTensor>& tensors, int64_t act_bits) const {
+bool LayerReplay::valid(const Cache& c, const std::vector<LayerTensor>& tensors,
+                        int64_t act_bits) const {
   if (c.act_bits != act_bits) return false;
   const auto now = upstream(c.point, tensors);
   if (now.size() != c.upstream.size()) return false;
@@ -101,8 +120,8 @@ uint64_t LayerReplay::ram_in_use() const {
   return bytes;
 }
 
-void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits, TapObserver* observer,
-                      ActivationBuffer* next) {
+void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
+                      TapObserver* observer, ActivationBuffer* next) {
   at::NoGradGuard no_grad;
   std::map<std::string, const at::Tensor*> by_name;
   for (const auto& t : tensors) by_name[t.name] = &t.value;
@@ -116,21 +135,35 @@ void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
   const DecoderLayer layer(spec_, w);
 
   if (cache_ && !valid(*cache_, tensors, act_bits)) cache_.reset();
-  const LayerPoint start = cache_ && cache_->point <= latest_start(observer) ? cache_->point : LayerPoint::kInput;
+  const LayerPoint start =
+      cache_ && cache_->point <= latest_start(observer) ? cache_->point : LayerPoint::kInput;
   const int64_t n = input_.all().size(0), t = input_.all().size(1);
   std::unique_ptr<Cache> fresh;
-  bool caching = next == nullptr;  // the forward that makes the next layer's inputs is the layer's last
+  bool caching =
+      next == nullptr;  // the forward that makes the next layer's inputs is the layer's last
   for (int64_t b = 0; b < n; b += streaming_.micro_batch) {
     const int64_t e = std::min(n, b + streaming_.micro_batch);
     LayerState s;
-    auto rows = [&](const std::shared_ptr<ActivationBuffer>& buf) { return buf->rows(b, e).to(work_); };
+    auto rows = [&](const std::shared_ptr<ActivationBuffer>& buf) {
+      return buf->rows(b, e).to(work_);
+    };
     switch (start) {
       case LayerPoint::kInput: s.hidden = input_.rows(b, e).to(work_); break;
-      case LayerPoint::kHeads: s.hidden = input_.rows(b, e).to(work_); s.heads = rows(cache_->heads); break;
-      case LayerPoint::kMlpIn: s.h = rows(cache_->h); s.mlp_in = rows(cache_->mlp_in); break;
-      case LayerPoint::kMlpAct: s.h = rows(cache_->h); s.act = rows(cache_->act); break;
+      case LayerPoint::kHeads:
+        s.hidden = input_.rows(b, e).to(work_);
+        s.heads = rows(cache_->heads);
+        break;
+      case LayerPoint::kMlpIn:
+        s.h = rows(cache_->h);
+        s.mlp_in = rows(cache_->mlp_in);
+        break;
+      case LayerPoint::kMlpAct:
+        s.h = rows(cache_->h);
+        s.act = rows(cache_->act);
+        break;
     }
-    ForwardContext fctx = make_forward_context(spec_, valid_.slice(0, b, e).to(work_.device()), work_, observer);
+    ForwardContext fctx =
+        make_forward_context(spec_, valid_.slice(0, b, e).to(work_.device()), work_, observer);
     fctx.sequence_begin = b;
     starts_[static_cast<size_t>(start)] += 1;
     if (next) {
@@ -143,10 +176,11 @@ void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
     }
     if (!caching) continue;
     // The deepest point this forward computed (an input of the start point is not "computed").
-    const LayerPoint reached = dense_ && start < LayerPoint::kMlpAct && s.act.defined() ? LayerPoint::kMlpAct
-                               : start < LayerPoint::kMlpIn && s.mlp_in.defined()    ? LayerPoint::kMlpIn
-                               : start < LayerPoint::kHeads && s.heads.defined()     ? LayerPoint::kHeads
-                                                                                     : LayerPoint::kInput;
+    const LayerPoint reached =
+        dense_ && start < LayerPoint::kMlpAct && s.act.defined() ? LayerPoint::kMlpAct
+        : start < LayerPoint::kMlpIn && s.mlp_in.defined()       ? LayerPoint::kMlpIn
+        : start < LayerPoint::kHeads && s.heads.defined()        ? LayerPoint::kHeads
+                                                                 : LayerPoint::kInput;
     if (b == 0) {
       if (reached == LayerPoint::kInput) {
         caching = false;
@@ -168,7 +202,8 @@ void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
           return f;
         }();
         return std::make_shared<ActivationBuffer>(n, t, like.size(-1), work_.dtype().toScalarType(),
-                                                  used >= limit ? 0 : limit - used, streaming_.spill_dir);
+                                                  used >= limit ? 0 : limit - used,
+                                                  streaming_.spill_dir);
       };
       if (reached == LayerPoint::kHeads) fresh->heads = buffer(s.heads);
       if (reached == LayerPoint::kMlpIn) {
@@ -176,7 +211,8 @@ void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
         fresh->mlp_in = buffer(s.mlp_in);
       }
       if (reached == LayerPoint::kMlpAct) {
-        fresh->h = start == LayerPoint::kMlpIn ? cache_->h : buffer(s.h);  // unchanged from the start point's
+        fresh->h = start == LayerPoint::kMlpIn ? cache_->h
+                                               : buffer(s.h);  // unchanged from the start point's
         fresh->act = buffer(s.act);
       }
     }

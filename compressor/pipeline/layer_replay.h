@@ -1,11 +1,12 @@
 // The apply stage's replays of one decoder layer over the calibration set (DESIGN.md "Data flow",
-// apply). A pass replays the layer as it is now, many times per layer (GPTQ once per true-sequential
-// sub-group, then the forward that makes the next layer's inputs). Each replay keeps the values it
-// computed at the deepest resume point it reached (LayerPoint: attention heads, MLP input, dense
-// MLP activation) together with the tensors upstream of that point; the next replay starts there
-// instead of at the layer input when none of those tensors changed since (same tensor object, same
-// version counter) and the observer wants no earlier tap. Results are bit-identical to replaying
-// from the layer input: the same operations on the same values, stored in the working dtype.
+// apply). A pass replays the layer as it is now, many times per layer (GPTQ once per
+// true-sequential sub-group, then the forward that makes the next layer's inputs). Each replay
+// keeps the values it computed at the deepest resume point it reached (LayerPoint: attention heads,
+// MLP input, dense MLP activation) together with the tensors upstream of that point; the next
+// replay starts there instead of at the layer input when none of those tensors changed since (same
+// tensor object, same version counter) and the observer wants no earlier tap. Results are
+// bit-identical to replaying from the layer input: the same operations on the same values, stored
+// in the working dtype.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -30,18 +31,21 @@ namespace lathe {
 
 class LayerReplay {
  public:
-  /// Layer `layer` of `spec` (the output spec: what the compressed layer runs as) on the sequences of
-  /// `input` ([N, T, d]; `valid` [N, T] marks real tokens). Cached values live in ActivationBuffers
-  /// of the working dtype that spill under `streaming.spill_dir` once the RAM they would take, with
-  /// the input's, exceeds streaming.memory_limit_bytes. `input` and `valid` must outlive this.
-  LayerReplay(const ModelSpec& spec, ExpertLayout layout, int64_t layer, const ActivationBuffer& input,
-              const at::Tensor& valid, const StreamingOptions& streaming, const at::TensorOptions& work);
+  /// Layer `layer` of `spec` (the output spec: what the compressed layer runs as) on the sequences
+  /// of `input` ([N, T, d]; `valid` [N, T] marks real tokens). Cached values live in
+  /// ActivationBuffers of the working dtype that spill under `streaming.spill_dir` once the RAM
+  /// they would take, with the input's, exceeds streaming.memory_limit_bytes. `input` and `valid`
+  /// must outlive this.
+  LayerReplay(const ModelSpec& spec, ExpertLayout layout, int64_t layer,
+              const ActivationBuffer& input, const at::Tensor& valid,
+              const StreamingOptions& streaming, const at::TensorOptions& work);
   ~LayerReplay();
 
   /// Runs the layer built from `tensors` (activations fake-quantized to `act_bits` when non-zero)
-  /// over every sequence: taps to `observer` (which may stop each forward with StopForward), and the
-  /// outputs into `next` when given (then the forward runs to the end and nothing is cached).
-  void run(const std::vector<LayerTensor>& tensors, int64_t act_bits, TapObserver* observer, ActivationBuffer* next);
+  /// over every sequence: taps to `observer` (which may stop each forward with StopForward), and
+  /// the outputs into `next` when given (then the forward runs to the end and nothing is cached).
+  void run(const std::vector<LayerTensor>& tensors, int64_t act_bits, TapObserver* observer,
+           ActivationBuffer* next);
 
   /// Forwards started so far from each LayerPoint (indexed by its value), per micro-batch.
   const std::array<int64_t, 4>& starts() const { return starts_; }
@@ -49,7 +53,8 @@ class LayerReplay {
  private:
   struct Cache;
   /// The tensors upstream of `point` (those a change of which changes the values there).
-  static std::vector<std::pair<std::string, at::Tensor>> upstream(LayerPoint point, const std::vector<LayerTensor>& tensors);
+  static std::vector<std::pair<std::string, at::Tensor>> upstream(
+      LayerPoint point, const std::vector<LayerTensor>& tensors);
   bool valid(const Cache& c, const std::vector<LayerTensor>& tensors, int64_t act_bits) const;
   /// The latest point a forward may start from and still report every tap `observer` wants.
   LayerPoint latest_start(const TapObserver* observer) const;
@@ -63,7 +68,8 @@ class LayerReplay {
   StreamingOptions streaming_;
   at::TensorOptions work_;
   bool dense_;
-  std::unique_ptr<Cache> cache_;  ///< at most one: the deepest point the last caching replay reached
+  std::unique_ptr<Cache>
+      cache_;  ///< at most one: the deepest point the last caching replay reached
   std::array<int64_t, 4> starts_{};
 };
 

@@ -1,6 +1,6 @@
 // The observe stage (DESIGN.md stage 1): calibration set → one layer-streaming forward with the
-// statistics collectors attached → fingerprinted HDF5 statistics store. `lathe calibrate` and, later,
-// `lathe run` call this; docs/calibrate.md describes the store it writes.
+// statistics collectors attached → fingerprinted HDF5 statistics store. `lathe calibrate` and,
+// later, `lathe run` call this; docs/calibrate.md describes the store it writes.
 #pragma once
 
 #include <cstdint>
@@ -27,9 +27,9 @@ struct CalibrateRequest {
 };
 
 struct CalibrateResult {
-  bool reused = false;          ///< `out` already held every statistic for these inputs
-  int64_t layer_forwards = 0;   ///< decoder-layer forward calls this run made (0 when reused)
-  int64_t statistics = 0;       ///< entries the store holds for this run
+  bool reused = false;         ///< `out` already held every statistic for these inputs
+  int64_t layer_forwards = 0;  ///< decoder-layer forward calls this run made (0 when reused)
+  int64_t statistics = 0;      ///< entries the store holds for this run
   int64_t samples = 0, tokens = 0;
   std::vector<std::string> removed_temporaries;  ///< files of killed runs that were deleted
 };
@@ -45,6 +45,7 @@ using CalibrateProgress = std::function<void(int64_t, int64_t, int64_t, double)>
 /// unless `force`. check_only never writes: ResourceError when `out` does not exist. Otherwise the
 /// store is written atomically (StatsStore) and `.tmp-<pid>` files of dead lathe processes for
 /// `out` are removed first. Errors of the model, tokenizer, calibration files and HDF5 propagate.
-CalibrateResult run_calibration(const CalibrateRequest& request, const CalibrateProgress& progress = {});
+CalibrateResult run_calibration(const CalibrateRequest& request,
+                                const CalibrateProgress& progress = {});
 
 }  // namespace lathe

@@ -43,22 +43,23 @@ const OptionSpec* find_spec(const std::vector<OptionSpec>& specs, const std::str
 }
 
 const std::vector<OptionSpec>& export_stage_options() {
-  static const std::vector<OptionSpec> specs = {{"formats",
-                                                 OptionType::kStringList,
-                                                 "",
-                                                 "hf, gptq, compressed-tensors, gguf",
-                                                 {},
-                                                 {},
-                                                 {},
-                                                 true},
-                                                {"pad-experts",
-                                                 OptionType::kBool,
-                                                 "",
-                                                 "pad non-uniform expert counts with dummy experts (selection-bias "
-                                                 "routers only; printed when true)",
-                                                 {},
-                                                 {},
-                                                 {}}};
+  static const std::vector<OptionSpec> specs = {
+      {"formats",
+       OptionType::kStringList,
+       "",
+       "hf, gptq, compressed-tensors, gguf",
+       {},
+       {},
+       {},
+       true},
+      {"pad-experts",
+       OptionType::kBool,
+       "",
+       "pad non-uniform expert counts with dummy experts (selection-bias "
+       "routers only; printed when true)",
+       {},
+       {},
+       {}}};
   return specs;
 }
 
@@ -374,7 +375,8 @@ class PipelineParser {
 bool operator==(const Pipeline& a, const Pipeline& b) {
   if (a.calibration.has_value() != b.calibration.has_value()) return false;
   if (a.calibration && !same_calibration(*a.calibration, *b.calibration)) return false;
-  if (a.export_formats != b.export_formats || a.pad_experts != b.pad_experts || a.passes.size() != b.passes.size())
+  if (a.export_formats != b.export_formats || a.pad_experts != b.pad_experts ||
+      a.passes.size() != b.passes.size())
     return false;
   for (size_t i = 0; i < a.passes.size(); ++i)
     if (!same_pass(a.passes[i], b.passes[i])) return false;

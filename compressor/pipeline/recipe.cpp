@@ -617,7 +617,8 @@ std::optional<PassOverride> RecipeReader::read_override(const Entry& e, const Pa
   return result;
 }
 
-/// `export: [hf, gptq]`, or the stage's options as a map: `export: {formats: [hf], pad-experts: true}`.
+/// `export: [hf, gptq]`, or the stage's options as a map: `export: {formats: [hf], pad-experts:
+/// true}`.
 void RecipeReader::read_export(const Entry& e, Pipeline* pipeline) {
   if (!e.value.IsMap()) {
     pipeline->export_formats = read_export_formats(e);
@@ -670,7 +671,8 @@ std::optional<EvalSpec> RecipeReader::read_eval(const Entry& e) {
     if (auto v = read_value(keys["seq-len"], calibrate_spec("seq-len")))
       eval.seq_len = std::get<int64_t>(*v);
   if (keys.count("bos"))
-    if (auto v = read_value(keys["bos"], spec_of("bos", OptionType::kEnum, {}, {}, {"auto", "on", "off"})))
+    if (auto v = read_value(keys["bos"],
+                            spec_of("bos", OptionType::kEnum, {}, {}, {"auto", "on", "off"})))
       eval.bos = std::get<std::string>(*v);
   if (e.value.IsMap() && !keys.count("text") && !keys.count("tasks"))
     fail(e, "eval needs text and/or tasks files");
@@ -700,7 +702,8 @@ GateSpec RecipeReader::read_gate(const Entry& e) {
   if (keys.count("max-kl"))
     if (auto v = read_value(keys["max-kl"], spec_of("max-kl", OptionType::kFloat, 0, 1000)))
       gate.max_kl = std::get<double>(*v);
-  if (e.value.IsMap() && keys.empty()) fail(e, "a gate sets max-ppl-increase, max-acc-drop and/or max-kl");
+  if (e.value.IsMap() && keys.empty())
+    fail(e, "a gate sets max-ppl-increase, max-acc-drop and/or max-kl");
   return gate;
 }
 

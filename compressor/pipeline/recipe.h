@@ -20,14 +20,14 @@ struct EvalSpec {
   std::vector<std::string> text;   ///< perplexity files (resolved paths)
   std::vector<std::string> tasks;  ///< task files, JSONL (resolved paths)
   int64_t seq_len = 512;           ///< tokens per perplexity window
-  std::string bos = "auto";        ///< auto | on | off: a BOS token before each window (docs/eval.md)
+  std::string bos = "auto";  ///< auto | on | off: a BOS token before each window (docs/eval.md)
 };
 
 /// Regression thresholds (the `gate` section); an absent threshold is not checked.
 struct GateSpec {
   std::optional<double> max_ppl_increase;  ///< relative: 0.03 means perplexity may grow by 3 %
   std::optional<double> max_acc_drop;      ///< percentage points of task accuracy
-  std::optional<double> max_kl;            ///< nats/token: mean KL(original ‖ compressed) per text file
+  std::optional<double> max_kl;  ///< nats/token: mean KL(original ‖ compressed) per text file
 };
 
 /// A budget for the search stage (the `search` section); at least one member is set.

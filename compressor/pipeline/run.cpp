@@ -52,7 +52,8 @@ DecideRequest decide_request(const Recipe& recipe, const RunOptions& options) {
   return req;
 }
 
-void calibrate_into(const Recipe& recipe, const std::string& stats_path, const RunOptions& options) {
+void calibrate_into(const Recipe& recipe, const std::string& stats_path,
+                    const RunOptions& options) {
   if (!recipe.pipeline.calibration) return;
   CalibrateRequest req;
   req.model_dir = recipe.model;
@@ -62,11 +63,13 @@ void calibrate_into(const Recipe& recipe, const std::string& stats_path, const R
   req.collectors.forward_dtype = recipe.dtype;
   req.streaming.micro_batch = options.micro_batch;
   req.force = options.fresh;
-  const CalibrateResult r = run_calibration(req, [](int64_t layer, int64_t layers, int64_t, double) {
-    std::cerr << fmt::format("[calibrate] layer {}/{}\n", layer + 1, layers);
-  });
+  const CalibrateResult r =
+      run_calibration(req, [](int64_t layer, int64_t layers, int64_t, double) {
+        std::cerr << fmt::format("[calibrate] layer {}/{}\n", layer + 1, layers);
+      });
   std::cerr << (r.reused ? fmt::format("[calibrate] {}: up to date, reused\n", stats_path)
-                         : fmt::format("[calibrate] {}: {} statistics from {} tokens\n", stats_path, r.statistics, r.tokens));
+                         : fmt::format("[calibrate] {}: {} statistics from {} tokens\n", stats_path,
+                                       r.statistics, r.tokens));
 }
 
 std::optional<int64_t> layer_of(const std::string& name) {
@@ -87,8 +90,9 @@ std::string utc_now() {
 
 /// The eval JSON of `model_dir` on the recipe's eval files: its text files only when `texts`, and
 /// with their divergence from `reference` when one is given.
-nlohmann::json evaluate(const Recipe& recipe, const std::string& model_dir, const std::string& label,
-                        const RunOptions& options, bool texts, const std::string& reference = "") {
+nlohmann::json evaluate(const Recipe& recipe, const std::string& model_dir,
+                        const std::string& label, const RunOptions& options, bool texts,
+                        const std::string& reference = "") {
   EvalRequest req;
   req.model = model_dir;
   req.reference = reference;
@@ -105,7 +109,8 @@ nlohmann::json evaluate(const Recipe& recipe, const std::string& model_dir, cons
 
 /// Refuses, before apply, a plan whose expert counts differ between layers when an export needs one
 /// count and cannot pad (plan_expert_padding; FORMATS.md §6).
-void check_export_expert_counts(const Recipe& recipe, const CompressionPlan& plan, const std::vector<ExportFormat>& exports) {
+void check_export_expert_counts(const Recipe& recipe, const CompressionPlan& plan,
+                                const std::vector<ExportFormat>& exports) {
   if (exports.empty() || plan.experts.empty()) return;
   ModelSpec spec = load_model_spec(recipe.model);
   for (const auto& [layer, ids] : plan.experts) {
@@ -114,25 +119,30 @@ void check_export_expert_counts(const Recipe& recipe, const CompressionPlan& pla
     }
   }
   plan_expert_padding(spec, recipe.pipeline.pad_experts,
-                      fmt::format("the {} export", export_format_name(exports.front())), recipe.source);
+                      fmt::format("the {} export", export_format_name(exports.front())),
+                      recipe.source);
 }
 
 }  // namespace
 
-CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path, const RunOptions& options) {
+CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path,
+                            const RunOptions& options) {
   const std::string pipeline = recipe_pipeline_string(recipe);
   check_passes(recipe.model, recipe.pipeline.passes);
   std::string stats;
   if (needs_statistics(recipe)) {
     if (!recipe.pipeline.calibration) {
-      throw ConfigError(recipe.source, "calibration", "a pass of this recipe reads calibration statistics: add a calibration section");
+      throw ConfigError(
+          recipe.source, "calibration",
+          "a pass of this recipe reads calibration statistics: add a calibration section");
     }
     if (stats_path.empty()) throw InternalError("", "stats", "no statistics path");
     calibrate_into(recipe, stats_path, options);
     stats = stats_path;
   }
   std::vector<std::string> log;
-  CompressionPlan plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline, stats, &log, decide_request(recipe, options));
+  CompressionPlan plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline, stats, &log,
+                                    decide_request(recipe, options));
   for (const auto& line : log) std::cerr << "[decide] " << line << "\n";
   return plan;
 }
@@ -140,7 +150,8 @@ CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path,
 std::string describe_plan(const std::string& model_dir, const CompressionPlan& plan) {
   const ModelSpec spec = load_model_spec(model_dir);
   const WeightStore store(model_dir);
-  const ExpertLayout layout = detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
+  const ExpertLayout layout =
+      detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
   uint64_t before = 0, after = 0;
   int64_t quantized = 0, removed_tensors = 0;
   std::map<std::string, int64_t> formats;
@@ -151,7 +162,8 @@ std::string describe_plan(const std::string& model_dir, const CompressionPlan& p
     for (int64_t d : t.shape) numel *= d;
     if (t.expert >= 0) {
       auto kept = plan.experts.find(t.layer);
-      if (kept != plan.experts.end() && !std::binary_search(kept->second.begin(), kept->second.end(), t.expert)) {
+      if (kept != plan.experts.end() &&
+          !std::binary_search(kept->second.begin(), kept->second.end(), t.expert)) {
         removed_tensors += 1;
         continue;
       }
@@ -173,7 +185,8 @@ std::string describe_plan(const std::string& model_dir, const CompressionPlan& p
     const int64_t in = t.shape.back();
     const int64_t groups = numel / in * (p.group_size == -1 ? 1 : in / p.group_size);
     // Packed estimate: codes at `bits`, an fp16 scale and a packed zero per group.
-    const uint64_t packed = static_cast<uint64_t>(numel) * p.bits / 8 + static_cast<uint64_t>(groups) * (2 + p.bits / 8.0);
+    const uint64_t packed = static_cast<uint64_t>(numel) * p.bits / 8 +
+                            static_cast<uint64_t>(groups) * (2 + p.bits / 8.0);
     after += packed * kept_fraction_num / kept_fraction_den;
     quantized += 1;
     formats[quant_format(p)] += 1;
@@ -189,13 +202,15 @@ std::string describe_plan(const std::string& model_dir, const CompressionPlan& p
         removed += (removed.empty() ? "" : ",") + std::to_string(id);
       }
     }
-    out += fmt::format("  layer {:>3}: keep {}/{} experts, remove [{}]\n", layer, ids.size(), e, removed);
+    out += fmt::format("  layer {:>3}: keep {}/{} experts, remove [{}]\n", layer, ids.size(), e,
+                       removed);
   }
   for (const auto& [f, n] : formats) out += fmt::format("  {} tensors → {}\n", n, f);
   if (removed_tensors) out += fmt::format("  {} expert tensors removed\n", removed_tensors);
-  out += fmt::format("  size: {:.2f} MB → {:.2f} MB (packed estimate; out/model stores dequantized weights in the "
-                     "original dtype)\n",
-                     before / 1e6, after / 1e6);
+  out += fmt::format(
+      "  size: {:.2f} MB → {:.2f} MB (packed estimate; out/model stores dequantized weights in the "
+      "original dtype)\n",
+      before / 1e6, after / 1e6);
   return out;
 }
 
@@ -208,7 +223,8 @@ std::vector<ExportFormat> recipe_exports(const Recipe& recipe, bool* packed) {
   *packed = false;
   for (const auto& f : recipe.pipeline.export_formats) {
     if (f == "gguf") {
-      throw UnsupportedError(recipe.source, "export", "export format \"gguf\" is not implemented in this lathe yet");
+      throw UnsupportedError(recipe.source, "export",
+                             "export format \"gguf\" is not implemented in this lathe yet");
     }
     exports.push_back(parse_export_format(f, recipe.source, "export"));
     *packed = *packed || exports.back() != ExportFormat::kHf;
@@ -217,8 +233,8 @@ std::vector<ExportFormat> recipe_exports(const Recipe& recipe, bool* packed) {
 }
 
 /// The apply stage of a recipe run: publishing is left to the run (after eval and the report).
-ApplyRequest recipe_apply_request(const Recipe& recipe, const RunOptions& options, const std::string& pipeline,
-                                  const CompressionPlan& plan) {
+ApplyRequest recipe_apply_request(const Recipe& recipe, const RunOptions& options,
+                                  const std::string& pipeline, const CompressionPlan& plan) {
   ApplyRequest req;
   req.model_dir = recipe.model;
   req.out_dir = recipe.output;
@@ -229,7 +245,8 @@ ApplyRequest recipe_apply_request(const Recipe& recipe, const RunOptions& option
   req.fresh = options.fresh;
   req.weights_fingerprint = plan.weights_fingerprint;  // decide just hashed the same weights
   req.publish = false;
-  req.calibration = recipe.pipeline.calibration;  // passes that need the layers' inputs (gptq) stream it
+  req.calibration =
+      recipe.pipeline.calibration;  // passes that need the layers' inputs (gptq) stream it
   req.forward = forward_options(recipe);
   req.streaming.micro_batch = options.micro_batch;
   req.golden = options.golden;
@@ -237,41 +254,47 @@ ApplyRequest recipe_apply_request(const Recipe& recipe, const RunOptions& option
 }
 
 /// The recipe's exports, written into the partial output directory.
-void write_recipe_exports(const Recipe& recipe, const fs::path& partial, const std::vector<ExportFormat>& exports) {
+void write_recipe_exports(const Recipe& recipe, const fs::path& partial,
+                          const std::vector<ExportFormat>& exports) {
   for (const ExportFormat f : exports) {
     ExportOptions export_options;
     export_options.force = true;  // a leftover of a killed run in the partial directory
     export_options.pad_experts = recipe.pipeline.pad_experts;
     const ExportResult exported = export_checkpoint(partial.string(), f, export_options);
     for (const auto& line : exported.log) std::cerr << "[export] " << line << "\n";
-    std::cerr << fmt::format("[export] {}/{}: {} modules packed, {} stored dequantized\n", recipe.output,
-                             export_dir_name(f), exported.packed_modules, exported.unpacked_modules);
+    std::cerr << fmt::format("[export] {}/{}: {} modules packed, {} stored dequantized\n",
+                             recipe.output, export_dir_name(f), exported.packed_modules,
+                             exported.unpacked_modules);
   }
 }
 
 /// Checks the packed exports against the golden vectors with every available backend but the
 /// reference; each failing case appends a line to `failures`. Returns the seconds it took.
-double verify_run_exports(const Recipe& recipe, const fs::path& partial, std::vector<std::string>* failures) {
+double verify_run_exports(const Recipe& recipe, const fs::path& partial,
+                          std::vector<std::string>* failures) {
   const auto tv = std::chrono::steady_clock::now();
   VerifyOptions vo;
   for (const kernels::Backend b : kernels::available_backends()) {
-    if (b != kernels::Backend::kCpuRef) vo.backends.push_back(b);  // the reference is for lathe verify
+    if (b != kernels::Backend::kCpuRef)
+      vo.backends.push_back(b);  // the reference is for lathe verify
   }
   const VerifyResult v = verify_exports(partial.string(), vo);
   for (const auto& c : v.cases) {
-    if (c.status == "fail") failures->push_back(fmt::format("verify: {} in {} does not compute what lathe measured{}", c.name,
-                                                                  fs::path(c.export_dir).filename().string(),
-                                                                  c.note.empty() ? "" : " (" + c.note + ")"));
+    if (c.status == "fail")
+      failures->push_back(fmt::format("verify: {} in {} does not compute what lathe measured{}",
+                                      c.name, fs::path(c.export_dir).filename().string(),
+                                      c.note.empty() ? "" : " (" + c.note + ")"));
   }
-  std::cerr << fmt::format("[verify] {} passed, {} failed, {} skipped (lathe verify {} for details)\n", v.passed, v.failed,
-                           v.skipped, recipe.output);
+  std::cerr << fmt::format(
+      "[verify] {} passed, {} failed, {} skipped (lathe verify {} for details)\n", v.passed,
+      v.failed, v.skipped, recipe.output);
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - tv).count();
 }
 
 /// The report's per-tensor rows (format, Hessian source and tokens, relative error) and per-layer
 /// rows (experts kept, mean relative error, seconds).
-void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& plan, const ApplyResult& applied,
-                                  Report* report) {
+void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& plan,
+                                  const ApplyResult& applied, Report* report) {
   std::map<int64_t, std::pair<double, int64_t>> layer_err;
   for (const auto& r : applied.records) {
     TensorReport t;
@@ -279,7 +302,8 @@ void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& 
     t.layer = layer_of(r.source);
     t.format = r.format;
     t.bits = r.bits;
-    if (r.details.is_object() && r.details.contains("experts")) {  // fused experts: per-expert sources
+    if (r.details.is_object() &&
+        r.details.contains("experts")) {  // fused experts: per-expert sources
       std::map<std::string, int64_t> sources;
       int64_t fewest = -1;
       for (const auto& e : r.details["experts"]) {
@@ -287,7 +311,8 @@ void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& 
         const int64_t n = e.value("routed_tokens", e.value("tokens", int64_t{0}));
         fewest = fewest < 0 ? n : std::min(fewest, n);
       }
-      for (const auto& [k, v] : sources) t.h_source += (t.h_source.empty() ? "" : ", ") + k + " " + std::to_string(v);
+      for (const auto& [k, v] : sources)
+        t.h_source += (t.h_source.empty() ? "" : ", ") + k + " " + std::to_string(v);
       t.tokens = fewest;
     } else if (r.details.is_object() && r.details.contains("h_source")) {
       t.h_source = r.details["h_source"].get<std::string>();
@@ -309,26 +334,29 @@ void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& 
     if (ls.is_moe) {
       l.experts_before = ls.num_experts;
       auto it = plan.experts.find(i);
-      l.experts_kept = it == plan.experts.end() ? ls.num_experts : static_cast<int64_t>(it->second.size());
+      l.experts_kept =
+          it == plan.experts.end() ? ls.num_experts : static_cast<int64_t>(it->second.size());
     }
-    if (auto it = layer_err.find(i); it != layer_err.end()) l.rel_err = it->second.first / it->second.second;
-    if (i < static_cast<int64_t>(applied.layer_seconds.size())) l.seconds = applied.layer_seconds[i];
+    if (auto it = layer_err.find(i); it != layer_err.end())
+      l.rel_err = it->second.first / it->second.second;
+    if (i < static_cast<int64_t>(applied.layer_seconds.size()))
+      l.seconds = applied.layer_seconds[i];
     report->layers.push_back(l);
   }
 }
 
 /// The before / after evaluation of a run (docs/eval.md) and its gate: eval_before.json and
 /// eval_after.json in the partial directory, the comparison printed, the report's eval and gate.
-void evaluate_and_gate(const Recipe& recipe, const RunOptions& options, const fs::path& partial, Report* report,
-                       RunResult* result) {
+void evaluate_and_gate(const Recipe& recipe, const RunOptions& options, const fs::path& partial,
+                       Report* report, RunResult* result) {
   const auto te = std::chrono::steady_clock::now();
   // The output is measured with quant/ dequantized exactly. The original streams once over the text
   // files, as the reference of the output's KL (docs/eval.md); the before-evaluation's perplexities
   // are the reference's, on the same windows. Task files are scored by each model on its own.
   const bool texts = !recipe.eval->text.empty();
   nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options, /*texts=*/false);
-  const nlohmann::json after =
-      evaluate(recipe, partial.string(), "eval after", options, /*texts=*/true, texts ? recipe.model : "");
+  const nlohmann::json after = evaluate(recipe, partial.string(), "eval after", options,
+                                        /*texts=*/true, texts ? recipe.model : "");
   if (texts) {
     for (const auto& [name, d] : after.at("divergence").items()) {
       before["perplexity"][name] = d.at("reference_perplexity");
@@ -343,7 +371,8 @@ void evaluate_and_gate(const Recipe& recipe, const RunOptions& options, const fs
   Thresholds thresholds;
   thresholds.max_ppl_increase = recipe.gate.max_ppl_increase;
   thresholds.max_acc_drop = recipe.gate.max_acc_drop;
-  const Comparison cmp = compare_evals(*report->eval_before, *report->eval_after, thresholds, "compressed");
+  const Comparison cmp =
+      compare_evals(*report->eval_before, *report->eval_after, thresholds, "compressed");
   std::cout << format_comparison(cmp, "original", "compressed");
   std::vector<std::string> kl_failures;
   if (after.contains("divergence")) {
@@ -351,23 +380,29 @@ void evaluate_and_gate(const Recipe& recipe, const RunOptions& options, const fs
       // JSON null: a non-finite KL (a diverged model, or no predicted tokens); it fails a KL gate.
       const bool finite = d.contains("kl") && d.at("kl").is_number();
       const double kl = finite ? d.at("kl").get<double>() : std::numeric_limits<double>::infinity();
-      const double top1 = d.contains("top1") && d.at("top1").is_number() ? d.at("top1").get<double>() : 0.0;
-      std::cout << fmt::format("KL to the original {}: {:.6f} nats/token, top-1 agreement {:.2f}%\n", name, kl, 100 * top1);
+      const double top1 =
+          d.contains("top1") && d.at("top1").is_number() ? d.at("top1").get<double>() : 0.0;
+      std::cout << fmt::format(
+          "KL to the original {}: {:.6f} nats/token, top-1 agreement {:.2f}%\n", name, kl,
+          100 * top1);
       if (recipe.gate.max_kl && !(kl <= *recipe.gate.max_kl)) {
-        kl_failures.push_back(fmt::format("KL to the original {}: {:.6f} > {:g} nats/token", name, kl, *recipe.gate.max_kl));
+        kl_failures.push_back(fmt::format("KL to the original {}: {:.6f} > {:g} nats/token", name,
+                                          kl, *recipe.gate.max_kl));
       }
     }
   }
   if (thresholds.any() || recipe.gate.max_kl) {
     report->gate = gate_report(cmp);
     report->gate->max_kl = recipe.gate.max_kl;
-    report->gate->failures.insert(report->gate->failures.end(), kl_failures.begin(), kl_failures.end());
+    report->gate->failures.insert(report->gate->failures.end(), kl_failures.begin(),
+                                  kl_failures.end());
     report->gate->passed = cmp.passed && kl_failures.empty();
     result->gate_passed = report->gate->passed;
     result->gate_failures = report->gate->failures;
   }
-  report->passes.push_back({"eval", "", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count(),
-                           peak_rss_bytes()});
+  report->passes.push_back(
+      {"eval", "", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count(),
+       peak_rss_bytes()});
 }
 
 }  // namespace
@@ -381,7 +416,8 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   const std::vector<ExportFormat> exports = recipe_exports(recipe, &packed_exports);
   if (options.dry_run) {
     if (needs_statistics(recipe)) {
-      std::cerr << "[run] dry run: the passes need calibration statistics; run `lathe plan` to compute them\n";
+      std::cerr << "[run] dry run: the passes need calibration statistics; run `lathe plan` to "
+                   "compute them\n";
       return result;
     }
     const CompressionPlan plan = plan_recipe(recipe, "", options);
@@ -391,7 +427,8 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   }
   const fs::path out(recipe.output), partial(recipe.output + ".partial");
   if (fs::exists(out) && !options.force) {
-    throw ConfigError(recipe.output, "output", "the output directory exists; use --force to replace it");
+    throw ConfigError(recipe.output, "output",
+                      "the output directory exists; use --force to replace it");
   }
   check_passes(recipe.model, recipe.pipeline.passes);
   fs::create_directories(partial);
@@ -400,31 +437,38 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   // The observe stage runs only for passes that read statistics; gptq and smoothquant stream the
   // calibration set through apply themselves.
   if (needs_statistics(recipe)) calibrate_into(recipe, stats_path, options);
-  const double calibrate_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double calibrate_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t calibrate_rss = peak_rss_bytes();
 
   const auto t1 = std::chrono::steady_clock::now();
   std::vector<std::string> log;
-  const CompressionPlan plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline,
-                                          needs_statistics(recipe) ? stats_path : "", &log, decide_request(recipe, options));
+  const CompressionPlan plan =
+      run_decide(recipe.model, recipe.pipeline.passes, pipeline,
+                 needs_statistics(recipe) ? stats_path : "", &log, decide_request(recipe, options));
   for (const auto& line : log) std::cerr << "[decide] " << line << "\n";
   check_export_expert_counts(recipe, plan, exports);
-  const double decide_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  const double decide_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
 
   const ApplyRequest req = recipe_apply_request(recipe, options, pipeline, plan);
   const ApplyResult applied = run_apply(req, [](int64_t layer, int64_t layers) {
     std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
   });
   for (const auto& w : applied.warnings) std::cerr << "[apply] warning: " << w << "\n";
-  if (write_plan_pattern_bank(plan, (partial / "pattern_bank.json").string())) {  // tcess (docs/tcess.md)
+  if (write_plan_pattern_bank(plan,
+                              (partial / "pattern_bank.json").string())) {  // tcess (docs/tcess.md)
     std::cerr << fmt::format("[decide] pattern bank: {}/pattern_bank.json\n", recipe.output);
   }
-  write_recipe_exports(recipe, partial, exports);  // inside the partial directory: published with it
+  write_recipe_exports(recipe, partial,
+                       exports);  // inside the partial directory: published with it
 
-  // The exports recompute the golden vectors (docs/verify.md); a mismatch fails the run like a gate.
+  // The exports recompute the golden vectors (docs/verify.md); a mismatch fails the run like a
+  // gate.
   std::vector<std::string> verify_failures;
-  const double verify_seconds =
-      packed_exports && options.golden.rows > 0 ? verify_run_exports(recipe, partial, &verify_failures) : -1;
+  const double verify_seconds = packed_exports && options.golden.rows > 0
+                                    ? verify_run_exports(recipe, partial, &verify_failures)
+                                    : -1;
 
   Report report;
   report.pipeline = pipeline;
@@ -435,7 +479,8 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   report.size_before_bytes = static_cast<int64_t>(applied.bytes_before);
   report.size_after_bytes = static_cast<int64_t>(applied.bytes_after);
   add_tensor_and_layer_reports(load_model_spec(recipe.model), plan, applied, &report);
-  if (needs_statistics(recipe)) report.passes.push_back({"calibrate", "", calibrate_seconds, calibrate_rss});
+  if (needs_statistics(recipe))
+    report.passes.push_back({"calibrate", "", calibrate_seconds, calibrate_rss});
   report.passes.push_back({"decide", "", decide_seconds, peak_rss_bytes()});
   for (size_t p = 0; p < applied.timings.size(); ++p) {
     std::string opts;
@@ -443,22 +488,26 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
       const PassInfo* info = find_pass(recipe.pipeline.passes[p].name);
       if (info) opts = recipe.pipeline.passes[p].options.canonical(info->options);
     }
-    report.passes.push_back({applied.timings[p].name, opts, applied.timings[p].seconds, applied.timings[p].peak_rss_bytes});
+    report.passes.push_back({applied.timings[p].name, opts, applied.timings[p].seconds,
+                             applied.timings[p].peak_rss_bytes});
   }
 
-  if (verify_seconds >= 0) report.passes.push_back({"verify", "", verify_seconds, peak_rss_bytes()});
+  if (verify_seconds >= 0)
+    report.passes.push_back({"verify", "", verify_seconds, peak_rss_bytes()});
 
   if (recipe.eval && (!recipe.eval->text.empty() || !recipe.eval->tasks.empty())) {
     evaluate_and_gate(recipe, options, partial, &report, &result);
   }
   if (!verify_failures.empty()) {
     result.gate_passed = false;
-    result.gate_failures.insert(result.gate_failures.end(), verify_failures.begin(), verify_failures.end());
+    result.gate_failures.insert(result.gate_failures.end(), verify_failures.begin(),
+                                verify_failures.end());
   }
   write_report_files(report, (partial / "report").string());
   publish_output(recipe.output);
-  std::cerr << fmt::format("[run] wrote {} ({:.2f} MB → {:.2f} MB); report: {}/report/report.html\n", recipe.output,
-                           applied.bytes_before / 1e6, applied.bytes_after / 1e6, recipe.output);
+  std::cerr << fmt::format(
+      "[run] wrote {} ({:.2f} MB → {:.2f} MB); report: {}/report/report.html\n", recipe.output,
+      applied.bytes_before / 1e6, applied.bytes_after / 1e6, recipe.output);
   return result;
 }
 

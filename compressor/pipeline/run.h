@@ -12,27 +12,30 @@
 namespace lathe {
 
 struct RunOptions {
-  bool force = false;    ///< replace an existing finished output directory
-  bool fresh = false;    ///< discard a partial run (and statistics) of other inputs instead of refusing
-  bool dry_run = false;  ///< print the plan (what would be cut and quantized, sizes) and write nothing
+  bool force = false;  ///< replace an existing finished output directory
+  bool fresh =
+      false;  ///< discard a partial run (and statistics) of other inputs instead of refusing
+  bool dry_run =
+      false;  ///< print the plan (what would be cut and quantized, sizes) and write nothing
   int64_t micro_batch = 8;
   GoldenOptions golden;  ///< golden vectors into verify/ (lathe verify)
 };
 
 struct RunResult {
-  bool gate_passed = true;   ///< false: the recipe's gate found a regression (exit 1)
+  bool gate_passed = true;  ///< false: the recipe's gate found a regression (exit 1)
   std::vector<std::string> gate_failures;
   std::string out_dir;
 };
 
-/// Runs `recipe` end to end. Prints the canonical pipeline string first. A kill at any point and the
-/// same command again resume (statistics reused, applied layers kept); a changed recipe is refused
-/// (DataError naming what changed) unless options.fresh.
+/// Runs `recipe` end to end. Prints the canonical pipeline string first. A kill at any point and
+/// the same command again resume (statistics reused, applied layers kept); a changed recipe is
+/// refused (DataError naming what changed) unless options.fresh.
 RunResult run_recipe(const Recipe& recipe, const RunOptions& options);
 
-/// Observe + decide only: the plan `lathe apply` executes. Statistics go to `stats_path` (reused when
-/// current); empty `stats_path` when no pass needs statistics.
-CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path, const RunOptions& options);
+/// Observe + decide only: the plan `lathe apply` executes. Statistics go to `stats_path` (reused
+/// when current); empty `stats_path` when no pass needs statistics.
+CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path,
+                            const RunOptions& options);
 
 /// What a plan would do to the model, for --dry-run: experts removed, tensors quantized, bytes
 /// before and (estimated, packed) after.

@@ -33,7 +33,8 @@ bool has_quantization_config(const fs::path& dir) {
   return fs::is_regular_file(dir / "config.json") && !quantization_method(dir.string()).empty();
 }
 
-kernels::ScaleType scale_type(const at::Tensor& t, const std::string& file, const std::string& name) {
+kernels::ScaleType scale_type(const at::Tensor& t, const std::string& file,
+                              const std::string& name) {
   switch (t.scalar_type()) {
     case at::kHalf: return kernels::ScaleType::kF16;
     case at::kBFloat16: return kernels::ScaleType::kBF16;
@@ -51,7 +52,10 @@ std::string format_label(const PackedModule& p) {
 class OpenedExport {
  public:
   explicit OpenedExport(const fs::path& dir)
-      : dir_(dir), packed_(open_packed_checkpoint(dir.string())), store_(dir.string()), spec_(load_model_spec(dir)) {
+      : dir_(dir),
+        packed_(open_packed_checkpoint(dir.string())),
+        store_(dir.string()),
+        spec_(load_model_spec(dir)) {
     if (!packed_) throw ConfigError(dir.string(), "quantization_config", "not a packed export");
   }
   const ModelSpec& spec() const { return spec_; }
@@ -65,17 +69,21 @@ class OpenedExport {
     return t.data_ptr<float>();
   }
 
-  /// The view of `module`: packed when the export packs it, else its plain weight (kDense); `packed`
-  /// tells which. Throws lathe errors for malformed tensors or a missing module.
+  /// The view of `module`: packed when the export packs it, else its plain weight (kDense);
+  /// `packed` tells which. Throws lathe errors for malformed tensors or a missing module.
   QuantWeightView view(const std::string& module, std::optional<PackedModule>* packed) {
     *packed = packed_->packed(module);
     QuantWeightView v;
     v.bias = floats(module + ".bias");
     if (!*packed) {
       const std::string name = module + ".weight";
-      if (!store_.contains(name)) throw DataError(dir_.string(), name, "missing: the export has neither packed tensors nor a weight for this module");
+      if (!store_.contains(name))
+        throw DataError(
+            dir_.string(), name,
+            "missing: the export has neither packed tensors nor a weight for this module");
       const at::Tensor w = load_tensor(store_, name);
-      if (w.dim() != 2) throw DataError(store_.info(name).shard_path, name, "expected a 2-D weight");
+      if (w.dim() != 2)
+        throw DataError(store_.info(name).shard_path, name, "expected a 2-D weight");
       v.format = WeightFormat::kDense;
       v.out = w.size(0);
       v.in = w.size(1);
@@ -158,7 +166,8 @@ double max_abs_diff(const float* a, const float* b, int64_t n) {
 
 /// Runs `compute(backend, y)` on each backend and compares with `golden`.
 template <typename Compute>
-void run_checks(VerifyCase* c, const std::vector<Backend>& backends, const at::Tensor& golden, Compute&& compute) {
+void run_checks(VerifyCase* c, const std::vector<Backend>& backends, const at::Tensor& golden,
+                Compute&& compute) {
   const int64_t n = golden.numel();
   const float* ref = golden.data_ptr<float>();
   c->status = "ok";
@@ -181,8 +190,8 @@ void run_checks(VerifyCase* c, const std::vector<Backend>& backends, const at::T
   }
 }
 
-void verify_linear(OpenedExport& ex, const GoldenLayer& g, const GoldenLinear& l, const std::vector<Backend>& backends,
-                   VerifyCase* c) {
+void verify_linear(OpenedExport& ex, const GoldenLayer& g, const GoldenLinear& l,
+                   const std::vector<Backend>& backends, VerifyCase* c) {
   std::optional<PackedModule> packed;
   QuantWeightView v;
   try {
@@ -202,12 +211,14 @@ void verify_linear(OpenedExport& ex, const GoldenLayer& g, const GoldenLinear& l
   const at::Tensor& x = g.inputs.at(l.input);
   if (x.size(1) != v.in || l.y.size(1) != v.out) {
     c->status = "fail";
-    c->note = fmt::format("the export's module is [{}, {}], the golden vectors are for [{}, {}]", v.out, v.in, l.y.size(1), x.size(1));
+    c->note = fmt::format("the export's module is [{}, {}], the golden vectors are for [{}, {}]",
+                          v.out, v.in, l.y.size(1), x.size(1));
     return;
   }
   if (packed->act_bits != l.act_bits) {
     c->status = "fail";
-    c->note = fmt::format("the export quantizes inputs to {} bits, lathe measured with {}", packed->act_bits, l.act_bits);
+    c->note = fmt::format("the export quantizes inputs to {} bits, lathe measured with {}",
+                          packed->act_bits, l.act_bits);
     return;
   }
   try {
@@ -217,10 +228,13 @@ void verify_linear(OpenedExport& ex, const GoldenLayer& g, const GoldenLinear& l
     c->note = e.what();
     return;
   }
-  run_checks(c, backends, l.y, [&](Backend b, float* y) { kernels::qlinear(b, v, x.data_ptr<float>(), x.size(0), y); });
+  run_checks(c, backends, l.y, [&](Backend b, float* y) {
+    kernels::qlinear(b, v, x.data_ptr<float>(), x.size(0), y);
+  });
 }
 
-void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backend>& backends, VerifyCase* c) {
+void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backend>& backends,
+                VerifyCase* c) {
   const ModelSpec& spec = ex.spec();
   c->format = "moe";
   const LayerSpec& ls = spec.layers.at(g.layer);
@@ -233,7 +247,9 @@ void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backen
   block.hidden = spec.hidden_size;
   block.num_experts = ls.num_experts;
   const RoutingRule& r = spec.routing;
-  block.routing.scoring = r.scoring == ScoringFunc::kSigmoid ? kernels::MoeRouting::Scoring::kSigmoid : kernels::MoeRouting::Scoring::kSoftmax;
+  block.routing.scoring = r.scoring == ScoringFunc::kSigmoid
+                              ? kernels::MoeRouting::Scoring::kSigmoid
+                              : kernels::MoeRouting::Scoring::kSoftmax;
   block.routing.top_k = ls.top_k;
   block.routing.renormalize = r.renormalize;
   block.routing.scaling_factor = r.scaling_factor;
@@ -254,12 +270,15 @@ void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backen
         case TensorRole::kExpertGate: block.gate[t.expert] = ex.view(module, &packed); break;
         case TensorRole::kExpertUp: block.up[t.expert] = ex.view(module, &packed); break;
         case TensorRole::kExpertDown: block.down[t.expert] = ex.view(module, &packed); break;
-        case TensorRole::kSharedGate: block.has_shared = true, block.shared_gate = ex.view(module, &packed); break;
+        case TensorRole::kSharedGate:
+          block.has_shared = true, block.shared_gate = ex.view(module, &packed);
+          break;
         case TensorRole::kSharedUp: block.shared_up = ex.view(module, &packed); break;
         case TensorRole::kSharedDown: block.shared_down = ex.view(module, &packed); break;
         default: continue;
       }
-      const bool linear = t.role != TensorRole::kRouter && t.role != TensorRole::kRouterBias && t.role != TensorRole::kSharedExpertGate;
+      const bool linear = t.role != TensorRole::kRouter && t.role != TensorRole::kRouterBias &&
+                          t.role != TensorRole::kSharedExpertGate;
       if (linear && !packed) ++unpacked;
     }
   } catch (const Error& e) {
@@ -283,7 +302,9 @@ void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backen
     }
   }
   const at::Tensor& x = g.inputs.at("mlp_in");
-  run_checks(c, backends, *g.moe_y, [&](Backend b, float* y) { kernels::moe_block(b, block, x.data_ptr<float>(), x.size(0), y); });
+  run_checks(c, backends, *g.moe_y, [&](Backend b, float* y) {
+    kernels::moe_block(b, block, x.data_ptr<float>(), x.size(0), y);
+  });
 }
 
 /// The layer a tensor or module name belongs to ("model.layers.L.…"), or -1.
@@ -297,44 +318,54 @@ int64_t layer_of(const std::string& name) {
   }
 }
 
-/// The file check (export/export_manifest.h): one case when every file matches its lathe_export.json
-/// entry (or there is none to check against), else one failed case per changed tensor, named by its
-/// module, and per changed or missing file.
+/// The file check (export/export_manifest.h): one case when every file matches its
+/// lathe_export.json entry (or there is none to check against), else one failed case per changed
+/// tensor, named by its module, and per changed or missing file.
 std::vector<VerifyCase> integrity_cases(const fs::path& dir) {
   const std::optional<IntegrityReport> report = check_export_manifest(dir);
   VerifyCase c{dir.string(), -1, "files", "sha256", "skip", "", {}};
   if (!report) {
-    c.note = std::string("no ") + kExportManifest + " (an export of an older lathe or another tool): file hashes not checked";
+    c.note = std::string("no ") + kExportManifest +
+             " (an export of an older lathe or another tool): file hashes not checked";
     return {c};
   }
   if (report->problems.empty()) {
     c.status = "ok";
-    c.note = fmt::format("{} files and {} tensors match {}", report->files, report->tensors, kExportManifest);
-    if (!report->unlisted.empty()) c.note += fmt::format("; {} files not listed there, not checked", report->unlisted.size());
+    c.note = fmt::format("{} files and {} tensors match {}", report->files, report->tensors,
+                         kExportManifest);
+    if (!report->unlisted.empty())
+      c.note += fmt::format("; {} files not listed there, not checked", report->unlisted.size());
     return {c};
   }
   std::vector<VerifyCase> cases;
   for (const auto& p : report->problems) {
     const std::string module = p.tensor.empty() ? p.file : p.tensor.substr(0, p.tensor.rfind('.'));
-    const std::string what = p.tensor.empty() ? p.what : p.tensor.substr(p.tensor.rfind('.') + 1) + ": " + p.what;
-    cases.push_back({dir.string(), layer_of(module), module, "sha256", "fail", what + " (" + p.file + ")", {}});
+    const std::string what =
+        p.tensor.empty() ? p.what : p.tensor.substr(p.tensor.rfind('.') + 1) + ": " + p.what;
+    cases.push_back(
+        {dir.string(), layer_of(module), module, "sha256", "fail", what + " (" + p.file + ")", {}});
   }
   return cases;
 }
 
-void verify_one_export(const fs::path& dir, const fs::path& golden_dir, const std::vector<Backend>& backends,
-                       VerifyResult* result, const std::function<void(const VerifyCase&)>& on_case) {
+void verify_one_export(const fs::path& dir, const fs::path& golden_dir,
+                       const std::vector<Backend>& backends, VerifyResult* result,
+                       const std::function<void(const VerifyCase&)>& on_case) {
   const std::vector<std::string> files = list_golden_files(golden_dir.string());
   if (files.empty()) {
-    throw ConfigError(dir.string(), "verify",
-                      "no golden vectors (verify/layer_*.h5): they are written by lathe apply / lathe run "
-                      "(--verify-rows > 0) and copied into every export");
+    throw ConfigError(
+        dir.string(), "verify",
+        "no golden vectors (verify/layer_*.h5): they are written by lathe apply / lathe run "
+        "(--verify-rows > 0) and copied into every export");
   }
   result->exports.push_back(dir.string());
   auto count = [&](VerifyCase& c) {
-    if (c.status == "ok") ++result->passed;
-    else if (c.status == "fail") ++result->failed;
-    else ++result->skipped;
+    if (c.status == "ok")
+      ++result->passed;
+    else if (c.status == "fail")
+      ++result->failed;
+    else
+      ++result->skipped;
     if (on_case) on_case(c);
     result->cases.push_back(std::move(c));
   };
@@ -343,7 +374,10 @@ void verify_one_export(const fs::path& dir, const fs::path& golden_dir, const st
   std::set<std::string> covered;  // modules with a golden case
   for (const auto& file : files) {
     const GoldenLayer g = read_golden_layer(file);
-    if (g.layer >= ex.spec().num_layers) throw DataError(file, "layer", fmt::format("layer {} but the export has {} layers", g.layer, ex.spec().num_layers));
+    if (g.layer >= ex.spec().num_layers)
+      throw DataError(
+          file, "layer",
+          fmt::format("layer {} but the export has {} layers", g.layer, ex.spec().num_layers));
     auto finish = [&](VerifyCase& c) {
       ex.clear();
       covered.insert(c.name);
@@ -355,7 +389,8 @@ void verify_one_export(const fs::path& dir, const fs::path& golden_dir, const st
       finish(c);
     }
     if (g.moe_y) {
-      VerifyCase c{dir.string(), g.layer, fmt::format("model.layers.{}.moe", g.layer), "", "", "", {}};
+      VerifyCase c{dir.string(), g.layer, fmt::format("model.layers.{}.moe", g.layer), "", "",
+                   "",           {}};
       verify_moe(ex, g, backends, &c);
       finish(c);
     }
@@ -363,8 +398,14 @@ void verify_one_export(const fs::path& dir, const fs::path& golden_dir, const st
   // Packed modules the golden vectors leave out (a run with --verify-experts K): said, not hidden.
   for (const auto& module : ex.packed_modules()) {
     if (covered.count(module)) continue;
-    VerifyCase c{dir.string(), layer_of(module), module, "", "skip",
-                 "no golden vectors for this module (recorded with --verify-experts below all): kernels not replayed", {}};
+    VerifyCase c{dir.string(),
+                 layer_of(module),
+                 module,
+                 "",
+                 "skip",
+                 "no golden vectors for this module (recorded with --verify-experts below all): "
+                 "kernels not replayed",
+                 {}};
     count(c);
   }
 }
@@ -372,11 +413,13 @@ void verify_one_export(const fs::path& dir, const fs::path& golden_dir, const st
 }  // namespace
 
 double verify_bound(Backend backend, const std::string& format) {
-  if (format == "moe-w8a8") return 1e-4;  // an ulp in a recomputed activation can move one int8 rounding
+  if (format == "moe-w8a8")
+    return 1e-4;  // an ulp in a recomputed activation can move one int8 rounding
   const bool moe = format == "moe";
   if (backend != Backend::kCuda) return moe ? 1e-6 : 1e-8;
   if (moe) return 1e-4;
-  const bool a16 = format.rfind("gptq", 0) == 0 || format.rfind("ct-packed", 0) == 0 || format == "ct-int8";
+  const bool a16 =
+      format.rfind("gptq", 0) == 0 || format.rfind("ct-packed", 0) == 0 || format == "ct-int8";
   return a16 ? 1e-5 : 1e-8;
 }
 
@@ -384,16 +427,20 @@ VerifyResult verify_exports(const std::string& dir_text, const VerifyOptions& op
                             const std::function<void(const VerifyCase&)>& on_case) {
   const fs::path dir(dir_text);
   if (!fs::is_directory(dir)) throw ConfigError(dir_text, "", "no such directory");
-  std::vector<Backend> backends = options.backends.empty() ? kernels::available_backends() : options.backends;
+  std::vector<Backend> backends =
+      options.backends.empty() ? kernels::available_backends() : options.backends;
   const std::vector<Backend> available = kernels::available_backends();
   for (const Backend b : backends) {
     if (std::find(available.begin(), available.end(), b) == available.end()) {
-      throw ConfigError("", "--backend", std::string(kernels::backend_name(b)) + " is not available here (no CUDA build or no GPU visible)");
+      throw ConfigError("", "--backend",
+                        std::string(kernels::backend_name(b)) +
+                            " is not available here (no CUDA build or no GPU visible)");
     }
   }
   VerifyResult result;
   if (has_quantization_config(dir)) {
-    const fs::path golden = fs::is_directory(dir / "verify") ? dir / "verify" : dir.parent_path() / "verify";
+    const fs::path golden =
+        fs::is_directory(dir / "verify") ? dir / "verify" : dir.parent_path() / "verify";
     verify_one_export(dir, golden, backends, &result, on_case);
     return result;
   }
@@ -402,16 +449,19 @@ VerifyResult verify_exports(const std::string& dir_text, const VerifyOptions& op
     const fs::path e = dir / sub;
     if (!has_quantization_config(e)) continue;
     any = true;
-    verify_one_export(e, fs::is_directory(e / "verify") ? e / "verify" : dir / "verify", backends, &result, on_case);
+    verify_one_export(e, fs::is_directory(e / "verify") ? e / "verify" : dir / "verify", backends,
+                      &result, on_case);
   }
   if (!any && fs::exists(dir / "config.json")) {
     throw ConfigError(dir_text, "quantization_config",
-                      "an unquantized checkpoint (e.g. the hf export): it has nothing packed to verify; verify the "
+                      "an unquantized checkpoint (e.g. the hf export): it has nothing packed to "
+                      "verify; verify the "
                       "gptq or ct export, or the output directory");
   }
   if (!any) {
     throw ConfigError(dir_text, "",
-                      "neither a packed export (config.json with a quantization_config) nor a lathe output directory "
+                      "neither a packed export (config.json with a quantization_config) nor a "
+                      "lathe output directory "
                       "with exports (gptq/, ct/): run lathe export first");
   }
   return result;

@@ -16,31 +16,40 @@ namespace lathe {
 namespace {
 
 void validate(const at::Tensor& weight, const GptqOptions& o) {
-  if (o.bits < 2 || o.bits > 8) throw ConfigError("", "bits", "expected 2..8, found " + std::to_string(o.bits));
-  if (!weight.defined() || weight.dim() != 2) throw InternalError("", "weight", "gptq_quantize needs a 2-d weight");
-  if (!at::isFloatingType(weight.scalar_type())) throw InternalError("", "weight", "gptq_quantize needs a float weight");
+  if (o.bits < 2 || o.bits > 8)
+    throw ConfigError("", "bits", "expected 2..8, found " + std::to_string(o.bits));
+  if (!weight.defined() || weight.dim() != 2)
+    throw InternalError("", "weight", "gptq_quantize needs a 2-d weight");
+  if (!at::isFloatingType(weight.scalar_type()))
+    throw InternalError("", "weight", "gptq_quantize needs a float weight");
   const int64_t in = weight.size(1);
   if (o.group_size == 0 || o.group_size < -1 || (o.group_size > 0 && in % o.group_size != 0)) {
-    throw ConfigError("", "group-size", "expected -1 or a positive divisor of the input width " + std::to_string(in) +
-                                            ", found " + std::to_string(o.group_size));
+    throw ConfigError("", "group-size",
+                      "expected -1 or a positive divisor of the input width " + std::to_string(in) +
+                          ", found " + std::to_string(o.group_size));
   }
-  if (!(o.damp >= 0)) throw ConfigError("", "damp", "expected ≥ 0, found " + std::to_string(o.damp));
-  if (!(o.damp_step > 0)) throw ConfigError("", "damp-step", "expected > 0, found " + std::to_string(o.damp_step));
+  if (!(o.damp >= 0))
+    throw ConfigError("", "damp", "expected ≥ 0, found " + std::to_string(o.damp));
+  if (!(o.damp_step > 0))
+    throw ConfigError("", "damp-step", "expected > 0, found " + std::to_string(o.damp_step));
   if (!(o.damp_max >= o.damp)) {
-    throw ConfigError("", "damp-max", "expected ≥ damp (" + std::to_string(o.damp) + "), found " + std::to_string(o.damp_max));
+    throw ConfigError(
+        "", "damp-max",
+        "expected ≥ damp (" + std::to_string(o.damp) + "), found " + std::to_string(o.damp_max));
   }
-  if (o.block_size < 1) throw ConfigError("", "block-size", "expected ≥ 1, found " + std::to_string(o.block_size));
+  if (o.block_size < 1)
+    throw ConfigError("", "block-size", "expected ≥ 1, found " + std::to_string(o.block_size));
 }
 
 std::pair<at::Tensor, at::Tensor> group_params(const at::Tensor& x, const GptqOptions& o) {
-  return o.mse ? quant_params_mse(x, o.bits, o.sym, 100, 0.8, 2.4, o.scale_dtype) : quant_params(x, o.bits, o.sym, o.scale_dtype);
+  return o.mse ? quant_params_mse(x, o.bits, o.sym, 100, 0.8, 2.4, o.scale_dtype)
+               : quant_params(x, o.bits, o.sym, o.scale_dtype);
 }
 
 /// tr(A H Aᵀ) = Σ (A H) ⊙ A: the GEMM in fp32, the sum in fp64 (a scalar over out·in terms).
 double quad_trace(const at::Tensor& a, const at::Tensor& h) {
   return (a.mm(h) * a).sum(at::kDouble).item<double>();
 }
-
 
 /// One segment of a block's column loop on the CPU (§1.3), row by row: every row of W1 is
 /// independent once the group parameters are known, so each row runs columns [c0, c1) to the end
@@ -50,9 +59,9 @@ double quad_trace(const at::Tensor& a, const at::Tensor& h) {
 /// built without fused multiply-add, like the single-column product the tensor path computes).
 /// `scale`/`zero` give row r's parameters for column c: scale[r * s_row + s_col[c]].
 template <typename T>
-void column_segment(T* w1, T* q1, T* err1, const T* u1, int64_t out, int64_t count, int64_t c0, int64_t c1,
-                    const T* scale, const T* zero, int64_t s_row, const int64_t* s_col, double maxq,
-                    std::vector<double>& row_loss) {
+void column_segment(T* w1, T* q1, T* err1, const T* u1, int64_t out, int64_t count, int64_t c0,
+                    int64_t c1, const T* scale, const T* zero, int64_t s_row, const int64_t* s_col,
+                    double maxq, std::vector<double>& row_loss) {
   at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       T* w = w1 + r * count;
@@ -84,9 +93,11 @@ void column_segment(T* w1, T* q1, T* err1, const T* u1, int64_t out, int64_t cou
 /// λ = damp + k·damp_step (k = 0, 1, … up to damp_max) for which both factorisations succeed and U
 /// is finite; undefined when none does (or H is not finite or its mean diagonal is not positive).
 /// `lambda` and `retries` get the last λ tried and k.
-at::Tensor damped_inverse_factor(const at::Tensor& H, const GptqOptions& o, double* lambda, int* retries) {
+at::Tensor damped_inverse_factor(const at::Tensor& H, const GptqOptions& o, double* lambda,
+                                 int* retries) {
   const bool finite = H.isfinite().all().item<bool>();
-  const at::Tensor mean_diag = H.diagonal().mean();  // working precision, as the reference implementations
+  const at::Tensor mean_diag =
+      H.diagonal().mean();  // working precision, as the reference implementations
   *lambda = o.damp;
   *retries = 0;
   if (!finite || !(mean_diag.item<double>() > 0)) return at::Tensor();
@@ -96,7 +107,8 @@ at::Tensor damped_inverse_factor(const at::Tensor& H, const GptqOptions& o, doub
     hd.diagonal().add_(mean_diag * *lambda);
     auto [lower, info] = at::linalg_cholesky_ex(hd, /*upper=*/false, /*check_errors=*/false);
     if (info.item<int64_t>() == 0) {
-      auto [upper, info2] = at::linalg_cholesky_ex(at::cholesky_inverse(lower), /*upper=*/true, /*check_errors=*/false);
+      auto [upper, info2] = at::linalg_cholesky_ex(at::cholesky_inverse(lower), /*upper=*/true,
+                                                   /*check_errors=*/false);
       if (info2.item<int64_t>() == 0 && upper.isfinite().all().item<bool>()) return upper;
     }
     if (o.damp + (*retries + 1) * o.damp_step > o.damp_max * (1 + 1e-12)) return at::Tensor();
@@ -112,17 +124,20 @@ struct Block {
 
 /// Dynamic group parameters at block column i (k = i1 + i, k % g == 0), from the fully updated
 /// columns k..k+g: inside the block they are W1's; past it they still lack this block's updates,
-/// applied here explicitly. *Note:* the reference codes read W (not W1) here, so a group that starts
-/// inside a block misses the updates of the block's earlier columns; lathe follows the unbatched
-/// algorithm. Stores them in column k / g of scales / zeros and returns them as [out, 1] columns.
+/// applied here explicitly. *Note:* the reference codes read W (not W1) here, so a group that
+/// starts inside a block misses the updates of the block's earlier columns; lathe follows the
+/// unbatched algorithm. Stores them in column k / g of scales / zeros and returns them as [out, 1]
+/// columns.
 void dynamic_params(const at::Tensor& W, const at::Tensor& U, const Block& b, int64_t i, int64_t g,
-                    const GptqOptions& o, at::Tensor& scales, at::Tensor& zeros, at::Tensor* scale, at::Tensor* zero) {
+                    const GptqOptions& o, at::Tensor& scales, at::Tensor& zeros, at::Tensor* scale,
+                    at::Tensor* zero) {
   const int64_t k = b.i1 + i;
   at::Tensor cols;
   if (k + g <= b.i2) {
     cols = b.W1.slice(1, i, i + g);
   } else {
-    const at::Tensor tail = W.slice(1, b.i2, k + g) - b.Err1.slice(1, 0, i).mm(U.slice(0, b.i1, k).slice(1, b.i2, k + g));
+    const at::Tensor tail = W.slice(1, b.i2, k + g) -
+                            b.Err1.slice(1, 0, i).mm(U.slice(0, b.i1, k).slice(1, b.i2, k + g));
     cols = at::cat({b.W1.slice(1, i), tail}, 1);
   }
   auto [s, z] = group_params(cols, o);
@@ -135,10 +150,10 @@ void dynamic_params(const at::Tensor& W, const at::Tensor& U, const Block& b, in
 /// The block on the CPU: segments of columns that share group parameters (static groups: the whole
 /// block; dynamic: from one group start to the next) run row by row (column_segment). `scale` /
 /// `zero` carry the current dynamic group's parameters from block to block.
-void cpu_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g, bool static_groups,
-               const std::vector<int64_t>& perm_host, at::Tensor& scales, at::Tensor& zeros,
-               const at::Tensor& static_scales, const at::Tensor& static_zeros, at::Tensor& scale, at::Tensor& zero,
-               std::vector<double>& row_loss) {
+void cpu_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g,
+               bool static_groups, const std::vector<int64_t>& perm_host, at::Tensor& scales,
+               at::Tensor& zeros, const at::Tensor& static_scales, const at::Tensor& static_zeros,
+               at::Tensor& scale, at::Tensor& zero, std::vector<double>& row_loss) {
   const int64_t out = W.size(0), groups = scales.size(1);
   const double maxq = static_cast<double>((1 << o.bits) - 1);
   const at::Tensor U1c = b.U1.contiguous();
@@ -160,8 +175,9 @@ void cpu_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOpt
       seg_zero = zero.contiguous();
     }
     AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "gptq_column_segment", [&] {
-      column_segment<scalar_t>(b.W1.data_ptr<scalar_t>(), b.Q1.data_ptr<scalar_t>(), b.Err1.data_ptr<scalar_t>(),
-                               U1c.data_ptr<scalar_t>(), out, b.count, i, end, seg_scale.data_ptr<scalar_t>(),
+      column_segment<scalar_t>(b.W1.data_ptr<scalar_t>(), b.Q1.data_ptr<scalar_t>(),
+                               b.Err1.data_ptr<scalar_t>(), U1c.data_ptr<scalar_t>(), out, b.count,
+                               i, end, seg_scale.data_ptr<scalar_t>(),
                                seg_zero.data_ptr<scalar_t>(), s_row, s_col.data(), maxq, row_loss);
     });
     i = end;
@@ -170,9 +186,10 @@ void cpu_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOpt
 
 /// The block with tensor operations, one column at a time (devices other than the CPU). Returns
 /// the block's loss terms summed (fp64, on the device: no sync per block).
-at::Tensor tensor_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g,
-                        bool static_groups, const std::vector<int64_t>& perm_host, at::Tensor& scales,
-                        at::Tensor& zeros, at::Tensor& scale, at::Tensor& zero) {
+at::Tensor tensor_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOptions& o,
+                        int64_t g, bool static_groups, const std::vector<int64_t>& perm_host,
+                        at::Tensor& scales, at::Tensor& zeros, at::Tensor& scale,
+                        at::Tensor& zero) {
   at::Tensor losses = at::empty_like(b.W1);
   for (int64_t i = 0; i < b.count; ++i) {
     const int64_t k = b.i1 + i;
@@ -199,8 +216,9 @@ at::Tensor tensor_block(Block& b, const at::Tensor& W, const at::Tensor& U, cons
 /// §1.3: the column loop with lazy block updates, in W's precision. W (permuted, dead columns
 /// zeroed) is updated in place; scales / zeros hold static groups' parameters already, dynamic
 /// ones are filled here. Returns the codes in loop order; `loss` gets Σ (w − q)² / d².
-at::Tensor column_loop(const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g, bool static_groups,
-                       const std::vector<int64_t>& perm_host, at::Tensor& scales, at::Tensor& zeros, double* loss) {
+at::Tensor column_loop(const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g,
+                       bool static_groups, const std::vector<int64_t>& perm_host,
+                       at::Tensor& scales, at::Tensor& zeros, double* loss) {
   const int64_t out = W.size(0), in = W.size(1);
   at::Tensor codes = at::empty({out, in}, W.options());
   at::Tensor scale, zero;  // [out, 1]: the current dynamic group's (a group may span blocks)
@@ -209,7 +227,8 @@ at::Tensor column_loop(const at::Tensor& W, const at::Tensor& U, const GptqOptio
   std::vector<double> row_loss(cpu ? out : 0, 0.0);
   // The CPU path reads static groups' parameters per column from these ([out, groups], W's dtype).
   const at::Tensor static_scales = static_groups && cpu ? scales.contiguous() : at::Tensor();
-  const at::Tensor static_zeros = static_groups && cpu ? zeros.to(W.scalar_type()).contiguous() : at::Tensor();
+  const at::Tensor static_zeros =
+      static_groups && cpu ? zeros.to(W.scalar_type()).contiguous() : at::Tensor();
   for (int64_t i1 = 0; i1 < in; i1 += o.block_size) {
     Block b;
     b.i1 = i1;
@@ -220,10 +239,11 @@ at::Tensor column_loop(const at::Tensor& W, const at::Tensor& U, const GptqOptio
     b.Err1 = at::zeros_like(b.W1);
     b.U1 = U.slice(0, i1, b.i2).slice(1, i1, b.i2);
     if (cpu) {
-      cpu_block(b, W, U, o, g, static_groups, perm_host, scales, zeros, static_scales, static_zeros, scale, zero,
-                row_loss);
+      cpu_block(b, W, U, o, g, static_groups, perm_host, scales, zeros, static_scales, static_zeros,
+                scale, zero, row_loss);
     } else {
-      device_loss += tensor_block(b, W, U, o, g, static_groups, perm_host, scales, zeros, scale, zero);
+      device_loss +=
+          tensor_block(b, W, U, o, g, static_groups, perm_host, scales, zeros, scale, zero);
     }
     codes.slice(1, i1, b.i2).copy_(b.Q1);
     if (b.i2 < in) W.slice(1, b.i2).sub_(b.Err1.mm(U.slice(0, i1, b.i2).slice(1, b.i2)));
@@ -243,7 +263,8 @@ at::Tensor gptq_dequantize(const QuantizedWeight& q, const at::Tensor& g_idx) {
   return s * (q.codes.to(at::kFloat) - z);
 }
 
-GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, int64_t tokens, const GptqOptions& o) {
+GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, int64_t tokens,
+                         const GptqOptions& o) {
   validate(weight, o);
   const int64_t out = weight.size(0), in = weight.size(1);
   const int64_t g = o.group_size == -1 ? in : o.group_size;
@@ -264,9 +285,11 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
     r.h_source = "none";
     return r;
   }
-  if (tokens < 0) throw InternalError("", "tokens", "negative token count " + std::to_string(tokens));
+  if (tokens < 0)
+    throw InternalError("", "tokens", "negative token count " + std::to_string(tokens));
   if (hessian.dim() != 2 || hessian.size(0) != in || hessian.size(1) != in) {
-    throw InternalError("", "hessian", "expected [" + std::to_string(in) + ", " + std::to_string(in) + "]");
+    throw InternalError("", "hessian",
+                        "expected [" + std::to_string(in) + ", " + std::to_string(in) + "]");
   }
   r.h_source = "hessian";
 
@@ -302,7 +325,7 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   const at::Tensor U = damped_inverse_factor(H, o, &lambda, &retries);
   r.damp_used = lambda;
   r.retries = retries;
-  H.reset();  // only U, H0 and W are needed from here on (in² floats each)
+  H.reset();           // only U, H0 and W are needed from here on (in² floats each)
   if (!U.defined()) {  // DECISION §1.2: RTN with the MSE grid; the pass warns with module and λ
     r.rtn_fallback = true;
     r.q = quantize_rtn(W_unperm, spec, /*mse=*/true);
@@ -343,7 +366,8 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
     if (static_groups) {
       r.g_idx = contiguous_gidx;
     } else {
-      r.g_idx = at::empty({in}, long_opts.dtype(at::kInt)).index_copy_(0, perm, at::arange(in, long_opts).div(g, "floor").to(at::kInt));
+      r.g_idx = at::empty({in}, long_opts.dtype(at::kInt))
+                    .index_copy_(0, perm, at::arange(in, long_opts).div(g, "floor").to(at::kInt));
     }
   } else {
     r.q.codes = codes.to(at::kByte);
@@ -369,7 +393,8 @@ void accumulate_hessian(at::Tensor& h, const at::Tensor& x) {
     // Row block i of the upper triangle in one product: [i1 - i, n] x [n, in - i].
     h.slice(0, i, i1).slice(1, i).addmm_(xi, xt.slice(0, i).t());
   }
-  // Mirror: every block below the diagonal from its transpose above (the diagonal blocks are whole).
+  // Mirror: every block below the diagonal from its transpose above (the diagonal blocks are
+  // whole).
   for (int64_t i = kBlock; i < in; i += kBlock) {
     const int64_t i1 = std::min(in, i + kBlock);
     h.slice(0, i, i1).slice(1, 0, i).copy_(h.slice(0, 0, i).slice(1, i, i1).t());

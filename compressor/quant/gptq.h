@@ -25,8 +25,9 @@ struct GptqOptions {
   double damp = 0.01;         ///< λ of §1.2.3, relative to mean(diag H)
   double damp_step = 0.0015;  ///< λ increment after a failed factorisation
   double damp_max = 1.0;      ///< last λ tried before the RTN fallback
-  int64_t block_size = 128;   ///< B of §1.3 (lazy batch width); changes rounding only, not the result
-  bool mse = false;           ///< MSE clipping grid for the group parameters (§1.4)
+  int64_t block_size =
+      128;           ///< B of §1.3 (lazy batch width); changes rounding only, not the result
+  bool mse = false;  ///< MSE clipping grid for the group parameters (§1.4)
   at::ScalarType scale_dtype = at::kFloat;  ///< QuantSpec::scale_dtype (the pass: the export's)
 };
 
@@ -53,21 +54,23 @@ struct GptqResult {
   double rel_err = 0;
   double damp_used = 0;  ///< the λ that factorised (fallback: the last λ tried; data-free: 0)
   int retries = 0;       ///< times λ was increased
-  bool rtn_fallback = false;  ///< no λ ≤ damp_max factorised (or H was not finite): RTN with MSE grid
+  bool rtn_fallback =
+      false;  ///< no λ ≤ damp_max factorised (or H was not finite): RTN with MSE grid
   /// "hessian" when one was given (the pass replaces it by "routed"/"all"), "none" for data-free.
   std::string h_source;
 };
 
 /// GPTQ of `weight` ([out, in], any float dtype, any device) with `hessian` = Σ_t x_t x_tᵀ over
-/// `tokens` tokens ([in, in] fp32, unnormalised; moved to the weight's device). Works in fp32 like the
-/// reference implementations (an fp64 weight is worked in fp64, for exactness tests); only scalar
-/// reductions (losses, traces: sums of out·in terms) are accumulated in fp64. Lazy batching changes
-/// the order of fp32 sums, so codes can differ from the unbatched algorithm where a value lies within
-/// rounding of a code boundary (measured: < 0.1% of codes, a few rows).
-/// `hessian` undefined or `tokens` == 0: data-free RTN with MSE clipping (h_source "none").
-/// ConfigError: bits outside 2..8 (field "bits"), group size 0, < −1 or not dividing `in`
+/// `tokens` tokens ([in, in] fp32, unnormalised; moved to the weight's device). Works in fp32 like
+/// the reference implementations (an fp64 weight is worked in fp64, for exactness tests); only
+/// scalar reductions (losses, traces: sums of out·in terms) are accumulated in fp64. Lazy batching
+/// changes the order of fp32 sums, so codes can differ from the unbatched algorithm where a value
+/// lies within rounding of a code boundary (measured: < 0.1% of codes, a few rows). `hessian`
+/// undefined or `tokens` == 0: data-free RTN with MSE clipping (h_source "none"). ConfigError: bits
+/// outside 2..8 (field "bits"), group size 0, < −1 or not dividing `in`
 /// ("group-size"), damp < 0, damp_step ≤ 0, damp_max < damp, block_size < 1. InternalError: shapes.
-GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, int64_t tokens, const GptqOptions& options);
+GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, int64_t tokens,
+                         const GptqOptions& options);
 
 /// Ŵ (f32 [out, in]) of a result: scales[r, g_idx[c]] · (codes[r, c] − zeros[r, g_idx[c]]).
 at::Tensor gptq_dequantize(const QuantizedWeight& q, const at::Tensor& g_idx);

@@ -38,8 +38,8 @@ QuantizedWeight QuantRecord::slice(int64_t e, at::Tensor* g) const {
   return q;
 }
 
-QuantRecord make_quant_record(const std::string& name, const QuantizedWeight& q, const at::Tensor& g_idx,
-                              int64_t act_bits) {
+QuantRecord make_quant_record(const std::string& name, const QuantizedWeight& q,
+                              const at::Tensor& g_idx, int64_t act_bits) {
   QuantRecord r;
   r.name = name;
   r.bits = q.spec.bits;
@@ -51,7 +51,8 @@ QuantRecord make_quant_record(const std::string& name, const QuantizedWeight& q,
   r.zeros = q.zeros.to(at::kInt).contiguous().cpu();
   const int64_t in = q.codes.size(1);
   const int64_t gs = q.spec.group_size == -1 ? in : q.spec.group_size;
-  r.g_idx = g_idx.defined() ? g_idx.to(at::kInt).contiguous().cpu() : at::arange(in, at::kInt).div(gs, "floor").to(at::kInt);
+  r.g_idx = g_idx.defined() ? g_idx.to(at::kInt).contiguous().cpu()
+                            : at::arange(in, at::kInt).div(gs, "floor").to(at::kInt);
   return r;
 }
 
@@ -61,8 +62,11 @@ QuantRecord stack_quant_records(const std::string& name, const std::vector<Quant
   r.name = name;
   std::vector<at::Tensor> c, s, z, g;
   for (const auto& e : experts) {
-    if (e.bits != r.bits || e.group_size != r.group_size || e.sym != r.sym || e.act_bits != r.act_bits) {
-      throw InternalError("", name, "experts of one fused tensor must share bits, group size, sym and activation bits");
+    if (e.bits != r.bits || e.group_size != r.group_size || e.sym != r.sym ||
+        e.act_bits != r.act_bits) {
+      throw InternalError(
+          "", name,
+          "experts of one fused tensor must share bits, group size, sym and activation bits");
     }
     c.push_back(e.codes);
     s.push_back(e.scales);

@@ -30,8 +30,8 @@ struct QuantRecord {
 };
 
 /// A 2-D record from a QuantizedWeight and its g_idx (undefined = contiguous groups).
-QuantRecord make_quant_record(const std::string& name, const QuantizedWeight& q, const at::Tensor& g_idx,
-                              int64_t act_bits = 0);
+QuantRecord make_quant_record(const std::string& name, const QuantizedWeight& q,
+                              const at::Tensor& g_idx, int64_t act_bits = 0);
 /// The records of the experts of one fused tensor, stacked along a new leading dimension.
 QuantRecord stack_quant_records(const std::string& name, const std::vector<QuantRecord>& experts);
 

@@ -37,11 +37,12 @@ std::pair<at::Tensor, at::Tensor> quant_params(const at::Tensor& x, int64_t bits
                                                at::ScalarType scale_dtype = at::kFloat);
 
 /// quant_params with the §1.4 MSE grid: for i = 0 … ⌊maxshrink·grid⌋ − 1 the range shrunk by
-/// p = 1 − i/grid goes through the same parameter rule (asymmetric: zero recomputed, clamped and the
-/// scale widened), and each row keeps the candidate with the least Σ|x̂ − x|^norm (the first, i.e.
-/// the widest, on ties). i = 0 is quant_params itself.
-std::pair<at::Tensor, at::Tensor> quant_params_mse(const at::Tensor& x, int64_t bits, bool sym, int64_t grid = 100,
-                                                   double maxshrink = 0.8, double norm = 2.4,
+/// p = 1 − i/grid goes through the same parameter rule (asymmetric: zero recomputed, clamped and
+/// the scale widened), and each row keeps the candidate with the least Σ|x̂ − x|^norm (the first,
+/// i.e. the widest, on ties). i = 0 is quant_params itself.
+std::pair<at::Tensor, at::Tensor> quant_params_mse(const at::Tensor& x, int64_t bits, bool sym,
+                                                   int64_t grid = 100, double maxshrink = 0.8,
+                                                   double norm = 2.4,
                                                    at::ScalarType scale_dtype = at::kFloat);
 
 /// The scale rule of QuantSpec::scale_dtype: identity for kFloat / kDouble, else clamp to
@@ -50,7 +51,8 @@ at::Tensor round_scales(const at::Tensor& scales, at::ScalarType scale_dtype);
 
 /// clamp(round(x / scale) + zero, 0, maxq) with per-row scale/zero ([rows] or [rows, 1]); f32
 /// (f64 when x is f64).
-at::Tensor quantize_codes(const at::Tensor& x, const at::Tensor& scales, const at::Tensor& zeros, int64_t bits);
+at::Tensor quantize_codes(const at::Tensor& x, const at::Tensor& scales, const at::Tensor& zeros,
+                          int64_t bits);
 
 /// Round-to-nearest of a whole [out, in] weight; with `mse` the parameters come from
 /// quant_params_mse (the clipping search). ConfigError (field "group-size") when the group size

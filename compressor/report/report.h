@@ -36,7 +36,8 @@ struct TensorReport {
   int64_t bits = 16;             ///< bits per weight: 16 unquantized bf16/fp16, 32 fp32, 0 removed
   std::optional<double> rel_err;
   /// Calibration-aware quantization (gptq): tokens behind the Hessian (an expert's routed tokens
-  /// n_e, or all tokens) and its source ("routed", "all", "none"; fused experts: "routed 5, all 3").
+  /// n_e, or all tokens) and its source ("routed", "all", "none"; fused experts: "routed 5, all
+  /// 3").
   std::optional<int64_t> tokens;
   std::string h_source;
 };

@@ -407,13 +407,18 @@ std::string hessians_section(const Report& r) {
   if (hs.empty()) return "";
   std::vector<std::vector<std::string>> rows;
   for (const auto& h : hs) {
-    rows.push_back({std::to_string(h.layer), std::to_string(h.routed), std::to_string(h.all), std::to_string(h.none),
+    rows.push_back({std::to_string(h.layer), std::to_string(h.routed), std::to_string(h.all),
+                    std::to_string(h.none),
                     h.fewest ? std::to_string(*h.fewest) + "–" + std::to_string(*h.most) : "-"});
   }
   return "<section><h2>Calibration behind the quantized tensors</h2>\n" +
-         note("Hessian source per layer: an expert uses its routed tokens when it saw at least max(256, 0.5% of "
-              "the tokens), else every token (ALGORITHMS.md §1.7); lathe_manifest.json has each tensor's tokens.") +
-         table({"layer", "routed", "all tokens", "none", "expert tokens (fewest–most)"}, rows, {0, 1, 2, 3}) +
+         note(
+             "Hessian source per layer: an expert uses its routed tokens when it saw at least "
+             "max(256, 0.5% of "
+             "the tokens), else every token (ALGORITHMS.md §1.7); lathe_manifest.json has each "
+             "tensor's tokens.") +
+         table({"layer", "routed", "all tokens", "none", "expert tokens (fewest–most)"}, rows,
+               {0, 1, 2, 3}) +
          "</section>\n";
 }
 

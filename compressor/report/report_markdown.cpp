@@ -155,12 +155,16 @@ std::string hessian_section(const Report& r) {
   const std::vector<HessianRow> rows = hessian_rows(r);
   if (rows.empty()) return "";
   std::string out =
-      "## Calibration behind the quantized tensors\n\nHessian source per layer (ALGORITHMS.md §1.7: an expert "
-      "uses its routed tokens when it saw at least max(256, 0.5% of the tokens), else every token; `lathe_manifest.json` "
-      "has each tensor's tokens and rule).\n\n| layer | routed | all tokens | none | expert tokens (fewest–most) |\n"
+      "## Calibration behind the quantized tensors\n\nHessian source per layer (ALGORITHMS.md "
+      "§1.7: an expert "
+      "uses its routed tokens when it saw at least max(256, 0.5% of the tokens), else every token; "
+      "`lathe_manifest.json` "
+      "has each tensor's tokens and rule).\n\n| layer | routed | all tokens | none | expert tokens "
+      "(fewest–most) |\n"
       "|---:|---:|---:|---:|---|\n";
   for (const auto& h : rows) {
-    out += row({std::to_string(h.layer), std::to_string(h.routed), std::to_string(h.all), std::to_string(h.none),
+    out += row({std::to_string(h.layer), std::to_string(h.routed), std::to_string(h.all),
+                std::to_string(h.none),
                 h.fewest ? std::to_string(*h.fewest) + "–" + std::to_string(*h.most) : "-"});
   }
   return out + "\n";

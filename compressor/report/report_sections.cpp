@@ -1,9 +1,9 @@
 #include "compressor/report/report_sections.h"
 
-#include <sstream>
-#include <map>
 #include <cmath>
+#include <map>
 #include <regex>
+#include <sstream>
 
 #include <fmt/format.h>
 
@@ -182,7 +182,8 @@ std::string gate_thresholds(const GateReport& gate) {
     parts.push_back(fmt::format("max perplexity increase {:.2f}%", 100 * *gate.max_ppl_increase));
   if (gate.max_acc_drop)
     parts.push_back(fmt::format("max accuracy drop {:.2f} pp", *gate.max_acc_drop));
-  if (gate.max_kl) parts.push_back(fmt::format("max KL to the original {:g} nats/token", *gate.max_kl));
+  if (gate.max_kl)
+    parts.push_back(fmt::format("max KL to the original {:g} nats/token", *gate.max_kl));
   if (parts.empty()) return "no thresholds";
   std::string out = parts[0];
   for (size_t i = 1; i < parts.size(); ++i) out += ", " + parts[i];

@@ -26,12 +26,13 @@ std::vector<FormatSummary> summarize_formats(const std::vector<TensorReport>& te
 /// "mlp.experts.*.down_proj" (layer prefix, expert index and ".weight" removed).
 std::string tensor_kind(const std::string& name);
 
-/// Per layer, where the Hessians of its calibration-quantized tensors came from (gptq; ALGORITHMS.md
-/// §1.7): tensors per source and the fewest / most tokens among its routed-expert tensors.
+/// Per layer, where the Hessians of its calibration-quantized tensors came from (gptq;
+/// ALGORITHMS.md §1.7): tensors per source and the fewest / most tokens among its routed-expert
+/// tensors.
 struct HessianRow {
   int64_t layer = 0;
   int64_t routed = 0, all = 0, none = 0;  ///< tensors (fused: experts) per Hessian source
-  std::optional<int64_t> fewest, most;   ///< tokens of expert tensors
+  std::optional<int64_t> fewest, most;    ///< tokens of expert tensors
 };
 std::vector<HessianRow> hessian_rows(const Report& report);
 

@@ -37,7 +37,8 @@ __global__ void half_to_f32_kernel(const uint16_t* in, float* out, size_t count,
 
 void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
-    throw KernelError(KernelError::Kind::kRuntime, std::string("cuda: ") + what + ": " + cudaGetErrorString(status));
+    throw KernelError(KernelError::Kind::kRuntime,
+                      std::string("cuda: ") + what + ": " + cudaGetErrorString(status));
   }
 }
 
@@ -48,7 +49,9 @@ int cuda_device_count() {
   return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
 }
 
-bool cuda_compiled() { return true; }
+bool cuda_compiled() {
+  return true;
+}
 
 void cuda_half_to_f32(const uint16_t* host_in, float* host_out, size_t count, bool is_bf16) {
   if (count == 0) return;
@@ -65,7 +68,8 @@ void cuda_half_to_f32(const uint16_t* host_in, float* host_out, size_t count, bo
     half_to_f32_kernel<<<blocks, threads>>>(in, out, count, is_bf16);
     status = cudaGetLastError();
   }
-  if (status == cudaSuccess) status = cudaMemcpy(host_out, out, count * sizeof(float), cudaMemcpyDeviceToHost);
+  if (status == cudaSuccess)
+    status = cudaMemcpy(host_out, out, count * sizeof(float), cudaMemcpyDeviceToHost);
   cudaFree(in);
   cudaFree(out);
   check(status, "half_to_f32_kernel");

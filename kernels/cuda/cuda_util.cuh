@@ -12,15 +12,19 @@
 
 namespace lathe::kernels::cuda_detail {
 
-/// Throws KernelError(kRuntime, "cuda: <what>: <CUDA error string>") unless `status` is cudaSuccess.
+/// Throws KernelError(kRuntime, "cuda: <what>: <CUDA error string>") unless `status` is
+/// cudaSuccess.
 inline void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
-    throw KernelError(KernelError::Kind::kRuntime, std::string("cuda: ") + what + ": " + cudaGetErrorString(status));
+    throw KernelError(KernelError::Kind::kRuntime,
+                      std::string("cuda: ") + what + ": " + cudaGetErrorString(status));
   }
 }
 
 /// Checks the launch of the kernel just enqueued (configuration errors, earlier async faults).
-inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
+inline void check_launch(const char* kernel) {
+  check(cudaGetLastError(), kernel);
+}
 
 #define LATHE_CUDA_CHECK(call) ::lathe::kernels::cuda_detail::check((call), #call)
 
@@ -33,7 +37,9 @@ class DeviceBuffer {
   ~DeviceBuffer() { release(); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), count_(o.count_) { o.ptr_ = nullptr, o.count_ = 0; }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), count_(o.count_) {
+    o.ptr_ = nullptr, o.count_ = 0;
+  }
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
       release();
@@ -55,10 +61,14 @@ class DeviceBuffer {
   /// reserve(count), then copy `count` elements from host memory.
   void upload(const T* host, size_t count) {
     reserve(count);
-    if (count) check(cudaMemcpy(ptr_, host, count * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy (upload)");
+    if (count)
+      check(cudaMemcpy(ptr_, host, count * sizeof(T), cudaMemcpyHostToDevice),
+            "cudaMemcpy (upload)");
   }
   void download(T* host, size_t count) const {
-    if (count) check(cudaMemcpy(host, ptr_, count * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy (download)");
+    if (count)
+      check(cudaMemcpy(host, ptr_, count * sizeof(T), cudaMemcpyDeviceToHost),
+            "cudaMemcpy (download)");
   }
   void zero(size_t count, cudaStream_t stream = nullptr) {
     reserve(count);
@@ -77,8 +87,12 @@ class DeviceBuffer {
   size_t count_ = 0;
 };
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+inline int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+inline int64_t round_up(int64_t a, int64_t b) {
+  return ceil_div(a, b) * b;
+}
 
 /// Multiprocessor count of the current device (queried once).
 int sm_count();

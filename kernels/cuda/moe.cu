@@ -3,13 +3,13 @@
 //
 // The token lists per expert are built on the host from experts[m, top_k] (tiny; it also validates
 // the expert ids), uploaded once with the slot weights; then for each expert that received tokens,
-// in expert order: gather_rows_kernel copies its tokens' rows of x, the gate and up linears run with
-// the qlinear kernels (kernels/cuda/qlinear.cu: GEMV for one token, GEMM for more), swiglu_kernel
-// forms SiLU(gate)·up in fp32, the down linear runs, and scatter_add_kernel adds weight·down into
-// y. A token appears at most once per expert, so each scatter is race free and the sum order is
-// the engine's (expert by expert, then the shared expert): no atomics, deterministic. The shared
-// expert runs on every token; with shared_expert_gate its output is scaled by
-// sigmoid(x · shared_expert_gate) (gated_add_kernel, a warp per token).
+// in expert order: gather_rows_kernel copies its tokens' rows of x, the gate and up linears run
+// with the qlinear kernels (kernels/cuda/qlinear.cu: GEMV for one token, GEMM for more),
+// swiglu_kernel forms SiLU(gate)·up in fp32, the down linear runs, and scatter_add_kernel adds
+// weight·down into y. A token appears at most once per expert, so each scatter is race free and the
+// sum order is the engine's (expert by expert, then the shared expert): no atomics, deterministic.
+// The shared expert runs on every token; with shared_expert_gate its output is scaled by sigmoid(x
+// · shared_expert_gate) (gated_add_kernel, a warp per token).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -23,8 +23,8 @@ namespace lathe::kernels {
 namespace cuda_detail {
 namespace {
 
-__global__ void gather_rows_kernel(const float* __restrict__ x, const int32_t* __restrict__ rows, int64_t n,
-                                   int64_t width, float* __restrict__ out) {
+__global__ void gather_rows_kernel(const float* __restrict__ x, const int32_t* __restrict__ rows,
+                                   int64_t n, int64_t width, float* __restrict__ out) {
   const int64_t total = n * width;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -34,7 +34,8 @@ __global__ void gather_rows_kernel(const float* __restrict__ x, const int32_t* _
 }
 
 /// gate[e] = SiLU(gate[e]) · up[e] = gate / (1 + exp(−gate)) · up, fp32.
-__global__ void swiglu_kernel(float* __restrict__ gate, const float* __restrict__ up, int64_t total) {
+__global__ void swiglu_kernel(float* __restrict__ gate, const float* __restrict__ up,
+                              int64_t total) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = gate[e];
@@ -44,7 +45,8 @@ __global__ void swiglu_kernel(float* __restrict__ gate, const float* __restrict_
 
 /// y[rows[r], c] += weights[r] · d[r, c]; rows are distinct within one launch.
 __global__ void scatter_add_kernel(const float* __restrict__ d, const int32_t* __restrict__ rows,
-                                   const float* __restrict__ weights, int64_t n, int64_t width, float* __restrict__ y) {
+                                   const float* __restrict__ weights, int64_t n, int64_t width,
+                                   float* __restrict__ y) {
   const int64_t total = n * width;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -55,7 +57,8 @@ __global__ void scatter_add_kernel(const float* __restrict__ d, const int32_t* _
 
 /// y[t, :] += (gate ? sigmoid(x[t, :] · gate) : 1) · s[t, :]; a warp per token.
 __global__ void gated_add_kernel(const float* __restrict__ x, const float* __restrict__ gate,
-                                 const float* __restrict__ s, int64_t m, int64_t width, float* __restrict__ y) {
+                                 const float* __restrict__ s, int64_t m, int64_t width,
+                                 float* __restrict__ y) {
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (t >= m) return;
@@ -74,14 +77,17 @@ unsigned grid_for(int64_t total) {
   return static_cast<unsigned>(blocks < 65535 ? (blocks > 0 ? blocks : 1) : 65535);
 }
 
-[[noreturn]] void bad(const std::string& what) { throw KernelError("cuda moe: " + what); }
+[[noreturn]] void bad(const std::string& what) {
+  throw KernelError("cuda moe: " + what);
+}
 
-void check_expert(const QuantWeightView& gate, const QuantWeightView& up, const QuantWeightView& down,
-                  int64_t hidden, const std::string& name) {
+void check_expert(const QuantWeightView& gate, const QuantWeightView& up,
+                  const QuantWeightView& down, int64_t hidden, const std::string& name) {
   if (gate.in != hidden || up.in != hidden || gate.out != up.out)
     bad(name + ": gate and up must be [I, hidden = " + std::to_string(hidden) + "]");
   if (down.out != hidden || down.in != gate.out)
-    bad(name + ": down must be [hidden, I] = [" + std::to_string(hidden) + ", " + std::to_string(gate.out) + "]");
+    bad(name + ": down must be [hidden, I] = [" + std::to_string(hidden) + ", " +
+        std::to_string(gate.out) + "]");
 }
 
 /// One SwiGLU expert on n device rows `xin`: result [n, hidden] in `out`.
@@ -89,8 +95,8 @@ struct ExpertRunner {
   Workspace ws;
   DeviceBuffer<float> g, u;
 
-  void run(const QuantWeightView& gate, const QuantWeightView& up, const QuantWeightView& down, const float* xin,
-           int64_t n, float* out) {
+  void run(const QuantWeightView& gate, const QuantWeightView& up, const QuantWeightView& down,
+           const float* xin, int64_t n, float* out) {
     DeviceWeight wg, wu, wd;
     upload_weight(gate, &wg);
     upload_weight(up, &wu);
@@ -118,7 +124,8 @@ void cuda_moe_block(const MoeBlockView& block, const float* x, int64_t m, const 
   const int64_t hidden = block.hidden, num_experts = block.num_experts, k = block.routing.top_k;
   if (hidden <= 0) bad("hidden must be positive");
   if (num_experts < 0 || static_cast<int64_t>(block.gate.size()) != num_experts ||
-      static_cast<int64_t>(block.up.size()) != num_experts || static_cast<int64_t>(block.down.size()) != num_experts)
+      static_cast<int64_t>(block.up.size()) != num_experts ||
+      static_cast<int64_t>(block.down.size()) != num_experts)
     bad("gate, up and down must hold num_experts = " + std::to_string(num_experts) + " views");
   if (k <= 0) bad("top_k must be positive");
   if (m < 0) bad("m must be >= 0");
@@ -157,7 +164,8 @@ void cuda_moe_block(const MoeBlockView& block, const float* x, int64_t m, const 
     offset[static_cast<size_t>(e) + 1] = static_cast<int64_t>(all_rows.size());
     max_n = std::max<int64_t>(max_n, static_cast<int64_t>(r.size()));
   }
-  if (block.has_shared) check_expert(block.shared_gate, block.shared_up, block.shared_down, hidden, "shared expert");
+  if (block.has_shared)
+    check_expert(block.shared_gate, block.shared_up, block.shared_down, hidden, "shared expert");
 
   DeviceBuffer<float> dx, dy, xe, de;
   DeviceBuffer<int32_t> drows;
@@ -176,19 +184,20 @@ void cuda_moe_block(const MoeBlockView& block, const float* x, int64_t m, const 
     const int32_t* erows = drows.get() + offset[static_cast<size_t>(e)];
     gather_rows_kernel<<<grid_for(n * hidden), 256>>>(dx.get(), erows, n, hidden, xe.get());
     check_launch("gather_rows_kernel");
-    runner.run(block.gate[static_cast<size_t>(e)], block.up[static_cast<size_t>(e)], block.down[static_cast<size_t>(e)],
-               xe.get(), n, de.get());
-    scatter_add_kernel<<<grid_for(n * hidden), 256>>>(de.get(), erows, dweights.get() + offset[static_cast<size_t>(e)],
-                                                      n, hidden, dy.get());
+    runner.run(block.gate[static_cast<size_t>(e)], block.up[static_cast<size_t>(e)],
+               block.down[static_cast<size_t>(e)], xe.get(), n, de.get());
+    scatter_add_kernel<<<grid_for(n * hidden), 256>>>(
+        de.get(), erows, dweights.get() + offset[static_cast<size_t>(e)], n, hidden, dy.get());
     check_launch("scatter_add_kernel");
   }
   if (block.has_shared) {
     runner.run(block.shared_gate, block.shared_up, block.shared_down, dx.get(), m, de.get());
     DeviceBuffer<float> dgate;
-    if (block.shared_expert_gate) dgate.upload(block.shared_expert_gate, static_cast<size_t>(hidden));
+    if (block.shared_expert_gate)
+      dgate.upload(block.shared_expert_gate, static_cast<size_t>(hidden));
     const unsigned grid = static_cast<unsigned>((m + 7) / 8);
-    gated_add_kernel<<<grid, 256>>>(dx.get(), block.shared_expert_gate ? dgate.get() : nullptr, de.get(), m, hidden,
-                                    dy.get());
+    gated_add_kernel<<<grid, 256>>>(dx.get(), block.shared_expert_gate ? dgate.get() : nullptr,
+                                    de.get(), m, hidden, dy.get());
     check_launch("gated_add_kernel");
   }
   check(cudaDeviceSynchronize(), "cuda moe block");

@@ -3,8 +3,9 @@
 //
 // Activations (prep_act_kernel, one block per token): A16 formats convert x to fp16 (round to
 // nearest even) into a zero-padded [m, round_up(in, 128)] buffer; act_bits 8 quantizes per token
-// exactly as kernels/qlinear.h (s = max|x|/127 with __fdiv_rn, q = rintf(__fdiv_rn(x, s)) clamped to
-// ±127, s = 1 where max|x|/127 is 0) into int8 for W8A8, or fake-quantizes (q·s) for the other formats.
+// exactly as kernels/qlinear.h (s = max|x|/127 with __fdiv_rn, q = rintf(__fdiv_rn(x, s)) clamped
+// to ±127, s = 1 where max|x|/127 is 0) into int8 for W8A8, or fake-quantizes (q·s) for the other
+// formats.
 //
 // Kernels, picked by format and m:
 //   gptq_gemv_kernel<BITS, FAST>   m = 1, GPTQ (qweight [in·b/32, out]). Each thread owns 4 output
@@ -24,7 +25,8 @@
 //   dense_gemv_kernel / dense_gemm_kernel   fp32 weights and fp32 activations, fp32 SIMT
 //       (float4 loads in the GEMV, 64×64 shared-memory tiles with 4×4 per thread in the GEMM).
 //   i8_gemv_kernel / i8_gemm_kernel   W8A8 (ct-int8 with act_bits 8): int8×int8 → int32 with
-//       __dp4a, y = s_token·s_channel·acc + bias. Weights are uploaded with rows padded to 16 bytes.
+//       __dp4a, y = s_token·s_channel·acc + bias. Weights are uploaded with rows padded to 16
+//       bytes.
 // Bias is added in each kernel's epilogue (or the split-K reduction).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -79,8 +81,8 @@ struct DW {
 
 DW describe(const DeviceWeight& w) {
   DW d{};
-  d.fmt = w.format == WeightFormat::kDense  ? kFmtDense
-          : w.format == WeightFormat::kGptq ? kFmtGptq
+  d.fmt = w.format == WeightFormat::kDense      ? kFmtDense
+          : w.format == WeightFormat::kGptq     ? kFmtGptq
           : w.format == WeightFormat::kCtPacked ? kFmtCt
                                                 : kFmtInt8;
   d.bits = static_cast<int>(w.bits);
@@ -109,7 +111,8 @@ __device__ __forceinline__ float load_scale(const DW& w, int64_t idx) {
 }
 
 /// Value at bit `pos` of a little-endian stream of 32-bit words base[0], base[stride], ...
-__device__ __forceinline__ uint32_t stream_bits(const uint32_t* base, int64_t stride, int64_t pos, int bits) {
+__device__ __forceinline__ uint32_t stream_bits(const uint32_t* base, int64_t stride, int64_t pos,
+                                                int bits) {
   const int64_t word = pos >> 5;
   const int shift = static_cast<int>(pos & 31);
   uint32_t v = __ldg(base + word * stride) >> shift;
@@ -124,10 +127,13 @@ __device__ __forceinline__ int64_t group_of(const DW& w, int64_t i) {
 
 /// GPTQ v1 zero of (group g, column o): stored z − 1, packed along the output.
 __device__ __forceinline__ int gptq_zero(const DW& w, int64_t g, int64_t o) {
-  return static_cast<int>(stream_bits(w.zeros + g * w.ld_zeros, 1, static_cast<int64_t>(w.bits) * o, w.bits)) + 1;
+  return static_cast<int>(
+             stream_bits(w.zeros + g * w.ld_zeros, 1, static_cast<int64_t>(w.bits) * o, w.bits)) +
+         1;
 }
 
-/// compressed-tensors zero of (row o, group g): zero + 2^(b−1) packed along dim 0; symmetric 2^(b−1).
+/// compressed-tensors zero of (row o, group g): zero + 2^(b−1) packed along dim 0; symmetric
+/// 2^(b−1).
 __device__ __forceinline__ int ct_zero(const DW& w, int64_t o, int64_t g) {
   if (!w.zeros) return 1 << (w.bits - 1);
   const uint32_t word = __ldg(w.zeros + (o / w.pf) * w.ld_zeros + g);
@@ -137,13 +143,12 @@ __device__ __forceinline__ int ct_zero(const DW& w, int64_t o, int64_t g) {
 /// W[o, i] in fp32: scale · (code − zero), the formula of dequantize_ref.
 __device__ float dequant(const DW& w, int64_t o, int64_t i) {
   switch (w.fmt) {
-    case kFmtDense:
-      return __ldg(w.dense + o * w.in + i);
-    case kFmtInt8:
-      return load_scale(w, o) * static_cast<float>(w.int8_weight[o * w.ld_int8 + i]);
+    case kFmtDense: return __ldg(w.dense + o * w.in + i);
+    case kFmtInt8: return load_scale(w, o) * static_cast<float>(w.int8_weight[o * w.ld_int8 + i]);
     case kFmtGptq: {
       const int64_t g = group_of(w, i);
-      const int q = static_cast<int>(stream_bits(w.packed + o, w.ld_packed, static_cast<int64_t>(w.bits) * i, w.bits));
+      const int q = static_cast<int>(
+          stream_bits(w.packed + o, w.ld_packed, static_cast<int64_t>(w.bits) * i, w.bits));
       return load_scale(w, g * w.out + o) * static_cast<float>(q - gptq_zero(w, g, o));
     }
     default: {  // kFmtCt
@@ -186,9 +191,9 @@ constexpr int kPrepThreads = 256;
 /// fake-quantized q·s when act_bits is 8) with row stride ld_half and zero padding; x_int8/x_scale
 /// (per-token int8, stride ld_int8, zero padding); x_float (q·s, stride in).
 __global__ void __launch_bounds__(kPrepThreads)
-    prep_act_kernel(const float* __restrict__ x, int64_t in, int act_bits, __half* __restrict__ x_half,
-                    int64_t ld_half, int8_t* __restrict__ x_int8, int64_t ld_int8, float* __restrict__ x_scale,
-                    float* __restrict__ x_float) {
+    prep_act_kernel(const float* __restrict__ x, int64_t in, int act_bits,
+                    __half* __restrict__ x_half, int64_t ld_half, int8_t* __restrict__ x_int8,
+                    int64_t ld_int8, float* __restrict__ x_scale, float* __restrict__ x_float) {
   const int64_t row = blockIdx.x;
   const float* xr = x + row * in;
   float scale = 1.0f;
@@ -245,7 +250,8 @@ __device__ __forceinline__ int gptq_code(const uint32_t (&words)[BITS == 3 ? 3 :
 /// Writes y[o] = acc + bias when k_splits = 1, else partial[split · out + o].
 template <int BITS, bool FAST>
 __global__ void __launch_bounds__(kGemvColThreads* kGemvKWarps)
-    gptq_gemv_kernel(DW w, const __half* __restrict__ x, float* __restrict__ dst, int64_t units_per_split) {
+    gptq_gemv_kernel(DW w, const __half* __restrict__ x, float* __restrict__ dst,
+                     int64_t units_per_split) {
   constexpr int kWords = BITS == 3 ? 3 : 1;
   constexpr int kVals = BITS == 3 ? 32 : 32 / BITS;
   const int64_t units = w.in / kVals;
@@ -261,7 +267,8 @@ __global__ void __launch_bounds__(kGemvColThreads* kGemvKWarps)
       uint32_t words[4][kWords];
 #pragma unroll
       for (int r = 0; r < kWords; ++r) {
-        const int4 v = __ldg(reinterpret_cast<const int4*>(w.packed + (u * kWords + r) * w.ld_packed + o0));
+        const int4 v =
+            __ldg(reinterpret_cast<const int4*>(w.packed + (u * kWords + r) * w.ld_packed + o0));
         words[0][r] = static_cast<uint32_t>(v.x), words[1][r] = static_cast<uint32_t>(v.y);
         words[2][r] = static_cast<uint32_t>(v.z), words[3][r] = static_cast<uint32_t>(v.w);
       }
@@ -285,7 +292,8 @@ __global__ void __launch_bounds__(kGemvColThreads* kGemvKWarps)
         for (int c = 0; c < 4; ++c) {
           float dot = 0.f;
 #pragma unroll
-          for (int j = 0; j < kVals; ++j) dot = fmaf(static_cast<float>(gptq_code<BITS>(words[c], j)), xv[j], dot);
+          for (int j = 0; j < kVals; ++j)
+            dot = fmaf(static_cast<float>(gptq_code<BITS>(words[c], j)), xv[j], dot);
           acc[c] = fmaf(s[c], dot - z[c] * xsum, acc[c]);
         }
       } else {
@@ -302,7 +310,8 @@ __global__ void __launch_bounds__(kGemvColThreads* kGemvKWarps)
           }
 #pragma unroll
           for (int c = 0; c < 4; ++c)
-            acc[c] = fmaf(s[c] * (static_cast<float>(gptq_code<BITS>(words[c], j)) - z[c]), xv[j], acc[c]);
+            acc[c] = fmaf(s[c] * (static_cast<float>(gptq_code<BITS>(words[c], j)) - z[c]), xv[j],
+                          acc[c]);
         }
       }
     }
@@ -367,11 +376,13 @@ __global__ void __launch_bounds__(32 * kRowWarps)
       load_half_row<kPf>(x + i0, xv);  // x is zero padded past `in`
       if constexpr (FAST) {
         const int64_t g = w.group_size > 0 ? i0 / w.group_size : 0;
-        if (g != cur_g) cur_g = g, s = load_scale(w, o * w.groups + g), z = static_cast<float>(ct_zero(w, o, g));
+        if (g != cur_g)
+          cur_g = g, s = load_scale(w, o * w.groups + g), z = static_cast<float>(ct_zero(w, o, g));
         float dot = 0.f, xsum = 0.f;
 #pragma unroll
         for (int j = 0; j < kPf; ++j) {
-          dot = fmaf(static_cast<float>((words[k] >> (BITS * j)) & ((1u << BITS) - 1u)), xv[j], dot);
+          dot =
+              fmaf(static_cast<float>((words[k] >> (BITS * j)) & ((1u << BITS) - 1u)), xv[j], dot);
           xsum += xv[j];
         }
         acc = fmaf(s, dot - z * xsum, acc);
@@ -380,7 +391,9 @@ __global__ void __launch_bounds__(32 * kRowWarps)
         for (int j = 0; j < kPf; ++j) {
           if (i0 + j >= w.in) continue;  // zero padding of the last word
           const int64_t g = group_of(w, i0 + j);
-          if (g != cur_g) cur_g = g, s = load_scale(w, o * w.groups + g), z = static_cast<float>(ct_zero(w, o, g));
+          if (g != cur_g)
+            cur_g = g, s = load_scale(w, o * w.groups + g),
+            z = static_cast<float>(ct_zero(w, o, g));
           const float q = static_cast<float>((words[k] >> (BITS * j)) & ((1u << BITS) - 1u));
           acc = fmaf(s * (q - z), xv[j], acc);
         }
@@ -397,14 +410,16 @@ __global__ void __launch_bounds__(32 * kRowWarps)
 constexpr int kTm = 64, kTn = 64, kTk = 32, kLds = kTk + 8, kLdc = kTn + 4;
 
 __global__ void __launch_bounds__(128)
-    qgemm_wmma_kernel(DW w, const __half* __restrict__ x, int64_t ld_x, int64_t m, float* __restrict__ y) {
+    qgemm_wmma_kernel(DW w, const __half* __restrict__ x, int64_t ld_x, int64_t m,
+                      float* __restrict__ y) {
   using namespace nvcuda;
   __shared__ __align__(32) __half a_tile[kTm * kLds];
   __shared__ __align__(32) __half b_tile[kTn * kLds];
   __shared__ __align__(32) float c_tile[kTm * kLdc];
   const int tid = threadIdx.x, warp = tid / 32;
   const int wm = warp / 2, wn = warp % 2;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTm, n0 = static_cast<int64_t>(blockIdx.x) * kTn;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kTm,
+                n0 = static_cast<int64_t>(blockIdx.x) * kTn;
   const bool out_major = w.fmt == kFmtGptq;  // GPTQ rows are along the output: walk n fastest
 
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
@@ -435,9 +450,11 @@ __global__ void __launch_bounds__(128)
       wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[2];
       wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb[2];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], a_tile + (wm * 32 + i * 16) * kLds + kk, kLds);
+      for (int i = 0; i < 2; ++i)
+        wmma::load_matrix_sync(fa[i], a_tile + (wm * 32 + i * 16) * kLds + kk, kLds);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], b_tile + (wn * 32 + j * 16) * kLds + kk, kLds);
+      for (int j = 0; j < 2; ++j)
+        wmma::load_matrix_sync(fb[j], b_tile + (wn * 32 + j * 16) * kLds + kk, kLds);
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -449,13 +466,14 @@ __global__ void __launch_bounds__(128)
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(c_tile + (wm * 32 + i * 16) * kLdc + wn * 32 + j * 16, acc[i][j], kLdc,
-                              wmma::mem_row_major);
+      wmma::store_matrix_sync(c_tile + (wm * 32 + i * 16) * kLdc + wn * 32 + j * 16, acc[i][j],
+                              kLdc, wmma::mem_row_major);
   __syncthreads();
   for (int e = tid; e < kTm * kTn; e += blockDim.x) {
     const int r = e / kTn, c = e % kTn;
     const int64_t row = m0 + r, o = n0 + c;
-    if (row < m && o < w.out) y[row * w.out + o] = c_tile[r * kLdc + c] + (w.bias ? w.bias[o] : 0.f);
+    if (row < m && o < w.out)
+      y[row * w.out + o] = c_tile[r * kLdc + c] + (w.bias ? w.bias[o] : 0.f);
   }
 }
 
@@ -490,7 +508,8 @@ __global__ void __launch_bounds__(256)
   __shared__ float a_tile[kSk][kSm + 4];
   __shared__ float b_tile[kSk][kSn + 4];
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kSm, n0 = static_cast<int64_t>(blockIdx.x) * kSn;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kSm,
+                n0 = static_cast<int64_t>(blockIdx.x) * kSn;
   float acc[4][4] = {};
   for (int64_t k0 = 0; k0 < w.in; k0 += kSk) {
     for (int e = tid; e < kSm * kSk; e += blockDim.x) {
@@ -527,7 +546,8 @@ __global__ void __launch_bounds__(256)
 // (a multiple of 16) with zeros.
 
 __global__ void __launch_bounds__(32 * kRowWarps)
-    i8_gemv_kernel(DW w, const int8_t* __restrict__ xq, const float* __restrict__ xs, float* __restrict__ y) {
+    i8_gemv_kernel(DW w, const int8_t* __restrict__ xq, const float* __restrict__ xs,
+                   float* __restrict__ y) {
   const int lane = threadIdx.x & 31;
   const int64_t o = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / 32;
   if (o >= w.out) return;
@@ -543,7 +563,8 @@ __global__ void __launch_bounds__(32 * kRowWarps)
     acc = __dp4a(a.w, b.w, acc);
   }
   acc = warp_sum(acc);
-  if (lane == 0) y[o] = xs[0] * load_scale(w, o) * static_cast<float>(acc) + (w.bias ? w.bias[o] : 0.f);
+  if (lane == 0)
+    y[o] = xs[0] * load_scale(w, o) * static_cast<float>(acc) + (w.bias ? w.bias[o] : 0.f);
 }
 
 __global__ void __launch_bounds__(256)
@@ -552,7 +573,8 @@ __global__ void __launch_bounds__(256)
   __shared__ int a_tile[kSk][kSm + 4];  // kSk words = 64 int8 per step
   __shared__ int b_tile[kSk][kSn + 4];
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kSm, n0 = static_cast<int64_t>(blockIdx.x) * kSn;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kSm,
+                n0 = static_cast<int64_t>(blockIdx.x) * kSn;
   const int64_t ld_words = w.ld_int8 / 4;
   const int* x32 = reinterpret_cast<const int*>(xq);
   const int* w32 = reinterpret_cast<const int*>(w.int8_weight);
@@ -585,7 +607,9 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t o = n0 + tx * 4 + j;
-      if (o < w.out) y[row * w.out + o] = st * load_scale(w, o) * static_cast<float>(acc[i][j]) + (w.bias ? w.bias[o] : 0.f);
+      if (o < w.out)
+        y[row * w.out + o] =
+            st * load_scale(w, o) * static_cast<float>(acc[i][j]) + (w.bias ? w.bias[o] : 0.f);
     }
   }
 }
@@ -593,7 +617,9 @@ __global__ void __launch_bounds__(256)
 // ---------------------------------------------------------------------------------------------
 // Launchers.
 
-unsigned blocks_for(int64_t n, int64_t per_block) { return static_cast<unsigned>(ceil_div(n, per_block)); }
+unsigned blocks_for(int64_t n, int64_t per_block) {
+  return static_cast<unsigned>(ceil_div(n, per_block));
+}
 
 template <int BITS>
 void launch_gptq_gemv(const DW& d, const __half* xh, float* y, Workspace& ws, cudaStream_t stream) {
@@ -620,7 +646,8 @@ void launch_gptq_gemv(const DW& d, const __half* xh, float* y, Workspace& ws, cu
     gptq_gemv_kernel<BITS, false><<<grid, block, 0, stream>>>(d, xh, dst, per_split);
   check_launch("gptq_gemv_kernel");
   if (splits > 1) {
-    reduce_partials_kernel<<<blocks_for(d.out, 256), 256, 0, stream>>>(dst, static_cast<int>(splits), d.out, d.bias, y);
+    reduce_partials_kernel<<<blocks_for(d.out, 256), 256, 0, stream>>>(
+        dst, static_cast<int>(splits), d.out, d.bias, y);
     check_launch("reduce_partials_kernel");
   }
 }
@@ -643,7 +670,8 @@ void launch_ct_gemv(const DW& d, const __half* xh, float* y, cudaStream_t stream
   check_launch("ct_gemv_kernel");
 }
 
-void launch_wmma(const DW& d, const __half* xh, int64_t ld_x, int64_t m, float* y, cudaStream_t stream) {
+void launch_wmma(const DW& d, const __half* xh, int64_t ld_x, int64_t m, float* y,
+                 cudaStream_t stream) {
   const dim3 grid(blocks_for(d.out, kTn), blocks_for(m, kTm));
   qgemm_wmma_kernel<<<grid, 128, 0, stream>>>(d, xh, ld_x, m, y);
   check_launch("qgemm_wmma_kernel");
@@ -651,16 +679,21 @@ void launch_wmma(const DW& d, const __half* xh, int64_t ld_x, int64_t m, float* 
 
 // Host-side checks ------------------------------------------------------------------------------
 
-[[noreturn]] void bad(const std::string& what) { throw KernelError("cuda qlinear: " + what); }
+[[noreturn]] void bad(const std::string& what) {
+  throw KernelError("cuda qlinear: " + what);
+}
 
-size_t scale_bytes(ScaleType t) { return t == ScaleType::kF32 ? 4 : 2; }
+size_t scale_bytes(ScaleType t) {
+  return t == ScaleType::kF32 ? 4 : 2;
+}
 
 }  // namespace
 
 void upload_weight(const QuantWeightView& w, DeviceWeight* dw) {
   check_view(w);
   if (w.out <= 0 || w.in <= 0) bad("empty weight");
-  if (w.act_bits != 0 && w.act_bits != 8) bad("act_bits must be 0 or 8, found " + std::to_string(w.act_bits));
+  if (w.act_bits != 0 && w.act_bits != 8)
+    bad("act_bits must be 0 or 8, found " + std::to_string(w.act_bits));
   DeviceWeight& d = *dw;
   d.format = w.format;
   d.out = w.out, d.in = w.in, d.bits = w.bits, d.group_size = w.group_size, d.groups = w.groups();
@@ -676,7 +709,9 @@ void upload_weight(const QuantWeightView& w, DeviceWeight* dw) {
     bool trivial = true;
     for (int64_t i = 0; i < w.in; ++i) {
       const int32_t g = w.g_idx[i];
-      if (g < 0 || g >= G) bad("g_idx[" + std::to_string(i) + "] = " + std::to_string(g) + " outside [0, " + std::to_string(G) + ")");
+      if (g < 0 || g >= G)
+        bad("g_idx[" + std::to_string(i) + "] = " + std::to_string(g) + " outside [0, " +
+            std::to_string(G) + ")");
       if (g != (w.group_size > 0 ? i / w.group_size : 0)) trivial = false;
     }
     if (trivial) return;  // the column / group_size fast path reads no g_idx
@@ -694,14 +729,17 @@ void upload_weight(const QuantWeightView& w, DeviceWeight* dw) {
       break;
     }
     case WeightFormat::kGptq: {
-      if (w.bits != 2 && w.bits != 3 && w.bits != 4 && w.bits != 8) bad("GPTQ bits must be 2, 3, 4 or 8");
+      if (w.bits != 2 && w.bits != 3 && w.bits != 4 && w.bits != 8)
+        bad("GPTQ bits must be 2, 3, 4 or 8");
       const int64_t mult = w.bits == 3 ? 32 : 32 / w.bits;
       if (w.in % mult != 0 || w.out % mult != 0)
-        bad(std::to_string(w.bits) + "-bit GPTQ needs in and out multiples of " + std::to_string(mult));
+        bad(std::to_string(w.bits) + "-bit GPTQ needs in and out multiples of " +
+            std::to_string(mult));
       if (!w.packed || !w.zeros || !w.scales) bad("GPTQ qweight, qzeros and scales are required");
       d.ld_packed = w.out;
       d.ld_zeros = w.out * w.bits / 32;
-      const size_t np = static_cast<size_t>(w.in * w.bits / 32 * w.out), nz = static_cast<size_t>(G * d.ld_zeros);
+      const size_t np = static_cast<size_t>(w.in * w.bits / 32 * w.out),
+                   nz = static_cast<size_t>(G * d.ld_zeros);
       d.packed.upload(reinterpret_cast<const uint32_t*>(w.packed), np);
       d.zeros.upload(reinterpret_cast<const uint32_t*>(w.zeros), nz);
       d.scales.upload(static_cast<const uint8_t*>(w.scales), static_cast<size_t>(G * w.out) * sb);
@@ -734,7 +772,8 @@ void upload_weight(const QuantWeightView& w, DeviceWeight* dw) {
       d.ld_int8 = round_up(w.in, 16);
       std::vector<int8_t> padded(static_cast<size_t>(w.out * d.ld_int8), 0);
       for (int64_t o = 0; o < w.out; ++o)
-        std::memcpy(padded.data() + o * d.ld_int8, w.int8_weight + o * w.in, static_cast<size_t>(w.in));
+        std::memcpy(padded.data() + o * d.ld_int8, w.int8_weight + o * w.in,
+                    static_cast<size_t>(w.in));
       d.int8_weight.upload(padded.data(), padded.size());
       d.scales.upload(static_cast<const uint8_t*>(w.scales), static_cast<size_t>(w.out) * sb);
       bytes += static_cast<double>(w.out * w.in) + static_cast<double>(w.out * sb);
@@ -748,7 +787,8 @@ void upload_weight(const QuantWeightView& w, DeviceWeight* dw) {
   d.bytes = bytes;
 }
 
-void device_qlinear(const DeviceWeight& w, const float* x, int64_t m, float* y, Workspace& ws, cudaStream_t stream) {
+void device_qlinear(const DeviceWeight& w, const float* x, int64_t m, float* y, Workspace& ws,
+                    cudaStream_t stream) {
   if (m <= 0) return;
   const DW d = describe(w);
   const bool w8a8 = w.format == WeightFormat::kCtInt8 && w.act_bits == 8;
@@ -823,7 +863,8 @@ namespace {
 
 __global__ void copy_kernel(const int4* __restrict__ src, int4* __restrict__ dst, size_t n) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += stride) dst[i] = src[i];
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
+    dst[i] = src[i];
 }
 
 /// CUDA events around a region of the default stream; destroyed on scope exit.
@@ -873,8 +914,10 @@ CudaDeviceInfo cuda_device_info() {
   std::snprintf(info.name, sizeof(info.name), "%s", prop.name);
   info.sm_major = prop.major, info.sm_minor = prop.minor;
   int clock_khz = 0, bus_bits = 0;
-  check(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device), "cudaDeviceGetAttribute (memory clock)");
-  check(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device), "cudaDeviceGetAttribute (bus width)");
+  check(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device),
+        "cudaDeviceGetAttribute (memory clock)");
+  check(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device),
+        "cudaDeviceGetAttribute (bus width)");
   // Double data rate: two transfers per clock over bus_bits / 8 bytes.
   info.memory_bandwidth_gbs = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
   return info;
@@ -917,7 +960,8 @@ CudaPerf cuda_qlinear_perf(const QuantWeightView& w, int64_t m, int iters) {
   CudaPerf perf;
   perf.seconds_per_call = ev.elapsed_seconds() / iters;
   perf.bytes = dw.bytes + 4.0 * static_cast<double>(m) * static_cast<double>(w.in + w.out);
-  perf.flops = 2.0 * static_cast<double>(m) * static_cast<double>(w.in) * static_cast<double>(w.out);
+  perf.flops =
+      2.0 * static_cast<double>(m) * static_cast<double>(w.in) * static_cast<double>(w.out);
   return perf;
 }
 
@@ -927,8 +971,9 @@ double cuda_copy_bandwidth_gbs(size_t bytes, int iters) {
   DeviceBuffer<int4> src(n), dst(n);
   check(cudaMemset(src.get(), 0, n * sizeof(int4)), "cudaMemset");
   const unsigned threads = 256;
-  const unsigned blocks = static_cast<unsigned>(std::min<size_t>(
-      static_cast<size_t>(ceil_div(static_cast<int64_t>(n), threads)), static_cast<size_t>(sm_count()) * 16));
+  const unsigned blocks = static_cast<unsigned>(
+      std::min<size_t>(static_cast<size_t>(ceil_div(static_cast<int64_t>(n), threads)),
+                       static_cast<size_t>(sm_count()) * 16));
   for (int i = 0; i < 2; ++i) copy_kernel<<<blocks, threads>>>(src.get(), dst.get(), n);
   check_launch("copy_kernel");
   check(cudaDeviceSynchronize(), "copy_kernel (warm-up)");

@@ -22,9 +22,9 @@ struct DeviceWeight {
   bool has_g_idx = false;  ///< false when the view had none or a trivial one (column / group_size)
   bool has_zeros = false;  ///< kCtPacked asymmetric
   bool has_bias = false;
-  int64_t ld_packed = 0;   ///< words per packed row: kGptq out, kCtPacked ⌈in/pf⌉
-  int64_t ld_zeros = 0;    ///< words per zero row: kGptq out·b/32, kCtPacked G
-  int64_t ld_int8 = 0;     ///< kCtInt8 row stride in bytes (in rounded up to 16, zero padded)
+  int64_t ld_packed = 0;  ///< words per packed row: kGptq out, kCtPacked ⌈in/pf⌉
+  int64_t ld_zeros = 0;   ///< words per zero row: kGptq out·b/32, kCtPacked G
+  int64_t ld_int8 = 0;    ///< kCtInt8 row stride in bytes (in rounded up to 16, zero padded)
   DeviceBuffer<uint32_t> packed, zeros;
   DeviceBuffer<uint8_t> scales;  ///< raw bytes as stored (f16/bf16/f32 per scale_type)
   DeviceBuffer<int32_t> g_idx;
@@ -39,11 +39,11 @@ void upload_weight(const QuantWeightView& w, DeviceWeight* dw);
 
 /// Scratch space of device_qlinear, grown on demand and reused across calls.
 struct Workspace {
-  DeviceBuffer<__half> x_half;    ///< [m, round_up(in, 128)] fp16 activations, zero padded
-  DeviceBuffer<int8_t> x_int8;    ///< [m, ld_int8] per-token int8 activations, zero padded
-  DeviceBuffer<float> x_scale;    ///< [m] per-token scales
-  DeviceBuffer<float> x_float;    ///< [m, in] fake-quantized fp32 activations (dense + act_bits 8)
-  DeviceBuffer<float> partial;    ///< split-K partial sums of the GEMV
+  DeviceBuffer<__half> x_half;  ///< [m, round_up(in, 128)] fp16 activations, zero padded
+  DeviceBuffer<int8_t> x_int8;  ///< [m, ld_int8] per-token int8 activations, zero padded
+  DeviceBuffer<float> x_scale;  ///< [m] per-token scales
+  DeviceBuffer<float> x_float;  ///< [m, in] fake-quantized fp32 activations (dense + act_bits 8)
+  DeviceBuffer<float> partial;  ///< split-K partial sums of the GEMV
 };
 
 /// y[m, out] = act(x[m, in])·Wᵀ + bias with x and y device pointers (fp32, row-major), enqueued on

@@ -7,8 +7,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <map>
 #include <memory>
@@ -19,7 +19,7 @@
 namespace lathe::kernels::harness {
 namespace {
 
-constexpr int64_t kGuard = 64;                 // guard floats before and after every output
+constexpr int64_t kGuard = 64;                // guard floats before and after every output
 constexpr uint32_t kGuardBits = 0x7fa5a5a5u;  // a quiet-NaN pattern no kernel writes by accident
 
 // An output buffer with NaN-patterned canaries on both sides.
@@ -109,13 +109,17 @@ std::string weight_desc(const WeightParams& p) {
   if (p.format == WeightFormat::kDense) {
     std::snprintf(buf, sizeof buf, "%-9s %-16s", "dense", "f32");
   } else if (p.format == WeightFormat::kCtInt8) {
-    std::snprintf(buf, sizeof buf, "%-9s %-16s", "ct-int8", p.act_bits == 8 ? "w8a8 chan" : "w8a16 chan");
+    std::snprintf(buf, sizeof buf, "%-9s %-16s", "ct-int8",
+                  p.act_bits == 8 ? "w8a8 chan" : "w8a16 chan");
   } else {
     char g[24];
-    if (p.group_size > 0) std::snprintf(g, sizeof g, "g%lld", static_cast<long long>(p.group_size));
-    else std::snprintf(g, sizeof g, "g-1");
+    if (p.group_size > 0)
+      std::snprintf(g, sizeof g, "g%lld", static_cast<long long>(p.group_size));
+    else
+      std::snprintf(g, sizeof g, "g-1");
     std::snprintf(buf, sizeof buf, "%-9s b%lld %-4s %-4s %-4s", format_name(p.format),
-                  static_cast<long long>(p.bits), g, p.sym ? "sym" : "asym", p.act_order ? "gidx" : "");
+                  static_cast<long long>(p.bits), g, p.sym ? "sym" : "asym",
+                  p.act_order ? "gidx" : "");
   }
   return std::string(buf) + " " + scale_name(p.scale_type);
 }
@@ -132,19 +136,24 @@ std::string Case::describe() const {
   if (!is_moe) {
     const WeightParams& p = linear.weight;
     std::snprintf(buf, sizeof buf, "m=%-3lld %5lldx%-5lld %s", static_cast<long long>(linear.m),
-                  static_cast<long long>(p.out), static_cast<long long>(p.in), p.bias ? "bias" : "    ");
+                  static_cast<long long>(p.out), static_cast<long long>(p.in),
+                  p.bias ? "bias" : "    ");
     return pad(weight_desc(p), 36) + " " + buf;
   }
   const MoeRouting& r = moe.routing;
-  std::snprintf(buf, sizeof buf, "m=%-3lld moe E%lld top%lld %s%s%s%s%s", static_cast<long long>(moe.m),
-                static_cast<long long>(moe.experts), static_cast<long long>(r.top_k),
+  std::snprintf(buf, sizeof buf, "m=%-3lld moe E%lld top%lld %s%s%s%s%s",
+                static_cast<long long>(moe.m), static_cast<long long>(moe.experts),
+                static_cast<long long>(r.top_k),
                 r.scoring == MoeRouting::Scoring::kSoftmax ? "softmax" : "sigmoid",
                 r.renormalize ? " renorm" : "", moe.selection_bias ? " bias" : "",
-                r.num_groups > 1 ? " groups" : "", moe.shared ? (moe.shared_gate ? " shared+gate" : " shared") : "");
+                r.num_groups > 1 ? " groups" : "",
+                moe.shared ? (moe.shared_gate ? " shared+gate" : " shared") : "");
   return pad(weight_desc(moe.weight), 36) + " " + buf;
 }
 
-const char* Case::shape_kind() const { return (is_moe ? moe.m : linear.m) == 1 ? "GEMV" : "GEMM"; }
+const char* Case::shape_kind() const {
+  return (is_moe ? moe.m : linear.m) == 1 ? "GEMV" : "GEMM";
+}
 
 std::string Case::coverage_key() const {
   if (is_moe) return "moe";
@@ -159,7 +168,8 @@ std::string Case::coverage_key() const {
 namespace {
 
 Case linear_case(WeightFormat f, int64_t bits, int64_t group, bool sym, bool act_order, int64_t out,
-                 int64_t in, bool bias, ScaleType st, int64_t m, uint64_t seed, int64_t act_bits = 0) {
+                 int64_t in, bool bias, ScaleType st, int64_t m, uint64_t seed,
+                 int64_t act_bits = 0) {
   Case c;
   c.linear.weight = WeightParams{f, bits, group, sym, act_order, st, act_bits, bias, out, in};
   c.linear.m = m;
@@ -199,27 +209,42 @@ std::vector<Case> test_cases() {
     cs.push_back(linear_case(F::kGptq, 3, -1, false, false, 96, 256, true, S::kF16, m, ++seed));
     cs.push_back(linear_case(F::kGptq, 3, 32, false, true, 64, 256, false, S::kF16, m, ++seed));
     cs.push_back(linear_case(F::kGptq, 4, 128, true, false, 256, 1024, true, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 4, 128, false, false, 1024, 2048, false, S::kF16, m, ++seed));
+    cs.push_back(
+        linear_case(F::kGptq, 4, 128, false, false, 1024, 2048, false, S::kF16, m, ++seed));
     cs.push_back(linear_case(F::kGptq, 4, 32, false, true, 192, 512, false, S::kF16, m, ++seed));
     cs.push_back(linear_case(F::kGptq, 4, -1, true, false, 128, 384, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 4, 128, true, false, 264, 384, true, S::kF16, m, ++seed));  // out % 64 != 0
-    cs.push_back(linear_case(F::kGptq, 4, 40, false, false, 72, 200, false, S::kF16, m, ++seed));  // ragged groups
-    cs.push_back(linear_case(F::kGptq, 8, 128, true, false, 100, 256, true, S::kF16, m, ++seed));  // out % 8 != 0
+    cs.push_back(linear_case(F::kGptq, 4, 128, true, false, 264, 384, true, S::kF16, m,
+                             ++seed));  // out % 64 != 0
+    cs.push_back(linear_case(F::kGptq, 4, 40, false, false, 72, 200, false, S::kF16, m,
+                             ++seed));  // ragged groups
+    cs.push_back(linear_case(F::kGptq, 8, 128, true, false, 100, 256, true, S::kF16, m,
+                             ++seed));  // out % 8 != 0
     cs.push_back(linear_case(F::kGptq, 8, 64, false, true, 128, 512, false, S::kF16, m, ++seed));
     cs.push_back(linear_case(F::kGptq, 8, -1, false, false, 256, 512, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtPacked, 2, 128, true, false, 96, 512, false, S::kBF16, m, ++seed));
+    cs.push_back(
+        linear_case(F::kCtPacked, 2, 128, true, false, 96, 512, false, S::kBF16, m, ++seed));
     cs.push_back(linear_case(F::kCtPacked, 2, -1, false, false, 64, 200, true, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtPacked, 4, 128, true, false, 200, 1024, true, S::kBF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtPacked, 4, 64, false, true, 128, 512, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtPacked, 4, -1, false, false, 37, 202, false, S::kF32, m, ++seed));  // ragged rows
-    cs.push_back(linear_case(F::kCtPacked, 4, 128, false, false, 512, 2048, false, S::kBF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtPacked, 4, 128, false, false, 48, 320, true, S::kF16, m, ++seed));  // short last group
-    cs.push_back(linear_case(F::kGptq, 4, 128, false, false, 48, 320, false, S::kF16, m, ++seed));     // short last group
-    cs.push_back(linear_case(F::kCtPacked, 8, 128, true, false, 136, 512, true, S::kBF16, m, ++seed));
+    cs.push_back(
+        linear_case(F::kCtPacked, 4, 128, true, false, 200, 1024, true, S::kBF16, m, ++seed));
+    cs.push_back(
+        linear_case(F::kCtPacked, 4, 64, false, true, 128, 512, false, S::kF16, m, ++seed));
+    cs.push_back(linear_case(F::kCtPacked, 4, -1, false, false, 37, 202, false, S::kF32, m,
+                             ++seed));  // ragged rows
+    cs.push_back(
+        linear_case(F::kCtPacked, 4, 128, false, false, 512, 2048, false, S::kBF16, m, ++seed));
+    cs.push_back(linear_case(F::kCtPacked, 4, 128, false, false, 48, 320, true, S::kF16, m,
+                             ++seed));  // short last group
+    cs.push_back(linear_case(F::kGptq, 4, 128, false, false, 48, 320, false, S::kF16, m,
+                             ++seed));  // short last group
+    cs.push_back(
+        linear_case(F::kCtPacked, 8, 128, true, false, 136, 512, true, S::kBF16, m, ++seed));
     cs.push_back(linear_case(F::kCtPacked, 8, 32, false, false, 70, 96, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtInt8, 8, -1, true, false, 136, 520, true, S::kBF16, m, ++seed, 8));
-    cs.push_back(linear_case(F::kCtInt8, 8, -1, true, false, 256, 1024, false, S::kF16, m, ++seed, 8));
-    cs.push_back(linear_case(F::kCtInt8, 8, -1, true, false, 70, 130, false, S::kF16, m, ++seed, 0));
+    cs.push_back(
+        linear_case(F::kCtInt8, 8, -1, true, false, 136, 520, true, S::kBF16, m, ++seed, 8));
+    cs.push_back(
+        linear_case(F::kCtInt8, 8, -1, true, false, 256, 1024, false, S::kF16, m, ++seed, 8));
+    cs.push_back(
+        linear_case(F::kCtInt8, 8, -1, true, false, 70, 130, false, S::kF16, m, ++seed, 0));
   }
   MoeRouting softmax;  // softmax top-2 renormalised
   MoeRouting sigmoid;
@@ -231,8 +256,10 @@ std::vector<Case> test_cases() {
   MoeRouting plain;  // no renormalisation, shared expert
   plain.renormalize = false;
   const WeightParams gptq{WeightFormat::kGptq, 4, 32, true, false, ScaleType::kF16, 0, false, 0, 0};
-  const WeightParams ct{WeightFormat::kCtPacked, 4, 64, false, false, ScaleType::kBF16, 0, false, 0, 0};
-  const WeightParams w8a8{WeightFormat::kCtInt8, 8, -1, true, false, ScaleType::kBF16, 8, false, 0, 0};
+  const WeightParams ct{WeightFormat::kCtPacked, 4, 64,    false, false,
+                        ScaleType::kBF16,        0, false, 0,     0};
+  const WeightParams w8a8{WeightFormat::kCtInt8, 8, -1,    true, false,
+                          ScaleType::kBF16,      8, false, 0,    0};
   for (int64_t m : {int64_t{1}, int64_t{17}}) {
     cs.push_back(moe_case(gptq, softmax, 8, false, false, false, m, ++seed));
     cs.push_back(moe_case(ct, sigmoid, 16, true, false, false, m, ++seed));
@@ -291,11 +318,13 @@ Outcome judge(Run&& run, int64_t n, const std::vector<float>* ref, double bound,
   } catch (const std::exception& e) {
     return {"FAIL", NAN, std::string("threw: ") + e.what()};
   }
-  if (!y.guards_intact()) return {"FAIL", NAN, "a guard value around the output changed (out-of-bounds write)"};
+  if (!y.guards_intact())
+    return {"FAIL", NAN, "a guard value around the output changed (out-of-bounds write)"};
   if (!ref) {  // the reference itself: finite everywhere
     keep->assign(y.data(), y.data() + n);
     for (int64_t i = 0; i < n; ++i)
-      if (!std::isfinite(y.data()[i])) return {"FAIL", NAN, "non-finite value in the reference output"};
+      if (!std::isfinite(y.data()[i]))
+        return {"FAIL", NAN, "non-finite value in the reference output"};
     return {"OK", 0, "reference"};
   }
   const double e = nmse(y.data(), ref->data(), n);
@@ -309,8 +338,8 @@ void print_line(const Case& c, Backend b, const Outcome& o, double bound) {
   char tail[64] = "";
   if (o.status != "SKIP" && b != Backend::kCpuRef && !std::isnan(o.nmse))
     std::snprintf(tail, sizeof tail, "nmse %8.2e <= %.0e", o.nmse, bound);
-  std::printf("%-82s %-8s %-4s %-26s %s\n", c.describe().c_str(), backend_name(b), o.status.c_str(), tail,
-              o.message.c_str());
+  std::printf("%-82s %-8s %-4s %-26s %s\n", c.describe().c_str(), backend_name(b), o.status.c_str(),
+              tail, o.message.c_str());
 }
 
 std::vector<Backend> selected(const Options& opt) {
@@ -344,19 +373,24 @@ int run_tests(const Options& opt) {
     const std::vector<float> x = random_vector(m * in, rng);
     const auto run_on = [&](Backend b) {
       return [&, b](float* y) {
-        if (moe) moe_block(b, moe->view, x.data(), m, y);
-        else qlinear(b, weight->view(), x.data(), m, y);
+        if (moe)
+          moe_block(b, moe->view, x.data(), m, y);
+        else
+          qlinear(b, weight->view(), x.data(), m, y);
       };
     };
     std::vector<float> ref_y;
     const Outcome ref = judge(run_on(Backend::kCpuRef), m * out, nullptr, 0, &ref_y);
     for (Backend b : selected(opt)) {
       Outcome o;
-      if (b == Backend::kCpuRef) o = ref;
+      if (b == Backend::kCpuRef)
+        o = ref;
       else if (b == Backend::kCuda && !cuda_available())
         o = {"SKIP", NAN, "no CUDA device visible (cuda_available() false)"};
-      else if (ref.status != "OK") o = {"FAIL", NAN, "the reference failed: " + ref.message};
-      else o = judge(run_on(b), m * out, &ref_y, nmse_bound(c, b));
+      else if (ref.status != "OK")
+        o = {"FAIL", NAN, "the reference failed: " + ref.message};
+      else
+        o = judge(run_on(b), m * out, &ref_y, nmse_bound(c, b));
       print_line(c, b, o, nmse_bound(c, b));
       (o.status == "OK" ? ok : o.status == "SKIP" ? skipped : failures)++;
     }
@@ -380,7 +414,8 @@ double thread_seconds() {
 
 template <typename F>
 double time_call(F&& f, double min_seconds = 1.0) {
-  static const bool cpu_time = std::getenv("LATHE_PERF_CPUTIME") != nullptr;  // A/B on a busy machine, 1 thread
+  static const bool cpu_time =
+      std::getenv("LATHE_PERF_CPUTIME") != nullptr;  // A/B on a busy machine, 1 thread
   f();
   f();
   std::vector<double> t;
@@ -447,22 +482,24 @@ double cpu_read_gbs(size_t bytes) {
 int run_perf(const Options& opt) {
   std::vector<Backend> backends = opt.backends;
   if (backends.empty()) backends = {Backend::kCpuFast, Backend::kCuda};
-  const bool want_cpu = std::any_of(backends.begin(), backends.end(), [](Backend b) { return b != Backend::kCuda; });
-  const bool want_cuda = std::count(backends.begin(), backends.end(), Backend::kCuda) > 0 && cuda_available();
+  const bool want_cpu =
+      std::any_of(backends.begin(), backends.end(), [](Backend b) { return b != Backend::kCuda; });
+  const bool want_cuda =
+      std::count(backends.begin(), backends.end(), Backend::kCuda) > 0 && cuda_available();
   double copy_cpu = 0, read_cpu = 0, copy_cuda = 0;
   if (want_cpu) {
     copy_cpu = cpu_copy_gbs(size_t{256} << 20);
     read_cpu = cpu_read_gbs(size_t{256} << 20);
-    std::printf("cpu: %d threads, copy %.1f GB/s (read+write, 2x256 MiB), read %.1f GB/s\n", omp_get_max_threads(),
-                copy_cpu, read_cpu);
+    std::printf("cpu: %d threads, copy %.1f GB/s (read+write, 2x256 MiB), read %.1f GB/s\n",
+                omp_get_max_threads(), copy_cpu, read_cpu);
   }
   if (want_cuda) {
     copy_cuda = cuda_copy_bandwidth_gbs(size_t{1} << 30, 20);
-    std::printf("cuda: %s, copy %.1f GB/s (theoretical %.1f GB/s)\n", cuda_device_info().name, copy_cuda,
-                cuda_device_info().memory_bandwidth_gbs);
+    std::printf("cuda: %s, copy %.1f GB/s (theoretical %.1f GB/s)\n", cuda_device_info().name,
+                copy_cuda, cuda_device_info().memory_bandwidth_gbs);
   }
-  std::printf("%-82s %-8s %10s %9s %9s %8s %8s\n", "case", "backend", "us/call", "GB/s", "TFLOP/s", "of copy",
-              "of read");
+  std::printf("%-82s %-8s %10s %9s %9s %8s %8s\n", "case", "backend", "us/call", "GB/s", "TFLOP/s",
+              "of copy", "of read");
   for (const Case& c : perf_cases()) {
     if (!wanted(c, opt)) continue;
     std::mt19937_64 rng(c.linear.seed);
@@ -477,7 +514,8 @@ int run_perf(const Options& opt) {
       double s = 0, gbs = 0, frac = 0, frac_read = NAN;
       if (b == Backend::kCuda) {
         if (!cuda_available()) {
-          std::printf("%-82s %-8s SKIP no CUDA device visible\n", c.describe().c_str(), backend_name(b));
+          std::printf("%-82s %-8s SKIP no CUDA device visible\n", c.describe().c_str(),
+                      backend_name(b));
           continue;
         }
         const CudaPerf p = cuda_qlinear_perf(w, m, 50);
@@ -490,8 +528,8 @@ int run_perf(const Options& opt) {
         frac = gbs / copy_cpu;
         frac_read = gbs / read_cpu;
       }
-      std::printf("%-82s %-8s %10.1f %9.2f %9.4f %7.1f%% %7.1f%%\n", c.describe().c_str(), backend_name(b), s * 1e6,
-                  gbs, flops / s / 1e12, 100 * frac, 100 * frac_read);
+      std::printf("%-82s %-8s %10.1f %9.2f %9.4f %7.1f%% %7.1f%%\n", c.describe().c_str(),
+                  backend_name(b), s * 1e6, gbs, flops / s / 1e12, 100 * frac, 100 * frac_read);
       std::fflush(stdout);
     }
   }
@@ -499,15 +537,16 @@ int run_perf(const Options& opt) {
 }
 
 int run_list(const Options& opt) {
-  const std::vector<std::string> keys = {"dense",          "gptq b2",        "gptq b3",        "gptq b4",
-                                         "gptq b8",        "ct-packed b2",   "ct-packed b4",   "ct-packed b8",
-                                         "ct-int8 w8a8",   "ct-int8 w8a16",  "moe"};
+  const std::vector<std::string> keys = {
+      "dense",        "gptq b2",      "gptq b3",      "gptq b4",       "gptq b8", "ct-packed b2",
+      "ct-packed b4", "ct-packed b8", "ct-int8 w8a8", "ct-int8 w8a16", "moe"};
   std::map<std::string, int> count;  // key|shape → cases
   for (const Case& c : test_cases()) count[c.coverage_key() + "|" + c.shape_kind()]++;
   const std::vector<Backend> backends = selected(opt);
   std::printf("%-16s", "format");
   for (const char* shape : {"GEMV", "GEMM"})
-    for (Backend b : backends) std::printf(" %13s", (std::string(shape) + " " + backend_name(b)).c_str());
+    for (Backend b : backends)
+      std::printf(" %13s", (std::string(shape) + " " + backend_name(b)).c_str());
   std::printf("\n");
   std::vector<std::string> missing;
   for (const std::string& k : keys) {
@@ -516,7 +555,8 @@ int run_list(const Options& opt) {
       const int n = count[k + "|" + shape];
       for (Backend b : backends) {
         const bool runnable = b != Backend::kCuda || cuda_available();
-        std::printf(" %13s", n == 0 ? "-" : (std::to_string(n) + (runnable ? "" : " (skip)")).c_str());
+        std::printf(" %13s",
+                    n == 0 ? "-" : (std::to_string(n) + (runnable ? "" : " (skip)")).c_str());
         if (n == 0) missing.push_back(k + " " + shape + " " + backend_name(b));
       }
     }
@@ -524,7 +564,8 @@ int run_list(const Options& opt) {
   }
   std::printf("\nno case: %s\n", missing.empty() ? "none" : "");
   for (const std::string& s : missing) std::printf("  %s\n", s.c_str());
-  if (!cuda_available()) std::printf("(skip): no CUDA device visible in this process; the cases print SKIP\n");
+  if (!cuda_available())
+    std::printf("(skip): no CUDA device visible in this process; the cases print SKIP\n");
   return 0;
 }
 

@@ -19,8 +19,11 @@ PackedWeight::PackedWeight(const WeightParams& p, std::mt19937_64& rng) : p_(p) 
   view_.format = p.format;
   view_.out = p.out;
   view_.in = p.in;
-  view_.bits = p.format == WeightFormat::kDense ? 16 : p.format == WeightFormat::kCtInt8 ? 8 : p.bits;
-  view_.group_size = p.format == WeightFormat::kDense || p.format == WeightFormat::kCtInt8 ? -1 : p.group_size;
+  view_.bits = p.format == WeightFormat::kDense    ? 16
+               : p.format == WeightFormat::kCtInt8 ? 8
+                                                   : p.bits;
+  view_.group_size =
+      p.format == WeightFormat::kDense || p.format == WeightFormat::kCtInt8 ? -1 : p.group_size;
   view_.scale_type = p.scale_type;
   view_.act_bits = p.act_bits;
   std::uniform_real_distribution<float> unit(-1.f, 1.f);
@@ -60,7 +63,8 @@ PackedWeight::PackedWeight(const WeightParams& p, std::mt19937_64& rng) : p_(p) 
   }
   if (p.format == WeightFormat::kCtInt8) {
     int8_.resize(codes.size());
-    for (size_t i = 0; i < codes.size(); ++i) int8_[i] = static_cast<int8_t>(static_cast<int32_t>(codes[i]) - 128);
+    for (size_t i = 0; i < codes.size(); ++i)
+      int8_[i] = static_cast<int8_t>(static_cast<int32_t>(codes[i]) - 128);
     view_.int8_weight = int8_.data();
   } else if (p.format == WeightFormat::kGptq) {
     pack_gptq(codes, zeros);
@@ -85,21 +89,25 @@ void PackedWeight::store_scales(const std::vector<float>& s) {
   }
   scales16_.resize(ordered.size());
   for (size_t i = 0; i < ordered.size(); ++i)
-    scales16_[i] = p_.scale_type == ScaleType::kF16 ? detail::float_to_half(ordered[i]) : detail::float_to_bf16(ordered[i]);
+    scales16_[i] = p_.scale_type == ScaleType::kF16 ? detail::float_to_half(ordered[i])
+                                                    : detail::float_to_bf16(ordered[i]);
   view_.scales = scales16_.data();
 }
 
 // qweight [in·b/32, out]: column o is the stream of its codes along the input. qzeros
 // [G, out·b/32]: row g is the stream of z − 1 along the output (v1).
-void PackedWeight::pack_gptq(const std::vector<uint32_t>& codes, const std::vector<uint32_t>& zeros) {
+void PackedWeight::pack_gptq(const std::vector<uint32_t>& codes,
+                             const std::vector<uint32_t>& zeros) {
   const int64_t b = view_.bits, groups = view_.groups(), out = p_.out, in = p_.in;
   packed_.assign(in * b / 32 * out, 0);
   for (int64_t o = 0; o < out; ++o)
-    for (int64_t i = 0; i < in; ++i) put_stream_value(packed_.data() + o, out, i, b, codes[o * in + i]);
+    for (int64_t i = 0; i < in; ++i)
+      put_stream_value(packed_.data() + o, out, i, b, codes[o * in + i]);
   const int64_t zw = out * b / 32;
   zeros_.assign(groups * zw, 0);
   for (int64_t g = 0; g < groups; ++g)
-    for (int64_t o = 0; o < out; ++o) put_stream_value(zeros_.data() + g * zw, 1, o, b, zeros[o * groups + g] - 1);
+    for (int64_t o = 0; o < out; ++o)
+      put_stream_value(zeros_.data() + g * zw, 1, o, b, zeros[o * groups + g] - 1);
   view_.packed = packed_.data();
   view_.zeros = zeros_.data();
 }
@@ -111,17 +119,20 @@ void PackedWeight::pack_ct(const std::vector<uint32_t>& codes, const std::vector
   const int64_t row_words = (in * b + 31) / 32;
   packed_.assign(out * row_words, 0);
   for (int64_t o = 0; o < out; ++o)
-    for (int64_t i = 0; i < in; ++i) put_stream_value(packed_.data() + o * row_words, 1, i, b, codes[o * in + i]);
+    for (int64_t i = 0; i < in; ++i)
+      put_stream_value(packed_.data() + o * row_words, 1, i, b, codes[o * in + i]);
   view_.packed = packed_.data();
   if (zeros.empty()) return;
   zeros_.assign((out * b + 31) / 32 * groups, 0);
   for (int64_t g = 0; g < groups; ++g)
-    for (int64_t o = 0; o < out; ++o) put_stream_value(zeros_.data() + g, groups, o, b, zeros[o * groups + g]);
+    for (int64_t o = 0; o < out; ++o)
+      put_stream_value(zeros_.data() + g, groups, o, b, zeros[o * groups + g]);
   view_.zeros = zeros_.data();
 }
 
 double PackedWeight::weight_bytes() const {
-  double bytes = 4.0 * (dense_.size() + packed_.size() + zeros_.size() + g_idx_.size() + bias_.size());
+  double bytes =
+      4.0 * (dense_.size() + packed_.size() + zeros_.size() + g_idx_.size() + bias_.size());
   bytes += int8_.size() + 2.0 * scales16_.size() + 4.0 * scales32_.size();
   return bytes;
 }

@@ -25,7 +25,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (t.numel() <= (1u << 16)) {
         std::vector<float> out(static_cast<size_t>(t.numel()));
         try {
-          lathe::gguf::dequantize(t.type, data + t.begin, t.numel(), out.data(), "fuzz.gguf", t.name);
+          lathe::gguf::dequantize(t.type, data + t.begin, t.numel(), out.data(), "fuzz.gguf",
+                                  t.name);
         } catch (const lathe::UnsupportedError&) {
         }
       }

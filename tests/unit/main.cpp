@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
     char* end = nullptr;
     const long n = std::strtol(env, &end, 10);
     if (*end != '\0' || n < 1 || n > 1024) {
-      std::fprintf(stderr, "lathe_tests: LATHE_THREADS: expected a whole number 1..1024, found '%s'\n", env);
+      std::fprintf(
+          stderr, "lathe_tests: LATHE_THREADS: expected a whole number 1..1024, found '%s'\n", env);
       return 2;
     }
     threads = static_cast<int>(n);

@@ -10,7 +10,8 @@
 
 namespace lathe::testing {
 
-inline QuantizedWeight random_quantized_weight(int64_t bits, int64_t out, int64_t in, int64_t g, bool sym, uint64_t seed) {
+inline QuantizedWeight random_quantized_weight(int64_t bits, int64_t out, int64_t in, int64_t g,
+                                               bool sym, uint64_t seed) {
   torch::manual_seed(seed);
   const int64_t groups = g == -1 ? 1 : (in + g - 1) / g;
   const int64_t maxq = (int64_t{1} << bits) - 1;

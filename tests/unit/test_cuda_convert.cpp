@@ -15,7 +15,8 @@ namespace {
 
 void expect_same_as_cpu(bool is_bf16) {
   if (kernels::cuda_device_count() == 0) {
-    GTEST_SKIP() << "no CUDA device visible (built with CUDA: " << (kernels::cuda_compiled() ? "yes" : "no") << ")";
+    GTEST_SKIP() << "no CUDA device visible (built with CUDA: "
+                 << (kernels::cuda_compiled() ? "yes" : "no") << ")";
   }
   std::vector<uint16_t> all(65536);
   for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint16_t>(i);
@@ -34,8 +35,12 @@ void expect_same_as_cpu(bool is_bf16) {
   }
 }
 
-TEST(CudaConvert, Bf16MatchesCpuBitForBit) { expect_same_as_cpu(true); }
-TEST(CudaConvert, F16MatchesCpuBitForBit) { expect_same_as_cpu(false); }
+TEST(CudaConvert, Bf16MatchesCpuBitForBit) {
+  expect_same_as_cpu(true);
+}
+TEST(CudaConvert, F16MatchesCpuBitForBit) {
+  expect_same_as_cpu(false);
+}
 
 TEST(CudaConvert, WithoutCudaBuildTheErrorSaysHowToGetIt) {
   if (kernels::cuda_compiled()) GTEST_SKIP() << "CUDA build";

@@ -6,15 +6,18 @@ namespace lathe {
 namespace {
 
 TEST(Errors, MessageNamesFileAndField) {
-  const DataError e("model.safetensors", "model.norm.weight", "shape [4] needs 16 bytes, range holds 10");
-  EXPECT_STREQ(e.what(), "model.safetensors: model.norm.weight: shape [4] needs 16 bytes, range holds 10");
+  const DataError e("model.safetensors", "model.norm.weight",
+                    "shape [4] needs 16 bytes, range holds 10");
+  EXPECT_STREQ(e.what(),
+               "model.safetensors: model.norm.weight: shape [4] needs 16 bytes, range holds 10");
   EXPECT_EQ(e.kind(), ErrorKind::kData);
   EXPECT_EQ(e.where(), "model.safetensors");
   EXPECT_EQ(e.field(), "model.norm.weight");
 }
 
 TEST(Errors, EmptyPartsAreLeftOut) {
-  EXPECT_STREQ(ConfigError("", "bits", "must be 2, 3, 4 or 8").what(), "bits: must be 2, 3, 4 or 8");
+  EXPECT_STREQ(ConfigError("", "bits", "must be 2, 3, 4 or 8").what(),
+               "bits: must be 2, 3, 4 or 8");
   EXPECT_STREQ(ResourceError("x.json", "", "not found").what(), "x.json: not found");
 }
 
@@ -29,17 +32,19 @@ TEST(Errors, EachKindHasItsOwnExitCode) {
 
 TEST(Errors, ContextKeepsTheKindAndNamesPassAndLayer) {
   try {
-    rethrow_with_context(DataError("out/quant/model-00002-of-00005.safetensors", "model.layers.1.mlp.down_proj.weight",
-                                   "codes out of range"),
+    rethrow_with_context(DataError("out/quant/model-00002-of-00005.safetensors",
+                                   "model.layers.1.mlp.down_proj.weight", "codes out of range"),
                          "gptq, layer 1");
     FAIL() << "expected a DataError";
   } catch (const DataError& e) {
-    EXPECT_STREQ(e.what(), "gptq, layer 1 (out/quant/model-00002-of-00005.safetensors): "
-                           "model.layers.1.mlp.down_proj.weight: codes out of range");
+    EXPECT_STREQ(e.what(),
+                 "gptq, layer 1 (out/quant/model-00002-of-00005.safetensors): "
+                 "model.layers.1.mlp.down_proj.weight: codes out of range");
     EXPECT_EQ(e.kind(), ErrorKind::kData);
   }
   try {
-    rethrow_with_context(ConfigError("", "gptq.group-size", "32 does not divide 48"), "gptq, decide");
+    rethrow_with_context(ConfigError("", "gptq.group-size", "32 does not divide 48"),
+                         "gptq, decide");
     FAIL() << "expected a ConfigError";
   } catch (const ConfigError& e) {
     EXPECT_STREQ(e.what(), "gptq, decide: gptq.group-size: 32 does not divide 48");

@@ -1,5 +1,5 @@
-#include <gtest/gtest.h>
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <filesystem>
@@ -62,7 +62,8 @@ TEST(PerplexityWindows, BadOptions) {
 }
 
 /// NLL of a row computed directly from the whole-batch logits.
-double direct_nll(const CausalLM& model, const std::vector<int32_t>& row, int64_t first, int64_t end) {
+double direct_nll(const CausalLM& model, const std::vector<int32_t>& row, int64_t first,
+                  int64_t end) {
   const at::Tensor ids = at::tensor(std::vector<int64_t>(row.begin(), row.end())).unsqueeze(0);
   const at::Tensor logp = model.logits(ids, at::ones_like(ids, at::kBool)).log_softmax(-1)[0];
   double nll = 0;
@@ -74,14 +75,16 @@ TEST(EvaluatePerplexity, EqualsDirectComputation) {
   if (!std::filesystem::exists(kLlama)) GTEST_SKIP() << "data/models/llama not built";
   const CausalLM model(kLlama);
   std::vector<int32_t> tokens(45);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 131 + 7) % model.spec().vocab_size);
+  for (size_t i = 0; i < tokens.size(); ++i)
+    tokens[i] = static_cast<int32_t>((i * 131 + 7) % model.spec().vocab_size);
   StreamingOptions streaming;
   streaming.buffer_dtype = at::kFloat;
   streaming.micro_batch = 2;
   const PerplexityResult got = evaluate_perplexity(model, tokens, {16, 0}, streaming);
   double nll = 0;
   for (const auto& w : perplexity_windows(45, {16, 0})) {
-    nll += direct_nll(model, std::vector<int32_t>(tokens.begin() + w.begin, tokens.begin() + w.end), 1, w.end - w.begin);
+    nll += direct_nll(model, std::vector<int32_t>(tokens.begin() + w.begin, tokens.begin() + w.end),
+                      1, w.end - w.begin);
   }
   EXPECT_EQ(got.predicted, 15 + 15 + 12);
   EXPECT_NEAR(got.nll, nll, 1e-6 * nll);
@@ -92,7 +95,8 @@ TEST(EvaluatePerplexity, WithAPrefixTokenEqualsDirectComputation) {
   if (!std::filesystem::exists(kLlama)) GTEST_SKIP() << "data/models/llama not built";
   const CausalLM model(kLlama);
   std::vector<int32_t> tokens(31);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 57 + 11) % model.spec().vocab_size);
+  for (size_t i = 0; i < tokens.size(); ++i)
+    tokens[i] = static_cast<int32_t>((i * 57 + 11) % model.spec().vocab_size);
   StreamingOptions streaming;
   streaming.buffer_dtype = at::kFloat;
   const WindowOptions options{16, 0, /*prefix_token=*/1};
@@ -107,23 +111,28 @@ TEST(EvaluatePerplexity, WithAPrefixTokenEqualsDirectComputation) {
   EXPECT_NEAR(got.nll, nll, 1e-6 * nll);
 }
 
-/// The head in chunks (parts of a window, or several windows per call) gives what one call gives, up
-/// to fp32 rounding of the differently shaped matmuls (a misplaced position would cost whole nats).
+/// The head in chunks (parts of a window, or several windows per call) gives what one call gives,
+/// up to fp32 rounding of the differently shaped matmuls (a misplaced position would cost whole
+/// nats).
 TEST(EvaluatePerplexity, HeadChunksDoNotChangeTheResult) {
   if (!std::filesystem::exists(kLlama)) GTEST_SKIP() << "data/models/llama not built";
   const CausalLM model(kLlama);
-  const CausalLM other(std::filesystem::path(LATHE_SOURCE_DIR) / "data/models/mixtral");  // same vocabulary
+  const CausalLM other(std::filesystem::path(LATHE_SOURCE_DIR) /
+                       "data/models/mixtral");  // same vocabulary
   std::vector<int32_t> tokens(70);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 91 + 3) % model.spec().vocab_size);
+  for (size_t i = 0; i < tokens.size(); ++i)
+    tokens[i] = static_cast<int32_t>((i * 91 + 3) % model.spec().vocab_size);
   StreamingOptions streaming;
   streaming.buffer_dtype = at::kFloat;
   streaming.micro_batch = 3;
   WindowOptions whole{16, 0};
   const PerplexityResult reference = evaluate_perplexity(model, tokens, whole, streaming);
-  const DivergenceResult reference_div = evaluate_divergence(model, other, tokens, whole, streaming);
+  const DivergenceResult reference_div =
+      evaluate_divergence(model, other, tokens, whole, streaming);
   ASSERT_GT(reference_div.kl, 1.0);  // two different models: a KL the chunks could get wrong
   const int64_t vocab = model.spec().vocab_size;
-  for (const int64_t budget : {vocab * 4, vocab * 15, vocab * 31}) {  // 4 positions, one row, two rows
+  for (const int64_t budget :
+       {vocab * 4, vocab * 15, vocab * 31}) {  // 4 positions, one row, two rows
     WindowOptions chunked = whole;
     chunked.head_logits = budget;
     const PerplexityResult got = evaluate_perplexity(model, tokens, chunked, streaming);
@@ -148,7 +157,8 @@ TEST(EvaluateChoices, PicksTheMostLikelyContinuation) {
   for (const auto& c : choices) {
     std::vector<int32_t> row = context;
     row.insert(row.end(), c.begin(), c.end());
-    score.push_back(-direct_nll(model, row, static_cast<int64_t>(context.size()), static_cast<int64_t>(row.size())));
+    score.push_back(-direct_nll(model, row, static_cast<int64_t>(context.size()),
+                                static_cast<int64_t>(row.size())));
   }
   const int64_t best = std::max_element(score.begin(), score.end()) - score.begin();
   StreamingOptions streaming;

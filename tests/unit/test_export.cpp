@@ -4,8 +4,8 @@
 // cannot express — is exported, read back and compared with the sidecar bit for bit; the model
 // opened through open_model gives identical logits from OUT, OUT/gptq and OUT/ct; malformed
 // configs and tensors are DataErrors naming file and field.
-#include <gtest/gtest.h>
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <sys/wait.h>
 
@@ -26,10 +26,10 @@
 #include "compressor/model/model_spec.h"
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
-#include "export/open_model.h"
-#include "export/quant_sidecar.h"
 #include "export/export_source.h"
+#include "export/open_model.h"
 #include "export/quant_export.h"
+#include "export/quant_sidecar.h"
 #include "export/quantized_checkpoint.h"
 #include "tests/unit/safetensors_builder.h"
 
@@ -58,21 +58,26 @@ QuantRecord synthetic_record(const Spec& s, int64_t out, int64_t in, uint64_t se
   QuantizedWeight q;
   q.codes = at::randint(0, int64_t{1} << s.bits, {out, in}, at::TensorOptions().dtype(at::kByte));
   q.scales = (at::rand({out, groups}) * 0.02 + 0.001).to(at::kBFloat16).to(at::kFloat);
-  q.zeros = s.sym ? at::full({out, groups}, int64_t{1} << (s.bits - 1), at::TensorOptions().dtype(at::kInt))
-                  : at::randint(1, int64_t{1} << s.bits, {out, groups}, at::TensorOptions().dtype(at::kInt));
+  q.zeros = s.sym ? at::full({out, groups}, int64_t{1} << (s.bits - 1),
+                             at::TensorOptions().dtype(at::kInt))
+                  : at::randint(1, int64_t{1} << s.bits, {out, groups},
+                                at::TensorOptions().dtype(at::kInt));
   q.spec = QuantSpec{s.bits, s.group, s.sym};
   at::Tensor g_idx;
-  if (s.permuted) g_idx = at::randperm(in, at::TensorOptions().dtype(at::kLong)).div(g, "floor").to(at::kInt);
+  if (s.permuted)
+    g_idx = at::randperm(in, at::TensorOptions().dtype(at::kLong)).div(g, "floor").to(at::kInt);
   return make_quant_record(s.name, q, g_idx, s.act_bits);
 }
 
 /// OUT from `model`: model/ with every quantized weight replaced by its dequantized value in the
 /// model dtype (as apply writes it), quant/ with the records, a minimal manifest.
-void write_lathe_output(const fs::path& out, const fs::path& model, const std::vector<QuantRecord>& records) {
+void write_lathe_output(const fs::path& out, const fs::path& model,
+                        const std::vector<QuantRecord>& records) {
   fs::create_directories(out / "model");
   fs::create_directories(out / "quant");
   for (const auto& e : fs::directory_iterator(model)) {
-    if (e.path().extension() != ".safetensors") fs::copy_file(e.path(), out / "model" / e.path().filename());
+    if (e.path().extension() != ".safetensors")
+      fs::copy_file(e.path(), out / "model" / e.path().filename());
   }
   fs::remove(out / "model" / "model.safetensors.index.json");
   std::map<std::string, const QuantRecord*> by_name;
@@ -84,7 +89,8 @@ void write_lathe_output(const fs::path& out, const fs::path& model, const std::v
     auto it = by_name.find(name);
     weights.add(name, it == by_name.end() ? v : it->second->dequantize().to(v.scalar_type()));
   }
-  write_safetensors((out / "model" / "model.safetensors").string(), weights.bytes(), {{"format", "pt"}});
+  write_safetensors((out / "model" / "model.safetensors").string(), weights.bytes(),
+                    {{"format", "pt"}});
   std::vector<TensorBytes> bytes;
   std::vector<at::Tensor> keep;
   for (const auto& r : records) append_quant_tensors(r, &bytes, &keep);
@@ -92,13 +98,16 @@ void write_lathe_output(const fs::path& out, const fs::path& model, const std::v
   write_safetensors((out / "quant" / shard).string(), bytes, {{"format", "pt"}});
   nlohmann::json map = nlohmann::json::object();
   for (const auto& b : bytes) map[b.name] = shard;
-  std::ofstream((out / "quant" / "model.safetensors.index.json").string()) << nlohmann::json{{"metadata", nlohmann::json::object()}, {"weight_map", map}}.dump();
-  std::ofstream((out / "lathe_manifest.json").string()) << R"({"format": "lathe-manifest", "version": 1, "pipeline": "test"})";
+  std::ofstream((out / "quant" / "model.safetensors.index.json").string())
+      << nlohmann::json{{"metadata", nlohmann::json::object()}, {"weight_map", map}}.dump();
+  std::ofstream((out / "lathe_manifest.json").string())
+      << R"({"format": "lathe-manifest", "version": 1, "pipeline": "test"})";
 }
 
 std::map<std::string, std::vector<int64_t>> shapes_of(const fs::path& model) {
   std::map<std::string, std::vector<int64_t>> out;
-  for (const auto& t : expected_tensors(load_model_spec(model), ExpertLayout::kPerExpert)) out[t.name] = t.shape;
+  for (const auto& t : expected_tensors(load_model_spec(model), ExpertLayout::kPerExpert))
+    out[t.name] = t.shape;
   return out;
 }
 
@@ -106,13 +115,18 @@ std::vector<QuantRecord> records_for(const fs::path& model, const std::vector<Sp
   const auto shapes = shapes_of(model);
   std::vector<QuantRecord> out;
   uint64_t seed = 1;
-  for (const auto& s : specs) out.push_back(synthetic_record(s, shapes.at(s.name)[0], shapes.at(s.name)[1], seed++));
+  for (const auto& s : specs)
+    out.push_back(synthetic_record(s, shapes.at(s.name)[0], shapes.at(s.name)[1], seed++));
   return out;
 }
 
-nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(read_file(p.string())); }
+nlohmann::json read_json(const fs::path& p) {
+  return nlohmann::json::parse(read_file(p.string()));
+}
 
-void write_json(const fs::path& p, const nlohmann::json& j) { std::ofstream(p.string()) << j.dump(2); }
+void write_json(const fs::path& p, const nlohmann::json& j) {
+  std::ofstream(p.string()) << j.dump(2);
+}
 
 /// Mixed precision that both formats store packed (no activation quantization).
 std::vector<Spec> mixed_specs() {
@@ -149,7 +163,8 @@ TEST_F(ExportTest, BothFormatsReadBackEqualToTheSidecarBitForBit) {
     EXPECT_EQ(r.packed_modules, static_cast<int64_t>(records_.size()));
     EXPECT_EQ(r.unpacked_modules, 0);
     const ModelSource src = resolve_model_source(r.dir);
-    EXPECT_EQ(src.kind, f == ExportFormat::kGptq ? ModelSource::Kind::kGptq : ModelSource::Kind::kCompressedTensors);
+    EXPECT_EQ(src.kind, f == ExportFormat::kGptq ? ModelSource::Kind::kGptq
+                                                 : ModelSource::Kind::kCompressedTensors);
     for (const auto& rec : records_) {
       ASSERT_TRUE(src.quantized->has(rec.name)) << rec.name;
       const at::Tensor got = src.quantized->load(rec.name);
@@ -177,12 +192,15 @@ TEST_F(ExportTest, GptqConfigHasTheBaseSettingAndDynamicOverrides) {
   EXPECT_EQ(qc["checkpoint_format"], "gptq");
   EXPECT_EQ(qc["meta"]["quantizer"][0], std::string("lathe:") + LATHE_VERSION);
   const nlohmann::json& d = qc["dynamic"];
-  const nlohmann::json o_proj = {{"bits", 4}, {"group_size", 32}, {"sym", true}, {"desc_act", true}};
+  const nlohmann::json o_proj = {
+      {"bits", 4}, {"group_size", 32}, {"sym", true}, {"desc_act", true}};
   EXPECT_EQ(d["+:model\\.layers\\.0\\.self_attn\\.o_proj$"], o_proj);
-  const nlohmann::json gate = {{"bits", 8}, {"group_size", -1}, {"sym", false}, {"desc_act", false}};
+  const nlohmann::json gate = {
+      {"bits", 8}, {"group_size", -1}, {"sym", false}, {"desc_act", false}};
   EXPECT_EQ(d["+:model\\.layers\\.0\\.mlp\\.gate_proj$"], gate);
   EXPECT_TRUE(d.contains("-:model\\.layers\\.1\\.self_attn\\.k_proj$"));  // unquantized
-  EXPECT_TRUE(d.contains("-:model\\.layers\\.\\d+\\.self_attn\\.v_proj$") == false);  // layer 0's v is quantized
+  EXPECT_TRUE(d.contains("-:model\\.layers\\.\\d+\\.self_attn\\.v_proj$") ==
+              false);  // layer 0's v is quantized
   EXPECT_TRUE(d.contains("-:.*mlp\\.gate$") && d.contains("-:.*shared_expert_gate$"));
   // Layers 2 and 3 are unquantized: their modules are listed one by one (families are split).
   EXPECT_TRUE(d.contains("-:model\\.layers\\.3\\.mlp\\.up_proj$"));
@@ -202,7 +220,8 @@ TEST_F(ExportTest, CompressedTensorsConfigGroupsCoverEachModuleOnce) {
   for (const auto& [key, g] : qc["config_groups"].items()) {
     for (const auto& t : g["targets"]) seen[t.get<std::string>()] += 1;
   }
-  for (const auto& rec : records_) EXPECT_EQ(seen[rec.name.substr(0, rec.name.size() - 7)], 1) << rec.name;
+  for (const auto& rec : records_)
+    EXPECT_EQ(seen[rec.name.substr(0, rec.name.size() - 7)], 1) << rec.name;
   EXPECT_EQ(qc["ignore"][0], "lm_head");
   const WeightStore store(r.dir);
   EXPECT_TRUE(store.contains("model.layers.0.self_attn.o_proj.weight_g_idx"));
@@ -220,26 +239,31 @@ TEST_F(ExportTest, LogitsFromOutGptqAndCtAreIdentical) {
   const at::Tensor plain = open_model((out_ / "model").string(), {}).logits(ids, valid);
   EXPECT_TRUE(at::equal(open_model((out_ / "gptq").string(), {}).logits(ids, valid), base));
   EXPECT_TRUE(at::equal(open_model((out_ / "ct").string(), {}).logits(ids, valid), base));
-  EXPECT_FALSE(at::equal(plain, base));  // out/model holds bf16-rounded weights: the sidecar matters
+  EXPECT_FALSE(
+      at::equal(plain, base));  // out/model holds bf16-rounded weights: the sidecar matters
 }
 
 TEST(ExportFallbacks, UnpackableWidthsStayDequantizedUnderSkipRules) {
   if (!fs::is_directory(kModels / "llama")) GTEST_SKIP() << "data/models/llama not built";
   TempDir dir;
   const fs::path out = fs::path(dir.path()) / "out";
-  const std::vector<QuantRecord> records = records_for(kModels / "llama", {
-      {"model.layers.0.self_attn.q_proj.weight", 4, 32, true},
-      {"model.layers.0.self_attn.k_proj.weight", 3, 32, true},   // GPTQ yes, compressed-tensors no
-      {"model.layers.0.self_attn.v_proj.weight", 5, 32, false},  // neither
-      {"model.layers.0.mlp.down_proj.weight", 8, -1, true, false, /*act_bits=*/8},
-  });
+  const std::vector<QuantRecord> records =
+      records_for(kModels / "llama",
+                  {
+                      {"model.layers.0.self_attn.q_proj.weight", 4, 32, true},
+                      {"model.layers.0.self_attn.k_proj.weight", 3, 32,
+                       true},  // GPTQ yes, compressed-tensors no
+                      {"model.layers.0.self_attn.v_proj.weight", 5, 32, false},  // neither
+                      {"model.layers.0.mlp.down_proj.weight", 8, -1, true, false, /*act_bits=*/8},
+                  });
   write_lathe_output(out, kModels / "llama", records);
   const ExportResult g = export_checkpoint(out.string(), ExportFormat::kGptq);
   EXPECT_EQ(g.packed_modules, 3);
   EXPECT_EQ(g.unpacked_modules, 1);
   const nlohmann::json gq = read_json(fs::path(g.dir) / "config.json")["quantization_config"];
   // v_proj: layer 0 unpackable, the others unquantized: one pattern for the family.
-  EXPECT_TRUE(gq["dynamic"].contains("-:model\\.layers\\.\\d+\\.self_attn\\.v_proj$")) << gq["dynamic"].dump();
+  EXPECT_TRUE(gq["dynamic"].contains("-:model\\.layers\\.\\d+\\.self_attn\\.v_proj$"))
+      << gq["dynamic"].dump();
   auto gptq = open_gptq_checkpoint(g.dir);
   EXPECT_FALSE(gptq->has("model.layers.0.self_attn.v_proj.weight"));
   EXPECT_TRUE(at::equal(gptq->load(records[1].name), records[1].dequantize()));  // 3-bit
@@ -252,18 +276,23 @@ TEST(ExportFallbacks, UnpackableWidthsStayDequantizedUnderSkipRules) {
   EXPECT_EQ(cq["format"], "mixed-precision");
   const std::vector<std::string> ignore = cq["ignore"];
   // k_proj: 3 bits in layer 0 (not written), unquantized elsewhere: one regex for the family.
-  EXPECT_NE(std::find(ignore.begin(), ignore.end(), "re:model\\.layers\\.\\d+\\.self_attn\\.k_proj$"), ignore.end())
+  EXPECT_NE(
+      std::find(ignore.begin(), ignore.end(), "re:model\\.layers\\.\\d+\\.self_attn\\.k_proj$"),
+      ignore.end())
       << cq["ignore"].dump();
   // q_proj: packed in layer 0 only, so the others are listed by name and layer 0 is not ignored.
-  EXPECT_NE(std::find(ignore.begin(), ignore.end(), "model.layers.1.self_attn.q_proj"), ignore.end());
-  EXPECT_EQ(std::find(ignore.begin(), ignore.end(), "model.layers.0.self_attn.q_proj"), ignore.end());
+  EXPECT_NE(std::find(ignore.begin(), ignore.end(), "model.layers.1.self_attn.q_proj"),
+            ignore.end());
+  EXPECT_EQ(std::find(ignore.begin(), ignore.end(), "model.layers.0.self_attn.q_proj"),
+            ignore.end());
   auto ct = open_compressed_tensors_checkpoint(c.dir);
   EXPECT_EQ(ct->activation_bits(records[3].name), 8);  // W8A8 → int-quantized + input_activations
   EXPECT_TRUE(at::equal(ct->load(records[3].name), records[3].dequantize()));
   EXPECT_EQ(WeightStore(c.dir).info("model.layers.0.mlp.down_proj.weight").dtype, DType::kI8);
   // The fallback keeps the dequantized weight of out/model.
   EXPECT_TRUE(at::equal(load_tensor(WeightStore(c.dir), "model.layers.0.self_attn.v_proj.weight"),
-                        load_tensor(WeightStore((out / "model").string()), "model.layers.0.self_attn.v_proj.weight")));
+                        load_tensor(WeightStore((out / "model").string()),
+                                    "model.layers.0.self_attn.v_proj.weight")));
 }
 
 TEST(ExportFused, FusedExpertsAreWrittenPerExpert) {
@@ -277,7 +306,8 @@ TEST(ExportFused, FusedExpertsAreWrittenPerExpert) {
     (t.role == TensorRole::kExpertsGateUp ? gate_up : down) = t.name;
     std::vector<QuantRecord> experts;
     for (int64_t e = 0; e < t.shape[0]; ++e) {
-      experts.push_back(synthetic_record({t.name, 4, 32, true, /*permuted=*/true}, t.shape[1], t.shape[2], 100 + e));
+      experts.push_back(synthetic_record({t.name, 4, 32, true, /*permuted=*/true}, t.shape[1],
+                                         t.shape[2], 100 + e));
     }
     records.push_back(stack_quant_records(t.name, experts));
   }
@@ -288,17 +318,22 @@ TEST(ExportFused, FusedExpertsAreWrittenPerExpert) {
   for (const ExportFormat f : {ExportFormat::kGptq, ExportFormat::kCompressedTensors}) {
     const ExportResult r = export_checkpoint(out.string(), f);
     const ModelSource src = resolve_model_source(r.dir);
-    const at::Tensor fused = records[0].name == gate_up ? records[0].dequantize() : records[1].dequantize();
+    const at::Tensor fused =
+        records[0].name == gate_up ? records[0].dequantize() : records[1].dequantize();
     const int64_t inter = fused.size(1) / 2;
-    const std::string prefix = gate_up.substr(0, gate_up.size() - std::string("gate_up_proj").size());
+    const std::string prefix =
+        gate_up.substr(0, gate_up.size() - std::string("gate_up_proj").size());
     for (int64_t e = 0; e < fused.size(0); ++e) {
-      EXPECT_TRUE(at::equal(src.quantized->load(prefix + std::to_string(e) + ".gate_proj.weight"), fused[e].narrow(0, 0, inter)));
-      EXPECT_TRUE(at::equal(src.quantized->load(prefix + std::to_string(e) + ".up_proj.weight"), fused[e].narrow(0, inter, inter)));
+      EXPECT_TRUE(at::equal(src.quantized->load(prefix + std::to_string(e) + ".gate_proj.weight"),
+                            fused[e].narrow(0, 0, inter)));
+      EXPECT_TRUE(at::equal(src.quantized->load(prefix + std::to_string(e) + ".up_proj.weight"),
+                            fused[e].narrow(0, inter, inter)));
     }
     EXPECT_FALSE(WeightStore(r.dir).contains(gate_up));
     std::string layer0 = prefix;
     layer0.replace(layer0.find(".layers.1."), 10, ".layers.0.");
-    EXPECT_TRUE(WeightStore(r.dir).contains(layer0 + "0.gate_proj.weight"));  // layer 0: unquantized, split too
+    EXPECT_TRUE(WeightStore(r.dir).contains(
+        layer0 + "0.gate_proj.weight"));  // layer 0: unquantized, split too
     EXPECT_FALSE(WeightStore(r.dir).contains(prefix + "0.gate_proj.weight"));
     const CausalLM lm = open_model(src, {});
     EXPECT_EQ(lm.layout(), ExpertLayout::kPerExpert);
@@ -342,22 +377,32 @@ class BadExportTest : public ExportTest {
 TEST_F(BadExportTest, MissingOrGarbledGptqFields) {
   const std::string config = (gptq_ / "config.json").string();
   edit_config(gptq_, [](nlohmann::json& q) { q.erase("bits"); });
-  std::string what = expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kData, "quantization_config.bits", "missing");
+  std::string what = expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kData,
+                                  "quantization_config.bits", "missing");
   EXPECT_NE(what.find(config), std::string::npos) << what;
   edit_config(gptq_, [](nlohmann::json& q) { q["bits"] = "four"; });
-  expect_error([&] { resolve_model_source(gptq_.string()); }, ErrorKind::kData, "quantization_config.bits", "expected an integer");
+  expect_error([&] { resolve_model_source(gptq_.string()); }, ErrorKind::kData,
+               "quantization_config.bits", "expected an integer");
   edit_config(gptq_, [](nlohmann::json& q) { q["bits"] = 5; });
-  expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kData, "quantization_config.bits", "2, 3, 4 or 8");
-  edit_config(gptq_, [](nlohmann::json& q) { q["bits"] = 4; q["dynamic"]["+:model\\.layers\\.("] = nlohmann::json::object(); });
-  expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kData, "quantization_config.dynamic.+:model\\.layers\\.(", "regex");
+  expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kData,
+               "quantization_config.bits", "2, 3, 4 or 8");
+  edit_config(gptq_, [](nlohmann::json& q) {
+    q["bits"] = 4;
+    q["dynamic"]["+:model\\.layers\\.("] = nlohmann::json::object();
+  });
+  expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kData,
+               "quantization_config.dynamic.+:model\\.layers\\.(", "regex");
   edit_config(gptq_, [](nlohmann::json& q) {
     q["dynamic"] = {{"-:model\\.layers\\.0\\.self_attn\\.q_proj$", nlohmann::json::object()}};
   });
-  expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kData, q0_ + ".qweight", "skips this module");
+  expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kData, q0_ + ".qweight",
+               "skips this module");
   edit_config(gptq_, [](nlohmann::json& q) { q["checkpoint_format"] = "gptq_v2"; });
-  expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kUnsupported, "quantization_config.checkpoint_format", "v1");
+  expect_error([&] { open_gptq_checkpoint(gptq_.string()); }, ErrorKind::kUnsupported,
+               "quantization_config.checkpoint_format", "v1");
   edit_config(gptq_, [](nlohmann::json& q) { q["quant_method"] = "awq"; });
-  expect_error([&] { resolve_model_source(gptq_.string()); }, ErrorKind::kUnsupported, "quantization_config.quant_method", "awq");
+  expect_error([&] { resolve_model_source(gptq_.string()); }, ErrorKind::kUnsupported,
+               "quantization_config.quant_method", "awq");
 }
 
 TEST_F(BadExportTest, WrongGptqTensorsNameFileAndTensor) {
@@ -365,35 +410,41 @@ TEST_F(BadExportTest, WrongGptqTensorsNameFileAndTensor) {
   const std::string shard = WeightStore(gptq_.string()).info(q0_ + ".scales").shard_path;
   const at::Tensor scales = load_tensor(WeightStore(gptq_.string()), q0_ + ".scales").clone();
   replace_tensor(gptq_, q0_ + ".scales", scales.to(at::kFloat));
-  std::string what = expect_error([&] { reader()->load(q0_ + ".weight"); }, ErrorKind::kData, q0_ + ".scales", "dtype");
+  std::string what = expect_error([&] { reader()->load(q0_ + ".weight"); }, ErrorKind::kData,
+                                  q0_ + ".scales", "dtype");
   EXPECT_NE(what.find(shard), std::string::npos) << what;
   replace_tensor(gptq_, q0_ + ".scales", scales);
   const at::Tensor g_idx = load_tensor(WeightStore(gptq_.string()), q0_ + ".g_idx").clone();
   at::Tensor bad = g_idx.clone();
   bad[5] = 4;  // 128 columns in groups of 32: G = 4
   replace_tensor(gptq_, q0_ + ".g_idx", bad);
-  what = expect_error([&] { reader()->load(q0_ + ".weight"); }, ErrorKind::kData, q0_ + ".g_idx", "[0, 4)");
+  what = expect_error([&] { reader()->load(q0_ + ".weight"); }, ErrorKind::kData, q0_ + ".g_idx",
+                      "[0, 4)");
   EXPECT_NE(what.find(shard), std::string::npos) << what;
   replace_tensor(gptq_, q0_ + ".g_idx", g_idx);
   const at::Tensor qweight = load_tensor(WeightStore(gptq_.string()), q0_ + ".qweight").clone();
   replace_tensor(gptq_, q0_ + ".qweight", qweight.narrow(0, 0, 8).clone());
-  expect_error([&] { reader()->load(q0_ + ".weight"); }, ErrorKind::kData, q0_ + ".qweight", "shape");
+  expect_error([&] { reader()->load(q0_ + ".weight"); }, ErrorKind::kData, q0_ + ".qweight",
+               "shape");
 }
 
 TEST_F(BadExportTest, MissingOrGarbledCompressedTensorsFields) {
   edit_config(ct_, [](nlohmann::json& q) { q["config_groups"].begin()->erase("weights"); });
-  const std::string first = read_json(ct_ / "config.json")["quantization_config"]["config_groups"].begin().key();
+  const std::string first =
+      read_json(ct_ / "config.json")["quantization_config"]["config_groups"].begin().key();
   expect_error([&] { open_compressed_tensors_checkpoint(ct_.string()); }, ErrorKind::kData,
                "quantization_config.config_groups." + first + ".weights", "missing");
   fs::remove_all(ct_);
   export_checkpoint(out_.string(), ExportFormat::kCompressedTensors);
   edit_config(ct_, [](nlohmann::json& q) {
-    for (auto& [k, g] : q["config_groups"].items()) g["targets"] = nlohmann::json::array({"model.layers.9.nothing"});
+    for (auto& [k, g] : q["config_groups"].items())
+      g["targets"] = nlohmann::json::array({"model.layers.9.nothing"});
   });
   expect_error([&] { open_compressed_tensors_checkpoint(ct_.string()); }, ErrorKind::kData,
                "model.layers.0.mlp.down_proj.weight_packed", "no config group");
   edit_config(ct_, [](nlohmann::json& q) {
-    for (auto& [k, g] : q["config_groups"].items()) g["targets"] = nlohmann::json::array({"Linear"});
+    for (auto& [k, g] : q["config_groups"].items())
+      g["targets"] = nlohmann::json::array({"Linear"});
   });
   expect_error([&] { open_compressed_tensors_checkpoint(ct_.string()); }, ErrorKind::kData,
                "model.layers.0.mlp.down_proj.weight_packed", "several config groups");
@@ -406,22 +457,24 @@ TEST_F(BadExportTest, WrongCompressedTensorsTensorsNameFileAndTensor) {
   const std::string shard = WeightStore(ct_.string()).info(q0_ + ".weight_packed").shard_path;
   const at::Tensor packed = load_tensor(WeightStore(ct_.string()), q0_ + ".weight_packed").clone();
   replace_tensor(ct_, q0_ + ".weight_packed", packed.narrow(1, 0, 3).clone());
-  const std::string what = expect_error([&] { open_compressed_tensors_checkpoint(ct_.string())->load(q0_ + ".weight"); },
-                                        ErrorKind::kData, q0_ + ".weight_packed", "shape");
+  const std::string what =
+      expect_error([&] { open_compressed_tensors_checkpoint(ct_.string())->load(q0_ + ".weight"); },
+                   ErrorKind::kData, q0_ + ".weight_packed", "shape");
   EXPECT_NE(what.find(shard), std::string::npos) << what;
   replace_tensor(ct_, q0_ + ".weight_packed", packed);
   const std::string o = "model.layers.0.self_attn.o_proj";
   at::Tensor g = load_tensor(WeightStore(ct_.string()), o + ".weight_g_idx").clone();
   g[0] = -1;
   replace_tensor(ct_, o + ".weight_g_idx", g);
-  expect_error([&] { open_compressed_tensors_checkpoint(ct_.string())->load(o + ".weight"); }, ErrorKind::kData,
-               o + ".weight_g_idx", "[0, 4)");
+  expect_error([&] { open_compressed_tensors_checkpoint(ct_.string())->load(o + ".weight"); },
+               ErrorKind::kData, o + ".weight_g_idx", "[0, 4)");
 }
 
 // ---- CLI ----------------------------------------------------------------------------------
 
 int run_lathe(const std::string& args) {
-  const int status = std::system((std::string(LATHE_BINARY) + " " + args + " > /dev/null 2>&1").c_str());
+  const int status =
+      std::system((std::string(LATHE_BINARY) + " " + args + " > /dev/null 2>&1").c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 

@@ -26,9 +26,12 @@ GoldenLayer sample_layer() {
   g.inputs["attn_in"] = at::randn({5, 8});
   g.inputs["mlp_in"] = at::randn({5, 8});
   g.inputs["expert_act.3"] = at::randn({5, 12});
-  g.linears.push_back({"model.layers.2.self_attn.q_proj", "attn_in", 4, 32, true, 0, at::randn({5, 16})});
-  g.linears.push_back({"model.layers.2.mlp.experts.3.up_proj", "mlp_in", 8, -1, false, 8, at::randn({5, 12})});
-  g.linears.push_back({"model.layers.2.mlp.experts.3.down_proj", "expert_act.3", 2, 16, true, 0, at::randn({5, 8})});
+  g.linears.push_back(
+      {"model.layers.2.self_attn.q_proj", "attn_in", 4, 32, true, 0, at::randn({5, 16})});
+  g.linears.push_back(
+      {"model.layers.2.mlp.experts.3.up_proj", "mlp_in", 8, -1, false, 8, at::randn({5, 12})});
+  g.linears.push_back({"model.layers.2.mlp.experts.3.down_proj", "expert_act.3", 2, 16, true, 0,
+                       at::randn({5, 8})});
   g.moe_y = at::randn({5, 8});
   return g;
 }
@@ -71,12 +74,12 @@ TEST(GoldenStore, WriterRefusesInconsistentLayers) {
   TempDir dir;
   GoldenLayer g = sample_layer();
   g.linears[0].input = "nowhere";
-  expect_error([&] { write_golden_layer((fs::path(dir.path()) / "a.h5").string(), g); }, ErrorKind::kInternal,
-               "model.layers.2.self_attn.q_proj", "missing");
+  expect_error([&] { write_golden_layer((fs::path(dir.path()) / "a.h5").string(), g); },
+               ErrorKind::kInternal, "model.layers.2.self_attn.q_proj", "missing");
   g = sample_layer();
   g.linears[1].y = at::randn({4, 12});
-  expect_error([&] { write_golden_layer((fs::path(dir.path()) / "a.h5").string(), g); }, ErrorKind::kInternal,
-               "model.layers.2.mlp.experts.3.up_proj", "rows");
+  expect_error([&] { write_golden_layer((fs::path(dir.path()) / "a.h5").string(), g); },
+               ErrorKind::kInternal, "model.layers.2.mlp.experts.3.up_proj", "rows");
 }
 
 // Writes a valid file, then lets `edit` break it with the raw HDF5 API.
@@ -95,7 +98,8 @@ std::string broken(const TempDir& dir, Edit&& edit) {
 TEST(GoldenStore, ReaderRefusesMalformedFiles) {
   TempDir dir;
   const std::string q = "linears/model.layers.2.self_attn.q_proj";
-  expect_error([&] { read_golden_layer((fs::path(dir.path()) / "none.h5").string()); }, ErrorKind::kResource, "", "no such file");
+  expect_error([&] { read_golden_layer((fs::path(dir.path()) / "none.h5").string()); },
+               ErrorKind::kResource, "", "no such file");
   const std::string text = (fs::path(dir.path()) / "text.h5").string();
   std::ofstream(text) << "hello";
   expect_error([&] { read_golden_layer(text); }, ErrorKind::kData, "", "not an HDF5 file");
@@ -103,16 +107,21 @@ TEST(GoldenStore, ReaderRefusesMalformedFiles) {
   std::string p = broken(dir, [](H5::H5File& f) {
     f.openGroup("/").removeAttr("format");
     H5::StrType t(H5::PredType::C_S1, H5T_VARIABLE);
-    f.openGroup("/").createAttribute("format", t, H5::DataSpace(H5S_SCALAR)).write(t, std::string("lathe-stats"));
+    f.openGroup("/")
+        .createAttribute("format", t, H5::DataSpace(H5S_SCALAR))
+        .write(t, std::string("lathe-stats"));
   });
   expect_error([&] { read_golden_layer(p); }, ErrorKind::kData, "format", "lathe-stats");
 
   p = broken(dir, [](H5::H5File& f) {
     f.openGroup("/").removeAttr("format_version");
     const int64_t v = 9;
-    f.openGroup("/").createAttribute("format_version", H5::PredType::STD_I64LE, H5::DataSpace(H5S_SCALAR)).write(H5::PredType::NATIVE_INT64, &v);
+    f.openGroup("/")
+        .createAttribute("format_version", H5::PredType::STD_I64LE, H5::DataSpace(H5S_SCALAR))
+        .write(H5::PredType::NATIVE_INT64, &v);
   });
-  expect_error([&] { read_golden_layer(p); }, ErrorKind::kUnsupported, "format_version", "version 9");
+  expect_error([&] { read_golden_layer(p); }, ErrorKind::kUnsupported, "format_version",
+               "version 9");
 
   p = broken(dir, [&](H5::H5File& f) { f.openGroup(q).removeAttr("bits"); });
   expect_error([&] { read_golden_layer(p); }, ErrorKind::kData, q, "'bits' is missing");
@@ -123,14 +132,16 @@ TEST(GoldenStore, ReaderRefusesMalformedFiles) {
     H5::StrType t(H5::PredType::C_S1, H5T_VARIABLE);
     g.createAttribute("input", t, H5::DataSpace(H5S_SCALAR)).write(t, std::string("mlp_act"));
   });
-  expect_error([&] { read_golden_layer(p); }, ErrorKind::kData, q, "'mlp_act' is not under /inputs");
+  expect_error([&] { read_golden_layer(p); }, ErrorKind::kData, q,
+               "'mlp_act' is not under /inputs");
 
   p = broken(dir, [&](H5::H5File& f) {  // float64 values
     H5::Group g = f.openGroup(q);
     g.unlink("y");
     const hsize_t dims[2] = {5, 16};
     std::vector<double> v(80, 1.0);
-    g.createDataSet("y", H5::PredType::IEEE_F64LE, H5::DataSpace(2, dims)).write(v.data(), H5::PredType::NATIVE_DOUBLE);
+    g.createDataSet("y", H5::PredType::IEEE_F64LE, H5::DataSpace(2, dims))
+        .write(v.data(), H5::PredType::NATIVE_DOUBLE);
   });
   expect_error([&] { read_golden_layer(p); }, ErrorKind::kData, q + "/y", "float32");
 
@@ -139,7 +150,8 @@ TEST(GoldenStore, ReaderRefusesMalformedFiles) {
     g.unlink("y");
     const hsize_t dims[2] = {4, 16};
     std::vector<float> v(64, 1.0f);
-    g.createDataSet("y", H5::PredType::IEEE_F32LE, H5::DataSpace(2, dims)).write(v.data(), H5::PredType::NATIVE_FLOAT);
+    g.createDataSet("y", H5::PredType::IEEE_F32LE, H5::DataSpace(2, dims))
+        .write(v.data(), H5::PredType::NATIVE_FLOAT);
   });
   expect_error([&] { read_golden_layer(p); }, ErrorKind::kData, q + "/y", "4 rows");
 

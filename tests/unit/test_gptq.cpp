@@ -7,9 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <iostream>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -27,7 +27,8 @@ namespace lathe {
 namespace {
 
 const std::filesystem::path kLlama = std::filesystem::path(LATHE_SOURCE_DIR) / "data/models/llama";
-const std::filesystem::path kProse = std::filesystem::path(LATHE_SOURCE_DIR) / "data/corpora/prose/train.txt";
+const std::filesystem::path kProse =
+    std::filesystem::path(LATHE_SOURCE_DIR) / "data/corpora/prose/train.txt";
 
 // ---------------------------------------------------------------------------------------------
 // Reference: GPTQ column by column, every update applied to all remaining columns at once (no lazy
@@ -43,7 +44,8 @@ struct Reference {
   double loss_sum = 0;
 };
 
-Reference reference_gptq(const at::Tensor& weight, const at::Tensor& sum_xxt, int64_t n, const GptqOptions& o) {
+Reference reference_gptq(const at::Tensor& weight, const at::Tensor& sum_xxt, int64_t n,
+                         const GptqOptions& o) {
   const at::ScalarType dt = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor W = weight.to(dt).clone();
   at::Tensor H = sum_xxt.to(dt) * (2.0 / static_cast<double>(n));
@@ -74,7 +76,8 @@ Reference reference_gptq(const at::Tensor& weight, const at::Tensor& sum_xxt, in
   W = W.index_select(1, perm);
   H = H.index_select(0, perm).index_select(1, perm);
   H.diagonal().add_(H.diagonal().mean() * o.damp);
-  const at::Tensor U = torch::linalg_cholesky(torch::cholesky_inverse(torch::linalg_cholesky(H)), /*upper=*/true);
+  const at::Tensor U =
+      torch::linalg_cholesky(torch::cholesky_inverse(torch::linalg_cholesky(H)), /*upper=*/true);
 
   Reference r;
   at::Tensor codes = at::zeros({out, in}, dt), margin = at::zeros({out, in}, at::kDouble);
@@ -106,11 +109,13 @@ Reference reference_gptq(const at::Tensor& weight, const at::Tensor& sum_xxt, in
   r.scales = scales;
   r.zeros = zeros;
   const at::Tensor loop_group = at::arange(in, at::kLong).div(g, "floor");
-  r.g_idx = is_static || o.act_order == GptqOptions::kNone ? loop_group
-                                                           : at::empty_like(loop_group).index_copy_(0, perm, loop_group);
+  r.g_idx = is_static || o.act_order == GptqOptions::kNone
+                ? loop_group
+                : at::empty_like(loop_group).index_copy_(0, perm, loop_group);
   r.codes = r.codes.to(at::kFloat);
   r.scales = scales.to(at::kFloat);  // lathe stores f32 scales
-  r.deq = r.scales.index_select(1, r.g_idx) * (r.codes - zeros.index_select(1, r.g_idx).to(at::kFloat));
+  r.deq =
+      r.scales.index_select(1, r.g_idx) * (r.codes - zeros.index_select(1, r.g_idx).to(at::kFloat));
   return r;
 }
 
@@ -120,9 +125,12 @@ Reference reference_gptq(const at::Tensor& weight, const at::Tensor& sum_xxt, in
 struct Capture : TapObserver {
   int64_t layer = 1;
   std::map<Tap, std::vector<at::Tensor>> rows;
-  bool wants(Tap tap, int64_t l) const override { return l == layer && (tap == Tap::kMlpIn || tap == Tap::kMlpAct); }
+  bool wants(Tap tap, int64_t l) const override {
+    return l == layer && (tap == Tap::kMlpIn || tap == Tap::kMlpAct);
+  }
   void observe(const TapEvent& e) override {
-    rows[e.tap].push_back(e.value->index_select(0, e.valid->nonzero().squeeze(1)).to(at::kFloat).clone());
+    rows[e.tap].push_back(
+        e.value->index_select(0, e.valid->nonzero().squeeze(1)).to(at::kFloat).clone());
   }
 };
 
@@ -166,8 +174,10 @@ const RealLayers& real_layers() {
       l.name = std::move(name);
       return l;
     };
-    d.gate = make(at::cat(cap.rows[Tap::kMlpIn]), layer.weights().dense_gate.weight, "layers.1.mlp.gate_proj");
-    d.down = make(at::cat(cap.rows[Tap::kMlpAct]), layer.weights().dense_down.weight, "layers.1.mlp.down_proj");
+    d.gate = make(at::cat(cap.rows[Tap::kMlpIn]), layer.weights().dense_gate.weight,
+                  "layers.1.mlp.gate_proj");
+    d.down = make(at::cat(cap.rows[Tap::kMlpAct]), layer.weights().dense_down.weight,
+                  "layers.1.mlp.down_proj");
     d.ok = true;
     return d;
   }();
@@ -188,22 +198,29 @@ at::Tensor row_errors(const LayerData& l, const at::Tensor& deq) {
 /// whose codes all agree have the reference's output error within 1%, a row whose codes diverged
 /// still beats round-to-nearest on that row, and at most a quarter of the rows diverge. Returns the
 /// layer's relative output-error change; prints the diverged rows.
-double expect_rows_match(const LayerData& l, const GptqResult& got, const at::Tensor& got_deq, const Reference& ref,
-                         const QuantSpec& spec, const std::string& what) {
-  const at::Tensor diverged = got.q.codes.to(at::kFloat).ne(ref.codes).any(1), same = diverged.logical_not();
+double expect_rows_match(const LayerData& l, const GptqResult& got, const at::Tensor& got_deq,
+                         const Reference& ref, const QuantSpec& spec, const std::string& what) {
+  const at::Tensor diverged = got.q.codes.to(at::kFloat).ne(ref.codes).any(1),
+                   same = diverged.logical_not();
   const at::Tensor row_got = row_errors(l, got_deq), row_ref = row_errors(l, ref.deq);
   const double e_got = row_got.sum().item<double>(), e_ref = row_ref.sum().item<double>();
   const int64_t rows = diverged.sum().item<int64_t>();
   if (rows < diverged.size(0)) {
-    EXPECT_LE(((row_got - row_ref).abs() / row_ref).masked_select(same).max().item<double>(), 1e-2) << what;
+    EXPECT_LE(((row_got - row_ref).abs() / row_ref).masked_select(same).max().item<double>(), 1e-2)
+        << what;
   }
   if (rows > 0) {
     const at::Tensor row_rtn = row_errors(l, quantize_rtn(l.weight, spec).dequantize());
-    EXPECT_TRUE(row_got.masked_select(diverged).lt(row_rtn.masked_select(diverged)).all().item<bool>()) << what;
-    std::printf("[gptq] %s: codes differ in %lld rows (their error %.3f× the reference's), layer output error %+.4f%%\n",
-                what.c_str(), static_cast<long long>(rows),
-                row_got.masked_select(diverged).sum().item<double>() / row_ref.masked_select(diverged).sum().item<double>(),
-                100.0 * (e_got - e_ref) / e_ref);
+    EXPECT_TRUE(
+        row_got.masked_select(diverged).lt(row_rtn.masked_select(diverged)).all().item<bool>())
+        << what;
+    std::printf(
+        "[gptq] %s: codes differ in %lld rows (their error %.3f× the reference's), layer output "
+        "error %+.4f%%\n",
+        what.c_str(), static_cast<long long>(rows),
+        row_got.masked_select(diverged).sum().item<double>() /
+            row_ref.masked_select(diverged).sum().item<double>(),
+        100.0 * (e_got - e_ref) / e_ref);
   }
   EXPECT_LE(rows, diverged.size(0) / 4) << what;
   return std::abs(e_got - e_ref) / e_ref;
@@ -218,23 +235,23 @@ GptqOptions opts(int64_t bits, int64_t group, bool sym, GptqOptions::ActOrder or
   return o;
 }
 
-#define REQUIRE_REAL_LAYERS()                                                               \
-  const RealLayers& real = real_layers();                                                   \
+#define REQUIRE_REAL_LAYERS()             \
+  const RealLayers& real = real_layers(); \
   if (!real.ok) GTEST_SKIP() << "data/models/llama or data/corpora/prose not available"
 
 // (a) No act-order: lathe's lazy-batched GPTQ against the unbatched reference.
 //   - fp32, one block (block ≥ in): the same operations on the same values in the same order (each
-//     column update is an outer product, a GEMM with k = 1: no sum to reorder), so codes, scales and
-//     zeros are bit-identical on any BLAS, machine and thread count.
+//     column update is an outer product, a GEMM with k = 1: no sum to reorder), so codes, scales
+//     and zeros are bit-identical on any BLAS, machine and thread count.
 //   - fp64, block 48 (several blocks; group boundaries inside blocks and groups across block ends,
 //     the pending-update path of dynamic groups): the lazy GEMM only reorders sums, which moves a
 //     value by ~1e-16 relative, so codes are identical except where the reference met an exact
 //     rounding tie (margin ≤ 1e-9; 1e-15 measured), after which that row legitimately diverges.
 //   - fp32, block 128 (the default): the lazy GEMM's reordered fp32 sums (~1e-7 relative; which way
 //     depends on the BLAS kernel, CPU and thread count) can move a code that sits at or near a
-//     rounding tie, and once one moves, that row's error feedback and its next groups' scales follow
-//     another, equally valid greedy path (measured: 0-4 of 128 rows, per machine and thread count).
-//     So fp32 is held to what GPTQ promises per row, not to code patterns:
+//     rounding tie, and once one moves, that row's error feedback and its next groups' scales
+//     follow another, equally valid greedy path (measured: 0-4 of 128 rows, per machine and thread
+//     count). So fp32 is held to what GPTQ promises per row, not to code patterns:
 //       · a row whose codes all agree has the reference's output error within 1%: only its dynamic
 //         scales can differ, by fp32 drift δ ≲ 1e-5, which moves the error by ~2^(bits+1)·δ
 //         (measured ≤ 6e-5);
@@ -258,14 +275,17 @@ TEST(GptqReal, NoActOrderEqualsTheUnbatchedReference) {
             at::ScalarType dtype;
             int64_t block;
           };
-          for (const Case c : {Case{at::kFloat, in}, Case{at::kDouble, 48}, Case{at::kFloat, 128}}) {
+          for (const Case c :
+               {Case{at::kFloat, in}, Case{at::kDouble, 48}, Case{at::kFloat, 128}}) {
             GptqOptions o = opts(bits, group, sym, GptqOptions::kNone);
             o.block_size = c.block;
-            const std::string what = l->name + " bits " + std::to_string(bits) + " group " + std::to_string(group) +
-                                     (sym ? " sym" : " asym") + " block " + std::to_string(c.block) +
+            const std::string what = l->name + " bits " + std::to_string(bits) + " group " +
+                                     std::to_string(group) + (sym ? " sym" : " asym") + " block " +
+                                     std::to_string(c.block) +
                                      (c.dtype == at::kDouble ? " fp64" : " fp32");
             const at::Tensor w = l->weight.to(c.dtype);
-            if (!refs.count(c.dtype)) refs.emplace(c.dtype, reference_gptq(w, l->sum, l->tokens, o));
+            if (!refs.count(c.dtype))
+              refs.emplace(c.dtype, reference_gptq(w, l->sum, l->tokens, o));
             const Reference& ref = refs.at(c.dtype);
             const GptqResult got = gptq_quantize(w, l->sum, l->tokens, o);
             EXPECT_FALSE(got.rtn_fallback) << what;
@@ -284,14 +304,21 @@ TEST(GptqReal, NoActOrderEqualsTheUnbatchedReference) {
             } else if (c.dtype == at::kDouble) {
               // Where codes differ, the first difference of each row must be a value the reference
               // found at a rounding tie. Symmetric groups have one by construction: −xmax / scale =
-              // −maxq/2 exactly, so the group's most negative value rounds to code 0 or 1 on the last ulp.
-              const at::Tensor first = flips.to(at::kByte).argmax(1, /*keepdim=*/true);  // first max = first flip
-              const double worst_first_margin =
-                  mismatched == 0 ? 0.0 : ref.margin.gather(1, first).squeeze(1).masked_select(flips.any(1)).max().item<double>();
+              // −maxq/2 exactly, so the group's most negative value rounds to code 0 or 1 on the
+              // last ulp.
+              const at::Tensor first =
+                  flips.to(at::kByte).argmax(1, /*keepdim=*/true);  // first max = first flip
+              const double worst_first_margin = mismatched == 0 ? 0.0
+                                                                : ref.margin.gather(1, first)
+                                                                      .squeeze(1)
+                                                                      .masked_select(flips.any(1))
+                                                                      .max()
+                                                                      .item<double>();
               if (mismatched) {
-                std::printf("[gptq] %s: %lld codes differ in %lld rows, first-flip tie margin ≤ %.3g\n", what.c_str(),
-                            static_cast<long long>(mismatched), static_cast<long long>(flips.any(1).sum().item<int64_t>()),
-                            worst_first_margin);
+                std::printf(
+                    "[gptq] %s: %lld codes differ in %lld rows, first-flip tie margin ≤ %.3g\n",
+                    what.c_str(), static_cast<long long>(mismatched),
+                    static_cast<long long>(flips.any(1).sum().item<int64_t>()), worst_first_margin);
               }
               EXPECT_LE(worst_first_margin, 1e-9) << what;
               if (mismatched == 0) {
@@ -303,24 +330,32 @@ TEST(GptqReal, NoActOrderEqualsTheUnbatchedReference) {
               fp32_flips += mismatched;
               fp32_codes += flips.numel();
               worst_fp32_error_change = std::max(
-                  worst_fp32_error_change, expect_rows_match(*l, got, got.q.dequantize(), ref, QuantSpec{bits, group, sym}, what));
+                  worst_fp32_error_change, expect_rows_match(*l, got, got.q.dequantize(), ref,
+                                                             QuantSpec{bits, group, sym}, what));
             }
           }
         }
       }
     }
   }
-  std::printf("[gptq] fp32 lazy-batched vs unbatched: %lld of %lld codes differ, layer output error within %.4f%%\n",
-              static_cast<long long>(fp32_flips), static_cast<long long>(fp32_codes), 100.0 * worst_fp32_error_change);
+  std::printf(
+      "[gptq] fp32 lazy-batched vs unbatched: %lld of %lld codes differ, layer output error within "
+      "%.4f%%\n",
+      static_cast<long long>(fp32_flips), static_cast<long long>(fp32_codes),
+      100.0 * worst_fp32_error_change);
 }
 
-// (b) Act-order, static and dynamic groups: the output error is the reference's, row by row as in (a).
-// (c) GPTQ beats RTN on the same layer.
+// (b) Act-order, static and dynamic groups: the output error is the reference's, row by row as in
+// (a). (c) GPTQ beats RTN on the same layer.
 TEST(GptqReal, ActOrderMatchesTheReferenceAndBeatsRtn) {
   REQUIRE_REAL_LAYERS();
   for (const LayerData* l : {&real.gate, &real.down}) {
-    for (const auto& [bits, group, sym] : {std::tuple<int64_t, int64_t, bool>{4, 32, true}, {3, 32, true},
-                                          {4, 128, true}, {3, 128, true}, {4, 128, false}, {3, 128, false}}) {
+    for (const auto& [bits, group, sym] : {std::tuple<int64_t, int64_t, bool>{4, 32, true},
+                                           {3, 32, true},
+                                           {4, 128, true},
+                                           {3, 128, true},
+                                           {4, 128, false},
+                                           {3, 128, false}}) {
       const QuantSpec spec{bits, group, sym};
       const double rtn = output_error(*l, quantize_rtn(l->weight, spec).dequantize());
       const double rtn_mse = output_error(*l, quantize_rtn(l->weight, spec, true).dequantize());
@@ -329,23 +364,28 @@ TEST(GptqReal, ActOrderMatchesTheReferenceAndBeatsRtn) {
                                                .q.dequantize());
       for (auto order : {GptqOptions::kStatic, GptqOptions::kDynamic}) {
         const GptqOptions o = opts(bits, group, sym, order);
-        const std::string what = l->name + " bits " + std::to_string(bits) + " group " + std::to_string(group) +
-                                 (sym ? " sym" : " asym") + (order == GptqOptions::kStatic ? " static" : " dynamic");
+        const std::string what = l->name + " bits " + std::to_string(bits) + " group " +
+                                 std::to_string(group) + (sym ? " sym" : " asym") +
+                                 (order == GptqOptions::kStatic ? " static" : " dynamic");
         const Reference ref = reference_gptq(l->weight, l->sum, l->tokens, o);
         const GptqResult got = gptq_quantize(l->weight, l->sum, l->tokens, o);
         const double e_got = output_error(*l, gptq_dequantize(got.q, got.g_idx));
         const double e_ref = output_error(*l, ref.deq);
-        std::printf("[gptq] %-22s b%lld g%-3lld %-4s %-7s | out err lathe %-8.4g ref %-8.4g (%.5f) | no-act-order %-8.4g"
-                    " | RTN %-8.4g RTN+mse %-8.4g | rel_err %.2e\n",
-                    l->name.c_str(), static_cast<long long>(bits), static_cast<long long>(group), sym ? "sym" : "asym",
-                    order == GptqOptions::kStatic ? "static" : "dynamic", e_got, e_ref, e_got / e_ref, none, rtn,
-                    rtn_mse, got.rel_err);
-        expect_rows_match(*l, got, gptq_dequantize(got.q, got.g_idx), ref, spec, what);  // measured ≤ 1.0006× e_ref
+        std::printf(
+            "[gptq] %-22s b%lld g%-3lld %-4s %-7s | out err lathe %-8.4g ref %-8.4g (%.5f) | "
+            "no-act-order %-8.4g"
+            " | RTN %-8.4g RTN+mse %-8.4g | rel_err %.2e\n",
+            l->name.c_str(), static_cast<long long>(bits), static_cast<long long>(group),
+            sym ? "sym" : "asym", order == GptqOptions::kStatic ? "static" : "dynamic", e_got,
+            e_ref, e_got / e_ref, none, rtn, rtn_mse, got.rel_err);
+        expect_rows_match(*l, got, gptq_dequantize(got.q, got.g_idx), ref, spec,
+                          what);  // measured ≤ 1.0006× e_ref
         EXPECT_LT(e_got, rtn) << what;
         EXPECT_LT(e_got, rtn_mse) << what;
         EXPECT_TRUE(at::equal(got.g_idx.to(at::kLong), ref.g_idx)) << what;
         // rel_err is ‖X ΔWᵀ‖² / ‖X Wᵀ‖² (H = (2/N) Σ x xᵀ, the factor cancels).
-        const double base = l->x.to(at::kDouble).mm(l->weight.to(at::kDouble).t()).square().sum().item<double>();
+        const double base =
+            l->x.to(at::kDouble).mm(l->weight.to(at::kDouble).t()).square().sum().item<double>();
         EXPECT_NEAR(got.rel_err, e_got / base, 1e-4 * e_got / base) << what;
       }
       EXPECT_LT(none, rtn) << l->name << " bits " << bits;
@@ -371,12 +411,14 @@ TEST(GptqReal, GroupIndexPermutationAndLoss) {
     } else {
       ASSERT_TRUE(r.perm.defined());
       EXPECT_TRUE(at::equal(r.perm, expected_perm));
-      EXPECT_FALSE(at::equal(r.perm, at::arange(in, at::kLong)));  // real data: act-order does reorder
+      EXPECT_FALSE(
+          at::equal(r.perm, at::arange(in, at::kLong)));  // real data: act-order does reorder
       if (order == GptqOptions::kStatic) {
         EXPECT_TRUE(at::equal(r.g_idx.to(at::kLong), contiguous));
         EXPECT_TRUE(at::allclose(r.q.dequantize(), gptq_dequantize(r.q, r.g_idx)));
       } else {
-        EXPECT_TRUE(at::equal(r.g_idx.to(at::kLong).index_select(0, r.perm), contiguous));  // g_idx[perm[k]] = k / g
+        EXPECT_TRUE(at::equal(r.g_idx.to(at::kLong).index_select(0, r.perm),
+                              contiguous));  // g_idx[perm[k]] = k / g
         EXPECT_TRUE(at::equal(r.g_idx.bincount(), at::full({in / g}, g, at::kLong)));
       }
     }
@@ -406,7 +448,8 @@ TEST(GptqReal, DeadInputChannel) {
     const at::Tensor deq = gptq_dequantize(r.q, r.g_idx);
     EXPECT_FALSE(r.rtn_fallback);
     EXPECT_TRUE(deq.isfinite().all().item<bool>());
-    EXPECT_EQ(deq.select(1, dead).abs().max().item<float>(), 0) << "dead column quantizes to exact zero";
+    EXPECT_EQ(deq.select(1, dead).abs().max().item<float>(), 0)
+        << "dead column quantizes to exact zero";
     EXPECT_TRUE(std::isfinite(r.loss_sum) && std::isfinite(r.rel_err));
     const Reference ref = reference_gptq(l.weight, sum, l.tokens, o);
     if (order == GptqOptions::kNone) {
@@ -436,7 +479,8 @@ TEST(GptqReal, DampingRetriesThenRtnFallback) {
   sum[7][7] = -0.03 * mean_diag;
   const double new_mean = sum.diagonal().mean().item<double>();
   int expected_retries = 0;
-  while ((o.damp + expected_retries * o.damp_step) * new_mean <= 0.03 * mean_diag) ++expected_retries;
+  while ((o.damp + expected_retries * o.damp_step) * new_mean <= 0.03 * mean_diag)
+    ++expected_retries;
   const GptqResult r = gptq_quantize(l.weight, sum, l.tokens, o);
   EXPECT_FALSE(r.rtn_fallback);
   EXPECT_EQ(r.retries, expected_retries);
@@ -449,7 +493,8 @@ TEST(GptqReal, DampingRetriesThenRtnFallback) {
   const GptqResult r2 = gptq_quantize(l.weight, sum, l.tokens, direct);
   EXPECT_EQ(r2.retries, 0);
   EXPECT_TRUE(at::equal(r.q.codes, r2.q.codes));
-  EXPECT_TRUE(at::equal(r.q.codes.to(at::kFloat), reference_gptq(l.weight, sum, l.tokens, direct).codes));
+  EXPECT_TRUE(
+      at::equal(r.q.codes.to(at::kFloat), reference_gptq(l.weight, sum, l.tokens, direct).codes));
 
   // Beyond repair within λ ≤ damp_max: RTN with the MSE grid, every step tried.
   sum[7][7] = -4 * mean_diag;
@@ -478,7 +523,8 @@ TEST(GptqReal, RankDeficientHessianNeedsOnlyTheDefaultDamping) {
   REQUIRE_REAL_LAYERS();
   const LayerData& l = real.down;  // in = 384 > 64 tokens: Σ x xᵀ is singular
   const at::Tensor x = l.x.slice(0, 0, 64);
-  const GptqResult r = gptq_quantize(l.weight, x.t().mm(x), 64, opts(4, 32, true, GptqOptions::kStatic));
+  const GptqResult r =
+      gptq_quantize(l.weight, x.t().mm(x), 64, opts(4, 32, true, GptqOptions::kStatic));
   EXPECT_FALSE(r.rtn_fallback);
   EXPECT_EQ(r.retries, 0);
   EXPECT_TRUE(std::isfinite(r.loss_sum));
@@ -488,8 +534,9 @@ TEST(Gptq, DataFreeIsRtnWithMseClipping) {
   torch::manual_seed(11);
   const at::Tensor w = at::randn({16, 64}).to(at::kBFloat16);
   const QuantizedWeight rtn = quantize_rtn(w, QuantSpec{3, 16, false}, /*mse=*/true);
-  for (const GptqResult& r : {gptq_quantize(w, at::Tensor(), 0, opts(3, 16, false, GptqOptions::kStatic)),
-                              gptq_quantize(w, at::eye(64), 0, opts(3, 16, false, GptqOptions::kDynamic))}) {
+  for (const GptqResult& r :
+       {gptq_quantize(w, at::Tensor(), 0, opts(3, 16, false, GptqOptions::kStatic)),
+        gptq_quantize(w, at::eye(64), 0, opts(3, 16, false, GptqOptions::kDynamic))}) {
     EXPECT_EQ(r.h_source, "none");
     EXPECT_FALSE(r.rtn_fallback);
     EXPECT_FALSE(r.perm.defined());
@@ -500,14 +547,19 @@ TEST(Gptq, DataFreeIsRtnWithMseClipping) {
   }
   // The MSE grid never does worse than plain RTN in its own metric.
   const at::Tensor wf = w.to(at::kFloat);
-  const double plain = (quantize_rtn(w, QuantSpec{3, 16, false}).dequantize() - wf).abs().pow(2.4).sum().item<double>();
+  const double plain = (quantize_rtn(w, QuantSpec{3, 16, false}).dequantize() - wf)
+                           .abs()
+                           .pow(2.4)
+                           .sum()
+                           .item<double>();
   EXPECT_LE((rtn.dequantize() - wf).abs().pow(2.4).sum().item<double>(), plain);
 }
 
 TEST(Gptq, ActOrderTiesKeepTheLowerIndexFirst) {
   const at::Tensor diag = at::tensor({1.0f, 3.0f, 1.0f, 3.0f, 2.0f, 0.0f, 0.0f, 2.0f});
   torch::manual_seed(5);
-  const GptqResult r = gptq_quantize(at::randn({4, 8}), at::diag(diag), 2, opts(4, -1, true, GptqOptions::kStatic));
+  const GptqResult r =
+      gptq_quantize(at::randn({4, 8}), at::diag(diag), 2, opts(4, -1, true, GptqOptions::kStatic));
   // Dead columns 5 and 6 become H_jj = 1 and tie with columns 0 and 2.
   EXPECT_TRUE(at::equal(r.perm, at::tensor({1, 3, 4, 7, 0, 2, 5, 6}, at::kLong)));
   EXPECT_TRUE(at::equal(r.g_idx, at::zeros({8}, at::kInt)));
@@ -524,9 +576,11 @@ TEST(GptqReal, CudaMatchesCpu) {
     const GptqResult gpu = gptq_quantize(l.weight.to(at::kCUDA), l.sum, l.tokens, o);
     EXPECT_TRUE(gpu.q.codes.is_cuda());
     const at::Tensor deq = gptq_dequantize(gpu.q, gpu.g_idx).cpu();
-    const double e_cpu = output_error(l, gptq_dequantize(cpu.q, cpu.g_idx)), e_gpu = output_error(l, deq);
+    const double e_cpu = output_error(l, gptq_dequantize(cpu.q, cpu.g_idx)),
+                 e_gpu = output_error(l, deq);
     EXPECT_NEAR(e_gpu, e_cpu, 0.01 * e_cpu) << order;
-    EXPECT_LE(gpu.q.codes.cpu().ne(cpu.q.codes).sum().item<int64_t>(), cpu.q.codes.numel() / 100) << order;
+    EXPECT_LE(gpu.q.codes.cpu().ne(cpu.q.codes).sum().item<int64_t>(), cpu.q.codes.numel() / 100)
+        << order;
     EXPECT_NEAR(gpu.loss_sum, cpu.loss_sum, 0.01 * cpu.loss_sum) << order;
     if (order != GptqOptions::kNone) {
       EXPECT_TRUE(at::equal(gpu.perm.cpu(), cpu.perm));

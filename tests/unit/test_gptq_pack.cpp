@@ -84,7 +84,6 @@ at::Tensor ref_rows(const at::Tensor& packed, int64_t bits, int64_t n) {
   return r;
 }
 
-
 at::Tensor contiguous_gidx(int64_t in, int64_t g) {
   const int64_t gg = g == -1 ? in : g;
   return torch::arange(in, torch::kLong).div(gg, "floor").to(torch::kInt);
@@ -159,8 +158,10 @@ TEST(GptqPack, HandWords3Bit) {
   QuantizedWeight q;
   q.spec = QuantSpec{3, -1, true};
   q.codes = torch::full({32, 32}, 7, torch::kByte);
-  q.codes.index_put_({0, 10}, 4);  // value 10 straddles words 0/1: 100 → bits 30,31 = 0, word1 bit0 = 1
-  q.codes.index_put_({0, 21}, 2);  // value 21 straddles words 1/2: 010 → word1 bit31 = 0, word2 bits 0,1 = 1,0
+  q.codes.index_put_({0, 10},
+                     4);  // value 10 straddles words 0/1: 100 → bits 30,31 = 0, word1 bit0 = 1
+  q.codes.index_put_(
+      {0, 21}, 2);  // value 21 straddles words 1/2: 010 → word1 bit31 = 0, word2 bits 0,1 = 1,0
   q.scales = torch::ones({32, 1});
   q.zeros = torch::full({32, 1}, 4, torch::kInt);  // z − 1 = 3 = 011 everywhere
   const GptqTensors t = pack_gptq(q, {});
@@ -175,7 +176,8 @@ TEST(GptqPack, HandWords3Bit) {
   EXPECT_EQ(word_at(t.qweight, 1, 1), 0xFFFFFFFFu);
   EXPECT_EQ(word_at(t.qweight, 2, 1), 0xFFFFFFFFu);
   EXPECT_EQ(word_at(t.qweight, 0, 0), 0x3FFFFFFFu);
-  EXPECT_EQ(word_at(t.qweight, 1, 0), 0x7FFFFFFFu);  // bit0 = 1 (value 10 bit 2), bit31 = 0 (value 21 bit 0)
+  EXPECT_EQ(word_at(t.qweight, 1, 0),
+            0x7FFFFFFFu);  // bit0 = 1 (value 10 bit 2), bit31 = 0 (value 21 bit 0)
   EXPECT_EQ(word_at(t.qweight, 1, 0) & 1u, 1u);
   EXPECT_EQ(word_at(t.qweight, 2, 0), 0xFFFFFFFDu);
 }
@@ -184,7 +186,8 @@ TEST(GptqPack, HandWords3Bit) {
 
 enum GidxKind { kContiguous, kStaticActOrder, kDynamicActOrder };
 
-class GptqPackRoundTrip : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, bool, int>> {};
+class GptqPackRoundTrip : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, bool, int>> {
+};
 
 TEST_P(GptqPackRoundTrip, PackUnpackDequantize) {
   const auto [bits, g, sym, kind] = GetParam();
@@ -192,7 +195,8 @@ TEST_P(GptqPackRoundTrip, PackUnpackDequantize) {
   const uint64_t seed = static_cast<uint64_t>(bits * 1000 + (g + 1) * 7 + sym * 3 + kind);
   QuantizedWeight q = random_quantized_weight(bits, out, in, g, sym, seed);
   // Static groups with act-order keep the contiguous c / g (gptq.h); dynamic ones scatter.
-  const at::Tensor gi = kind == kDynamicActOrder ? dynamic_gidx(in, g, seed + 1) : contiguous_gidx(in, g);
+  const at::Tensor gi =
+      kind == kDynamicActOrder ? dynamic_gidx(in, g, seed + 1) : contiguous_gidx(in, g);
   const GptqTensors t = pack_gptq(q, kind == kContiguous ? at::Tensor() : gi);
   const int64_t groups = q.scales.size(1);
   ASSERT_EQ(t.qweight.sizes(), at::IntArrayRef({in * bits / 32, out}));
@@ -224,17 +228,19 @@ TEST_P(GptqPackRoundTrip, PackUnpackDequantize) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(GptqPack, GptqPackRoundTrip,
-                         ::testing::Combine(::testing::Values<int64_t>(2, 3, 4, 8), ::testing::Values<int64_t>(32, 128, -1),
-                                            ::testing::Bool(),
-                                            ::testing::Values<int>(kContiguous, kStaticActOrder, kDynamicActOrder)));
+INSTANTIATE_TEST_SUITE_P(
+    GptqPack, GptqPackRoundTrip,
+    ::testing::Combine(::testing::Values<int64_t>(2, 3, 4, 8),
+                       ::testing::Values<int64_t>(32, 128, -1), ::testing::Bool(),
+                       ::testing::Values<int>(kContiguous, kStaticActOrder, kDynamicActOrder)));
 
 TEST(GptqPack, EdgeShapesAndZeros) {
   // The smallest widths the format allows for each bit width, and zeros at the ends of [1, 2^b].
   for (int64_t bits : {2, 3, 4, 8}) {
     const int64_t m = gptq_pack_multiple(bits);
     for (auto [out, in] : {std::pair<int64_t, int64_t>{m, m}, {m, 3 * m}, {5 * m, m}}) {
-      QuantizedWeight q = random_quantized_weight(bits, out, in, -1, false, static_cast<uint64_t>(bits + out + in));
+      QuantizedWeight q =
+          random_quantized_weight(bits, out, in, -1, false, static_cast<uint64_t>(bits + out + in));
       q.zeros.index_put_({0, 0}, 1);
       q.zeros.index_put_({out - 1, 0}, int64_t{1} << bits);  // z − 1 = maxq
       q.codes.index_put_({0, 0}, 0);
@@ -264,11 +270,16 @@ TEST(GptqPack, PackRejectsWhatTheFormatCannotHold) {
   EXPECT_FALSE(gptq_packable(4, 12, 8));
   EXPECT_FALSE(gptq_packable(3, 48, 32));
   EXPECT_FALSE(gptq_packable(5, 32, 32));
-  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(4, 8, 12, -1, true, 1), {}); }, "in_features");
-  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(4, 12, 8, -1, true, 1), {}); }, "out_features");
-  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(3, 32, 48, -1, true, 1), {}); }, "in_features");
-  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(3, 16, 32, -1, true, 1), {}); }, "out_features");
-  expect_error<UnsupportedError>([] { pack_gptq(random_quantized_weight(5, 32, 32, -1, true, 1), {}); }, "bits");
+  expect_error<UnsupportedError>(
+      [] { pack_gptq(random_quantized_weight(4, 8, 12, -1, true, 1), {}); }, "in_features");
+  expect_error<UnsupportedError>(
+      [] { pack_gptq(random_quantized_weight(4, 12, 8, -1, true, 1), {}); }, "out_features");
+  expect_error<UnsupportedError>(
+      [] { pack_gptq(random_quantized_weight(3, 32, 48, -1, true, 1), {}); }, "in_features");
+  expect_error<UnsupportedError>(
+      [] { pack_gptq(random_quantized_weight(3, 16, 32, -1, true, 1), {}); }, "out_features");
+  expect_error<UnsupportedError>(
+      [] { pack_gptq(random_quantized_weight(5, 32, 32, -1, true, 1), {}); }, "bits");
   {
     QuantizedWeight q = random_quantized_weight(4, 8, 8, -1, false, 1);
     q.zeros.index_put_({2, 0}, 0);  // v1 cannot store z = 0
@@ -353,11 +364,13 @@ TEST(GptqPack, UnpackRejectsMalformedTensors) {
   expect_error<DataError>([&] { unpack_gptq(good, 5, 64, 16, 32, p); }, p + ".bits");
   expect_error<DataError>([&] { dequantize_gptq(good, 6, p); }, p + ".bits");
   expect_error<DataError>([&] { unpack_gptq(good, 4, 64, 16, 0, p); }, p + ".group_size");
-  expect_error<DataError>([&] { unpack_gptq(good, 4, 64, 16, 16, p); }, p + ".qzeros");  // 4 groups declared, 2 stored
+  expect_error<DataError>([&] { unpack_gptq(good, 4, 64, 16, 16, p); },
+                          p + ".qzeros");  // 4 groups declared, 2 stored
   expect_error<DataError>([&] { unpack_gptq(good, 4, 60, 16, 32, p); }, p + ".in_features");
   expect_error<DataError>([&] { unpack_gptq(good, 4, 64, 12, 32, p); }, p + ".out_features");
-  expect_error<DataError>([&] { unpack_gptq(good, 8, 64, 16, 32, p); }, p + ".qweight");  // wrong bits for the widths
-  GptqTensors bare = good;  // without `where` the field is the bare tensor name
+  expect_error<DataError>([&] { unpack_gptq(good, 8, 64, 16, 32, p); },
+                          p + ".qweight");  // wrong bits for the widths
+  GptqTensors bare = good;                  // without `where` the field is the bare tensor name
   bare.scales = bare.scales.to(at::kFloat);
   expect_error<DataError>([&] { unpack_gptq(bare, 4, 64, 16, 32); }, "scales");
 }
@@ -388,7 +401,8 @@ TEST(CtPack, HandWordsAndSignedCodeRelation) {
 
 TEST(CtPack, LayoutIsTransposedGptq) {
   for (int64_t bits : {2, 4, 8}) {
-    const QuantizedWeight q = random_quantized_weight(bits, 32, 64, 32, true, static_cast<uint64_t>(bits));
+    const QuantizedWeight q =
+        random_quantized_weight(bits, 32, 64, 32, true, static_cast<uint64_t>(bits));
     const GptqTensors g = pack_gptq(q, {});
     const CtPackedTensors c = pack_ct_packed(q, at::kHalf);
     EXPECT_TRUE(c.weight_packed.equal(g.qweight.t())) << bits;
@@ -416,7 +430,8 @@ TEST_P(CtPackRoundTrip, PackUnpackDequantize) {
     EXPECT_FALSE(t.weight_zero_point.defined());
   } else {
     ASSERT_EQ(t.weight_zero_point.sizes(), at::IntArrayRef({(out + pf - 1) / pf, groups}));
-    EXPECT_TRUE(ref_rows(t.weight_zero_point.t().contiguous(), bits, out).equal(q.zeros.t().to(at::kLong)));
+    EXPECT_TRUE(
+        ref_rows(t.weight_zero_point.t().contiguous(), bits, out).equal(q.zeros.t().to(at::kLong)));
   }
   if (in % pf != 0) {  // padding bits of the last word are zero
     const int64_t used = (in % pf) * bits;
@@ -436,18 +451,23 @@ TEST_P(CtPackRoundTrip, PackUnpackDequantize) {
 }
 
 INSTANTIATE_TEST_SUITE_P(CtPack, CtPackRoundTrip,
-                         ::testing::Combine(::testing::Values<int64_t>(2, 4, 8), ::testing::Values<int64_t>(32, 128, -1),
+                         ::testing::Combine(::testing::Values<int64_t>(2, 4, 8),
+                                            ::testing::Values<int64_t>(32, 128, -1),
                                             ::testing::Bool(), ::testing::Values<int>(0, 1)));
 
 TEST(CtPack, RejectsMalformed) {
-  expect_error<UnsupportedError>([] { pack_ct_packed(random_quantized_weight(3, 8, 32, -1, true, 1), at::kHalf); }, "bits");
-  expect_error<UnsupportedError>([] { pack_ct_packed(random_quantized_weight(4, 8, 32, -1, true, 1), at::kInt); }, "weight_scale");
+  expect_error<UnsupportedError>(
+      [] { pack_ct_packed(random_quantized_weight(3, 8, 32, -1, true, 1), at::kHalf); }, "bits");
+  expect_error<UnsupportedError>(
+      [] { pack_ct_packed(random_quantized_weight(4, 8, 32, -1, true, 1), at::kInt); },
+      "weight_scale");
   {
     QuantizedWeight q = random_quantized_weight(4, 8, 32, -1, true, 1);
     q.zeros.index_put_({0, 0}, 3);
     expect_error<InternalError>([&] { pack_ct_packed(q, at::kHalf); }, "zeros");
   }
-  const QuantizedWeight q = random_quantized_weight(4, 10, 20, 8, false, 2);  // G = 3, 3 words per row, 2 zero-point rows
+  const QuantizedWeight q =
+      random_quantized_weight(4, 10, 20, 8, false, 2);  // G = 3, 3 words per row, 2 zero-point rows
   const CtPackedTensors good = pack_ct_packed(q, at::kHalf);
   const std::string p = "mlp.down_proj";
   auto unpack = [&](const CtPackedTensors& t) { unpack_ct_packed(t, 4, 8, p); };
@@ -511,9 +531,12 @@ TEST(CtPack, Int8RoundTripAndErrors) {
   EXPECT_TRUE(u.scales.equal(qh.scales));
   EXPECT_TRUE(dequantize_ct_int8(t).equal(qh.dequantize()));
 
-  expect_error<UnsupportedError>([] { pack_ct_int8(random_quantized_weight(4, 6, 10, -1, true, 1), at::kHalf); }, "bits");
-  expect_error<UnsupportedError>([] { pack_ct_int8(random_quantized_weight(8, 6, 10, 5, true, 1), at::kHalf); }, "group_size");
-  expect_error<UnsupportedError>([] { pack_ct_int8(random_quantized_weight(8, 6, 10, -1, false, 1), at::kHalf); }, "zeros");
+  expect_error<UnsupportedError>(
+      [] { pack_ct_int8(random_quantized_weight(4, 6, 10, -1, true, 1), at::kHalf); }, "bits");
+  expect_error<UnsupportedError>(
+      [] { pack_ct_int8(random_quantized_weight(8, 6, 10, 5, true, 1), at::kHalf); }, "group_size");
+  expect_error<UnsupportedError>(
+      [] { pack_ct_int8(random_quantized_weight(8, 6, 10, -1, false, 1), at::kHalf); }, "zeros");
   {
     CtIntTensors b = t;
     b.weight = b.weight.to(at::kByte);

@@ -30,7 +30,6 @@ using kernels::QuantWeightView;
 using kernels::ScaleType;
 using kernels::WeightFormat;
 
-
 // Act-order g_idx: column c belongs to group perm[c] / g.
 at::Tensor permuted_gidx(int64_t in, int64_t g, uint64_t seed) {
   torch::manual_seed(seed);
@@ -106,7 +105,8 @@ at::Tensor run_qlinear(Backend b, const QuantWeightView& w, const at::Tensor& x)
 }
 
 double nmse_of(const at::Tensor& a, const at::Tensor& b) {
-  return kernels::nmse(a.contiguous().data_ptr<float>(), b.contiguous().data_ptr<float>(), a.numel());
+  return kernels::nmse(a.contiguous().data_ptr<float>(), b.contiguous().data_ptr<float>(),
+                       a.numel());
 }
 
 // --- dequantize_ref ≡ the exporter's dequantization -------------------------------------------
@@ -119,10 +119,12 @@ TEST(KernelDequantize, GptqMatchesExporterBitForBit) {
         for (bool act_order : {false, true}) {
           if (act_order && group == -1) continue;
           const QuantizedWeight q = random_quantized_weight(bits, 64, 128, group, sym, ++seed);
-          const GptqTensors t = pack_gptq(q, act_order ? permuted_gidx(128, group, seed) : at::Tensor());
+          const GptqTensors t =
+              pack_gptq(q, act_order ? permuted_gidx(128, group, seed) : at::Tensor());
           const std::string what = "gptq b" + std::to_string(bits) + " g" + std::to_string(group) +
                                    (sym ? " sym" : " asym") + (act_order ? " act-order" : "");
-          expect_bitwise_equal(dequantize_view(gptq_view(t, bits, group)), dequantize_gptq(t, bits), what);
+          expect_bitwise_equal(dequantize_view(gptq_view(t, bits, group)), dequantize_gptq(t, bits),
+                               what);
         }
 }
 
@@ -156,7 +158,8 @@ TEST(KernelDequantize, CtInt8MatchesExporterBitForBit) {
 // --- the qlinear reference -------------------------------------------------------------------
 
 TEST(KernelQlinear, W8A8ReferenceIsTheEngineFakeQuantLinear) {
-  const CtIntTensors t = pack_ct_int8(random_quantized_weight(8, 48, 160, -1, true, 3), at::kBFloat16);
+  const CtIntTensors t =
+      pack_ct_int8(random_quantized_weight(8, 48, 160, -1, true, 3), at::kBFloat16);
   QuantWeightView w = int8_view(t);
   w.act_bits = 8;
   torch::manual_seed(4);
@@ -173,7 +176,9 @@ TEST(KernelQlinear, W8A8ReferenceIsTheEngineFakeQuantLinear) {
   // Without act_bits the same weight is a plain linear.
   w.act_bits = 0;
   const at::Tensor plain = at::linear(x, dequantize_ct_int8(t), bias);
-  EXPECT_LT(((run_qlinear(Backend::kCpuRef, w, x) - plain).abs().max() / plain.abs().max()).item<double>(), 1e-6);
+  EXPECT_LT(((run_qlinear(Backend::kCpuRef, w, x) - plain).abs().max() / plain.abs().max())
+                .item<double>(),
+            1e-6);
   // and the quantization matters: the two differ by far more than rounding
   EXPECT_GT((plain - expected).abs().max().item<double>(), 1e-3);
 }
@@ -188,7 +193,8 @@ TEST(KernelQlinear, FastMatchesReference) {
         const QuantizedWeight q = random_quantized_weight(bits, 96, 256, 64, false, ++seed);
         const GptqTensors t = pack_gptq(q, act_order ? permuted_gidx(256, 64, seed) : at::Tensor());
         const QuantWeightView w = gptq_view(t, bits, 64);
-        const double e = nmse_of(run_qlinear(Backend::kCpuFast, w, x), run_qlinear(Backend::kCpuRef, w, x));
+        const double e =
+            nmse_of(run_qlinear(Backend::kCpuFast, w, x), run_qlinear(Backend::kCpuRef, w, x));
         EXPECT_LT(e, 1e-9) << "gptq b" << bits << " m=" << m << (act_order ? " act-order" : "");
       }
     }
@@ -196,14 +202,17 @@ TEST(KernelQlinear, FastMatchesReference) {
       const QuantizedWeight q = random_quantized_weight(bits, 40, 256, 128, bits != 4, ++seed);
       const CtPackedTensors t = pack_ct_packed(q, at::kBFloat16);
       const QuantWeightView w = ct_view(t, bits, 128);
-      EXPECT_LT(nmse_of(run_qlinear(Backend::kCpuFast, w, x), run_qlinear(Backend::kCpuRef, w, x)), 1e-9)
+      EXPECT_LT(nmse_of(run_qlinear(Backend::kCpuFast, w, x), run_qlinear(Backend::kCpuRef, w, x)),
+                1e-9)
           << "ct b" << bits << " m=" << m;
     }
-    const CtIntTensors t = pack_ct_int8(random_quantized_weight(8, 40, 256, -1, true, ++seed), at::kHalf);
+    const CtIntTensors t =
+        pack_ct_int8(random_quantized_weight(8, 40, 256, -1, true, ++seed), at::kHalf);
     QuantWeightView w = int8_view(t);
     for (int64_t act : {0, 8}) {
       w.act_bits = act;
-      EXPECT_LT(nmse_of(run_qlinear(Backend::kCpuFast, w, x), run_qlinear(Backend::kCpuRef, w, x)), 1e-9)
+      EXPECT_LT(nmse_of(run_qlinear(Backend::kCpuFast, w, x), run_qlinear(Backend::kCpuRef, w, x)),
+                1e-9)
           << "ct-int8 act_bits " << act << " m=" << m;
     }
   }
@@ -253,7 +262,8 @@ TEST(KernelCheckView, RejectsBadViewsNamingTheProblem) {
   QuantWeightView wi = int8_view(ti);
   wi.group_size = 8;  // int-quantized is per channel
   expect_kernel_error([&] { kernels::check_view(wi); }, "per channel");
-  QuantWeightView ct = ct_view(pack_ct_packed(random_quantized_weight(4, 8, 16, -1, true, 1), at::kHalf), 4, -1);
+  QuantWeightView ct =
+      ct_view(pack_ct_packed(random_quantized_weight(4, 8, 16, -1, true, 1), at::kHalf), 4, -1);
   ct.bits = 3;
   expect_kernel_error([&] { kernels::check_view(ct); }, "bits 3");
   // qlinear checks before it computes.
@@ -276,7 +286,8 @@ TEST(KernelBackends, CudaListedExactlyWhenAvailable) {
   const QuantizedWeight q = random_quantized_weight(4, 8, 8, -1, true, 2);
   const GptqTensors t = pack_gptq(q, {});
   float x[8] = {0}, y[8];
-  expect_kernel_error([&] { kernels::qlinear(Backend::kCuda, gptq_view(t, 4, -1), x, 1, y); }, "no CUDA");
+  expect_kernel_error([&] { kernels::qlinear(Backend::kCuda, gptq_view(t, 4, -1), x, 1, y); },
+                      "no CUDA");
 #endif
 }
 
@@ -310,9 +321,13 @@ void engine_route(const at::Tensor& x, const at::Tensor& router, const kernels::
     if (r.num_groups > 1) {
       const int64_t n = probs.size(0), e = probs.size(1);
       const at::Tensor best = std::get<0>(probs.view({n, r.num_groups, e / r.num_groups}).max(-1));
-      const at::Tensor keep = at::zeros_like(best).scatter_(1, std::get<1>(best.topk(r.topk_groups, -1)), 1);
-      probs = probs.masked_fill(
-          ~keep.unsqueeze(-1).expand({n, r.num_groups, e / r.num_groups}).reshape({n, e}).to(at::kBool), 0.0);
+      const at::Tensor keep =
+          at::zeros_like(best).scatter_(1, std::get<1>(best.topk(r.topk_groups, -1)), 1);
+      probs = probs.masked_fill(~keep.unsqueeze(-1)
+                                     .expand({n, r.num_groups, e / r.num_groups})
+                                     .reshape({n, e})
+                                     .to(at::kBool),
+                                0.0);
     }
     std::tie(*weights, *experts) = probs.topk(k, -1);
     if (r.renormalize) *weights = *weights / weights->sum(-1, true);
@@ -323,10 +338,14 @@ void engine_route(const at::Tensor& x, const at::Tensor& router, const kernels::
   at::Tensor choice = bias.defined() ? scores + bias : scores;
   if (r.num_groups > 1) {
     const int64_t n = choice.size(0), e = choice.size(1);
-    const at::Tensor gs = std::get<0>(choice.view({n, r.num_groups, e / r.num_groups}).topk(2, -1)).sum(-1);
-    const at::Tensor keep = at::zeros_like(gs).scatter_(1, std::get<1>(gs.topk(r.topk_groups, -1)), 1);
-    const at::Tensor mask =
-        keep.unsqueeze(-1).expand({n, r.num_groups, e / r.num_groups}).reshape({n, e}).to(at::kBool);
+    const at::Tensor gs =
+        std::get<0>(choice.view({n, r.num_groups, e / r.num_groups}).topk(2, -1)).sum(-1);
+    const at::Tensor keep =
+        at::zeros_like(gs).scatter_(1, std::get<1>(gs.topk(r.topk_groups, -1)), 1);
+    const at::Tensor mask = keep.unsqueeze(-1)
+                                .expand({n, r.num_groups, e / r.num_groups})
+                                .reshape({n, e})
+                                .to(at::kBool);
     choice = choice.masked_fill(~mask, -std::numeric_limits<float>::infinity());
   }
   *experts = std::get<1>(choice.topk(k, -1));
@@ -351,8 +370,8 @@ QuantWeightView dense_view(const at::Tensor& w) {
   return v;
 }
 
-DenseMoe make_moe(int64_t hidden, int64_t inter, int64_t experts, const kernels::MoeRouting& r, bool bias,
-                  bool shared, uint64_t seed) {
+DenseMoe make_moe(int64_t hidden, int64_t inter, int64_t experts, const kernels::MoeRouting& r,
+                  bool bias, bool shared, uint64_t seed) {
   torch::manual_seed(seed);
   DenseMoe d;
   d.router = torch::randn({experts, hidden}) * 0.3;
@@ -388,9 +407,11 @@ DenseMoe make_moe(int64_t hidden, int64_t inter, int64_t experts, const kernels:
   return d;
 }
 
-kernels::MoeRouting routing(bool sigmoid, int64_t k, bool renorm, double scale, int64_t groups, int64_t topk_groups) {
+kernels::MoeRouting routing(bool sigmoid, int64_t k, bool renorm, double scale, int64_t groups,
+                            int64_t topk_groups) {
   kernels::MoeRouting r;
-  r.scoring = sigmoid ? kernels::MoeRouting::Scoring::kSigmoid : kernels::MoeRouting::Scoring::kSoftmax;
+  r.scoring =
+      sigmoid ? kernels::MoeRouting::Scoring::kSigmoid : kernels::MoeRouting::Scoring::kSoftmax;
   r.top_k = k;
   r.renormalize = renorm;
   r.scaling_factor = scale;
@@ -421,11 +442,12 @@ TEST(KernelMoe, RouteFollowsTheEngineRule) {
     std::vector<int32_t> experts(23 * rule.r.top_k);
     std::vector<float> weights(experts.size());
     kernels::moe_route(d.view, x.data_ptr<float>(), 23, experts.data(), weights.data());
-    const at::Tensor got_e = torch::from_blob(experts.data(), {23, rule.r.top_k}, torch::kInt).to(torch::kLong);
+    const at::Tensor got_e =
+        torch::from_blob(experts.data(), {23, rule.r.top_k}, torch::kInt).to(torch::kLong);
     const at::Tensor got_w = torch::from_blob(weights.data(), {23, rule.r.top_k}, torch::kFloat);
     EXPECT_TRUE(at::equal(got_e, ee)) << rule.name;
-    EXPECT_TRUE(at::allclose(got_w, ew, 1e-5, 1e-6)) << rule.name << ": max diff "
-                                                      << (got_w - ew).abs().max().item<float>();
+    EXPECT_TRUE(at::allclose(got_w, ew, 1e-5, 1e-6))
+        << rule.name << ": max diff " << (got_w - ew).abs().max().item<float>();
   }
 }
 
@@ -443,9 +465,11 @@ TEST(KernelMoe, BlockFollowsTheEngineMoe) {
     const at::Tensor tokens = hit.select(1, 0), slots = hit.select(1, 1);
     const at::Tensor xe = x.index_select(0, tokens);
     const at::Tensor act = at::silu(at::linear(xe, d.gate[j])) * at::linear(xe, d.up[j]);
-    expected.index_add_(0, tokens, at::linear(act, d.down[j]) * w.index({tokens, slots}).unsqueeze(1));
+    expected.index_add_(0, tokens,
+                        at::linear(act, d.down[j]) * w.index({tokens, slots}).unsqueeze(1));
   }
-  const at::Tensor shared = at::linear(at::silu(at::linear(x, d.shared_gate)) * at::linear(x, d.shared_up), d.shared_down);
+  const at::Tensor shared = at::linear(
+      at::silu(at::linear(x, d.shared_gate)) * at::linear(x, d.shared_up), d.shared_down);
   expected = expected + at::sigmoid(at::linear(x, d.shared_expert_gate)).unsqueeze(1) * shared;
   for (Backend b : {Backend::kCpuRef, Backend::kCpuFast}) {
     at::Tensor y = at::empty_like(x);

@@ -5,8 +5,8 @@
 // Weights are random lathe::QuantizedWeights packed by export/gptq_pack.h, i.e. the exporter's
 // bytes. Every GPU test skips with "no CUDA device visible" where cuda_available() is false (CPU
 // builds link the stubs of kernels/qlinear_cuda_host.cpp).
-#include <gtest/gtest.h>
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
@@ -57,18 +57,23 @@ std::vector<float> random_normal(size_t n, uint32_t seed, float stddev = 1.0f) {
   return v;
 }
 
-int64_t groups_of(int64_t in, int64_t group) { return group <= 0 ? 1 : (in + group - 1) / group; }
+int64_t groups_of(int64_t in, int64_t group) {
+  return group <= 0 ? 1 : (in + group - 1) / group;
+}
 
 /// Random codes, scales in [0.005, 0.02], zeros 2^(b−1) (sym) or in [1, 2^b − 1].
-QuantizedWeight random_quantized(int64_t out, int64_t in, int64_t bits, int64_t group, bool sym, std::mt19937& rng) {
+QuantizedWeight random_quantized(int64_t out, int64_t in, int64_t bits, int64_t group, bool sym,
+                                 std::mt19937& rng) {
   const int64_t groups = groups_of(in, group), maxq = (int64_t{1} << bits) - 1;
-  std::uniform_int_distribution<int> code(0, static_cast<int>(maxq)), zero(1, static_cast<int>(maxq));
+  std::uniform_int_distribution<int> code(0, static_cast<int>(maxq)),
+      zero(1, static_cast<int>(maxq));
   std::uniform_real_distribution<float> scale(0.005f, 0.02f);
   std::vector<uint8_t> codes(static_cast<size_t>(out * in));
   for (auto& c : codes) c = static_cast<uint8_t>(code(rng));
   std::vector<float> scales(static_cast<size_t>(out * groups));
   for (auto& s : scales) s = scale(rng);
-  std::vector<int32_t> zeros(static_cast<size_t>(out * groups), static_cast<int32_t>(int64_t{1} << (bits - 1)));
+  std::vector<int32_t> zeros(static_cast<size_t>(out * groups),
+                             static_cast<int32_t>(int64_t{1} << (bits - 1)));
   if (!sym)
     for (auto& z : zeros) z = zero(rng);
   QuantizedWeight q;
@@ -83,7 +88,8 @@ QuantizedWeight random_quantized(int64_t out, int64_t in, int64_t bits, int64_t 
 at::Tensor make_g_idx(int64_t in, int64_t group, GIdx kind, std::mt19937& rng) {
   if (kind == GIdx::kNone) return {};
   std::vector<int32_t> g(static_cast<size_t>(in));
-  for (int64_t c = 0; c < in; ++c) g[static_cast<size_t>(c)] = static_cast<int32_t>(group <= 0 ? 0 : c / group);
+  for (int64_t c = 0; c < in; ++c)
+    g[static_cast<size_t>(c)] = static_cast<int32_t>(group <= 0 ? 0 : c / group);
   if (kind == GIdx::kActOrder) std::shuffle(g.begin(), g.end(), rng);
   return to_tensor(g, {in}, at::kInt);
 }
@@ -92,7 +98,9 @@ ScaleType scale_type_of(at::ScalarType t) {
   return t == at::kHalf ? ScaleType::kF16 : t == at::kBFloat16 ? ScaleType::kBF16 : ScaleType::kF32;
 }
 
-const char* g_idx_name(GIdx g) { return g == GIdx::kNone ? "none" : g == GIdx::kTrivial ? "trivial" : "act-order"; }
+const char* g_idx_name(GIdx g) {
+  return g == GIdx::kNone ? "none" : g == GIdx::kTrivial ? "trivial" : "act-order";
+}
 
 void add_bias(TestWeight* w, bool bias, uint32_t seed) {
   if (!bias) return;
@@ -100,13 +108,14 @@ void add_bias(TestWeight* w, bool bias, uint32_t seed) {
   w->view.bias = w->bias.data();
 }
 
-TestWeight gptq_weight(int64_t out, int64_t in, int64_t bits, int64_t group, bool sym, GIdx gk, bool bias,
-                       uint32_t seed) {
+TestWeight gptq_weight(int64_t out, int64_t in, int64_t bits, int64_t group, bool sym, GIdx gk,
+                       bool bias, uint32_t seed) {
   std::mt19937 rng(seed);
   const QuantizedWeight q = random_quantized(out, in, bits, group, sym, rng);
   const GptqTensors t = pack_gptq(q, make_g_idx(in, group, gk, rng));
   TestWeight w;
-  w.keep = {t.qweight.contiguous(), t.qzeros.contiguous(), t.scales.contiguous(), t.g_idx.contiguous()};
+  w.keep = {t.qweight.contiguous(), t.qzeros.contiguous(), t.scales.contiguous(),
+            t.g_idx.contiguous()};
   QuantWeightView& v = w.view;
   v.format = WeightFormat::kGptq;
   v.out = out, v.in = in, v.bits = bits, v.group_size = group;
@@ -117,8 +126,8 @@ TestWeight gptq_weight(int64_t out, int64_t in, int64_t bits, int64_t group, boo
   v.g_idx = gk == GIdx::kNone ? nullptr : w.keep[3].data_ptr<int32_t>();
   add_bias(&w, bias, seed + 1);
   std::ostringstream s;
-  s << "gptq " << bits << "-bit out " << out << " in " << in << " group " << group << (sym ? " sym" : " asym")
-    << " g_idx " << g_idx_name(gk) << (bias ? " bias" : "");
+  s << "gptq " << bits << "-bit out " << out << " in " << in << " group " << group
+    << (sym ? " sym" : " asym") << " g_idx " << g_idx_name(gk) << (bias ? " bias" : "");
   w.name = s.str();
   return w;
 }
@@ -146,14 +155,15 @@ TestWeight ct_packed_weight(int64_t out, int64_t in, int64_t bits, int64_t group
   }
   add_bias(&w, bias, seed + 1);
   std::ostringstream s;
-  s << "ct-packed " << bits << "-bit out " << out << " in " << in << " group " << group << (sym ? " sym" : " asym")
-    << " g_idx " << g_idx_name(gk) << " scales " << c10::toString(scale_dtype) << (bias ? " bias" : "");
+  s << "ct-packed " << bits << "-bit out " << out << " in " << in << " group " << group
+    << (sym ? " sym" : " asym") << " g_idx " << g_idx_name(gk) << " scales "
+    << c10::toString(scale_dtype) << (bias ? " bias" : "");
   w.name = s.str();
   return w;
 }
 
-TestWeight ct_int8_weight(int64_t out, int64_t in, int64_t act_bits, at::ScalarType scale_dtype, bool bias,
-                          uint32_t seed) {
+TestWeight ct_int8_weight(int64_t out, int64_t in, int64_t act_bits, at::ScalarType scale_dtype,
+                          bool bias, uint32_t seed) {
   std::mt19937 rng(seed);
   const QuantizedWeight q = random_quantized(out, in, 8, -1, true, rng);
   const CtIntTensors t = pack_ct_int8(q, scale_dtype);
@@ -168,15 +178,16 @@ TestWeight ct_int8_weight(int64_t out, int64_t in, int64_t act_bits, at::ScalarT
   v.act_bits = act_bits;
   add_bias(&w, bias, seed + 1);
   std::ostringstream s;
-  s << "ct-int8 out " << out << " in " << in << " act_bits " << act_bits << " scales " << c10::toString(scale_dtype)
-    << (bias ? " bias" : "");
+  s << "ct-int8 out " << out << " in " << in << " act_bits " << act_bits << " scales "
+    << c10::toString(scale_dtype) << (bias ? " bias" : "");
   w.name = s.str();
   return w;
 }
 
 TestWeight dense_weight(int64_t out, int64_t in, int64_t act_bits, bool bias, uint32_t seed) {
   TestWeight w;
-  w.keep = {to_tensor(random_normal(static_cast<size_t>(out * in), seed, 0.05f), {out, in}, at::kFloat)};
+  w.keep = {
+      to_tensor(random_normal(static_cast<size_t>(out * in), seed, 0.05f), {out, in}, at::kFloat)};
   QuantWeightView& v = w.view;
   v.format = WeightFormat::kDense;
   v.out = out, v.in = in, v.bits = 16, v.group_size = -1;
@@ -213,13 +224,19 @@ TEST(QlinearCuda, Gptq4BitGemvAndGemm) {
   LATHE_SKIP_WITHOUT_CUDA();
   uint32_t seed = 100;
   for (int64_t m : {kGemv, kGemm}) {
-    expect_matches_cpu_ref(gptq_weight(128, 256, 4, 128, true, GIdx::kNone, false, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(72, 200, 4, 64, false, GIdx::kTrivial, true, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(40, 96, 4, 20, false, GIdx::kNone, true, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(64, 256, 4, 32, false, GIdx::kActOrder, false, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(24, 64, 4, -1, true, GIdx::kTrivial, true, ++seed), m, kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(128, 256, 4, 128, true, GIdx::kNone, false, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(72, 200, 4, 64, false, GIdx::kTrivial, true, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(40, 96, 4, 20, false, GIdx::kNone, true, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(64, 256, 4, 32, false, GIdx::kActOrder, false, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(24, 64, 4, -1, true, GIdx::kTrivial, true, ++seed), m,
+                           kA16Bound);
     // Large enough in for the GEMV's grid split over K.
-    expect_matches_cpu_ref(gptq_weight(520, 4096, 4, 128, false, GIdx::kNone, true, ++seed), m, kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(520, 4096, 4, 128, false, GIdx::kNone, true, ++seed), m,
+                           kA16Bound);
   }
 }
 
@@ -227,14 +244,22 @@ TEST(QlinearCuda, GptqGenericBitsGemvAndGemm) {
   LATHE_SKIP_WITHOUT_CUDA();
   uint32_t seed = 200;
   for (int64_t m : {kGemv, kGemm}) {
-    expect_matches_cpu_ref(gptq_weight(64, 96, 3, 32, false, GIdx::kNone, true, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(96, 320, 3, -1, true, GIdx::kNone, false, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(32, 160, 3, 40, false, GIdx::kActOrder, false, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(48, 160, 2, 32, false, GIdx::kTrivial, true, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(32, 192, 2, 64, true, GIdx::kActOrder, false, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(36, 132, 8, 44, false, GIdx::kNone, true, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(20, 64, 8, -1, true, GIdx::kActOrder, false, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(gptq_weight(64, 2048, 8, 128, false, GIdx::kNone, false, ++seed), m, kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(64, 96, 3, 32, false, GIdx::kNone, true, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(96, 320, 3, -1, true, GIdx::kNone, false, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(32, 160, 3, 40, false, GIdx::kActOrder, false, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(48, 160, 2, 32, false, GIdx::kTrivial, true, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(32, 192, 2, 64, true, GIdx::kActOrder, false, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(36, 132, 8, 44, false, GIdx::kNone, true, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(20, 64, 8, -1, true, GIdx::kActOrder, false, ++seed), m,
+                           kA16Bound);
+    expect_matches_cpu_ref(gptq_weight(64, 2048, 8, 128, false, GIdx::kNone, false, ++seed), m,
+                           kA16Bound);
   }
 }
 
@@ -244,19 +269,31 @@ TEST(QlinearCuda, CtPackedGemvAndGemm) {
   for (int64_t m : {kGemv, kGemm}) {
     for (at::ScalarType st : {at::kHalf, at::kBFloat16, at::kFloat}) {
       // in not a multiple of the pack factor; out not a multiple of the zero-point pack factor.
-      expect_matches_cpu_ref(ct_packed_weight(37, 100, 4, 32, false, GIdx::kNone, st, true, ++seed), m, kA16Bound);
-      expect_matches_cpu_ref(ct_packed_weight(96, 1024, 4, 128, true, GIdx::kNone, st, false, ++seed), m, kA16Bound);
+      expect_matches_cpu_ref(ct_packed_weight(37, 100, 4, 32, false, GIdx::kNone, st, true, ++seed),
+                             m, kA16Bound);
+      expect_matches_cpu_ref(
+          ct_packed_weight(96, 1024, 4, 128, true, GIdx::kNone, st, false, ++seed), m, kA16Bound);
     }
-    expect_matches_cpu_ref(ct_packed_weight(50, 256, 4, -1, false, GIdx::kNone, at::kHalf, true, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(ct_packed_weight(64, 256, 4, 64, false, GIdx::kActOrder, at::kBFloat16, false, ++seed), m,
-                           kA16Bound);
-    expect_matches_cpu_ref(ct_packed_weight(33, 70, 4, 12, true, GIdx::kNone, at::kHalf, false, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(ct_packed_weight(45, 130, 2, 32, false, GIdx::kNone, at::kHalf, true, ++seed), m, kA16Bound);
-    expect_matches_cpu_ref(ct_packed_weight(16, 512, 2, 128, true, GIdx::kActOrder, at::kFloat, false, ++seed), m,
-                           kA16Bound);
-    expect_matches_cpu_ref(ct_packed_weight(29, 99, 8, 33, false, GIdx::kNone, at::kBFloat16, true, ++seed), m,
-                           kA16Bound);
-    expect_matches_cpu_ref(ct_packed_weight(64, 256, 8, -1, true, GIdx::kNone, at::kHalf, false, ++seed), m, kA16Bound);
+    expect_matches_cpu_ref(
+        ct_packed_weight(50, 256, 4, -1, false, GIdx::kNone, at::kHalf, true, ++seed), m,
+        kA16Bound);
+    expect_matches_cpu_ref(
+        ct_packed_weight(64, 256, 4, 64, false, GIdx::kActOrder, at::kBFloat16, false, ++seed), m,
+        kA16Bound);
+    expect_matches_cpu_ref(
+        ct_packed_weight(33, 70, 4, 12, true, GIdx::kNone, at::kHalf, false, ++seed), m, kA16Bound);
+    expect_matches_cpu_ref(
+        ct_packed_weight(45, 130, 2, 32, false, GIdx::kNone, at::kHalf, true, ++seed), m,
+        kA16Bound);
+    expect_matches_cpu_ref(
+        ct_packed_weight(16, 512, 2, 128, true, GIdx::kActOrder, at::kFloat, false, ++seed), m,
+        kA16Bound);
+    expect_matches_cpu_ref(
+        ct_packed_weight(29, 99, 8, 33, false, GIdx::kNone, at::kBFloat16, true, ++seed), m,
+        kA16Bound);
+    expect_matches_cpu_ref(
+        ct_packed_weight(64, 256, 8, -1, true, GIdx::kNone, at::kHalf, false, ++seed), m,
+        kA16Bound);
   }
 }
 
@@ -310,8 +347,8 @@ TestWeight expert_linear(ExpertKind kind, int64_t out, int64_t in, uint32_t seed
   return gptq_weight(out, in, 4, 32, false, GIdx::kNone, false, seed);
 }
 
-TestMoe make_moe(ExpertKind kind, int64_t hidden, int64_t experts, int64_t inter, bool shared, bool shared_gate,
-                 uint32_t seed) {
+TestMoe make_moe(ExpertKind kind, int64_t hidden, int64_t experts, int64_t inter, bool shared,
+                 bool shared_gate, uint32_t seed) {
   TestMoe t;
   for (int64_t e = 0; e < experts; ++e) {
     t.weights.push_back(expert_linear(kind, inter, hidden, seed++));
@@ -346,7 +383,8 @@ TestMoe make_moe(ExpertKind kind, int64_t hidden, int64_t experts, int64_t inter
   return t;
 }
 
-void expect_moe_matches_cpu_ref(const TestMoe& t, int64_t m, double bound, const std::string& name) {
+void expect_moe_matches_cpu_ref(const TestMoe& t, int64_t m, double bound,
+                                const std::string& name) {
   SCOPED_TRACE(name + " m " + std::to_string(m));
   const int64_t hidden = t.block.hidden, k = t.block.routing.top_k;
   const std::vector<float> x = activations(m, hidden, 11);
@@ -363,13 +401,15 @@ void expect_moe_matches_cpu_ref(const TestMoe& t, int64_t m, double bound, const
 TEST(MoeCuda, Gptq4BitExpertsWithGatedSharedExpert) {
   LATHE_SKIP_WITHOUT_CUDA();
   const TestMoe t = make_moe(ExpertKind::kGptq4, 128, 6, 64, true, true, 600);
-  for (int64_t m : {kGemv, kGemm}) expect_moe_matches_cpu_ref(t, m, kA16Bound, "gptq experts, gated shared");
+  for (int64_t m : {kGemv, kGemm})
+    expect_moe_matches_cpu_ref(t, m, kA16Bound, "gptq experts, gated shared");
 }
 
 TEST(MoeCuda, Gptq4BitExpertsWithoutSharedExpert) {
   LATHE_SKIP_WITHOUT_CUDA();
   const TestMoe t = make_moe(ExpertKind::kGptq4, 96, 4, 32, false, false, 700);
-  for (int64_t m : {kGemv, int64_t{3}, kGemm}) expect_moe_matches_cpu_ref(t, m, kA16Bound, "gptq experts");
+  for (int64_t m : {kGemv, int64_t{3}, kGemm})
+    expect_moe_matches_cpu_ref(t, m, kA16Bound, "gptq experts");
 }
 
 TEST(MoeCuda, W8A8ExpertsWithUngatedSharedExpert) {
@@ -377,7 +417,8 @@ TEST(MoeCuda, W8A8ExpertsWithUngatedSharedExpert) {
   // The intermediate activation is requantized per token; fp32 SiLU on the GPU may round a code
   // differently from the CPU at a tie, so the bound is the A16 one rather than the W8A8 one.
   const TestMoe t = make_moe(ExpertKind::kW8A8, 128, 4, 64, true, false, 800);
-  for (int64_t m : {kGemv, kGemm}) expect_moe_matches_cpu_ref(t, m, kA16Bound, "w8a8 experts, shared");
+  for (int64_t m : {kGemv, kGemm})
+    expect_moe_matches_cpu_ref(t, m, kA16Bound, "w8a8 experts, shared");
 }
 
 TEST(MoeCuda, ExpertIdsOutOfRangeAreKernelErrors) {
@@ -413,7 +454,9 @@ TEST(CudaDevice, PerfReportsTimeBytesAndFlops) {
   }
 }
 
-TEST(CudaDevice, AvailabilityNeverThrows) { EXPECT_NO_THROW((void)kernels::cuda_available()); }
+TEST(CudaDevice, AvailabilityNeverThrows) {
+  EXPECT_NO_THROW((void)kernels::cuda_available());
+}
 
 }  // namespace
 }  // namespace lathe

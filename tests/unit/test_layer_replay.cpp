@@ -1,7 +1,7 @@
 // LayerReplay: replays that resume from an earlier replay's values give, bit for bit, what a replay
 // from the layer input gives, and resume only when nothing upstream of the cached point changed.
-#include <gtest/gtest.h>
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <filesystem>
 #include <map>
@@ -45,7 +45,8 @@ void expect_same(const Recorder& a, const Recorder& b, const std::string& what) 
   for (const auto& [key, v] : a.seen) {
     auto it = b.seen.find(key);
     ASSERT_NE(it, b.seen.end()) << what;
-    EXPECT_TRUE(at::equal(v, it->second)) << what << ": tap " << std::get<0>(key) << " expert " << std::get<1>(key);
+    EXPECT_TRUE(at::equal(v, it->second))
+        << what << ": tap " << std::get<0>(key) << " expert " << std::get<1>(key);
   }
 }
 
@@ -68,7 +69,8 @@ Fixture load(const std::string& model, int64_t layer) {
   }
   const int64_t n = 5, t = 17;
   at::manual_seed(7);
-  f.input.emplace(n, t, f.spec.hidden_size, at::kFloat, 1 << 30, std::filesystem::temp_directory_path());
+  f.input.emplace(n, t, f.spec.hidden_size, at::kFloat, 1 << 30,
+                  std::filesystem::temp_directory_path());
   f.input->write(0, at::randn({n, t, f.spec.hidden_size}));
   f.valid = at::ones({n, t}, at::kBool);
   f.valid[1].slice(0, 11).fill_(false);  // padding
@@ -104,12 +106,15 @@ void gptq_sequence(const std::string& model, int64_t layer, uint64_t limit) {
     EXPECT_EQ(fresh.starts()[0], 3);  // the reference always starts at the layer input
     expect_same(a, b, model + " " + what);
   };
-  const std::set<Tap> moe_taps = {Tap::kRouterLogits, Tap::kExpertIn, Tap::kExpertAct, Tap::kSharedAct};
-  compare(Recorder({Tap::kAttnIn}, layer, Tap::kAttnIn), Recorder({Tap::kAttnIn}, layer, Tap::kAttnIn), "q/k/v");
+  const std::set<Tap> moe_taps = {Tap::kRouterLogits, Tap::kExpertIn, Tap::kExpertAct,
+                                  Tap::kSharedAct};
+  compare(Recorder({Tap::kAttnIn}, layer, Tap::kAttnIn),
+          Recorder({Tap::kAttnIn}, layer, Tap::kAttnIn), "q/k/v");
   EXPECT_EQ(resumed.starts()[0], 3);
-  change(f.tensors, {TensorRole::kQ, TensorRole::kK, TensorRole::kV, TensorRole::kQA, TensorRole::kQB,
-                     TensorRole::kKVA, TensorRole::kKVB});
-  compare(Recorder({Tap::kAttnOutIn}, layer, Tap::kAttnOutIn), Recorder({Tap::kAttnOutIn}, layer, Tap::kAttnOutIn), "o");
+  change(f.tensors, {TensorRole::kQ, TensorRole::kK, TensorRole::kV, TensorRole::kQA,
+                     TensorRole::kQB, TensorRole::kKVA, TensorRole::kKVB});
+  compare(Recorder({Tap::kAttnOutIn}, layer, Tap::kAttnOutIn),
+          Recorder({Tap::kAttnOutIn}, layer, Tap::kAttnOutIn), "o");
   EXPECT_EQ(resumed.starts()[0], 6);  // q/k/v changed: nothing to resume from
   change(f.tensors, {TensorRole::kO});
   Recorder up_a({Tap::kMlpIn}, layer, dense ? std::optional<Tap>(Tap::kMlpIn) : std::nullopt);
@@ -117,30 +122,43 @@ void gptq_sequence(const std::string& model, int64_t layer, uint64_t limit) {
   if (!dense) up_a = Recorder(moe_taps, layer), up_b = Recorder(moe_taps, layer);
   compare(up_a, up_b, "gate/up");
   EXPECT_EQ(resumed.starts()[1], 3);  // from the attention heads
-  change(f.tensors, {TensorRole::kDenseGate, TensorRole::kDenseUp, TensorRole::kExpertGate, TensorRole::kExpertUp,
-                     TensorRole::kExpertsGateUp, TensorRole::kSharedGate, TensorRole::kSharedUp});
+  change(f.tensors, {TensorRole::kDenseGate, TensorRole::kDenseUp, TensorRole::kExpertGate,
+                     TensorRole::kExpertUp, TensorRole::kExpertsGateUp, TensorRole::kSharedGate,
+                     TensorRole::kSharedUp});
   if (dense) {
-    compare(Recorder({Tap::kMlpAct}, layer, Tap::kMlpAct), Recorder({Tap::kMlpAct}, layer, Tap::kMlpAct), "down");
+    compare(Recorder({Tap::kMlpAct}, layer, Tap::kMlpAct),
+            Recorder({Tap::kMlpAct}, layer, Tap::kMlpAct), "down");
   } else {
     compare(Recorder(moe_taps, layer), Recorder(moe_taps, layer), "down");
   }
   EXPECT_EQ(resumed.starts()[2], 3);  // from the MLP input
-  change(f.tensors, {TensorRole::kDenseDown, TensorRole::kExpertDown, TensorRole::kExpertsDown, TensorRole::kSharedDown});
+  change(f.tensors, {TensorRole::kDenseDown, TensorRole::kExpertDown, TensorRole::kExpertsDown,
+                     TensorRole::kSharedDown});
   // The next layer's inputs.
   const int64_t n = f.input->all().size(0), t = f.input->all().size(1), d = f.spec.hidden_size;
   ActivationBuffer got(n, t, d, at::kFloat, 1 << 30, std::filesystem::temp_directory_path());
   ActivationBuffer want(n, t, d, at::kFloat, 1 << 30, std::filesystem::temp_directory_path());
   resumed.run(f.tensors, 0, nullptr, &got);
-  LayerReplay(f.spec, f.layout, layer, *f.input, f.valid, streaming(limit), work).run(f.tensors, 0, nullptr, &want);
-  EXPECT_EQ(resumed.starts()[dense ? 3 : 2], dense ? 3 : 6);  // from down_proj's input, or the MoE input
+  LayerReplay(f.spec, f.layout, layer, *f.input, f.valid, streaming(limit), work)
+      .run(f.tensors, 0, nullptr, &want);
+  EXPECT_EQ(resumed.starts()[dense ? 3 : 2],
+            dense ? 3 : 6);  // from down_proj's input, or the MoE input
   EXPECT_TRUE(at::equal(got.all(), want.all())) << model;
   EXPECT_GT(want.all().abs().mean().item<float>(), 0.1);
 }
 
-TEST(LayerReplay, GptqSequenceEqualsReplaysFromTheInputGemma3) { gptq_sequence("gemma3", 0, 1 << 30); }
-TEST(LayerReplay, GptqSequenceEqualsReplaysFromTheInputLlamaSpilled) { gptq_sequence("llama", 1, 0); }
-TEST(LayerReplay, GptqSequenceEqualsReplaysFromTheInputQwen2Moe) { gptq_sequence("qwen2_moe", 1, 1 << 30); }
-TEST(LayerReplay, GptqSequenceEqualsReplaysFromTheInputQwen3MoeFused) { gptq_sequence("qwen3_moe-fused", 0, 1 << 30); }
+TEST(LayerReplay, GptqSequenceEqualsReplaysFromTheInputGemma3) {
+  gptq_sequence("gemma3", 0, 1 << 30);
+}
+TEST(LayerReplay, GptqSequenceEqualsReplaysFromTheInputLlamaSpilled) {
+  gptq_sequence("llama", 1, 0);
+}
+TEST(LayerReplay, GptqSequenceEqualsReplaysFromTheInputQwen2Moe) {
+  gptq_sequence("qwen2_moe", 1, 1 << 30);
+}
+TEST(LayerReplay, GptqSequenceEqualsReplaysFromTheInputQwen3MoeFused) {
+  gptq_sequence("qwen3_moe-fused", 0, 1 << 30);
+}
 TEST(LayerReplay, GptqSequenceEqualsReplaysFromTheInputDeepseekV3) {
   gptq_sequence("deepseek_v3", 1, 1 << 30);  // MLA attention, a sigmoid-routed MoE layer
 }
@@ -151,7 +169,8 @@ TEST(LayerReplay, AnUpstreamChangeInPlaceOrOfActivationBitsReplaysFromTheInput) 
   const auto work = at::TensorOptions().dtype(at::kFloat);
   LayerReplay r(f.spec, f.layout, 0, *f.input, f.valid, streaming(1 << 30), work);
   Recorder all({Tap::kAttnIn, Tap::kMlpAct}, 0);
-  r.run(f.tensors, 0, &all, nullptr);  // a full forward: the deepest point (down_proj's input) is kept
+  r.run(f.tensors, 0, &all,
+        nullptr);  // a full forward: the deepest point (down_proj's input) is kept
   EXPECT_EQ(r.starts()[0], 3);
   Recorder act({Tap::kMlpAct}, 0, Tap::kMlpAct);
   r.run(f.tensors, 0, &act, nullptr);
@@ -175,7 +194,8 @@ TEST(LayerReplay, AnUpstreamChangeInPlaceOrOfActivationBitsReplaysFromTheInput) 
   EXPECT_FALSE(at::equal(after_o.seen.begin()->second, before_o.seen.begin()->second));
   // Activation bits differ from the cached values': the forward starts from the input, and the
   // stale cache is dropped.
-  ActivationBuffer next(5, 17, f.spec.hidden_size, at::kFloat, 1 << 30, std::filesystem::temp_directory_path());
+  ActivationBuffer next(5, 17, f.spec.hidden_size, at::kFloat, 1 << 30,
+                        std::filesystem::temp_directory_path());
   r.run(f.tensors, 8, nullptr, &next);
   EXPECT_EQ(r.starts()[0], 12);
   Recorder again({Tap::kMlpAct}, 0, Tap::kMlpAct);

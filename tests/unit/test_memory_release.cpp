@@ -1,7 +1,7 @@
 // Memory model (DESIGN.md): releasing mapped pages keeps data valid, and routed experts converted
 // lazily (one at a time, from stored-dtype views) give the same layer outputs as eager fp32 copies.
-#include <gtest/gtest.h>
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <cstring>
 #include <filesystem>
@@ -26,8 +26,8 @@ using testing::TempDir;
 
 const std::filesystem::path kModels = std::filesystem::path(LATHE_SOURCE_DIR) / "data/models";
 
-/// Resident pages of mapped files in bytes: RssFile + RssShmem of /proc/self/status (a file on tmpfs,
-/// as /tmp is on many systems, counts as shared memory, not as a file); -1 when unavailable.
+/// Resident pages of mapped files in bytes: RssFile + RssShmem of /proc/self/status (a file on
+/// tmpfs, as /tmp is on many systems, counts as shared memory, not as a file); -1 when unavailable.
 int64_t rss_file_bytes() {
   std::ifstream in("/proc/self/status");
   std::string line;
@@ -53,8 +53,11 @@ std::string write_store(const TempDir& dir, int64_t n) {
     std::memcpy(big.data() + 4 * i, &v, 4);
   }
   const Bytes small = testing::le_bytes<float>({1.5f, -2.5f, 3.5f});
-  return dir.write("model.safetensors",
-                   SafetensorsBuilder().add("a", "F32", {3}, small).add("big", "F32", {n}, big).add("z", "F32", {3}, small).build());
+  return dir.write("model.safetensors", SafetensorsBuilder()
+                                            .add("a", "F32", {3}, small)
+                                            .add("big", "F32", {n}, big)
+                                            .add("z", "F32", {3}, small)
+                                            .build());
 }
 
 TEST(Release, DropsResidentPagesAndTensorsStayValid) {
@@ -97,7 +100,8 @@ TEST(Release, FingerprintReleasesWhatItHashesAndIsUnchanged) {
     EXPECT_LT(after - before, 16ll << 20) << "hashing 96 MiB should leave them released";
   }
   EXPECT_EQ(weights_fingerprint(store), first);
-  EXPECT_TRUE(at::equal(load_tensor(store, "big").slice(0, n - 5), at::arange(n - 5, n, at::kFloat)));
+  EXPECT_TRUE(
+      at::equal(load_tensor(store, "big").slice(0, n - 5), at::arange(n - 5, n, at::kFloat)));
 }
 
 TEST(Release, MappedFileRangeIsClampedAndBytesSurvive) {
@@ -132,7 +136,8 @@ TEST_P(LazyExperts, StayInStoredDtypeAndMatchEagerConversionBitForBit) {
   const int64_t b = 3, t = 17;
   at::Tensor valid = at::ones({b, t}, at::kBool);
   valid[2].slice(0, 9).fill_(false);
-  const ForwardContext ctx = make_forward_context(spec, valid, at::TensorOptions().dtype(at::kFloat), nullptr);
+  const ForwardContext ctx =
+      make_forward_context(spec, valid, at::TensorOptions().dtype(at::kFloat), nullptr);
   int64_t moe_layers = 0;
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     if (!spec.layers[i].is_moe) continue;
@@ -150,15 +155,19 @@ TEST_P(LazyExperts, StayInStoredDtypeAndMatchEagerConversionBitForBit) {
     const at::Tensor expected = eager.forward(hidden, ctx);
     EXPECT_TRUE(at::equal(lazy.forward(hidden, ctx), expected)) << "layer " << i;
     model.release_layer(i);  // the lazy views read the file again
-    EXPECT_TRUE(at::equal(lazy.forward(hidden, ctx), expected)) << "layer " << i << " after release";
+    EXPECT_TRUE(at::equal(lazy.forward(hidden, ctx), expected))
+        << "layer " << i << " after release";
   }
   EXPECT_GT(moe_layers, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, LazyExperts, ::testing::Values("qwen3_moe", "qwen3_moe-fused", "mixtral", "deepseek_v3"),
+INSTANTIATE_TEST_SUITE_P(Models, LazyExperts,
+                         ::testing::Values("qwen3_moe", "qwen3_moe-fused", "mixtral",
+                                           "deepseek_v3"),
                          [](const auto& info) {
                            std::string name = info.param;
-                           for (char& c : name) c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+                           for (char& c : name)
+                             c = std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
                            return name;
                          });
 

@@ -13,13 +13,15 @@ using nlohmann::json;
 using testing::expect_error;
 
 json tiny_mixtral() {
-  return json::parse(R"({"model_type":"mixtral","vocab_size":512,"hidden_size":64,"intermediate_size":96,
+  return json::parse(
+      R"({"model_type":"mixtral","vocab_size":512,"hidden_size":64,"intermediate_size":96,
     "num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":2,"num_local_experts":8,
     "num_experts_per_tok":2,"rope_theta":1000000.0,"tie_word_embeddings":false})");
 }
 
 json tiny_deepseek() {
-  return json::parse(R"({"model_type":"deepseek_v3","vocab_size":512,"hidden_size":64,"intermediate_size":128,
+  return json::parse(
+      R"({"model_type":"deepseek_v3","vocab_size":512,"hidden_size":64,"intermediate_size":128,
     "moe_intermediate_size":32,"num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":4,
     "n_routed_experts":8,"n_shared_experts":1,"num_experts_per_tok":2,"first_k_dense_replace":1,
     "n_group":2,"topk_group":1,"q_lora_rank":48,"kv_lora_rank":32,"qk_nope_head_dim":16,
@@ -39,7 +41,7 @@ TEST(ModelSpec, MixtralLayoutAndRouting) {
     EXPECT_EQ(l.top_k, 2);
     EXPECT_EQ(l.expert_intermediate, 96);  // Mixtral's experts use intermediate_size
   }
-  EXPECT_TRUE(spec.routing.renormalize);   // Mixtral always renormalises top-k
+  EXPECT_TRUE(spec.routing.renormalize);  // Mixtral always renormalises top-k
   EXPECT_EQ(spec.routing.scoring, ScoringFunc::kSoftmax);
   EXPECT_DOUBLE_EQ(spec.rms_norm_eps, 1e-5);  // family default, absent from the config
 }
@@ -71,7 +73,8 @@ TEST(ModelSpec, RopeFromV4AndV5Fields) {
   EXPECT_DOUBLE_EQ(a.rope.factor, 4.0);
   json v5 = tiny_mixtral();
   v5.erase("rope_theta");
-  v5["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 50000.0}, {"factor", 8.0}, {"beta_fast", 32}};
+  v5["rope_parameters"] = {
+      {"rope_type", "yarn"}, {"rope_theta", 50000.0}, {"factor", 8.0}, {"beta_fast", 32}};
   const ModelSpec b = parse_model_spec(v5, "config.json");
   EXPECT_EQ(b.rope.scaling_type, "yarn");
   EXPECT_DOUBLE_EQ(b.rope.theta, 50000.0);
@@ -85,7 +88,8 @@ TEST(ModelSpec, PerLayerExpertCountsAfterPruning) {
   EXPECT_EQ(spec.layers[1].num_experts, 6);
   EXPECT_EQ(spec.layers[3].num_experts, 3);
   const auto tensors = expected_layer_tensors(spec, ExpertLayout::kPerExpert, 3);
-  const auto routers = std::count_if(tensors.begin(), tensors.end(), [](const auto& t) { return t.role == TensorRole::kRouter; });
+  const auto routers = std::count_if(tensors.begin(), tensors.end(),
+                                     [](const auto& t) { return t.role == TensorRole::kRouter; });
   EXPECT_EQ(routers, 1);
   for (const auto& t : tensors) {
     if (t.role == TensorRole::kRouter) {
@@ -105,21 +109,40 @@ struct BadConfigCase {
 
 TEST(ModelSpec, BadConfigsNameTheField) {
   const std::vector<BadConfigCase> cases = {
-      {"no model_type", [](json& c) { c.erase("model_type"); }, ErrorKind::kConfig, "model_type", "missing"},
-      {"unknown family", [](json& c) { c["model_type"] = "gpt_neox"; }, ErrorKind::kUnsupported, "model_type", "gpt_neox"},
-      {"string int", [](json& c) { c["hidden_size"] = "64"; }, ErrorKind::kConfig, "hidden_size", "expected an integer"},
-      {"float int", [](json& c) { c["num_hidden_layers"] = 4.0; }, ErrorKind::kConfig, "num_hidden_layers", "expected an integer"},
-      {"negative", [](json& c) { c["hidden_size"] = -64; }, ErrorKind::kConfig, "hidden_size", "positive"},
-      {"kv heads", [](json& c) { c["num_key_value_heads"] = 3; }, ErrorKind::kConfig, "num_key_value_heads", "must divide"},
-      {"heads vs hidden", [](json& c) { c["num_attention_heads"] = 5; c["num_key_value_heads"] = 5; },
+      {"no model_type", [](json& c) { c.erase("model_type"); }, ErrorKind::kConfig, "model_type",
+       "missing"},
+      {"unknown family", [](json& c) { c["model_type"] = "gpt_neox"; }, ErrorKind::kUnsupported,
+       "model_type", "gpt_neox"},
+      {"string int", [](json& c) { c["hidden_size"] = "64"; }, ErrorKind::kConfig, "hidden_size",
+       "expected an integer"},
+      {"float int", [](json& c) { c["num_hidden_layers"] = 4.0; }, ErrorKind::kConfig,
+       "num_hidden_layers", "expected an integer"},
+      {"negative", [](json& c) { c["hidden_size"] = -64; }, ErrorKind::kConfig, "hidden_size",
+       "positive"},
+      {"kv heads", [](json& c) { c["num_key_value_heads"] = 3; }, ErrorKind::kConfig,
+       "num_key_value_heads", "must divide"},
+      {"heads vs hidden",
+       [](json& c) {
+         c["num_attention_heads"] = 5;
+         c["num_key_value_heads"] = 5;
+       },
        ErrorKind::kConfig, "num_attention_heads", "must divide hidden_size"},
-      {"top-k", [](json& c) { c["num_experts_per_tok"] = 9; }, ErrorKind::kConfig, "num_experts_per_tok", "[1, 8]"},
-      {"bool", [](json& c) { c["tie_word_embeddings"] = 1; }, ErrorKind::kConfig, "tie_word_embeddings", "true or false"},
-      {"per-layer length", [](json& c) { c["num_experts_per_layer"] = {8, 8}; }, ErrorKind::kConfig,
-       "num_experts_per_layer", "expected num_hidden_layers = 4"},
-      {"per-layer below top-k", [](json& c) { c["num_experts_per_layer"] = {8, 8, 1, 8}; }, ErrorKind::kConfig,
-       "num_experts_per_layer[2]", "between"},
-      {"rope object", [](json& c) { c["rope_scaling"] = "linear"; }, ErrorKind::kConfig, "rope_scaling", "expected an object"},
+      {"top-k", [](json& c) { c["num_experts_per_tok"] = 9; }, ErrorKind::kConfig,
+       "num_experts_per_tok", "[1, 8]"},
+      {"bool", [](json& c) { c["tie_word_embeddings"] = 1; }, ErrorKind::kConfig,
+       "tie_word_embeddings", "true or false"},
+      {"per-layer length",
+       [](json& c) {
+         c["num_experts_per_layer"] = {8, 8};
+       },
+       ErrorKind::kConfig, "num_experts_per_layer", "expected num_hidden_layers = 4"},
+      {"per-layer below top-k",
+       [](json& c) {
+         c["num_experts_per_layer"] = {8, 8, 1, 8};
+       },
+       ErrorKind::kConfig, "num_experts_per_layer[2]", "between"},
+      {"rope object", [](json& c) { c["rope_scaling"] = "linear"; }, ErrorKind::kConfig,
+       "rope_scaling", "expected an object"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
@@ -132,37 +155,44 @@ TEST(ModelSpec, BadConfigsNameTheField) {
 TEST(ModelSpec, BadDeepseekAndQwenConfigs) {
   json d = tiny_deepseek();
   d["n_group"] = 3;
-  expect_error([&] { parse_model_spec(d, "c.json"); }, ErrorKind::kConfig, "n_group", "must divide");
+  expect_error([&] { parse_model_spec(d, "c.json"); }, ErrorKind::kConfig, "n_group",
+               "must divide");
   d = tiny_deepseek();
   d["topk_group"] = 5;
-  expect_error([&] { parse_model_spec(d, "c.json"); }, ErrorKind::kConfig, "topk_group", "[1, n_group=2]");
+  expect_error([&] { parse_model_spec(d, "c.json"); }, ErrorKind::kConfig, "topk_group",
+               "[1, n_group=2]");
   d = tiny_deepseek();
   d["scoring_func"] = "relu";
   expect_error([&] { parse_model_spec(d, "c.json"); }, ErrorKind::kConfig, "scoring_func", "relu");
   json q = json::parse(R"({"model_type":"qwen2_moe","num_hidden_layers":4,"mlp_only_layers":[7]})");
-  expect_error([&] { parse_model_spec(q, "c.json"); }, ErrorKind::kConfig, "mlp_only_layers[0]", "outside [0, 4)");
+  expect_error([&] { parse_model_spec(q, "c.json"); }, ErrorKind::kConfig, "mlp_only_layers[0]",
+               "outside [0, 4)");
 }
 
 TEST(ModelSpec, ConfigFileErrors) {
   testing::TempDir dir;
   expect_error([&] { load_model_spec(dir.path()); }, ErrorKind::kResource, "", "no config.json");
   dir.write("config.json", std::string("{\"model_type\": \"llama\","));
-  const std::string truncated = expect_error([&] { load_model_spec(dir.path()); }, ErrorKind::kData, "", "");
+  const std::string truncated =
+      expect_error([&] { load_model_spec(dir.path()); }, ErrorKind::kData, "", "");
   EXPECT_NE(truncated.find("config.json"), std::string::npos) << truncated;
-  dir.write("config.json", std::string(R"({"model_type": "llama", "hidden_size": 64, "hidden_size": 128})"));
+  dir.write("config.json",
+            std::string(R"({"model_type": "llama", "hidden_size": 64, "hidden_size": 128})"));
   expect_error([&] { load_model_spec(dir.path()); }, ErrorKind::kData, "hidden_size", "");
 }
 
 TEST(Architecture, MixtralNamesInBothLayouts) {
   const ModelSpec spec = parse_model_spec(tiny_mixtral(), "config.json");
-  auto find = [](const std::vector<ExpectedTensor>& ts, const std::string& name) -> const ExpectedTensor* {
+  auto find = [](const std::vector<ExpectedTensor>& ts,
+                 const std::string& name) -> const ExpectedTensor* {
     for (const auto& t : ts) {
       if (t.name == name) return &t;
     }
     return nullptr;
   };
   const auto per_expert = expected_tensors(spec, ExpertLayout::kPerExpert);
-  const ExpectedTensor* w2 = find(per_expert, "model.layers.3.block_sparse_moe.experts.7.w2.weight");
+  const ExpectedTensor* w2 =
+      find(per_expert, "model.layers.3.block_sparse_moe.experts.7.w2.weight");
   ASSERT_NE(w2, nullptr);
   EXPECT_EQ(w2->shape, (std::vector<int64_t>{64, 96}));
   EXPECT_EQ(w2->role, TensorRole::kExpertDown);
@@ -175,9 +205,11 @@ TEST(Architecture, MixtralNamesInBothLayouts) {
   ASSERT_NE(gate_up, nullptr);
   EXPECT_EQ(gate_up->shape, (std::vector<int64_t>{8, 192, 64}));
   EXPECT_NE(find(fused, "model.layers.1.mlp.gate.weight"), nullptr);
-  EXPECT_EQ(detect_expert_layout(spec, [&](const std::string& n) { return find(fused, n) != nullptr; }),
-            ExpertLayout::kFused);
-  EXPECT_EQ(detect_expert_layout(spec, [&](const std::string& n) { return find(per_expert, n) != nullptr; }),
+  EXPECT_EQ(
+      detect_expert_layout(spec, [&](const std::string& n) { return find(fused, n) != nullptr; }),
+      ExpertLayout::kFused);
+  EXPECT_EQ(detect_expert_layout(
+                spec, [&](const std::string& n) { return find(per_expert, n) != nullptr; }),
             ExpertLayout::kPerExpert);
 }
 
@@ -188,7 +220,8 @@ TEST(Architecture, DeepseekMlaSharedAndBias) {
   for (const auto& t : layer1) shapes[t.name] = t.shape;
   const std::string p = "model.layers.1.";
   EXPECT_EQ(shapes.at(p + "self_attn.q_b_proj.weight"), (std::vector<int64_t>{4 * 24, 48}));
-  EXPECT_EQ(shapes.at(p + "self_attn.kv_a_proj_with_mqa.weight"), (std::vector<int64_t>{32 + 8, 64}));
+  EXPECT_EQ(shapes.at(p + "self_attn.kv_a_proj_with_mqa.weight"),
+            (std::vector<int64_t>{32 + 8, 64}));
   EXPECT_EQ(shapes.at(p + "self_attn.kv_b_proj.weight"), (std::vector<int64_t>{4 * 32, 32}));
   EXPECT_EQ(shapes.at(p + "self_attn.o_proj.weight"), (std::vector<int64_t>{64, 4 * 16}));
   EXPECT_EQ(shapes.at(p + "mlp.gate.e_score_correction_bias"), (std::vector<int64_t>{8}));
@@ -201,7 +234,8 @@ TEST(Architecture, DeepseekMlaSharedAndBias) {
 TEST(Architecture, TiedHeadIsNotExpected) {
   json config = tiny_mixtral();
   config["tie_word_embeddings"] = true;
-  for (const auto& t : expected_tensors(parse_model_spec(config, "c.json"), ExpertLayout::kPerExpert)) {
+  for (const auto& t :
+       expected_tensors(parse_model_spec(config, "c.json"), ExpertLayout::kPerExpert)) {
     EXPECT_NE(t.name, "lm_head.weight");
   }
 }

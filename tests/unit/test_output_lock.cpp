@@ -30,12 +30,13 @@ TEST(OutputLock, SecondHolderIsRefusedNamingTheFirstsPid) {
     OutputLock second(out + "/");  // the same output, spelled with a trailing slash
     FAIL() << "a second lock on the same output was granted";
   } catch (const ResourceError& e) {
-    EXPECT_NE(std::string(e.what()).find("PID " + std::to_string(::getpid())), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("PID " + std::to_string(::getpid())), std::string::npos)
+        << e.what();
     EXPECT_EQ(e.where(), out);
   }
   first.reset();
   EXPECT_FALSE(std::filesystem::exists(out + ".lock"));  // removed on release
-  const OutputLock again(out);                          // and free again
+  const OutputLock again(out);                           // and free again
   EXPECT_TRUE(std::filesystem::exists(out + ".lock"));
 }
 

@@ -91,7 +91,9 @@ TEST(Recipe, FiveMistakesAreAllReportedWithTheirPositions) {
   EXPECT_EQ(lines[2], f + ":9:17: passes.rtn.bits: expected an integer in [2, 8], found \"9\"");
   EXPECT_EQ(lines[3].rfind(f + ":11:17: passes.rtn.overrides[0].match: bad regex: ", 0), 0u)
       << lines[3];
-  EXPECT_EQ(lines[4], f + ":12:5: passes[1]: unknown pass \"gtpq\"; known: rtn, gptq, drop-experts, experts-frequency, experts-mass, experts-router-norm, experts-random, experts-naee, diep, smoothquant, tcess");
+  EXPECT_EQ(lines[4], f + ":12:5: passes[1]: unknown pass \"gtpq\"; known: rtn, gptq, "
+                          "drop-experts, experts-frequency, experts-mass, experts-router-norm, "
+                          "experts-random, experts-naee, diep, smoothquant, tcess");
   try {
     load_recipe(f);
   } catch (const ConfigError& e) {
@@ -176,7 +178,8 @@ TEST(Recipe, CalibrationMistakes) {
             "only, found \"a b\"");
   // The calibration set's own rule applies at validation: "all" names statistics over every task.
   EXPECT_EQ(only_error(head + "  sets: [{task: all, path: a.txt}]\n"),
-            "r.yaml:4:17: calibration.sets[0].task: task label 'all' is reserved for statistics over every task");
+            "r.yaml:4:17: calibration.sets[0].task: task label 'all' is reserved for statistics "
+            "over every task");
   EXPECT_EQ(only_error(head + "  sets: [{task: p, path: a.txt, samples: \"64\"}]\n"),
             "r.yaml:4:42: calibration.sets[0].samples: expected an integer in [1, 16777216], found "
             "the string \"64\"");
@@ -511,7 +514,8 @@ Pipeline awkward_pipeline() {
 
 TEST(Recipe, ExportStageOptionsAsAMap) {
   TempDir dir;
-  Recipe r = load(dir, std::string(kMinimal) + "export: {formats: [hf, gptq], pad-experts: true}\n");
+  Recipe r =
+      load(dir, std::string(kMinimal) + "export: {formats: [hf, gptq], pad-experts: true}\n");
   EXPECT_EQ(r.pipeline.export_formats, (std::vector<std::string>{"hf", "gptq"}));
   EXPECT_TRUE(r.pipeline.pad_experts);
   EXPECT_EQ(canonical_pipeline(r.pipeline), "export{formats=hf:gptq,pad-experts=true}");
@@ -521,12 +525,16 @@ TEST(Recipe, ExportStageOptionsAsAMap) {
   EXPECT_EQ(canonical_pipeline(plain.pipeline), "export{formats=hf}");
   EXPECT_NE(plain.pipeline, r.pipeline);
   // pad-experts=false is the default and not printed
-  EXPECT_EQ(canonical_pipeline(parse_pipeline("export{formats=hf,pad-experts=false}")), "export{formats=hf}");
-  EXPECT_NE(only_error(std::string(kMinimal) + "export: {pad-experts: true}\n").find("missing required key formats"),
+  EXPECT_EQ(canonical_pipeline(parse_pipeline("export{formats=hf,pad-experts=false}")),
+            "export{formats=hf}");
+  EXPECT_NE(only_error(std::string(kMinimal) + "export: {pad-experts: true}\n")
+                .find("missing required key formats"),
             std::string::npos);
-  EXPECT_NE(only_error(std::string(kMinimal) + "export: {formats: [hf], pad-experts: 3}\n").find("export.pad-experts"),
+  EXPECT_NE(only_error(std::string(kMinimal) + "export: {formats: [hf], pad-experts: 3}\n")
+                .find("export.pad-experts"),
             std::string::npos);
-  EXPECT_NE(only_error(std::string(kMinimal) + "export: {formats: [hf], pad: true}\n").find("unknown key \"pad\""),
+  EXPECT_NE(only_error(std::string(kMinimal) + "export: {formats: [hf], pad: true}\n")
+                .find("unknown key \"pad\""),
             std::string::npos);
 }
 
@@ -632,7 +640,9 @@ TEST(PipelineString, MistakesNameTheirColumn) {
   EXPECT_EQ(pipeline_error("", ""),
             "column 1: empty pipeline: expected a stage such as rtn{bits=4}");
   EXPECT_EQ(pipeline_error("rtn{},gtpq{bits=4}", "gtpq"),
-            "column 7: unknown stage \"gtpq\"; known: calibrate, rtn, gptq, drop-experts, experts-frequency, experts-mass, experts-router-norm, experts-random, experts-naee, diep, smoothquant, tcess, export");
+            "column 7: unknown stage \"gtpq\"; known: calibrate, rtn, gptq, drop-experts, "
+            "experts-frequency, experts-mass, experts-router-norm, experts-random, experts-naee, "
+            "diep, smoothquant, tcess, export");
   EXPECT_EQ(pipeline_error("rtn{bitz=4}", "rtn.bitz"),
             "column 5: unknown option \"bitz\" of rtn; valid: bits, group-size, sym, skip");
   EXPECT_EQ(pipeline_error("rtn{bits=9}", "rtn.bits"),

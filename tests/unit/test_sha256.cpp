@@ -81,11 +81,13 @@ TEST(Sha256, AcceleratedBlocksEqualPortableOnes) {
   uint32_t x = 12345;
   for (auto& b : data) b = static_cast<uint8_t>((x = x * 1664525u + 1013904223u) >> 24);
   for (const size_t count : {size_t{1}, size_t{2}, size_t{3}, size_t{7}, size_t{300}}) {
-    uint32_t a[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    uint32_t a[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                     0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     uint32_t b[8];
     std::copy(a, a + 8, b);
     sha256_blocks::portable(a, data.data(), count);
-    if (!sha256_blocks::accelerated(b, data.data(), count)) GTEST_SKIP() << "no SHA extensions on this CPU";
+    if (!sha256_blocks::accelerated(b, data.data(), count))
+      GTEST_SKIP() << "no SHA extensions on this CPU";
     for (int i = 0; i < 8; ++i) EXPECT_EQ(a[i], b[i]) << "count " << count << " word " << i;
   }
 }

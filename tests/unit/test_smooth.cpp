@@ -3,8 +3,8 @@
 // (dense, GQA with biases, MoE with routed and shared experts, fused experts), the adaptive α
 // against an independent brute-force evaluation, and the W8A8 error with and without smoothing on
 // real activations.
-#include <gtest/gtest.h>
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
@@ -326,13 +326,17 @@ TEST(SmoothAdaptive, PicksTheArgminOfABruteForceEvaluation) {
     EXPECT_NEAR(r.errors[i], brute[i], 1e-3 * brute[i]) << "alpha " << r.alphas[i];
     if (brute[i] < brute[best]) best = i;
   }
-  // The search's own errors agree with the brute force within 1e-3, so where two grid points are that
-  // close either may win: the chosen α must be the brute-force best or within that agreement of it.
-  const size_t chosen = static_cast<size_t>(
-      std::find(r.alphas.begin(), r.alphas.end(), r.alpha) - r.alphas.begin());
+  // The search's own errors agree with the brute force within 1e-3, so where two grid points are
+  // that close either may win: the chosen α must be the brute-force best or within that agreement
+  // of it.
+  const size_t chosen =
+      static_cast<size_t>(std::find(r.alphas.begin(), r.alphas.end(), r.alpha) - r.alphas.begin());
   ASSERT_LT(chosen, r.alphas.size()) << "alpha " << r.alpha << " is not on the grid";
-  EXPECT_LE(brute[chosen], brute[best] * (1 + 2e-3)) << "alpha " << r.alpha << " vs best " << r.alphas[best];
-  if (chosen != best) std::printf("[smooth] near-tie: alpha %.2f chosen, brute-force best %.2f\n", r.alpha, r.alphas[best]);
+  EXPECT_LE(brute[chosen], brute[best] * (1 + 2e-3))
+      << "alpha " << r.alpha << " vs best " << r.alphas[best];
+  if (chosen != best)
+    std::printf("[smooth] near-tie: alpha %.2f chosen, brute-force best %.2f\n", r.alpha,
+                r.alphas[best]);
   EXPECT_TRUE(at::equal(r.scales, smoothing_scales(act, wstat, r.alpha)));
   // The grid is not flat on real data: the choice matters.
   EXPECT_GT(*std::max_element(brute.begin(), brute.end()), 1.05 * brute[best]);

@@ -1,5 +1,5 @@
-#include <gtest/gtest.h>
 #include <ATen/ATen.h>
+#include <gtest/gtest.h>
 
 #include <filesystem>
 
@@ -47,11 +47,12 @@ TEST(Streaming, EqualsTheWholeBatchForwardWithSpilledBuffers) {
   options.memory_limit_bytes = 0;  // every boundary buffer spills to disk
   at::Tensor got = at::zeros_like(expected);
   std::vector<int64_t> layers;
-  stream_forward(model, ids, valid, options, nullptr,
-                 [&](int64_t begin, const at::Tensor& hidden, const at::Tensor&) {
-                   got.slice(0, begin, begin + hidden.size(0)).copy_(model.head(hidden));
-                 },
-                 [&](int64_t layer) { layers.push_back(layer); });
+  stream_forward(
+      model, ids, valid, options, nullptr,
+      [&](int64_t begin, const at::Tensor& hidden, const at::Tensor&) {
+        got.slice(0, begin, begin + hidden.size(0)).copy_(model.head(hidden));
+      },
+      [&](int64_t layer) { layers.push_back(layer); });
   EXPECT_EQ(layers, (std::vector<int64_t>{0, 1, 2, 3}));
   const at::Tensor diff = (got - expected).abs().masked_select(valid.unsqueeze(-1).expand_as(got));
   EXPECT_LT(diff.max().item<float>(), 1e-5);

@@ -299,7 +299,8 @@ TEST(TokenizerModelDir, AddBosTokenIsABooleanCheckedWhenAsked) {
   EXPECT_TRUE(with_config(R"({"add_bos_token": true})").adds_bos());
   EXPECT_FALSE(with_config(R"({"add_bos_token": false})").adds_bos());
   EXPECT_FALSE(with_config(R"({"add_bos_token": null})").adds_bos());
-  const Tokenizer odd = with_config(R"({"add_bos_token": "yes"})");  // loads: only adds_bos() needs it
+  const Tokenizer odd =
+      with_config(R"({"add_bos_token": "yes"})");  // loads: only adds_bos() needs it
   try {
     odd.adds_bos();
     FAIL() << "a string add_bos_token was accepted";
