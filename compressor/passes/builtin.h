@@ -20,6 +20,10 @@ namespace lathe {
 #include "compressor/passes/passes.def"
 #undef LATHE_PASS
 
+/// The weight-grid options of rtn and gptq: bits (with `bits_help`), group-size, sym, then
+/// `extra`, then skip (for overrides). rtn.cpp.
+std::vector<OptionSpec> weight_grid_options(const std::string& bits_help,
+                                            std::vector<OptionSpec> extra = {});
 std::unique_ptr<Pass> make_rtn_pass(const PassInstance& instance);           // rtn.cpp
 std::unique_ptr<Pass> make_drop_experts_pass(const PassInstance& instance);  // drop_experts.cpp
 std::unique_ptr<Pass> make_gptq_pass(const PassInstance& instance);          // gptq_pass.cpp

@@ -162,23 +162,29 @@ std::unique_ptr<Pass> make_rtn_pass(const PassInstance& instance) {
   return std::make_unique<RtnPass>(instance);
 }
 
+std::vector<OptionSpec> weight_grid_options(const std::string& bits_help,
+                                            std::vector<OptionSpec> extra) {
+  std::vector<OptionSpec> o = {
+      make_option("bits", OptionType::kInt, "4", bits_help, 2, 8),
+      make_option("group-size", OptionType::kInt, "128",
+                  "columns sharing one scale; -1 = a whole row (must divide the input width)", -1,
+                  1 << 20),
+      make_option("sym", OptionType::kBool, "true",
+                  "symmetric (zero point 2^(bits-1)) or asymmetric"),
+  };
+  o.insert(o.end(), extra.begin(), extra.end());
+  o.push_back(make_option("skip", OptionType::kBool, "false",
+                          "leave the tensor unquantized (for overrides)"));
+  return o;
+}
+
 PassInfo rtn_pass_info() {
-  return {
-      "rtn",
-      "round-to-nearest weight quantization of every decoder linear (no calibration data)",
-      {
-          make_option("bits", OptionType::kInt, "4", "bits per weight", 2, 8),
-          make_option("group-size", OptionType::kInt, "128",
-                      "columns sharing one scale; -1 = a whole row (must divide the input width)",
-                      -1, 1 << 20),
-          make_option("sym", OptionType::kBool, "true",
-                      "symmetric (zero point 2^(bits-1)) or asymmetric"),
-          make_option("skip", OptionType::kBool, "false",
-                      "leave the tensor unquantized (for overrides)"),
-      },
-      {},
-      true,
-      make_rtn_pass};
+  return {"rtn",
+          "round-to-nearest weight quantization of every decoder linear (no calibration data)",
+          weight_grid_options("bits per weight"),
+          {},
+          true,
+          make_rtn_pass};
 }
 
 }  // namespace lathe
