@@ -339,17 +339,7 @@ std::vector<std::string> module_patterns(const std::vector<std::string>& all,
 
 void ShardTensors::add(const std::string& name, const at::Tensor& value) {
   names_.push_back(name);
-  values_.push_back(value.contiguous().cpu());
-}
-
-std::vector<TensorBytes> ShardTensors::bytes() const {
-  std::vector<TensorBytes> out;
-  for (size_t k = 0; k < names_.size(); ++k) {
-    const at::Tensor& v = values_[k];
-    out.push_back({names_[k], safetensors_dtype(v.scalar_type(), names_[k]), v.sizes().vec(),
-                   static_cast<const uint8_t*>(v.data_ptr()), static_cast<uint64_t>(v.nbytes())});
-  }
-  return out;
+  bytes_.push_back(tensor_bytes(name, value, &values_));
 }
 
 uint64_t write_export_shards(const ExportSource& src, const fs::path& dir,

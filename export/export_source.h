@@ -141,11 +141,12 @@ class ShardTensors {
   void add(const std::string& name, const at::Tensor& value);
   const std::vector<std::string>& names() const { return names_; }
   /// The tensors' bytes for CheckpointShards::write (views of the tensors kept here).
-  std::vector<TensorBytes> bytes() const;
+  const std::vector<TensorBytes>& bytes() const { return bytes_; }
 
  private:
   std::vector<std::string> names_;
   std::vector<at::Tensor> values_;
+  std::vector<TensorBytes> bytes_;
 };
 
 /// Writes the per-layer shards (`model-0000i-of-0000N.safetensors`, N = layers + 1, the last for

@@ -28,10 +28,7 @@ void append_quant_tensors(const QuantRecord& r, std::vector<TensorBytes>* out,
       at::tensor({r.bits, r.group_size, static_cast<int64_t>(r.sym), r.act_bits}, at::kInt);
   const at::Tensor parts[] = {r.codes, r.scales, r.zeros, r.g_idx, params};
   for (int i = 0; i < 5; ++i) {
-    keep->push_back(parts[i].contiguous().cpu());
-    const at::Tensor& c = keep->back();
-    out->push_back({r.name + "." + kParts[i], safetensors_dtype(c.scalar_type(), r.name),
-                    c.sizes().vec(), static_cast<const uint8_t*>(c.data_ptr()), c.nbytes()});
+    out->push_back(tensor_bytes(r.name + "." + kParts[i], parts[i], keep));
   }
 }
 

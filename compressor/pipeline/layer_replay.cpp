@@ -21,26 +21,27 @@ struct LayerReplay::Cache {
   int64_t act_bits = 0;
   std::shared_ptr<ActivationBuffer> heads, h, mlp_in,
       act;  ///< those `point` needs (h is shared by kMlpIn and kMlpAct)
+
+  /// RAM its buffers hold (those that did not spill to disk).
+  uint64_t ram_bytes() const {
+    uint64_t bytes = 0;
+    for (const auto* b : {&heads, &h, &mlp_in, &act}) {
+      if (*b && !(*b)->spilled()) bytes += (*b)->bytes();
+    }
+    return bytes;
+  }
 };
 
 namespace {
 
+/// The MLP block's tensors: dense MLP, router, routed and shared experts (architecture.h's
+/// categories).
 bool is_mlp_role(TensorRole r) {
-  switch (r) {
-    case TensorRole::kDenseGate:
-    case TensorRole::kDenseUp:
-    case TensorRole::kDenseDown:
-    case TensorRole::kRouter:
-    case TensorRole::kRouterBias:
-    case TensorRole::kExpertGate:
-    case TensorRole::kExpertUp:
-    case TensorRole::kExpertDown:
-    case TensorRole::kExpertsGateUp:
-    case TensorRole::kExpertsDown:
-    case TensorRole::kSharedGate:
-    case TensorRole::kSharedUp:
-    case TensorRole::kSharedDown:
-    case TensorRole::kSharedExpertGate: return true;
+  switch (category_of(r)) {
+    case Category::kDenseMlp:
+    case Category::kRouter:
+    case Category::kRoutedExperts:
+    case Category::kSharedExperts: return true;
     default: return false;
   }
 }
@@ -111,13 +112,7 @@ LayerPoint LayerReplay::latest_start(const TapObserver* observer) const {
 }
 
 uint64_t LayerReplay::ram_in_use() const {
-  uint64_t bytes = input_.spilled() ? 0 : input_.bytes();
-  if (cache_) {
-    for (const auto* b : {&cache_->heads, &cache_->h, &cache_->mlp_in, &cache_->act}) {
-      if (*b && !(*b)->spilled()) bytes += (*b)->bytes();
-    }
-  }
-  return bytes;
+  return (input_.spilled() ? 0 : input_.bytes()) + (cache_ ? cache_->ram_bytes() : 0);
 }
 
 void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
@@ -194,13 +189,7 @@ void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
       // Stored in the working dtype: resuming must compute exactly what the full replay computes.
       auto buffer = [&](const at::Tensor& like) {
         const uint64_t limit = streaming_.memory_limit_bytes;
-        const uint64_t used = ram_in_use() + [&] {
-          uint64_t f = 0;
-          for (const auto* p : {&fresh->heads, &fresh->h, &fresh->mlp_in, &fresh->act}) {
-            if (*p && !(*p)->spilled()) f += (*p)->bytes();
-          }
-          return f;
-        }();
+        const uint64_t used = ram_in_use() + fresh->ram_bytes();
         return std::make_shared<ActivationBuffer>(n, t, like.size(-1), work_.dtype().toScalarType(),
                                                   used >= limit ? 0 : limit - used,
                                                   streaming_.spill_dir);
