@@ -15,6 +15,7 @@
 #include "compressor/model/layer_weights.h"
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
+#include "compressor/pipeline/layer_replay.h"
 
 namespace lathe {
 namespace {
@@ -136,20 +137,10 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
     records[q.name] = &q;
     act_bits = std::max(act_bits, q.act_bits);
   }
-  std::map<std::string, const at::Tensor*> by_name;
   std::map<TensorRole, std::string> fused_names;  // fused layout: role → the layer's 3-D tensor
-  for (const auto& t : tensors) {
-    by_name[t.name] = &t.value;
-    fused_names[t.role] = t.name;
-  }
+  for (const auto& t : tensors) fused_names[t.role] = t.name;
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  const LayerWeights w = make_layer_weights(
-      spec_, layout_, layer,
-      [&](const std::string& name) {
-        auto it = by_name.find(name);
-        return it == by_name.end() ? at::Tensor() : *it->second;
-      },
-      f32, act_bits);
+  const LayerWeights w = layer_weights_of(spec_, layout_, layer, tensors, f32, act_bits);
   const DecoderLayer block(spec_, w);
   GoldenTaps taps;
   const int64_t rows = hidden_.size(1);

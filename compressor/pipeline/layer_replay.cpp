@@ -63,6 +63,20 @@ bool downstream_of(TensorRole r, LayerPoint point) {
 
 }  // namespace
 
+LayerWeights layer_weights_of(const ModelSpec& spec, ExpertLayout layout, int64_t layer,
+                              const std::vector<LayerTensor>& tensors,
+                              const at::TensorOptions& options, int64_t act_bits) {
+  std::map<std::string, const at::Tensor*> by_name;
+  for (const auto& t : tensors) by_name[t.name] = &t.value;
+  return make_layer_weights(
+      spec, layout, layer,
+      [&](const std::string& name) {
+        auto it = by_name.find(name);
+        return it == by_name.end() ? at::Tensor() : *it->second;
+      },
+      options, act_bits);
+}
+
 LayerReplay::LayerReplay(const ModelSpec& spec, ExpertLayout layout, int64_t layer,
                          const ActivationBuffer& input, const at::Tensor& valid,
                          const StreamingOptions& streaming, const at::TensorOptions& work)
@@ -118,15 +132,7 @@ uint64_t LayerReplay::ram_in_use() const {
 void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
                       TapObserver* observer, ActivationBuffer* next) {
   at::NoGradGuard no_grad;
-  std::map<std::string, const at::Tensor*> by_name;
-  for (const auto& t : tensors) by_name[t.name] = &t.value;
-  const LayerWeights w = make_layer_weights(
-      spec_, layout_, layer_,
-      [&](const std::string& name) {
-        auto it = by_name.find(name);
-        return it == by_name.end() ? at::Tensor() : *it->second;
-      },
-      work_, act_bits);
+  const LayerWeights w = layer_weights_of(spec_, layout_, layer_, tensors, work_, act_bits);
   const DecoderLayer layer(spec_, w);
 
   if (cache_ && !valid(*cache_, tensors, act_bits)) cache_.reset();

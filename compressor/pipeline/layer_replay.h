@@ -22,12 +22,19 @@
 #include "compressor/model/activation_buffer.h"
 #include "compressor/model/architecture.h"
 #include "compressor/model/decoder_layer.h"
+#include "compressor/model/layer_weights.h"
 #include "compressor/model/model_spec.h"
 #include "compressor/model/streaming.h"
 #include "compressor/model/taps.h"
 #include "compressor/passes/context.h"
 
 namespace lathe {
+
+/// Layer `layer`'s weights built from the tensors as a pass left them (LayerTensor::value by output
+/// name), converted to `options`; activations fake-quantized to `act_bits` when non-zero.
+LayerWeights layer_weights_of(const ModelSpec& spec, ExpertLayout layout, int64_t layer,
+                              const std::vector<LayerTensor>& tensors,
+                              const at::TensorOptions& options, int64_t act_bits);
 
 class LayerReplay {
  public:
