@@ -167,31 +167,108 @@ std::string Case::coverage_key() const {
 
 namespace {
 
-Case linear_case(WeightFormat f, int64_t bits, int64_t group, bool sym, bool act_order, int64_t out,
-                 int64_t in, bool bias, ScaleType st, int64_t m, uint64_t seed,
-                 int64_t act_bits = 0) {
-  Case c;
-  c.linear.weight = WeightParams{f, bits, group, sym, act_order, st, act_bits, bias, out, in};
-  c.linear.m = m;
-  c.linear.seed = seed;
-  return c;
+/// A case spelled with named fields, starting from WeightParams' defaults (group 128, symmetric,
+/// no act-order, fp16 scales, no bias, 16-bit activations, one row):
+///   named(F::kGptq, 4).group(32).asym().act_order().shape(192, 512).bias().rows(17).seed(3)
+class CaseBuilder {
+ public:
+  CaseBuilder(WeightFormat format, int64_t bits) {
+    w_.format = format;
+    w_.bits = bits;
+  }
+  CaseBuilder& group(int64_t g) { return w_.group_size = g, *this; }
+  CaseBuilder& asym() { return w_.sym = false, *this; }
+  CaseBuilder& act_order() { return w_.act_order = true, *this; }
+  CaseBuilder& scales(ScaleType t) { return w_.scale_type = t, *this; }
+  CaseBuilder& act_bits(int64_t b) { return w_.act_bits = b, *this; }
+  CaseBuilder& bias() { return w_.bias = true, *this; }
+  CaseBuilder& shape(int64_t out, int64_t in) { return w_.out = out, w_.in = in, *this; }
+  CaseBuilder& rows(int64_t m) { return m_ = m, *this; }
+  CaseBuilder& seed(uint64_t s) { return seed_ = s, *this; }
+  /// The weight parameters alone (the format of an MoE case's experts).
+  const WeightParams& params() const { return w_; }
+  /// A qlinear case.
+  operator Case() const {  // NOLINT: implicit by design, cases are listed as builders
+    Case c;
+    c.linear.weight = w_;
+    c.linear.m = m_;
+    c.linear.seed = seed_;
+    return c;
+  }
+
+ private:
+  WeightParams w_;
+  int64_t m_ = 1;
+  uint64_t seed_ = 1;
+};
+
+CaseBuilder named(WeightFormat format, int64_t bits) {
+  return CaseBuilder(format, bits);
 }
 
-Case moe_case(WeightParams w, MoeRouting r, int64_t experts, bool sel_bias, bool shared, bool gate,
-              int64_t m, uint64_t seed) {
-  Case c;
-  c.is_moe = true;
-  c.moe.weight = w;
-  c.moe.routing = r;
-  c.moe.m = m;
-  c.moe.hidden = 128;
-  c.moe.inter = 64;
-  c.moe.experts = experts;
-  c.moe.selection_bias = sel_bias;
-  c.moe.shared = shared;
-  c.moe.shared_gate = gate;
-  c.moe.seed = seed;
-  return c;
+/// An MoE-block case with named fields: 128 hidden, 64 intermediate, no selection bias, no shared
+/// expert:  moe(gptq, softmax).experts(8).shared().shared_gate().rows(17).seed(3)
+class MoeBuilder {
+ public:
+  MoeBuilder(const WeightParams& w, const MoeRouting& r) {
+    c_.is_moe = true;
+    c_.moe.weight = w;
+    c_.moe.routing = r;
+    c_.moe.hidden = 128;
+    c_.moe.inter = 64;
+  }
+  MoeBuilder& experts(int64_t e) { return c_.moe.experts = e, *this; }
+  MoeBuilder& selection_bias() { return c_.moe.selection_bias = true, *this; }
+  MoeBuilder& shared() { return c_.moe.shared = true, *this; }
+  MoeBuilder& shared_gate() { return c_.moe.shared_gate = true, *this; }
+  MoeBuilder& rows(int64_t m) { return c_.moe.m = m, *this; }
+  MoeBuilder& seed(uint64_t s) { return c_.moe.seed = s, *this; }
+  operator Case() const { return c_; }  // NOLINT: implicit by design
+
+ private:
+  Case c_;
+};
+
+MoeBuilder moe(const WeightParams& w, const MoeRouting& r) {
+  return MoeBuilder(w, r);
+}
+
+/// The qlinear test cases' weights, each run as a GEMV (m = 1) and a GEMM (m = 17): every exported
+/// format and bit width, odd shapes, group −1, act-order g_idx, ragged groups, scale dtypes.
+std::vector<CaseBuilder> linear_test_weights() {
+  using F = WeightFormat;
+  using S = ScaleType;
+  return {
+      named(F::kDense, 16).group(-1).shape(96, 200).bias().scales(S::kF32),
+      named(F::kGptq, 2).group(128).shape(128, 512).scales(S::kF16),
+      named(F::kGptq, 2).group(64).asym().act_order().shape(160, 256).bias().scales(S::kF16),
+      named(F::kGptq, 3).group(128).shape(160, 512).scales(S::kF16),
+      named(F::kGptq, 3).group(-1).asym().shape(96, 256).bias().scales(S::kF16),
+      named(F::kGptq, 3).group(32).asym().act_order().shape(64, 256).scales(S::kF16),
+      named(F::kGptq, 4).group(128).shape(256, 1024).bias().scales(S::kF16),
+      named(F::kGptq, 4).group(128).asym().shape(1024, 2048).scales(S::kF16),
+      named(F::kGptq, 4).group(32).asym().act_order().shape(192, 512).scales(S::kF16),
+      named(F::kGptq, 4).group(-1).shape(128, 384).scales(S::kF16),
+      named(F::kGptq, 4).group(128).shape(264, 384).bias().scales(S::kF16),  // out % 64 != 0
+      named(F::kGptq, 4).group(40).asym().shape(72, 200).scales(S::kF16),    // ragged groups
+      named(F::kGptq, 8).group(128).shape(100, 256).bias().scales(S::kF16),  // out % 8 != 0
+      named(F::kGptq, 8).group(64).asym().act_order().shape(128, 512).scales(S::kF16),
+      named(F::kGptq, 8).group(-1).asym().shape(256, 512).scales(S::kF16),
+      named(F::kCtPacked, 2).group(128).shape(96, 512).scales(S::kBF16),
+      named(F::kCtPacked, 2).group(-1).asym().shape(64, 200).bias().scales(S::kF16),
+      named(F::kCtPacked, 4).group(128).shape(200, 1024).bias().scales(S::kBF16),
+      named(F::kCtPacked, 4).group(64).asym().act_order().shape(128, 512).scales(S::kF16),
+      named(F::kCtPacked, 4).group(-1).asym().shape(37, 202).scales(S::kF32),  // ragged rows
+      named(F::kCtPacked, 4).group(128).asym().shape(512, 2048).scales(S::kBF16),
+      // short last group
+      named(F::kCtPacked, 4).group(128).asym().shape(48, 320).bias().scales(S::kF16),
+      named(F::kGptq, 4).group(128).asym().shape(48, 320).scales(S::kF16),  // short last group
+      named(F::kCtPacked, 8).group(128).shape(136, 512).bias().scales(S::kBF16),
+      named(F::kCtPacked, 8).group(32).asym().shape(70, 96).scales(S::kF16),
+      named(F::kCtInt8, 8).group(-1).shape(136, 520).bias().scales(S::kBF16).act_bits(8),
+      named(F::kCtInt8, 8).group(-1).shape(256, 1024).scales(S::kF16).act_bits(8),
+      named(F::kCtInt8, 8).group(-1).shape(70, 130).scales(S::kF16),
+  };
 }
 
 }  // namespace
@@ -202,49 +279,7 @@ std::vector<Case> test_cases() {
   std::vector<Case> cs;
   uint64_t seed = 1000;
   for (int64_t m : {int64_t{1}, int64_t{17}}) {
-    cs.push_back(linear_case(F::kDense, 16, -1, true, false, 96, 200, true, S::kF32, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 2, 128, true, false, 128, 512, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 2, 64, false, true, 160, 256, true, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 3, 128, true, false, 160, 512, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 3, -1, false, false, 96, 256, true, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 3, 32, false, true, 64, 256, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 4, 128, true, false, 256, 1024, true, S::kF16, m, ++seed));
-    cs.push_back(
-        linear_case(F::kGptq, 4, 128, false, false, 1024, 2048, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 4, 32, false, true, 192, 512, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 4, -1, true, false, 128, 384, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 4, 128, true, false, 264, 384, true, S::kF16, m,
-                             ++seed));  // out % 64 != 0
-    cs.push_back(linear_case(F::kGptq, 4, 40, false, false, 72, 200, false, S::kF16, m,
-                             ++seed));  // ragged groups
-    cs.push_back(linear_case(F::kGptq, 8, 128, true, false, 100, 256, true, S::kF16, m,
-                             ++seed));  // out % 8 != 0
-    cs.push_back(linear_case(F::kGptq, 8, 64, false, true, 128, 512, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kGptq, 8, -1, false, false, 256, 512, false, S::kF16, m, ++seed));
-    cs.push_back(
-        linear_case(F::kCtPacked, 2, 128, true, false, 96, 512, false, S::kBF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtPacked, 2, -1, false, false, 64, 200, true, S::kF16, m, ++seed));
-    cs.push_back(
-        linear_case(F::kCtPacked, 4, 128, true, false, 200, 1024, true, S::kBF16, m, ++seed));
-    cs.push_back(
-        linear_case(F::kCtPacked, 4, 64, false, true, 128, 512, false, S::kF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtPacked, 4, -1, false, false, 37, 202, false, S::kF32, m,
-                             ++seed));  // ragged rows
-    cs.push_back(
-        linear_case(F::kCtPacked, 4, 128, false, false, 512, 2048, false, S::kBF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtPacked, 4, 128, false, false, 48, 320, true, S::kF16, m,
-                             ++seed));  // short last group
-    cs.push_back(linear_case(F::kGptq, 4, 128, false, false, 48, 320, false, S::kF16, m,
-                             ++seed));  // short last group
-    cs.push_back(
-        linear_case(F::kCtPacked, 8, 128, true, false, 136, 512, true, S::kBF16, m, ++seed));
-    cs.push_back(linear_case(F::kCtPacked, 8, 32, false, false, 70, 96, false, S::kF16, m, ++seed));
-    cs.push_back(
-        linear_case(F::kCtInt8, 8, -1, true, false, 136, 520, true, S::kBF16, m, ++seed, 8));
-    cs.push_back(
-        linear_case(F::kCtInt8, 8, -1, true, false, 256, 1024, false, S::kF16, m, ++seed, 8));
-    cs.push_back(
-        linear_case(F::kCtInt8, 8, -1, true, false, 70, 130, false, S::kF16, m, ++seed, 0));
+    for (CaseBuilder weight : linear_test_weights()) cs.push_back(weight.rows(m).seed(++seed));
   }
   MoeRouting softmax;  // softmax top-2 renormalised
   MoeRouting sigmoid;
@@ -255,16 +290,14 @@ std::vector<Case> test_cases() {
   sigmoid.topk_groups = 2;
   MoeRouting plain;  // no renormalisation, shared expert
   plain.renormalize = false;
-  const WeightParams gptq{WeightFormat::kGptq, 4, 32, true, false, ScaleType::kF16, 0, false, 0, 0};
-  const WeightParams ct{WeightFormat::kCtPacked, 4, 64,    false, false,
-                        ScaleType::kBF16,        0, false, 0,     0};
-  const WeightParams w8a8{WeightFormat::kCtInt8, 8, -1,    true, false,
-                          ScaleType::kBF16,      8, false, 0,    0};
+  const WeightParams gptq = named(F::kGptq, 4).group(32).scales(S::kF16).params();
+  const WeightParams ct = named(F::kCtPacked, 4).group(64).asym().scales(S::kBF16).params();
+  const WeightParams w8a8 = named(F::kCtInt8, 8).group(-1).scales(S::kBF16).act_bits(8).params();
   for (int64_t m : {int64_t{1}, int64_t{17}}) {
-    cs.push_back(moe_case(gptq, softmax, 8, false, false, false, m, ++seed));
-    cs.push_back(moe_case(ct, sigmoid, 16, true, false, false, m, ++seed));
-    cs.push_back(moe_case(gptq, plain, 8, false, true, true, m, ++seed));
-    cs.push_back(moe_case(w8a8, softmax, 8, false, true, false, m, ++seed));
+    cs.push_back(moe(gptq, softmax).experts(8).rows(m).seed(++seed));
+    cs.push_back(moe(ct, sigmoid).experts(16).selection_bias().rows(m).seed(++seed));
+    cs.push_back(moe(gptq, plain).experts(8).shared().shared_gate().rows(m).seed(++seed));
+    cs.push_back(moe(w8a8, softmax).experts(8).shared().rows(m).seed(++seed));
   }
   return cs;
 }
@@ -273,16 +306,22 @@ std::vector<Case> perf_cases() {
   using F = WeightFormat;
   using S = ScaleType;
   return {
-      linear_case(F::kGptq, 4, 128, true, false, 8192, 8192, false, S::kF16, 1, 1),
-      linear_case(F::kGptq, 4, 128, true, false, 16384, 8192, false, S::kF16, 1, 2),
-      linear_case(F::kGptq, 8, 128, true, false, 8192, 8192, false, S::kF16, 1, 3),
-      linear_case(F::kCtPacked, 4, 128, true, false, 8192, 8192, false, S::kBF16, 1, 4),
-      linear_case(F::kCtInt8, 8, -1, true, false, 8192, 8192, false, S::kBF16, 1, 5, 8),
-      linear_case(F::kDense, 16, -1, true, false, 4096, 4096, false, S::kF32, 1, 6),
-      linear_case(F::kGptq, 4, 128, true, false, 8192, 8192, false, S::kF16, 17, 7),
-      linear_case(F::kCtPacked, 4, 128, true, false, 8192, 8192, false, S::kBF16, 17, 8),
-      linear_case(F::kCtInt8, 8, -1, true, false, 8192, 8192, false, S::kBF16, 17, 9, 8),
-      linear_case(F::kDense, 16, -1, true, false, 4096, 4096, false, S::kF32, 17, 10),
+      named(F::kGptq, 4).group(128).shape(8192, 8192).scales(S::kF16).rows(1).seed(1),
+      named(F::kGptq, 4).group(128).shape(16384, 8192).scales(S::kF16).rows(1).seed(2),
+      named(F::kGptq, 8).group(128).shape(8192, 8192).scales(S::kF16).rows(1).seed(3),
+      named(F::kCtPacked, 4).group(128).shape(8192, 8192).scales(S::kBF16).rows(1).seed(4),
+      named(F::kCtInt8, 8).group(-1).shape(8192, 8192).scales(S::kBF16).act_bits(8).rows(1).seed(5),
+      named(F::kDense, 16).group(-1).shape(4096, 4096).scales(S::kF32).rows(1).seed(6),
+      named(F::kGptq, 4).group(128).shape(8192, 8192).scales(S::kF16).rows(17).seed(7),
+      named(F::kCtPacked, 4).group(128).shape(8192, 8192).scales(S::kBF16).rows(17).seed(8),
+      named(F::kCtInt8, 8)
+          .group(-1)
+          .shape(8192, 8192)
+          .scales(S::kBF16)
+          .act_bits(8)
+          .rows(17)
+          .seed(9),
+      named(F::kDense, 16).group(-1).shape(4096, 4096).scales(S::kF32).rows(17).seed(10),
   };
 }
 
