@@ -41,18 +41,6 @@ void install_error_handler() {
   t_hdf5_reason.clear();
 }
 
-void throw_error(ErrorKind kind, const std::string& where, const std::string& field,
-                 const std::string& message) {
-  switch (kind) {
-    case ErrorKind::kConfig: throw ConfigError(where, field, message);
-    case ErrorKind::kData: throw DataError(where, field, message);
-    case ErrorKind::kUnsupported: throw UnsupportedError(where, field, message);
-    case ErrorKind::kResource: throw ResourceError(where, field, message);
-    case ErrorKind::kInternal: break;
-  }
-  throw InternalError(where, field, message);
-}
-
 // ---- attributes --------------------------------------------------------------------------------
 H5::StrType utf8_string_type() {
   H5::StrType type(H5::PredType::C_S1, H5T_VARIABLE);

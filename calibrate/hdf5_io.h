@@ -19,8 +19,6 @@ namespace lathe::h5 {
 std::string& last_reason();
 /// Installs lathe's HDF5 error handler on this thread and clears last_reason().
 void install_error_handler();
-[[noreturn]] void throw_error(ErrorKind kind, const std::string& where, const std::string& field,
-                              const std::string& message);
 
 /// Runs `action`, turning an H5::Exception into a lathe error of `kind` (DataError while reading,
 /// ResourceError while writing) naming the file and the key; lathe errors pass through.

@@ -7,9 +7,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <string>
 
 #include "compressor/common/errors.h"
+
+namespace fs = std::filesystem;
 
 namespace lathe {
 namespace {
@@ -40,6 +43,13 @@ bool same_file(int fd, const std::string& path) {
 OutputLock::OutputLock(const std::string& output, bool wait)
     : path_(trimmed_output(output) + ".lock") {
   const std::string where = trimmed_output(output);
+  // `output: out/run1` with no out/ yet: make the directories the output will sit in.
+  const fs::path parent = fs::path(path_).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) fs::create_directories(parent, ec);
+  if (ec)
+    throw ResourceError(where, "",
+                        "cannot create the directory " + parent.string() + ": " + ec.message());
   // The holder unlinks the file when it finishes; a process that opened the old file meanwhile
   // would lock a file no one else sees, so after locking, check that the path still names it.
   for (int attempt = 0; attempt < 100; ++attempt) {

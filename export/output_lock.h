@@ -13,8 +13,9 @@ class OutputLock {
  public:
   /// Locks `output` (a directory or file path that may not exist yet), without waiting unless
   /// `wait`: ResourceError(output) naming the holder's PID when another process holds it (with
-  /// `wait`, blocks until it lets go instead); ResourceError when the lock file cannot be created
-  /// (e.g. a missing or read-only parent directory).
+  /// `wait`, blocks until it lets go instead). Missing parent directories are created (an output
+  /// `out/run1` with no `out/` yet). ResourceError when they or the lock file cannot be created
+  /// (e.g. a read-only parent directory).
   explicit OutputLock(const std::string& output, bool wait = false);
   ~OutputLock();  ///< unlocks and removes the lock file
   OutputLock(const OutputLock&) = delete;

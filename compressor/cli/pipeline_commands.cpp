@@ -18,6 +18,7 @@
 #include "compressor/passes/pattern_bank.h"
 #include "compressor/passes/plan.h"
 #include "compressor/pipeline/apply.h"
+#include "compressor/pipeline/preflight.h"
 #include "compressor/pipeline/recipe.h"
 #include "compressor/pipeline/run.h"
 #include "export/gguf_model_cache.h"
@@ -207,7 +208,7 @@ void add_run_and_plan_commands(CLI::App& app) {
       ->capture_default_str();
   run->callback([run_args] {
     Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
-    recipe.model = model_directory(recipe.model);  // a .gguf model: its imported directory
+    preflight_recipe(recipe, model_directory);  // a .gguf model: its imported directory
     std::optional<OutputLock> lock;
     if (!run_args->options.dry_run) lock.emplace(recipe.output);
     const RunResult r = run_recipe(recipe, run_args->options);
@@ -228,7 +229,7 @@ void add_run_and_plan_commands(CLI::App& app) {
   plan->add_flag("--fresh", run_args->options.fresh, "recompute statistics made from other inputs");
   plan->callback([run_args] {
     Recipe recipe = load_recipe(run_args->recipe, run_args->sets);
-    recipe.model = model_directory(recipe.model);  // a .gguf model: its imported directory
+    preflight_recipe(recipe, model_directory);  // a .gguf model: its imported directory
     std::string stats = run_args->stats;
     if (stats.empty())
       stats = std::filesystem::path(run_args->plan_out).replace_extension(".stats.h5").string();

@@ -39,16 +39,21 @@ std::string Error::compose(const std::string& where, const std::string& field,
   return out + message;
 }
 
-void rethrow_with_context(const Error& e, const std::string& context) {
-  std::string where = context + (e.where().empty() ? "" : " (" + e.where() + ")");
-  switch (e.kind()) {
-    case ErrorKind::kConfig: throw ConfigError(std::move(where), e.field(), e.message());
-    case ErrorKind::kData: throw DataError(std::move(where), e.field(), e.message());
-    case ErrorKind::kUnsupported: throw UnsupportedError(std::move(where), e.field(), e.message());
-    case ErrorKind::kResource: throw ResourceError(std::move(where), e.field(), e.message());
+void throw_error(ErrorKind kind, std::string where, std::string field, const std::string& message) {
+  switch (kind) {
+    case ErrorKind::kConfig: throw ConfigError(std::move(where), std::move(field), message);
+    case ErrorKind::kData: throw DataError(std::move(where), std::move(field), message);
+    case ErrorKind::kUnsupported:
+      throw UnsupportedError(std::move(where), std::move(field), message);
+    case ErrorKind::kResource: throw ResourceError(std::move(where), std::move(field), message);
     case ErrorKind::kInternal: break;
   }
-  throw InternalError(std::move(where), e.field(), e.message());
+  throw InternalError(std::move(where), std::move(field), message);
+}
+
+void rethrow_with_context(const Error& e, const std::string& context) {
+  throw_error(e.kind(), context + (e.where().empty() ? "" : " (" + e.where() + ")"), e.field(),
+              e.message());
 }
 
 }  // namespace lathe

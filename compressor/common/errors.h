@@ -70,6 +70,10 @@ struct InternalError : Error {
       : Error(ErrorKind::kInternal, std::move(where), std::move(field), message) {}
 };
 
+/// Throws the exception class of `kind` (ConfigError for kConfig, ...).
+[[noreturn]] void throw_error(ErrorKind kind, std::string where, std::string field,
+                              const std::string& message);
+
 /// Rethrows `e` as the same kind of error with `context` (e.g. "gptq, layer 7") in front of its
 /// location: what() reads "<context> (<where>): <field>: <message>", so an error raised deep inside
 /// a pass names the pass and layer as well as the file and tensor.

@@ -11,7 +11,7 @@
 
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
-#include "compressor/common/json_fields.h"
+#include "compressor/common/json_reader.h"
 #include "compressor/common/strict_json.h"
 
 namespace lathe {
@@ -99,8 +99,8 @@ bool is_deepseek(Family f) {
   return f == Family::kDeepseekV2 || f == Family::kDeepseekV3;
 }
 
-int64_t positive(const JsonFields& fields, const char* name, int64_t value) {
-  if (value <= 0) throw fields.error(name, "must be positive, found " + std::to_string(value));
+int64_t positive(const JsonReader& fields, const char* name, int64_t value) {
+  if (value <= 0) fields.fail(name, "must be positive, found " + std::to_string(value));
   return value;
 }
 
@@ -112,50 +112,50 @@ json merged_with_defaults(const json& config, const FamilyEntry& entry) {
 }
 
 /// RoPE from one parameters object (v5 `rope_parameters`, v4 `rope_scaling`, or one layer type's
-/// entry); `theta` applies when the object has no rope_theta. `prefix` names the object in errors.
-RopeSpec rope_from_object(const json& object, const std::string& file, const std::string& prefix,
+/// entry); `theta` applies when the object has no rope_theta. `path` names the object in errors.
+RopeSpec rope_from_object(const json& object, const std::string& file, const std::string& path,
                           double theta) {
-  JsonFields p(object, file, prefix);
+  JsonReader p(object, file, path, ErrorKind::kConfig);
   RopeSpec rope;
   rope.theta = p.number_or({"rope_theta"}, theta);
   rope.scaling_type = p.string_or({"rope_type", "type"}, "default");
   rope.factor = p.number_or({"factor"}, 1.0);
   rope.parameters_json = object.dump();
-  if (!(rope.theta > 0)) throw p.error("rope_theta", "must be positive");
+  if (!(rope.theta > 0)) p.fail("rope_theta", "must be positive");
   return rope;
 }
 
-RopeSpec parse_rope(const JsonFields& fields) {
+RopeSpec parse_rope(const JsonReader& fields) {
   // v5 writes rope_parameters {rope_type, rope_theta, ...}; v4 writes rope_theta + rope_scaling.
-  const json* params = fields.object_or_null({"rope_parameters"});
-  const json* scaling = fields.object_or_null({"rope_scaling"});
+  const auto params = fields.object_at({"rope_parameters"});
+  const auto scaling = fields.object_at({"rope_scaling"});
   const double theta = fields.number_or({"rope_theta"}, 10000.0);
-  if (params) return rope_from_object(*params, fields.file(), "rope_parameters.", theta);
-  if (scaling) return rope_from_object(*scaling, fields.file(), "rope_scaling.", theta);
-  if (!(theta > 0)) throw fields.error("rope_theta", "must be positive");
+  if (params) return rope_from_object(params->value(), fields.file(), params->path(), theta);
+  if (scaling) return rope_from_object(scaling->value(), fields.file(), scaling->path(), theta);
+  if (!(theta > 0)) fields.fail("rope_theta", "must be positive");
   RopeSpec rope;
   rope.theta = theta;
   return rope;
 }
 
-AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden) {
+AttentionSpec parse_attention(const JsonReader& f, Family family, int64_t hidden) {
   AttentionSpec a;
-  a.num_heads = positive(f, "num_attention_heads", f.required_int({"num_attention_heads"}));
+  a.num_heads = positive(f, "num_attention_heads", f.int_at({"num_attention_heads"}));
   a.num_kv_heads =
       positive(f, "num_key_value_heads", f.int_or({"num_key_value_heads"}, a.num_heads));
   if (a.num_heads % a.num_kv_heads != 0) {
-    throw f.error("num_key_value_heads", std::to_string(a.num_kv_heads) +
-                                             " must divide num_attention_heads " +
-                                             std::to_string(a.num_heads));
+    f.fail("num_key_value_heads", std::to_string(a.num_kv_heads) +
+                                      " must divide num_attention_heads " +
+                                      std::to_string(a.num_heads));
   }
   if (is_deepseek(family)) {
     a.kind = AttentionKind::kMla;
     a.q_lora_rank = f.int_or({"q_lora_rank"}, 0);
-    a.kv_lora_rank = positive(f, "kv_lora_rank", f.required_int({"kv_lora_rank"}));
-    a.qk_nope_head_dim = positive(f, "qk_nope_head_dim", f.required_int({"qk_nope_head_dim"}));
-    a.qk_rope_head_dim = positive(f, "qk_rope_head_dim", f.required_int({"qk_rope_head_dim"}));
-    a.v_head_dim = positive(f, "v_head_dim", f.required_int({"v_head_dim"}));
-    if (a.q_lora_rank < 0) throw f.error("q_lora_rank", "must be positive or null");
+    a.kv_lora_rank = positive(f, "kv_lora_rank", f.int_at({"kv_lora_rank"}));
+    a.qk_nope_head_dim = positive(f, "qk_nope_head_dim", f.int_at({"qk_nope_head_dim"}));
+    a.qk_rope_head_dim = positive(f, "qk_rope_head_dim", f.int_at({"qk_rope_head_dim"}));
+    a.v_head_dim = positive(f, "v_head_dim", f.int_at({"v_head_dim"}));
+    if (a.q_lora_rank < 0) f.fail("q_lora_rank", "must be positive or null");
     a.head_dim = a.qk_nope_head_dim + a.qk_rope_head_dim;
     // V2 always rotates interleaved pairs; V3 does unless rope_interleave is false.
     a.rope_interleave = family == Family::kDeepseekV2 || f.bool_or({"rope_interleave"}, true);
@@ -163,9 +163,8 @@ AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden
     return a;
   }
   if (!f.has({"head_dim"}) && hidden % a.num_heads != 0) {
-    throw f.error("num_attention_heads", std::to_string(a.num_heads) + " must divide hidden_size " +
-                                             std::to_string(hidden) +
-                                             " when head_dim is not given");
+    f.fail("num_attention_heads", std::to_string(a.num_heads) + " must divide hidden_size " +
+                                      std::to_string(hidden) + " when head_dim is not given");
   }
   a.head_dim = positive(f, "head_dim", f.int_or({"head_dim"}, hidden / a.num_heads));
   switch (family) {
@@ -184,7 +183,7 @@ AttentionSpec parse_attention(const JsonFields& f, Family family, int64_t hidden
   return a;
 }
 
-RoutingRule parse_routing(const JsonFields& f, Family family) {
+RoutingRule parse_routing(const JsonReader& f, Family family) {
   RoutingRule r;
   // transformers' DeepSeek-V2 router never renormalises (it ignores norm_topk_prob), and lathe
   // follows transformers, the parity reference; every released V2 checkpoint sets it false anyway.
@@ -196,7 +195,7 @@ RoutingRule parse_routing(const JsonFields& f, Family family) {
   if (scoring == "sigmoid") {
     r.scoring = ScoringFunc::kSigmoid;
   } else if (scoring != "softmax") {
-    throw f.error("scoring_func", "expected \"softmax\" or \"sigmoid\", found \"" + scoring + "\"");
+    f.fail("scoring_func", "expected \"softmax\" or \"sigmoid\", found \"" + scoring + "\"");
   }
   r.scaling_factor = f.number_or({"routed_scaling_factor"}, 1.0);
   const std::string method = f.string_or({"topk_method"}, "greedy");
@@ -204,23 +203,23 @@ RoutingRule parse_routing(const JsonFields& f, Family family) {
     r.selection_bias = true;
     r.group_score = GroupScore::kTop2Sum;
   } else if (method != "greedy" && method != "group_limited_greedy") {
-    throw f.error("topk_method",
-                  "expected greedy, group_limited_greedy or noaux_tc, found \"" + method + "\"");
+    f.fail("topk_method",
+           "expected greedy, group_limited_greedy or noaux_tc, found \"" + method + "\"");
   }
   if (method != "greedy") {
     r.num_groups = f.int_or({"n_group"}, 1);
     r.topk_groups = f.int_or({"topk_group"}, r.num_groups);
-    if (r.num_groups < 1) throw f.error("n_group", "must be at least 1");
+    if (r.num_groups < 1) f.fail("n_group", "must be at least 1");
     if (r.topk_groups < 1 || r.topk_groups > r.num_groups) {
-      throw f.error("topk_group", "must lie in [1, n_group=" + std::to_string(r.num_groups) +
-                                      "], found " + std::to_string(r.topk_groups));
+      f.fail("topk_group", "must lie in [1, n_group=" + std::to_string(r.num_groups) + "], found " +
+                               std::to_string(r.topk_groups));
     }
   }
   return r;
 }
 
 /// Whether layer i is MoE under the family's own rule (before any lathe per-layer override).
-bool family_layer_is_moe(const JsonFields& f, Family family, int64_t i,
+bool family_layer_is_moe(const JsonReader& f, Family family, int64_t i,
                          const std::vector<int64_t>& mlp_only) {
   switch (family) {
     case Family::kMixtral:
@@ -241,15 +240,14 @@ bool family_layer_is_moe(const JsonFields& f, Family family, int64_t i,
 }
 
 /// Routed experts and width of one expert, per family field names.
-void expert_fields(const JsonFields& f, Family family, int64_t* experts, int64_t* width) {
+void expert_fields(const JsonReader& f, Family family, int64_t* experts, int64_t* width) {
   const bool fused_width = family == Family::kMixtral || family == Family::kOlmoe;
-  *width = fused_width ? f.required_int({"intermediate_size"})
-                       : f.required_int({"moe_intermediate_size"});
-  *experts = f.required_int({"num_local_experts", "num_experts", "n_routed_experts"});
+  *width = fused_width ? f.int_at({"intermediate_size"}) : f.int_at({"moe_intermediate_size"});
+  *experts = f.int_at({"num_local_experts", "num_experts", "n_routed_experts"});
   positive(f, fused_width ? "intermediate_size" : "moe_intermediate_size", *width);
 }
 
-LayerSpec moe_layer(const JsonFields& f, Family family, int64_t experts, int64_t width,
+LayerSpec moe_layer(const JsonReader& f, Family family, int64_t experts, int64_t width,
                     int64_t top_k) {
   LayerSpec layer;
   layer.is_moe = true;
@@ -266,28 +264,28 @@ LayerSpec moe_layer(const JsonFields& f, Family family, int64_t experts, int64_t
   return layer;
 }
 
-std::vector<LayerSpec> parse_layers(const JsonFields& f, Family family, int64_t num_layers) {
+std::vector<LayerSpec> parse_layers(const JsonReader& f, Family family, int64_t num_layers) {
   const bool moe_family = family != Family::kLlama && family != Family::kMistral &&
                           family != Family::kQwen2 && family != Family::kGemma3Text;
   const std::vector<int64_t> mlp_only = f.int_list({"mlp_only_layers"});
   for (size_t i = 0; i < mlp_only.size(); ++i) {
     if (mlp_only[i] < 0 || mlp_only[i] >= num_layers) {
-      throw f.error("mlp_only_layers[" + std::to_string(i) + "]",
-                    "layer " + std::to_string(mlp_only[i]) + " is outside [0, " +
-                        std::to_string(num_layers) + ")");
+      f.fail("mlp_only_layers[" + std::to_string(i) + "]", "layer " + std::to_string(mlp_only[i]) +
+                                                               " is outside [0, " +
+                                                               std::to_string(num_layers) + ")");
     }
   }
   // lathe's own per-layer counts after non-uniform pruning (FORMATS.md §6).
   const std::vector<int64_t> per_layer = f.int_list({"num_experts_per_layer"});
   if (!per_layer.empty() && static_cast<int64_t>(per_layer.size()) != num_layers) {
-    throw f.error("num_experts_per_layer",
-                  "has " + std::to_string(per_layer.size()) +
-                      " entries, expected num_hidden_layers = " + std::to_string(num_layers));
+    f.fail("num_experts_per_layer",
+           "has " + std::to_string(per_layer.size()) +
+               " entries, expected num_hidden_layers = " + std::to_string(num_layers));
   }
   int64_t experts = 0, width = 0, top_k = 0;
   if (moe_family) {
     expert_fields(f, family, &experts, &width);
-    top_k = f.required_int({"num_experts_per_tok"});
+    top_k = f.int_at({"num_experts_per_tok"});
   }
   std::vector<LayerSpec> layers;
   for (int64_t i = 0; i < num_layers; ++i) {
@@ -296,51 +294,47 @@ std::vector<LayerSpec> parse_layers(const JsonFields& f, Family family, int64_t 
     if (!per_layer.empty()) {
       count = per_layer[i];
       const std::string field = "num_experts_per_layer[" + std::to_string(i) + "]";
-      if (!moe && count != 0)
-        throw f.error(field, "layer " + std::to_string(i) + " is dense: expected 0");
+      if (!moe && count != 0) f.fail(field, "layer " + std::to_string(i) + " is dense: expected 0");
       if (moe && (count < top_k || count > experts)) {
-        throw f.error(field, std::to_string(count) +
-                                 " experts: expected between num_experts_per_tok = " +
-                                 std::to_string(top_k) + " and " + std::to_string(experts));
+        f.fail(field, std::to_string(count) + " experts: expected between num_experts_per_tok = " +
+                          std::to_string(top_k) + " and " + std::to_string(experts));
       }
     }
     if (moe) {
       layers.push_back(moe_layer(f, family, count, width, top_k));
     } else {
       LayerSpec dense;
-      dense.dense_intermediate =
-          positive(f, "intermediate_size", f.required_int({"intermediate_size"}));
+      dense.dense_intermediate = positive(f, "intermediate_size", f.int_at({"intermediate_size"}));
       layers.push_back(dense);
     }
   }
   return layers;
 }
 
-void validate_routing(const JsonFields& f, const ModelSpec& spec) {
+void validate_routing(const JsonReader& f, const ModelSpec& spec) {
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     const LayerSpec& layer = spec.layers[i];
     if (!layer.is_moe) continue;
     if (layer.top_k < 1 || layer.top_k > layer.num_experts) {
-      throw f.error("num_experts_per_tok", std::to_string(layer.top_k) + " must lie in [1, " +
-                                               std::to_string(layer.num_experts) +
-                                               "] (experts of layer " + std::to_string(i) + ")");
+      f.fail("num_experts_per_tok", std::to_string(layer.top_k) + " must lie in [1, " +
+                                        std::to_string(layer.num_experts) + "] (experts of layer " +
+                                        std::to_string(i) + ")");
     }
     const RoutingRule& r = spec.routing;
     if (r.num_groups > 1) {
       if (layer.num_experts % r.num_groups != 0) {
-        throw f.error("n_group", std::to_string(r.num_groups) + " groups must divide the " +
-                                     std::to_string(layer.num_experts) + " experts of layer " +
-                                     std::to_string(i));
+        f.fail("n_group", std::to_string(r.num_groups) + " groups must divide the " +
+                              std::to_string(layer.num_experts) + " experts of layer " +
+                              std::to_string(i));
       }
       if (layer.top_k > r.topk_groups * (layer.num_experts / r.num_groups)) {
-        throw f.error("topk_group",
-                      "the selected groups hold fewer experts than num_experts_per_tok");
+        f.fail("topk_group", "the selected groups hold fewer experts than num_experts_per_tok");
       }
     }
   }
 }
 
-MlpActivation parse_activation(const JsonFields& f, const char* field, bool moe) {
+MlpActivation parse_activation(const JsonReader& f, const char* field, bool moe) {
   const std::string name = f.string_or({field}, "silu");
   // As transformers' ACT2FN: silu and swish are SiLU, gelu_pytorch_tanh gelu(approximate="tanh").
   MlpActivation act;
@@ -365,7 +359,7 @@ MlpActivation parse_activation(const JsonFields& f, const char* field, bool moe)
 
 /// Gemma 3's layer pattern: true for "sliding_attention" layers. Without layer_types, transformers
 /// makes every sliding_window_pattern-th layer (default 6) full and the others sliding.
-std::vector<bool> gemma3_sliding_layers(const JsonFields& f, int64_t num_layers) {
+std::vector<bool> gemma3_sliding_layers(const JsonReader& f, int64_t num_layers) {
   std::vector<bool> sliding;
   if (!f.has({"layer_types"})) {
     const int64_t pattern =
@@ -375,15 +369,14 @@ std::vector<bool> gemma3_sliding_layers(const JsonFields& f, int64_t num_layers)
   }
   const std::vector<std::string> types = f.string_list({"layer_types"});
   if (static_cast<int64_t>(types.size()) != num_layers) {
-    throw f.error("layer_types",
-                  "has " + std::to_string(types.size()) +
-                      " entries, expected num_hidden_layers = " + std::to_string(num_layers));
+    f.fail("layer_types",
+           "has " + std::to_string(types.size()) +
+               " entries, expected num_hidden_layers = " + std::to_string(num_layers));
   }
   for (size_t i = 0; i < types.size(); ++i) {
     if (types[i] != "sliding_attention" && types[i] != "full_attention") {
-      throw f.error(
-          "layer_types[" + std::to_string(i) + "]",
-          "expected \"sliding_attention\" or \"full_attention\", found \"" + types[i] + "\"");
+      f.fail("layer_types[" + std::to_string(i) + "]",
+             "expected \"sliding_attention\" or \"full_attention\", found \"" + types[i] + "\"");
     }
     sliding.push_back(types[i] == "sliding_attention");
   }
@@ -394,29 +387,28 @@ std::vector<bool> gemma3_sliding_layers(const JsonFields& f, int64_t num_layers)
 /// rope_parameters.{full_attention, sliding_attention} (v5), else the older rope_theta (+
 /// rope_scaling) for full layers and rope_local_base_freq for sliding ones; bases default to 1e6
 /// and 1e4.
-std::pair<RopeSpec, RopeSpec> gemma3_ropes(const JsonFields& f) {
+std::pair<RopeSpec, RopeSpec> gemma3_ropes(const JsonReader& f) {
   json full = json::object(), local = json::object();
-  if (const json* params = f.object_or_null({"rope_parameters"})) {
-    JsonFields p(*params, f.file(), "rope_parameters.");
-    const json* full_params = p.object_or_null({"full_attention"});
-    const json* local_params = p.object_or_null({"sliding_attention"});
+  if (const auto p = f.object_at({"rope_parameters"})) {
+    const auto full_params = p->object_at({"full_attention"});
+    const auto local_params = p->object_at({"sliding_attention"});
     if (!full_params && !local_params) {
-      throw f.error("rope_parameters",
-                    "expected one entry per layer type (full_attention, sliding_attention)");
+      f.fail("rope_parameters",
+             "expected one entry per layer type (full_attention, sliding_attention)");
     }
-    if (full_params) full = *full_params;
-    if (local_params) local = *local_params;
+    if (full_params) full = full_params->value();
+    if (local_params) local = local_params->value();
   }
-  if (const json* scaling = f.object_or_null({"rope_scaling"})) full.update(*scaling);
-  return {rope_from_object(full, f.file(), "rope_parameters.full_attention.",
+  if (const auto scaling = f.object_at({"rope_scaling"})) full.update(scaling->value());
+  return {rope_from_object(full, f.file(), "rope_parameters.full_attention",
                            f.number_or({"rope_theta"}, 1e6)),
-          rope_from_object(local, f.file(), "rope_parameters.sliding_attention.",
+          rope_from_object(local, f.file(), "rope_parameters.sliding_attention",
                            f.number_or({"rope_local_base_freq"}, 1e4))};
 }
 
 /// Gemma 3 text (transformers' Gemma3TextModel): (1 + w) sandwich norms, scaled embedding,
 /// query_pre_attn_scalar, and sliding layers with their window and local RoPE.
-void parse_gemma3(const JsonFields& f, ModelSpec* spec) {
+void parse_gemma3(const JsonReader& f, ModelSpec* spec) {
   for (const char* field : {"attn_logit_softcapping", "final_logit_softcapping"}) {
     if (f.has({field}))
       throw UnsupportedError(f.file(), field,
@@ -429,15 +421,14 @@ void parse_gemma3(const JsonFields& f, ModelSpec* spec) {
   spec->norm_plus_one = spec->sandwich_norms = true;
   spec->embedding_scale = std::sqrt(static_cast<double>(spec->hidden_size));
   const double scalar = f.number_or({"query_pre_attn_scalar"}, 256.0);
-  if (!(scalar > 0)) throw f.error("query_pre_attn_scalar", "must be positive");
+  if (!(scalar > 0)) f.fail("query_pre_attn_scalar", "must be positive");
   spec->attention.query_pre_attn_scalar = scalar;
   const std::vector<bool> sliding = gemma3_sliding_layers(f, spec->num_layers);
   RopeSpec local_rope;
   std::tie(spec->rope, local_rope) = gemma3_ropes(f);
   if (std::find(sliding.begin(), sliding.end(), true) == sliding.end()) return;
   const auto window = f.optional_int({"sliding_window"});
-  if (!window)
-    throw f.error("sliding_window", "required: layer_types has sliding_attention layers");
+  if (!window) f.fail("sliding_window", "required: layer_types has sliding_attention layers");
   spec->local_attention = LocalAttention{positive(f, "sliding_window", *window), local_rope};
   for (size_t i = 0; i < sliding.size(); ++i) spec->layers[i].sliding_attention = sliding[i];
 }
@@ -473,9 +464,9 @@ std::optional<int64_t> ModelSpec::attention_window(int64_t layer) const {
 
 ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
   if (!config.is_object()) throw DataError(file_label, "", "expected a JSON object at top level");
-  JsonFields top(config, file_label);
+  JsonReader top(config, file_label, "", ErrorKind::kConfig);
   const std::string model_type = top.string_or({"model_type"}, "");
-  if (model_type.empty()) throw top.error("model_type", "required string field is missing");
+  if (model_type.empty()) top.fail("model_type", "required string field is missing");
   auto family = family_from_name(model_type);
   if (!family) {
     std::string known;
@@ -485,17 +476,17 @@ ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
                            "unknown family \"" + model_type + "\"; supported: " + known);
   }
   const json merged = merged_with_defaults(config, family_entry(*family));
-  JsonFields f(merged, file_label);
+  JsonReader f(merged, file_label, "", ErrorKind::kConfig);
 
   ModelSpec spec;
   spec.family = *family;
   spec.model_type = model_type;
-  spec.vocab_size = positive(f, "vocab_size", f.required_int({"vocab_size"}));
-  spec.hidden_size = positive(f, "hidden_size", f.required_int({"hidden_size"}));
-  spec.num_layers = positive(f, "num_hidden_layers", f.required_int({"num_hidden_layers"}));
+  spec.vocab_size = positive(f, "vocab_size", f.int_at({"vocab_size"}));
+  spec.hidden_size = positive(f, "hidden_size", f.int_at({"hidden_size"}));
+  spec.num_layers = positive(f, "num_hidden_layers", f.int_at({"num_hidden_layers"}));
   spec.max_position_embeddings = f.int_or({"max_position_embeddings"}, 0);
   spec.rms_norm_eps = f.number_or({"rms_norm_eps"}, 1e-6);
-  if (!(spec.rms_norm_eps > 0)) throw f.error("rms_norm_eps", "must be positive");
+  if (!(spec.rms_norm_eps > 0)) f.fail("rms_norm_eps", "must be positive");
   spec.tie_word_embeddings = f.bool_or({"tie_word_embeddings"}, false);
   const char* act_field = spec.family == Family::kGemma3Text ? "hidden_activation" : "hidden_act";
   spec.hidden_act = f.string_or({act_field}, "silu");

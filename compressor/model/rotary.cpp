@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "compressor/common/errors.h"
-#include "compressor/common/json_fields.h"
+#include "compressor/common/json_reader.h"
 
 namespace lathe {
 namespace {
@@ -15,7 +15,7 @@ namespace {
 /// Llama 3's frequency-dependent rescaling (transformers' _compute_llama3_parameters).
 at::Tensor llama3_inv_freq(const at::Tensor& inv_freq, const RopeSpec& rope) {
   const auto params = nlohmann::json::parse(rope.parameters_json);
-  JsonFields f(params, "config.json", "rope_parameters.");
+  JsonReader f(params, "config.json", "rope_parameters", ErrorKind::kConfig);
   const double factor = f.number_or({"factor"}, 8.0);
   const double low = f.number_or({"low_freq_factor"}, 1.0);
   const double high = f.number_or({"high_freq_factor"}, 4.0);
@@ -37,8 +37,8 @@ double yarn_mscale(double scale, double mscale) {
 double yarn_inv_freq(at::Tensor* inv_freq, const RopeSpec& rope, int64_t dim,
                      int64_t max_positions) {
   const auto params = nlohmann::json::parse(rope.parameters_json);
-  JsonFields f(params, "config.json", "rope_parameters.");
-  const double original = static_cast<double>(f.required_int({"original_max_position_embeddings"}));
+  JsonReader f(params, "config.json", "rope_parameters", ErrorKind::kConfig);
+  const double original = static_cast<double>(f.int_at({"original_max_position_embeddings"}));
   const double factor = f.number_or({"factor"}, static_cast<double>(max_positions) / original);
   const double mscale = f.number_or({"mscale"}, 0.0),
                mscale_all = f.number_or({"mscale_all_dim"}, 0.0);
@@ -70,7 +70,7 @@ double yarn_inv_freq(at::Tensor* inv_freq, const RopeSpec& rope, int64_t dim,
 double softmax_scale_factor(const RopeSpec& rope) {
   if (rope.scaling_type == "default") return 1.0;
   const auto params = nlohmann::json::parse(rope.parameters_json);
-  JsonFields f(params, "config.json", "rope_parameters.");
+  JsonReader f(params, "config.json", "rope_parameters", ErrorKind::kConfig);
   const double mscale_all = f.number_or({"mscale_all_dim"}, 0.0);
   if (mscale_all == 0.0) return 1.0;
   const double m = yarn_mscale(f.number_or({"factor"}, 1.0), mscale_all);

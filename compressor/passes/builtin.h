@@ -70,11 +70,18 @@ class TensorOverrides {
  public:
   /// ConfigError (field "<pass>.overrides[i].match") for an invalid regex.
   explicit TensorOverrides(const PassInstance& instance);
-  /// Options per tensor (skip = true leaves it out). Each match is logged. ConfigError when a group
-  /// size does not divide a tensor's input width ("<pass>.group-size") or an override matches no
-  /// quantizable tensor ("<pass>.overrides[i].match").
+  /// Options per tensor (skip = true leaves it out). Each match is logged. ConfigError for the
+  /// first of check's problems.
   std::vector<std::pair<ExpectedTensor, OptionValues>> resolve(const DecideContext& ctx,
                                                                const CompressionPlan& plan) const;
+  /// Every problem with the options on the model's tensors, once per option set (the pass's own
+  /// options, each override): a group size that does not divide a tensor's input width
+  /// ("<pass>.group-size" or "<pass>.overrides[i].group-size"), an override that matches no
+  /// quantizable tensor ("<pass>.overrides[i].match").
+  void check(const std::vector<ExpectedTensor>& tensors, std::vector<CheckProblem>& problems) const;
+  /// The option sets a tensor can get, with the field prefix that names each in messages: the
+  /// pass's own ("gptq") and each override's ("gptq.overrides[0]", holding only what it sets).
+  std::vector<std::pair<std::string, const OptionValues*>> option_sets() const;
 
  private:
   struct Compiled {
@@ -82,6 +89,11 @@ class TensorOverrides {
     std::string text;
     OptionValues options;
   };
+  /// resolve's work on `tensors` (experts not kept in `plan` left out when it is given), matches
+  /// logged into `log` when it is given, problems appended to `problems`.
+  std::vector<std::pair<ExpectedTensor, OptionValues>> match(
+      const std::vector<ExpectedTensor>& tensors, const CompressionPlan* plan,
+      std::vector<std::string>* log, std::vector<CheckProblem>& problems) const;
   std::string pass_;
   OptionValues base_;
   std::vector<Compiled> compiled_;

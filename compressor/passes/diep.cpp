@@ -204,7 +204,9 @@ class DiepPass : public Pass {
   }
 
   bool decide_needs_model() const override { return true; }
-  void check(const ModelSpec& spec) const override { (void)targets(spec); }
+  void check(const CheckContext& ctx, std::vector<CheckProblem>&) const override {
+    (void)targets(ctx.spec);
+  }
 
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
     if (!ctx.model) throw InternalError("", "diep", "decide without the model");

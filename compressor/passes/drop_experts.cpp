@@ -52,7 +52,9 @@ class DropExpertsPass : public Pass {
     }
   }
 
-  void check(const ModelSpec& spec) const override { require_moe(spec, "drop-experts"); }
+  void check(const CheckContext& ctx, std::vector<CheckProblem>&) const override {
+    require_moe(ctx.spec, "drop-experts");
+  }
 
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
     require_moe(ctx.spec, "drop-experts");
@@ -175,8 +177,7 @@ PassInfo drop_experts_pass_info() {
                       "original expert ids kept in every MoE layer", 0, 1 << 20),
           make_option("map", OptionType::kString, "",
                       "expert_map.json (FORMATS.md) with the kept ids per layer; instead of keep",
-                      {}, {},
-                      /*is_path=*/true),
+                      {}, {}, PathRole::kInput),
       },
       {},
       false,

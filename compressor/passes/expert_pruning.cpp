@@ -68,7 +68,9 @@ class ExpertScorePass : public Pass {
     check_keep_options(options_, name_);
   }
 
-  void check(const ModelSpec& spec) const override { (void)keep_targets(spec, options_, name_); }
+  void check(const CheckContext& ctx, std::vector<CheckProblem>&) const override {
+    (void)keep_targets(ctx.spec, options_, name_);
+  }
 
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
     const std::vector<LayerScores> layers = scores(ctx);

@@ -336,23 +336,35 @@ void apply_gptq(LayerApplyContext& ctx) {
 
 namespace {
 
+constexpr const char* kPackableBits =
+    "GPTQ checkpoints pack 2, 3, 4 or 8 bits (use rtn for other widths inside lathe only)";
+
+bool packable_bits(int64_t bits) {
+  return bits == 2 || bits == 3 || bits == 4 || bits == 8;
+}
+
 class GptqPass : public Pass {
  public:
   explicit GptqPass(const PassInstance& instance) : overrides_(instance) {}
+
+  void check(const CheckContext& ctx, std::vector<CheckProblem>& problems) const override {
+    for (const auto& [field, options] : overrides_.option_sets()) {
+      if (!options->has("bits")) continue;
+      const int64_t bits = options->get_int("bits");
+      if (!packable_bits(bits))
+        problems.push_back({field + ".bits", fmt::format("{} bits: {}", bits, kPackableBits)});
+    }
+    overrides_.check(ctx.tensors, problems);
+  }
 
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
     for (const auto& [t, opts] : overrides_.resolve(ctx, plan)) {
       TensorPlan p;
       p.method = "gptq";
       p.bits = opts.get_int("bits");
-      if (p.bits != 2 && p.bits != 3 && p.bits != 4 && p.bits != 8) {
-        throw ConfigError(
-            "", "gptq.bits",
-            fmt::format(
-                "{} bits for {}: GPTQ checkpoints pack 2, 3, 4 or 8 bits (use rtn for other "
-                "widths inside lathe only)",
-                p.bits, t.name));
-      }
+      if (!packable_bits(p.bits))
+        throw ConfigError("", "gptq.bits",
+                          fmt::format("{} bits for {}: {}", p.bits, t.name, kPackableBits));
       p.group_size = opts.get_int("group-size");
       p.sym = opts.get_bool("sym");
       p.act_order = opts.get_string("act-order");

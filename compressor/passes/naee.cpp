@@ -93,7 +93,9 @@ class NaeePass : public Pass {
 
   bool decide_needs_model() const override { return true; }
 
-  void check(const ModelSpec& spec) const override { (void)plan_sizes(spec); }
+  void check(const CheckContext& ctx, std::vector<CheckProblem>&) const override {
+    (void)plan_sizes(ctx.spec);
+  }
 
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
     if (!ctx.model) throw InternalError("", "experts-naee", "decide without the model");

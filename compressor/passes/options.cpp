@@ -368,7 +368,7 @@ std::string OptionValues::canonical(const std::vector<OptionSpec>& specs) const 
 
 OptionSpec make_option(std::string name, OptionType type, std::string default_value,
                        std::string help, std::optional<double> min, std::optional<double> max,
-                       bool is_path) {
+                       PathRole path) {
   OptionSpec o;
   o.name = std::move(name);
   o.type = type;
@@ -376,7 +376,7 @@ OptionSpec make_option(std::string name, OptionType type, std::string default_va
   o.help = std::move(help);
   o.min = min;
   o.max = max;
-  o.is_path = is_path;
+  o.path = path;
   return o;
 }
 

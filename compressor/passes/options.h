@@ -23,6 +23,13 @@ enum class OptionType {
   kStringList  ///< list of strings; canonical "a:b:c"
 };
 
+/// What a kString option holding a file path is to the pass.
+enum class PathRole {
+  kNone,    ///< not a path
+  kInput,   ///< a file the pass reads: the recipe check requires it to exist before anything runs
+  kOutput,  ///< a file the pass writes
+};
+
 /// "int", "float", "bool", "string", "enum", "int-list", "string-list".
 const char* option_type_name(OptionType type);
 
@@ -39,13 +46,13 @@ struct OptionSpec {
   /// kString holding a file path: a recipe resolves a relative value against its own directory
   /// (a `--set` value against the working directory), so the pipeline string holds the resolved
   /// path.
-  bool is_path = false;
+  PathRole path = PathRole::kNone;
 };
 
 /// One option's spec; bounds apply to numbers and list elements.
 OptionSpec make_option(std::string name, OptionType type, std::string default_value,
                        std::string help, std::optional<double> min = {},
-                       std::optional<double> max = {}, bool is_path = false);
+                       std::optional<double> max = {}, PathRole path = PathRole::kNone);
 
 /// A value of one option.
 using OptionValue = std::variant<int64_t, double, bool, std::string, std::vector<int64_t>,

@@ -17,6 +17,7 @@ namespace lathe {
 class CompressionPlan;
 struct DecideContext;
 struct ModelSpec;
+struct ExpectedTensor;
 struct LayerApplyContext;
 
 class Pass;
@@ -46,13 +47,27 @@ struct PassInstance {
   std::vector<PassOverride> overrides;
 };
 
+/// What Pass::check sees: the model as config.json and the safetensors headers describe it.
+struct CheckContext {
+  const ModelSpec& spec;
+  const std::vector<ExpectedTensor>& tensors;  ///< every tensor of the checkpoint, model order
+};
+
+/// One mistake a check found: the option it is about ("gptq.group-size",
+/// "gptq.overrides[0].match"; the pass name when no one option is at fault) and what is wrong.
+struct CheckProblem {
+  std::string field;
+  std::string message;
+};
+
 class Pass {
  public:
   virtual ~Pass() = default;
-  /// Checks the options against the model before anything runs or is written (`lathe run` and
-  /// `lathe plan` call it ahead of the observe stage). ConfigError naming the option. Default:
-  /// none.
-  virtual void check(const ModelSpec& spec) const;
+  /// Checks the options against the model before anything runs or is written (`lathe run`,
+  /// `lathe plan` and `lathe apply` call it ahead of every stage), adding every mistake it finds
+  /// to `problems`; the recipe check reports them all at once, each at the recipe position of its
+  /// option. A check may instead throw a lathe Error: that counts as one problem. Default: none.
+  virtual void check(const CheckContext& ctx, std::vector<CheckProblem>& problems) const;
   /// Decide stage: reads statistics, writes its decisions into `plan`. Default: nothing to decide.
   virtual void decide(const DecideContext& ctx, CompressionPlan& plan) const;
   /// Apply stage: transforms one materialised layer as the plan says. Default: nothing.

@@ -7,7 +7,7 @@
 
 namespace lathe {
 
-void Pass::check(const ModelSpec&) const {}
+void Pass::check(const CheckContext&, std::vector<CheckProblem>&) const {}
 void Pass::decide(const DecideContext&, CompressionPlan&) const {}
 void Pass::apply(LayerApplyContext&) const {}
 

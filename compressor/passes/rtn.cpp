@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <regex>
 
 #include "compressor/common/errors.h"
@@ -33,15 +34,18 @@ TensorOverrides::TensorOverrides(const PassInstance& instance)
   }
 }
 
-std::vector<std::pair<ExpectedTensor, OptionValues>> TensorOverrides::resolve(
-    const DecideContext& ctx, const CompressionPlan& plan) const {
+std::vector<std::pair<ExpectedTensor, OptionValues>> TensorOverrides::match(
+    const std::vector<ExpectedTensor>& tensors, const CompressionPlan* plan,
+    std::vector<std::string>* log, std::vector<CheckProblem>& problems) const {
   std::vector<std::pair<ExpectedTensor, OptionValues>> out;
   std::vector<int64_t> hits(compiled_.size(), 0);
-  for (const ExpectedTensor& t : ctx.tensors) {
+  // Group-size problems by option set (-1: the pass's own): the first tensor and how many more.
+  std::map<int64_t, std::pair<std::string, int64_t>> bad_groups;
+  for (const ExpectedTensor& t : tensors) {
     if (!is_quantizable(t.role)) continue;
-    if (t.expert >= 0) {
-      auto kept = plan.experts.find(t.layer);
-      if (kept != plan.experts.end() &&
+    if (plan && t.expert >= 0) {
+      auto kept = plan->experts.find(t.layer);
+      if (kept != plan->experts.end() &&
           !std::binary_search(kept->second.begin(), kept->second.end(), t.expert))
         continue;
     }
@@ -49,36 +53,68 @@ std::vector<std::pair<ExpectedTensor, OptionValues>> TensorOverrides::resolve(
     if (module.size() > 7 && module.compare(module.size() - 7, 7, ".weight") == 0)
       module.resize(module.size() - 7);
     OptionValues opts = base_;
+    int64_t source = -1;
     for (size_t i = 0; i < compiled_.size(); ++i) {
       if (!std::regex_match(module, compiled_[i].re)) continue;
       for (const auto& [k, v] : compiled_[i].options.values()) opts.set(k, v);
-      ctx.log.push_back(
-          fmt::format("{}: {} matches override \"{}\"", pass_, t.name, compiled_[i].text));
+      if (log)
+        log->push_back(
+            fmt::format("{}: {} matches override \"{}\"", pass_, t.name, compiled_[i].text));
       hits[i] += 1;
+      if (compiled_[i].options.has("group-size")) source = static_cast<int64_t>(i);
       break;
     }
     if (opts.get_bool("skip")) continue;
     const int64_t g = opts.get_int("group-size"), in = t.shape.back();
     if (g == 0 || g < -1 || (g > 0 && in % g != 0)) {
-      throw ConfigError(
-          "", pass_ + ".group-size",
-          fmt::format("{} does not divide the input width {} of {}; use a divisor or -1", g, in,
-                      t.name));
+      auto [it, first] = bad_groups.try_emplace(
+          source, fmt::format("{} does not divide the input width {} of {}", g, in, t.name), 0);
+      if (!first) it->second.second += 1;
+      continue;
     }
     out.push_back({t, opts});
   }
+  for (const auto& [source, problem] : bad_groups) {
+    const std::string more =
+        problem.second > 0
+            ? fmt::format(" (and {} more tensor{})", problem.second, problem.second == 1 ? "" : "s")
+            : "";
+    problems.push_back({source < 0 ? pass_ + ".group-size"
+                                   : fmt::format("{}.overrides[{}].group-size", pass_, source),
+                        problem.first + more + "; use a divisor or -1"});
+  }
   for (size_t i = 0; i < compiled_.size(); ++i) {
     if (hits[i] == 0) {
-      throw ConfigError(
-          "", fmt::format("{}.overrides[{}].match", pass_, i),
-          fmt::format(
-              "\"{}\" matches no quantizable tensor (it must match a whole module name without "
-              "\".weight\", e.g. model\\.layers\\.0\\.mlp\\.down_proj); `lathe tensors MODEL` "
-              "lists them",
-              compiled_[i].text));
+      problems.push_back(
+          {fmt::format("{}.overrides[{}].match", pass_, i),
+           fmt::format(
+               "\"{}\" matches no quantizable tensor (it must match a whole module name without "
+               "\".weight\", e.g. model\\.layers\\.0\\.mlp\\.down_proj); `lathe tensors MODEL` "
+               "lists them",
+               compiled_[i].text)});
     }
   }
   return out;
+}
+
+std::vector<std::pair<ExpectedTensor, OptionValues>> TensorOverrides::resolve(
+    const DecideContext& ctx, const CompressionPlan& plan) const {
+  std::vector<CheckProblem> problems;
+  auto out = match(ctx.tensors, &plan, &ctx.log, problems);
+  if (!problems.empty()) throw ConfigError("", problems[0].field, problems[0].message);
+  return out;
+}
+
+void TensorOverrides::check(const std::vector<ExpectedTensor>& tensors,
+                            std::vector<CheckProblem>& problems) const {
+  (void)match(tensors, nullptr, nullptr, problems);
+}
+
+std::vector<std::pair<std::string, const OptionValues*>> TensorOverrides::option_sets() const {
+  std::vector<std::pair<std::string, const OptionValues*>> sets = {{pass_, &base_}};
+  for (size_t i = 0; i < compiled_.size(); ++i)
+    sets.push_back({fmt::format("{}.overrides[{}]", pass_, i), &compiled_[i].options});
+  return sets;
 }
 
 namespace {
@@ -96,6 +132,10 @@ class RtnPass : public Pass {
       p.sym = opts.get_bool("sym");
       plan.tensors[t.name] = p;
     }
+  }
+
+  void check(const CheckContext& ctx, std::vector<CheckProblem>& problems) const override {
+    overrides_.check(ctx.tensors, problems);
   }
 
   void apply(LayerApplyContext& ctx) const override { apply_rtn(ctx); }

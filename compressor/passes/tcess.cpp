@@ -63,7 +63,9 @@ class TcessPass : public Pass {
       throw ConfigError("", name_ + ".task", "empty task name");
   }
 
-  void check(const ModelSpec& spec) const override { (void)targets(spec); }
+  void check(const CheckContext& ctx, std::vector<CheckProblem>&) const override {
+    (void)targets(ctx.spec);
+  }
 
   void decide(const DecideContext& ctx, CompressionPlan& plan) const override {
     if (!ctx.stats)
@@ -218,8 +220,7 @@ PassInfo tcess_pass_info() {
           make_option("bank", OptionType::kString, "",
                       "also write the pattern bank here (lathe run always writes "
                       "<output>/pattern_bank.json)",
-                      {}, {},
-                      /*is_path=*/true),
+                      {}, {}, PathRole::kOutput),
       },
       {"router_selected_mass", "expert_tokens", "router_top1_count", "router_top1_logit"},
       false,

@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
-#include <sys/resource.h>
 
 #include <chrono>
 #include <cmath>
@@ -40,12 +39,6 @@
 namespace fs = std::filesystem;
 
 namespace lathe {
-
-int64_t peak_rss_bytes() {
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
-}
 
 namespace {
 
@@ -441,19 +434,13 @@ uint64_t write_model_files(const ApplyRequest& req, const ModelSpec& spec,
   return total;
 }
 
-/// Runs each step on the layer, adding its time and the peak RSS so far to `timings`.
+/// Runs each step on the layer as one call of its stage in `timings` (errors name the pass and
+/// layer; the error itself names file and tensor).
 void run_steps(const std::vector<ApplyStep>& steps, LayerApplyContext& ctx,
-               std::vector<PassTiming>* timings) {
+               std::vector<StageTiming>* timings, StageObserver* observer) {
   for (size_t p = 0; p < steps.size(); ++p) {
-    const auto t0 = std::chrono::steady_clock::now();
-    try {
-      steps[p].second(ctx);
-    } catch (const Error& e) {  // name the pass and layer (the error names file and tensor)
-      rethrow_with_context(e, fmt::format("{}, layer {}", steps[p].first, ctx.layer));
-    }
-    (*timings)[p].seconds +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    (*timings)[p].peak_rss_bytes = peak_rss_bytes();
+    run_stage((*timings)[p], fmt::format("{}, layer {}", steps[p].first, ctx.layer),
+              [&] { steps[p].second(ctx); }, observer);
   }
 }
 
@@ -535,7 +522,7 @@ struct ApplyRun {
                           req.plan, tensors, records,
                           warnings, quant,   calibrated ? &activations : nullptr,
                           &out_spec};
-    run_steps(steps, ctx, &result.timings);
+    run_steps(steps, ctx, &result.timings, req.observer);
     if (golden) {
       const GoldenLayer g = golden->record(i, tensors, quant);
       if (!g.linears.empty())
@@ -565,11 +552,6 @@ struct ApplyRun {
 };
 
 }  // namespace
-
-void check_passes(const std::string& model_dir, const std::vector<PassInstance>& passes) {
-  const ModelSpec spec = load_model_spec(model_dir);
-  for (const auto& pass : make_passes(passes)) pass->check(spec);
-}
 
 CompressionPlan run_decide(const std::string& model_dir, const std::vector<PassInstance>& passes,
                            const std::string& pipeline, const std::string& stats_path,

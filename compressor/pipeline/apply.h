@@ -15,12 +15,9 @@
 #include "compressor/passes/pass.h"
 #include "compressor/passes/plan.h"
 #include "compressor/pipeline/golden.h"
+#include "compressor/pipeline/instrument.h"
 
 namespace lathe {
-
-/// Instantiates every pass (which checks its options) and runs its check hook against the model in
-/// `model_dir`: ConfigError naming the option, before anything is computed or written.
-void check_passes(const std::string& model_dir, const std::vector<PassInstance>& passes);
 
 /// What decide passes that run the model themselves (naee, diep: Pass::decide_needs_model) need.
 struct DecideRequest {
@@ -64,12 +61,8 @@ struct ApplyRequest {
   /// Golden vectors written to verify/ for `lathe verify` (compressor/pipeline/golden.h); rows 0:
   /// none.
   GoldenOptions golden;
-};
-
-struct PassTiming {
-  std::string name;
-  double seconds = 0;
-  int64_t peak_rss_bytes = 0;
+  /// Hooks around each pass step of each layer (instrument.h); may be null.
+  StageObserver* observer = nullptr;
 };
 
 struct ApplyResult {
@@ -77,7 +70,7 @@ struct ApplyResult {
   int64_t written_layers = 0;
   uint64_t bytes_before = 0, bytes_after = 0;
   std::vector<TensorRecord> records;  ///< every output tensor plus every removed one
-  std::vector<PassTiming> timings;
+  std::vector<StageTiming> timings;   ///< per pass step, in pipeline order (instrument.h)
   std::vector<std::string> warnings;
   std::vector<double> layer_seconds;
 };
@@ -94,8 +87,5 @@ ApplyResult run_apply(const ApplyRequest& request,
 /// Renames `<out_dir>.partial` to `out_dir` (removing its resume state), replacing an existing
 /// `out_dir` (callers check --force first).
 void publish_output(const std::string& out_dir);
-
-/// Peak resident set size of this process so far, in bytes (getrusage).
-int64_t peak_rss_bytes();
 
 }  // namespace lathe

@@ -94,47 +94,34 @@ class Diagnostics {
     return "line " + std::to_string(node.Mark().line + 1);
   }
 
-  void at(const YAML::Node& node, const std::string& field, const std::string& message) {
-    std::string tail = (field.empty() ? "" : field + ": ") + message;
-    if (auto index = set_index(node)) return at_set(*index, tail);
+  /// Where `node` is, for messages.
+  RecipeLocation location(const YAML::Node& node) const {
+    if (auto index = set_index(node)) return set_location(*index);
     const YAML::Mark mark = node.Mark();
-    if (mark.is_null()) return add({1, 0, 0, list_.size(), source_ + ": " + tail});
-    add({0, mark.line + 1, mark.column + 1, list_.size(),
-         source_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) +
-             ": " + tail});
+    if (mark.is_null()) return {1, 0, 0, source_};
+    return {0, mark.line + 1, mark.column + 1,
+            source_ + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1)};
+  }
+
+  void at(const YAML::Node& node, const std::string& field, const std::string& message) {
+    problems_.add(location(node), field, message);
   }
 
   void at_set(size_t index, const std::string& message) {
-    add({2, static_cast<int64_t>(index), 0, list_.size(),
-         "--set " + set_texts_[index] + ": " + message});
+    problems_.add(set_location(index), "", message);
   }
 
-  /// The one ConfigError listing every problem, sorted by position; nothing when there is none.
-  void throw_if_any() {
-    if (list_.empty()) return;
-    std::stable_sort(list_.begin(), list_.end(), [](const Item& a, const Item& b) {
-      return std::tie(a.rank, a.line, a.column, a.order) <
-             std::tie(b.rank, b.line, b.column, b.order);
-    });
-    std::string message = "invalid recipe (" + std::to_string(list_.size()) +
-                          (list_.size() == 1 ? " error)" : " errors)");
-    for (const auto& item : list_) message += "\n" + item.text;
-    throw ConfigError(source_, "", message);
-  }
+  void throw_if_any() { problems_.throw_if_any(source_); }
 
  private:
-  struct Item {
-    int rank;  ///< 0: file position, 1: file without position, 2: --set
-    int64_t line, column;
-    size_t order;
-    std::string text;
-  };
-  void add(Item item) { list_.push_back(std::move(item)); }
+  RecipeLocation set_location(size_t index) const {
+    return {2, static_cast<int64_t>(index), 0, "--set " + set_texts_[index]};
+  }
 
   std::string source_;
   std::vector<std::string> set_texts_;
   std::vector<std::pair<YAML::Node, size_t>> set_nodes_;
-  std::vector<Item> list_;
+  RecipeProblems problems_;
 };
 
 /// The node a problem with `e` is reported at: its value, or its key when the value is empty
@@ -325,6 +312,7 @@ class RecipeReader {
     if (keys.count("gate")) recipe.gate = read_gate(keys["gate"]);
     if (keys.count("gate") && !keys.count("eval"))
       diag_.at(keys["gate"].key, "gate", "a gate compares evaluations: add an eval section");
+    recipe.locations = std::move(locations_);
     return recipe;
   }
 
@@ -374,6 +362,7 @@ class RecipeReader {
 
   /// The value of `e` as `spec` says; problems are reported and give nullopt.
   std::optional<OptionValue> read_value(const Entry& e, const OptionSpec& spec) {
+    record(e.path, locate(e));
     const YAML::Node& v = e.value;
     std::string error;
     bool is_list = spec.type == OptionType::kIntList || spec.type == OptionType::kStringList;
@@ -474,9 +463,22 @@ class RecipeReader {
   std::optional<EvalSpec> read_eval(const Entry& e);
   GateSpec read_gate(const Entry& e);
 
+  /// Notes where `path` was written; inside a pass, also under its position in the list.
+  void record(const std::string& path, const YAML::Node& node) {
+    const RecipeLocation at = diag_.location(node);
+    locations_[path] = at;
+    const auto& [named, indexed] = pass_paths_;
+    if (!named.empty() && path.compare(0, named.size(), named) == 0 &&
+        (path.size() == named.size() || path[named.size()] == '.'))
+      locations_[indexed + path.substr(named.size())] = at;
+  }
+
   Diagnostics& diag_;
   fs::path base_dir_;
   bool calibration_present_ = false;
+  std::map<std::string, RecipeLocation> locations_;
+  /// While a pass is read: its options' path ("passes.gptq") and its list path ("passes[0]").
+  std::pair<std::string, std::string> pass_paths_;
 };
 
 std::optional<CalibrationOptions> RecipeReader::read_calibration(const Entry& e) {
@@ -557,6 +559,8 @@ std::optional<PassInstance> RecipeReader::read_pass(const Entry& item) {
     return std::nullopt;
   }
   options.path = "passes." + name;
+  pass_paths_ = {options.path, item.path};
+  record(options.path, options.key);
   PassInstance pass{name, OptionValues(info->options), {}};
   if (!options.value.IsNull()) read_pass_options(options, *info, &pass.options, false);
   if (!info->statistics.empty() && !calibration_present_)
@@ -569,9 +573,11 @@ std::optional<PassInstance> RecipeReader::read_pass(const Entry& item) {
   } else if (overrides) {
     overrides->path = options.path + ".overrides";
     for_each_element(*overrides, "overrides {match: REGEX, OPTION: VALUE}", [&](const Entry& o) {
+      record(o.path, o.value);
       if (auto result = read_override(o, *info)) pass.overrides.push_back(std::move(*result));
     });
   }
+  pass_paths_ = {};
   return pass;
 }
 
@@ -590,7 +596,7 @@ void RecipeReader::read_pass_options(const Entry& e, const PassInfo& info, Optio
     if (!keys.count(spec.name)) continue;
     const Entry& field = keys[spec.name];
     auto value = read_value(field, spec);
-    if (value && spec.is_path && std::holds_alternative<std::string>(*value))
+    if (value && spec.path != PathRole::kNone && std::holds_alternative<std::string>(*value))
       value = resolve(field.value, std::get<std::string>(*value));
     if (value) values->set(spec.name, *value);
   }
@@ -710,6 +716,34 @@ GateSpec RecipeReader::read_gate(const Entry& e) {
 }  // namespace
 
 // --- entry points ------------------------------------------------------------------------------
+
+void RecipeProblems::add(const RecipeLocation& at, const std::string& field,
+                         const std::string& message) {
+  list_.push_back(
+      {at, list_.size(), at.prefix + ": " + (field.empty() ? "" : field + ": ") + message});
+}
+
+void RecipeProblems::throw_if_any(const std::string& source) {
+  if (list_.empty()) return;
+  std::stable_sort(list_.begin(), list_.end(), [](const Item& a, const Item& b) {
+    return std::tie(a.at.rank, a.at.line, a.at.column, a.order) <
+           std::tie(b.at.rank, b.at.line, b.at.column, b.order);
+  });
+  std::string message = "invalid recipe (" + std::to_string(list_.size()) +
+                        (list_.size() == 1 ? " error)" : " errors)");
+  for (const auto& item : list_) message += "\n" + item.text;
+  throw ConfigError(source, "", message);
+}
+
+RecipeLocation Recipe::location_of(const std::string& field) const {
+  for (std::string f = field; !f.empty();) {
+    auto it = locations.find(f);
+    if (it != locations.end()) return it->second;
+    const size_t cut = f.find_last_of(".[");
+    f = cut == std::string::npos ? "" : f.substr(0, cut);
+  }
+  return {1, 0, 0, source};
+}
 
 Recipe parse_recipe(const std::string& yaml_text, const std::string& source,
                     const std::string& base_dir, const std::vector<std::string>& set_overrides) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,6 +37,33 @@ struct SearchBudget {
   std::optional<double> size_gb;  ///< checkpoint size in GB (10^9 bytes)
 };
 
+/// Where a recipe value was written: a position in the file, or the `--set` text that gave it.
+struct RecipeLocation {
+  int rank = 1;        ///< 0: file position, 1: the file without a position, 2: `--set`
+  int64_t line = 0;    ///< 1-based (rank 0), or the `--set` index (rank 2)
+  int64_t column = 0;  ///< 1-based (rank 0)
+  std::string prefix;  ///< "r.yaml:9:22", "r.yaml" or "--set TEXT"
+};
+
+/// Mistakes in a recipe, each at the location of the value at fault; thrown together as one
+/// ConfigError "invalid recipe (N errors)" whose lines read `LOCATION: FIELD: MESSAGE`, sorted by
+/// position, `--set` ones last.
+class RecipeProblems {
+ public:
+  void add(const RecipeLocation& at, const std::string& field, const std::string& message);
+  bool empty() const { return list_.empty(); }
+  /// The ConfigError (where = `source`) listing every problem; nothing when there is none.
+  void throw_if_any(const std::string& source);
+
+ private:
+  struct Item {
+    RecipeLocation at;
+    size_t order;
+    std::string text;
+  };
+  std::vector<Item> list_;
+};
+
 /// A validated recipe. Paths are resolved: relative paths written in the file against the file's
 /// directory, relative paths given by `--set` against the working directory.
 struct Recipe {
@@ -49,6 +77,15 @@ struct Recipe {
   std::optional<SearchBudget> search;
   std::optional<EvalSpec> eval;
   GateSpec gate;
+  /// Where each value was written, by field path: "model", "calibration.sets[0].path",
+  /// "eval.text[1]", and per pass by position in the list, "passes[0]" (the pass name) and
+  /// "passes[0].group-size", "passes[0].overrides[1].bits". For checks that run after parsing
+  /// (preflight.h) to report at the value's position.
+  std::map<std::string, RecipeLocation> locations;
+
+  /// The location of `field`, else of the nearest enclosing field that has one ("passes[0].x" →
+  /// "passes[0]"), else the recipe file itself.
+  RecipeLocation location_of(const std::string& field) const;
 };
 
 /// Reads, overrides and validates the recipe at `path`. Each `--set` text is `KEY.PATH=VALUE`

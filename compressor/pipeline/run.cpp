@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 
-#include <chrono>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
@@ -128,7 +127,6 @@ void check_export_expert_counts(const Recipe& recipe, const CompressionPlan& pla
 CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path,
                             const RunOptions& options) {
   const std::string pipeline = recipe_pipeline_string(recipe);
-  check_passes(recipe.model, recipe.pipeline.passes);
   std::string stats;
   if (needs_statistics(recipe)) {
     if (!recipe.pipeline.calibration) {
@@ -269,10 +267,9 @@ void write_recipe_exports(const Recipe& recipe, const fs::path& partial,
 }
 
 /// Checks the packed exports against the golden vectors with every available backend but the
-/// reference; each failing case appends a line to `failures`. Returns the seconds it took.
-double verify_run_exports(const Recipe& recipe, const fs::path& partial,
-                          std::vector<std::string>* failures) {
-  const auto tv = std::chrono::steady_clock::now();
+/// reference; each failing case appends a line to `failures`.
+void verify_run_exports(const Recipe& recipe, const fs::path& partial,
+                        std::vector<std::string>* failures) {
   VerifyOptions vo;
   for (const kernels::Backend b : kernels::available_backends()) {
     if (b != kernels::Backend::kCpuRef)
@@ -288,7 +285,6 @@ double verify_run_exports(const Recipe& recipe, const fs::path& partial,
   std::cerr << fmt::format(
       "[verify] {} passed, {} failed, {} skipped (lathe verify {} for details)\n", v.passed,
       v.failed, v.skipped, recipe.output);
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - tv).count();
 }
 
 /// The report's per-tensor rows (format, Hessian source and tokens, relative error) and per-layer
@@ -349,7 +345,6 @@ void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& 
 /// eval_after.json in the partial directory, the comparison printed, the report's eval and gate.
 void evaluate_and_gate(const Recipe& recipe, const RunOptions& options, const fs::path& partial,
                        Report* report, RunResult* result) {
-  const auto te = std::chrono::steady_clock::now();
   // The output is measured with quant/ dequantized exactly. The original streams once over the text
   // files, as the reference of the output's KL (docs/eval.md); the before-evaluation's perplexities
   // are the reference's, on the same windows. Task files are scored by each model on its own.
@@ -400,9 +395,52 @@ void evaluate_and_gate(const Recipe& recipe, const RunOptions& options, const fs
     result->gate_passed = report->gate->passed;
     result->gate_failures = report->gate->failures;
   }
-  report->passes.push_back(
-      {"eval", "", std::chrono::duration<double>(std::chrono::steady_clock::now() - te).count(),
-       peak_rss_bytes()});
+}
+
+/// `lathe run --dry-run`: the plan described, when no pass needs statistics.
+void dry_run(const Recipe& recipe, const RunOptions& options,
+             const std::vector<ExportFormat>& exports) {
+  if (needs_statistics(recipe)) {
+    std::cerr << "[run] dry run: the passes need calibration statistics; run `lathe plan` to "
+                 "compute them\n";
+    return;
+  }
+  const CompressionPlan plan = plan_recipe(recipe, "", options);
+  check_export_expert_counts(recipe, plan, exports);
+  std::cout << describe_plan(recipe.model, plan);
+}
+
+/// The run's report before evaluation: sizes, tensors, layers, and the costs of the stages and
+/// passes: `before` (calibrate, decide), the passes in pipeline order, then `after` (verify);
+/// stages that did not run are left out.
+Report run_report(const Recipe& recipe, const std::string& pipeline, const CompressionPlan& plan,
+                  const ApplyResult& applied, const std::vector<StageTiming>& before,
+                  const std::vector<StageTiming>& after) {
+  Report report;
+  report.pipeline = pipeline;
+  report.model = recipe.model;
+  report.output = recipe.output;
+  report.lathe_version = LATHE_VERSION;
+  report.created = utc_now();
+  report.size_before_bytes = static_cast<int64_t>(applied.bytes_before);
+  report.size_after_bytes = static_cast<int64_t>(applied.bytes_after);
+  add_tensor_and_layer_reports(load_model_spec(recipe.model), plan, applied, &report);
+  auto add = [&report](const StageTiming& t, const std::string& options) {
+    report.passes.push_back({t.name, options, t.seconds, t.peak_rss_bytes});
+  };
+  for (const StageTiming& t : before)
+    if (t.calls > 0) add(t, "");
+  for (size_t p = 0; p < applied.timings.size(); ++p) {
+    std::string opts;  // every pass is listed, also one that ran on no layer (all resumed)
+    if (p < recipe.pipeline.passes.size()) {
+      const PassInfo* info = find_pass(recipe.pipeline.passes[p].name);
+      if (info) opts = recipe.pipeline.passes[p].options.canonical(info->options);
+    }
+    add(applied.timings[p], opts);
+  }
+  for (const StageTiming& t : after)
+    if (t.calls > 0) add(t, "");
+  return report;
 }
 
 }  // namespace
@@ -415,14 +453,7 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
   bool packed_exports = false;  // gptq or ct: verified after writing
   const std::vector<ExportFormat> exports = recipe_exports(recipe, &packed_exports);
   if (options.dry_run) {
-    if (needs_statistics(recipe)) {
-      std::cerr << "[run] dry run: the passes need calibration statistics; run `lathe plan` to "
-                   "compute them\n";
-      return result;
-    }
-    const CompressionPlan plan = plan_recipe(recipe, "", options);
-    check_export_expert_counts(recipe, plan, exports);
-    std::cout << describe_plan(recipe.model, plan);
+    dry_run(recipe, options, exports);
     return result;
   }
   const fs::path out(recipe.output), partial(recipe.output + ".partial");
@@ -430,73 +461,63 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
     throw ConfigError(recipe.output, "output",
                       "the output directory exists; use --force to replace it");
   }
-  check_passes(recipe.model, recipe.pipeline.passes);
   fs::create_directories(partial);
-  const auto t0 = std::chrono::steady_clock::now();
+  // Every stage runs through run_stage (instrument.h): timed, its peak RSS taken, a line printed.
+  StageLog stage_log(std::cerr);
+  StageTiming calibrate{"calibrate"}, decide{"decide"}, verify{"verify"}, eval{"eval"};
   const std::string stats_path = (partial / "stats.h5").string();
   // The observe stage runs only for passes that read statistics; gptq and smoothquant stream the
   // calibration set through apply themselves.
-  if (needs_statistics(recipe)) calibrate_into(recipe, stats_path, options);
-  const double calibrate_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const int64_t calibrate_rss = peak_rss_bytes();
+  if (needs_statistics(recipe))
+    run_stage(
+        calibrate, "", [&] { calibrate_into(recipe, stats_path, options); }, &stage_log);
 
-  const auto t1 = std::chrono::steady_clock::now();
-  std::vector<std::string> log;
-  const CompressionPlan plan =
-      run_decide(recipe.model, recipe.pipeline.passes, pipeline,
-                 needs_statistics(recipe) ? stats_path : "", &log, decide_request(recipe, options));
-  for (const auto& line : log) std::cerr << "[decide] " << line << "\n";
-  check_export_expert_counts(recipe, plan, exports);
-  const double decide_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  CompressionPlan plan;
+  run_stage(
+      decide, "",
+      [&] {
+        std::vector<std::string> log;
+        plan = run_decide(recipe.model, recipe.pipeline.passes, pipeline,
+                          needs_statistics(recipe) ? stats_path : "", &log,
+                          decide_request(recipe, options));
+        for (const auto& line : log) std::cerr << "[decide] " << line << "\n";
+        check_export_expert_counts(recipe, plan, exports);
+      },
+      &stage_log);
 
-  const ApplyRequest req = recipe_apply_request(recipe, options, pipeline, plan);
-  const ApplyResult applied = run_apply(req, [](int64_t layer, int64_t layers) {
-    std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
-  });
+  ApplyRequest req = recipe_apply_request(recipe, options, pipeline, plan);
+  req.observer = &stage_log;
+  // apply and export are timed per pass and per format in the report; here they print a line.
+  StageTiming apply{"apply"}, export_stage{"export"};
+  ApplyResult applied;
+  run_stage(
+      apply, "",
+      [&] {
+        applied = run_apply(req, [](int64_t layer, int64_t layers) {
+          std::cerr << fmt::format("[apply] layer {}/{}\n", layer + 1, layers);
+        });
+      },
+      &stage_log);
   for (const auto& w : applied.warnings) std::cerr << "[apply] warning: " << w << "\n";
-  if (write_plan_pattern_bank(plan,
-                              (partial / "pattern_bank.json").string())) {  // tcess (docs/tcess.md)
+  if (write_plan_pattern_bank(plan, (partial / "pattern_bank.json").string()))  // docs/tcess.md
     std::cerr << fmt::format("[decide] pattern bank: {}/pattern_bank.json\n", recipe.output);
-  }
-  write_recipe_exports(recipe, partial,
-                       exports);  // inside the partial directory: published with it
+  if (!exports.empty())  // inside the partial directory: published with it
+    run_stage(
+        export_stage, "", [&] { write_recipe_exports(recipe, partial, exports); }, &stage_log);
 
   // The exports recompute the golden vectors (docs/verify.md); a mismatch fails the run like a
   // gate.
   std::vector<std::string> verify_failures;
-  const double verify_seconds = packed_exports && options.golden.rows > 0
-                                    ? verify_run_exports(recipe, partial, &verify_failures)
-                                    : -1;
+  if (packed_exports && options.golden.rows > 0)
+    run_stage(
+        verify, "", [&] { verify_run_exports(recipe, partial, &verify_failures); }, &stage_log);
 
-  Report report;
-  report.pipeline = pipeline;
-  report.model = recipe.model;
-  report.output = recipe.output;
-  report.lathe_version = LATHE_VERSION;
-  report.created = utc_now();
-  report.size_before_bytes = static_cast<int64_t>(applied.bytes_before);
-  report.size_after_bytes = static_cast<int64_t>(applied.bytes_after);
-  add_tensor_and_layer_reports(load_model_spec(recipe.model), plan, applied, &report);
-  if (needs_statistics(recipe))
-    report.passes.push_back({"calibrate", "", calibrate_seconds, calibrate_rss});
-  report.passes.push_back({"decide", "", decide_seconds, peak_rss_bytes()});
-  for (size_t p = 0; p < applied.timings.size(); ++p) {
-    std::string opts;
-    if (p < recipe.pipeline.passes.size()) {
-      const PassInfo* info = find_pass(recipe.pipeline.passes[p].name);
-      if (info) opts = recipe.pipeline.passes[p].options.canonical(info->options);
-    }
-    report.passes.push_back({applied.timings[p].name, opts, applied.timings[p].seconds,
-                             applied.timings[p].peak_rss_bytes});
-  }
-
-  if (verify_seconds >= 0)
-    report.passes.push_back({"verify", "", verify_seconds, peak_rss_bytes()});
-
+  Report report = run_report(recipe, pipeline, plan, applied, {calibrate, decide}, {verify});
   if (recipe.eval && (!recipe.eval->text.empty() || !recipe.eval->tasks.empty())) {
-    evaluate_and_gate(recipe, options, partial, &report, &result);
+    run_stage(
+        eval, "", [&] { evaluate_and_gate(recipe, options, partial, &report, &result); },
+        &stage_log);
+    report.passes.push_back({eval.name, "", eval.seconds, eval.peak_rss_bytes});
   }
   if (!verify_failures.empty()) {
     result.gate_passed = false;

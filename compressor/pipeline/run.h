@@ -27,13 +27,15 @@ struct RunResult {
   std::string out_dir;
 };
 
-/// Runs `recipe` end to end. Prints the canonical pipeline string first. A kill at any point and
-/// the same command again resume (statistics reused, applied layers kept); a changed recipe is
-/// refused (DataError naming what changed) unless options.fresh.
+/// Runs `recipe` (checked by preflight_recipe, preflight.h) end to end. Prints the canonical
+/// pipeline string first. A kill at any point and the same command again resume (statistics reused,
+/// applied layers kept); a changed recipe is refused (DataError naming what changed) unless
+/// options.fresh.
 RunResult run_recipe(const Recipe& recipe, const RunOptions& options);
 
-/// Observe + decide only: the plan `lathe apply` executes. Statistics go to `stats_path` (reused
-/// when current); empty `stats_path` when no pass needs statistics.
+/// Observe + decide only (`recipe` checked by preflight_recipe): the plan `lathe apply` executes.
+/// Statistics go to `stats_path` (reused when current); empty `stats_path` when no pass needs
+/// statistics.
 CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path,
                             const RunOptions& options);
 

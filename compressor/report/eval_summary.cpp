@@ -6,43 +6,36 @@
 
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
+#include "compressor/common/json_reader.h"
 #include "compressor/common/strict_json.h"
-#include "compressor/report/field_reader.h"
 
 namespace lathe {
 namespace {
 
-using report_detail::describe;
-using report_detail::FieldReader;
-
-/// The optional object under `key` ({} when absent or null).
-const nlohmann::json& object_or_empty(const FieldReader& fields, const std::string& key) {
-  static const nlohmann::json empty = nlohmann::json::object();
-  const nlohmann::json* value = fields.find(key);
-  if (!value || value->is_null()) return empty;
-  if (!value->is_object())
-    fields.fail(key, "expected an object {file name: value}, found " + describe(*value));
-  return *value;
+/// The object under `key`, nullopt when absent or null.
+std::optional<JsonReader> object_or_none(const JsonReader& eval, const char* key) {
+  auto found = eval.find(key);
+  if (found && !found->value().is_object())
+    found->fail("expected an object {file name: value}, found " + describe_json(found->value()));
+  return found;
 }
 
-std::optional<int64_t> count_in(const FieldReader& eval, const std::string& key,
-                                const std::string& name) {
-  const nlohmann::json& counts = object_or_empty(eval, key);
-  if (!counts.contains(name)) return std::nullopt;
-  return FieldReader(counts, eval.where(), eval.field(key)).nullable_integer(name);
+std::optional<int64_t> count_in(const JsonReader& eval, const char* key, const std::string& name) {
+  const auto counts = object_or_none(eval, key);
+  return counts ? counts->optional_int({name.c_str()}, 0) : std::nullopt;
 }
 
-void read_perplexity(const FieldReader& eval, EvalSummary& out) {
-  const nlohmann::json& ppl = object_or_empty(eval, "perplexity");
-  const FieldReader values(ppl, eval.where(), eval.field("perplexity"));
-  for (const auto& [name, value] : ppl.items()) {
+void read_perplexity(const JsonReader& eval, EvalSummary& out) {
+  const auto values = object_or_none(eval, "perplexity");
+  if (!values) return;
+  for (const auto& [name, value] : values->value().items()) {
     PerplexityEntry entry;
     // A null perplexity is what nlohmann writes for exp(huge) = inf: a diverged model.
     entry.perplexity = value.is_null() ? std::numeric_limits<double>::infinity() : 0.0;
     if (!value.is_null()) {
-      entry.perplexity = values.number(name, 0.0);
+      entry.perplexity = values->number_at({name.c_str()}, 0.0);
       if (entry.perplexity <= 0)
-        values.fail(name, "perplexity must be positive, found " + value.dump());
+        values->fail(name, "perplexity must be positive, found " + value.dump());
     }
     entry.tokens = count_in(eval, "tokens", name);
     entry.predicted = count_in(eval, "predicted", name);
@@ -50,17 +43,19 @@ void read_perplexity(const FieldReader& eval, EvalSummary& out) {
   }
 }
 
-void read_tasks(const FieldReader& eval, EvalSummary& out) {
-  const nlohmann::json& tasks = object_or_empty(eval, "tasks");
-  for (const auto& [name, value] : tasks.items()) {
-    const FieldReader task(value, eval.where(), eval.field("tasks") + "." + name);
+void read_tasks(const JsonReader& eval, EvalSummary& out) {
+  const auto tasks = object_or_none(eval, "tasks");
+  if (!tasks) return;
+  for (const auto& item : tasks->value().items()) {
+    const JsonReader task = tasks->at(item.key().c_str());
     TaskEntry entry;
-    entry.accuracy = task.number("accuracy", 0.0);
+    entry.accuracy = task.number_at({"accuracy"}, 0.0);
     if (entry.accuracy > 1.0)
-      task.fail("accuracy", "accuracy is a fraction in [0, 1], found " + value["accuracy"].dump());
-    if (task.find("n")) entry.n = task.nullable_integer("n");
-    if (task.find("correct")) entry.correct = task.nullable_integer("correct");
-    out.tasks.emplace(name, entry);
+      task.fail("accuracy",
+                "accuracy is a fraction in [0, 1], found " + item.value()["accuracy"].dump());
+    entry.n = task.optional_int({"n"}, 0);
+    entry.correct = task.optional_int({"correct"}, 0);
+    out.tasks.emplace(item.key(), entry);
   }
 }
 
@@ -68,16 +63,15 @@ void read_tasks(const FieldReader& eval, EvalSummary& out) {
 
 EvalSummary parse_eval_summary(const nlohmann::json& eval, const std::string& where,
                                const std::string& prefix) {
-  const FieldReader fields(eval, where, prefix);
-  if (!fields.find("perplexity") && !fields.find("tasks")) {
+  const JsonReader fields(eval, where, prefix);
+  if (!fields.has("perplexity") && !fields.has("tasks")) {
     throw DataError(where, prefix,
                     "not a lathe eval JSON: neither \"perplexity\" nor \"tasks\" is present");
   }
   EvalSummary out;
-  if (const nlohmann::json* model = fields.find("model"); model && !model->is_null())
-    out.model = fields.string("model");
-  if (fields.find("seq_len")) out.seq_len = fields.nullable_integer("seq_len");
-  if (fields.find("stride")) out.stride = fields.nullable_integer("stride");
+  if (const auto model = fields.find("model")) out.model = model->as_string();
+  out.seq_len = fields.optional_int({"seq_len"}, 0);
+  out.stride = fields.optional_int({"stride"}, 0);
   read_perplexity(fields, out);
   read_tasks(fields, out);
   out.raw = eval;

@@ -6,101 +6,92 @@
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
+#include "compressor/common/json_reader.h"
 #include "compressor/common/strict_json.h"
-#include "compressor/report/field_reader.h"
 
 namespace lathe {
 namespace {
 
-using report_detail::describe;
-using report_detail::FieldReader;
-
-std::string item_path(const std::string& array, size_t i) {
-  return array + "[" + std::to_string(i) + "]";
-}
-
-std::vector<LayerReport> parse_layers(const FieldReader& top) {
+std::vector<LayerReport> parse_layers(const JsonReader& top) {
   std::vector<LayerReport> layers;
   std::set<int64_t> seen;
-  const nlohmann::json& items = top.array("layers");
-  for (size_t i = 0; i < items.size(); ++i) {
-    const FieldReader r(items[i], top.where(), item_path("layers", i));
+  const JsonReader items = top.at("layers");
+  for (size_t i = 0; i < items.array_size(); ++i) {
+    const JsonReader r = items.element(i);
     LayerReport layer;
-    layer.layer = r.integer("layer");
+    layer.layer = r.int_at({"layer"}, 0);
     if (!seen.insert(layer.layer).second)
       r.fail("layer", "layer " + std::to_string(layer.layer) + " appears twice");
-    layer.experts_before = r.nullable_integer("experts_before");
-    layer.experts_kept = r.nullable_integer("experts_kept");
+    layer.experts_before = r.optional_int({"experts_before"}, 0);
+    layer.experts_kept = r.optional_int({"experts_kept"}, 0);
     if (layer.experts_kept && layer.experts_before && *layer.experts_kept > *layer.experts_before) {
       r.fail("experts_kept", "keeps " + std::to_string(*layer.experts_kept) + " experts of " +
                                  std::to_string(*layer.experts_before));
     }
-    layer.rel_err = r.nullable_number("rel_err", 0.0);
-    layer.seconds = r.find("seconds") ? r.number("seconds", 0.0) : 0.0;
+    layer.rel_err = r.optional_number({"rel_err"}, 0.0);
+    layer.seconds = r.optional_number({"seconds"}, 0.0).value_or(0.0);
     layers.push_back(layer);
   }
   return layers;
 }
 
-std::vector<TensorReport> parse_tensors(const FieldReader& top) {
+std::vector<TensorReport> parse_tensors(const JsonReader& top) {
   std::vector<TensorReport> tensors;
-  const nlohmann::json& items = top.array("tensors");
-  for (size_t i = 0; i < items.size(); ++i) {
-    const FieldReader r(items[i], top.where(), item_path("tensors", i));
+  const JsonReader items = top.at("tensors");
+  for (size_t i = 0; i < items.array_size(); ++i) {
+    const JsonReader r = items.element(i);
     TensorReport t;
-    t.name = r.string("name");
-    t.layer = r.nullable_integer("layer");
-    t.format = r.string("format");
-    t.bits = r.integer("bits");
+    t.name = r.string_at({"name"});
+    t.layer = r.optional_int({"layer"}, 0);
+    t.format = r.string_at({"format"});
+    t.bits = r.int_at({"bits"}, 0);
     if (t.bits > 64)
       r.fail("bits", "expected at most 64 bits per weight, found " + std::to_string(t.bits));
-    t.rel_err = r.nullable_number("rel_err", 0.0);
-    if (r.find("tokens")) t.tokens = r.nullable_integer("tokens");
-    if (r.find("h_source")) t.h_source = r.string("h_source");
+    t.rel_err = r.optional_number({"rel_err"}, 0.0);
+    t.tokens = r.optional_int({"tokens"}, 0);
+    if (const auto h = r.find("h_source")) t.h_source = h->as_string();
     tensors.push_back(std::move(t));
   }
   return tensors;
 }
 
-std::vector<PassReport> parse_passes(const FieldReader& top) {
+std::vector<PassReport> parse_passes(const JsonReader& top) {
   std::vector<PassReport> passes;
-  const nlohmann::json& items = top.array("passes");
-  for (size_t i = 0; i < items.size(); ++i) {
-    const FieldReader r(items[i], top.where(), item_path("passes", i));
+  const JsonReader items = top.at("passes");
+  for (size_t i = 0; i < items.array_size(); ++i) {
+    const JsonReader r = items.element(i);
     PassReport p;
-    p.name = r.string("name");
-    p.options = r.find("options") ? r.string("options") : "";
-    p.seconds = r.number("seconds", 0.0);
-    p.peak_rss_bytes = r.nullable_integer("peak_rss_bytes");
+    p.name = r.string_at({"name"});
+    p.options = r.string_or({"options"}, "");
+    p.seconds = r.number_at({"seconds"}, 0.0);
+    p.peak_rss_bytes = r.optional_int({"peak_rss_bytes"}, 0);
     passes.push_back(std::move(p));
   }
   return passes;
 }
 
-std::optional<GateReport> parse_gate(const FieldReader& top) {
-  const nlohmann::json& value = top.required("gate");
-  if (value.is_null()) return std::nullopt;
-  const FieldReader r(value, top.where(), "gate");
+/// The value of a field that must be present but may be null (no gate, no evaluation).
+std::optional<JsonReader> nullable_at(const JsonReader& top, const char* key) {
+  if (!top.value().contains(key)) top.fail(key, "required field is missing");
+  return top.find(key);
+}
+
+std::optional<GateReport> parse_gate(const JsonReader& top) {
+  const auto r = nullable_at(top, "gate");
+  if (!r) return std::nullopt;
   GateReport gate;
-  gate.max_ppl_increase = r.nullable_number("max_ppl_increase", 0.0);
-  gate.max_acc_drop = r.nullable_number("max_acc_drop", 0.0);
-  gate.max_kl = r.nullable_number("max_kl", 0.0);
-  gate.passed = r.boolean("passed");
-  const nlohmann::json& failures = r.array("failures");
-  for (size_t i = 0; i < failures.size(); ++i) {
-    if (!failures[i].is_string()) {
-      throw DataError(top.where(), item_path("gate.failures", i),
-                      "expected a string, found " + describe(failures[i]));
-    }
-    gate.failures.push_back(failures[i].get<std::string>());
-  }
+  gate.max_ppl_increase = r->optional_number({"max_ppl_increase"}, 0.0);
+  gate.max_acc_drop = r->optional_number({"max_acc_drop"}, 0.0);
+  gate.max_kl = r->optional_number({"max_kl"}, 0.0);
+  gate.passed = r->bool_at({"passed"});
+  gate.failures = r->at("failures").as_string_list();
   return gate;
 }
 
-std::optional<EvalSummary> parse_eval_side(const FieldReader& eval, const std::string& key) {
-  const nlohmann::json* value = eval.find(key);
-  if (!value || value->is_null()) return std::nullopt;
-  return parse_eval_summary(*value, eval.where(), eval.field(key));
+std::optional<EvalSummary> parse_eval_side(const JsonReader& eval, const char* key) {
+  const auto value = eval.find(key);
+  if (!value) return std::nullopt;
+  return parse_eval_summary(value->value(), eval.file(), value->path());
 }
 
 template <typename T>
@@ -111,12 +102,12 @@ nlohmann::json nullable(const std::optional<T>& v) {
 }  // namespace
 
 Report parse_report(const nlohmann::json& doc, const std::string& where) {
-  const FieldReader top(doc, where, "");
-  if (top.string("format") != kReportFormat) {
-    top.fail("format",
-             std::string("expected \"") + kReportFormat + "\", found " + describe(doc["format"]));
+  const JsonReader top(doc, where);
+  if (top.string_at({"format"}) != kReportFormat) {
+    top.fail("format", std::string("expected \"") + kReportFormat + "\", found " +
+                           describe_json(doc["format"]));
   }
-  const int64_t version = top.integer("version");
+  const int64_t version = top.int_at({"version"}, 0);
   if (version > kReportVersion) {
     throw UnsupportedError(where, "version",
                            "report version " + std::to_string(version) +
@@ -126,18 +117,18 @@ Report parse_report(const nlohmann::json& doc, const std::string& where) {
   if (version != kReportVersion)
     top.fail("version", "expected 1, found " + std::to_string(version));
   Report report;
-  report.pipeline = top.string("pipeline");
-  report.model = top.string("model");
-  report.output = top.string("output");
-  report.lathe_version = top.string("lathe_version");
-  report.created = top.string("created");
-  const FieldReader size(top.required("size"), where, "size");
-  report.size_before_bytes = size.nullable_integer("before_bytes");
-  report.size_after_bytes = size.nullable_integer("after_bytes");
+  report.pipeline = top.string_at({"pipeline"});
+  report.model = top.string_at({"model"});
+  report.output = top.string_at({"output"});
+  report.lathe_version = top.string_at({"lathe_version"});
+  report.created = top.string_at({"created"});
+  const JsonReader size = top.at("size");
+  report.size_before_bytes = size.optional_int({"before_bytes"}, 0);
+  report.size_after_bytes = size.optional_int({"after_bytes"}, 0);
   report.layers = parse_layers(top);
   report.tensors = parse_tensors(top);
   report.passes = parse_passes(top);
-  const FieldReader eval(top.required("eval"), where, "eval");
+  const JsonReader eval = top.at("eval");
   report.eval_before = parse_eval_side(eval, "before");
   report.eval_after = parse_eval_side(eval, "after");
   report.gate = parse_gate(top);

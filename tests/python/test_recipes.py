@@ -52,7 +52,8 @@ def test_per_layer_expert_map_recipe_runs(tmp_path):
 
 
 @pytest.mark.parametrize("content,code,needle", [
-    (None, 5, "cannot open the expert map"),
+    # a missing map is a recipe mistake found before anything runs, named at its --set text
+    (None, 2, "passes.drop-experts.map: no such file"),
     ("{", 3, "map.json"),
     ('{"format": "other"}', 3, "format"),
     ('{"format": "lathe-expert-map", "layers": {"9": [0, 1, 2, 3]}}', 3, "layers.9"),

@@ -48,9 +48,24 @@ TEST(OutputLock, AStaleLockFileOfADeadProcessIsTakenOver) {
   EXPECT_EQ(read_all(out + ".lock"), std::to_string(::getpid()) + "\n");
 }
 
+TEST(OutputLock, MissingParentDirectoriesAreCreated) {
+  testing::TempDir dir;
+  const std::string out = dir.file("runs/today/out");
+  const OutputLock lock(out);
+  EXPECT_TRUE(std::filesystem::is_directory(dir.file("runs/today")));
+  EXPECT_EQ(read_all(out + ".lock"), std::to_string(::getpid()) + "\n");
+}
+
 TEST(OutputLock, AnUnwritableLocationIsAResourceError) {
   testing::TempDir dir;
-  EXPECT_THROW(OutputLock(dir.file("missing/out")), ResourceError);
+  std::ofstream(dir.file("plain-file")) << "x";  // a file where a parent directory should be
+  try {
+    OutputLock lock(dir.file("plain-file/out"));
+    FAIL() << "a lock under a regular file was granted";
+  } catch (const ResourceError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot create the directory"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -1,0 +1,134 @@
+#include "compressor/pipeline/preflight.h"
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "compressor/common/errors.h"
+#include "compressor/model/architecture.h"
+#include "compressor/model/model_spec.h"
+#include "compressor/model/weight_store.h"
+
+namespace fs = std::filesystem;
+
+namespace lathe {
+namespace {
+
+/// What is wrong with `path` as a file to read, or "" when it can be read.
+std::string unreadable_file(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (!fs::exists(status)) return "no such file: " + path;
+  if (fs::is_directory(status)) return "expected a file, found a directory: " + path;
+  if (!std::ifstream(path)) return "cannot read " + path;
+  return "";
+}
+
+/// What is wrong with `path` as a model, or "" when it looks like one (a .gguf file, or a
+/// directory with config.json).
+std::string unusable_model(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (!fs::exists(status)) return "no such model directory or .gguf file: " + path;
+  if (fs::is_directory(status)) {
+    const std::string config = (fs::path(path) / "config.json").string();
+    if (!fs::exists(config))
+      return "not a Hugging Face model directory (no config.json): " + path;
+    return unreadable_file(config);
+  }
+  if (fs::path(path).extension() != ".gguf")
+    return "expected a model directory (config.json, *.safetensors) or a .gguf file, found the "
+           "file " + path;
+  return unreadable_file(path);
+}
+
+/// The recipe field of a pass problem: "<pass>.x" of pass i → "passes[i].x".
+std::string recipe_field(size_t index, const std::string& pass, const std::string& field) {
+  const std::string indexed = "passes[" + std::to_string(index) + "]";
+  if (field.compare(0, pass.size(), pass) == 0 &&
+      (field.size() == pass.size() || field[pass.size()] == '.'))
+    return indexed + field.substr(pass.size());
+  return indexed;
+}
+
+void check_input_files(const Recipe& recipe, RecipeProblems& problems) {
+  auto check = [&](const std::string& field, const std::string& path, const std::string& shown) {
+    const std::string problem = unreadable_file(path);
+    if (!problem.empty()) problems.add(recipe.location_of(field), shown, problem);
+  };
+  if (const auto& c = recipe.pipeline.calibration)
+    for (size_t i = 0; i < c->sources.size(); ++i) {
+      const std::string field = "calibration.sets[" + std::to_string(i) + "].path";
+      check(field, c->sources[i].path, field);
+    }
+  if (recipe.eval) {
+    for (size_t i = 0; i < recipe.eval->text.size(); ++i) {
+      const std::string field = "eval.text[" + std::to_string(i) + "]";
+      check(field, recipe.eval->text[i], field);
+    }
+    for (size_t i = 0; i < recipe.eval->tasks.size(); ++i) {
+      const std::string field = "eval.tasks[" + std::to_string(i) + "]";
+      check(field, recipe.eval->tasks[i], field);
+    }
+  }
+  const auto& passes = recipe.pipeline.passes;
+  for (size_t p = 0; p < passes.size(); ++p) {
+    const PassInfo* info = find_pass(passes[p].name);
+    if (!info) continue;
+    for (const OptionSpec& spec : info->options) {
+      if (spec.path != PathRole::kInput || !passes[p].options.has(spec.name)) continue;
+      const std::string& path = passes[p].options.get_string(spec.name);
+      const std::string field = "passes[" + std::to_string(p) + "]." + spec.name;
+      if (!path.empty()) check(field, path, "passes." + passes[p].name + "." + spec.name);
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<PassProblem> check_passes(const std::string& model_dir,
+                                      const std::vector<PassInstance>& passes) {
+  const ModelSpec spec = load_model_spec(model_dir);
+  const WeightStore store(model_dir);
+  const ExpertLayout layout =
+      detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
+  const std::vector<ExpectedTensor> tensors = expected_tensors(spec, layout);
+  const CheckContext ctx{spec, tensors};
+  std::vector<PassProblem> out;
+  for (size_t i = 0; i < passes.size(); ++i) {
+    std::vector<CheckProblem> problems;
+    try {
+      const PassInfo* info = find_pass(passes[i].name);
+      if (!info) throw ConfigError("", passes[i].name, "unknown pass \"" + passes[i].name + "\"");
+      info->make(passes[i])->check(ctx, problems);
+    } catch (const Error& e) {
+      problems.push_back({e.field().empty() ? passes[i].name : e.field(), e.message()});
+    }
+    for (auto& problem : problems) out.push_back({i, std::move(problem)});
+  }
+  return out;
+}
+
+void preflight_recipe(Recipe& recipe, const ModelResolver& resolve_model) {
+  RecipeProblems problems;
+  check_input_files(recipe, problems);
+  const std::string model_problem = unusable_model(recipe.model);
+  if (!model_problem.empty()) {
+    problems.add(recipe.location_of("model"), "model", model_problem);
+  } else {
+    try {
+      if (resolve_model) recipe.model = resolve_model(recipe.model);
+      for (const PassProblem& p : check_passes(recipe.model, recipe.pipeline.passes)) {
+        const std::string& name = recipe.pipeline.passes[p.pass].name;
+        const std::string field = recipe_field(p.pass, name, p.problem.field);
+        problems.add(recipe.location_of(field), "passes." + name + field.substr(field.find(']') + 1),
+                     p.problem.message);
+      }
+    } catch (const Error& e) {
+      problems.add(recipe.location_of("model"), "model", e.what());
+    }
+  }
+  problems.throw_if_any(recipe.source);
+}
+
+}  // namespace lathe
