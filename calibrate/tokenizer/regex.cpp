@@ -79,9 +79,9 @@ void refuse_old_posix_punct(std::string_view pattern, const std::string& where,
     if (pattern.find(bracket) == std::string_view::npos) continue;
     throw UnsupportedError(where, field,
                            "regex '" + std::string(pattern) + "': " + std::string(bracket) +
-                               " means \\p{P} in " + "Oniguruma " + onig_version() +
-                               " but \\p{P} and \\p{S} in the Oniguruma 6.9.9+ of " +
-                               "tokenizers; write [\\p{P}\\p{S}] or \\p{P} instead");
+                               " means \\p{P} in Oniguruma " + onig_version() +
+                               " but \\p{P} and \\p{S} in the Oniguruma 6.9.9+ of tokenizers;" +
+                               " write [\\p{P}\\p{S}] or \\p{P} instead");
   }
 }
 
