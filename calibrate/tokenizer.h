@@ -6,9 +6,10 @@
 // Pipeline, as in tokenizers: added tokens are cut out of the raw text (normalized=false tokens),
 // each remaining piece is normalised and searched for normalized=true tokens, pre-tokenized, run
 // through the BPE model, and the post-processor adds special tokens. Supported components are
-// listed in calibrate/tokenizer/{normalizers,pre_tokenizers,decoders,post_processors}.h and the
-// regex subset in calibrate/tokenizer/regex.h; anything else is refused at load time with an
-// UnsupportedError naming the JSON path.
+// listed in calibrate/tokenizer/{normalizers,pre_tokenizers,decoders,post_processors}.h; anything
+// else is refused at load time with an UnsupportedError naming the JSON path. Split and Replace
+// regexes run on Oniguruma in tokenizers' syntax (calibrate/tokenizer/regex.h); normalisation,
+// lowercase and general categories come from utf8proc (calibrate/tokenizer/unicode.h).
 //
 // Choices where lathe differs from tokenizers:
 //   - invalid UTF-8 input is a DataError naming the byte offset (the Python library cannot even
@@ -18,7 +19,8 @@
 //   - an added token whose declared id differs from the id tokenizers assigns is a DataError
 //     (tokenizers warns and uses its own id);
 //   - "truncation" and "padding" of the file are ignored: lathe cuts and packs samples itself;
-//   - Unicode data is version 14.0 (see calibrate/tokenizer/unicode.h for the caveat).
+//   - Unicode data is utf8proc's (15.0 on Debian 12; see calibrate/tokenizer/unicode.h for the
+//     caveat) and regex classes are those of the system's Oniguruma (6.9.8 on Debian 12).
 #pragma once
 
 #include <cstdint>

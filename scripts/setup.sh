@@ -21,7 +21,7 @@ log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 apt_packages=(
   build-essential cmake ninja-build ccache pkg-config python3-venv clang libclang-rt-14-dev clang-format
   libeigen3-dev libhdf5-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev zlib1g-dev
+  libgtest-dev libgmock-dev zlib1g-dev libonig-dev libutf8proc-dev
   chromium
   r-cran-janeaustenr bible-kjv-text bible-kjv fortunes jargon-text wordnet-base metamath-databases
   fortunes-de manpages-de

@@ -1,231 +1,155 @@
 #include "calibrate/tokenizer/regex.h"
 
-#include <limits>
+#include <oniguruma.h>
 
-#include "calibrate/tokenizer/regex_program.h"
+#include <limits>
+#include <mutex>
+
 #include "calibrate/tokenizer/unicode.h"
 #include "compressor/common/errors.h"
 
 namespace lathe::tok {
+
+/// One pattern compiled by onig_new. Searching only reads the regex_t, so one instance serves every
+/// thread (each search has its own OnigRegion).
+struct CompiledRegex {
+  std::string pattern;
+  OnigRegex regex = nullptr;
+
+  CompiledRegex() = default;
+  CompiledRegex(const CompiledRegex&) = delete;
+  CompiledRegex& operator=(const CompiledRegex&) = delete;
+  ~CompiledRegex() {
+    if (regex != nullptr) onig_free(regex);
+  }
+};
+
 namespace {
 
-// Backtracking budget of one match attempt, like Oniguruma's retry limit: a pathological pattern
-// in an untrusted tokenizer.json must fail, not hang.
-constexpr uint64_t kMaxBacktracks = 10'000'000;
+std::string onig_message(int code, OnigErrorInfo* info) {
+  OnigUChar text[ONIG_MAX_ERROR_MESSAGE_LEN];
+  const int length = info != nullptr ? onig_error_code_to_str(text, code, info)
+                                     : onig_error_code_to_str(text, code);
+  return std::string(reinterpret_cast<const char*>(text), static_cast<size_t>(length));
+}
 
-// Backtracking matcher over a decoded subject. Choice points live on an explicit stack; runs of a
-// single set (\p{L}+) keep one stack entry however long they are.
-class Matcher {
- public:
-  Matcher(const RegexProgram& program, const std::vector<char32_t>& cps)
-      : program_(program), code_(program.code), cps_(cps), n_(static_cast<uint32_t>(cps.size())) {}
+// onig_initialize and onig_new share global state (the encoding's tables, initialised on first
+// use), so they run under one lock, as the `onig` crate does; onig_search needs none.
+std::mutex& onig_compile_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
 
-  // Runs the (sub-)program at `pc` anchored at `pos`; on success stores the end in `end`.
-  bool run(int32_t pc, uint32_t pos, uint32_t& end) {
-    if (stack_.empty()) backtracks_ = 0;  // a new attempt (not a lookaround inside one)
-    const size_t base = stack_.size();
-    for (;;) {
-      if (step(pc, pos)) {
-        if (code_[static_cast<size_t>(pc)].op == Op::kMatch) {
-          end = pos;
-          stack_.resize(base);
-          return true;
-        }
-        continue;
-      }
-      if (!backtrack(base, pc, pos)) return false;
-    }
+void initialize_onig_locked() {
+  static bool initialized = false;
+  if (initialized) return;
+  OnigEncoding encodings[] = {ONIG_ENCODING_UTF8};
+  const int code = onig_initialize(encodings, 1);
+  if (code != ONIG_NORMAL) {
+    throw InternalError("regex", "", "onig_initialize failed: " + onig_message(code, nullptr));
   }
+  initialized = true;
+}
 
- private:
-  enum class Kind : uint8_t { kAlternative, kGreedyRun, kLazyRun };
-  struct Choice {
-    int32_t pc;
-    uint32_t pos;    // kAlternative: where to resume; runs: where the run started
-    uint32_t count;  // runs: next count to try
-    uint32_t limit;  // kGreedyRun: the minimum count; kLazyRun: the maximum
-    int32_t set;
-    Kind kind;
-  };
-
-  bool in_set(int32_t set, uint32_t pos) const {
-    return pos < n_ && program_.sets[static_cast<size_t>(set)].matches(cps_[pos]);
+[[noreturn]] void throw_compile_error(int code, OnigErrorInfo& info, std::string_view pattern,
+                                      const std::string& where, const std::string& field) {
+  const std::string message = "regex '" + std::string(pattern) + "': " + onig_message(code, &info);
+  if (code == ONIGERR_MEMORY) throw ResourceError(where, field, message);
+  // Oniguruma's syntax and value errors are -100 and below; inefficient patterns and the parse
+  // depth limit are valid patterns beyond its limits.
+  if (code <= ONIGERR_END_PATTERN_AT_LEFT_BRACE && code != ONIGERR_VERY_INEFFICIENT_PATTERN) {
+    throw DataError(where, field, message + " (Oniguruma syntax, as tokenizers uses)");
   }
+  throw UnsupportedError(where, field, message);
+}
 
-  // Executes the instruction at pc. Returns false on failure; on success pc/pos are advanced
-  // (a kMatch leaves pc on itself).
-  bool step(int32_t& pc, uint32_t& pos) {
-    const Inst& in = code_[static_cast<size_t>(pc)];
-    switch (in.op) {
-      case Op::kSet:
-        if (!in_set(in.a, pos)) return false;
-        ++pos;
-        ++pc;
-        return true;
-      case Op::kRun: return step_run(in, pc, pos);
-      case Op::kSplit:
-        if (in.guard >= 0 && !in_set(in.guard, pos)) {
-          pc = in.b;
-          return true;
-        }
-        stack_.push_back({in.b, pos, 0, 0, 0, Kind::kAlternative});
-        pc = in.a;
-        return true;
-      case Op::kJmp: pc = in.a; return true;
-      case Op::kAssert:
-        if (!check(static_cast<Assertion>(in.mode), pos)) return false;
-        ++pc;
-        return true;
-      case Op::kLook: {
-        uint32_t end = 0;
-        const bool found = run(in.a, pos, end);
-        if (in.mode == 2) {
-          if (!found) return false;
-          pos = end;
-        } else if (found != (in.mode == 0)) {
-          return false;
-        }
-        pc = in.b;
-        return true;
-      }
-      case Op::kMatch: return true;
-    }
-    return false;
+[[noreturn]] void throw_search_error(int code, const std::string& pattern) {
+  const std::string message = "Oniguruma search failed: " + onig_message(code, nullptr);
+  if (code == ONIGERR_MEMORY) throw ResourceError("regex", pattern, message);
+  throw UnsupportedError("regex", pattern, message);
+}
+
+// Oniguruma before 6.9.9 gives [[:punct:]] as \p{P}; later versions, the one bundled by tokenizers
+// among them, as \p{P} + \p{S}. Such a pattern would split text differently from tokenizers
+// without a word, so it is refused.
+void refuse_old_posix_punct(std::string_view pattern, const std::string& where,
+                            const std::string& field) {
+  if (ONIGURUMA_VERSION_INT >= 60909) return;
+  for (std::string_view bracket : {"[:punct:]", "[:^punct:]"}) {
+    if (pattern.find(bracket) == std::string_view::npos) continue;
+    throw UnsupportedError(where, field,
+                           "regex '" + std::string(pattern) + "': " + std::string(bracket) +
+                               " means \\p{P} in Oniguruma " + onig_version() +
+                               " but \\p{P} and \\p{S} in the Oniguruma 6.9.9+ of tokenizers;" +
+                               " write [\\p{P}\\p{S}] or \\p{P} instead");
   }
+}
 
-  bool step_run(const Inst& in, int32_t& pc, uint32_t& pos) {
-    if (in.mode == 1) {  // lazy: take the minimum, remember how to take one more
-      for (uint32_t k = 0; k < in.min; ++k) {
-        if (!in_set(in.a, pos + k)) return false;
-      }
-      if (in.max > in.min) stack_.push_back({pc + 1, pos, in.min, in.max, in.a, Kind::kLazyRun});
-      pos += in.min;
-      ++pc;
-      return true;
-    }
-    uint32_t k = 0;
-    while (k < in.max && in_set(in.a, pos + k)) ++k;
-    if (k < in.min) return false;
-    if (in.mode == 0 && k > in.min) {
-      stack_.push_back({pc + 1, pos, k - 1, in.min, in.a, Kind::kGreedyRun});
-    }
-    pos += k;
-    ++pc;
-    return true;
-  }
-
-  bool backtrack(size_t base, int32_t& pc, uint32_t& pos) {
-    if (++backtracks_ > kMaxBacktracks) {
-      throw UnsupportedError(
-          "regex", program_.pattern,
-          "more than 10 million backtracking steps at one position of the input");
-    }
-    while (stack_.size() > base) {
-      Choice& c = stack_.back();
-      switch (c.kind) {
-        case Kind::kAlternative:
-          pc = c.pc;
-          pos = c.pos;
-          stack_.pop_back();
-          return true;
-        case Kind::kGreedyRun:
-          pc = c.pc;
-          pos = c.pos + c.count;
-          if (c.count == c.limit) {
-            stack_.pop_back();
-          } else {
-            --c.count;
-          }
-          return true;
-        case Kind::kLazyRun:
-          if (c.count < c.limit && in_set(c.set, c.pos + c.count)) {
-            ++c.count;
-            pc = c.pc;
-            pos = c.pos + c.count;
-            return true;
-          }
-          stack_.pop_back();
-          break;
-      }
-    }
-    return false;
-  }
-
-  bool is_word(uint32_t pos) const { return in_set(program_.word_set, pos); }
-
-  bool check(Assertion a, uint32_t pos) const {
-    switch (a) {
-      case Assertion::kLineStart: return pos == 0 || cps_[pos - 1] == '\n';
-      case Assertion::kLineEnd: return pos == n_ || cps_[pos] == '\n';
-      case Assertion::kTextStart: return pos == 0;
-      case Assertion::kTextEnd: return pos == n_;
-      case Assertion::kTextEndBeforeNewline:
-        return pos == n_ || (pos + 1 == n_ && cps_[pos] == '\n');
-      case Assertion::kWordBoundary:
-      case Assertion::kNotWordBoundary: {
-        const bool boundary = (pos > 0 && is_word(pos - 1)) != is_word(pos);
-        return boundary == (a == Assertion::kWordBoundary);
-      }
-    }
-    return false;
-  }
-
-  const RegexProgram& program_;
-  const std::vector<Inst>& code_;
-  const std::vector<char32_t>& cps_;
-  const uint32_t n_;
-  std::vector<Choice> stack_;
-  uint64_t backtracks_ = 0;
+struct RegionDeleter {
+  void operator()(OnigRegion* region) const { onig_region_free(region, 1); }
 };
 
 }  // namespace
 
 Regex Regex::compile(std::string_view pattern, const std::string& where, const std::string& field) {
+  refuse_old_posix_punct(pattern, where, field);
+  auto compiled = std::make_shared<CompiledRegex>();
+  compiled->pattern = std::string(pattern);
+  const auto* begin = reinterpret_cast<const OnigUChar*>(compiled->pattern.data());
+  OnigErrorInfo info{};
+  int code;
+  {
+    std::lock_guard<std::mutex> lock(onig_compile_mutex());
+    initialize_onig_locked();
+    code = onig_new(&compiled->regex, begin, begin + compiled->pattern.size(), ONIG_OPTION_NONE,
+                    ONIG_ENCODING_UTF8, ONIG_SYNTAX_ONIGURUMA, &info);
+  }
+  if (code != ONIG_NORMAL) {
+    compiled->regex = nullptr;  // onig_new frees what it allocated on failure
+    throw_compile_error(code, info, pattern, where, field);
+  }
   Regex regex;
-  regex.program_ = std::make_shared<const RegexProgram>(compile_regex(pattern, where, field));
+  regex.compiled_ = std::move(compiled);
   return regex;
 }
 
 const std::string& Regex::pattern() const {
-  return program_->pattern;
+  return compiled_->pattern;
 }
 
 std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) const {
-  if (text.size() >= std::numeric_limits<uint32_t>::max()) {
-    throw ResourceError("regex", program_->pattern, "text of 4 GiB or more");
+  // Oniguruma reports positions as int.
+  if (text.size() > static_cast<size_t>(std::numeric_limits<int>::max())) {
+    throw ResourceError("regex", compiled_->pattern, "text of 2 GiB or more");
   }
-  std::vector<char32_t> cps;
-  std::vector<uint32_t> offsets;  // byte offset of each code point, plus the end
-  cps.reserve(text.size());
-  offsets.reserve(text.size() + 1);
-  for (size_t i = 0; i < text.size();) {
-    offsets.push_back(static_cast<uint32_t>(i));
-    cps.push_back(unicode::next_code_point(text, i));
-  }
-  offsets.push_back(static_cast<uint32_t>(text.size()));
+  static const char kEmpty = '\0';
+  const auto* begin = reinterpret_cast<const OnigUChar*>(text.empty() ? &kEmpty : text.data());
+  const OnigUChar* end = begin + text.size();
+  std::unique_ptr<OnigRegion, RegionDeleter> region(onig_region_new());
+  if (!region) throw ResourceError("regex", compiled_->pattern, "out of memory");
 
-  const auto n = static_cast<uint32_t>(cps.size());
-  Matcher matcher(*program_, cps);
   std::vector<std::pair<size_t, size_t>> matches;
-  uint32_t search_from = 0;
-  long last_end = -1;
-  while (search_from <= n) {
-    uint32_t start = search_from, end = 0;
-    bool found = false;
-    for (; start <= n; ++start) {
-      if (matcher.run(0, start, end)) {
-        found = true;
-        break;
-      }
-    }
-    if (!found) break;
-    if (start == end && static_cast<long>(end) == last_end) {
-      search_from = end + 1;  // an empty match right after the previous one: move on
+  size_t search_from = 0;
+  bool matched = false;
+  size_t last_end = 0;  // end of the last reported match, when `matched`
+  while (search_from <= text.size()) {
+    const int found = onig_search(compiled_->regex, begin, end, begin + search_from, end,
+                                  region.get(), ONIG_OPTION_NONE);
+    if (found == ONIG_MISMATCH) break;
+    if (found < 0) throw_search_error(found, compiled_->pattern);
+    const auto start = static_cast<size_t>(region->beg[0]);
+    const auto stop = static_cast<size_t>(region->end[0]);
+    if (start == stop && matched && stop == last_end) {
+      // An empty match right after the previous match: move on by one code point.
+      search_from += search_from < text.size()
+                         ? unicode::utf8_length(static_cast<unsigned char>(text[search_from]))
+                         : 1;
       continue;
     }
-    matches.push_back({offsets[start], offsets[end]});
-    search_from = end;
-    last_end = end;
+    matches.push_back({start, stop});
+    search_from = stop;
+    last_end = stop;
+    matched = true;
   }
   return matches;
 }

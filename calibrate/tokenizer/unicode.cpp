@@ -1,169 +1,39 @@
 #include "calibrate/tokenizer/unicode.h"
 
-#include <algorithm>
+#include <utf8proc.h>
+
 #include <vector>
 
-#include "calibrate/tokenizer/unicode_tables.h"
+#include "compressor/common/errors.h"
 
 namespace lathe::unicode {
 namespace {
 
-namespace data = lathe::unicode_data;
-
 constexpr char32_t kMaxCodePoint = 0x10FFFF;
-
-// Hangul syllables are composed and decomposed arithmetically (Unicode 14.0, section 3.12).
-constexpr char32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11A7;
-constexpr char32_t kLCount = 19, kVCount = 21, kTCount = 28;
-constexpr char32_t kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
-
-uint8_t two_stage(const uint16_t* stage1, const uint8_t* stage2, char32_t cp) {
-  if (cp > kMaxCodePoint) return 0;
-  return stage2[static_cast<size_t>(stage1[cp >> 7]) * 128 + (cp & 0x7F)];
-}
-
-// Index of `cp` in a sorted key array, or -1.
-long find_key(const uint32_t* keys, size_t count, char32_t cp) {
-  const uint32_t* end = keys + count;
-  const uint32_t* it = std::lower_bound(keys, end, static_cast<uint32_t>(cp));
-  return it != end && *it == cp ? static_cast<long>(it - keys) : -1;
-}
-
-uint8_t unstable_bit(NormalForm form) {
-  switch (form) {
-    case NormalForm::kNFD: return 1;
-    case NormalForm::kNFKD: return 2;
-    case NormalForm::kNFC: return 4;
-    case NormalForm::kNFKC: return 8;
-  }
-  return 15;
-}
-
-bool is_compatibility(NormalForm form) {
-  return form == NormalForm::kNFKD || form == NormalForm::kNFKC;
-}
-
-bool is_composing(NormalForm form) {
-  return form == NormalForm::kNFC || form == NormalForm::kNFKC;
-}
-
-// Appends the full decomposition of `cp` to `out` (the tables hold full, recursive decompositions).
-void decompose(char32_t cp, bool compatibility, std::vector<char32_t>& out) {
-  if (cp >= kSBase && cp < kSBase + kSCount) {
-    const char32_t s = cp - kSBase;
-    out.push_back(kLBase + s / kNCount);
-    out.push_back(kVBase + (s % kNCount) / kTCount);
-    if (s % kTCount != 0) out.push_back(kTBase + s % kTCount);
-    return;
-  }
-  const uint32_t* keys = compatibility ? data::kCompatibilityKeys : data::kCanonicalKeys;
-  const size_t count = compatibility ? data::kCompatibilityCount : data::kCanonicalCount;
-  const long index = find_key(keys, count, cp);
-  if (index < 0) {
-    out.push_back(cp);
-    return;
-  }
-  const uint32_t* offsets = compatibility ? data::kCompatibilityOffsets : data::kCanonicalOffsets;
-  const uint32_t* pool = compatibility ? data::kCompatibilityPool : data::kCanonicalPool;
-  out.insert(out.end(), pool + offsets[index], pool + offsets[index + 1]);
-}
-
-// Canonical ordering: a stable sort of each run of non-starters by combining class.
-void reorder(std::vector<char32_t>& cps) {
-  size_t i = 0;
-  while (i < cps.size()) {
-    if (combining_class(cps[i]) == 0) {
-      ++i;
-      continue;
-    }
-    size_t end = i;
-    while (end < cps.size() && combining_class(cps[end]) != 0) ++end;
-    std::stable_sort(
-        cps.begin() + static_cast<long>(i), cps.begin() + static_cast<long>(end),
-        [](char32_t a, char32_t b) { return combining_class(a) < combining_class(b); });
-    i = end;
-  }
-}
-
-// The primary composite of (first, second), or 0.
-char32_t compose_pair(char32_t first, char32_t second) {
-  if (first >= kLBase && first < kLBase + kLCount && second >= kVBase &&
-      second < kVBase + kVCount) {
-    return kSBase + ((first - kLBase) * kVCount + (second - kVBase)) * kTCount;
-  }
-  if (first >= kSBase && first < kSBase + kSCount && (first - kSBase) % kTCount == 0 &&
-      second > kTBase && second < kTBase + kTCount) {
-    return first + (second - kTBase);
-  }
-  const uint32_t* begin = data::kCompositionFirst;
-  const uint32_t* end = begin + data::kCompositionCount;
-  auto range = std::equal_range(begin, end, static_cast<uint32_t>(first));
-  for (auto it = range.first; it != range.second; ++it) {
-    const size_t k = static_cast<size_t>(it - begin);
-    if (data::kCompositionSecond[k] == second) return data::kCompositionResult[k];
-  }
-  return 0;
-}
-
-// Canonical composition algorithm (UAX #15, section 1.3) on decomposed, reordered code points. In
-// canonical order the last non-starter after the current starter has the highest class, so a
-// code point is unblocked when it directly follows the starter or has a higher class than it.
-void compose(std::vector<char32_t>& cps) {
-  size_t out = 0;
-  long starter = -1;  // index in the output of the last starter
-  int last_class = 0;
-  for (char32_t cp : cps) {
-    const int cls = combining_class(cp);
-    if (starter >= 0) {
-      const bool adjacent = static_cast<long>(out) - 1 == starter;
-      if (adjacent || (last_class != 0 && last_class < cls)) {
-        const char32_t composite = compose_pair(cps[static_cast<size_t>(starter)], cp);
-        if (composite != 0) {
-          cps[static_cast<size_t>(starter)] = composite;
-          continue;
-        }
-      }
-    }
-    if (cls == 0) {
-      starter = static_cast<long>(out);
-      last_class = 0;
-    } else {
-      last_class = cls;
-    }
-    cps[out++] = cp;
-  }
-  cps.resize(out);
-}
-
-// Normalises one segment that starts at a stable code point (or the text start) and ends before
-// the next one: decompose, reorder, and compose when the form asks for it.
-void normalize_segment(std::string_view segment, NormalForm form, std::string& out) {
-  std::vector<char32_t> cps;
-  size_t i = 0;
-  while (i < segment.size()) decompose(next_code_point(segment, i), is_compatibility(form), cps);
-  reorder(cps);
-  if (is_composing(form)) compose(cps);
-  for (char32_t cp : cps) append_utf8(out, cp);
-}
-
-bool is_unstable(char32_t cp, uint8_t bit) {
-  return (two_stage(data::kNormalizationFlags_stage1, data::kNormalizationFlags_stage2, cp) &
-          bit) != 0;
-}
 
 }  // namespace
 
 const char* unicode_version() {
-  return data::kUnicodeVersion;
+  return utf8proc_unicode_version();
 }
 
 Category category(char32_t cp) {
+  // Category in utf8proc's order (Cn first, then Lu ... Co as in Category).
+  static constexpr Category kFromUtf8proc[] = {
+      Category::Cn, Category::Lu, Category::Ll, Category::Lt, Category::Lm, Category::Lo,
+      Category::Mn, Category::Mc, Category::Me, Category::Nd, Category::Nl, Category::No,
+      Category::Pc, Category::Pd, Category::Ps, Category::Pe, Category::Pi, Category::Pf,
+      Category::Po, Category::Sm, Category::Sc, Category::Sk, Category::So, Category::Zs,
+      Category::Zl, Category::Zp, Category::Cc, Category::Cf, Category::Cs, Category::Co};
+  static_assert(sizeof(kFromUtf8proc) / sizeof(kFromUtf8proc[0]) == UTF8PROC_CATEGORY_CO + 1);
   if (cp > kMaxCodePoint) return Category::Cn;
-  return static_cast<Category>(two_stage(data::kCategory_stage1, data::kCategory_stage2, cp));
+  const int c = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
+  return c >= 0 && c <= UTF8PROC_CATEGORY_CO ? kFromUtf8proc[c] : Category::Cn;
 }
 
 bool is_white_space(char32_t cp) {
-  // The White_Space property; unchanged since Unicode 6.3 (U+180E left it then).
+  // The White_Space property (utf8proc has no accessor for it); unchanged since Unicode 6.3, when
+  // U+180E left it.
   if (cp <= 0x20) return cp == 0x20 || (cp >= 0x09 && cp <= 0x0D);
   if (cp < 0x85) return false;
   return cp == 0x85 || cp == 0xA0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) ||
@@ -176,19 +46,15 @@ bool is_numeric(char32_t cp) {
 }
 
 uint8_t combining_class(char32_t cp) {
-  if (cp < 0x300) return 0;
-  return two_stage(data::kCombiningClass_stage1, data::kCombiningClass_stage2, cp);
-}
-
-char32_t simple_fold(char32_t cp) {
-  const long index = find_key(data::kSimpleFoldKeys, data::kSimpleFoldCount, cp);
-  return index < 0 ? cp : data::kSimpleFoldValues[index];
+  if (cp > kMaxCodePoint) return 0;
+  return static_cast<uint8_t>(
+      utf8proc_get_property(static_cast<utf8proc_int32_t>(cp))->combining_class);
 }
 
 namespace {
 
 // Length of the well-formed UTF-8 sequence at `s[i]`, or the length of its maximal ill-formed
-// subpart negated (Unicode 14.0, section 3.9, "U+FFFD Substitution of Maximal Subparts").
+// subpart negated (The Unicode Standard, section 3.9, "U+FFFD Substitution of Maximal Subparts").
 long utf8_sequence_at(std::string_view s, size_t i) {
   const auto b0 = static_cast<unsigned char>(s[i]);
   if (b0 < 0x80) return 1;
@@ -272,40 +138,86 @@ std::string from_utf8_lossy(std::string_view bytes) {
   return out;
 }
 
+namespace {
+
+utf8proc_option_t map_options(NormalForm form) {
+  // The options of utf8proc_NFD/NFKD/NFC/NFKC, less UTF8PROC_NULLTERM (the text may hold NULs).
+  int options = UTF8PROC_STABLE;
+  options |=
+      form == NormalForm::kNFC || form == NormalForm::kNFKC ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE;
+  if (form == NormalForm::kNFKD || form == NormalForm::kNFKC) options |= UTF8PROC_COMPAT;
+  return static_cast<utf8proc_option_t>(options);
+}
+
+bool is_ascii(char c) {
+  return static_cast<unsigned char>(c) < 0x80;
+}
+
+// Appends the normal form of `segment` (valid UTF-8) to `out`: what utf8proc_map does, with
+// `buffer` reused across segments instead of a malloc per call.
+void normalize_segment(std::string_view segment, utf8proc_option_t options,
+                       std::vector<utf8proc_int32_t>& buffer, std::string& out) {
+  const auto* bytes = reinterpret_cast<const utf8proc_uint8_t*>(segment.data());
+  const auto length = static_cast<utf8proc_ssize_t>(segment.size());
+  utf8proc_ssize_t count = utf8proc_decompose(
+      bytes, length, buffer.data(), static_cast<utf8proc_ssize_t>(buffer.size()), options);
+  if (count > static_cast<utf8proc_ssize_t>(buffer.size())) {
+    buffer.resize(static_cast<size_t>(count));
+    count = utf8proc_decompose(bytes, length, buffer.data(), count, options);
+  }
+  // utf8proc_reencode composes (when asked) and writes UTF-8 over the code points in place.
+  if (count >= 0) count = utf8proc_reencode(buffer.data(), count, options);
+  if (count < 0) {
+    const std::string message = std::string("utf8proc: ") + utf8proc_errmsg(count);
+    if (count == UTF8PROC_ERROR_NOMEM || count == UTF8PROC_ERROR_OVERFLOW) {
+      throw ResourceError("normalizer", "", message);
+    }
+    throw DataError("normalizer", "", message);  // invalid UTF-8, which callers rule out
+  }
+  out.append(reinterpret_cast<const char*>(buffer.data()), static_cast<size_t>(count));
+}
+
+// Full lowercase mappings (SpecialCasing.txt, no condition) that differ from the simple mapping
+// utf8proc_tolower gives. U+0130 is the only one: Rust's char::to_lowercase (tokenizers' Lowercase)
+// maps it to "i\u0307", utf8proc to "i". The other unconditional SpecialCasing entries change only
+// uppercase and titlecase; the conditional ones (final sigma, Lithuanian, Turkish) Rust ignores.
+struct LowercaseExpansion {
+  char32_t cp;
+  const char* lower;
+};
+constexpr LowercaseExpansion kLowercaseExpansions[] = {{0x0130, "i\u0307"}};
+
+const char* lowercase_expansion(char32_t cp) {
+  for (const LowercaseExpansion& e : kLowercaseExpansions) {
+    if (e.cp == cp) return e.lower;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 std::string normalize(std::string_view text, NormalForm form) {
-  const uint8_t bit = unstable_bit(form);
+  // ASCII is stable in every form: no decomposition, combining class 0, never the second of a
+  // composition. So text splits before each ASCII character into pieces that normalise on their
+  // own; only a run of non-ASCII code points and the ASCII character before it (which may compose
+  // with the run, e + U+0301) go through utf8proc, the rest is copied.
+  const utf8proc_option_t options = map_options(form);
   std::string out;
   out.reserve(text.size());
-  size_t copied = 0;  // text[0, copied) is already in `out`
+  std::vector<utf8proc_int32_t> buffer(256);
   size_t i = 0;
-  size_t last_stable = 0;  // start of the last stable code point not yet copied, or `copied`
   while (i < text.size()) {
-    const size_t start = i;
-    if (static_cast<unsigned char>(text[i]) < 0x80) {  // ASCII is stable in every form
-      last_stable = i++;
-      continue;
-    }
-    const char32_t cp = next_code_point(text, i);
-    if (!is_unstable(cp, bit)) {
-      last_stable = start;
-      continue;
-    }
-    // A segment runs from the last stable code point (which may compose with what follows) to the
-    // next stable one; segments never interact, so each is normalised on its own.
-    size_t end = i;
-    while (end < text.size()) {
-      size_t next = end;
-      if (!is_unstable(next_code_point(text, next), bit)) break;
-      end = next;
-    }
-    const size_t seg_start = std::max(last_stable, copied);
-    out.append(text.data() + copied, seg_start - copied);
-    normalize_segment(text.substr(seg_start, end - seg_start), form, out);
-    copied = end;
-    last_stable = end;
+    size_t run = i;  // start of the next non-ASCII run
+    while (run < text.size() && is_ascii(text[run])) ++run;
+    if (run == text.size()) break;
+    const size_t start = run > i ? run - 1 : run;
+    size_t end = run;
+    while (end < text.size() && !is_ascii(text[end])) ++end;
+    out.append(text.data() + i, start - i);
+    normalize_segment(text.substr(start, end - start), options, buffer, out);
     i = end;
   }
-  out.append(text.data() + copied, text.size() - copied);
+  out.append(text.data() + i, text.size() - i);
   return out;
 }
 
@@ -320,15 +232,11 @@ std::string to_lower(std::string_view text) {
       ++i;
       continue;
     }
-    const size_t start = i;
     const char32_t cp = next_code_point(text, i);
-    const long index = find_key(data::kLowercaseKeys, data::kLowercaseCount, cp);
-    if (index < 0) {
-      out.append(text.data() + start, i - start);
-      continue;
-    }
-    for (uint32_t k = data::kLowercaseOffsets[index]; k < data::kLowercaseOffsets[index + 1]; ++k) {
-      append_utf8(out, data::kLowercasePool[k]);
+    if (const char* expansion = lowercase_expansion(cp)) {
+      out.append(expansion);
+    } else {
+      append_utf8(out, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))));
     }
   }
   return out;

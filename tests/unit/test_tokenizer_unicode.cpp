@@ -1,7 +1,8 @@
-// Unicode services and the regex engine behind the tokenizer.
+// Unicode services (utf8proc) and the regexes (Oniguruma) behind the tokenizer.
 #include <gtest/gtest.h>
 
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "calibrate/tokenizer/regex.h"
@@ -29,7 +30,10 @@ TEST(TokenizerUnicode, GeneralCategories) {
   EXPECT_TRUE(unicode::is_white_space(0x85));
   EXPECT_FALSE(unicode::is_white_space(0x1C));  // str.isspace() says yes; White_Space says no
   EXPECT_FALSE(unicode::is_white_space(0x180E));
-  EXPECT_STREQ(unicode::unicode_version(), "14.0.0");
+  EXPECT_STREQ(unicode::unicode_version(), "15.0.0");  // Debian 12's utf8proc 2.8.0
+  EXPECT_EQ(unicode::combining_class(U'a'), 0);
+  EXPECT_EQ(unicode::combining_class(U'\u0301'), 230);
+  EXPECT_EQ(unicode::combining_class(U'\u0316'), 220);
 }
 
 TEST(TokenizerUnicode, NormalFormsDecomposeReorderAndCompose) {
@@ -128,19 +132,93 @@ TEST(TokenizerRegex, EmptyMatchesAdvanceLikeOniguruma) {
   EXPECT_EQ(Regex::compile("").find_all("\u00e9a"), (Ranges{{0, 0}, {2, 2}, {3, 3}}));
 }
 
-TEST(TokenizerRegex, UnsupportedSyntaxIsRejectedNamingPatternAndOffset) {
-  for (const char* pattern :
-       {"(?<=a)b", "(?<!a)b", "(a)\\1", "\\p{Han}+", "[[:alpha:]]", "[a-z&&[^aeiou]]", "(?x) a",
-        "(a*)*", "a**", "[z-a]", "(ab", "ab)", "\\k<x>", "*a", "\\p{L"}) {
+TEST(TokenizerRegex, MalformedPatternsAreDataErrorsNamingFileFieldPatternAndReason) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"[z-a]", "empty range in char class"},
+      {"(ab", "end pattern with unmatched parenthesis"},
+      {"ab)", "unmatched close parenthesis"},
+      {"\\k<x>", "undefined name <x> reference"},
+      {"*a", "target of repeat operator is not specified"},
+      {"\\p{NoSuchProperty}", "invalid character property name"},
+      {"(?a)x", "undefined group option"},  // Ruby syntax's option; tokenizers rejects it too
+  };
+  for (const auto& [pattern, reason] : cases) {
     try {
       Regex::compile(pattern, "tokenizer.json", "pre_tokenizer.pattern.Regex");
       ADD_FAILURE() << "accepted " << pattern;
+    } catch (const DataError& e) {
+      EXPECT_EQ(e.where(), "tokenizer.json");
+      EXPECT_EQ(e.field(), "pre_tokenizer.pattern.Regex");
+      EXPECT_NE(e.message().find(pattern), std::string::npos) << e.what();
+      EXPECT_NE(e.message().find(reason), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Syntax the earlier hand-written engine refused. The expected matches are those of tokenizers
+// 0.23.3 (a Split with invert=true and behavior "removed" keeps the non-empty matches).
+TEST(TokenizerRegex, SyntaxBeyondTheGpt2PatternsMatchesTokenizers) {
+  using Strings = std::vector<std::string>;
+  EXPECT_EQ(matches("(?<=a)b", "ab bb cab"), (Strings{"b", "b"}));
+  EXPECT_EQ(matches("(?<!a)\\p{L}+", "xab a bb"), (Strings{"xab", "a", "bb"}));
+  // Lookbehind sees the text before the search start: empty matches at thousands separators.
+  using Ranges = std::vector<std::pair<size_t, size_t>>;
+  EXPECT_EQ(Regex::compile("(?<=\\d)(?=(?:\\d{3})+(?!\\d))").find_all("1234567 12"),
+            (Ranges{{1, 1}, {4, 4}}));
+  EXPECT_EQ(matches("(\\p{L})\\1+", "aabbbc xyyz"), (Strings{"aa", "bbb", "yy"}));
+  EXPECT_EQ(matches("\\p{Han}+", "日本語のテキストと漢字、中文"),
+            (Strings{"日本語", "漢字", "中文"}));
+  EXPECT_EQ(matches("\\p{Greek}+|\\p{Cyrillic}+", "Ελληνικά и русский text"),
+            (Strings{"Ελληνικά", "и", "русский"}));
+  EXPECT_EQ(matches("[[:alpha:]]+", "abc123 Grüße!"), (Strings{"abc", "Grüße"}));
+  EXPECT_EQ(matches("[a-z&&[^aeiou]]+", "programming"), (Strings{"pr", "gr", "mm", "ng"}));
+  EXPECT_EQ(matches("(?x) \\p{Lu} \\p{Ll}+ # a capitalised word", "Hello big World"),
+            (Strings{"Hello", "World"}));
+  // Full case folding: ß matches ss.
+  EXPECT_EQ(matches("(?i)straße", "STRASSE Strasse straße strasse"),
+            (Strings{"STRASSE", "Strasse", "straße", "strasse"}));
+  EXPECT_EQ(matches("(a*)*b", "aab b"), (Strings{"aab", "b"}));
+  EXPECT_EQ(matches("\\X", "e\u0301\U0001F44D\U0001F3FD\U0001F1E9\U0001F1EA"),
+            (Strings{"e\u0301", "\U0001F44D\U0001F3FD", "\U0001F1E9\U0001F1EA"}));
+}
+
+// tokenizers' Oniguruma reads [[:punct:]] as \p{P} + \p{S}; an older system Oniguruma (6.9.8) as
+// \p{P}. Lathe either matches like tokenizers or refuses the pattern, never splits differently.
+TEST(TokenizerRegex, PosixPunctMatchesTokenizersOrIsRefused) {
+  for (const char* pattern : {"[[:punct:]]+", "[[:^punct:]]+"}) {
+    try {
+      Regex::compile(pattern, "tokenizer.json", "pre_tokenizer.pattern.Regex");
     } catch (const UnsupportedError& e) {
       EXPECT_EQ(e.field(), "pre_tokenizer.pattern.Regex");
       EXPECT_NE(e.message().find(pattern), std::string::npos) << e.what();
-      EXPECT_NE(e.message().find("byte offset"), std::string::npos) << e.what();
+      EXPECT_NE(e.message().find("\\p{S}"), std::string::npos) << e.what();
+      continue;
     }
+    const std::vector<std::string> punct = {"=", ",\u20ac"}, other = {"a", "b"};
+    EXPECT_EQ(matches(pattern, "a=b,\u20ac"), pattern[3] == '^' ? other : punct);
   }
+}
+
+// One compiled pattern serves every thread (calibration sets encode documents in parallel), and
+// patterns may be compiled concurrently (tokenizers load on any thread).
+TEST(TokenizerRegex, ConcurrentCompileAndSearchAgree) {
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "Grüße, 日本 IT'S 12345 x\u0301  y\n";
+  const Regex shared = Regex::compile(kGpt2);
+  const auto expected = shared.find_all(text);
+  std::vector<std::thread> threads;
+  std::vector<int> agreed(8, 0);
+  for (size_t t = 0; t < agreed.size(); ++t) {
+    threads.emplace_back([&, t] {
+      const Regex own = Regex::compile(t % 2 ? kGpt2 : "(?<=\\p{L})\\p{N}+|\\p{Han}+");
+      for (int k = 0; k < 20; ++k) {
+        agreed[t] += shared.find_all(text) == expected;
+        own.find_all(text);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(agreed, std::vector<int>(agreed.size(), 20));
 }
 
 }  // namespace
