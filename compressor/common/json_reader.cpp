@@ -36,8 +36,7 @@ std::string JsonReader::child_path(const std::string& key) const {
   return path_.empty() ? key : path_ + "." + key;
 }
 
-std::pair<const nlohmann::json*, const char*> JsonReader::lookup(
-    FieldNames names) const {
+std::pair<const nlohmann::json*, const char*> JsonReader::lookup(FieldNames names) const {
   if (!value_->is_object()) fail("expected an object, found " + describe_json(*value_));
   for (const char* name : names) {
     auto it = value_->find(name);
@@ -146,20 +145,17 @@ double JsonReader::number_at(FieldNames names, double min) const {
   return at(names).as_number(min);
 }
 
-std::optional<int64_t> JsonReader::optional_int(FieldNames names,
-                                                int64_t min) const {
+std::optional<int64_t> JsonReader::optional_int(FieldNames names, int64_t min) const {
   auto found = find(names);
   return found ? std::optional<int64_t>(found->as_int(min)) : std::nullopt;
 }
 
-std::optional<double> JsonReader::optional_number(FieldNames names,
-                                                  double min) const {
+std::optional<double> JsonReader::optional_number(FieldNames names, double min) const {
   auto found = find(names);
   return found ? std::optional<double>(found->as_number(min)) : std::nullopt;
 }
 
-std::string JsonReader::string_or(FieldNames names,
-                                  const std::string& fallback) const {
+std::string JsonReader::string_or(FieldNames names, const std::string& fallback) const {
   auto found = find(names);
   return found ? found->as_string() : fallback;
 }

@@ -28,7 +28,7 @@ std::string describe_json(const nlohmann::json& value);
 class FieldNames {
  public:
   FieldNames(const char* name) : names_{name}, size_(1) {}  // NOLINT: implicit by design
-  FieldNames(std::initializer_list<const char*> names);  // NOLINT: implicit by design
+  FieldNames(std::initializer_list<const char*> names);     // NOLINT: implicit by design
   const char* const* begin() const { return names_.data(); }
   const char* const* end() const { return names_.data() + size_; }
   const char* first() const { return names_[0]; }
@@ -86,19 +86,15 @@ class JsonReader {
   // --- fields, typed (X_at: required, optional_X: nullopt when absent, X_or: a fallback)
   std::string string_at(FieldNames names) const;
   bool bool_at(FieldNames names) const;
-  int64_t int_at(FieldNames names,
-                 int64_t min = std::numeric_limits<int64_t>::min()) const;
-  double number_at(FieldNames names,
-                   double min = -std::numeric_limits<double>::infinity()) const;
+  int64_t int_at(FieldNames names, int64_t min = std::numeric_limits<int64_t>::min()) const;
+  double number_at(FieldNames names, double min = -std::numeric_limits<double>::infinity()) const;
   /// The "type" field of a component object (tokenizer.json's normalizers, decoders, ...).
   std::string type() const { return string_at("type"); }
   std::optional<int64_t> optional_int(FieldNames names,
                                       int64_t min = std::numeric_limits<int64_t>::min()) const;
   std::optional<double> optional_number(
-      FieldNames names,
-      double min = -std::numeric_limits<double>::infinity()) const;
-  std::string string_or(FieldNames names,
-                        const std::string& fallback) const;
+      FieldNames names, double min = -std::numeric_limits<double>::infinity()) const;
+  std::string string_or(FieldNames names, const std::string& fallback) const;
   bool bool_or(FieldNames names, bool fallback) const;
   int64_t int_or(FieldNames names, int64_t fallback) const;
   double number_or(FieldNames names, double fallback) const;
@@ -115,8 +111,8 @@ class JsonReader {
   [[noreturn]] void unsupported(const std::string& message) const;
 
  private:
-  JsonReader(const nlohmann::json& value, std::shared_ptr<const std::string> file,
-             std::string path, ErrorKind kind);
+  JsonReader(const nlohmann::json& value, std::shared_ptr<const std::string> file, std::string path,
+             ErrorKind kind);
   /// The first present, non-null field among `names` and its name (the first name when absent).
   std::pair<const nlohmann::json*, const char*> lookup(FieldNames names) const;
 

@@ -32,13 +32,13 @@ std::string unusable_model(const std::string& path) {
   if (!fs::exists(status)) return "no such model directory or .gguf file: " + path;
   if (fs::is_directory(status)) {
     const std::string config = (fs::path(path) / "config.json").string();
-    if (!fs::exists(config))
-      return "not a Hugging Face model directory (no config.json): " + path;
+    if (!fs::exists(config)) return "not a Hugging Face model directory (no config.json): " + path;
     return unreadable_file(config);
   }
   if (fs::path(path).extension() != ".gguf")
     return "expected a model directory (config.json, *.safetensors) or a .gguf file, found the "
-           "file " + path;
+           "file " +
+           path;
   return unreadable_file(path);
 }
 
@@ -121,8 +121,8 @@ void preflight_recipe(Recipe& recipe, const ModelResolver& resolve_model) {
       for (const PassProblem& p : check_passes(recipe.model, recipe.pipeline.passes)) {
         const std::string& name = recipe.pipeline.passes[p.pass].name;
         const std::string field = recipe_field(p.pass, name, p.problem.field);
-        problems.add(recipe.location_of(field), "passes." + name + field.substr(field.find(']') + 1),
-                     p.problem.message);
+        problems.add(recipe.location_of(field),
+                     "passes." + name + field.substr(field.find(']') + 1), p.problem.message);
       }
     } catch (const Error& e) {
       problems.add(recipe.location_of("model"), "model", e.what());

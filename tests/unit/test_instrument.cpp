@@ -30,8 +30,9 @@ TEST(Instrument, CallsAreTimedAndHooksSeeEachOne) {
   Recorder rec;
   StageTiming gptq{"gptq"};
   for (int layer = 0; layer < 2; ++layer) {
-    run_stage(gptq, "gptq, layer " + std::to_string(layer),
-              [] { std::this_thread::sleep_for(std::chrono::milliseconds(20)); }, &rec);
+    run_stage(
+        gptq, "gptq, layer " + std::to_string(layer),
+        [] { std::this_thread::sleep_for(std::chrono::milliseconds(20)); }, &rec);
   }
   EXPECT_EQ(gptq.calls, 2);
   EXPECT_GE(gptq.seconds, 0.035);  // two sleeps of 20 ms, summed
@@ -46,9 +47,9 @@ TEST(Instrument, ErrorsGetTheContextAndKeepTheirKind) {
   Recorder rec;
   StageTiming gptq{"gptq"};
   try {
-    run_stage(gptq, "gptq, layer 7",
-              [] { throw DataError("m.safetensors", "model.layers.7.mlp.down_proj", "NaN"); },
-              &rec);
+    run_stage(
+        gptq, "gptq, layer 7",
+        [] { throw DataError("m.safetensors", "model.layers.7.mlp.down_proj", "NaN"); }, &rec);
     FAIL() << "no error";
   } catch (const DataError& e) {
     EXPECT_STREQ(e.what(), "gptq, layer 7 (m.safetensors): model.layers.7.mlp.down_proj: NaN");
@@ -72,8 +73,10 @@ TEST(Instrument, StageLogPrintsRunStagesOnly) {
   std::ostringstream out;
   StageLog log(out);
   StageTiming decide{"decide"}, rtn{"rtn"};
-  run_stage(decide, "", [] {}, &log);
-  run_stage(rtn, "rtn, layer 0", [] {}, &log);
+  run_stage(
+      decide, "", [] {}, &log);
+  run_stage(
+      rtn, "rtn, layer 0", [] {}, &log);
   const std::string text = out.str();
   EXPECT_EQ(text.rfind("[decide] done in ", 0), 0u) << text;
   EXPECT_NE(text.find(" s, peak RSS "), std::string::npos) << text;

@@ -74,8 +74,7 @@ TEST(JsonReader, MistakesNameFileFieldExpectationAndFinding) {
   EXPECT_EQ(error_of([&] { r.int_at("two"); }).message(), "expected an integer, found number 2.0");
   EXPECT_EQ(error_of([&] { r.int_at("big"); }).message(),
             "integer 18446744073709551615 is too large");
-  EXPECT_EQ(error_of([&] { r.int_at("neg", 0); }).message(),
-            "expected an integer >= 0, found -2");
+  EXPECT_EQ(error_of([&] { r.int_at("neg", 0); }).message(), "expected an integer >= 0, found -2");
   EXPECT_EQ(error_of([&] { r.number_at("neg", 0.0); }).message(),
             "expected a finite number >= 0.0, found -2");
   EXPECT_EQ(error_of([&] { r.bool_at("s"); }).message(),
@@ -83,8 +82,10 @@ TEST(JsonReader, MistakesNameFileFieldExpectationAndFinding) {
   EXPECT_EQ(error_of([&] { r.int_list("names"); }).field(), "names[0]");
   EXPECT_EQ(error_of([&] { r.at("chs").as_char(); }).message(),
             "expected exactly one character, found \"ab\"");
-  EXPECT_EQ(error_of([&] { r.object_at("s"); }).message(), "expected an object, found string \"text\"");
-  EXPECT_EQ(error_of([&] { r.at("list").int_at("k"); }).message(), "expected an object, found array");
+  EXPECT_EQ(error_of([&] { r.object_at("s"); }).message(),
+            "expected an object, found string \"text\"");
+  EXPECT_EQ(error_of([&] { r.at("list").int_at("k"); }).message(),
+            "expected an object, found array");
   EXPECT_EQ(error_of([&] { r.at("s").array_size(); }).field(), "s");
   e = error_of([&] { r.at("nested").fail("inner", "bad"); });
   EXPECT_EQ(std::string(e.what()), "report.json: nested.inner: bad");
