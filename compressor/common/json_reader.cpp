@@ -61,6 +61,14 @@ std::optional<JsonReader> JsonReader::find(FieldNames names) const {
   return JsonReader(*value, file_, child_path(name), kind_);
 }
 
+void JsonReader::check_keys(std::initializer_list<const char*> known) const {
+  if (!value_->is_object()) fail("expected an object, found " + describe_json(*value_));
+  for (const auto& item : value_->items()) {
+    if (std::none_of(known.begin(), known.end(), [&](const char* k) { return item.key() == k; }))
+      fail(item.key(), "unknown key");
+  }
+}
+
 std::optional<JsonReader> JsonReader::object_at(FieldNames names) const {
   auto found = find(names);
   if (found && !found->value().is_object())
@@ -93,7 +101,7 @@ int64_t JsonReader::as_int(int64_t min) const {
     fail("integer " + value_->dump() + " is too large");
   if (!value_->is_number_integer()) fail("expected an integer, found " + describe_json(*value_));
   const int64_t v = value_->get<int64_t>();
-  if (v < min) fail("expected an integer >= " + std::to_string(min) + ", found " + value_->dump());
+  if (v < min) fail("expected an integer ≥ " + std::to_string(min) + ", found " + value_->dump());
   return v;
 }
 
@@ -101,7 +109,7 @@ double JsonReader::as_number(double min) const {
   if (!value_->is_number()) fail("expected a number, found " + describe_json(*value_));
   const double v = value_->get<double>();
   if (!std::isfinite(v) || v < min) {
-    fail("expected a finite number" + (std::isinf(min) ? "" : " >= " + nlohmann::json(min).dump()) +
+    fail("expected a finite number" + (std::isinf(min) ? "" : " ≥ " + nlohmann::json(min).dump()) +
          ", found " + value_->dump());
   }
   return v;

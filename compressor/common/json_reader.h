@@ -62,6 +62,9 @@ class JsonReader {
   JsonReader at(FieldNames names) const;
   /// The value under the first present name, nullopt when none is present.
   std::optional<JsonReader> find(FieldNames names) const;
+  /// Fails at the first key of this object that is not among `known` ("unknown key"): formats
+  /// lathe owns are read strictly, so a misspelt field is not silently ignored.
+  void check_keys(std::initializer_list<const char*> known) const;
   /// The object under a field, nullopt when absent; fails when present but not an object.
   std::optional<JsonReader> object_at(FieldNames names) const;
 

@@ -8,6 +8,7 @@
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
+#include "compressor/common/json_reader.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/passes/plan.h"
 
@@ -17,109 +18,35 @@ namespace {
 constexpr const char* kFormat = "lathe-pattern-bank";
 constexpr int64_t kVersion = 1;
 
-/// Strict access to one object of the bank: every error is a DataError naming file and field.
-class Fields {
- public:
-  Fields(const nlohmann::json& object, std::string where, std::string path,
-         const std::vector<std::string>& known)
-      : object_(object), where_(std::move(where)), path_(std::move(path)) {
-    if (!object_.is_object()) throw error("", "expected an object");
-    for (const auto& [key, value] : object_.items()) {
-      if (std::find(known.begin(), known.end(), key) == known.end())
-        throw error(key, "unknown key");
-    }
-  }
+/// An integer list of exactly `length` entries (any length when length == npos), each ≥ min.
+std::vector<int64_t> int_list(const JsonReader& v, size_t length, int64_t min) {
+  const size_t n = v.array_size();
+  if (length != std::string::npos && n != length)
+    v.fail(fmt::format("expected {} entries, found {}", length, n));
+  std::vector<int64_t> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = v.element(i).as_int(min);
+  return out;
+}
 
-  std::string field(const std::string& key) const {
-    return path_.empty() ? key : key.empty() ? path_ : path_ + "." + key;
-  }
-  DataError error(const std::string& key, const std::string& message) const {
-    return DataError(where_, field(key), message);
-  }
-  bool has(const std::string& key) const { return object_.contains(key); }
-
-  const nlohmann::json& at(const std::string& key) const {
-    if (!object_.contains(key)) throw error(key, "missing");
-    return object_.at(key);
-  }
-  std::string string(const std::string& key) const {
-    const auto& v = at(key);
-    if (!v.is_string()) throw error(key, "expected a string");
-    return v.get<std::string>();
-  }
-  int64_t integer(const std::string& key, int64_t min) const {
-    const auto& v = at(key);
-    if (!v.is_number_integer() || v.get<int64_t>() < min)
-      throw error(key, fmt::format("expected an integer ≥ {}", min));
-    return v.get<int64_t>();
-  }
-  double number(const std::string& key) const {
-    const auto& v = at(key);
-    if (!v.is_number() || !std::isfinite(v.get<double>()))
-      throw error(key, "expected a finite number");
-    return v.get<double>();
-  }
-  std::vector<int64_t> integers(const std::string& key, size_t length, int64_t min) const {
-    return int_list(at(key), field(key), length, min);
-  }
-
-  /// An integer list of exactly `length` entries (any length when length == npos), each ≥ min.
-  std::vector<int64_t> int_list(const nlohmann::json& v, const std::string& f, size_t length,
-                                int64_t min) const {
-    if (!v.is_array()) throw DataError(where_, f, "expected a list of integers");
-    if (length != std::string::npos && v.size() != length) {
-      throw DataError(where_, f, fmt::format("expected {} entries, found {}", length, v.size()));
+/// [L][E_l] of finite numbers ≥ min_value, one row per MoE layer of `widths[l]` numbers.
+std::vector<std::vector<double>> matrix(const JsonReader& v, const std::vector<int64_t>& widths,
+                                        double min_value) {
+  if (!v.value().is_array() || v.value().size() != widths.size())
+    v.fail(fmt::format("expected a list of {} per-layer vectors", widths.size()));
+  std::vector<std::vector<double>> out;
+  for (size_t l = 0; l < widths.size(); ++l) {
+    const JsonReader row = v.element(l);
+    if (!row.value().is_array() || static_cast<int64_t>(row.value().size()) != widths[l]) {
+      row.fail(
+          fmt::format("expected {} numbers (the layer's experts), found {}", widths[l],
+                      row.value().is_array() ? std::to_string(row.value().size()) : "no list"));
     }
-    std::vector<int64_t> out;
-    for (size_t i = 0; i < v.size(); ++i) {
-      if (!v[i].is_number_integer() || v[i].get<int64_t>() < min) {
-        throw DataError(where_, fmt::format("{}[{}]", f, i),
-                        fmt::format("expected an integer ≥ {}", min));
-      }
-      out.push_back(v[i].get<int64_t>());
-    }
-    return out;
+    std::vector<double> values(row.array_size());
+    for (size_t e = 0; e < values.size(); ++e) values[e] = row.element(e).as_number(min_value);
+    out.push_back(std::move(values));
   }
-
-  /// [L][E_l] of finite numbers ≥ min_value.
-  std::vector<std::vector<double>> matrix(const std::string& key,
-                                          const std::vector<int64_t>& widths,
-                                          double min_value) const {
-    const auto& v = at(key);
-    const std::string f = field(key);
-    if (!v.is_array() || v.size() != widths.size()) {
-      throw DataError(where_, f,
-                      fmt::format("expected a list of {} per-layer vectors", widths.size()));
-    }
-    std::vector<std::vector<double>> out;
-    for (size_t l = 0; l < v.size(); ++l) {
-      const std::string fl = fmt::format("{}[{}]", f, l);
-      if (!v[l].is_array() || static_cast<int64_t>(v[l].size()) != widths[l]) {
-        throw DataError(
-            where_, fl,
-            fmt::format("expected {} numbers (the layer's experts), found {}", widths[l],
-                        v[l].is_array() ? std::to_string(v[l].size()) : "no list"));
-      }
-      std::vector<double> row;
-      for (size_t e = 0; e < v[l].size(); ++e) {
-        const auto& x = v[l][e];
-        if (!x.is_number() || !std::isfinite(x.get<double>()) || x.get<double>() < min_value) {
-          throw DataError(where_, fmt::format("{}[{}]", fl, e),
-                          std::isinf(min_value)
-                              ? "expected a finite number"
-                              : fmt::format("expected a finite number ≥ {}", min_value));
-        }
-        row.push_back(x.get<double>());
-      }
-      out.push_back(std::move(row));
-    }
-    return out;
-  }
-
- private:
-  const nlohmann::json& object_;
-  std::string where_, path_;
-};
+  return out;
+}
 
 nlohmann::json fp32_matrix(const std::vector<std::vector<double>>& m) {
   nlohmann::json out = nlohmann::json::array();
@@ -131,49 +58,42 @@ nlohmann::json fp32_matrix(const std::vector<std::vector<double>>& m) {
   return out;
 }
 
-TaskPattern task_from_json(const nlohmann::json& doc, const std::string& where,
-                           const std::string& path, const PatternBank& bank) {
-  const Fields f(
-      doc, where, path,
+TaskPattern task_from_json(const JsonReader& f, const PatternBank& bank) {
+  f.check_keys(
       {"name", "score", "r", "tokens", "calibration_fingerprint", "mass", "scores", "kept"});
   TaskPattern t;
-  t.name = f.string("name");
-  if (t.name.empty()) throw f.error("name", "empty task name");
-  t.score = f.string("score");
+  t.name = f.string_at("name");
+  if (t.name.empty()) f.fail("name", "empty task name");
+  t.score = f.string_at("score");
   if (t.score != "mass" && t.score != "frequency" && t.score != "top1-logit") {
-    throw f.error("score", fmt::format("unknown score '{}'; expected mass, frequency or top1-logit",
-                                       t.score));
+    f.fail("score",
+           fmt::format("unknown score '{}'; expected mass, frequency or top1-logit", t.score));
   }
-  t.r = f.number("r");
-  if (t.r < 0 || t.r > 1) throw f.error("r", "expected a threshold in [0, 1]");
-  t.tokens = f.integer("tokens", 1);
-  t.calibration_fingerprint = f.string("calibration_fingerprint");
-  t.mass = f.matrix("mass", bank.num_experts, 0.0);
+  t.r = f.number_at("r");
+  if (t.r < 0 || t.r > 1) f.fail("r", "expected a threshold in [0, 1]");
+  t.tokens = f.int_at("tokens", 1);
+  t.calibration_fingerprint = f.string_at("calibration_fingerprint");
+  t.mass = matrix(f.at("mass"), bank.num_experts, 0.0);
   if (t.score == "mass") {
     if (f.has("scores"))
-      throw f.error("scores", "present for score mass (the mass vectors are the scores)");
+      f.fail("scores", "present for score mass (the mass vectors are the scores)");
   } else {
-    t.scores = f.matrix("scores", bank.num_experts, -INFINITY);
+    t.scores = matrix(f.at("scores"), bank.num_experts, -INFINITY);
   }
-  const auto& kept = f.at("kept");
-  if (!kept.is_array() || kept.size() != bank.moe_layers.size()) {
-    throw f.error("kept",
-                  fmt::format("expected a list of {} per-layer id lists", bank.moe_layers.size()));
-  }
-  for (size_t l = 0; l < kept.size(); ++l) {
-    const std::string fl = fmt::format("{}[{}]", f.field("kept"), l);
-    std::vector<int64_t> ids = f.int_list(kept[l], fl, std::string::npos, 0);
+  const JsonReader kept = f.at("kept");
+  if (!kept.value().is_array() || kept.value().size() != bank.moe_layers.size())
+    kept.fail(fmt::format("expected a list of {} per-layer id lists", bank.moe_layers.size()));
+  for (size_t l = 0; l < bank.moe_layers.size(); ++l) {
+    const JsonReader layer = kept.element(l);
+    std::vector<int64_t> ids = int_list(layer, std::string::npos, 0);
     for (size_t i = 0; i < ids.size(); ++i) {
       if (ids[i] >= bank.num_experts[l])
-        throw DataError(where, fmt::format("{}[{}]", fl, i),
-                        fmt::format("expert {} of {}", ids[i], bank.num_experts[l]));
-      if (i > 0 && ids[i] <= ids[i - 1])
-        throw DataError(where, fl, "expert ids must be unique and ascending");
+        layer.element(i).fail(fmt::format("expert {} of {}", ids[i], bank.num_experts[l]));
+      if (i > 0 && ids[i] <= ids[i - 1]) layer.fail("expert ids must be unique and ascending");
     }
     if (static_cast<int64_t>(ids.size()) < bank.top_k[l]) {
-      throw DataError(where, fl,
-                      fmt::format("keeps {} experts but the router selects top_k = {}", ids.size(),
-                                  bank.top_k[l]));
+      layer.fail(fmt::format("keeps {} experts but the router selects top_k = {}", ids.size(),
+                             bank.top_k[l]));
     }
     t.kept.push_back(std::move(ids));
   }
@@ -206,40 +126,39 @@ nlohmann::json PatternBank::to_json() const {
 }
 
 PatternBank PatternBank::from_json(const nlohmann::json& doc, const std::string& where) {
-  const Fields f(doc, where, "", {"format", "version", "model", "tasks"});
-  if (f.string("format") != kFormat) {
-    throw f.error("format", fmt::format("'{}' is not a pattern bank (expected \"{}\")",
-                                        f.string("format"), kFormat));
-  }
-  const auto& version = f.at("version");
-  if (!version.is_number_integer() || version.get<int64_t>() != kVersion) {
-    throw f.error("version", fmt::format("pattern bank version {} (this lathe reads {})",
-                                         version.dump(), kVersion));
+  const JsonReader f(doc, where);
+  f.check_keys({"format", "version", "model", "tasks"});
+  const std::string format = f.string_at("format");
+  if (format != kFormat)
+    f.fail("format", fmt::format("'{}' is not a pattern bank (expected \"{}\")", format, kFormat));
+  const JsonReader version = f.at("version");
+  if (!version.value().is_number_integer() || version.value().get<int64_t>() != kVersion) {
+    version.fail(fmt::format("pattern bank version {} (this lathe reads {})",
+                             version.value().dump(), kVersion));
   }
   PatternBank bank;
-  const Fields m(f.at("model"), where, "model",
-                 {"weights_fingerprint", "moe_layers", "num_experts", "top_k"});
-  bank.weights_fingerprint = m.string("weights_fingerprint");
-  bank.moe_layers = m.integers("moe_layers", std::string::npos, 0);
-  if (bank.moe_layers.empty()) throw m.error("moe_layers", "no MoE layer");
+  const JsonReader m = f.at("model");
+  m.check_keys({"weights_fingerprint", "moe_layers", "num_experts", "top_k"});
+  bank.weights_fingerprint = m.string_at("weights_fingerprint");
+  bank.moe_layers = int_list(m.at("moe_layers"), std::string::npos, 0);
+  if (bank.moe_layers.empty()) m.fail("moe_layers", "no MoE layer");
   for (size_t i = 1; i < bank.moe_layers.size(); ++i) {
     if (bank.moe_layers[i] <= bank.moe_layers[i - 1])
-      throw m.error("moe_layers", "layer ids must be unique and ascending");
+      m.fail("moe_layers", "layer ids must be unique and ascending");
   }
-  bank.num_experts = m.integers("num_experts", bank.moe_layers.size(), 1);
-  bank.top_k = m.integers("top_k", bank.moe_layers.size(), 1);
+  bank.num_experts = int_list(m.at("num_experts"), bank.moe_layers.size(), 1);
+  bank.top_k = int_list(m.at("top_k"), bank.moe_layers.size(), 1);
   for (size_t l = 0; l < bank.top_k.size(); ++l) {
     if (bank.top_k[l] > bank.num_experts[l])
-      throw m.error(fmt::format("top_k[{}]", l), "exceeds the layer's experts");
+      m.fail(fmt::format("top_k[{}]", l), "exceeds the layer's experts");
   }
-  const auto& tasks = f.at("tasks");
-  if (!tasks.is_array() || tasks.empty())
-    throw f.error("tasks", "expected a non-empty list of task patterns");
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    TaskPattern t = task_from_json(tasks[i], where, fmt::format("tasks[{}]", i), bank);
+  const JsonReader tasks = f.at("tasks");
+  if (!tasks.value().is_array() || tasks.value().empty())
+    tasks.fail("expected a non-empty list of task patterns");
+  for (size_t i = 0; i < tasks.array_size(); ++i) {
+    TaskPattern t = task_from_json(tasks.element(i), bank);
     if (bank.find_task(t.name) >= 0)
-      throw DataError(where, fmt::format("tasks[{}].name", i),
-                      "task '" + t.name + "' appears twice");
+      tasks.element(i).fail("name", "task '" + t.name + "' appears twice");
     bank.tasks.push_back(std::move(t));
   }
   return bank;

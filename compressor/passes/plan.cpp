@@ -9,6 +9,7 @@
 
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
+#include "compressor/common/json_reader.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/model_spec.h"
 
@@ -58,75 +59,60 @@ nlohmann::json CompressionPlan::to_json() const {
 
 namespace {
 
-const nlohmann::json& member(const nlohmann::json& obj, const char* key, const std::string& where,
-                             nlohmann::json::value_t type, const char* expected) {
-  if (!obj.contains(key)) throw DataError(where, key, "missing");
-  const nlohmann::json& v = obj[key];
-  const bool ok =
-      type == nlohmann::json::value_t::number_integer ? v.is_number_integer() : v.type() == type;
-  if (!ok) throw DataError(where, key, std::string("expected ") + expected);
-  return v;
-}
-
-SmoothingPlan smoothing_from_json(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_object())
-    throw DataError(where, "smoothing", "expected {alpha, adaptive, statistic, v_to_o}");
+SmoothingPlan smoothing_from_json(const JsonReader& j) {
+  j.check_keys({"alpha", "adaptive", "statistic", "v_to_o"});
   SmoothingPlan p;
-  for (const auto& [k, v] : j.items()) {
-    if (k == "alpha" && v.is_number()) {
-      p.alpha = v.get<double>();
-    } else if (k == "adaptive" && v.is_boolean()) {
-      p.adaptive = v.get<bool>();
-    } else if (k == "statistic" && v.is_string()) {
-      p.statistic = v.get<std::string>();
-    } else if (k == "v_to_o" && v.is_boolean()) {
-      p.v_to_o = v.get<bool>();
-    } else {
-      throw DataError(
-          where, "smoothing." + k,
-          "unknown key or wrong type (alpha: number, adaptive/v_to_o: bool, statistic: string)");
-    }
-  }
-  if (!(p.alpha >= 0 && p.alpha <= 1)) {
-    throw DataError(where, "smoothing.alpha",
-                    fmt::format("expected a number in [0, 1], found {}", p.alpha));
-  }
-  if (p.statistic != "absmax" && p.statistic != "range") {
-    throw DataError(where, "smoothing.statistic",
-                    "expected \"absmax\" or \"range\", found \"" + p.statistic + "\"");
-  }
+  p.alpha = j.number_or("alpha", p.alpha);
+  p.adaptive = j.bool_or("adaptive", p.adaptive);
+  p.statistic = j.string_or("statistic", p.statistic);
+  p.v_to_o = j.bool_or("v_to_o", p.v_to_o);
+  if (!(p.alpha >= 0 && p.alpha <= 1))
+    j.fail("alpha", fmt::format("expected a number in [0, 1], found {}", p.alpha));
+  if (p.statistic != "absmax" && p.statistic != "range")
+    j.fail("statistic", "expected \"absmax\" or \"range\", found \"" + p.statistic + "\"");
   return p;
 }
 
-/// A plan key naming a decoder layer ("0", "12"); DataError(where, field) otherwise.
-int64_t layer_index(const std::string& key, const std::string& where, const std::string& field) {
-  if (key.empty() || key.find_first_not_of("0123456789") != std::string::npos || key.size() > 9) {
-    throw DataError(where, field, "expected a decoder layer index as the key");
-  }
-  return std::stoll(key);
+TensorPlan tensor_plan_from_json(const JsonReader& f) {
+  f.check_keys({"method", "bits", "group_size", "sym", "act_order", "mse", "damp", "act_bits"});
+  TensorPlan p;
+  p.method = f.string_or("method", p.method);
+  p.bits = f.int_or("bits", p.bits);
+  p.group_size = f.int_or("group_size", p.group_size);
+  p.sym = f.bool_or("sym", p.sym);
+  p.act_order = f.string_or("act_order", p.act_order);
+  p.mse = f.bool_or("mse", p.mse);
+  p.damp = f.number_or("damp", p.damp);
+  p.act_bits = f.int_or("act_bits", p.act_bits);
+  if (p.method != "rtn" && p.method != "gptq")
+    f.fail("method", "expected \"rtn\" or \"gptq\", found \"" + p.method + "\"");
+  if (p.act_order != "none" && p.act_order != "static" && p.act_order != "dynamic")
+    f.fail("act_order", "expected none, static or dynamic, found \"" + p.act_order + "\"");
+  if (!(p.damp >= 0 && p.damp <= 1)) f.fail("damp", fmt::format("expected 0..1, found {}", p.damp));
+  if (p.act_bits != 0 && p.act_bits != 8)
+    f.fail("act_bits", fmt::format("expected 0 or 8, found {}", p.act_bits));
+  if (p.bits < 2 || p.bits > 8) f.fail("bits", fmt::format("expected 2..8, found {}", p.bits));
+  if (p.group_size == 0 || p.group_size < -1)
+    f.fail("group_size", fmt::format("expected -1 or a positive size, found {}", p.group_size));
+  return p;
 }
 
-/// `doc[key]` as {decoder layer index: [values]} (absent: empty). DataError naming `key.<layer>`
-/// for a key that is not a layer index, a value that is not a list, or an element `accept` refuses.
-template <typename T, typename Accept>
-std::map<int64_t, std::vector<T>> layer_lists(const nlohmann::json& doc, const std::string& key,
-                                              const std::string& where, const std::string& hint,
-                                              const std::string& list_of,
-                                              const std::string& elements, Accept&& accept) {
-  std::map<int64_t, std::vector<T>> out;
-  if (!doc.contains(key)) return out;
-  const auto& e = doc[key];
-  if (!e.is_object()) throw DataError(where, key, "expected an object {layer: [" + hint + "]}");
-  for (const auto& [layer, values] : e.items()) {
-    const std::string field = key + "." + layer;
-    const int64_t index = layer_index(layer, where, field);
-    if (!values.is_array()) throw DataError(where, field, "expected a list of " + list_of);
-    std::vector<T> list;
-    for (const auto& x : values) {
-      if (!accept(x)) throw DataError(where, field, "expected " + elements);
-      list.push_back(x.template get<T>());
-    }
-    out[index] = list;
+/// The object under `key` as {decoder layer index ("0", "12"): value}, each value read by `read`
+/// (absent: empty). Fails naming `key.<layer>` for a key that is not a layer index.
+template <typename T, typename Read>
+std::map<int64_t, T> by_layer(const JsonReader& doc, const char* key, const char* hint,
+                              Read&& read) {
+  std::map<int64_t, T> out;
+  const auto e = doc.find(key);
+  if (!e) return out;
+  if (!e->value().is_object()) e->fail(std::string("expected an object {layer: ") + hint + "}");
+  for (const auto& item : e->value().items()) {
+    const std::string& layer = item.key();
+    const JsonReader value = e->at(layer.c_str());
+    if (layer.empty() || layer.find_first_not_of("0123456789") != std::string::npos ||
+        layer.size() > 9)
+      value.fail("expected a decoder layer index as the key");
+    out[std::stoll(layer)] = read(value);
   }
   return out;
 }
@@ -134,112 +120,39 @@ std::map<int64_t, std::vector<T>> layer_lists(const nlohmann::json& doc, const s
 }  // namespace
 
 CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std::string& where) {
-  using vt = nlohmann::json::value_t;
-  if (!doc.is_object()) throw DataError(where, "", "expected a JSON object");
-  if (member(doc, "format", where, vt::string, "a string") != "lathe-plan") {
-    throw DataError(where, "format", "expected \"lathe-plan\"");
-  }
-  const int64_t version =
-      member(doc, "version", where, vt::number_integer, "an integer").get<int64_t>();
+  const JsonReader f(doc, where);
+  f.check_keys({"format", "version", "pipeline", "model", "weights_fingerprint", "experts",
+                "tensors", "decided_by", "smoothing", "expert_scores", "expert_scale",
+                "diagnostics"});
+  if (f.string_at("format") != "lathe-plan") f.fail("format", "expected \"lathe-plan\"");
+  const int64_t version = f.int_at("version");
   if (version != 1)
-    throw UnsupportedError(where, "version",
-                           fmt::format("plan version {} (this lathe reads 1)", version));
-  static const std::vector<std::string> known = {
-      "format",  "version",    "pipeline",  "model",         "weights_fingerprint", "experts",
-      "tensors", "decided_by", "smoothing", "expert_scores", "expert_scale",        "diagnostics"};
-  for (const auto& [k, v] : doc.items()) {
-    if (std::find(known.begin(), known.end(), k) == known.end())
-      throw DataError(where, k, "unknown key");
-  }
+    f.at("version").unsupported(fmt::format("plan version {} (this lathe reads 1)", version));
   CompressionPlan plan;
-  plan.pipeline = doc.value("pipeline", "");
-  plan.model = doc.value("model", "");
-  plan.weights_fingerprint = doc.value("weights_fingerprint", "");
-  plan.experts =
-      layer_lists<int64_t>(doc, "experts", where, "ids", "expert ids", "integer expert ids",
-                           [](const nlohmann::json& x) { return x.is_number_integer(); });
-  if (doc.contains("tensors")) {
-    const auto& t = doc["tensors"];
-    if (!t.is_object()) throw DataError(where, "tensors", "expected an object {name: format}");
-    for (const auto& [name, f] : t.items()) {
-      const std::string field = "tensors." + name;
-      if (!f.is_object()) throw DataError(where, field, "expected {method, bits, group_size, sym}");
-      TensorPlan p;
-      for (const auto& [k, v] : f.items()) {
-        if (k == "method" && v.is_string()) {
-          p.method = v.get<std::string>();
-        } else if (k == "bits" && v.is_number_integer()) {
-          p.bits = v.get<int64_t>();
-        } else if (k == "group_size" && v.is_number_integer()) {
-          p.group_size = v.get<int64_t>();
-        } else if (k == "sym" && v.is_boolean()) {
-          p.sym = v.get<bool>();
-        } else if (k == "act_order" && v.is_string()) {
-          p.act_order = v.get<std::string>();
-        } else if (k == "mse" && v.is_boolean()) {
-          p.mse = v.get<bool>();
-        } else if (k == "damp" && v.is_number()) {
-          p.damp = v.get<double>();
-        } else if (k == "act_bits" && v.is_number_integer()) {
-          p.act_bits = v.get<int64_t>();
-        } else {
-          throw DataError(where, field + "." + k,
-                          "unknown key or wrong type (method/act_order: string, "
-                          "bits/group_size/act_bits: integer, "
-                          "sym/mse: bool, damp: number)");
-        }
-      }
-      if (p.method != "rtn" && p.method != "gptq") {
-        throw DataError(where, field + ".method",
-                        "expected \"rtn\" or \"gptq\", found \"" + p.method + "\"");
-      }
-      if (p.act_order != "none" && p.act_order != "static" && p.act_order != "dynamic") {
-        throw DataError(where, field + ".act_order",
-                        "expected none, static or dynamic, found \"" + p.act_order + "\"");
-      }
-      if (!(p.damp >= 0 && p.damp <= 1))
-        throw DataError(where, field + ".damp", fmt::format("expected 0..1, found {}", p.damp));
-      if (p.act_bits != 0 && p.act_bits != 8) {
-        throw DataError(where, field + ".act_bits",
-                        fmt::format("expected 0 or 8, found {}", p.act_bits));
-      }
-      if (p.bits < 2 || p.bits > 8)
-        throw DataError(where, field + ".bits", fmt::format("expected 2..8, found {}", p.bits));
-      if (p.group_size == 0 || p.group_size < -1) {
-        throw DataError(where, field + ".group_size",
-                        fmt::format("expected -1 or a positive size, found {}", p.group_size));
-      }
-      plan.tensors[name] = p;
-    }
+  plan.pipeline = f.string_or("pipeline", "");
+  plan.model = f.string_or("model", "");
+  plan.weights_fingerprint = f.string_or("weights_fingerprint", "");
+  plan.experts = by_layer<std::vector<int64_t>>(
+      f, "experts", "[ids]", [](const JsonReader& v) { return v.as_int_list(); });
+  if (const auto tensors = f.object_at("tensors")) {
+    for (const auto& item : tensors->value().items())
+      plan.tensors[item.key()] = tensor_plan_from_json(tensors->at(item.key().c_str()));
   }
   plan.expert_scores =
-      layer_lists<double>(doc, "expert_scores", where, "scores", "numbers", "numbers",
-                          [](const nlohmann::json& x) { return x.is_number(); });
-  if (doc.contains("expert_scale")) {
-    const auto& e = doc["expert_scale"];
-    if (!e.is_object())
-      throw DataError(where, "expert_scale", "expected an object {layer: factor}");
-    for (const auto& [layer, v] : e.items()) {
-      const std::string field = "expert_scale." + layer;
-      const int64_t index = layer_index(layer, where, field);
-      if (!v.is_number() || !std::isfinite(v.get<double>()))
-        throw DataError(where, field, "expected a finite number");
-      plan.expert_scale[index] = v.get<double>();
-    }
-  }
-  if (doc.contains("diagnostics")) {
-    if (!doc["diagnostics"].is_object())
-      throw DataError(where, "diagnostics", "expected an object {pass: {...}}");
-    for (const auto& [k, v] : doc["diagnostics"].items()) plan.diagnostics[k] = v;
-  }
-  if (doc.contains("smoothing")) plan.smoothing = smoothing_from_json(doc["smoothing"], where);
-  if (doc.contains("decided_by")) {
-    if (!doc["decided_by"].is_object()) throw DataError(where, "decided_by", "expected an object");
-    for (const auto& [k, v] : doc["decided_by"].items()) {
-      if (!v.is_string()) throw DataError(where, "decided_by." + k, "expected a string");
-      plan.decided_by[k] = v.get<std::string>();
-    }
-  }
+      by_layer<std::vector<double>>(f, "expert_scores", "[scores]", [](const JsonReader& v) {
+        std::vector<double> out(v.array_size());
+        for (size_t i = 0; i < out.size(); ++i) out[i] = v.element(i).as_number();
+        return out;
+      });
+  plan.expert_scale = by_layer<double>(f, "expert_scale", "factor",
+                                       [](const JsonReader& v) { return v.as_number(); });
+  if (const auto diagnostics = f.object_at("diagnostics"))
+    for (const auto& [k, v] : diagnostics->value().items()) plan.diagnostics[k] = v;
+  if (const auto smoothing = f.object_at("smoothing"))
+    plan.smoothing = smoothing_from_json(*smoothing);
+  if (const auto decided_by = f.object_at("decided_by"))
+    for (const auto& item : decided_by->value().items())
+      plan.decided_by[item.key()] = decided_by->at(item.key().c_str()).as_string();
   return plan;
 }
 

@@ -74,9 +74,9 @@ TEST(JsonReader, MistakesNameFileFieldExpectationAndFinding) {
   EXPECT_EQ(error_of([&] { r.int_at("two"); }).message(), "expected an integer, found number 2.0");
   EXPECT_EQ(error_of([&] { r.int_at("big"); }).message(),
             "integer 18446744073709551615 is too large");
-  EXPECT_EQ(error_of([&] { r.int_at("neg", 0); }).message(), "expected an integer >= 0, found -2");
+  EXPECT_EQ(error_of([&] { r.int_at("neg", 0); }).message(), "expected an integer ≥ 0, found -2");
   EXPECT_EQ(error_of([&] { r.number_at("neg", 0.0); }).message(),
-            "expected a finite number >= 0.0, found -2");
+            "expected a finite number ≥ 0.0, found -2");
   EXPECT_EQ(error_of([&] { r.bool_at("s"); }).message(),
             "expected true or false, found string \"text\"");
   EXPECT_EQ(error_of([&] { r.int_list("names"); }).field(), "names[0]");
@@ -90,6 +90,14 @@ TEST(JsonReader, MistakesNameFileFieldExpectationAndFinding) {
   e = error_of([&] { r.at("nested").fail("inner", "bad"); });
   EXPECT_EQ(std::string(e.what()), "report.json: nested.inner: bad");
   EXPECT_EQ(error_of([&] { r.at("s").unsupported("no"); }).kind(), ErrorKind::kUnsupported);
+}
+
+TEST(JsonReader, CheckKeysNamesTheFirstUnknownKey) {
+  const JsonReader r(kDoc, "bank.json");
+  r.at("nested").check_keys({"inner"});
+  const Error e = error_of([&] { r.at("nested").check_keys({"outer"}); });
+  EXPECT_EQ(e.field(), "nested.inner");
+  EXPECT_EQ(e.message(), "unknown key");
 }
 
 TEST(JsonReader, LongValuesAreCutInMessages) {
