@@ -13,6 +13,7 @@
 
 #include "compressor/common/errors.h"
 #include "compressor/common/file_io.h"
+#include "compressor/common/json_reader.h"
 #include "compressor/common/strict_json.h"
 #include "compressor/model/tensor_bridge.h"
 #include "compressor/model/weight_store.h"
@@ -23,52 +24,6 @@ using ojson = nlohmann::ordered_json;
 
 namespace lathe {
 namespace {
-
-/// Typed fields of the quantization_config object; every problem is DataError(file, prefix+field).
-class Fields {
- public:
-  Fields(const ojson& obj, std::string file, std::string prefix)
-      : obj_(obj), file_(std::move(file)), prefix_(std::move(prefix)) {}
-  DataError error(const std::string& field, const std::string& message) const {
-    return DataError(file_, prefix_ + field, message);
-  }
-  const ojson* get(const std::string& field) const {
-    auto it = obj_.find(field);
-    return it == obj_.end() || it->is_null() ? nullptr : &*it;
-  }
-  int64_t required_int(const std::string& field) const {
-    const ojson* v = get(field);
-    if (!v) throw error(field, "missing: expected an integer");
-    if (!v->is_number_integer()) throw error(field, "expected an integer, found " + v->dump());
-    return v->get<int64_t>();
-  }
-  int64_t int_or(const std::string& field, int64_t fallback) const {
-    return get(field) ? required_int(field) : fallback;
-  }
-  bool bool_or(const std::string& field, bool fallback) const {
-    const ojson* v = get(field);
-    if (!v) return fallback;
-    if (!v->is_boolean()) throw error(field, "expected true or false, found " + v->dump());
-    return v->get<bool>();
-  }
-  std::string string_or(const std::string& field, const std::string& fallback) const {
-    const ojson* v = get(field);
-    if (!v) return fallback;
-    if (!v->is_string()) throw error(field, "expected a string, found " + v->dump());
-    return v->get<std::string>();
-  }
-  const ojson* object_or_null(const std::string& field) const {
-    const ojson* v = get(field);
-    if (v && !v->is_object()) throw error(field, "expected an object, found " + v->dump());
-    return v;
-  }
-  const std::string& file() const { return file_; }
-  const std::string& prefix() const { return prefix_; }
-
- private:
-  const ojson& obj_;
-  std::string file_, prefix_;
-};
 
 /// config.json's quantization_config (ordered: `dynamic` is first-match), or null when absent.
 ojson read_quantization_config(const fs::path& dir) {
@@ -85,11 +40,12 @@ ojson read_quantization_config(const fs::path& dir) {
   return *it;
 }
 
-std::regex compile_pattern(const std::string& pattern, const Fields& f, const std::string& field) {
+std::regex compile_pattern(const std::string& pattern, const OrderedJsonReader& f,
+                           const std::string& field) {
   try {
     return std::regex(pattern, std::regex::ECMAScript);
   } catch (const std::regex_error& e) {
-    throw f.error(field, "cannot parse the regex \"" + pattern + "\": " + e.what());
+    f.fail(field, "cannot parse the regex \"" + pattern + "\": " + e.what());
   }
 }
 
@@ -168,26 +124,26 @@ class GptqCheckpoint : public CheckpointBase {
  public:
   GptqCheckpoint(const std::string& dir, const ojson& qc) : CheckpointBase(dir) {
     tensor_suffixes_ = {".qweight", ".qzeros", ".scales", ".g_idx"};
-    const Fields f(qc, (fs::path(dir) / "config.json").string(), "quantization_config.");
-    const std::string format = f.get("checkpoint_format") ? f.string_or("checkpoint_format", "gptq")
+    const OrderedJsonReader f(qc, (fs::path(dir) / "config.json").string(), "quantization_config");
+    const std::string format = f.has("checkpoint_format") ? f.string_or("checkpoint_format", "gptq")
                                                           : f.string_or("format", "gptq");
     if (format == "gptq_v2")
       throw UnsupportedError(
-          f.file(), f.prefix() + "checkpoint_format",
+          f.file(), f.child_path("checkpoint_format"),
           "gptq_v2 (GPTQModel's internal zero points) is not read; lathe reads v1 (\"gptq\")");
     if (format != "gptq")
-      throw f.error("checkpoint_format", "expected \"gptq\", found \"" + format + "\"");
+      f.fail("checkpoint_format", "expected \"gptq\", found \"" + format + "\"");
     if (f.bool_or("lm_head", false))
-      throw UnsupportedError(f.file(), f.prefix() + "lm_head", "a quantized lm_head is not read");
-    GptqModule base{f.required_int("bits"), f.required_int("group_size"), f.bool_or("sym", true)};
-    check_setting(base, f, "");
+      throw UnsupportedError(f.file(), f.child_path("lm_head"), "a quantized lm_head is not read");
+    GptqModule base{f.int_at("bits"), f.int_at("group_size"), f.bool_or("sym", true)};
+    check_setting(base, f);
     f.bool_or("desc_act", false);  // type-checked; dequantization follows g_idx either way
     base_bits_ = base.bits;
     std::vector<std::pair<std::string, std::optional<GptqModule>>>
         rules;  // pattern key → override (nullopt: skip)
     std::vector<std::regex> regexes;
-    if (const ojson* dyn = f.object_or_null("dynamic")) {
-      for (const auto& [key, value] : dyn->items()) {
+    if (const auto dyn = f.object_at("dynamic")) {
+      for (const auto& [key, value] : dyn->value().items()) {
         const bool skip = key.rfind("-:", 0) == 0;
         const std::string pattern = key.rfind("+:", 0) == 0 || skip ? key.substr(2) : key;
         regexes.push_back(compile_pattern(pattern, f, "dynamic." + key));
@@ -196,12 +152,12 @@ class GptqCheckpoint : public CheckpointBase {
           continue;
         }
         if (!value.is_object())
-          throw f.error("dynamic." + key, "expected an object of overrides, found " + value.dump());
-        const Fields o(value, f.file(), f.prefix() + "dynamic." + key + ".");
+          f.fail("dynamic." + key, "expected an object of overrides, found " + value.dump());
+        const OrderedJsonReader o = dyn->at(key.c_str());
         GptqModule m{o.int_or("bits", base.bits), o.int_or("group_size", base.group_size),
                      o.bool_or("sym", base.sym)};
         o.bool_or("desc_act", false);
-        check_setting(m, o, "");
+        check_setting(m, o);
         rules.emplace_back(key, m);
       }
     }
@@ -265,11 +221,11 @@ class GptqCheckpoint : public CheckpointBase {
   }
 
  private:
-  static void check_setting(const GptqModule& m, const Fields& f, const std::string&) {
+  static void check_setting(const GptqModule& m, const OrderedJsonReader& f) {
     if (gptq_pack_multiple(m.bits) == 0)
-      throw f.error("bits", fmt::format("GPTQ packs 2, 3, 4 or 8 bits, found {}", m.bits));
+      f.fail("bits", fmt::format("GPTQ packs 2, 3, 4 or 8 bits, found {}", m.bits));
     if (m.group_size == 0 || m.group_size < -1)
-      throw f.error("group_size", fmt::format("expected -1 or > 0, found {}", m.group_size));
+      f.fail("group_size", fmt::format("expected -1 or > 0, found {}", m.group_size));
   }
   std::vector<GptqModule> settings_;
   int64_t base_bits_ = 4;
@@ -288,23 +244,22 @@ struct CtGroup {
   std::vector<std::string> classes;  ///< other targets ("Linear"): every quantized module
 };
 
-CtGroup parse_group(const std::string& key, const ojson& g, const Fields& top,
+CtGroup parse_group(const std::string& key, const OrderedJsonReader& groups,
                     const std::string& default_format) {
-  if (!g.is_object())
-    throw top.error("config_groups." + key, "expected an object, found " + g.dump());
-  const Fields f(g, top.file(), top.prefix() + "config_groups." + key + ".");
+  const OrderedJsonReader f = groups.at(key.c_str());
+  if (!f.value().is_object()) f.fail("expected an object, found " + f.value().dump());
   CtGroup r;
   r.name = key;
   r.format = f.string_or("format", default_format);
   if (r.format != "pack-quantized" && r.format != "int-quantized") {
-    throw UnsupportedError(f.file(), f.prefix() + "format",
+    throw UnsupportedError(f.file(), f.child_path("format"),
                            "\"" + r.format + "\": lathe reads pack-quantized and int-quantized");
   }
-  const ojson* targets = f.get("targets");
-  if (!targets || !targets->is_array() || targets->empty())
-    throw f.error("targets", "expected a non-empty list of strings");
-  for (const auto& t : *targets) {
-    if (!t.is_string()) throw f.error("targets", "expected strings, found " + t.dump());
+  const auto targets = f.find("targets");
+  if (!targets || !targets->value().is_array() || targets->value().empty())
+    f.fail("targets", "expected a non-empty list of strings");
+  for (const auto& t : targets->value()) {
+    if (!t.is_string()) f.fail("targets", "expected strings, found " + t.dump());
     const std::string s = t.get<std::string>();
     if (s.rfind("re:", 0) == 0) {
       r.regexes.push_back(compile_pattern(s.substr(3), f, "targets"));
@@ -314,57 +269,57 @@ CtGroup parse_group(const std::string& key, const ojson& g, const Fields& top,
       r.classes.push_back(s);
     }
   }
-  const ojson* w = f.object_or_null("weights");
-  if (!w) throw f.error("weights", "missing: expected the weight quantization arguments");
-  const Fields wf(*w, f.file(), f.prefix() + "weights.");
+  const auto w = f.object_at("weights");
+  if (!w) f.fail("weights", "missing: expected the weight quantization arguments");
+  const OrderedJsonReader& wf = *w;
   if (wf.string_or("type", "int") != "int")
-    throw UnsupportedError(wf.file(), wf.prefix() + "type", "only integer weights are read");
+    throw UnsupportedError(wf.file(), wf.child_path("type"), "only integer weights are read");
   if (wf.bool_or("dynamic", false))
-    throw UnsupportedError(wf.file(), wf.prefix() + "dynamic",
+    throw UnsupportedError(wf.file(), wf.child_path("dynamic"),
                            "dynamic weight quantization is not read");
-  r.bits = wf.required_int("num_bits");
+  r.bits = wf.int_at("num_bits");
   r.sym = wf.bool_or("symmetric", true);
   const std::string strategy = wf.string_or("strategy", "");
   if (strategy == "group") {
-    r.group_size = wf.required_int("group_size");
+    r.group_size = wf.int_at("group_size");
     if (r.group_size <= 0)
-      throw wf.error("group_size", fmt::format("expected > 0, found {}", r.group_size));
+      wf.fail("group_size", fmt::format("expected > 0, found {}", r.group_size));
   } else if (strategy == "channel") {
     r.group_size = -1;
   } else {
-    throw UnsupportedError(wf.file(), wf.prefix() + "strategy",
+    throw UnsupportedError(wf.file(), wf.child_path("strategy"),
                            "\"" + strategy + "\": lathe reads group and channel");
   }
-  if (const ojson* a = wf.get("actorder")) {
-    if (a->is_boolean()) {
-      r.actorder_group = a->get<bool>();
+  if (const auto a = wf.find("actorder")) {
+    if (a->value().is_boolean()) {
+      r.actorder_group = a->as_bool();
     } else {
       const std::string s = wf.string_or("actorder", "");
       if (s != "group" && s != "dynamic" && s != "weight" && s != "static")
-        throw wf.error("actorder", "expected group, weight or null, found " + a->dump());
+        wf.fail("actorder", "expected group, weight or null, found " + a->value().dump());
       r.actorder_group = s == "group" || s == "dynamic";
     }
   }
   if (r.format == "int-quantized" && (r.bits != 8 || r.group_size != -1 || !r.sym)) {
-    throw wf.error("num_bits", "int-quantized is read for 8-bit symmetric per-channel weights");
+    wf.fail("num_bits", "int-quantized is read for 8-bit symmetric per-channel weights");
   }
   if (r.format == "pack-quantized" && !ct_pack_bits_supported(r.bits)) {
     throw UnsupportedError(
-        wf.file(), wf.prefix() + "num_bits",
+        wf.file(), wf.child_path("num_bits"),
         fmt::format("pack-quantized is read for 2, 4 or 8 bits, found {}", r.bits));
   }
-  if (const ojson* in = f.object_or_null("input_activations")) {
-    const Fields af(*in, f.file(), f.prefix() + "input_activations.");
+  if (const auto in = f.object_at("input_activations")) {
+    const OrderedJsonReader& af = *in;
     const bool int8_token = af.int_or("num_bits", 0) == 8 && af.string_or("type", "int") == "int" &&
                             af.bool_or("symmetric", false) &&
                             af.string_or("strategy", "") == "token" && af.bool_or("dynamic", false);
     if (!int8_token)
-      throw UnsupportedError(af.file(), f.prefix() + "input_activations",
+      throw UnsupportedError(af.file(), f.child_path("input_activations"),
                              "only int8 symmetric per-token dynamic inputs are read");
     r.act_bits = 8;
   }
-  if (f.get("output_activations"))
-    throw UnsupportedError(f.file(), f.prefix() + "output_activations",
+  if (f.has("output_activations"))
+    throw UnsupportedError(f.file(), f.child_path("output_activations"),
                            "output quantization is not read");
   return r;
 }
@@ -374,24 +329,25 @@ class CompressedTensorsCheckpoint : public CheckpointBase {
   CompressedTensorsCheckpoint(const std::string& dir, const ojson& qc) : CheckpointBase(dir) {
     tensor_suffixes_ = {".weight_packed",     ".weight_scale", ".weight_shape",
                         ".weight_zero_point", ".weight_g_idx", ".weight"};
-    const Fields f(qc, (fs::path(dir) / "config.json").string(), "quantization_config.");
+    const OrderedJsonReader f(qc, (fs::path(dir) / "config.json").string(), "quantization_config");
     const std::string status = f.string_or("quantization_status", "");
     if (status != "compressed") {
-      throw UnsupportedError(f.file(), f.prefix() + "quantization_status",
+      throw UnsupportedError(f.file(), f.child_path("quantization_status"),
                              "\"" + status + "\": lathe reads compressed checkpoints");
     }
     const std::string format = f.string_or("format", "");
-    const ojson* groups = f.object_or_null("config_groups");
-    if (!groups || groups->empty())
-      throw f.error("config_groups", "missing: expected at least one group");
-    for (const auto& [key, g] : groups->items()) groups_.push_back(parse_group(key, g, f, format));
+    const auto groups = f.object_at("config_groups");
+    if (!groups || groups->value().empty())
+      f.fail("config_groups", "missing: expected at least one group");
+    for (const auto& item : groups->value().items())
+      groups_.push_back(parse_group(item.key(), *groups, format));
     std::vector<std::regex> ignore_re;
     std::vector<std::string> ignore_names;
-    if (const ojson* ig = f.get("ignore")) {
-      if (!ig->is_array())
-        throw f.error("ignore", "expected a list of strings, found " + ig->dump());
-      for (const auto& t : *ig) {
-        if (!t.is_string()) throw f.error("ignore", "expected strings, found " + t.dump());
+    if (const auto ig = f.find("ignore")) {
+      if (!ig->value().is_array())
+        f.fail("ignore", "expected a list of strings, found " + ig->value().dump());
+      for (const auto& t : ig->value()) {
+        if (!t.is_string()) f.fail("ignore", "expected strings, found " + t.dump());
         const std::string s = t.get<std::string>();
         if (s.rfind("re:", 0) == 0)
           ignore_re.push_back(compile_pattern(s.substr(3), f, "ignore"));
@@ -538,23 +494,23 @@ std::shared_ptr<const PackedCheckpoint> open_packed_checkpoint(const std::string
 std::string quantization_method(const std::string& dir) {
   const ojson qc = read_quantization_config(dir);
   if (qc.is_null()) return "";
-  const Fields f(qc, (fs::path(dir) / "config.json").string(), "quantization_config.");
+  const OrderedJsonReader f(qc, (fs::path(dir) / "config.json").string(), "quantization_config");
   const std::string method = f.string_or("quant_method", "");
   if (method.empty())
-    throw f.error("quant_method", "missing: expected \"gptq\" or \"compressed-tensors\"");
+    f.fail("quant_method", "missing: expected \"gptq\" or \"compressed-tensors\"");
   return method;
 }
 
 std::shared_ptr<const DequantizedWeights> open_quantized_checkpoint(const std::string& dir) {
   const ojson qc = read_quantization_config(dir);
   if (qc.is_null()) return nullptr;
-  const Fields f(qc, (fs::path(dir) / "config.json").string(), "quantization_config.");
+  const OrderedJsonReader f(qc, (fs::path(dir) / "config.json").string(), "quantization_config");
   const std::string method = f.string_or("quant_method", "");
   if (method == "gptq") return std::make_shared<GptqCheckpoint>(dir, qc);
   if (method == "compressed-tensors") return std::make_shared<CompressedTensorsCheckpoint>(dir, qc);
   if (method.empty())
-    throw f.error("quant_method", "missing: expected \"gptq\" or \"compressed-tensors\"");
-  throw UnsupportedError(f.file(), f.prefix() + "quant_method",
+    f.fail("quant_method", "missing: expected \"gptq\" or \"compressed-tensors\"");
+  throw UnsupportedError(f.file(), f.child_path("quant_method"),
                          "\"" + method + "\": lathe reads gptq and compressed-tensors checkpoints");
 }
 

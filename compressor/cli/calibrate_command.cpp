@@ -22,6 +22,7 @@
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
 #include "compressor/pipeline/observe.h"
+#include "compressor/pipeline/preflight.h"
 #include "export/gguf_model_cache.h"
 #include "export/output_lock.h"
 
@@ -60,7 +61,12 @@ void run_calibrate(CalibrateArgs& args) {
   CalibrateRequest req;
   req.model_dir = args.model;
   req.out = args.out;
-  for (const auto& d : args.data) req.calibration.sources.push_back(parse_data_option(d));
+  std::vector<std::pair<std::string, std::string>> inputs;
+  for (const auto& d : args.data) {
+    req.calibration.sources.push_back(parse_data_option(d));
+    inputs.emplace_back("--data", req.calibration.sources.back().path);
+  }
+  require_command_inputs(args.model, inputs);  // every missing input at once, before anything
   req.calibration.samples = args.samples;
   req.calibration.seq_len = args.seq_len;
   req.calibration.packing = parse_packing(args.packing);
@@ -132,6 +138,10 @@ CalibrationSource parse_data_option(const std::string& spec) {
   const size_t eq = spec.find('=');
   if (eq == std::string::npos) {
     src.path = spec;
+    if (std::filesystem::path(spec).extension() != ".jsonl")
+      throw ConfigError(spec, "--data",
+                        "a text source needs a task label: TASK=PATH (only a .jsonl file names "
+                        "tasks per record)");
   } else {
     src.task = spec.substr(0, eq);
     src.path = spec.substr(eq + 1);

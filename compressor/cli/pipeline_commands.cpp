@@ -155,6 +155,13 @@ void add_apply_command(CLI::App& app) {
                    "routed experts per MoE layer with golden vectors (-1: all)")
       ->capture_default_str();
   apply->callback([args] {
+    std::vector<CalibrationSource> sources;
+    std::vector<std::pair<std::string, std::string>> inputs = {{"--plan", args->plan}};
+    for (const auto& d : args->data) {
+      sources.push_back(parse_data_option(d));
+      inputs.emplace_back("--data", sources.back().path);
+    }
+    require_command_inputs(args->model, inputs);  // every missing input at once, before anything
     args->model = model_directory(args->model);
     ApplyRequest req;
     req.model_dir = args->model;
@@ -165,7 +172,7 @@ void add_apply_command(CLI::App& app) {
     req.fresh = args->fresh;
     if (!args->data.empty()) {
       CalibrationOptions c;
-      for (const auto& d : args->data) c.sources.push_back(parse_data_option(d));
+      c.sources = sources;
       c.samples = args->samples;
       c.seq_len = args->seq_len;
       c.packing = parse_packing(args->packing);

@@ -22,6 +22,7 @@ namespace lathe {
 /// A short description of a JSON value for messages: `integer 3`, `number 2.5`, `string "abc"`
 /// (long text cut at 40 characters), `boolean true`, `array`, `object`, `null`.
 std::string describe_json(const nlohmann::json& value);
+std::string describe_json(const nlohmann::ordered_json& value);
 
 /// The name of a field, or a few aliases of it (`{"num_experts", "num_local_experts"}`): the first
 /// present one is read, and an absent field is named by the first.
@@ -38,18 +39,21 @@ class FieldNames {
   size_t size_;
 };
 
-/// One JSON value of a file and where it sits. Failures throw the reader's error kind (ConfigError
-/// for config.json, DataError for data files by default) with where = the file and field = the
-/// JSON path. A field that is present but `null` counts as absent, the way transformers and
-/// tokenizers treat it. Getters taking a list of names accept aliases (the first present wins;
-/// absent ones are named by the first). The value must outlive the reader; copies are cheap.
-class JsonReader {
+/// One JSON value of a file and where it sits (JsonReader for nlohmann::json, OrderedJsonReader
+/// for nlohmann::ordered_json where the order of an object's keys means something). Failures throw
+/// the reader's error kind (ConfigError for config.json, DataError for data files by default) with
+/// where = the file and field = the JSON path. A field that is present but `null` counts as absent,
+/// the way transformers and tokenizers treat it. Getters taking a list of names accept aliases (the
+/// first present wins; absent ones are named by the first). The value must outlive the reader;
+/// copies are cheap.
+template <class Json>
+class BasicJsonReader {
  public:
   /// `file` names the source in errors; `path` is the JSON path of `value` ("" for the root).
-  JsonReader(const nlohmann::json& value, std::string file, std::string path = "",
-             ErrorKind kind = ErrorKind::kData);
+  BasicJsonReader(const Json& value, std::string file, std::string path = "",
+                  ErrorKind kind = ErrorKind::kData);
 
-  const nlohmann::json& value() const { return *value_; }
+  const Json& value() const { return *value_; }
   const std::string& path() const { return path_; }
   const std::string& file() const { return *file_; }
   /// "path.key" ("key" at the root).
@@ -59,20 +63,20 @@ class JsonReader {
   /// True when any of the names is present and not null; fails unless the value is an object.
   bool has(FieldNames names) const;
   /// The value under the first present name; fails when none is present.
-  JsonReader at(FieldNames names) const;
+  BasicJsonReader at(FieldNames names) const;
   /// The value under the first present name, nullopt when none is present.
-  std::optional<JsonReader> find(FieldNames names) const;
+  std::optional<BasicJsonReader> find(FieldNames names) const;
   /// Fails at the first key of this object that is not among `known` ("unknown key"): formats
   /// lathe owns are read strictly, so a misspelt field is not silently ignored.
   void check_keys(std::initializer_list<const char*> known) const;
   /// The object under a field, nullopt when absent; fails when present but not an object.
-  std::optional<JsonReader> object_at(FieldNames names) const;
+  std::optional<BasicJsonReader> object_at(FieldNames names) const;
 
   // --- arrays
   /// Number of elements; fails unless the value is an array.
   size_t array_size() const;
   /// Element `i` of an array value (call array_size first).
-  JsonReader element(size_t i) const;
+  BasicJsonReader element(size_t i) const;
 
   // --- this value, typed
   std::string as_string() const;
@@ -114,15 +118,20 @@ class JsonReader {
   [[noreturn]] void unsupported(const std::string& message) const;
 
  private:
-  JsonReader(const nlohmann::json& value, std::shared_ptr<const std::string> file, std::string path,
-             ErrorKind kind);
+  BasicJsonReader(const Json& value, std::shared_ptr<const std::string> file, std::string path,
+                  ErrorKind kind);
   /// The first present, non-null field among `names` and its name (the first name when absent).
-  std::pair<const nlohmann::json*, const char*> lookup(FieldNames names) const;
+  std::pair<const Json*, const char*> lookup(FieldNames names) const;
 
-  const nlohmann::json* value_;
+  const Json* value_;
   std::shared_ptr<const std::string> file_;
   std::string path_;
   ErrorKind kind_;
 };
+
+using JsonReader = BasicJsonReader<nlohmann::json>;
+using OrderedJsonReader = BasicJsonReader<nlohmann::ordered_json>;
+extern template class BasicJsonReader<nlohmann::json>;
+extern template class BasicJsonReader<nlohmann::ordered_json>;
 
 }  // namespace lathe

@@ -109,6 +109,19 @@ std::vector<PassProblem> check_passes(const std::string& model_dir,
   return out;
 }
 
+void require_command_inputs(const std::string& model,
+                            const std::vector<std::pair<std::string, std::string>>& files) {
+  std::vector<std::string> problems;
+  if (std::string p = unusable_model(model); !p.empty()) problems.push_back("model: " + p);
+  for (const auto& [option, path] : files)
+    if (std::string p = unreadable_file(path); !p.empty()) problems.push_back(option + ": " + p);
+  if (problems.empty()) return;
+  if (problems.size() == 1) throw ConfigError("", "", problems[0]);
+  std::string message = std::to_string(problems.size()) + " unusable inputs";
+  for (const auto& p : problems) message += "\n" + p;
+  throw ConfigError("", "", message);
+}
+
 void preflight_recipe(Recipe& recipe, const ModelResolver& resolve_model) {
   RecipeProblems problems;
   check_input_files(recipe, problems);

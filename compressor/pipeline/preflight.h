@@ -25,6 +25,13 @@ struct PassProblem {
 std::vector<PassProblem> check_passes(const std::string& model_dir,
                                       const std::vector<PassInstance>& passes);
 
+/// For commands without a recipe (`lathe apply`, `lathe calibrate`): checks the model path (a
+/// directory with config.json, or a .gguf file) and each input file, given as (option, path), and
+/// throws one ConfigError listing every problem ("--data: no such file: x.txt"), before anything
+/// runs.
+void require_command_inputs(const std::string& model,
+                            const std::vector<std::pair<std::string, std::string>>& files);
+
 /// Turns a recipe's model path into a model directory (importing a .gguf file); may throw.
 using ModelResolver = std::function<std::string(const std::string&)>;
 

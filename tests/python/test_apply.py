@@ -303,3 +303,26 @@ def test_bad_plans_are_refused_and_nothing_is_written(tmp_path, plan, code, need
     assert proc.returncode == code, proc.stderr
     assert needle in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_every_missing_input_of_apply_and_calibrate_is_named_at_once(tmp_path):
+    """lathe apply / calibrate check the model, plan and --data files before anything runs, and
+    name every missing one in one error (exit 2), writing nothing."""
+    plan = tmp_path / "plan.json"
+    proc = run_lathe("apply", tmp_path / "no-model", "--plan", plan, "--out", tmp_path / "out",
+                     "--data", f"prose={tmp_path / 'a.txt'}", "--data", str(tmp_path / "b.jsonl"),
+                     check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "4 unusable inputs" in proc.stderr, proc.stderr
+    for line in (f"model: no such model directory or .gguf file: {tmp_path / 'no-model'}",
+                 f"--plan: no such file: {plan}",
+                 f"--data: no such file: {tmp_path / 'a.txt'}",
+                 f"--data: no such file: {tmp_path / 'b.jsonl'}"):
+        assert line in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    # A model that exists: only the data file is named.
+    proc = run_lathe("calibrate", MODELS / "llama", "--data", f"prose={tmp_path / 'a.txt'}",
+                     "--out", tmp_path / "stats.h5", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--data: no such file: {tmp_path / 'a.txt'}" in proc.stderr, proc.stderr
+    assert "model:" not in proc.stderr and not (tmp_path / "stats.h5").exists()

@@ -189,7 +189,8 @@ def test_coverage_report_counts_every_routed_token(tmp_path):
 @pytest.mark.parametrize("args,code,needle", [
     (["--data", "prose"], 2, "needs a task label"),          # a text file without TASK= is refused
     (["--data", "=x.txt"], 2, "empty task label"),
-    (["--data", "prose=/nonexistent/file.txt"], 5, "/nonexistent/file.txt"),
+    # a missing input is named with the others before anything runs (exit 2, like a recipe's)
+    (["--data", "prose=/nonexistent/file.txt"], 2, "--data: no such file: /nonexistent/file.txt"),
     (["--data", f"prose={PROSE}", "--seq-len", "0"], 2, "seq_len"),
     (["--data", f"prose={PROSE}", "--hessians", "mlp.out"], 2, "mlp.out"),
     (["--data", f"prose={PROSE}", "--packing", "zip"], 2, "packing"),
