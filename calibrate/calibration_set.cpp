@@ -198,7 +198,9 @@ void add_jsonl_documents(Loaded& loaded, const std::string& bytes, size_t source
   if (!any_record) throw DataError(path, "", "the .jsonl file holds no records");
 }
 
-void check_options(const CalibrationOptions& options) {
+}  // namespace
+
+void check_calibration_options(const CalibrationOptions& options) {
   if (options.seq_len <= 0) {
     throw ConfigError(kOptionsWhere, "seq_len",
                       "seq_len must be positive, got " + std::to_string(options.seq_len));
@@ -224,6 +226,8 @@ void check_options(const CalibrationOptions& options) {
     }
   }
 }
+
+namespace {
 
 // Source bytes must stay alive while documents view them: they are kept in `buffers`.
 void load_sources(Loaded& loaded, std::vector<std::string>& buffers) {
@@ -514,7 +518,7 @@ std::string task_label_problem(const std::string& label) {
 
 CalibrationSet build_calibration_set(const CalibrationOptions& options, const Tokenizer& tokenizer,
                                      const std::string& tokenizer_fingerprint) {
-  check_options(options);
+  check_calibration_options(options);
   Loaded loaded{options, {}, {}, {}, {}};
   std::vector<std::string> buffers;
   load_sources(loaded, buffers);

@@ -96,6 +96,10 @@ struct CalibrationSet {
 /// Empty when it can. Recipes and pipeline strings add their own character rules on top.
 std::string task_label_problem(const std::string& label);
 
+/// The checks of build_calibration_set that read no file (the ConfigErrors below), so that a
+/// command can refuse bad options before it opens anything.
+void check_calibration_options(const CalibrationOptions& options);
+
 /// Builds the set. `tokenizer_fingerprint` is file_fingerprint(tokenizer.json). Each source file is
 /// read whole into memory once. Errors, all naming the file (where; "calibration" for options that
 /// belong to no file) and what was expected:

@@ -66,11 +66,13 @@ void run_calibrate(CalibrateArgs& args) {
     req.calibration.sources.push_back(parse_data_option(d));
     inputs.emplace_back("--data", req.calibration.sources.back().path);
   }
-  require_command_inputs(args.model, inputs);  // every missing input at once, before anything
   req.calibration.samples = args.samples;
   req.calibration.seq_len = args.seq_len;
   req.calibration.packing = parse_packing(args.packing);
   req.calibration.seed = args.seed;
+  // The options, then every missing input at once, before anything is opened.
+  if (!args.data.empty()) check_calibration_options(req.calibration);
+  require_command_inputs(args.model, inputs);
   CollectorOptions& col = req.collectors;
   col.router = !args.no_router;
   col.channels = !args.no_channels;
@@ -138,10 +140,6 @@ CalibrationSource parse_data_option(const std::string& spec) {
   const size_t eq = spec.find('=');
   if (eq == std::string::npos) {
     src.path = spec;
-    if (std::filesystem::path(spec).extension() != ".jsonl")
-      throw ConfigError(spec, "--data",
-                        "a text source needs a task label: TASK=PATH (only a .jsonl file names "
-                        "tasks per record)");
   } else {
     src.task = spec.substr(0, eq);
     src.path = spec.substr(eq + 1);

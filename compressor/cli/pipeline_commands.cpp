@@ -155,13 +155,23 @@ void add_apply_command(CLI::App& app) {
                    "routed experts per MoE layer with golden vectors (-1: all)")
       ->capture_default_str();
   apply->callback([args] {
-    std::vector<CalibrationSource> sources;
+    std::optional<CalibrationOptions> calibration;
     std::vector<std::pair<std::string, std::string>> inputs = {{"--plan", args->plan}};
-    for (const auto& d : args->data) {
-      sources.push_back(parse_data_option(d));
-      inputs.emplace_back("--data", sources.back().path);
+    if (!args->data.empty()) {
+      CalibrationOptions c;
+      for (const auto& d : args->data) {
+        c.sources.push_back(parse_data_option(d));
+        inputs.emplace_back("--data", c.sources.back().path);
+      }
+      c.samples = args->samples;
+      c.seq_len = args->seq_len;
+      c.packing = parse_packing(args->packing);
+      c.seed = args->seed;
+      check_calibration_options(c);
+      calibration = std::move(c);
     }
-    require_command_inputs(args->model, inputs);  // every missing input at once, before anything
+    // The options, then every missing input at once, before anything is opened.
+    require_command_inputs(args->model, inputs);
     args->model = model_directory(args->model);
     ApplyRequest req;
     req.model_dir = args->model;
@@ -170,15 +180,7 @@ void add_apply_command(CLI::App& app) {
     req.pipeline = req.plan.pipeline;
     req.force = args->force;
     req.fresh = args->fresh;
-    if (!args->data.empty()) {
-      CalibrationOptions c;
-      c.sources = sources;
-      c.samples = args->samples;
-      c.seq_len = args->seq_len;
-      c.packing = parse_packing(args->packing);
-      c.seed = args->seed;
-      req.calibration = c;
-    }
+    req.calibration = calibration;
     req.forward = parse_forward_options(args->device, args->dtype, "");
     req.streaming.micro_batch = args->micro_batch;
     req.golden = args->golden;

@@ -63,8 +63,8 @@ struct CheckProblem {
 class Pass {
  public:
   virtual ~Pass() = default;
-  /// Checks the options against the model before anything runs or is written (`lathe run`,
-  /// `lathe plan` and `lathe apply` call it ahead of every stage), adding every mistake it finds
+  /// Checks the options against the model before anything runs or is written (`lathe run` and
+  /// `lathe plan` call it ahead of every stage: preflight.h), adding every mistake it finds
   /// to `problems`; the recipe check reports them all at once, each at the recipe position of its
   /// option. A check may instead throw a lathe Error: that counts as one problem. Default: none.
   virtual void check(const CheckContext& ctx, std::vector<CheckProblem>& problems) const;

@@ -42,13 +42,13 @@ std::string unusable_model(const std::string& path) {
   return unreadable_file(path);
 }
 
-/// The recipe field of a pass problem: "<pass>.x" of pass i → "passes[i].x".
-std::string recipe_field(size_t index, const std::string& pass, const std::string& field) {
-  const std::string indexed = "passes[" + std::to_string(index) + "]";
+/// What a pass problem's field names below the pass: "gptq.overrides[0].bits" of pass gptq →
+/// ".overrides[0].bits"; "" when the field is not one of the pass's options.
+std::string option_suffix(const std::string& pass, const std::string& field) {
   if (field.compare(0, pass.size(), pass) == 0 &&
       (field.size() == pass.size() || field[pass.size()] == '.'))
-    return indexed + field.substr(pass.size());
-  return indexed;
+    return field.substr(pass.size());
+  return "";
 }
 
 void check_input_files(const Recipe& recipe, RecipeProblems& problems) {
@@ -56,20 +56,20 @@ void check_input_files(const Recipe& recipe, RecipeProblems& problems) {
     const std::string problem = unreadable_file(path);
     if (!problem.empty()) problems.add(recipe.location_of(field), shown, problem);
   };
+  auto check_list = [&](const std::string& list, const std::vector<std::string>& paths) {
+    for (size_t i = 0; i < paths.size(); ++i) {
+      const std::string field = list + "[" + std::to_string(i) + "]";
+      check(field, paths[i], field);
+    }
+  };
   if (const auto& c = recipe.pipeline.calibration)
     for (size_t i = 0; i < c->sources.size(); ++i) {
       const std::string field = "calibration.sets[" + std::to_string(i) + "].path";
       check(field, c->sources[i].path, field);
     }
   if (recipe.eval) {
-    for (size_t i = 0; i < recipe.eval->text.size(); ++i) {
-      const std::string field = "eval.text[" + std::to_string(i) + "]";
-      check(field, recipe.eval->text[i], field);
-    }
-    for (size_t i = 0; i < recipe.eval->tasks.size(); ++i) {
-      const std::string field = "eval.tasks[" + std::to_string(i) + "]";
-      check(field, recipe.eval->tasks[i], field);
-    }
+    check_list("eval.text", recipe.eval->text);
+    check_list("eval.tasks", recipe.eval->tasks);
   }
   const auto& passes = recipe.pipeline.passes;
   for (size_t p = 0; p < passes.size(); ++p) {
@@ -133,9 +133,9 @@ void preflight_recipe(Recipe& recipe, const ModelResolver& resolve_model) {
       if (resolve_model) recipe.model = resolve_model(recipe.model);
       for (const PassProblem& p : check_passes(recipe.model, recipe.pipeline.passes)) {
         const std::string& name = recipe.pipeline.passes[p.pass].name;
-        const std::string field = recipe_field(p.pass, name, p.problem.field);
-        problems.add(recipe.location_of(field),
-                     "passes." + name + field.substr(field.find(']') + 1), p.problem.message);
+        const std::string suffix = option_suffix(name, p.problem.field);
+        problems.add(recipe.location_of("passes[" + std::to_string(p.pass) + "]" + suffix),
+                     "passes." + name + suffix, p.problem.message);
       }
     } catch (const Error& e) {
       problems.add(recipe.location_of("model"), "model", e.what());
