@@ -47,6 +47,18 @@ nlohmann::json CompressionPlan::to_json() const {
     for (const auto& [layer, v] : expert_scale) scale[std::to_string(layer)] = v;
     doc["expert_scale"] = scale;
   }
+  if (!sparsity.empty()) {
+    nlohmann::json sparse = nlohmann::json::object();
+    for (const auto& [name, t] : sparsity) {
+      nlohmann::json j = {{"method", t.method}, {"pattern", t.pattern()}, {"ratio", t.ratio}};
+      if (t.method == "sparsegpt") {
+        j["quantize"] = t.quantize;
+        j["damp"] = t.damp;
+      }
+      sparse[name] = j;
+    }
+    doc["sparsity"] = sparse;
+  }
   if (!diagnostics.empty()) doc["diagnostics"] = diagnostics;
   if (smoothing) {
     doc["smoothing"] = {{"alpha", smoothing->alpha},
@@ -97,6 +109,35 @@ TensorPlan tensor_plan_from_json(const JsonReader& f) {
   return p;
 }
 
+SparsityPlan sparsity_plan_from_json(const JsonReader& f) {
+  f.check_keys({"method", "pattern", "ratio", "quantize", "damp"});
+  SparsityPlan p;
+  p.method = f.string_at("method");
+  if (p.method != "magnitude" && p.method != "wanda" && p.method != "sparsegpt")
+    f.fail("method",
+           "expected \"magnitude\", \"wanda\" or \"sparsegpt\", found \"" + p.method + "\"");
+  const std::string pattern = f.string_or("pattern", "unstructured");
+  if (pattern != "unstructured") {
+    const auto nm = parse_nm_pattern(pattern);
+    if (!nm)
+      f.fail("pattern",
+             "expected \"unstructured\" or N:M with 0 < N < M, found \"" + pattern + "\"");
+    p.n = nm->first;
+    p.m = nm->second;
+    p.ratio = static_cast<double>(p.n) / static_cast<double>(p.m);
+  } else {
+    p.ratio = f.number_at("ratio");
+    if (!(p.ratio > 0 && p.ratio < 1))
+      f.fail("ratio", fmt::format("expected a fraction in (0, 1), found {}", p.ratio));
+  }
+  p.quantize = f.bool_or("quantize", false);
+  p.damp = f.number_or("damp", p.damp);
+  if (p.method != "sparsegpt" && p.quantize)
+    f.fail("quantize", "only sparsegpt quantizes in its own sweep");
+  if (!(p.damp >= 0 && p.damp <= 1)) f.fail("damp", fmt::format("expected 0..1, found {}", p.damp));
+  return p;
+}
+
 /// The object under `key` as {decoder layer index ("0", "12"): value}, each value read by `read`
 /// (absent: empty). Fails naming `key.<layer>` for a key that is not a layer index.
 template <typename T, typename Read>
@@ -123,7 +164,7 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
   const JsonReader f(doc, where);
   f.check_keys({"format", "version", "pipeline", "model", "weights_fingerprint", "experts",
                 "tensors", "decided_by", "smoothing", "expert_scores", "expert_scale",
-                "diagnostics"});
+                "diagnostics", "sparsity"});
   if (f.string_at("format") != "lathe-plan") f.fail("format", "expected \"lathe-plan\"");
   const int64_t version = f.int_at("version");
   if (version != 1)
@@ -137,6 +178,10 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
   if (const auto tensors = f.object_at("tensors")) {
     for (const auto& item : tensors->value().items())
       plan.tensors[item.key()] = tensor_plan_from_json(tensors->at(item.key().c_str()));
+  }
+  if (const auto sparse = f.object_at("sparsity")) {
+    for (const auto& item : sparse->value().items())
+      plan.sparsity[item.key()] = sparsity_plan_from_json(sparse->at(item.key().c_str()));
   }
   plan.expert_scores =
       by_layer<std::vector<double>>(f, "expert_scores", "[scores]", [](const JsonReader& v) {
@@ -154,6 +199,23 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
     for (const auto& item : decided_by->value().items())
       plan.decided_by[item.key()] = decided_by->at(item.key().c_str()).as_string();
   return plan;
+}
+
+std::string SparsityPlan::pattern() const {
+  return m > 0 ? fmt::format("{}:{}", n, m) : "unstructured";
+}
+
+std::optional<std::pair<int64_t, int64_t>> parse_nm_pattern(const std::string& text) {
+  const auto colon = text.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size() || text.size() > 9)
+    return std::nullopt;
+  const std::string a = text.substr(0, colon), b = text.substr(colon + 1);
+  if (a.find_first_not_of("0123456789") != std::string::npos ||
+      b.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  const int64_t n = std::stoll(a), m = std::stoll(b);
+  if (n <= 0 || m <= n) return std::nullopt;
+  return std::make_pair(n, m);
 }
 
 CompressionPlan CompressionPlan::read(const std::string& path) {
@@ -197,6 +259,25 @@ void CompressionPlan::validate(const ModelSpec& spec, const std::vector<std::str
     if (layer < 0 || layer >= spec.num_layers || !spec.layers[layer].is_moe)
       throw DataError(where, field, "not an MoE layer");
     if (!std::isfinite(factor)) throw DataError(where, field, "expected a finite number");
+  }
+  for (const auto& [name, p] : sparsity) {
+    const std::string field = "sparsity." + name;
+    if (std::find(tensor_names.begin(), tensor_names.end(), name) == tensor_names.end())
+      throw DataError(where, field, "the model has no such prunable tensor");
+    const int64_t in = shapes.at(name).back();
+    if (p.m > 0 && in % p.m != 0) {
+      throw DataError(where, field + ".pattern",
+                      fmt::format("{} does not divide the input width {}", p.m, in));
+    }
+    if (p.quantize) {
+      auto t = tensors.find(name);
+      if (t == tensors.end() || t->second.method != "gptq")
+        throw DataError(where, field + ".quantize",
+                        "quantize needs a tensors entry with method \"gptq\" for the same tensor");
+      if (t->second.act_order != "none")
+        throw DataError(where, "tensors." + name + ".act_order",
+                        "sparsegpt quantizes in the natural column order: expected \"none\"");
+    }
   }
   for (const auto& [name, p] : tensors) {
     const std::string field = "tensors." + name;

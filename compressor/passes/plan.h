@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -45,6 +46,29 @@ struct SmoothingPlan {
   }
 };
 
+/// Weight sparsity of one tensor (the `magnitude`, `wanda` and `sparsegpt` passes, ALGORITHMS.md
+/// §8.4 and §9; docs/sparsity.md). Pruned weights are stored as zeros in the dense tensor.
+struct SparsityPlan {
+  std::string method = "wanda";  ///< "magnitude" | "wanda" | "sparsegpt"
+  /// Unstructured: the fraction of each output row pruned (sparsegpt: of each 128-column block).
+  /// N:M: n / m, informational.
+  double ratio = 0.5;
+  int64_t n = 0,
+          m = 0;  ///< N:M: n zeros in every m consecutive inputs of a row; 0, 0: unstructured
+  /// sparsegpt only: quantize in the same sweep with the tensor's `tensors` entry (method "gptq").
+  bool quantize = false;
+  double damp = 0.01;  ///< sparsegpt only: λ relative to mean(diag H)
+  bool operator==(const SparsityPlan& o) const {
+    return method == o.method && ratio == o.ratio && n == o.n && m == o.m &&
+           quantize == o.quantize && damp == o.damp;
+  }
+  /// "unstructured" or "2:4".
+  std::string pattern() const;
+};
+
+/// "2:4" → {2, 4}: N:M with 0 < N < M (digits only); nullopt for anything else.
+std::optional<std::pair<int64_t, int64_t>> parse_nm_pattern(const std::string& text);
+
 class CompressionPlan {
  public:
   std::string pipeline;             ///< canonical pipeline string that produced it
@@ -54,6 +78,9 @@ class CompressionPlan {
   std::map<int64_t, std::vector<int64_t>> experts;
   /// ORIGINAL tensor name (input checkpoint) → format. Absent: unchanged.
   std::map<std::string, TensorPlan> tensors;
+  /// ORIGINAL tensor name → its sparsity, applied before any quantization of it (a later
+  /// quantization keeps the zeros). Absent: dense.
+  std::map<std::string, SparsityPlan> sparsity;
   /// Smoothing applied to every layer before quantization. Absent: none.
   std::optional<SmoothingPlan> smoothing;
   /// The scores an expert-pruning pass ranked by (docs/expert_pruning.md): MoE layer → one score

@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "compressor/common/errors.h"
 
 namespace lathe {
@@ -41,6 +43,30 @@ void validate(const at::Tensor& weight, const GptqOptions& o) {
     throw ConfigError("", "block-size", "expected ≥ 1, found " + std::to_string(o.block_size));
 }
 
+void validate_sparse(const at::Tensor& weight, const GptqOptions& o, const SparseOptions& s) {
+  const int64_t in = weight.size(1);
+  if (!(s.ratio >= 0 && s.ratio < 1))
+    throw ConfigError("", "sparsity",
+                      fmt::format("expected a fraction in [0, 1), found {}", s.ratio));
+  if (s.m != 0 || s.n != 0) {
+    if (!(s.n > 0 && s.n < s.m))
+      throw ConfigError("", "pattern", fmt::format("{}:{}: expected N:M with 0 < N < M", s.n, s.m));
+    if (s.ratio > 0)
+      throw ConfigError("", "pattern", "both an unstructured ratio and an N:M pattern");
+    if (in % s.m != 0)
+      throw ConfigError("", "pattern",
+                        fmt::format("{}:{}: M does not divide the input width {}", s.n, s.m, in));
+    if (o.block_size % s.m != 0)
+      throw ConfigError("", "block-size",
+                        fmt::format("{} is not a multiple of M = {}", o.block_size, s.m));
+    if (o.act_order != GptqOptions::kNone)
+      throw ConfigError("", "act-order", "N:M sparsity needs the natural column order (none)");
+  }
+  if (s.keep_zero.defined() && (s.keep_zero.dim() != 2 || s.keep_zero.size(0) != weight.size(0) ||
+                                s.keep_zero.size(1) != in))
+    throw InternalError("", "keep_zero", "expected the weight's shape");
+}
+
 std::pair<at::Tensor, at::Tensor> group_params(const at::Tensor& x, const GptqOptions& o) {
   return o.mse ? quant_params_mse(x, o.bits, o.sym, 100, 0.8, 2.4, o.scale_dtype)
                : quant_params(x, o.bits, o.sym, o.scale_dtype);
@@ -58,28 +84,75 @@ double quad_trace(const at::Tensor& a, const at::Tensor& h) {
 /// err = diff / d, then w_j −= err·U_cj as a rounded product and a rounded difference (this file is
 /// built without fused multiply-add, like the single-column product the tensor path computes).
 /// `scale`/`zero` give row r's parameters for column c: scale[r * s_row + s_col[c]].
+///
+/// Sparsity (§9): `m1` (uint8 [out, count], may be null) marks pruned weights; with prune_m, the
+/// marks of columns c … c+m−1 are chosen at each c with (i1 + c) mod m = 0 from the row's updated
+/// weights. A pruned weight gets the code z (dequantizing to 0) or, prune-only, the value 0: diff
+/// is then w itself. Prune-only keeps every other weight as it is (diff 0, no update).
 template <typename T>
-void column_segment(T* w1, T* q1, T* err1, const T* u1, int64_t out, int64_t count, int64_t c0,
-                    int64_t c1, const T* scale, const T* zero, int64_t s_row, const int64_t* s_col,
-                    double maxq, std::vector<double>& row_loss) {
-  at::parallel_for(0, out, 16, [&](int64_t r0, int64_t r1) {
+struct Segment {
+  T *w1, *q1, *err1;
+  const T* u1;
+  uint8_t* m1;
+  int64_t out, count, c0, c1, i1;
+  const T *scale, *zero;
+  int64_t s_row;
+  const int64_t* s_col;
+  double maxq;
+  int64_t prune_n, prune_m;
+  bool quantize;
+};
+
+/// The N:M marks of row `w` (block-local) for columns c … c+m−1: the n smallest w_j²/U_jj², ties
+/// to the lower column.
+template <typename T>
+void nm_marks(const Segment<T>& a, const T* w, uint8_t* marks, int64_t c) {
+  std::vector<std::pair<T, int64_t>> score(static_cast<size_t>(a.prune_m));
+  for (int64_t j = 0; j < a.prune_m; ++j) {
+    const T d = a.u1[(c + j) * a.count + c + j];
+    score[j] = {w[c + j] * w[c + j] / (d * d), j};
+  }
+  std::stable_sort(score.begin(), score.end(),
+                   [](const auto& x, const auto& y) { return x.first < y.first; });
+  for (int64_t j = 0; j < a.prune_m; ++j) marks[c + j] = 0;
+  for (int64_t j = 0; j < a.prune_n; ++j) marks[c + score[j].second] = 1;
+}
+
+template <typename T>
+void column_segment(const Segment<T>& a, std::vector<double>& row_loss) {
+  at::parallel_for(0, a.out, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      T* w = w1 + r * count;
+      T* w = a.w1 + r * a.count;
+      uint8_t* marks = a.m1 ? a.m1 + r * a.count : nullptr;
       double loss = 0;
-      for (int64_t c = c0; c < c1; ++c) {
-        const T s = scale[r * s_row + s_col[c]], z = zero[r * s_row + s_col[c]];
-        const T d = u1[c * count + c];
-        T code = std::nearbyint(w[c] / s) + z;
-        code = std::min(std::max(code, T(0)), static_cast<T>(maxq));
-        const T scaled = s * (code - z);
-        const T diff = w[c] - scaled;
-        q1[r * count + c] = code;
+      for (int64_t c = a.c0; c < a.c1; ++c) {
+        if (a.prune_m > 0 && (a.i1 + c) % a.prune_m == 0) nm_marks(a, w, marks, c);
+        const bool pruned = marks && marks[c];
+        const T d = a.u1[c * a.count + c];
+        T code, diff;
+        if (a.quantize) {
+          const T s = a.scale[r * a.s_row + a.s_col[c]], z = a.zero[r * a.s_row + a.s_col[c]];
+          if (pruned) {
+            code = z;
+            diff = w[c];
+          } else {
+            code = std::nearbyint(w[c] / s) + z;
+            code = std::min(std::max(code, T(0)), static_cast<T>(a.maxq));
+            const T scaled = s * (code - z);
+            diff = w[c] - scaled;
+          }
+        } else {
+          code = pruned ? T(0) : w[c];
+          diff = pruned ? w[c] : T(0);
+        }
+        a.q1[r * a.count + c] = code;
         const T sq = diff * diff, dd = d * d;
         loss += static_cast<double>(sq / dd);
         const T err = diff / d;
-        err1[r * count + c] = err;
-        const T* u = u1 + c * count;
-        for (int64_t j = c + 1; j < count; ++j) {
+        a.err1[r * a.count + c] = err;
+        if (!a.quantize && err == T(0)) continue;  // prune-only, kept weight: nothing to feed back
+        const T* u = a.u1 + c * a.count;
+        for (int64_t j = c + 1; j < a.count; ++j) {
           const T p = err * u[j];
           w[j] = w[j] - p;
         }
@@ -120,6 +193,16 @@ at::Tensor damped_inverse_factor(const at::Tensor& H, const GptqOptions& o, doub
 struct Block {
   int64_t i1 = 0, i2 = 0, count = 0;
   at::Tensor W1, Q1, Err1, U1;
+  at::Tensor M1;  ///< uint8 [out, count]: pruned weights (undefined without sparsity)
+};
+
+/// The sparsity side of one sweep (undefined / zero without sparsity).
+struct Sparsity {
+  at::Tensor mask;  ///< uint8 [out, in], loop order: fixed marks (keep_zero), then the chosen ones
+  double ratio = 0;
+  int64_t n = 0, m = 0;
+  bool quantize = true;
+  bool active() const { return mask.defined(); }
 };
 
 /// Dynamic group parameters at block column i (k = i1 + i, k % g == 0), from the fully updated
@@ -153,7 +236,8 @@ void dynamic_params(const at::Tensor& W, const at::Tensor& U, const Block& b, in
 void cpu_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g,
                bool static_groups, const std::vector<int64_t>& perm_host, at::Tensor& scales,
                at::Tensor& zeros, const at::Tensor& static_scales, const at::Tensor& static_zeros,
-               at::Tensor& scale, at::Tensor& zero, std::vector<double>& row_loss) {
+               at::Tensor& scale, at::Tensor& zero, const Sparsity& sp,
+               std::vector<double>& row_loss) {
   const int64_t out = W.size(0), groups = scales.size(1);
   const double maxq = static_cast<double>((1 << o.bits) - 1);
   const at::Tensor U1c = b.U1.contiguous();
@@ -163,7 +247,10 @@ void cpu_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOpt
     int64_t end = b.count;
     at::Tensor seg_scale, seg_zero;
     int64_t s_row = 1;
-    if (static_groups) {
+    if (!sp.quantize) {  // prune only: no groups, one segment
+      seg_scale = seg_zero = at::zeros({1}, W.options());
+      s_row = 0;
+    } else if (static_groups) {
       for (int64_t c = 0; c < b.count; ++c) s_col[c] = perm_host[b.i1 + c] / g;
       seg_scale = static_scales;
       seg_zero = static_zeros;
@@ -175,35 +262,67 @@ void cpu_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOpt
       seg_zero = zero.contiguous();
     }
     AT_DISPATCH_FLOATING_TYPES(W.scalar_type(), "gptq_column_segment", [&] {
-      column_segment<scalar_t>(b.W1.data_ptr<scalar_t>(), b.Q1.data_ptr<scalar_t>(),
-                               b.Err1.data_ptr<scalar_t>(), U1c.data_ptr<scalar_t>(), out, b.count,
-                               i, end, seg_scale.data_ptr<scalar_t>(),
-                               seg_zero.data_ptr<scalar_t>(), s_row, s_col.data(), maxq, row_loss);
+      const Segment<scalar_t> a{b.W1.data_ptr<scalar_t>(),
+                                b.Q1.data_ptr<scalar_t>(),
+                                b.Err1.data_ptr<scalar_t>(),
+                                U1c.data_ptr<scalar_t>(),
+                                sp.active() ? b.M1.data_ptr<uint8_t>() : nullptr,
+                                out,
+                                b.count,
+                                i,
+                                end,
+                                b.i1,
+                                seg_scale.data_ptr<scalar_t>(),
+                                seg_zero.data_ptr<scalar_t>(),
+                                s_row,
+                                s_col.data(),
+                                maxq,
+                                sp.n,
+                                sp.m,
+                                sp.quantize};
+      column_segment<scalar_t>(a, row_loss);
     });
     i = end;
   }
 }
 
 /// The block with tensor operations, one column at a time (devices other than the CPU). Returns
-/// the block's loss terms summed (fp64, on the device: no sync per block).
+/// the block's loss terms summed (fp64, on the device: no sync per block). Sparsity as on the CPU.
 at::Tensor tensor_block(Block& b, const at::Tensor& W, const at::Tensor& U, const GptqOptions& o,
                         int64_t g, bool static_groups, const std::vector<int64_t>& perm_host,
-                        at::Tensor& scales, at::Tensor& zeros, at::Tensor& scale,
-                        at::Tensor& zero) {
+                        at::Tensor& scales, at::Tensor& zeros, at::Tensor& scale, at::Tensor& zero,
+                        const Sparsity& sp) {
   at::Tensor losses = at::empty_like(b.W1);
   for (int64_t i = 0; i < b.count; ++i) {
     const int64_t k = b.i1 + i;
-    if (static_groups) {
+    if (sp.quantize && static_groups) {
       const int64_t j = perm_host[k] / g;
       scale = scales.slice(1, j, j + 1);
       zero = zeros.slice(1, j, j + 1).to(W.scalar_type());
-    } else if (k % g == 0) {
+    } else if (sp.quantize && k % g == 0) {
       dynamic_params(W, U, b, i, g, o, scales, zeros, &scale, &zero);
+    }
+    if (sp.m > 0 && k % sp.m == 0) {
+      const at::Tensor d = b.U1.diagonal().slice(0, i, i + sp.m);
+      const at::Tensor score = b.W1.slice(1, i, i + sp.m).square() / d.square().unsqueeze(0);
+      const at::Tensor order =
+          std::get<1>(score.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false));
+      at::Tensor marks = at::zeros_like(b.M1.slice(1, i, i + sp.m));
+      marks.scatter_(1, order.slice(1, 0, sp.n), 1);
+      b.M1.slice(1, i, i + sp.m).copy_(marks);
     }
     const at::Tensor w = b.W1.slice(1, i, i + 1);  // [out, 1]
     const at::Tensor d = b.U1[i][i];
-    const at::Tensor qc = quantize_codes(w, scale, zero, o.bits);
-    const at::Tensor diff = w - scale * (qc - zero);
+    at::Tensor qc, value;
+    if (sp.quantize) {
+      qc = quantize_codes(w, scale, zero, o.bits);
+      if (sp.active()) qc = at::where(b.M1.slice(1, i, i + 1).to(at::kBool), zero, qc);
+      value = scale * (qc - zero);
+    } else {
+      value = w.masked_fill(b.M1.slice(1, i, i + 1).to(at::kBool), 0.0);
+      qc = value;
+    }
+    const at::Tensor diff = w - value;
     b.Q1.slice(1, i, i + 1).copy_(qc);
     losses.slice(1, i, i + 1).copy_(diff.square() / d.square());
     const at::Tensor err = diff / d;
@@ -213,12 +332,23 @@ at::Tensor tensor_block(Block& b, const at::Tensor& W, const at::Tensor& U, cons
   return losses.sum(at::kDouble);
 }
 
+/// Unstructured SparseGPT marks of a block (§9): the floor(ratio·numel) smallest W1²/U_jj² entries
+/// (flat order breaks ties), added to the block's fixed marks.
+void block_ratio_marks(Block& b, double ratio) {
+  const at::Tensor score = b.W1.square() / b.U1.diagonal().square().unsqueeze(0);
+  const int64_t k = static_cast<int64_t>(std::floor(ratio * static_cast<double>(score.numel())));
+  if (k == 0) return;
+  const at::Tensor order =
+      std::get<1>(score.reshape({-1}).sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  b.M1.view({-1}).index_fill_(0, order.slice(0, 0, k), 1);
+}
+
 /// §1.3: the column loop with lazy block updates, in W's precision. W (permuted, dead columns
 /// zeroed) is updated in place; scales / zeros hold static groups' parameters already, dynamic
 /// ones are filled here. Returns the codes in loop order; `loss` gets Σ (w − q)² / d².
 at::Tensor column_loop(const at::Tensor& W, const at::Tensor& U, const GptqOptions& o, int64_t g,
                        bool static_groups, const std::vector<int64_t>& perm_host,
-                       at::Tensor& scales, at::Tensor& zeros, double* loss) {
+                       at::Tensor& scales, at::Tensor& zeros, Sparsity& sp, double* loss) {
   const int64_t out = W.size(0), in = W.size(1);
   at::Tensor codes = at::empty({out, in}, W.options());
   at::Tensor scale, zero;  // [out, 1]: the current dynamic group's (a group may span blocks)
@@ -238,14 +368,19 @@ at::Tensor column_loop(const at::Tensor& W, const at::Tensor& U, const GptqOptio
     b.Q1 = at::empty_like(b.W1);
     b.Err1 = at::zeros_like(b.W1);
     b.U1 = U.slice(0, i1, b.i2).slice(1, i1, b.i2);
+    if (sp.active()) {
+      b.M1 = sp.mask.slice(1, i1, b.i2).clone();
+      if (sp.ratio > 0) block_ratio_marks(b, sp.ratio);
+    }
     if (cpu) {
       cpu_block(b, W, U, o, g, static_groups, perm_host, scales, zeros, static_scales, static_zeros,
-                scale, zero, row_loss);
+                scale, zero, sp, row_loss);
     } else {
       device_loss +=
-          tensor_block(b, W, U, o, g, static_groups, perm_host, scales, zeros, scale, zero);
+          tensor_block(b, W, U, o, g, static_groups, perm_host, scales, zeros, scale, zero, sp);
     }
     codes.slice(1, i1, b.i2).copy_(b.Q1);
+    if (sp.active()) sp.mask.slice(1, i1, b.i2).copy_(b.M1);
     if (b.i2 < in) W.slice(1, b.i2).sub_(b.Err1.mm(U.slice(0, i1, b.i2).slice(1, b.i2)));
   }
   double total = 0;
@@ -264,8 +399,9 @@ at::Tensor gptq_dequantize(const QuantizedWeight& q, const at::Tensor& g_idx) {
 }
 
 GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, int64_t tokens,
-                         const GptqOptions& o) {
+                         const GptqOptions& o, const SparseOptions* sparse) {
   validate(weight, o);
+  if (sparse) validate_sparse(weight, o, *sparse);
   const int64_t out = weight.size(0), in = weight.size(1);
   const int64_t g = o.group_size == -1 ? in : o.group_size;
   const int64_t groups = in / g;
@@ -276,9 +412,10 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   const at::Tensor w0 = weight.to(dt);  // may alias `weight`: never written
   const auto long_opts = at::TensorOptions().dtype(at::kLong).device(w0.device());
   const at::Tensor contiguous_gidx = at::arange(in, long_opts).div(g, "floor").to(at::kInt);
+  const bool data_free = !hessian.defined() || tokens == 0;
 
   GptqResult r;
-  if (!hessian.defined() || tokens == 0) {  // §1.7: no Hessian at all → RTN with MSE clipping
+  if (data_free && !sparse) {  // §1.7: no Hessian at all → RTN with MSE clipping
     r.q = quantize_rtn(w0, spec, /*mse=*/true);
     r.g_idx = contiguous_gidx;
     r.rel_err = std::numeric_limits<double>::quiet_NaN();
@@ -287,14 +424,17 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   }
   if (tokens < 0)
     throw InternalError("", "tokens", "negative token count " + std::to_string(tokens));
-  if (hessian.dim() != 2 || hessian.size(0) != in || hessian.size(1) != in) {
+  if (!data_free && (hessian.dim() != 2 || hessian.size(0) != in || hessian.size(1) != in)) {
     throw InternalError("", "hessian",
                         "expected [" + std::to_string(in) + ", " + std::to_string(in) + "]");
   }
-  r.h_source = "hessian";
+  r.h_source = data_free ? "none" : "hessian";
 
   // §1.1: H = (2/N)·Σ x xᵀ. H0 stays undamped and untouched for rel_err and the fallback loss.
-  const at::Tensor H0 = hessian.to(w0.device(), dt) * (2.0 / static_cast<double>(tokens));
+  // Data-free SparseGPT: the identity (magnitude pruning, RTN).
+  const at::Tensor H0 = data_free
+                            ? at::eye(in, w0.options())
+                            : hessian.to(w0.device(), dt) * (2.0 / static_cast<double>(tokens));
   at::Tensor H = H0.clone();
   at::Tensor W = w0.clone();
   // §1.2.1: dead inputs.
@@ -306,6 +446,10 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   const at::Tensor W_unperm = W;
 
   auto finish_metrics = [&](const at::Tensor& deq) {
+    if (data_free) {
+      r.rel_err = std::numeric_limits<double>::quiet_NaN();
+      return;
+    }
     const double num = quad_trace(w0 - deq, H0), den = quad_trace(w0, H0);
     r.rel_err = den > 0 ? num / den : (num == 0 ? 0.0 : std::numeric_limits<double>::infinity());
   };
@@ -322,11 +466,14 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   // §1.2.3–4: damping with retries; U = upper Cholesky factor of H_d⁻¹.
   double lambda = o.damp;
   int retries = 0;
-  const at::Tensor U = damped_inverse_factor(H, o, &lambda, &retries);
-  r.damp_used = lambda;
+  at::Tensor U = damped_inverse_factor(H, o, &lambda, &retries);
+  r.damp_used = data_free ? 0 : lambda;
   r.retries = retries;
-  H.reset();           // only U, H0 and W are needed from here on (in² floats each)
-  if (!U.defined()) {  // DECISION §1.2: RTN with the MSE grid; the pass warns with module and λ
+  H.reset();                     // only U, H0 and W are needed from here on (in² floats each)
+  if (!U.defined() && sparse) {  // SparseGPT keeps its sweep: magnitude marks, no feedback
+    r.rtn_fallback = true;
+    U = at::eye(in, W.options());
+  } else if (!U.defined()) {  // DECISION §1.2: RTN with the MSE grid; the pass warns (module, λ)
     r.rtn_fallback = true;
     r.q = quantize_rtn(W_unperm, spec, /*mse=*/true);
     r.g_idx = contiguous_gidx;
@@ -336,11 +483,24 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
     return r;
   }
 
+  Sparsity sp;
+  if (sparse) {
+    sp.ratio = sparse->ratio;
+    sp.n = sparse->n;
+    sp.m = sparse->m;
+    sp.quantize = sparse->quantize;
+    sp.mask = at::zeros({out, in}, W.options().dtype(at::kByte));
+    if (sparse->keep_zero.defined()) {
+      const at::Tensor keep = sparse->keep_zero.to(W.device(), at::kByte);
+      sp.mask.copy_(act_order ? keep.index_select(1, perm) : keep);
+    }
+  }
+
   // Static groups (§1.4): parameters from the dead-fixed original W, before updates or permutation.
   const bool static_groups = o.act_order == GptqOptions::kStatic;
   at::Tensor scales = at::empty({out, groups}, w0.options());
   at::Tensor zeros = at::empty({out, groups}, w0.options().dtype(at::kInt));
-  if (static_groups) {
+  if (static_groups && sp.quantize) {
     for (int64_t j = 0; j < groups; ++j) {
       auto [s, z] = group_params(W_unperm.slice(1, j * g, (j + 1) * g), o);
       scales.select(1, j).copy_(s);
@@ -355,13 +515,24 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
 
   // §1.3: column loop with lazy block updates, in working precision.
   double loss = 0;
-  const at::Tensor codes = column_loop(W, U, o, g, static_groups, perm_host, scales, zeros, &loss);
+  const at::Tensor codes =
+      column_loop(W, U, o, g, static_groups, perm_host, scales, zeros, sp, &loss);
+  auto unpermute = [&](const at::Tensor& t) {
+    return act_order ? at::empty_like(t).index_copy_(1, perm, t) : t;
+  };
+  if (sp.active()) r.pruned = sp.mask.sum(at::kLong).item<int64_t>();
+  r.loss_sum = 0.5 * loss;
+  if (!sp.quantize) {  // prune only: the loop's "codes" are the values
+    r.values = unpermute(codes);
+    finish_metrics(r.values);
+    return r;
+  }
 
   r.q.spec = spec;
   r.q.scales = scales.to(at::kFloat);
   r.q.zeros = zeros;
+  r.q.codes = unpermute(codes).to(at::kByte);
   if (act_order) {
-    r.q.codes = at::empty_like(codes).index_copy_(1, perm, codes).to(at::kByte);
     r.perm = perm;
     if (static_groups) {
       r.g_idx = contiguous_gidx;
@@ -370,10 +541,8 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
                     .index_copy_(0, perm, at::arange(in, long_opts).div(g, "floor").to(at::kInt));
     }
   } else {
-    r.q.codes = codes.to(at::kByte);
     r.g_idx = contiguous_gidx;
   }
-  r.loss_sum = 0.5 * loss;
   finish_metrics(gptq_dequantize(r.q, r.g_idx));
   return r;
 }

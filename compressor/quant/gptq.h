@@ -31,6 +31,22 @@ struct GptqOptions {
   at::ScalarType scale_dtype = at::kFloat;  ///< QuantSpec::scale_dtype (the pass: the export's)
 };
 
+/// SparseGPT (ALGORITHMS.md §9) in GPTQ's sweep: which weights become zero, chosen on the updated
+/// weights by W²/U_jj² (the OBS saliency), the remaining ones compensating through GPTQ's update.
+/// At most one of `ratio` and N:M; `keep_zero` combines with either or stands alone (GPTQ of an
+/// already pruned weight that must stay pruned).
+struct SparseOptions {
+  /// Unstructured: at each block start, the floor(ratio·out·count) smallest W²/U_jj² entries of the
+  /// block (all rows together, ties to the lower flat index) are pruned. 0: none.
+  double ratio = 0;
+  /// N:M: at each column c with c mod m = 0, the n smallest W²/U_jj² of columns c … c+m−1 of each
+  /// row (ties to the lower column). Needs the natural column order (act_order kNone) and m
+  /// dividing both the input width and block_size. 0, 0: none.
+  int64_t n = 0, m = 0;
+  at::Tensor keep_zero;  ///< bool [out, in], original order: weights that must end at zero
+  bool quantize = true;  ///< false: prune only (bits and groups ignored); see GptqResult::values
+};
+
 /// The result for one [out, in] weight.
 ///
 /// Layout. `q.codes` is [out, in] uint8 in the ORIGINAL column order. `q.scales` [out, G] f32 and
@@ -58,6 +74,11 @@ struct GptqResult {
       false;  ///< no λ ≤ damp_max factorised (or H was not finite): RTN with MSE grid
   /// "hessian" when one was given (the pass replaces it by "routed"/"all"), "none" for data-free.
   std::string h_source;
+  /// With SparseOptions::quantize false: the pruned, updated weight (f32, or f64 for an f64 input;
+  /// [out, in], original order) and `q` is empty. Otherwise undefined, and pruned weights have the
+  /// code of their group's zero point, so they dequantize to exactly 0.
+  at::Tensor values;
+  int64_t pruned = 0;  ///< weights set to zero by the sparsity options (0 without them)
 };
 
 /// GPTQ of `weight` ([out, in], any float dtype, any device) with `hessian` = Σ_t x_t x_tᵀ over
@@ -69,8 +90,13 @@ struct GptqResult {
 /// undefined or `tokens` == 0: data-free RTN with MSE clipping (h_source "none"). ConfigError: bits
 /// outside 2..8 (field "bits"), group size 0, < −1 or not dividing `in`
 /// ("group-size"), damp < 0, damp_step ≤ 0, damp_max < damp, block_size < 1. InternalError: shapes.
+///
+/// With `sparse` (SparseGPT): the same sweep prunes as SparseOptions says. Without a Hessian, or
+/// when no λ factorises, U is the identity: magnitude pruning and plain RTN (no error feedback).
+/// ConfigError: ratio outside [0, 1), n ≥ m, N:M with act-order or with m not dividing the input
+/// width or the block size, both a ratio and N:M.
 GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, int64_t tokens,
-                         const GptqOptions& options);
+                         const GptqOptions& options, const SparseOptions* sparse = nullptr);
 
 /// Ŵ (f32 [out, in]) of a result: scales[r, g_idx[c]] · (codes[r, c] − zeros[r, g_idx[c]]).
 at::Tensor gptq_dequantize(const QuantizedWeight& q, const at::Tensor& g_idx);
