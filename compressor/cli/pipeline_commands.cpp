@@ -51,7 +51,8 @@ void print_passes(std::ostream& out) {
     if (!p.statistics.empty()) {
       std::string s;
       for (const auto& k : p.statistics) s += (s.empty() ? "" : ", ") + k;
-      out << "    reads statistics: " << s << "\n";
+      out << "    reads statistics: " << s << (p.reads_statistics ? " (with some options)" : "")
+          << "\n";
     }
   }
 }
@@ -75,7 +76,8 @@ void print_passes_markdown(std::ostream& out) {
     if (!p.statistics.empty()) {
       std::string s;
       for (const auto& k : p.statistics) s += (s.empty() ? "" : ", ") + std::string("`") + k + "`";
-      out << " Reads statistics: " << s << ".";
+      out << " Reads statistics: " << s
+          << (p.reads_statistics ? " (only with the options that need them)" : "") << ".";
     }
     out << "\n\n| option | type | default | allowed | meaning |\n|---|---|---|---|---|\n";
     for (const OptionSpec& o : p.options) {

@@ -1,6 +1,7 @@
 // Factories of the built-in passes, for registry.cpp only.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <regex>
 #include <string>
@@ -38,6 +39,34 @@ std::unique_ptr<Pass> make_diep_pass(const PassInstance& instance);  // diep.cpp
 std::unique_ptr<Pass> make_tcess_pass(
     const PassInstance& instance);  // tcess.cpp (ALGORITHMS.md §4)
 
+/// Calibration statistics of one linear input in the layer being applied: Σ x xᵀ ([in, in] f32) or,
+/// diagonal only, Σ x_j² ([in] f64), over `tokens` real tokens.
+struct LinearInput {
+  at::Tensor sum;
+  int64_t tokens = 0;
+  void add(const at::Tensor& x, bool diagonal_only);  ///< x [n, in], real tokens only
+};
+
+/// What one 2-d linear (a fused expert tensor: one per expert) gets: its input statistics (null:
+/// no calibration data reached it) and the facts behind them for the manifest (h_source "all" /
+/// "routed" / "none", routed_tokens, rule).
+struct SliceInput {
+  const LinearInput* input = nullptr;
+  nlohmann::json details;
+};
+using LinearInputVisitor = std::function<void(LayerTensor&, std::vector<SliceInput>&)>;
+
+/// The engine of gptq, sparsegpt and wanda (gptq_pass.cpp): the tensors `select` picks, in the
+/// true-sequential sub-groups of ALGORITHMS.md §1.6; before each sub-group the layer as it is now
+/// is replayed over ctx.activations and its inputs' statistics gathered (routed experts by the
+/// coverage rule of §1.7); then `visit` gets each tensor with one SliceInput per 2-d linear, and
+/// may change it (the next sub-group's replay sees the change). Without ctx.activations every
+/// input is null. `pass` names the pass in warnings.
+void for_each_linear_input(LayerApplyContext& ctx,
+                           const std::function<bool(const LayerTensor&)>& select,
+                           bool diagonal_only, const std::string& pass,
+                           const LinearInputVisitor& visit);
+
 /// GPTQ of every tensor of the layer whose plan entry has method "gptq" (gptq_pass.cpp), with the
 /// entry's bits / group / sym / act_order / mse / damp / act_bits: true-sequential sub-groups
 /// (ALGORITHMS.md §1.6), Hessians of the CURRENT inputs from ctx.activations (replayed between
@@ -58,6 +87,13 @@ void apply_smoothquant(LayerApplyContext& ctx);
 /// Expert surgery of one layer per plan.experts (drop_experts.cpp): router rows and selection bias
 /// sliced, removed experts' tensors dropped (recorded as "removed"), kept ones renumbered.
 void apply_expert_surgery(LayerApplyContext& ctx);
+
+/// Pruning of every tensor of the layer whose plan.sparsity entry has method `method`
+/// ("magnitude", "wanda", "sparsegpt"; sparsity.cpp): the value becomes the pruned weight in its
+/// stored dtype (sparsegpt with `quantize`: its exact dequantization, with a QuantRecord), with a
+/// TensorRecord whose `sparsity` says what was done. wanda and sparsegpt read ctx.activations
+/// (magnitude pruning without them, with a warning).
+void apply_sparsity(LayerApplyContext& ctx, const std::string& method);
 
 /// Round-to-nearest of every tensor of the layer whose plan entry has method "rtn" (rtn.cpp): the
 /// value becomes its exact fp32 dequantization (record_quantized).

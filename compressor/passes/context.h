@@ -63,7 +63,9 @@ struct LayerTensor {
 /// What apply recorded about one output tensor (manifest and report).
 struct TensorRecord {
   std::string name, source;
-  std::string format;  ///< "bf16" / "f32" / "rtn-int4-g128-sym" / "gptq-int4-g128-sym" / "removed"
+  /// "BF16" / "F32" / "rtn-int4-g128-sym" / "gptq-int4-g128-sym" / "removed"; empty: the stored
+  /// dtype's, filled in by the apply stage (a pruned tensor, stored dense)
+  std::string format;
   int64_t bits = 16;
   int64_t group_size = 0;
   bool sym = true;
@@ -72,6 +74,10 @@ struct TensorRecord {
   /// {"tokens": n, "h_source": "routed", "rule": "n_e ≥ max(256, 0.5% of tokens)", "damp": 0.01,
   ///  "retries": 0, "fallback": false, "loss_per_token": …, "h_rel_err": …}. Null otherwise.
   nlohmann::json details;
+  /// A sparsity pass zeroed weights of it (docs/sparsity.md): {"method", "pattern", "ratio",
+  /// "zeros" (the fraction now zero), "rel_err" (of the pruning alone), …}. Null: dense. A later
+  /// quantization keeps it.
+  nlohmann::json sparsity;
 };
 
 /// The calibration inputs of the layer being applied, for passes with needs_activations(). `run`

@@ -54,18 +54,24 @@ int stage_of(TensorRole r) {
   }
 }
 
-/// Σ x xᵀ and the token count of one input.
-struct Hessian {
-  at::Tensor sum;  ///< [in, in] f32
-  int64_t tokens = 0;
-  void add(const at::Tensor& x) {  // x [n, in], real tokens only
-    if (x.size(0) == 0) return;
+}  // namespace
+
+void LinearInput::add(const at::Tensor& x, bool diagonal_only) {  // x [n, in], real tokens only
+  if (x.size(0) == 0) return;
+  if (diagonal_only) {
+    const at::Tensor sq = x.to(at::kDouble).square().sum(0);
+    sum = sum.defined() ? sum.add_(sq) : sq;
+  } else {
     const at::Tensor xf = x.to(at::kFloat);
     if (!sum.defined()) sum = at::zeros({xf.size(1), xf.size(1)}, xf.options());
     accumulate_hessian(sum, xf);
-    tokens += xf.size(0);
   }
-};
+  tokens += x.size(0);
+}
+
+namespace {
+
+using Hessian = LinearInput;
 
 /// Keys of the Hessians one replay gathers.
 enum Input { kInAttn, kInQLatent, kInKvLatent, kInAttnOut, kInMlp, kInMlpAct, kInSharedAct };
@@ -74,8 +80,12 @@ enum Input { kInAttn, kInQLatent, kInKvLatent, kInAttnOut, kInMlp, kInMlpAct, kI
 class HessianObserver : public TapObserver {
  public:
   HessianObserver(int stage, int64_t layer, const ModelSpec& spec,
-                  const std::set<int64_t>* all_token_experts)
-      : stage_(stage), layer_(layer), spec_(spec), all_token_experts_(all_token_experts) {}
+                  const std::set<int64_t>* all_token_experts, bool diagonal_only)
+      : stage_(stage),
+        layer_(layer),
+        spec_(spec),
+        all_token_experts_(all_token_experts),
+        diag_(diagonal_only) {}
 
   bool wants(Tap tap, int64_t layer) const override {
     if (layer != layer_) return false;
@@ -111,7 +121,7 @@ class HessianObserver : public TapObserver {
     if (e.tap == Tap::kExpertIn || e.tap == Tap::kExpertAct) {
       const at::Tensor rows = valid.index_select(0, *e.token_index);
       const at::Tensor real = x.index({rows});
-      experts_[e.expert].add(real);
+      experts_[e.expert].add(real, diag_);
       routed_[e.expert] += real.size(0);
       return;
     }
@@ -119,31 +129,31 @@ class HessianObserver : public TapObserver {
     switch (e.tap) {
       case Tap::kAttnIn:
         if (stage_ == kAttn) {
-          inputs_[kInAttn].add(real);
+          inputs_[kInAttn].add(real, diag_);
         } else {  // MLA latent inputs from the current (already quantized) q_a / kv_a
           const LayerWeights& w = *e.weights;
           const AttentionSpec& a = spec_.attention;
           if (a.q_lora_rank > 0) {
             inputs_[kInQLatent].add(
-                rms_norm(at::linear(real, w.q_a.weight), w.q_a_norm, spec_.rms_norm_eps));
+                rms_norm(at::linear(real, w.q_a.weight), w.q_a_norm, spec_.rms_norm_eps), diag_);
           }
           const at::Tensor kv = at::linear(real, w.kv_a.weight).slice(-1, 0, a.kv_lora_rank);
-          inputs_[kInKvLatent].add(rms_norm(kv, w.kv_a_norm, spec_.rms_norm_eps));
+          inputs_[kInKvLatent].add(rms_norm(kv, w.kv_a_norm, spec_.rms_norm_eps), diag_);
         }
         break;
-      case Tap::kAttnOutIn: inputs_[kInAttnOut].add(real); break;
-      case Tap::kMlpAct: inputs_[kInMlpAct].add(real); break;
-      case Tap::kSharedAct: inputs_[kInSharedAct].add(real); break;
+      case Tap::kAttnOutIn: inputs_[kInAttnOut].add(real, diag_); break;
+      case Tap::kMlpAct: inputs_[kInMlpAct].add(real, diag_); break;
+      case Tap::kSharedAct: inputs_[kInSharedAct].add(real, diag_); break;
       case Tap::kMlpIn:
         if (stage_ == kUp) {
-          inputs_[kInMlp].add(real);      // dense and shared gate/up, and every expert's H_a
-        } else if (all_token_experts_) {  // kDown: H_a of down for experts below the threshold
+          inputs_[kInMlp].add(real, diag_);  // dense and shared gate/up, and every expert's H_a
+        } else if (all_token_experts_) {     // kDown: H_a of down for experts below the threshold
           const LayerWeights& w = *e.weights;
           for (int64_t id : *all_token_experts_) {
             const ExpertWeights& ex = w.experts.at(id);
             const at::Tensor act = at::silu(at::linear(real, ex.gate.to(real.scalar_type()))) *
                                    at::linear(real, ex.up.to(real.scalar_type()));
-            all_token_[id].add(act);
+            all_token_[id].add(act, diag_);
           }
         }
         break;
@@ -161,6 +171,7 @@ class HessianObserver : public TapObserver {
   int64_t layer_;
   const ModelSpec& spec_;
   const std::set<int64_t>* all_token_experts_;
+  bool diag_;  ///< Σ x_j² only (Wanda), not Σ x xᵀ
 };
 
 /// The Hessian of a non-expert linear of `role` from a stage's observer (null when it has none).
@@ -204,10 +215,13 @@ GptqOptions gptq_options(const TensorPlan& p, at::ScalarType stored) {
 
 /// GPTQ of one [out, in] linear; fills the details the manifest and report show.
 QuantRecord quantize_one(const at::Tensor& w, const Hessian* h, const TensorPlan& p,
-                         at::ScalarType stored, nlohmann::json* details) {
+                         at::ScalarType stored, bool keep_zeros, nlohmann::json* details) {
+  SparseOptions keep;
+  if (keep_zeros) keep.keep_zero = w == 0;
+  const SparseOptions* sparse = keep_zeros ? &keep : nullptr;
   const GptqResult r = h && h->tokens > 0
-                           ? gptq_quantize(w, h->sum, h->tokens, gptq_options(p, stored))
-                           : gptq_quantize(w, at::Tensor(), 0, gptq_options(p, stored));
+                           ? gptq_quantize(w, h->sum, h->tokens, gptq_options(p, stored), sparse)
+                           : gptq_quantize(w, at::Tensor(), 0, gptq_options(p, stored), sparse);
   nlohmann::json d = {
       {"tokens", h ? h->tokens : 0},
       {"h_source", r.h_source},
@@ -223,24 +237,19 @@ QuantRecord quantize_one(const at::Tensor& w, const Hessian* h, const TensorPlan
 
 }  // namespace
 
-void apply_gptq(LayerApplyContext& ctx) {
-  // The tensors this layer quantizes, by stage.
+void for_each_linear_input(LayerApplyContext& ctx,
+                           const std::function<bool(const LayerTensor&)>& select,
+                           bool diagonal_only, const std::string& pass,
+                           const LinearInputVisitor& visit) {
+  // The tensors this layer processes, by stage.
   std::vector<std::vector<LayerTensor*>> by_stage(kStages);
   for (LayerTensor& t : ctx.tensors) {
-    auto it = ctx.plan.tensors.find(t.source);
-    if (it == ctx.plan.tensors.end() || it->second.method != "gptq") continue;
+    if (!select(t)) continue;
     const int s = stage_of(t.role);
-    if (s < 0) throw InternalError("", t.source, "gptq: not a quantizable linear");
+    if (s < 0) throw InternalError("", t.source, pass + ": not a quantizable linear");
     by_stage[s].push_back(&t);
   }
   const LayerActivations* acts = ctx.activations;
-  if (!acts) {
-    bool any = false;
-    for (const auto& s : by_stage) any = any || !s.empty();
-    if (any)
-      ctx.warnings.push_back(
-          "gptq: no calibration data: data-free RTN with MSE clipping (ALGORITHMS.md §1.7)");
-  }
   const ModelSpec& spec = ctx.out_spec ? *ctx.out_spec : ctx.spec;
   const int64_t n_tok = acts ? acts->tokens : 0;
   const int64_t threshold =
@@ -261,7 +270,7 @@ void apply_gptq(LayerApplyContext& ctx) {
           if (!routed_known || routed[e] < threshold) all_token.insert(e);
         }
       }
-      obs = std::make_unique<HessianObserver>(stage, ctx.layer, spec, &all_token);
+      obs = std::make_unique<HessianObserver>(stage, ctx.layer, spec, &all_token, diagonal_only);
       acts->run(*obs);
       if (stage == kUp) {
         routed = obs->routed_;
@@ -269,10 +278,8 @@ void apply_gptq(LayerApplyContext& ctx) {
       }
     }
     for (LayerTensor* t : by_stage[stage]) {
-      const TensorPlan& p = ctx.plan.tensors.at(t->source);
-      const at::Tensor w = t->value.to(at::kFloat);
-      // The Hessian of expert e's linear at this stage by the coverage rule (§1.7).
-      auto expert_input = [&](int64_t e, nlohmann::json* d) -> const Hessian* {
+      // The input of expert e's linear at this stage by the coverage rule (§1.7).
+      auto expert_input = [&](int64_t e, nlohmann::json* d) -> const LinearInput* {
         if (!obs) return nullptr;
         const int64_t n_e =
             stage == kUp ? obs->routed_[e] : (routed_known ? routed[e] : obs->routed_[e]);
@@ -285,8 +292,8 @@ void apply_gptq(LayerApplyContext& ctx) {
         (*d)["h_source"] = "all";
         if (n_e == 0) {
           ctx.warnings.push_back(
-              fmt::format("gptq: {} (expert {}) received no calibration tokens: all-token Hessian",
-                          t->name, e));
+              fmt::format("{}: {} (expert {}) received no calibration tokens: all-token {}", pass,
+                          t->name, e, diagonal_only ? "statistics" : "Hessian"));
         }
         if (stage == kUp) {
           auto it = obs->inputs_.find(kInMlp);
@@ -294,44 +301,76 @@ void apply_gptq(LayerApplyContext& ctx) {
         }
         return &obs->all_token_[e];
       };
-
-      nlohmann::json details;
-      QuantRecord quant;
-      if (w.dim() == 3) {  // fused experts [E, out, in]
-        std::vector<QuantRecord> parts;
-        nlohmann::json per_expert = nlohmann::json::array();
-        for (int64_t e = 0; e < w.size(0); ++e) {
+      std::vector<SliceInput> slices;
+      auto add = [&](const LinearInput* in, nlohmann::json d) {
+        const bool has = in && in->tokens > 0;
+        if (!has) d["h_source"] = "none";
+        slices.push_back({has ? in : nullptr, std::move(d)});
+      };
+      if (t->value.dim() == 3) {  // fused experts [E, out, in]
+        for (int64_t e = 0; e < t->value.size(0); ++e) {
           nlohmann::json d = nlohmann::json::object();
-          const Hessian* h = expert_input(e, &d);
-          nlohmann::json q_details;
-          parts.push_back(quantize_one(w[e], h, p, t->stored, &q_details));
-          q_details.update(d);
-          if (!h || h->tokens == 0) q_details["h_source"] = "none";
-          per_expert.push_back(q_details);
+          const LinearInput* in = expert_input(e, &d);
+          add(in, std::move(d));
         }
-        quant = stack_quant_records(t->name, parts);
-        details = {{"experts", per_expert}};
       } else if (t->expert >= 0) {
         nlohmann::json d = nlohmann::json::object();
-        const Hessian* h = expert_input(t->expert, &d);
-        quant = quantize_one(w, h, p, t->stored, &details);
-        const bool has_h = h && h->tokens > 0;
-        details.update(d);
-        if (!has_h) details["h_source"] = "none";
+        const LinearInput* in = expert_input(t->expert, &d);
+        add(in, std::move(d));
       } else {
-        const Hessian* h = obs ? shared_hessian(*obs, t->role) : nullptr;
-        quant = quantize_one(w, h, p, t->stored, &details);
-        if (h && h->tokens > 0) details["h_source"] = "all";
+        const LinearInput* in = obs ? shared_hessian(*obs, t->role) : nullptr;
+        add(in, nlohmann::json{{"h_source", "all"}});
       }
-      if (details.value("fallback", false)) {
-        ctx.warnings.push_back(fmt::format(
-            "gptq: {}: the Hessian did not factorise with damping up to {}: RTN with MSE "
-            "clipping instead",
-            t->name, details.value("damp", 0.0)));
-      }
-      record_quantized(ctx, *t, p, std::move(quant), details);
+      visit(*t, slices);
     }
   }
+}
+
+void apply_gptq(LayerApplyContext& ctx) {
+  // A tensor an earlier sparsity pass pruned keeps its zeros; one that sparsegpt quantizes in its
+  // own sweep is left to it.
+  auto select = [&](const LayerTensor& t) {
+    auto it = ctx.plan.tensors.find(t.source);
+    if (it == ctx.plan.tensors.end() || it->second.method != "gptq") return false;
+    auto sp = ctx.plan.sparsity.find(t.source);
+    return sp == ctx.plan.sparsity.end() || !sp->second.quantize;
+  };
+  bool any = false;
+  for (const LayerTensor& t : ctx.tensors) any = any || select(t);
+  if (!ctx.activations && any)
+    ctx.warnings.push_back(
+        "gptq: no calibration data: data-free RTN with MSE clipping (ALGORITHMS.md §1.7)");
+  for_each_linear_input(
+      ctx, select, /*diagonal_only=*/false, "gptq",
+      [&](LayerTensor& t, std::vector<SliceInput>& slices) {
+        const TensorPlan& p = ctx.plan.tensors.at(t.source);
+        const bool sparse = ctx.plan.sparsity.count(t.source) > 0;
+        const at::Tensor w = t.value.to(at::kFloat);
+        std::vector<QuantRecord> parts;
+        nlohmann::json per_expert = nlohmann::json::array(), details;
+        for (size_t e = 0; e < slices.size(); ++e) {
+          const at::Tensor we = w.dim() == 3 ? w[static_cast<int64_t>(e)] : w;
+          nlohmann::json q_details;
+          parts.push_back(quantize_one(we, slices[e].input, p, t.stored, sparse, &q_details));
+          q_details.update(slices[e].details);  // h_source routed / all / none, n_e, rule
+          per_expert.push_back(q_details);
+        }
+        QuantRecord quant;
+        if (w.dim() == 3) {
+          quant = stack_quant_records(t.name, parts);
+          details = {{"experts", per_expert}};
+        } else {
+          quant = std::move(parts[0]);
+          details = per_expert[0];
+        }
+        if (details.value("fallback", false)) {
+          ctx.warnings.push_back(fmt::format(
+              "gptq: {}: the Hessian did not factorise with damping up to {}: RTN with MSE "
+              "clipping instead",
+              t.name, details.value("damp", 0.0)));
+        }
+        record_quantized(ctx, t, p, std::move(quant), details);
+      });
 }
 
 namespace {
@@ -371,6 +410,9 @@ class GptqPass : public Pass {
       p.mse = opts.get_bool("mse");
       p.damp = opts.get_float("damp");
       plan.tensors[t.name] = p;
+      // A sparsegpt that quantized in its own sweep leaves it to this pass, which keeps the zeros.
+      if (auto sp = plan.sparsity.find(t.name); sp != plan.sparsity.end())
+        sp->second.quantize = false;
     }
   }
 

@@ -31,7 +31,13 @@ struct PassInfo {
   std::vector<std::string> statistics;  ///< statistic kinds it reads from the store (collectors.h)
   bool per_tensor_overrides = false;    ///< accepts `overrides: [{match: REGEX, <option>: v}]`
   std::function<std::unique_ptr<Pass>(const PassInstance&)> make;
+  /// Whether a configured instance reads `statistics` (its options may make them unnecessary, e.g.
+  /// a uniform sparsity allocation). Unset: whenever `statistics` is not empty.
+  std::function<bool(const PassInstance&)> reads_statistics = nullptr;
 };
+
+/// Whether `instance` of `info` reads calibration statistics (PassInfo::reads_statistics).
+bool pass_reads_statistics(const PassInfo& info, const PassInstance& instance);
 
 /// A per-tensor override of a pass's options: the first `match` (ECMAScript regex, full match on
 /// the checkpoint tensor name without ".weight") that matches wins; `options` replace the pass's.

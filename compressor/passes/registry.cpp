@@ -20,6 +20,11 @@ const std::vector<PassInfo>& pass_registry() {
   return passes;
 }
 
+bool pass_reads_statistics(const PassInfo& info, const PassInstance& instance) {
+  if (info.statistics.empty()) return false;
+  return !info.reads_statistics || info.reads_statistics(instance);
+}
+
 const PassInfo* find_pass(const std::string& name) {
   const auto& all = pass_registry();
   auto it = std::find_if(all.begin(), all.end(), [&](const PassInfo& p) { return p.name == name; });

@@ -65,7 +65,7 @@ std::vector<std::pair<ExpectedTensor, OptionValues>> TensorOverrides::match(
       break;
     }
     if (opts.get_bool("skip")) continue;
-    const int64_t g = opts.get_int("group-size"), in = t.shape.back();
+    const int64_t g = opts.has("group-size") ? opts.get_int("group-size") : -1, in = t.shape.back();
     if (g == 0 || g < -1 || (g > 0 && in % g != 0)) {
       auto [it, first] = bad_groups.try_emplace(
           source, fmt::format("{} does not divide the input width {} of {}", g, in, t.name), 0);
@@ -131,6 +131,9 @@ class RtnPass : public Pass {
       p.group_size = opts.get_int("group-size");
       p.sym = opts.get_bool("sym");
       plan.tensors[t.name] = p;
+      // A sparsegpt that quantized in its own sweep leaves it to this pass, which keeps the zeros.
+      if (auto sp = plan.sparsity.find(t.name); sp != plan.sparsity.end())
+        sp->second.quantize = false;
     }
   }
 
@@ -166,6 +169,8 @@ void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& 
   r.sym = p.sym;
   r.rel_err = denom > 0 ? (w - deq).to(at::kDouble).square().sum().item<double>() / denom : 0.0;
   r.details = std::move(details);
+  for (const TensorRecord& o : ctx.records)
+    if (o.name == t.name && !o.sparsity.is_null()) r.sparsity = o.sparsity;
   ctx.records.erase(std::remove_if(ctx.records.begin(), ctx.records.end(),
                                    [&](const TensorRecord& o) { return o.name == t.name; }),
                     ctx.records.end());

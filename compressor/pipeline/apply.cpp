@@ -148,6 +148,7 @@ bool apply_needs_activations(const ApplyRequest& req,
   if (passes.empty()) {
     needs = req.plan.smoothing.has_value();
     for (const auto& [name, t] : req.plan.tensors) needs = needs || t.method == "gptq";
+    for (const auto& [name, t] : req.plan.sparsity) needs = needs || t.method != "magnitude";
   }
   return needs;
 }
@@ -247,6 +248,13 @@ std::vector<ApplyStep> apply_steps(const ApplyRequest& req,
   if (passes.empty()) {
     if (!req.plan.experts.empty() || !req.plan.expert_scale.empty())
       steps.push_back({"expert-surgery", apply_expert_surgery});
+    for (const char* method : {"magnitude", "wanda", "sparsegpt"}) {  // before any quantization
+      bool used = false;
+      for (const auto& [name, t] : req.plan.sparsity) used = used || t.method == method;
+      if (used)
+        steps.push_back(
+            {method, [m = std::string(method)](LayerApplyContext& c) { apply_sparsity(c, m); }});
+    }
     bool rtn = false;
     for (const auto& [name, t] : req.plan.tensors) rtn = rtn || t.method == "rtn";
     if (rtn) steps.push_back({"rtn", apply_rtn});
@@ -314,6 +322,7 @@ nlohmann::json apply_manifest(const ApplyRequest& req, const ModelSpec& spec,
       t["rel_err"] = r.rel_err;
     }
     if (!r.details.is_null()) t["details"] = r.details;
+    if (!r.sparsity.is_null()) t["sparsity"] = r.sparsity;
     tensors_json[r.name] = t;
   }
   nlohmann::json outputs = nlohmann::json::object();
@@ -386,6 +395,15 @@ void add_unchanged_records(const std::vector<LayerTensor>& tensors,
   }
   for (const auto& t : tensors) {
     if (!recorded.count(t.name)) records->push_back(unchanged_record(t.name, t.source, t.value));
+  }
+  for (auto& r : *records) {  // stored dense but changed (pruned): the stored dtype's format
+    if (!r.format.empty()) continue;
+    for (const auto& t : tensors) {
+      if (t.name != r.name) continue;
+      const TensorRecord u = unchanged_record(t.name, t.source, t.value.to(t.stored));
+      r.format = u.format;
+      r.bits = u.bits;
+    }
   }
 }
 

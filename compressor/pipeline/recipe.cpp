@@ -563,7 +563,7 @@ std::optional<PassInstance> RecipeReader::read_pass(const Entry& item) {
   record(options.path, options.key);
   PassInstance pass{name, OptionValues(info->options), {}};
   if (!options.value.IsNull()) read_pass_options(options, *info, &pass.options, false);
-  if (!info->statistics.empty() && !calibration_present_)
+  if (!calibration_present_ && pass_reads_statistics(*info, pass))
     diag_.at(options.key, options.path,
              "pass " + name + " reads calibration statistics (" + join(info->statistics) +
                  "): add a calibration section");

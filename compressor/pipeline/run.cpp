@@ -34,7 +34,7 @@ namespace {
 bool needs_statistics(const Recipe& recipe) {
   for (const auto& p : recipe.pipeline.passes) {
     const PassInfo* info = find_pass(p.name);
-    if (info && !info->statistics.empty()) return true;
+    if (info && pass_reads_statistics(*info, p)) return true;
   }
   return false;
 }

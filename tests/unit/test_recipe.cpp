@@ -91,9 +91,11 @@ TEST(Recipe, FiveMistakesAreAllReportedWithTheirPositions) {
   EXPECT_EQ(lines[2], f + ":9:17: passes.rtn.bits: expected an integer in [2, 8], found \"9\"");
   EXPECT_EQ(lines[3].rfind(f + ":11:17: passes.rtn.overrides[0].match: bad regex: ", 0), 0u)
       << lines[3];
-  EXPECT_EQ(lines[4], f + ":12:5: passes[1]: unknown pass \"gtpq\"; known: rtn, gptq, "
-                          "drop-experts, experts-frequency, experts-mass, experts-router-norm, "
-                          "experts-random, experts-naee, diep, smoothquant, tcess");
+  EXPECT_EQ(
+      lines[4],
+      f + ":12:5: passes[1]: unknown pass \"gtpq\"; known: rtn, gptq, "
+          "drop-experts, experts-frequency, experts-mass, experts-router-norm, "
+          "experts-random, experts-naee, diep, smoothquant, tcess, magnitude, wanda, sparsegpt");
   try {
     load_recipe(f);
   } catch (const ConfigError& e) {
@@ -642,7 +644,7 @@ TEST(PipelineString, MistakesNameTheirColumn) {
   EXPECT_EQ(pipeline_error("rtn{},gtpq{bits=4}", "gtpq"),
             "column 7: unknown stage \"gtpq\"; known: calibrate, rtn, gptq, drop-experts, "
             "experts-frequency, experts-mass, experts-router-norm, experts-random, experts-naee, "
-            "diep, smoothquant, tcess, export");
+            "diep, smoothquant, tcess, magnitude, wanda, sparsegpt, export");
   EXPECT_EQ(pipeline_error("rtn{bitz=4}", "rtn.bitz"),
             "column 5: unknown option \"bitz\" of rtn; valid: bits, group-size, sym, skip");
   EXPECT_EQ(pipeline_error("rtn{bits=9}", "rtn.bits"),
