@@ -122,6 +122,8 @@ def main():
             for key, pass_yaml in configs:
                 seq = 512 if model == "gemma-3-270m" else 128
                 rows[model][key] = run_one(work, model, key, pass_yaml, texts, args, seq)
+                path.parent.mkdir(parents=True, exist_ok=True)  # after every run: a failure keeps the rest
+                path.write_text(json.dumps({"runs": rows}, indent=1) + "\n")
     all_models = [m for m in TINY + ["gemma-3-270m"] if m in rows]
     failures = [f"{m}: {a} KL {rows[m][a]['eval']['all']['kl']:.5g} >= {b} {rows[m][b]['eval']['all']['kl']:.5g}"
                 for m in all_models for a, b in MUST_BEAT

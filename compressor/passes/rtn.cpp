@@ -65,7 +65,9 @@ std::vector<std::pair<ExpectedTensor, OptionValues>> TensorOverrides::match(
       break;
     }
     if (opts.get_bool("skip")) continue;
-    const int64_t g = opts.has("group-size") ? opts.get_int("group-size") : -1, in = t.shape.back();
+    // bits 0: sparsegpt pruning without quantization, so no groups either
+    const bool grouped = opts.has("group-size") && !(opts.has("bits") && opts.get_int("bits") == 0);
+    const int64_t g = grouped ? opts.get_int("group-size") : -1, in = t.shape.back();
     if (g == 0 || g < -1 || (g > 0 && in % g != 0)) {
       auto [it, first] = bad_groups.try_emplace(
           source, fmt::format("{} does not divide the input width {} of {}", g, in, t.name), 0);

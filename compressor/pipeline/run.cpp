@@ -292,6 +292,7 @@ void verify_run_exports(const Recipe& recipe, const fs::path& partial,
 void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& plan,
                                   const ApplyResult& applied, Report* report) {
   std::map<int64_t, std::pair<double, int64_t>> layer_err;
+  std::map<int64_t, std::vector<double>> layer_zeros, layer_target;
   for (const auto& r : applied.records) {
     TensorReport t;
     t.name = r.format == "removed" ? r.source : r.name;
@@ -321,8 +322,20 @@ void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& 
         layer_err[*t.layer].second += 1;
       }
     }
+    if (r.sparsity.is_object()) {
+      t.zeros = r.sparsity.value("zeros", 0.0);
+      if (t.layer) {
+        layer_zeros[*t.layer].push_back(*t.zeros);
+        layer_target[*t.layer].push_back(r.sparsity.value("ratio", 0.0));
+      }
+    }
     report->tensors.push_back(t);
   }
+  auto mean = [](const std::vector<double>& v) {
+    double s = 0;
+    for (double x : v) s += x;
+    return s / static_cast<double>(v.size());
+  };
   for (int64_t i = 0; i < spec.num_layers; ++i) {
     LayerReport l;
     l.layer = i;
@@ -337,6 +350,10 @@ void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& 
       l.rel_err = it->second.first / it->second.second;
     if (i < static_cast<int64_t>(applied.layer_seconds.size()))
       l.seconds = applied.layer_seconds[i];
+    if (auto it = layer_zeros.find(i); it != layer_zeros.end()) {
+      l.sparsity = mean(it->second);
+      l.sparsity_target = mean(layer_target.at(i));
+    }
     report->layers.push_back(l);
   }
 }

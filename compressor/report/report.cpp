@@ -30,6 +30,8 @@ std::vector<LayerReport> parse_layers(const JsonReader& top) {
     }
     layer.rel_err = r.optional_number({"rel_err"}, 0.0);
     layer.seconds = r.optional_number({"seconds"}, 0.0).value_or(0.0);
+    layer.sparsity = r.optional_number({"sparsity"}, 0.0);
+    layer.sparsity_target = r.optional_number({"sparsity_target"}, 0.0);
     layers.push_back(layer);
   }
   return layers;
@@ -50,6 +52,7 @@ std::vector<TensorReport> parse_tensors(const JsonReader& top) {
     t.rel_err = r.optional_number({"rel_err"}, 0.0);
     t.tokens = r.optional_int({"tokens"}, 0);
     if (const auto h = r.find("h_source")) t.h_source = h->as_string();
+    t.zeros = r.optional_number({"zeros"}, 0.0);
     tensors.push_back(std::move(t));
   }
   return tensors;
@@ -148,6 +151,10 @@ nlohmann::json report_to_json(const Report& r) {
                       {"experts_kept", nullable(l.experts_kept)},
                       {"rel_err", nullable(l.rel_err)},
                       {"seconds", l.seconds}});
+    if (l.sparsity) {
+      layers.back()["sparsity"] = *l.sparsity;
+      layers.back()["sparsity_target"] = nullable(l.sparsity_target);
+    }
   }
   for (const auto& t : r.tensors) {
     tensors.push_back({{"name", t.name},
@@ -159,6 +166,7 @@ nlohmann::json report_to_json(const Report& r) {
       tensors.back()["tokens"] = nullable(t.tokens);
       tensors.back()["h_source"] = t.h_source;
     }
+    if (t.zeros) tensors.back()["zeros"] = *t.zeros;
   }
   for (const auto& p : r.passes) {
     passes.push_back({{"name", p.name},

@@ -26,6 +26,10 @@ struct LayerReport {
   std::optional<double>
       rel_err;         ///< relative reconstruction error of the layer output, null if not measured
   double seconds = 0;  ///< wall time spent on this layer in the apply stage
+  /// Weight sparsity (docs/sparsity.md): the mean fraction of zeros over the layer's pruned
+  /// linears, and the ratio its pass aimed at (the layer's OWL / DLP allocation); null: none
+  /// pruned.
+  std::optional<double> sparsity, sparsity_target;
 };
 
 /// One tensor of the input checkpoint and what became of it.
@@ -40,6 +44,7 @@ struct TensorReport {
   /// 3").
   std::optional<int64_t> tokens;
   std::string h_source;
+  std::optional<double> zeros;  ///< the fraction of weights a sparsity pass zeroed (null: dense)
 };
 
 /// Instrumentation of one pass (DESIGN.md: timing and peak memory are hooks around passes).

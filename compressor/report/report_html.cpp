@@ -387,14 +387,21 @@ std::string error_section(const Report& r) {
 std::string layers_section(const Report& r) {
   std::string out = "<section><h2>Layers</h2>\n";
   if (r.layers.empty()) return out + note("No per-layer records.") + "</section>\n";
+  const bool sparse = has_sparsity(r);
   std::vector<std::vector<std::string>> rows;
   for (const auto& l : r.layers) {
-    rows.push_back({std::to_string(l.layer), format_count(l.experts_before),
-                    format_count(l.experts_kept), format_rel_err(l.rel_err),
-                    format_seconds(l.seconds)});
+    rows.push_back(
+        {std::to_string(l.layer), format_count(l.experts_before), format_count(l.experts_kept)});
+    if (sparse) rows.back().push_back(format_sparsity(l));
+    rows.back().push_back(format_rel_err(l.rel_err));
+    rows.back().push_back(format_seconds(l.seconds));
   }
+  std::vector<std::string> head = {"layer", "experts before", "experts kept"};
+  if (sparse) head.push_back("sparsity");
+  head.push_back("rel. error");
+  head.push_back("seconds");
   const std::string body = table(
-      {"layer", "experts before", "experts kept", "rel. error", "seconds"}, rows, {0, 1, 2, 3, 4});
+      head, rows, sparse ? std::set<size_t>{0, 1, 2, 3, 4, 5} : std::set<size_t>{0, 1, 2, 3, 4});
   out += r.layers.size() <= 32
              ? body
              : fmt::format("<details><summary>{} layers</summary>\n", r.layers.size()) + body +

@@ -111,13 +111,18 @@ std::string layer_section(const Report& r) {
   std::string out = "## Layers\n\n";
   if (r.layers.empty()) return out + "No per-layer records.\n\n";
   if (!has_moe_layers(r)) out += "No MoE layers (dense model).\n\n";
-  out +=
-      "| layer | experts before | experts kept | rel. error | seconds "
-      "|\n|---:|---:|---:|---:|---:|\n";
+  const bool sparse = has_sparsity(r);
+  out += sparse ? "| layer | experts before | experts kept | sparsity | rel. error | seconds "
+                  "|\n|---:|---:|---:|---:|---:|---:|\n"
+                : "| layer | experts before | experts kept | rel. error | seconds "
+                  "|\n|---:|---:|---:|---:|---:|\n";
   for (const auto& l : r.layers) {
-    out +=
-        row({std::to_string(l.layer), format_count(l.experts_before), format_count(l.experts_kept),
-             format_rel_err(l.rel_err), format_seconds(l.seconds)});
+    std::vector<std::string> cells = {std::to_string(l.layer), format_count(l.experts_before),
+                                      format_count(l.experts_kept)};
+    if (sparse) cells.push_back(format_sparsity(l));
+    cells.push_back(format_rel_err(l.rel_err));
+    cells.push_back(format_seconds(l.seconds));
+    out += row(cells);
   }
   return out + "\n";
 }

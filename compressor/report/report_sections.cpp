@@ -139,6 +139,19 @@ std::string format_rel_err(const std::optional<double>& value) {
   return fmt::format("{:.3g}%", 100 * *value);
 }
 
+bool has_sparsity(const Report& report) {
+  for (const auto& l : report.layers)
+    if (l.sparsity) return true;
+  return false;
+}
+
+std::string format_sparsity(const LayerReport& l) {
+  if (!l.sparsity) return "-";
+  return l.sparsity_target
+             ? fmt::format("{:.1f}% (target {:.1f}%)", 100 * *l.sparsity, 100 * *l.sparsity_target)
+             : fmt::format("{:.1f}%", 100 * *l.sparsity);
+}
+
 std::string format_count(const std::optional<int64_t>& value) {
   return value ? std::to_string(*value) : "-";
 }

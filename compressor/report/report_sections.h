@@ -43,6 +43,10 @@ bool has_moe_layers(const Report& report);
 std::string format_rel_err(const std::optional<double>& value);
 /// "12" or "-".
 std::string format_count(const std::optional<int64_t>& value);
+/// True when some layer has weight sparsity (the layer tables then show it).
+bool has_sparsity(const Report& report);
+/// "50.8% (target 50.9%)", or "-" for a dense layer.
+std::string format_sparsity(const LayerReport& layer);
 /// "3.2 s".
 std::string format_seconds(double seconds);
 /// "3.55× smaller (28.2% of before)", or "" when a size is unknown or zero.
