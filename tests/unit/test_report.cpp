@@ -198,6 +198,29 @@ TEST(Report, MarkdownTablesHoldTheValues) {
   EXPECT_NE(md.find("## Gate: FAILED"), std::string::npos);
 }
 
+// Pruned layers (docs/sparsity.md): sparsity and target per layer, zeros per tensor; they
+// round-trip and the layer tables gain a sparsity column only when some layer has one.
+TEST(Report, SparsityColumnsAppearForPrunedLayers) {
+  json doc = moe_report();
+  doc["layers"][0]["sparsity"] = 0.4375;
+  doc["layers"][0]["sparsity_target"] = 0.4412;
+  doc["tensors"][0]["zeros"] = 0.4375;
+  const Report r = parse_report(doc, "r.json");
+  ASSERT_TRUE(r.layers[0].sparsity.has_value());
+  EXPECT_FALSE(r.layers[1].sparsity.has_value());
+  EXPECT_DOUBLE_EQ(*r.tensors[0].zeros, 0.4375);
+  EXPECT_EQ(report_to_json(r), doc);
+  const std::string md = render_markdown(r);
+  EXPECT_NE(md.find("| layer | experts before | experts kept | sparsity | rel. error | seconds |"),
+            std::string::npos)
+      << md;
+  EXPECT_NE(md.find("| 0 | 8 | 8 | 43.8% (target 44.1%) |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| 1 | 8 | 6 | - | 5% | 2.25 s |"), std::string::npos) << md;
+  EXPECT_NE(render_html(r).find("<th class=\"num\">sparsity</th>"), std::string::npos);
+  EXPECT_EQ(render_markdown(parse_report(moe_report(), "r.json")).find("sparsity"),
+            std::string::npos);
+}
+
 TEST(Report, MarkdownEscapesTableCells) {
   json doc = dense_report();
   doc["passes"][0]["options"] = "match=a|b";
