@@ -389,6 +389,49 @@ at::Tensor column_loop(const at::Tensor& W, const at::Tensor& U, const GptqOptio
   return codes;
 }
 
+/// §1.2.1: an input no token reached (H_jj = 0) gets H_jj = 1 and its weight column 0.
+void fix_dead_inputs(at::Tensor& H, at::Tensor& W) {
+  const at::Tensor dead = H.diagonal() == 0;
+  H.diagonal().masked_fill_(dead, 1.0);
+  W.masked_fill_(dead.unsqueeze(0), 0.0);
+}
+
+/// InternalError unless `hessian` is [in, in] over a non-negative token count.
+void check_hessian(const at::Tensor& hessian, int64_t tokens, int64_t in) {
+  if (tokens < 0)
+    throw InternalError("", "tokens", "negative token count " + std::to_string(tokens));
+  if (hessian.dim() != 2 || hessian.size(0) != in || hessian.size(1) != in) {
+    throw InternalError("", "hessian",
+                        "expected [" + std::to_string(in) + ", " + std::to_string(in) + "]");
+  }
+}
+
+/// The sweep's sparsity from the options (inactive without them): keep_zero's marks in loop order.
+Sparsity sparsity_of(const SparseOptions* sparse, const at::Tensor& W, const at::Tensor& perm) {
+  Sparsity sp;
+  if (!sparse) return sp;
+  sp.ratio = sparse->ratio;
+  sp.n = sparse->n;
+  sp.m = sparse->m;
+  sp.quantize = sparse->quantize;
+  sp.mask = at::zeros(W.sizes(), W.options().dtype(at::kByte));
+  if (sparse->keep_zero.defined()) {
+    const at::Tensor keep = sparse->keep_zero.to(W.device(), at::kByte);
+    sp.mask.copy_(perm.defined() ? keep.index_select(1, perm) : keep);
+  }
+  return sp;
+}
+
+/// Static groups' parameters (§1.4) from the dead-fixed original W, into scales / zeros [out, G].
+void static_group_params(const at::Tensor& W, const GptqOptions& o, int64_t g, at::Tensor& scales,
+                         at::Tensor& zeros) {
+  for (int64_t j = 0; j < scales.size(1); ++j) {
+    auto [s, z] = group_params(W.slice(1, j * g, (j + 1) * g), o);
+    scales.select(1, j).copy_(s);
+    zeros.select(1, j).copy_(z);
+  }
+}
+
 }  // namespace
 
 at::Tensor gptq_dequantize(const QuantizedWeight& q, const at::Tensor& g_idx) {
@@ -422,12 +465,7 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
     r.h_source = "none";
     return r;
   }
-  if (tokens < 0)
-    throw InternalError("", "tokens", "negative token count " + std::to_string(tokens));
-  if (!data_free && (hessian.dim() != 2 || hessian.size(0) != in || hessian.size(1) != in)) {
-    throw InternalError("", "hessian",
-                        "expected [" + std::to_string(in) + ", " + std::to_string(in) + "]");
-  }
+  if (!data_free) check_hessian(hessian, tokens, in);
   r.h_source = data_free ? "none" : "hessian";
 
   // §1.1: H = (2/N)·Σ x xᵀ. H0 stays undamped and untouched for rel_err and the fallback loss.
@@ -437,10 +475,7 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
                             : hessian.to(w0.device(), dt) * (2.0 / static_cast<double>(tokens));
   at::Tensor H = H0.clone();
   at::Tensor W = w0.clone();
-  // §1.2.1: dead inputs.
-  const at::Tensor dead = H.diagonal() == 0;
-  H.diagonal().masked_fill_(dead, 1.0);
-  W.masked_fill_(dead.unsqueeze(0), 0.0);
+  fix_dead_inputs(H, W);
   // The dead-fixed W in the original order (static groups, fallback). Shares storage with W until
   // the permutation replaces W; both uses come before the column loop writes W.
   const at::Tensor W_unperm = W;
@@ -483,30 +518,13 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
     return r;
   }
 
-  Sparsity sp;
-  if (sparse) {
-    sp.ratio = sparse->ratio;
-    sp.n = sparse->n;
-    sp.m = sparse->m;
-    sp.quantize = sparse->quantize;
-    sp.mask = at::zeros({out, in}, W.options().dtype(at::kByte));
-    if (sparse->keep_zero.defined()) {
-      const at::Tensor keep = sparse->keep_zero.to(W.device(), at::kByte);
-      sp.mask.copy_(act_order ? keep.index_select(1, perm) : keep);
-    }
-  }
+  Sparsity sp = sparsity_of(sparse, W, perm);
 
   // Static groups (§1.4): parameters from the dead-fixed original W, before updates or permutation.
   const bool static_groups = o.act_order == GptqOptions::kStatic;
   at::Tensor scales = at::empty({out, groups}, w0.options());
   at::Tensor zeros = at::empty({out, groups}, w0.options().dtype(at::kInt));
-  if (static_groups && sp.quantize) {
-    for (int64_t j = 0; j < groups; ++j) {
-      auto [s, z] = group_params(W_unperm.slice(1, j * g, (j + 1) * g), o);
-      scales.select(1, j).copy_(s);
-      zeros.select(1, j).copy_(z);
-    }
-  }
+  if (static_groups && sp.quantize) static_group_params(W_unperm, o, g, scales, zeros);
   std::vector<int64_t> perm_host;
   if (act_order) {
     const at::Tensor p = perm.cpu();
@@ -532,17 +550,12 @@ GptqResult gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian, in
   r.q.scales = scales.to(at::kFloat);
   r.q.zeros = zeros;
   r.q.codes = unpermute(codes).to(at::kByte);
-  if (act_order) {
-    r.perm = perm;
-    if (static_groups) {
-      r.g_idx = contiguous_gidx;
-    } else {
-      r.g_idx = at::empty({in}, long_opts.dtype(at::kInt))
-                    .index_copy_(0, perm, at::arange(in, long_opts).div(g, "floor").to(at::kInt));
-    }
-  } else {
-    r.g_idx = contiguous_gidx;
-  }
+  r.perm = perm;
+  // g_idx (§1.5): contiguous unless act-order with dynamic groups scattered them.
+  r.g_idx = act_order && !static_groups
+                ? at::empty({in}, long_opts.dtype(at::kInt))
+                      .index_copy_(0, perm, at::arange(in, long_opts).div(g, "floor").to(at::kInt))
+                : contiguous_gidx;
   finish_metrics(gptq_dequantize(r.q, r.g_idx));
   return r;
 }
