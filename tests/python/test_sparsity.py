@@ -15,7 +15,9 @@ gptq after wanda keeping every zero, MoE experts pruned on their routed tokens, 
 redoing a run bit for bit, SparseGPT beating magnitude on KL, and bad recipes refused naming the field
 with nothing written."""
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -25,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from reference import SOURCE_DIR, THREADS, recipe_text, run_lathe
+from reference import LATHE_BIN, SOURCE_DIR, THREADS, recipe_text, run_lathe
 
 MODELS = SOURCE_DIR / "data" / "models"
 HELDOUT = SOURCE_DIR / "data" / "corpora" / "prose" / "heldout.txt"
@@ -307,3 +309,25 @@ def test_allocation_on_a_single_layer_model_is_refused(tmp_path):
     assert proc.returncode == 2, proc.stderr  # ConfigError
     assert "passes.wanda.allocation" in proc.stderr and "only 1 decoder layer" in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*"))
+            if p.is_file() and p.relative_to(path).parts[0] not in ("report",)}
+
+
+def test_killed_sparse_run_resumes_byte_identical(tmp_path):
+    """wanda with OWL, then gptq: a run killed after layer 1 resumes to the same bytes (the resumed
+    layers' inputs come from the pruned and quantized layers before them)."""
+    text = recipe_text(MODELS / "llama", tmp_path / "unused", ["wanda: {sparsity: 0.6, allocation: owl}",
+                                                                "gptq: {bits: 4, group-size: 32}"],
+                       tasks=("prose",), samples=8, seq_len=64, export="[hf]")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text)
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    run_lathe("run", recipe, "--set", f"output={reference}")
+    killed = subprocess.run([LATHE_BIN, "run", str(recipe), "--set", f"output={out}"], capture_output=True,
+                            text=True, env=dict(os.environ, LATHE_FAULT_KILL_AFTER_LAYER="1"))
+    assert killed.returncode == -9, killed.stderr
+    run_lathe("run", recipe, "--set", f"output={out}")
+    assert tree(out) == tree(reference)
