@@ -48,7 +48,8 @@ RECIPES = {
     "w4": ["sparsegpt: {pattern: '2:4', bits: 4, group-size: 32}"],
 }
 # qwen3_moe-fused: transformers v5's fused 3-D experts, split per expert by the export.
-CASES = [(model, case) for model in ("llama", "mixtral") for case in RECIPES] + [("qwen3_moe-fused", "prune")]
+CASES = [(model, case) for model in ("llama", "mixtral") for case in RECIPES] + [("qwen3_moe-fused", "prune"),
+                                                                               ("qwen3_moe-fused", "w8a8")]
 IDS = [[1, 17, 250, 3999, 42, 7, 99, 1024], [5, 6, 7]]
 
 
@@ -140,6 +141,17 @@ def decode_export(ct_dir):
     return qc, tensors, decoded
 
 
+def forward_logits(tmp_path, **paths):
+    """`lathe forward` logits of each named checkpoint on the same token rows."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"ids": IDS}))
+    logits = {}
+    for name, path in paths.items():
+        run_lathe("forward", path, "--tokens", tokens, "--out", tmp_path / f"{name}.bin")
+        logits[name] = np.fromfile(tmp_path / f"{name}.bin", dtype=np.float32)
+    return logits
+
+
 def check_sparsity_config(qc, expected_format, modules):
     from compressed_tensors.config import SparsityCompressionConfig
     from compressed_tensors.utils.match import match_name
@@ -160,15 +172,14 @@ def check_sparsity_config(qc, expected_format, modules):
 def test_the_export_decodes_to_lathes_weights(model, case, outs):
     out = outs(model, case)
     qc, tensors, decoded = decode_export(out / "ct")
-    sparse = sparse24_records(out)
-    stored = load_dir(out / "model")
+    pruned = sparse24_weights(out)  # OUT/model's, fused experts split per expert
+    sparse = set(pruned)
     assert sparse and all(m.endswith(".weight") for m in sparse)
     if case == "prune":
         # Sparsity only: no quantization keys at all (compressed-tensors ≤ 0.14 rejects them).
         assert not (out / "quant").exists()
         assert set(qc) == {"quant_method", "sparsity_config"} and qc["quant_method"] == "compressed-tensors"
         assert {m + ".weight" for m in decoded} == sparse
-        pruned = sparse24_weights(out)  # fused experts split per expert
         for module, w in decoded.items():
             ref = pruned[module + ".weight"]
             assert w.dtype == ref.dtype == torch.bfloat16, module
@@ -190,7 +201,7 @@ def test_the_export_decodes_to_lathes_weights(model, case, outs):
             fp32 = compressor.decompress({"weight": w, "weight_scale": scale.float()}, scheme)["weight"]
             assert torch.equal(fp32, exact[module + ".weight"]), module  # bit for bit, fp32
             got = compressor.decompress({"weight": w, "weight_scale": scale}, scheme)["weight"]
-            assert torch.equal(got, stored[module + ".weight"]), module  # the model dtype, as OUT/model
+            assert torch.equal(got, pruned[module + ".weight"]), module  # the model dtype, as OUT/model
             assert not any(module == i for i in qc["ignore"])
         check_sparsity_config(qc, "sparse-24-bitmask", decoded)
     else:
@@ -237,11 +248,8 @@ def test_a_mixed_export_lists_unquantized_2_4_modules_in_ignore(tmp_path):
     packed = {k[: -len(".weight_packed")] for k in tensors if k.endswith(".weight_packed")}
     assert len(packed) == 25 and not packed & mlp1
     check_sparsity_config(qc, "sparse-24-bitmask", packed | mlp1)
-    tokens = tmp_path / "tokens.json"
-    tokens.write_text(json.dumps({"ids": IDS}))
-    for name, path in (("out", out), ("ct", out / "ct")):
-        run_lathe("forward", path, "--tokens", tokens, "--out", tmp_path / f"{name}.bin")
-    assert np.array_equal(np.fromfile(tmp_path / "out.bin", np.float32), np.fromfile(tmp_path / "ct.bin", np.float32))
+    logits = forward_logits(tmp_path, out=out, ct=out / "ct")
+    assert np.array_equal(logits["out"], logits["ct"])
     proc = run_lathe("verify", out / "ct", "--json", tmp_path / "verify.json", "--quiet")
     report = json.loads((tmp_path / "verify.json").read_text())
     assert report["failed"] == 0 and report["skipped"] == 0, proc.stdout
@@ -251,12 +259,7 @@ def test_a_mixed_export_lists_unquantized_2_4_modules_in_ignore(tmp_path):
 @pytest.mark.parametrize("model,case", CASES)
 def test_lathe_reads_the_export_back_to_the_same_logits(model, case, outs, tmp_path):
     out = outs(model, case)
-    tokens = tmp_path / "tokens.json"
-    tokens.write_text(json.dumps({"ids": IDS}))
-    logits = {}
-    for name, path in (("out", out), ("ct", out / "ct")):
-        run_lathe("forward", path, "--tokens", tokens, "--out", tmp_path / f"{name}.bin")
-        logits[name] = np.fromfile(tmp_path / f"{name}.bin", dtype=np.float32)
+    logits = forward_logits(tmp_path, out=out, ct=out / "ct")
     assert np.array_equal(logits["out"], logits["ct"])
 
 
@@ -354,6 +357,41 @@ def test_an_export_of_nothing_it_can_store_is_refused(tmp_path):
     assert proc.returncode == 2 and "quant/ is missing" in proc.stderr, proc.stderr
 
 
+def test_padding_dummies_of_2_4_experts_are_valid_bitmasks(tmp_path):
+    """DeepSeek-V3 pruned to different expert counts per layer, 2:4 everywhere, exported padded: the
+    dummy experts (zero weights) are stored like their layer's real ones, each group keeping its
+    first two columns, and the export still gives OUT's logits and passes verify."""
+    out = tmp_path / "out"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe_text(MODELS / "deepseek_v3", out,
+                                  ["experts-frequency: {keep: 0.5, mode: global}", "magnitude: {pattern: '2:4'}"],
+                                  tasks=("prose",), samples=4, seq_len=64,
+                                  export="{formats: [hf, compressed-tensors], pad-experts: true}"))
+    run_lathe("run", recipe)
+    padding = json.loads((out / "ct" / "expert_map.json").read_text())["padding"]
+    assert padding and sum(padding.values()) > 0
+    config = json.loads((out / "ct" / "config.json").read_text())
+    _, tensors, decoded = decode_export(out / "ct")
+    dummies = 0
+    for layer, n in padding.items():
+        for e in range(config["n_routed_experts"] - n, config["n_routed_experts"]):
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                module = f"model.layers.{layer}.mlp.experts.{e}.{proj}"
+                assert module in decoded and not decoded[module].view(torch.int16).any(), module
+                assert (tensors[module + ".bitmask"] == 0x33).all(), module  # columns 0, 1 of each group
+                dummies += 1
+    assert dummies == 3 * sum(padding.values())
+    logits = forward_logits(tmp_path, out=out, hf=out / "hf", ct=out / "ct")
+    # The padded exports agree exactly; padding moves OUT's logits by rounding only (docs/export.md).
+    assert np.array_equal(logits["hf"], logits["ct"])
+    assert np.abs(logits["ct"] - logits["out"]).max() < 1e-4
+    proc = run_lathe("verify", out / "ct", "--json", tmp_path / "verify.json", "--quiet")
+    report = json.loads((tmp_path / "verify.json").read_text())
+    assert report["failed"] == 0, proc.stdout
+    skipped = [c for c in report["cases"] if c["status"] == "skip"]
+    assert all(".mlp.experts." in c["name"] and "no golden vectors" in c["note"] for c in skipped), skipped
+
+
 LEGACY = os.environ.get("LATHE_CT_LEGACY_PYTHONPATH", "")
 
 
@@ -373,12 +411,12 @@ def test_compressed_tensors_0_14_decompresses_the_export(model, case, outs, tmp_
     got = load_file(result)
     _, _, decoded = decode_export(out / "ct")
     assert {k[: -len(".weight")] for k in got if k.endswith(".weight")} == set(decoded)
-    stored = load_dir(out / "model")
+    pruned = sparse24_weights(out)
     exact = per_expert(sidecar_weights(out), None) if case == "w8a8" else {}
     for module, w in decoded.items():
         ref = got[module + ".weight"]
         assert ref.dtype == w.dtype and torch.equal(ref.view(torch.uint8), w.view(torch.uint8)), module
         if case == "prune":
-            assert torch.equal(ref.view(torch.int16), positive_zeros(stored[module + ".weight"]).view(torch.int16))
+            assert torch.equal(ref.view(torch.int16), positive_zeros(pruned[module + ".weight"]).view(torch.int16))
         else:
             assert torch.equal(got[module + ".dequantized"], exact[module + ".weight"]), module
