@@ -326,6 +326,32 @@ def test_a_flipped_byte_fails_naming_the_module(case, tensor, outs, tmp_path):
         assert module in proc.stderr
 
 
+def test_verify_fails_a_2_4_module_stored_dense(outs, tmp_path):
+    """The golden vectors say 2:4: a compressed-tensors export that holds the module as a plain
+    weight (the same values) fails, naming it, though its kernels would compute the same."""
+    out = outs("llama", "prune")
+    copy = tmp_path / "ct"
+    shutil.copytree(out / "ct", copy)
+    (copy / "lathe_export.json").unlink()
+    module = "model.layers.3.self_attn.k_proj"
+    index_file = copy / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    shard = copy / index["weight_map"][module + ".bitmask"]
+    tensors = load_file(shard)
+    dense, _ = numpy_decode(tensors, module)
+    for p in ("compressed", "bitmask", "shape"):
+        del tensors[f"{module}.{p}"], index["weight_map"][f"{module}.{p}"]
+    tensors[module + ".weight"] = dense
+    index["weight_map"][module + ".weight"] = shard.name
+    save_file(tensors, shard, metadata={"format": "pt"})
+    index_file.write_text(json.dumps(index))
+    proc = run_lathe("verify", copy, "--json", tmp_path / "verify.json", "--quiet", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    failed = [c for c in json.loads((tmp_path / "verify.json").read_text())["cases"] if c["status"] == "fail"]
+    assert [(c["name"], c["note"]) for c in failed] == [
+        (module, "lathe pruned it 2:4, but the export does not store it as sparse-24-bitmask")], failed
+
+
 def test_a_corrupted_bitmask_is_a_data_error_naming_the_module(outs, tmp_path):
     out = outs("llama", "prune")
     copy = tmp_path / "ct"
