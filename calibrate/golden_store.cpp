@@ -106,6 +106,7 @@ void write_golden_layer(const std::string& path, const GoldenLayer& g) {
       write_int(m, "group_size", l.group_size);
       write_int(m, "sym", l.sym ? 1 : 0);
       write_int(m, "act_bits", l.act_bits);
+      if (!l.sparsity.empty()) write_string(m, "sparsity", l.sparsity);
       write_matrix(m, "y", l.y);
     }
     if (g.moe_y) {
@@ -180,6 +181,7 @@ GoldenLayer read_golden_layer(const std::string& path) {
             l.group_size = required_int(m, "group_size", path, field);
             l.sym = required_int(m, "sym", path, field) != 0;
             l.act_bits = required_int(m, "act_bits", path, field);
+            l.sparsity = read_string(m, "sparsity", path, field).value_or("");
             l.y = read_matrix(m, "y", path, field + "/y");
             check_rows(l.y, field + "/y");
             ordered.emplace_back(order, std::move(l));

@@ -1,7 +1,7 @@
 // Golden vectors of the verification harness (DESIGN.md "Output directory": out/verify/;
-// docs/verify.md): for each decoder layer with quantized linears, real inputs of those linears and
-// the outputs of lathe's dequantized layer, so `lathe verify` can prove that an export's packed
-// weights compute what lathe measured. One HDF5 file per layer, `verify/layer_<L>.h5` (L
+// docs/verify.md): for each decoder layer with quantized or pruned linears, real inputs of those
+// linears and the outputs of lathe's compressed layer, so `lathe verify` can prove that an export's
+// packed weights compute what lathe measured. One HDF5 file per layer, `verify/layer_<L>.h5` (L
 // zero-padded to 5 digits):
 //
 //   /                attrs format "lathe-golden", format_version 1, layer, source (where the
@@ -9,10 +9,14 @@
 //   /inputs/<name>   F32 [R, n]   an input shared by several linears ("attn_in", "attn_out_in",
 //                                 "q_latent", "kv_latent", "mlp_in", "mlp_act", "shared_act",
 //                                 "expert_act.<e>")
-//   /linears/<module>             group per quantized linear (module = tensor name without
-//   ".weight")
-//        attrs input (name under /inputs), bits, group_size, sym, act_bits
-//        y   F32 [R, out]          act(x) · Wᵀ + b with W lathe's exact dequantized weight (fp32)
+//   /linears/<module>             group per quantized or pruned linear (module = tensor name
+//   without ".weight")
+//        attrs input (name under /inputs), bits, group_size, sym, act_bits, and, for a linear a
+//              sparsity pass pruned, sparsity (its pattern: "2:4", "unstructured"; optional, so
+//              files without it read as before). A pruned linear lathe did not quantize has
+//              bits = its stored dtype's width (16, 32), group_size −1, act_bits 0.
+//        y   F32 [R, out]          act(x) · Wᵀ + b with W lathe's exact dequantized (or pruned)
+//                                  weight (fp32)
 //   /moe             (MoE layers) attrs input ("mlp_in"); y F32 [R, d] = the MoE block's output
 //                    (router, routed experts, shared expert) on that input
 //
@@ -36,7 +40,8 @@ struct GoldenLinear {
   int64_t bits = 0, group_size = -1;
   bool sym = true;
   int64_t act_bits = 0;
-  at::Tensor y;  ///< float32 [R, out]
+  at::Tensor y;          ///< float32 [R, out]
+  std::string sparsity;  ///< the pattern a sparsity pass pruned it with ("2:4"), "" when dense
 };
 
 struct GoldenLayer {

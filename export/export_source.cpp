@@ -35,6 +35,19 @@ std::string module_of(const std::string& weight_name) {
   return weight_name.substr(0, weight_name.size() - suffix.size());
 }
 
+/// The names of the tensors whose lathe_manifest.json record has sparsity pattern "2:4".
+std::set<std::string> sparse24_tensors(const nlohmann::json& manifest) {
+  std::set<std::string> out;
+  if (!manifest.is_object() || !manifest.contains("tensors") || !manifest["tensors"].is_object())
+    return out;
+  for (const auto& [name, record] : manifest["tensors"].items()) {
+    if (!record.is_object() || !record.contains("sparsity")) continue;
+    const nlohmann::json& s = record["sparsity"];
+    if (s.is_object() && s.contains("pattern") && s["pattern"] == "2:4") out.insert(name);
+  }
+  return out;
+}
+
 /// Rows [begin, begin + n) of a quantized weight (gate or up half of a fused gate_up).
 QuantizedWeight rows_of(const QuantizedWeight& q, int64_t begin, int64_t n) {
   QuantizedWeight r;
@@ -65,6 +78,7 @@ ExportSource::ExportSource(const fs::path& out_dir, const ExportSourceOptions& o
   const nlohmann::json m = parse_json_strict(read_file(manifest.string()), manifest.string(), "");
   if (m.is_object() && m.contains("pipeline") && m["pipeline"].is_string())
     pipeline_ = m["pipeline"].get<std::string>();
+  sparse24_ = sparse24_tensors(m);
   const fs::path config = model_dir_ / "config.json";
   config_ = parse_json_strict(read_file(config.string()), config.string(), "");
   model_spec_ = load_model_spec(model_dir_);
@@ -94,10 +108,14 @@ ExportSource::ExportSource(const fs::path& out_dir, const ExportSourceOptions& o
   }
   store_ = std::make_unique<WeightStore>(model_dir_.string());
   quant_ = open_quant_sidecar(out_dir.string());
-  if (!quant_ && options.require_quant) {
+  if (!quant_ && options.require_quant && !(options.allow_sparse24 && !sparse24_.empty())) {
     throw ConfigError(out_dir.string(), "quant",
-                      "no quantized tensors (quant/ is missing): the packed exports need a "
-                      "quantizing pass (rtn, gptq)");
+                      options.allow_sparse24
+                          ? "neither quantized tensors (quant/ is missing) nor 2:4-sparse ones: "
+                            "the compressed-tensors export needs a quantizing pass (rtn, gptq, "
+                            "smoothquant) or pruning with pattern 2:4 (magnitude, wanda, sparsegpt)"
+                          : "no quantized tensors (quant/ is missing): the packed exports need a "
+                            "quantizing pass (rtn, gptq)");
   }
   layout_ = detect_expert_layout(model_spec_,
                                  [this](const std::string& n) { return store_->contains(n); });
@@ -133,6 +151,7 @@ ExportLayer ExportSource::layer(int64_t i) const {
       l.role = t.role;
       l.router = is_router(t.role);
       l.weight = value;
+      l.sparse24 = !l.router && value.dim() == 2 && sparse24_.count(t.name);
       l.quantized = quantized;
       if (quantized) {
         l.q = rec.slice(-1, &l.g_idx);
@@ -162,6 +181,7 @@ ExportLayer ExportSource::layer(int64_t i) const {
         l.module = module_of(name->second);
         l.role = p.role;
         l.weight = value.select(0, e).narrow(0, p.begin, p.n);
+        l.sparse24 = sparse24_.count(t.name) > 0;
         l.quantized = quantized;
         if (quantized) {
           l.q = rows_of(qe, p.begin, p.n);
@@ -186,6 +206,7 @@ ExportLinear dummy_like(const ExportLinear& like, const std::string& module) {
   d.module = module;
   d.role = like.role;
   d.weight = at::zeros(like.weight.sizes(), like.weight.options());
+  d.sparse24 = like.sparse24;  // zeros are 2:4 (the mask keeps each group's first two)
   d.quantized = like.quantized;
   d.act_bits = like.act_bits;
   if (like.quantized) {

@@ -45,6 +45,9 @@ struct ExportLinear {
   at::Tensor g_idx;        ///< int32 [in]
   int64_t act_bits = 0;    ///< 8: W8A8
   at::Tensor weight;  ///< the OUT/model weight (model dtype) [out, in]: written when not packed
+  /// lathe_manifest.json says a sparsity pass pruned it with pattern "2:4" (a fused tensor's
+  /// record applies to each of its experts; a dummy expert copies its model).
+  bool sparse24 = false;
   int64_t out_features() const { return weight.size(0); }
   int64_t in_features() const { return weight.size(1); }
   /// True when g_idx is not the contiguous c / group_size (act-order with dynamic groups).
@@ -60,7 +63,10 @@ struct ExportLayer {
 
 struct ExportSourceOptions {
   bool require_quant = true;  ///< refuse an output directory without quant/ (the packed exports)
-  bool pad_experts = false;   ///< pad non-uniform expert counts (plan_expert_padding)
+  /// with require_quant: accept one without quant/ when some tensor is 2:4-sparse
+  /// (compressed-tensors stores those as sparse-24-bitmask)
+  bool allow_sparse24 = false;
+  bool pad_experts = false;           ///< pad non-uniform expert counts (plan_expert_padding)
   std::string target = "the export";  ///< named in the refusal of non-uniform counts
 };
 
@@ -72,8 +78,9 @@ class ExportSource {
  public:
   /// Opens `out_dir`. ConfigError when it is not a lathe output directory (no lathe_manifest.json
   /// or model/), has no quant/ while `require_quant` (nothing quantized: "run a quantizing pass
-  /// first"), or has expert counts that differ between layers and cannot be padded
-  /// (plan_expert_padding); otherwise throws like WeightStore / QuantSidecar.
+  /// first"; with `allow_sparse24`, unless a manifest record says pattern "2:4"), or has expert
+  /// counts that differ between layers and cannot be padded (plan_expert_padding); otherwise throws
+  /// like WeightStore / QuantSidecar.
   explicit ExportSource(const std::filesystem::path& out_dir,
                         const ExportSourceOptions& options = {});
   ~ExportSource();
@@ -91,6 +98,8 @@ class ExportSource {
   const std::vector<std::string>& warnings() const { return warnings_; }
   /// The manifest's pipeline string ("" when absent).
   const std::string& pipeline() const { return pipeline_; }
+  /// Whether any tensor's manifest record says sparsity pattern "2:4".
+  bool any_sparse24() const { return !sparse24_.empty(); }
   /// The model dtype (dtype of the embedding table): compressed-tensors scales are stored in it.
   at::ScalarType model_dtype() const { return model_dtype_; }
   ExpertLayout layout() const { return layout_; }
@@ -116,6 +125,7 @@ class ExportSource {
   std::map<int64_t, int64_t> padding_;
   std::vector<std::string> warnings_;
   std::string pipeline_;
+  std::set<std::string> sparse24_;  ///< OUT/model tensor names whose record says pattern "2:4"
   std::unique_ptr<WeightStore> store_;
   std::shared_ptr<const QuantSidecar> quant_;
   ExpertLayout layout_ = ExpertLayout::kPerExpert;

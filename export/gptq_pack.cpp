@@ -447,4 +447,114 @@ at::Tensor dequantize_ct_int8(const CtIntTensors& t, const std::string& where) {
   return q.scales * t.weight.to(at::kCPU, at::kFloat);
 }
 
+// ---------------------------------------------------------------------------------------------
+// sparse-24-bitmask
+
+namespace {
+
+/// {row, first column} of the first group of 4 in `bad` ([out, in/4] bool), which has a true.
+std::pair<int64_t, int64_t> first_group(const at::Tensor& bad) {
+  const int64_t flat = bad.reshape(-1).to(at::kByte).argmax().item<int64_t>();
+  return {flat / bad.size(1), 4 * (flat % bad.size(1))};
+}
+
+bool is_sparse24_dtype(at::ScalarType dt) {
+  return dt == at::kHalf || dt == at::kBFloat16 || dt == at::kFloat || dt == at::kChar;
+}
+
+}  // namespace
+
+CtSparse24Tensors pack_ct_sparse24(const at::Tensor& weight, const std::string& where) {
+  const char* what = "compressed-tensors sparse-24-bitmask";
+  if (!weight.defined() || weight.dim() != 2 || weight.numel() == 0)
+    throw UnsupportedError(what, where, "expected a non-empty 2-d weight");
+  if (!is_sparse24_dtype(weight.scalar_type()))
+    throw UnsupportedError(what, where,
+                           std::string("dtype ") + c10::toString(weight.scalar_type()));
+  const int64_t out = weight.size(0), in = weight.size(1);
+  if (in % 4 != 0)
+    throw UnsupportedError(
+        what, where,
+        "2:4 needs the input width to be a multiple of 4, found " + std::to_string(in));
+  const at::Tensor w = weight.to(at::kCPU).contiguous();
+  const at::Tensor nonzero = w.ne(0).view({out, in / 4, 4});
+  const at::Tensor count = nonzero.sum(-1);  // [out, in/4]
+  const at::Tensor over = count.gt(2);
+  if (over.any().item<bool>()) {
+    const auto [r, c] = first_group(over);
+    throw UnsupportedError(what, where,
+                           "row " + std::to_string(r) + ", columns " + std::to_string(c) + "-" +
+                               std::to_string(c + 3) + " hold " +
+                               std::to_string(count[r][c / 4].item<int64_t>()) +
+                               " nonzeros: not 2:4 sparse (at most 2 in every group of 4 inputs)");
+  }
+  // Keep the nonzeros, then the lowest-index zeros up to 2 per group: the k-th zero of a group
+  // (k = 1, 2, …) is kept when k ≤ 2 − count.
+  const at::Tensor zero = nonzero.logical_not();
+  const at::Tensor rank = zero.to(at::kInt).cumsum(-1);
+  const at::Tensor keep =
+      nonzero.logical_or(zero.logical_and(rank.le((2 - count).unsqueeze(-1)))).view({out, in});
+  CtSparse24Tensors t;
+  t.compressed = w.masked_select(keep).view({out, in / 2});
+  if (t.compressed.is_floating_point())
+    t.compressed = t.compressed.masked_fill(t.compressed.eq(0), 0.0);  // −0.0 → +0.0
+  const int64_t bytes = ceil_div(in, 8);
+  const at::Tensor padded =
+      at::constant_pad_nd(keep.to(at::kInt), {0, bytes * 8 - in}).view({out, bytes, 8});
+  const at::Tensor weights = at::tensor(std::vector<int32_t>{1, 2, 4, 8, 16, 32, 64, 128},
+                                        at::TensorOptions().dtype(at::kInt));
+  t.bitmask = (padded * weights).sum(-1).to(at::kByte).contiguous();
+  t.shape =
+      at::tensor(std::vector<int64_t>{out, in}, at::TensorOptions().dtype(at::kLong)).view({2, 1});
+  return t;
+}
+
+at::Tensor unpack_ct_sparse24(const CtSparse24Tensors& t, const std::string& where) {
+  const std::string sf = field_name(where, "shape");
+  if (!t.shape.defined()) throw DataError("", sf, "tensor is missing");
+  if (t.shape.scalar_type() != at::kLong && t.shape.scalar_type() != at::kInt)
+    throw DataError("", sf,
+                    std::string("expected int64, found ") + c10::toString(t.shape.scalar_type()));
+  if (t.shape.numel() != 2 || !(t.shape.dim() == 1 || (t.shape.dim() == 2 && t.shape.size(1) == 1)))
+    throw DataError("", sf, "expected shape [2, 1], found " + shape_str(t.shape.sizes()));
+  const at::Tensor dims = t.shape.to(at::kCPU, at::kLong).reshape(-1);
+  const int64_t out = dims[0].item<int64_t>(), in = dims[1].item<int64_t>();
+  if (out <= 0 || in <= 0 || in % 4 != 0)
+    throw DataError("", sf,
+                    "expected positive dimensions with the input width a multiple of 4, found [" +
+                        std::to_string(out) + ", " + std::to_string(in) + "]");
+  const std::string cf = field_name(where, "compressed");
+  if (!t.compressed.defined()) throw DataError("", cf, "tensor is missing");
+  if (!is_sparse24_dtype(t.compressed.scalar_type()))
+    throw DataError("", cf,
+                    std::string("expected float16, bfloat16, float32 or int8, found ") +
+                        c10::toString(t.compressed.scalar_type()));
+  if (t.compressed.sizes() != at::IntArrayRef({out, in / 2}))
+    throw DataError("", cf,
+                    "expected shape " + shape_str({out, in / 2}) + " (from shape), found " +
+                        shape_str(t.compressed.sizes()));
+  expect(t.bitmask, where, "bitmask", at::kByte, {out, ceil_div(in, 8)});
+  const at::Tensor bytes = t.bitmask.to(at::kCPU).to(at::kInt).unsqueeze(-1);
+  const at::Tensor bits =
+      bytes.bitwise_right_shift(at::arange(8, at::TensorOptions().dtype(at::kInt)))
+          .bitwise_and(1)
+          .view({out, -1});  // [out, 8·⌈in/8⌉]
+  const std::string bf = field_name(where, "bitmask");
+  if (bits.size(1) > in && bits.narrow(1, in, bits.size(1) - in).any().item<bool>())
+    throw DataError("", bf, "a padding bit (beyond column " + std::to_string(in - 1) + ") is set");
+  const at::Tensor mask = bits.narrow(1, 0, in).to(at::kBool);
+  const at::Tensor bad = mask.view({out, in / 4, 4}).sum(-1).ne(2);
+  if (bad.any().item<bool>()) {
+    const auto [r, c] = first_group(bad);
+    throw DataError("", bf,
+                    "row " + std::to_string(r) + ", columns " + std::to_string(c) + "-" +
+                        std::to_string(c + 3) + ": " +
+                        std::to_string(mask[r].narrow(0, c, 4).sum().item<int64_t>()) +
+                        " bits set, 2:4 needs exactly 2 in every group of 4");
+  }
+  at::Tensor dense = at::zeros({out, in}, t.compressed.options().device(at::kCPU));
+  dense.masked_scatter_(mask, t.compressed.to(at::kCPU).contiguous());
+  return dense;
+}
+
 }  // namespace lathe

@@ -1,7 +1,8 @@
 // Packing of quantized weights into the tensors of a GPTQ checkpoint (FORMATS.md §3, v1 zero
-// points) and of compressed-tensors `pack-quantized` / `int-quantized` (FORMATS.md §4), and the
-// inverse: unpacking and dequantizing such tensors as read from an (untrusted) file. Pure tensor
-// code on CPU: nothing here runs a model or touches files.
+// points) and of compressed-tensors `pack-quantized` / `int-quantized` (FORMATS.md §4), the 2:4
+// `sparse-24-bitmask` storage of compressed-tensors ≤ 0.14 (docs/export.md), and the inverse:
+// unpacking and dequantizing such tensors as read from an (untrusted) file. Pure tensor code on
+// CPU: nothing here runs a model or touches files.
 //
 // Bit layout shared by every packed tensor here: the values packed along one axis form a
 // little-endian bit stream of 32-bit words, value j occupying stream bits [b·j, b·j + b). For
@@ -120,5 +121,31 @@ QuantizedWeight unpack_ct_int8(const CtIntTensors& t, const std::string& where =
 
 /// scale[o] · weight[o, i], float32 [out, in].
 at::Tensor dequantize_ct_int8(const CtIntTensors& t, const std::string& where = {});
+
+/// `sparse-24-bitmask` (compressed-tensors ≤ 0.14; docs/export.md): a 2:4-sparse weight [out, in]
+/// (in a multiple of 4) as the two values kept from every group of 4 consecutive inputs of a row
+/// and a bitmask of where they were. Replaces `<m>.weight` by `<m>.compressed`, `<m>.bitmask` and
+/// `<m>.shape`.
+struct CtSparse24Tensors {
+  at::Tensor
+      compressed;      ///< the weight's dtype (float or int8) [out, in/2]: kept values, row-major
+  at::Tensor bitmask;  ///< uint8 [out, ⌈in/8⌉]: bit k (LSB = 0) of byte j = column 8j + k is kept;
+                       ///< padding bits 0
+  at::Tensor shape;  ///< int64 [2, 1] = {{out}, {in}}
+};
+
+/// Packs `weight` (2-d, any float dtype or int8, CPU). The mask rule: every nonzero is kept (−0.0
+/// counts as zero); a group of 4 with fewer than 2 nonzeros keeps its lowest-index zeros as well,
+/// so every group has exactly 2 bits. Kept zeros are written as +0.0, so the weight decodes to
+/// +0.0 at every zero. UnsupportedError(what, `where`) for a group with more than 2 nonzeros
+/// (naming its row and columns), `in` not a multiple of 4, a non-2-d or empty weight.
+CtSparse24Tensors pack_ct_sparse24(const at::Tensor& weight, const std::string& where);
+
+/// Inverse of pack_ct_sparse24: the dense weight [out, in] in `compressed`'s dtype, +0.0 (or 0)
+/// where the bitmask is clear. DataError naming the tensor (prefixed by `where`) for a dtype or
+/// shape that disagrees with `shape` ({out, in}: int64 or int32, [2, 1] or [2]), `in` not a
+/// multiple of 4, a group of 4 without exactly 2 bits set (naming its row and columns), or a
+/// padding bit set.
+at::Tensor unpack_ct_sparse24(const CtSparse24Tensors& t, const std::string& where = {});
 
 }  // namespace lathe

@@ -103,11 +103,17 @@ void write_padded_expert_map(const ExportSource& src, const fs::path& dir) {
 
 }  // namespace
 
+std::string sparse24_note(const ExportResult& result) {
+  if (result.sparse24_modules == 0) return "";
+  return fmt::format(", {} stored as sparse-24-bitmask (2:4)", result.sparse24_modules);
+}
+
 ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format,
                                const ExportOptions& options) {
   const fs::path target = fs::path(out_dir) / export_dir_name(format);
   ExportSourceOptions source_options;
   source_options.require_quant = format != ExportFormat::kHf;
+  source_options.allow_sparse24 = format == ExportFormat::kCompressedTensors;
   source_options.pad_experts = options.pad_experts;
   source_options.target =
       fmt::format("the {} export ({})", export_format_name(format), target.string());

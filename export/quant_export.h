@@ -45,10 +45,14 @@ struct ExportResult {
   std::string dir;             ///< the directory written
   int64_t packed_modules = 0;  ///< linears stored quantized
   int64_t unpacked_modules =
-      0;               ///< quantized in OUT but stored dequantized (format cannot express them)
-  uint64_t bytes = 0;  ///< Σ tensor bytes of the shards
+      0;  ///< quantized in OUT but stored dequantized (format cannot express them)
+  int64_t sparse24_modules = 0;  ///< 2:4 linears stored as sparse-24-bitmask (compressed-tensors)
+  uint64_t bytes = 0;            ///< Σ tensor bytes of the shards
   std::vector<std::string> log;  ///< one line per fallback and per warning, for the user
 };
+
+/// ", N stored as sparse-24-bitmask" for the summary line of an export, "" when N is 0.
+std::string sparse24_note(const ExportResult& result);
 
 /// Writes `<out_dir>/hf`, `<out_dir>/gptq` or `<out_dir>/ct` (built as `<dir>.partial`, renamed
 /// when complete); gptq and ct get a copy of `<out_dir>/verify` (the golden vectors `lathe verify`

@@ -2,10 +2,12 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <optional>
 #include <regex>
+#include <set>
 #include <vector>
 
 #include <fmt/format.h>
@@ -234,15 +236,82 @@ class GptqCheckpoint : public CheckpointBase {
 // ---------------------------------------------------------------------------------------------
 // compressed-tensors
 
+/// A compressed-tensors `targets` or `ignore` list.
+struct CtTargets {
+  std::vector<std::string> names;    ///< exact module names
+  std::vector<std::regex> regexes;   ///< "re:" entries
+  std::vector<std::string> classes;  ///< other entries ("Linear"): every module
+  bool exact(const std::string& module) const {
+    return std::find(names.begin(), names.end(), module) != names.end();
+  }
+  bool regex(const std::string& module) const {
+    return std::any_of(regexes.begin(), regexes.end(),
+                       [&](const std::regex& re) { return re_match(re, module); });
+  }
+  bool any(const std::string& module) const {
+    return exact(module) || regex(module) || !classes.empty();
+  }
+};
+
+/// f[key] as targets: a list of strings (`required`: non-empty). With `classes`, an entry without
+/// "re:" or a dot is a class name; without, every such entry is a module name (ignore lists).
+CtTargets parse_targets(const OrderedJsonReader& f, const char* key, bool required, bool classes) {
+  CtTargets r;
+  const auto list = f.find(key);
+  if (!list) {
+    if (required) f.fail(key, "expected a non-empty list of strings");
+    return r;
+  }
+  if (!list->value().is_array() || (required && list->value().empty()))
+    f.fail(key, std::string("expected a ") + (required ? "non-empty " : "") +
+                    "list of strings, found " + list->value().dump());
+  for (const auto& t : list->value()) {
+    if (!t.is_string()) f.fail(key, "expected strings, found " + t.dump());
+    const std::string s = t.get<std::string>();
+    if (s.rfind("re:", 0) == 0) {
+      r.regexes.push_back(compile_pattern(s.substr(3), f, key));
+    } else if (!classes || s.find('.') != std::string::npos) {
+      r.names.push_back(s);
+    } else {
+      r.classes.push_back(s);
+    }
+  }
+  return r;
+}
+
 struct CtGroup {
   std::string name, format;
   int64_t bits = 4, group_size = 128;  ///< −1: channel
   bool sym = true, actorder_group = false;
   int64_t act_bits = 0;
-  std::vector<std::string> names;    ///< exact targets
-  std::vector<std::regex> regexes;   ///< "re:" targets
-  std::vector<std::string> classes;  ///< other targets ("Linear"): every quantized module
+  CtTargets targets;
 };
+
+/// quantization_config.sparsity_config: the 2:4 modules and how they are stored.
+struct CtSparsityConfig {
+  std::string format;  ///< "" (none), "sparse-24-bitmask" or "dense" (metadata only)
+  CtTargets targets, ignore;
+  bool covers(const std::string& module) const {
+    return targets.any(module) && !ignore.exact(module) && !ignore.regex(module);
+  }
+};
+
+CtSparsityConfig parse_sparsity(const OrderedJsonReader& qc) {
+  CtSparsityConfig r;
+  const auto f = qc.object_at("sparsity_config");
+  if (!f || f->value().empty()) return r;
+  r.format = f->string_or("format", "");
+  if (r.format != "sparse-24-bitmask" && r.format != "dense")
+    throw UnsupportedError(f->file(), f->child_path("format"),
+                           "\"" + r.format + "\": lathe reads sparse-24-bitmask and dense");
+  const std::string structure = f->string_or("sparsity_structure", "");
+  if (r.format == "sparse-24-bitmask" && structure != "2:4")
+    f->fail("sparsity_structure",
+            "sparse-24-bitmask stores 2:4 weights, found \"" + structure + "\"");
+  r.targets = parse_targets(*f, "targets", false, true);
+  r.ignore = parse_targets(*f, "ignore", false, false);
+  return r;
+}
 
 CtGroup parse_group(const std::string& key, const OrderedJsonReader& groups,
                     const std::string& default_format) {
@@ -255,20 +324,7 @@ CtGroup parse_group(const std::string& key, const OrderedJsonReader& groups,
     throw UnsupportedError(f.file(), f.child_path("format"),
                            "\"" + r.format + "\": lathe reads pack-quantized and int-quantized");
   }
-  const auto targets = f.find("targets");
-  if (!targets || !targets->value().is_array() || targets->value().empty())
-    f.fail("targets", "expected a non-empty list of strings");
-  for (const auto& t : targets->value()) {
-    if (!t.is_string()) f.fail("targets", "expected strings, found " + t.dump());
-    const std::string s = t.get<std::string>();
-    if (s.rfind("re:", 0) == 0) {
-      r.regexes.push_back(compile_pattern(s.substr(3), f, "targets"));
-    } else if (s.find('.') != std::string::npos) {
-      r.names.push_back(s);
-    } else {
-      r.classes.push_back(s);
-    }
-  }
+  r.targets = parse_targets(f, "targets", true, true);
   const auto w = f.object_at("weights");
   if (!w) f.fail("weights", "missing: expected the weight quantization arguments");
   const OrderedJsonReader& wf = *w;
@@ -328,66 +384,24 @@ class CompressedTensorsCheckpoint : public CheckpointBase {
  public:
   CompressedTensorsCheckpoint(const std::string& dir, const ojson& qc) : CheckpointBase(dir) {
     tensor_suffixes_ = {".weight_packed",     ".weight_scale", ".weight_shape",
-                        ".weight_zero_point", ".weight_g_idx", ".weight"};
+                        ".weight_zero_point", ".weight_g_idx", ".weight",
+                        ".compressed",        ".bitmask",      ".shape"};
     const OrderedJsonReader f(qc, (fs::path(dir) / "config.json").string(), "quantization_config");
-    const std::string status = f.string_or("quantization_status", "");
-    if (status != "compressed") {
-      throw UnsupportedError(f.file(), f.child_path("quantization_status"),
-                             "\"" + status + "\": lathe reads compressed checkpoints");
-    }
-    const std::string format = f.string_or("format", "");
-    const auto groups = f.object_at("config_groups");
-    if (!groups || groups->value().empty())
-      f.fail("config_groups", "missing: expected at least one group");
-    for (const auto& item : groups->value().items())
-      groups_.push_back(parse_group(item.key(), *groups, format));
-    std::vector<std::regex> ignore_re;
-    std::vector<std::string> ignore_names;
-    if (const auto ig = f.find("ignore")) {
-      if (!ig->value().is_array())
-        f.fail("ignore", "expected a list of strings, found " + ig->value().dump());
-      for (const auto& t : ig->value()) {
-        if (!t.is_string()) f.fail("ignore", "expected strings, found " + t.dump());
-        const std::string s = t.get<std::string>();
-        if (s.rfind("re:", 0) == 0)
-          ignore_re.push_back(compile_pattern(s.substr(3), f, "ignore"));
-        else
-          ignore_names.push_back(s);
-      }
-    }
-    for (const auto& name : store_.names()) {
-      std::string module;
-      bool packed = false;
-      if (ends_with(name, ".weight_packed")) {
-        module = name.substr(0, name.size() - 14), packed = true;
-      } else if (ends_with(name, ".weight") && store_.info(name).dtype == DType::kI8) {
-        module = name.substr(0, name.size() - 7);
-      } else {
-        continue;
-      }
-      for (const auto& n : ignore_names) {
-        if (n == module)
-          throw DataError(file_of(name), name,
-                          "the module is in the ignore list, but it is stored quantized");
-      }
-      for (const auto& re : ignore_re) {
-        if (re_match(re, module))
-          throw DataError(file_of(name), name,
-                          "the module matches the ignore list, but it is stored quantized");
-      }
-      const int64_t g = match_group(module, name);
-      if ((groups_[g].format == "pack-quantized") != packed) {
-        throw DataError(file_of(name), name,
-                        "stored as " + std::string(packed ? "pack-quantized" : "int-quantized") +
-                            " but its group " + groups_[g].name + " is " + groups_[g].format);
-      }
-      modules_[module] = g;
-    }
+    sparsity_ = parse_sparsity(f);
+    read_groups(f);
+    for (const auto& name : store_.names()) add_module(name);
   }
 
   at::Tensor load(const std::string& name) const override {
     const std::string& module = require_module(name);
-    const CtGroup& g = groups_[modules_.at(module)];
+    const int64_t index = modules_.at(module);
+    if (sparse24_.count(module)) {
+      const at::Tensor w = decode_sparse24(module);
+      if (index < 0) return w.to(at::kFloat);  // an unquantized 2:4 weight
+      const CtIntTensors t{w, tensor(module + ".weight_scale")};
+      return in_file(file_of(module + ".bitmask"), [&] { return dequantize_ct_int8(t, module); });
+    }
+    const CtGroup& g = groups_[index];
     if (g.format == "int-quantized") {
       const CtIntTensors t{tensor(module + ".weight"), tensor(module + ".weight_scale")};
       return in_file(file_of(module + ".weight"), [&] { return dequantize_ct_int8(t, module); });
@@ -409,51 +423,121 @@ class CompressedTensorsCheckpoint : public CheckpointBase {
     });
   }
   int64_t activation_bits(const std::string& name) const override {
-    return groups_[modules_.at(require_module(name))].act_bits;
+    const int64_t index = modules_.at(require_module(name));
+    return index < 0 ? 0 : groups_[index].act_bits;
   }
   std::string describe() const override { return "compressed-tensors checkpoint " + dir_; }
-  std::optional<PackedModule> packed(const std::string& module) const override {
-    if (!modules_.count(module)) return std::nullopt;
-    load(module + ".weight");  // validates every tensor of the module
-    const CtGroup& g = groups_[modules_.at(module)];
-    const bool int8 = g.format == "int-quantized";
-    PackedModule p{module, int8 ? "ct-int8" : "ct-packed",
-                   g.bits, g.group_size,
-                   g.sym,  g.act_bits,
-                   0,      0,
-                   {},     file_of(module + (int8 ? ".weight" : ".weight_packed"))};
-    const std::vector<std::string> names =
-        int8 ? std::vector<std::string>{"weight", "weight_scale"}
-             : std::vector<std::string>{"weight_packed", "weight_scale", "weight_shape",
-                                        "weight_zero_point", "weight_g_idx"};
-    for (const auto& n : names) {
-      const at::Tensor t = tensor(module + "." + n);
-      if (t.defined()) p.tensors[n] = t;
-    }
-    if (int8) {
-      p.out = p.tensors["weight"].size(0);
-      p.in = p.tensors["weight"].size(1);
-    } else {
-      const at::Tensor shape = p.tensors["weight_shape"].to(at::kLong);
-      p.out = shape[0].item<int64_t>();
-      p.in = shape[1].item<int64_t>();
-    }
-    return p;
-  }
+  std::optional<PackedModule> packed(const std::string& module) const override;
 
  private:
-  /// The one group whose targets match `module` best: exact name, then re:, then class name.
-  int64_t match_group(const std::string& module, const std::string& tensor_name) const {
+  /// status, config_groups and ignore; none of them in a sparsity-only config.
+  void read_groups(const OrderedJsonReader& f) {
+    const auto groups = f.object_at("config_groups");
+    if ((!groups || groups->value().empty()) && !sparsity_.format.empty()) return;
+    const std::string status = f.string_or("quantization_status", "");
+    if (status != "compressed") {
+      throw UnsupportedError(f.file(), f.child_path("quantization_status"),
+                             "\"" + status + "\": lathe reads compressed checkpoints");
+    }
+    const std::string format = f.string_or("format", "");
+    if (!groups || groups->value().empty())
+      f.fail("config_groups", "missing: expected at least one group");
+    for (const auto& item : groups->value().items())
+      groups_.push_back(parse_group(item.key(), *groups, format));
+    ignore_ = parse_targets(f, "ignore", false, false);
+  }
+
+  /// Registers the module whose tensor `name` says how it is stored (others are skipped).
+  void add_module(const std::string& name) {
+    if (ends_with(name, ".bitmask")) return add_sparse24(name.substr(0, name.size() - 8), name);
+    std::string module;
+    bool packed = false;
+    if (ends_with(name, ".weight_packed")) {
+      module = name.substr(0, name.size() - 14), packed = true;
+    } else if (ends_with(name, ".weight") && store_.info(name).dtype == DType::kI8) {
+      module = name.substr(0, name.size() - 7);
+    } else {
+      return;
+    }
+    const int64_t g = quantized_group(module, name);
+    if ((groups_[g].format == "pack-quantized") != packed) {
+      throw DataError(file_of(name), name,
+                      "stored as " + std::string(packed ? "pack-quantized" : "int-quantized") +
+                          " but its group " + groups_[g].name + " is " + groups_[g].format);
+    }
+    modules_[module] = g;
+  }
+
+  /// A sparse-24-bitmask module (`bitmask` names its bitmask): int8 values belong to an
+  /// int-quantized group, float values to an unquantized module (index −1).
+  void add_sparse24(const std::string& module, const std::string& bitmask) {
+    const std::string file = file_of(bitmask), values = module + ".compressed";
+    if (sparsity_.format != "sparse-24-bitmask")
+      throw DataError(file, bitmask,
+                      "stored as sparse-24-bitmask, but quantization_config.sparsity_config " +
+                          (sparsity_.format.empty() ? std::string("is missing")
+                                                    : "has format \"" + sparsity_.format + "\""));
+    if (!sparsity_.covers(module))
+      throw DataError(file, bitmask,
+                      "stored as sparse-24-bitmask, but sparsity_config.targets does not target "
+                      "the module");
+    for (const char* other : {".weight", ".weight_packed"}) {
+      if (store_.contains(module + other))
+        throw DataError(file, module + other, "present beside the module's sparse-24-bitmask");
+    }
+    if (!store_.contains(values))
+      throw DataError(file, values, "tensor is missing (the module has a bitmask)");
+    sparse24_.insert(module);
+    if (store_.info(values).dtype != DType::kI8) {
+      const int64_t g = ignored(module) ? -1 : find_group(module, values);
+      if (g >= 0)
+        throw DataError(file, values,
+                        "unquantized 2:4 values, but config group " + groups_[g].name +
+                            " quantizes the module");
+      modules_[module] = -1;
+      return;
+    }
+    const int64_t g = quantized_group(module, values);
+    if (groups_[g].format != "int-quantized")
+      throw DataError(file, values,
+                      "int8 2:4 values, but the module's group " + groups_[g].name + " is " +
+                          groups_[g].format);
+    modules_[module] = g;
+  }
+
+  at::Tensor decode_sparse24(const std::string& module) const {
+    const CtSparse24Tensors t{tensor(module + ".compressed"), tensor(module + ".bitmask"),
+                              tensor(module + ".shape")};
+    return in_file(file_of(module + ".bitmask"), [&] { return unpack_ct_sparse24(t, module); });
+  }
+
+  bool ignored(const std::string& module) const {
+    return ignore_.exact(module) || ignore_.regex(module);
+  }
+
+  /// The group of a module stored quantized (tensor `name`): DataError when it is ignored or no
+  /// group, or several, target it.
+  int64_t quantized_group(const std::string& module, const std::string& name) const {
+    if (ignored(module))
+      throw DataError(file_of(name), name,
+                      "the module is in the ignore list, but it is stored quantized");
+    const int64_t g = find_group(module, name);
+    if (g < 0)
+      throw DataError(file_of(name), name,
+                      "stored quantized, but no config group targets the module");
+    return g;
+  }
+
+  /// The one group whose targets match `module` best: exact name, then re:, then class name;
+  /// −1 when none does.
+  int64_t find_group(const std::string& module, const std::string& tensor_name) const {
     for (int level = 0; level < 3; ++level) {
       std::vector<int64_t> hits;
       for (size_t g = 0; g < groups_.size(); ++g) {
-        const CtGroup& c = groups_[g];
-        bool hit = false;
-        if (level == 0)
-          for (const auto& n : c.names) hit = hit || n == module;
-        if (level == 1)
-          for (const auto& re : c.regexes) hit = hit || re_match(re, module);
-        if (level == 2) hit = !c.classes.empty();
+        const CtTargets& t = groups_[g].targets;
+        const bool hit = level == 0   ? t.exact(module)
+                         : level == 1 ? t.regex(module)
+                                      : !t.classes.empty();
         if (hit) hits.push_back(static_cast<int64_t>(g));
       }
       if (hits.size() == 1) return hits[0];
@@ -463,11 +547,51 @@ class CompressedTensorsCheckpoint : public CheckpointBase {
                             groups_[hits[0]].name + ", " + groups_[hits[1]].name + ")");
       }
     }
-    throw DataError(file_of(tensor_name), tensor_name,
-                    "stored quantized, but no config group targets the module");
+    return -1;
   }
+
   std::vector<CtGroup> groups_;
+  CtTargets ignore_;
+  CtSparsityConfig sparsity_;
+  std::set<std::string> sparse24_;  ///< modules stored as sparse-24-bitmask
 };
+
+std::optional<PackedModule> CompressedTensorsCheckpoint::packed(const std::string& module) const {
+  if (!modules_.count(module)) return std::nullopt;
+  load(module + ".weight");  // validates every tensor of the module
+  const int64_t index = modules_.at(module);
+  const bool sparse = sparse24_.count(module) > 0;
+  const CtGroup* g = index < 0 ? nullptr : &groups_[index];
+  const bool int8 = g && g->format == "int-quantized";
+  PackedModule p;
+  p.module = module;
+  p.format = !g ? "ct-sparse24" : int8 ? "ct-int8" : "ct-packed";
+  p.sparse24 = sparse;
+  p.file = file_of(module + (sparse ? ".bitmask" : int8 ? ".weight" : ".weight_packed"));
+  if (g) {
+    p.bits = g->bits, p.group_size = g->group_size, p.sym = g->sym, p.act_bits = g->act_bits;
+  }
+  std::vector<std::string> names =
+      int8 ? std::vector<std::string>{"weight", "weight_scale"}
+           : std::vector<std::string>{"weight_packed", "weight_scale", "weight_shape",
+                                      "weight_zero_point", "weight_g_idx"};
+  if (sparse) names = {"compressed", "bitmask", "shape", "weight_scale"};
+  for (const auto& n : names) {
+    const at::Tensor t = tensor(module + "." + n);
+    if (t.defined()) p.tensors[n] = t;
+  }
+  if (sparse) p.tensors["weight"] = decode_sparse24(module);
+  if (!g) p.bits = static_cast<int64_t>(p.tensors["weight"].element_size() * 8);
+  if (int8 || sparse) {
+    p.out = p.tensors["weight"].size(0);
+    p.in = p.tensors["weight"].size(1);
+  } else {
+    const at::Tensor shape = p.tensors["weight_shape"].to(at::kLong);
+    p.out = shape[0].item<int64_t>();
+    p.in = shape[1].item<int64_t>();
+  }
+  return p;
+}
 
 }  // namespace
 

@@ -42,6 +42,13 @@ std::shared_ptr<const DequantizedWeights> open_gptq_checkpoint(const std::string
 /// (pack-quantized) or an int8 weight (int-quantized) must match exactly one config group
 /// (exact name over `re:` regex over class name such as "Linear") and no ignore entry.
 /// activation_bits is 8 for groups with int8 per-token dynamic input_activations.
+/// `sparsity_config` format "sparse-24-bitmask" (compressed-tensors ≤ 0.14; docs/export.md): a
+/// module holding `<m>.compressed`, `<m>.bitmask` and `<m>.shape` must be in the sparsity targets;
+/// it decodes to its dense weight (DataError unless every group of 4 has exactly 2 bits and no
+/// padding bit is set), which is int8 for an int-quantized module (then dequantized) and the
+/// weight itself for an unquantized one (which no config group may target). A config with only
+/// `quant_method` and `sparsity_config` (no quantization) is read too; format "dense" is
+/// metadata.
 std::shared_ptr<const DequantizedWeights> open_compressed_tensors_checkpoint(
     const std::string& dir);
 
@@ -49,16 +56,19 @@ std::shared_ptr<const DequantizedWeights> open_compressed_tensors_checkpoint(
 /// packed bytes themselves (the kernels of kernels/qlinear.h behind `lathe verify`).
 struct PackedModule {
   std::string module;
-  std::string format;  ///< "gptq", "ct-packed" or "ct-int8"
+  std::string format;  ///< "gptq", "ct-packed", "ct-int8" or "ct-sparse24" (unquantized, 2:4)
   int64_t bits = 0, group_size = -1;
   bool sym = true;
   int64_t act_bits = 0;
   int64_t out = 0, in = 0;
   /// By suffix, zero-copy views of the mapped shard: gptq "qweight", "qzeros", "scales", "g_idx";
   /// ct-packed "weight_packed", "weight_scale", "weight_shape" and, when stored,
-  /// "weight_zero_point", "weight_g_idx"; ct-int8 "weight", "weight_scale".
+  /// "weight_zero_point", "weight_g_idx"; ct-int8 "weight", "weight_scale"; ct-sparse24 "weight"
+  /// (the decoded weight in its stored dtype). With sparse24 also "compressed", "bitmask", "shape",
+  /// and "weight" is decoded from them (a new tensor: int8 for ct-int8).
   std::map<std::string, at::Tensor> tensors;
-  std::string file;  ///< the shard that holds it
+  std::string file;       ///< the shard that holds it
+  bool sparse24 = false;  ///< stored as sparse-24-bitmask
 };
 
 class PackedCheckpoint {

@@ -42,8 +42,9 @@ void add_export_command(CLI::App& app) {
       std::cerr << fmt::format("[export] {}: {} quantized modules stored dequantized; {:.2f} MB\n",
                                r.dir, r.unpacked_modules, r.bytes / 1e6);
     } else {
-      std::cerr << fmt::format("[export] {}: {} modules packed, {} stored dequantized; {:.2f} MB\n",
-                               r.dir, r.packed_modules, r.unpacked_modules, r.bytes / 1e6);
+      std::cerr << fmt::format(
+          "[export] {}: {} modules packed, {} stored dequantized{}; {:.2f} MB\n", r.dir,
+          r.packed_modules, r.unpacked_modules, sparse24_note(r), r.bytes / 1e6);
     }
   });
 }

@@ -542,7 +542,7 @@ struct ApplyRun {
                           &out_spec};
     run_steps(steps, ctx, &result.timings, req.observer);
     if (golden) {
-      const GoldenLayer g = golden->record(i, tensors, quant);
+      const GoldenLayer g = golden->record(i, tensors, quant, records);
       if (!g.linears.empty())
         write_golden_layer((partial / "verify" / golden_file_name(i)).string(), g);
     }

@@ -125,20 +125,77 @@ GoldenRecorder::GoldenRecorder(const ModelSpec& out_spec, ExpertLayout layout,
       hidden_(std::move(hidden)),
       source_(std::move(source)) {}
 
+namespace {
+
+/// What a golden linear is recorded for: its quant record (null when lathe did not quantize it),
+/// its sparsity pattern ("" when dense) and its stored dtype's width.
+struct GoldenSubject {
+  const QuantRecord* quant = nullptr;
+  std::string sparsity;
+  int64_t stored_bits = 16;
+};
+
+/// The golden vectors of linear `t` (per-expert layout) of layer weights `w`; computes a routed
+/// expert's down-projection input into `inputs` when first needed.
+GoldenLinear golden_linear(const ExpectedTensor& t, const GoldenSubject& s, const LayerWeights& w,
+                           int64_t layer_act_bits, std::map<std::string, at::Tensor>* inputs) {
+  const std::string input = input_of(t.role, t.expert);
+  Linear scratch;
+  const Linear* lin = linear_of(w, t.role, t.expert, &scratch);
+  if (input.empty() || !lin || !lin->weight.defined()) {
+    throw InternalError(t.name, "",
+                        "golden vectors: no input or weight for this compressed linear");
+  }
+  if (t.role == TensorRole::kExpertDown && !inputs->count(input)) {
+    const ExpertWeights& e = w.experts.at(t.expert);
+    const at::Tensor x = act_input(inputs->at("mlp_in"), layer_act_bits);
+    (*inputs)[input] =
+        at::silu(at::linear(x, e.gate.to(at::kFloat))) * at::linear(x, e.up.to(at::kFloat));
+  }
+  const at::Tensor x = inputs->at(input);
+  if (!x.defined())
+    throw InternalError(t.name, "", "golden vectors: input " + input + " was not observed");
+  GoldenLinear l;
+  l.module = t.name.substr(0, t.name.size() - std::string(".weight").size());
+  l.input = input;
+  l.sparsity = s.sparsity;
+  if (s.quant) {
+    l.bits = s.quant->bits;
+    l.group_size = s.quant->group_size;
+    l.sym = s.quant->sym;
+    l.act_bits = s.quant->act_bits;
+  } else {  // pruned only: the stored weight itself
+    l.bits = s.stored_bits;
+  }
+  const at::Tensor bias = lin->bias.defined() ? lin->bias.to(at::kFloat) : at::Tensor();
+  l.y = at::linear(act_input(x, l.act_bits), lin->weight.to(at::kFloat), bias).contiguous();
+  return l;
+}
+
+}  // namespace
+
 GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>& tensors,
-                                   const std::vector<QuantRecord>& quant) {
+                                   const std::vector<QuantRecord>& quant,
+                                   const std::vector<TensorRecord>& records) {
   at::NoGradGuard no_grad;
   GoldenLayer g;
   g.layer = layer;
   g.source = source_;
-  std::map<std::string, const QuantRecord*> records;
+  std::map<std::string, GoldenSubject> subjects;  // by output tensor name (fused: the 3-D one)
   int64_t act_bits = 0;
   for (const auto& q : quant) {
-    records[q.name] = &q;
+    subjects[q.name].quant = &q;
     act_bits = std::max(act_bits, q.act_bits);
   }
+  for (const auto& r : records) {
+    if (r.sparsity.is_object() && r.sparsity.contains("pattern"))
+      subjects[r.name].sparsity = r.sparsity["pattern"].get<std::string>();
+  }
   std::map<TensorRole, std::string> fused_names;  // fused layout: role → the layer's 3-D tensor
-  for (const auto& t : tensors) fused_names[t.role] = t.name;
+  for (const auto& t : tensors) {
+    fused_names[t.role] = t.name;
+    if (subjects.count(t.name)) subjects[t.name].stored_bits = c10::elementSize(t.stored) * 8;
+  }
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   const LayerWeights w = layer_weights_of(spec_, layout_, layer, tensors, f32, act_bits);
   const DecoderLayer block(spec_, w);
@@ -147,7 +204,7 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
   const at::Tensor valid = at::ones({1, rows}, at::TensorOptions().dtype(at::kBool));
   const ForwardContext ctx = make_forward_context(spec_, valid, f32, &taps);
   const at::Tensor next = block.forward(hidden_, ctx);
-  if (quant.empty()) {
+  if (subjects.empty()) {
     hidden_ = next;
     return g;
   }
@@ -173,47 +230,21 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
     inputs["kv_latent"] = rms_norm(kv, w.kv_a_norm, spec_.rms_norm_eps);
   }
 
-  bool expert_quantized = false;
+  bool expert_recorded = false;  // a routed expert is quantized or pruned
   for (const auto& t : expected_layer_tensors(spec_, ExpertLayout::kPerExpert, layer)) {
     if (!is_quantizable(t.role)) continue;
-    // The quant record: the tensor itself, or the fused tensor holding this expert.
+    // The subject: the tensor itself, or the fused tensor holding this expert.
     const std::string& holder =
         layout_ == ExpertLayout::kFused && t.expert >= 0 ? fused_names[fused_role(t.role)] : t.name;
-    auto found = records.find(holder);
-    const QuantRecord* rec = found == records.end() ? nullptr : found->second;
-    if (!rec) continue;
+    auto found = subjects.find(holder);
+    if (found == subjects.end()) continue;
     if (t.expert >= 0) {
-      expert_quantized = true;
+      expert_recorded = true;
       if (!chosen.count(t.expert)) continue;
     }
-    const std::string input = input_of(t.role, t.expert);
-    Linear scratch;
-    const Linear* lin = linear_of(w, t.role, t.expert, &scratch);
-    if (input.empty() || !lin || !lin->weight.defined()) {
-      throw InternalError(t.name, "",
-                          "golden vectors: no input or weight for this quantized linear");
-    }
-    if (t.role == TensorRole::kExpertDown && !inputs.count(input)) {
-      const ExpertWeights& e = w.experts.at(t.expert);
-      const at::Tensor x = act_input(inputs.at("mlp_in"), act_bits);
-      inputs[input] =
-          at::silu(at::linear(x, e.gate.to(at::kFloat))) * at::linear(x, e.up.to(at::kFloat));
-    }
-    const at::Tensor x = inputs.at(input);
-    if (!x.defined())
-      throw InternalError(t.name, "", "golden vectors: input " + input + " was not observed");
-    GoldenLinear l;
-    l.module = t.name.substr(0, t.name.size() - std::string(".weight").size());
-    l.input = input;
-    l.bits = rec->bits;
-    l.group_size = rec->group_size;
-    l.sym = rec->sym;
-    l.act_bits = rec->act_bits;
-    const at::Tensor bias = lin->bias.defined() ? lin->bias.to(at::kFloat) : at::Tensor();
-    l.y = at::linear(act_input(x, rec->act_bits), lin->weight.to(at::kFloat), bias).contiguous();
-    g.linears.push_back(std::move(l));
+    g.linears.push_back(golden_linear(t, found->second, w, act_bits, &inputs));
   }
-  if (ls.is_moe && expert_quantized) {
+  if (ls.is_moe && expert_recorded) {
     const ForwardContext plain = make_forward_context(spec_, valid, f32, nullptr);
     g.moe_y = block.mlp(inputs.at("mlp_in"), plain).contiguous();
   }

@@ -2,8 +2,8 @@
 // stage: a few real token rows are embedded once and carried through the layers as they are
 // compressed (like the calibration stream, but only R rows, so it costs next to nothing); for each
 // layer the recorder runs the compressed layer with lathe's exact dequantized weights, keeps the
-// inputs every quantized linear sees and computes that linear's output act(x) · Wᵀ + b, plus the
-// MoE block's output, then moves the rows on to the next layer.
+// inputs every quantized or pruned linear sees and computes that linear's output act(x) · Wᵀ + b,
+// plus the MoE block's output, then moves the rows on to the next layer.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -34,11 +34,13 @@ class GoldenRecorder {
   GoldenRecorder(const ModelSpec& out_spec, ExpertLayout layout, GoldenOptions options,
                  at::Tensor hidden, std::string source);
 
-  /// Layer `layer` after its passes: `tensors` hold the final (exact, dequantized) values and
-  /// `quant` the records of the quantized ones. Returns the layer's golden vectors (no linears when
-  /// nothing in it is quantized) and advances the rows through the layer.
+  /// Layer `layer` after its passes: `tensors` hold the final (exact, dequantized) values,
+  /// `quant` the records of the quantized ones and `records` the layer's manifest records (the
+  /// pruned ones carry their sparsity). Returns the layer's golden vectors for its quantized or
+  /// pruned linears (none when nothing in it is) and advances the rows through the layer.
   GoldenLayer record(int64_t layer, const std::vector<LayerTensor>& tensors,
-                     const std::vector<QuantRecord>& quant);
+                     const std::vector<QuantRecord>& quant,
+                     const std::vector<TensorRecord>& records = {});
 
  private:
   const ModelSpec& spec_;

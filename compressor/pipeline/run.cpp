@@ -260,9 +260,9 @@ void write_recipe_exports(const Recipe& recipe, const fs::path& partial,
     export_options.pad_experts = recipe.pipeline.pad_experts;
     const ExportResult exported = export_checkpoint(partial.string(), f, export_options);
     for (const auto& line : exported.log) std::cerr << "[export] " << line << "\n";
-    std::cerr << fmt::format("[export] {}/{}: {} modules packed, {} stored dequantized\n",
+    std::cerr << fmt::format("[export] {}/{}: {} modules packed, {} stored dequantized{}\n",
                              recipe.output, export_dir_name(f), exported.packed_modules,
-                             exported.unpacked_modules);
+                             exported.unpacked_modules, sparse24_note(exported));
   }
 }
 

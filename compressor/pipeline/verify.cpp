@@ -44,7 +44,9 @@ kernels::ScaleType scale_type(const at::Tensor& t, const std::string& file,
 }
 
 std::string format_label(const PackedModule& p) {
-  if (p.format == "ct-int8") return p.act_bits ? "ct-int8-w8a8" : "ct-int8";
+  const std::string s24 = p.sparse24 ? "-s24" : "";
+  if (p.format == "ct-sparse24") return "ct-sparse24";
+  if (p.format == "ct-int8") return (p.act_bits ? "ct-int8-w8a8" : "ct-int8") + s24;
   return fmt::format("{}-int{}-g{}{}", p.format, p.bits, p.group_size, p.sym ? "" : "-asym");
 }
 
@@ -55,10 +57,13 @@ class OpenedExport {
       : dir_(dir),
         packed_(open_packed_checkpoint(dir.string())),
         store_(dir.string()),
-        spec_(load_model_spec(dir)) {
+        spec_(load_model_spec(dir)),
+        compressed_tensors_(quantization_method(dir.string()) == "compressed-tensors") {
     if (!packed_) throw ConfigError(dir.string(), "quantization_config", "not a packed export");
   }
   const ModelSpec& spec() const { return spec_; }
+  /// A compressed-tensors export (which stores 2:4 modules as sparse-24-bitmask).
+  bool compressed_tensors() const { return compressed_tensors_; }
   const WeightStore& store() const { return store_; }
 
   /// A float32 copy of plain tensor `name` (kept alive here), or nullptr when absent.
@@ -118,6 +123,10 @@ class OpenedExport {
       v.scale_type = scale_type(*s, p.file, module + ".weight_scale");
       if (const at::Tensor* z = t("weight_zero_point")) v.zeros = z->data_ptr<int32_t>();
       if (const at::Tensor* g = t("weight_g_idx")) v.g_idx = g->data_ptr<int32_t>();
+    } else if (p.format == "ct-sparse24") {  // decoded by the reader: the dense weight
+      v.format = WeightFormat::kDense;
+      keep_.push_back(p.tensors.at("weight").to(at::kFloat).contiguous());
+      v.dense = keep_.back().data_ptr<float>();
     } else {
       v.format = WeightFormat::kCtInt8;
       v.int8_weight = t("weight")->data_ptr<int8_t>();
@@ -132,11 +141,11 @@ class OpenedExport {
   void clear() { keep_.clear(); }
 
   /// Every module the export stores packed: the owners of a GPTQ `qweight`, a compressed-tensors
-  /// `weight_packed`, or a `weight_scale` (int8).
+  /// `weight_packed`, a `weight_scale` (int8) or a `bitmask` (sparse-24-bitmask).
   std::set<std::string> packed_modules() const {
     std::set<std::string> modules;
     for (const auto& name : store_.names()) {
-      for (const char* suffix : {".qweight", ".weight_packed", ".weight_scale"}) {
+      for (const char* suffix : {".qweight", ".weight_packed", ".weight_scale", ".bitmask"}) {
         const std::string s(suffix);
         if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) {
           modules.insert(name.substr(0, name.size() - s.size()));
@@ -151,6 +160,7 @@ class OpenedExport {
   std::shared_ptr<const PackedCheckpoint> packed_;
   WeightStore store_;
   ModelSpec spec_;
+  bool compressed_tensors_ = false;
   std::vector<at::Tensor> keep_;
 };
 
@@ -190,6 +200,26 @@ void run_checks(VerifyCase* c, const std::vector<Backend>& backends, const at::T
   }
 }
 
+/// Golden vectors of a linear lathe pruned without quantizing: its stored weight is the reference.
+bool pruned_only(const GoldenLinear& l) {
+  return !l.sparsity.empty() && l.bits > 8;
+}
+
+/// Why the export's storage contradicts the golden record's sparsity ("" when it does not): a
+/// compressed-tensors export stores every 2:4 module that is unquantized or int8 as
+/// sparse-24-bitmask, and nothing else.
+std::string sparsity_mismatch(const OpenedExport& ex, const GoldenLinear& l,
+                              const std::optional<PackedModule>& packed) {
+  const bool bitmask = packed && packed->sparse24;
+  if (bitmask && l.sparsity != "2:4")
+    return "the export stores it as sparse-24-bitmask, but lathe did not prune it 2:4";
+  const bool expected = ex.compressed_tensors() && l.sparsity == "2:4" &&
+                        (packed ? packed->format != "ct-packed" : pruned_only(l));
+  if (expected && !bitmask)
+    return "lathe pruned it 2:4, but the export does not store it as sparse-24-bitmask";
+  return "";
+}
+
 void verify_linear(OpenedExport& ex, const GoldenLayer& g, const GoldenLinear& l,
                    const std::vector<Backend>& backends, VerifyCase* c) {
   std::optional<PackedModule> packed;
@@ -201,13 +231,19 @@ void verify_linear(OpenedExport& ex, const GoldenLayer& g, const GoldenLinear& l
     c->note = e.what();
     return;
   }
-  if (!packed) {
-    c->format = "unpacked";
+  c->format = packed ? format_label(*packed) : pruned_only(l) ? "dense" : "unpacked";
+  const std::string mismatch = sparsity_mismatch(ex, l, packed);
+  if (!mismatch.empty()) {
+    c->status = "fail";
+    c->note = mismatch;
+    return;
+  }
+  // The dense weight is lathe's own only for a linear lathe did not quantize.
+  if (packed ? packed->format == "ct-sparse24" && !pruned_only(l) : !pruned_only(l)) {
     c->status = "skip";
     c->note = "stored unquantized in this export (the format cannot express it)";
     return;
   }
-  c->format = format_label(*packed);
   const at::Tensor& x = g.inputs.at(l.input);
   if (x.size(1) != v.in || l.y.size(1) != v.out) {
     c->status = "fail";
@@ -215,10 +251,11 @@ void verify_linear(OpenedExport& ex, const GoldenLayer& g, const GoldenLinear& l
                           v.out, v.in, l.y.size(1), x.size(1));
     return;
   }
-  if (packed->act_bits != l.act_bits) {
+  const int64_t act_bits = packed ? packed->act_bits : 0;
+  if (act_bits != l.act_bits) {
     c->status = "fail";
     c->note = fmt::format("the export quantizes inputs to {} bits, lathe measured with {}",
-                          packed->act_bits, l.act_bits);
+                          act_bits, l.act_bits);
     return;
   }
   try {
@@ -258,6 +295,10 @@ void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backen
   block.gate.resize(ls.num_experts);
   block.up.resize(ls.num_experts);
   block.down.resize(ls.num_experts);
+  std::set<std::string> pruned;  // linears whose dense weight is lathe's own (pruned only)
+  for (const auto& l : g.linears) {
+    if (pruned_only(l)) pruned.insert(l.module);
+  }
   int64_t unpacked = 0;
   try {
     for (const auto& t : expected_layer_tensors(spec, ExpertLayout::kPerExpert, g.layer)) {
@@ -279,7 +320,7 @@ void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backen
       }
       const bool linear = t.role != TensorRole::kRouter && t.role != TensorRole::kRouterBias &&
                           t.role != TensorRole::kSharedExpertGate;
-      if (linear && !packed) ++unpacked;
+      if (linear && !packed && !pruned.count(module)) ++unpacked;
     }
   } catch (const Error& e) {
     c->status = "fail";
@@ -418,8 +459,8 @@ double verify_bound(Backend backend, const std::string& format) {
   const bool moe = format == "moe";
   if (backend != Backend::kCuda) return moe ? 1e-6 : 1e-8;
   if (moe) return 1e-4;
-  const bool a16 =
-      format.rfind("gptq", 0) == 0 || format.rfind("ct-packed", 0) == 0 || format == "ct-int8";
+  const bool a16 = format.rfind("gptq", 0) == 0 || format.rfind("ct-packed", 0) == 0 ||
+                   format == "ct-int8" || format == "ct-int8-s24";
   return a16 ? 1e-5 : 1e-8;
 }
 

@@ -32,6 +32,7 @@ GoldenLayer sample_layer() {
       {"model.layers.2.mlp.experts.3.up_proj", "mlp_in", 8, -1, false, 8, at::randn({5, 12})});
   g.linears.push_back({"model.layers.2.mlp.experts.3.down_proj", "expert_act.3", 2, 16, true, 0,
                        at::randn({5, 8})});
+  g.linears[0].sparsity = "2:4";  // pruned, then quantized
   g.moe_y = at::randn({5, 8});
   return g;
 }
@@ -55,6 +56,7 @@ TEST(GoldenStore, RoundTripIsExactAndKeepsModelOrder) {
     EXPECT_EQ(r.linears[i].group_size, g.linears[i].group_size);
     EXPECT_EQ(r.linears[i].sym, g.linears[i].sym);
     EXPECT_EQ(r.linears[i].act_bits, g.linears[i].act_bits);
+    EXPECT_EQ(r.linears[i].sparsity, g.linears[i].sparsity);  // optional: "" when absent
     EXPECT_TRUE(at::equal(r.linears[i].y, g.linears[i].y));
   }
   ASSERT_TRUE(r.moe_y.has_value());

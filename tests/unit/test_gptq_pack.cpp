@@ -1,7 +1,8 @@
 // GPTQ / compressed-tensors packing (export/gptq_pack.h) against FORMATS.md §3/§4: hand-computed
 // words, an independent bit-by-bit reference decoder written here from the FORMATS text (the 3-bit
 // scheme word by word, not as a bit stream), round trips over bits × groups × sym × g_idx kinds,
-// shapes at the edges of the format, and the errors for malformed tensors.
+// shapes at the edges of the format, and the errors for malformed tensors; sparse-24-bitmask: hand
+// bytes of the mask rule, round trips and the checks of a decoded bitmask.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -99,12 +100,13 @@ at::Tensor dynamic_gidx(int64_t in, int64_t g, uint64_t seed) {
 }
 
 template <class E, class F>
-void expect_error(F&& f, const std::string& field) {
+void expect_error(F&& f, const std::string& field, const std::string& text = "") {
   try {
     f();
     ADD_FAILURE() << "no exception; expected field " << field;
   } catch (const E& e) {
     EXPECT_EQ(e.field(), field) << e.what();
+    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
   } catch (const std::exception& e) {
     ADD_FAILURE() << "wrong exception type: " << e.what();
   }
@@ -549,6 +551,129 @@ TEST(CtPack, Int8RoundTripAndErrors) {
     b.weight_scale = b.weight_scale.view({6});
     expect_error<DataError>([&] { unpack_ct_int8(b, "x"); }, "x.weight_scale");
   }
+}
+
+// --- compressed-tensors sparse-24-bitmask ------------------------------------------------------
+
+// Row 0: {1.5, 0, −2, 0} keeps its two nonzeros; {0, 0, 0, 0} its two lowest zeros; {−0.0, 0, 3, 0}
+// its nonzero and the lowest zero (the −0.0, written +0.0). Row 1: {0, 0, 0, 7}, {5, 6, 0, 0},
+// {0, 0, 0, −1}. 12 inputs: each row's second byte has 4 padding bits.
+at::Tensor sparse24_example() {
+  return torch::tensor({{1.5f, 0.f, -2.f, 0.f, 0.f, 0.f, 0.f, 0.f, -0.f, 0.f, 3.f, 0.f},
+                        {0.f, 0.f, 0.f, 7.f, 5.f, 6.f, 0.f, 0.f, 0.f, 0.f, 0.f, -1.f}});
+}
+
+TEST(CtSparse24, HandBytesAndTheMaskRule) {
+  const CtSparse24Tensors t = pack_ct_sparse24(sparse24_example(), "m");
+  EXPECT_EQ(t.bitmask.scalar_type(), at::kByte);
+  EXPECT_EQ(t.bitmask.sizes(), at::IntArrayRef({2, 2}));
+  // LSB first: bit k of byte j is column 8j + k.
+  EXPECT_EQ(t.bitmask[0][0].item<int>(), 0x35);  // columns 0, 2 | 4, 5
+  EXPECT_EQ(t.bitmask[0][1].item<int>(), 0x05);  // columns 8, 10
+  EXPECT_EQ(t.bitmask[1][0].item<int>(), 0x39);  // columns 0, 3 | 4, 5
+  EXPECT_EQ(t.bitmask[1][1].item<int>(), 0x09);  // columns 8, 11
+  EXPECT_EQ(t.compressed.scalar_type(), at::kFloat);
+  EXPECT_TRUE(t.compressed.equal(
+      torch::tensor({{1.5f, -2.f, 0.f, 0.f, 0.f, 3.f}, {0.f, 7.f, 5.f, 6.f, 0.f, -1.f}})));
+  EXPECT_FALSE(t.compressed[0][4].signbit().item<bool>());  // the kept −0.0 is written +0.0
+  EXPECT_EQ(t.shape.scalar_type(), at::kLong);
+  EXPECT_TRUE(t.shape.equal(torch::tensor({{int64_t{2}}, {int64_t{12}}})));
+  const at::Tensor dense = unpack_ct_sparse24(t, "m");
+  const at::Tensor e = sparse24_example();
+  const at::Tensor expected = e.masked_fill(e.eq(0), 0.0f);
+  EXPECT_TRUE(dense.view(at::kInt).equal(expected.view(at::kInt)));  // bit for bit, +0.0 zeros
+}
+
+TEST(CtSparse24, RoundTripsBf16AndInt8) {
+  torch::manual_seed(3);
+  const at::Tensor w = torch::randn({16, 64});
+  // Keep the 2 largest of every group of 4, then zero more at random (groups with 0 or 1 left).
+  const at::Tensor top = std::get<1>(w.abs().view({16, 16, 4}).topk(2, -1));
+  at::Tensor mask = torch::zeros({16, 16, 4}, torch::kBool).scatter_(-1, top, true);
+  mask = mask.logical_and(torch::rand({16, 16, 4}) > 0.2).view({16, 64});
+  for (const at::ScalarType dt : {at::kBFloat16, at::kHalf, at::kFloat}) {
+    const at::Tensor v = (w * mask).to(dt);
+    const CtSparse24Tensors t = pack_ct_sparse24(v, "m");
+    EXPECT_EQ(t.compressed.scalar_type(), dt);
+    EXPECT_EQ(t.compressed.sizes(), at::IntArrayRef({16, 32}));
+    const at::Tensor d = unpack_ct_sparse24(t, "m");
+    EXPECT_TRUE(d.equal(v));
+    EXPECT_FALSE(d.signbit().logical_and(d.eq(0)).any().item<bool>());
+  }
+  const at::Tensor i8 = (torch::randint(-128, 128, {16, 64}, torch::kInt) * mask).to(at::kChar);
+  const CtSparse24Tensors t = pack_ct_sparse24(i8, "m");
+  EXPECT_EQ(t.compressed.scalar_type(), at::kChar);
+  EXPECT_TRUE(unpack_ct_sparse24(t, "m").equal(i8));
+  // Exactly 2 bits per group of 4.
+  const at::Tensor bits = t.bitmask.to(at::kInt)
+                              .unsqueeze(-1)
+                              .bitwise_right_shift(torch::arange(8, torch::kInt))
+                              .bitwise_and(1);
+  EXPECT_TRUE(bits.view({16, 16, 4}).sum(-1).eq(2).all().item<bool>());
+}
+
+TEST(CtSparse24, PackRefusesWhatIsNot24) {
+  at::Tensor w = sparse24_example();
+  w.index_put_({1, 6}, 2.0f);  // {5, 6, 2, 0}: 3 nonzeros
+  expect_error<UnsupportedError>([&] { pack_ct_sparse24(w, "model.layers.0.mlp.up_proj"); },
+                                 "model.layers.0.mlp.up_proj",
+                                 "row 1, columns 4-7 hold 3 nonzeros");
+  expect_error<UnsupportedError>([] { pack_ct_sparse24(torch::zeros({2, 10}), "m"); }, "m");
+  expect_error<UnsupportedError>([] { pack_ct_sparse24(torch::zeros({8}), "m"); }, "m");
+  expect_error<UnsupportedError>(
+      [] {
+        pack_ct_sparse24(torch::zeros({2, 8}, torch::kInt), "m");
+      },
+      "m");
+}
+
+TEST(CtSparse24, UnpackRefusesMalformedTensors) {
+  const CtSparse24Tensors good = pack_ct_sparse24(sparse24_example(), "m");
+  {
+    CtSparse24Tensors t = good;
+    t.bitmask = good.bitmask.clone();
+    t.bitmask.index_put_({0, 0}, 0x37);  // columns 0, 1, 2 of the first group
+    expect_error<DataError>([&] { unpack_ct_sparse24(t, "m"); }, "m.bitmask",
+                            "row 0, columns 0-3: 3 bits set");
+    t.bitmask.index_put_({0, 0}, 0x34);  // 1 bit in the first group
+    expect_error<DataError>([&] { unpack_ct_sparse24(t, "m"); }, "m.bitmask");
+  }
+  {
+    CtSparse24Tensors t = good;
+    t.bitmask = good.bitmask.clone();
+    t.bitmask.index_put_({1, 1}, 0x09 | 0x80);  // a padding bit (column 15 of 12)
+    expect_error<DataError>([&] { unpack_ct_sparse24(t, "m"); }, "m.bitmask", "padding bit");
+  }
+  auto bad = [&](auto edit, const std::string& field) {
+    CtSparse24Tensors t = good;
+    edit(t);
+    expect_error<DataError>([&] { unpack_ct_sparse24(t, "m"); }, field);
+  };
+  bad([](CtSparse24Tensors& t) { t.compressed = t.compressed.narrow(1, 0, 4); }, "m.compressed");
+  bad([](CtSparse24Tensors& t) { t.compressed = t.compressed.to(at::kDouble); }, "m.compressed");
+  bad([](CtSparse24Tensors& t) { t.compressed = at::Tensor(); }, "m.compressed");
+  bad([](CtSparse24Tensors& t) { t.bitmask = t.bitmask.narrow(1, 0, 1); }, "m.bitmask");
+  bad([](CtSparse24Tensors& t) { t.bitmask = t.bitmask.to(at::kChar); }, "m.bitmask");
+  bad([](CtSparse24Tensors& t) { t.shape = t.shape.to(at::kFloat); }, "m.shape");
+  bad(
+      [](CtSparse24Tensors& t) {
+        t.shape = torch::tensor({{int64_t{2}}, {int64_t{10}}});
+      },
+      "m.shape");
+  bad(
+      [](CtSparse24Tensors& t) {
+        t.shape = torch::tensor({{int64_t{3}}, {int64_t{12}}});
+      },
+      "m.compressed");
+  bad(
+      [](CtSparse24Tensors& t) {
+        t.shape = torch::tensor({int64_t{2}, int64_t{12}, int64_t{1}});
+      },
+      "m.shape");
+  // int32 and 1-d shapes are read too.
+  CtSparse24Tensors t = good;
+  t.shape = torch::tensor({2, 12}, torch::kInt);
+  EXPECT_TRUE(unpack_ct_sparse24(t, "m").equal(unpack_ct_sparse24(good, "m")));
 }
 
 }  // namespace
