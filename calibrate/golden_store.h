@@ -41,7 +41,7 @@ struct GoldenLinear {
   bool sym = true;
   int64_t act_bits = 0;
   at::Tensor y;          ///< float32 [R, out]
-  std::string sparsity;  ///< the pattern a sparsity pass pruned it with ("2:4"), "" when dense
+  std::string sparsity = "";  ///< the pattern a sparsity pass pruned it with ("2:4"), "" when dense
 };
 
 struct GoldenLayer {
