@@ -40,7 +40,7 @@ struct GoldenLinear {
   int64_t bits = 0, group_size = -1;
   bool sym = true;
   int64_t act_bits = 0;
-  at::Tensor y;          ///< float32 [R, out]
+  at::Tensor y;               ///< float32 [R, out]
   std::string sparsity = "";  ///< the pattern a sparsity pass pruned it with ("2:4"), "" when dense
 };
 
