@@ -140,6 +140,9 @@ class TensorOverrides {
 /// otherwise (GPTQ stores fp16).
 at::ScalarType scale_storage_dtype(at::ScalarType stored);
 
+/// Appends `record` to ctx.records, replacing an earlier record of the same output name.
+void replace_record(LayerApplyContext& ctx, TensorRecord record);
+
 /// Records tensor `t` as quantized by `p`: the TensorRecord (weight-space rel_err, `details`),
 /// `quant` into ctx.quant (replacing one of the same name) and t.value = its exact dequantization.
 void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& p,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -117,13 +118,11 @@ SparsityPlan sparsity_plan_from_json(const JsonReader& f) {
     f.fail("method",
            "expected \"magnitude\", \"wanda\" or \"sparsegpt\", found \"" + p.method + "\"");
   const std::string pattern = f.string_or("pattern", "unstructured");
-  if (pattern != "unstructured") {
-    const auto nm = parse_nm_pattern(pattern);
-    if (!nm)
-      f.fail("pattern",
-             "expected \"unstructured\" or N:M with 0 < N < M, found \"" + pattern + "\"");
-    p.n = nm->first;
-    p.m = nm->second;
+  const auto nm = parse_sparsity_pattern(pattern);
+  if (!nm)
+    f.fail("pattern", "expected \"unstructured\" or N:M with 0 < N < M, found \"" + pattern + "\"");
+  std::tie(p.n, p.m) = *nm;
+  if (p.m > 0) {
     p.ratio = static_cast<double>(p.n) / static_cast<double>(p.m);
   } else {
     p.ratio = f.number_at("ratio");
@@ -216,6 +215,11 @@ std::optional<std::pair<int64_t, int64_t>> parse_nm_pattern(const std::string& t
   const int64_t n = std::stoll(a), m = std::stoll(b);
   if (n <= 0 || m <= n) return std::nullopt;
   return std::make_pair(n, m);
+}
+
+std::optional<std::pair<int64_t, int64_t>> parse_sparsity_pattern(const std::string& text) {
+  if (text == "unstructured") return std::make_pair(int64_t{0}, int64_t{0});
+  return parse_nm_pattern(text);
 }
 
 CompressionPlan CompressionPlan::read(const std::string& path) {

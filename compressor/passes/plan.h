@@ -68,6 +68,9 @@ struct SparsityPlan {
 
 /// "2:4" → {2, 4}: N:M with 0 < N < M (digits only); nullopt for anything else.
 std::optional<std::pair<int64_t, int64_t>> parse_nm_pattern(const std::string& text);
+/// A sparsity pattern as passes and plan.json spell it: "unstructured" → {0, 0}, else
+/// parse_nm_pattern.
+std::optional<std::pair<int64_t, int64_t>> parse_sparsity_pattern(const std::string& text);
 
 class CompressionPlan {
  public:

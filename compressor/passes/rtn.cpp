@@ -155,6 +155,13 @@ at::ScalarType scale_storage_dtype(at::ScalarType stored) {
   return stored == at::kBFloat16 ? at::kBFloat16 : at::kHalf;
 }
 
+void replace_record(LayerApplyContext& ctx, TensorRecord record) {
+  ctx.records.erase(std::remove_if(ctx.records.begin(), ctx.records.end(),
+                                   [&](const TensorRecord& o) { return o.name == record.name; }),
+                    ctx.records.end());
+  ctx.records.push_back(std::move(record));
+}
+
 void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& p,
                       QuantRecord quant, nlohmann::json details) {
   const at::Tensor w = t.value.to(at::kFloat);
@@ -173,10 +180,7 @@ void record_quantized(LayerApplyContext& ctx, LayerTensor& t, const TensorPlan& 
   r.details = std::move(details);
   for (const TensorRecord& o : ctx.records)
     if (o.name == t.name && !o.sparsity.is_null()) r.sparsity = o.sparsity;
-  ctx.records.erase(std::remove_if(ctx.records.begin(), ctx.records.end(),
-                                   [&](const TensorRecord& o) { return o.name == t.name; }),
-                    ctx.records.end());
-  ctx.records.push_back(r);
+  replace_record(ctx, std::move(r));
   ctx.quant.erase(std::remove_if(ctx.quant.begin(), ctx.quant.end(),
                                  [&](const QuantRecord& o) { return o.name == t.name; }),
                   ctx.quant.end());

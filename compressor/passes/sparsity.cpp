@@ -34,12 +34,6 @@ const char* method_name(Method m) {
   return m == Method::kMagnitude ? "magnitude" : m == Method::kWanda ? "wanda" : "sparsegpt";
 }
 
-/// The pattern option: {0, 0} unstructured, else {n, m}; nullopt when it is neither.
-std::optional<std::pair<int64_t, int64_t>> pattern_of(const std::string& text) {
-  if (text == "unstructured") return std::make_pair(int64_t{0}, int64_t{0});
-  return parse_nm_pattern(text);
-}
-
 /// The channel-norm statistic's tap of a linear's input (ALGORITHMS.md §0), "" when the store has
 /// none (MLA's latent projections).
 std::string norm_tap(TensorRole role, int64_t expert) {
@@ -119,7 +113,7 @@ class SparsityPass : public Pass {
           problems.push_back({field + ".sparsity",
                               fmt::format("{}: expected a fraction in (0, 1), exclusive", s)});
       }
-      if (options->has("pattern") && !pattern_of(options->get_string("pattern"))) {
+      if (options->has("pattern") && !parse_sparsity_pattern(options->get_string("pattern"))) {
         problems.push_back(
             {field + ".pattern",
              fmt::format("\"{}\": expected unstructured or N:M with 0 < N < M (2:4, 4:8)",
@@ -141,7 +135,7 @@ class SparsityPass : public Pass {
                             fmt::format("{} distributes sparsity across layers: the model has "
                                         "only {} decoder layer",
                                         allocation, ctx.spec.num_layers)});
-      const auto p = pattern_of(options_.get_string("pattern"));
+      const auto p = parse_sparsity_pattern(options_.get_string("pattern"));
       if (p && p->second > 0)
         problems.push_back(
             {name_ + ".allocation",
@@ -158,7 +152,7 @@ class SparsityPass : public Pass {
     const auto tensors = overrides_.resolve(ctx, plan);
     const std::vector<double> layer_ratio = allocate(ctx, tensors, plan);
     for (const auto& [t, opts] : tensors) {
-      const auto nm = *pattern_of(opts.get_string("pattern"));
+      const auto nm = *parse_sparsity_pattern(opts.get_string("pattern"));
       SparsityPlan p;
       p.method = method_name(method_);
       p.n = nm.first;
@@ -196,7 +190,7 @@ class SparsityPass : public Pass {
                             std::vector<CheckProblem>& problems) const {
     for (const auto& [field, options] : overrides_.option_sets()) {
       if (!options->has("pattern")) continue;
-      const auto p = pattern_of(options->get_string("pattern"));
+      const auto p = parse_sparsity_pattern(options->get_string("pattern"));
       if (!p || p->second == 0) continue;
       for (const ExpectedTensor& t : tensors) {
         if (!is_quantizable(t.role) || t.shape.back() % p->second == 0) continue;
@@ -282,10 +276,7 @@ void record_pruned(LayerApplyContext& ctx, LayerTensor& t, const SparsityPlan& p
   r.source = t.source;
   // format and bits: the stored dtype's, filled in by the apply stage like an unchanged tensor's
   r.sparsity = sparsity_record(p, t.value, stored, std::move(extra));
-  ctx.records.erase(std::remove_if(ctx.records.begin(), ctx.records.end(),
-                                   [&](const TensorRecord& o) { return o.name == t.name; }),
-                    ctx.records.end());
-  ctx.records.push_back(std::move(r));
+  replace_record(ctx, std::move(r));
   t.value = stored;
 }
 
@@ -330,14 +321,14 @@ at::Tensor sparsegpt_one(const at::Tensor& w, const SliceInput& in, const Sparsi
 }  // namespace
 
 void apply_sparsity(LayerApplyContext& ctx, const std::string& method) {
-  const Method method_ = method == "magnitude" ? Method::kMagnitude
-                         : method == "wanda"   ? Method::kWanda
-                                               : Method::kSparseGpt;
+  const Method kind = method == "magnitude" ? Method::kMagnitude
+                      : method == "wanda"   ? Method::kWanda
+                                            : Method::kSparseGpt;
   auto select = [&](const LayerTensor& t) {
     auto it = ctx.plan.sparsity.find(t.source);
     return it != ctx.plan.sparsity.end() && it->second.method == method;
   };
-  if (method_ == Method::kMagnitude) {
+  if (kind == Method::kMagnitude) {
     for (LayerTensor& t : ctx.tensors) {
       if (!select(t)) continue;
       const SparsityPlan& p = ctx.plan.sparsity.at(t.source);
@@ -355,11 +346,11 @@ void apply_sparsity(LayerApplyContext& ctx, const std::string& method) {
   bool any = false;
   for (const LayerTensor& t : ctx.tensors) any = any || select(t);
   if (any && !ctx.activations)
-    ctx.warnings.push_back(fmt::format(
-        "{}: no calibration data: magnitude pruning{}", method,
-        method_ == Method::kSparseGpt ? " and round-to-nearest (no error feedback)" : ""));
+    ctx.warnings.push_back(
+        fmt::format("{}: no calibration data: magnitude pruning{}", method,
+                    kind == Method::kSparseGpt ? " and round-to-nearest (no error feedback)" : ""));
   for_each_linear_input(
-      ctx, select, /*diagonal_only=*/method_ == Method::kWanda, method,
+      ctx, select, /*diagonal_only=*/kind == Method::kWanda, method,
       [&](LayerTensor& t, std::vector<SliceInput>& slices) {
         const SparsityPlan& p = ctx.plan.sparsity.at(t.source);
         const TensorPlan* q = p.quantize ? &ctx.plan.tensors.at(t.source) : nullptr;
@@ -370,7 +361,7 @@ void apply_sparsity(LayerApplyContext& ctx, const std::string& method) {
         for (size_t e = 0; e < slices.size(); ++e) {
           const at::Tensor we = w.dim() == 3 ? w[static_cast<int64_t>(e)] : w;
           nlohmann::json d;
-          if (method_ == Method::kWanda) {
+          if (kind == Method::kWanda) {
             const SliceInput& in = slices[e];
             outs.push_back(prune_by(we, in.input ? wanda_score(we, in.input->sum) : we.abs(), p));
             d = in.details;

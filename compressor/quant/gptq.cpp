@@ -104,10 +104,11 @@ struct Segment {
 };
 
 /// The N:M marks of row `w` (block-local) for columns c … c+m−1: the n smallest w_j²/U_jj², ties
-/// to the lower column.
+/// to the lower column. `score` is scratch of m entries (reused: this runs once per M columns of
+/// every row).
 template <typename T>
-void nm_marks(const Segment<T>& a, const T* w, uint8_t* marks, int64_t c) {
-  std::vector<std::pair<T, int64_t>> score(static_cast<size_t>(a.prune_m));
+void nm_marks(const Segment<T>& a, const T* w, uint8_t* marks, int64_t c,
+              std::vector<std::pair<T, int64_t>>& score) {
   for (int64_t j = 0; j < a.prune_m; ++j) {
     const T d = a.u1[(c + j) * a.count + c + j];
     score[j] = {w[c + j] * w[c + j] / (d * d), j};
@@ -121,12 +122,13 @@ void nm_marks(const Segment<T>& a, const T* w, uint8_t* marks, int64_t c) {
 template <typename T>
 void column_segment(const Segment<T>& a, std::vector<double>& row_loss) {
   at::parallel_for(0, a.out, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<std::pair<T, int64_t>> nm_scratch(static_cast<size_t>(a.prune_m));
     for (int64_t r = r0; r < r1; ++r) {
       T* w = a.w1 + r * a.count;
       uint8_t* marks = a.m1 ? a.m1 + r * a.count : nullptr;
       double loss = 0;
       for (int64_t c = a.c0; c < a.c1; ++c) {
-        if (a.prune_m > 0 && (a.i1 + c) % a.prune_m == 0) nm_marks(a, w, marks, c);
+        if (a.prune_m > 0 && (a.i1 + c) % a.prune_m == 0) nm_marks(a, w, marks, c, nm_scratch);
         const bool pruned = marks && marks[c];
         const T d = a.u1[c * a.count + c];
         T code, diff;

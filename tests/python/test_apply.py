@@ -269,6 +269,9 @@ def test_a_partial_run_of_another_plan_is_refused_unless_fresh(tmp_path):
     assert json.loads((out / "model" / "expert_map.json").read_text())["layers"]["0"] == [0, 1, 2, 3]
 
 
+Q = "model.layers.0.self_attn.q_proj.weight"
+
+
 @pytest.mark.parametrize("plan,code,needle", [
     ({"format": "lathe-plan", "version": 1, "experts": {"0": [0, 9]}}, 3, "experts.0"),
     ({"format": "lathe-plan", "version": 1, "experts": {"0": [3]}}, 3, "top_k"),
@@ -292,6 +295,20 @@ def test_a_partial_run_of_another_plan_is_refused_unless_fresh(tmp_path):
                                                          {"method": "gptq", "damp": 2}}}, 3, ".damp"),
     ({"format": "lathe-plan", "version": 1, "tensors": {"model.layers.0.self_attn.q_proj.weight":
                                                          {"method": "gptq", "act_bits": 4}}}, 3, ".act_bits"),
+    # sparsity entries (docs/plan.md): method, pattern, ratio, quantize, names and widths
+    ({"format": "lathe-plan", "version": 1, "sparsity": {Q: {"method": "obs", "ratio": 0.5}}}, 3, ".method"),
+    ({"format": "lathe-plan", "version": 1, "sparsity": {Q: {"method": "wanda", "pattern": "4:4"}}}, 3, ".pattern"),
+    ({"format": "lathe-plan", "version": 1, "sparsity": {Q: {"method": "wanda", "ratio": 1.0}}}, 3, ".ratio"),
+    ({"format": "lathe-plan", "version": 1, "sparsity": {Q: {"method": "wanda"}}}, 3, ".ratio"),
+    ({"format": "lathe-plan", "version": 1, "sparsity": {Q: {"method": "wanda", "ratio": 0.5, "quantize": True}}},
+     3, ".quantize"),
+    ({"format": "lathe-plan", "version": 1, "sparsity": {Q: {"method": "sparsegpt", "ratio": 0.5, "quantize": True}}},
+     3, "method \"gptq\""),
+    ({"format": "lathe-plan", "version": 1, "sparsity": {Q: {"method": "wanda", "ratio": 0.5, "mask": 1}}}, 3, "mask"),
+    ({"format": "lathe-plan", "version": 1, "sparsity": {Q: {"method": "magnitude", "pattern": "3:7"}}},
+     3, "7 does not divide the input width 128"),
+    ({"format": "lathe-plan", "version": 1, "sparsity": {"model.norm.weight": {"method": "wanda", "ratio": 0.5}}},
+     3, "sparsity.model.norm.weight"),
 ])
 def test_bad_plans_are_refused_and_nothing_is_written(tmp_path, plan, code, needle):
     model_dir = MODELS / "mixtral"
