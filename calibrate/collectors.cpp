@@ -226,8 +226,8 @@ struct StatsCollector::Impl {
     if (l.is_moe && hessian("expert.act.all")) {
       for (int64_t e = 0; e < l.num_experts; ++e) {
         const ExpertWeights& w = ev.weights->experts[e];
-        const at::Tensor act =
-            at::silu(at::linear(x, w.gate.to(at::kFloat))) * at::linear(x, w.up.to(at::kFloat));
+        const at::Tensor act = gate_activation(spec, at::linear(x, w.gate.to(at::kFloat))) *
+                               at::linear(x, w.up.to(at::kFloat));
         add_hessian(ev.layer, expert_tap(e, ".act.all"), act);
       }
     }

@@ -19,6 +19,8 @@ void check_block(const MoeBlockView& b) {
   const MoeRouting& r = b.routing;
   if (b.hidden <= 0 || b.num_experts <= 0) bad("hidden and num_experts must be positive");
   if (!b.router) bad("router is null");
+  if (r.scoring == MoeRouting::Scoring::kCmoe && !r.router_up)
+    bad("cmoe routing: router_up is null");
   if (r.top_k < 1 || r.top_k > b.num_experts)
     bad("top_k " + std::to_string(r.top_k) + " outside [1, " + std::to_string(b.num_experts) + "]");
   if (r.num_groups < 1 || b.num_experts % r.num_groups != 0)
@@ -59,6 +61,37 @@ void mask_groups(std::vector<float>* values, const std::vector<float>& group_sco
   for (int64_t g : top_indices(group_score, topk_groups)) keep[g] = 1;
   for (size_t e = 0; e < values->size(); ++e)
     if (!keep[e / per]) (*values)[e] = fill;
+}
+
+float silu(float v) {
+  return v / (1.f + std::exp(-v));
+}
+
+/// A cmoe carve's router on one token x (MoeRouting::Scoring::kCmoe).
+void route_cmoe(const MoeBlockView& block, const float* x, int32_t* experts, float* weights) {
+  const MoeRouting& r = block.routing;
+  const int64_t n = block.num_experts, h = block.hidden;
+  std::vector<float> probs(static_cast<size_t>(n)), choice(probs.size());
+  for (int64_t e = 0; e < n; ++e) {
+    double g = 0, u = 0;
+    for (int64_t i = 0; i < h; ++i) {
+      g += static_cast<double>(x[i]) * block.router[e * h + i];
+      u += static_cast<double>(x[i]) * r.router_up[e * h + i];
+    }
+    probs[e] = std::fabs(static_cast<float>(u) * silu(static_cast<float>(g)));
+  }
+  const float top = *std::max_element(probs.begin(), probs.end());
+  double sum = 0;
+  for (float& p : probs) sum += p = std::exp(p - top);
+  for (int64_t e = 0; e < n; ++e) {
+    probs[e] /= static_cast<float>(sum);
+    choice[e] = probs[e] + (r.selection_bias ? r.selection_bias[e] : 0.f);
+  }
+  const std::vector<int64_t> pick = top_indices(choice, r.top_k);
+  for (int64_t j = 0; j < r.top_k; ++j) {
+    experts[j] = static_cast<int32_t>(pick[j]);
+    weights[j] = 1.f + probs[pick[j]] * (r.router_scale ? r.router_scale[pick[j]] : 0.f);
+  }
 }
 
 void route_softmax(const MoeRouting& r, std::vector<float> logits, int32_t* experts,
@@ -119,10 +152,6 @@ void route_sigmoid(const MoeRouting& r, const std::vector<float>& logits, int32_
   }
 }
 
-float silu(float v) {
-  return v / (1.f + std::exp(-v));
-}
-
 // SiLU(gate(x)) * up(x) → down, for x[n, hidden]: out[n, hidden].
 void swiglu(Backend backend, const QuantWeightView& gate, const QuantWeightView& up,
             const QuantWeightView& down, const float* x, int64_t n, float* out) {
@@ -143,6 +172,10 @@ void moe_route(const MoeBlockView& block, const float* x, int64_t m, int32_t* ex
   const int64_t e_count = block.num_experts, h = block.hidden, k = block.routing.top_k;
   std::vector<float> logits(static_cast<size_t>(e_count));
   for (int64_t t = 0; t < m; ++t) {
+    if (block.routing.scoring == MoeRouting::Scoring::kCmoe) {
+      route_cmoe(block, x + t * h, experts + t * k, weights + t * k);
+      continue;
+    }
     for (int64_t e = 0; e < e_count; ++e) {
       double acc = 0;
       for (int64_t i = 0; i < h; ++i)

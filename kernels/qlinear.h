@@ -83,13 +83,18 @@ void qlinear(Backend backend, const QuantWeightView& w, const float* x, int64_t 
 /// experts. Routing is computed in fp32 on the host for every backend (it is tiny and its ties
 /// decide which experts run); the experts run on `backend`.
 struct MoeRouting {
-  enum class Scoring { kSoftmax, kSigmoid } scoring = Scoring::kSoftmax;
+  /// kCmoe: a carved dense FFN's router (lathe's cmoe pass): s = |(Wc x) ⊙ SiLU(Wg x)| with Wg
+  /// = MoeBlockView::router and Wc = router_up, p = softmax(s), selection on p + selection_bias,
+  /// weight 1 + p·router_scale (renormalize and scaling_factor unused).
+  enum class Scoring { kSoftmax, kSigmoid, kCmoe } scoring = Scoring::kSoftmax;
   int64_t top_k = 2;
   bool renormalize = true;      ///< divide the k weights by their sum (sigmoid: sum + 1e−20)
   double scaling_factor = 1.0;  ///< routed_scaling_factor
   int64_t num_groups = 1;       ///< group-limited routing when > 1
   int64_t topk_groups = 1;
-  const float* selection_bias = nullptr;  ///< [E] (sigmoid routers), or null
+  const float* selection_bias = nullptr;  ///< [E] (sigmoid and cmoe routers), or null
+  const float* router_up = nullptr;       ///< kCmoe: Wc [E, hidden] fp32
+  const float* router_scale = nullptr;    ///< kCmoe: extra_scale [E] fp32
 };
 
 struct MoeBlockView {

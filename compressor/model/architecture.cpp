@@ -123,6 +123,7 @@ class LayerBuilder {
   void moe_block(ExpertLayout layout) {
     const int64_t d = spec_.hidden_size;
     const LayerSpec& l = spec_.layers[layer_];
+    if (spec_.carved) return carved_block();
     const NameTable& n = names_of(spec_.family);
     const std::string block =
         std::string(layout == ExpertLayout::kFused ? n.fused_moe_block : n.moe_block) + ".";
@@ -131,6 +132,23 @@ class LayerBuilder {
       add(block + "gate.e_score_correction_bias", {l.num_experts}, TensorRole::kRouterBias);
     experts(layout, block);
     shared();
+  }
+
+  /// A layer carved by the cmoe pass (docs/cmoe.md "Checkpoint"): its router, routed experts
+  /// (per-expert layout) and shared MLP under mlp., with the base family's projection names.
+  void carved_block() {
+    const int64_t d = spec_.hidden_size;
+    const LayerSpec& l = spec_.layers[layer_];
+    add("mlp.router.gate_proj.weight", {l.num_experts, d}, TensorRole::kRouter);
+    add("mlp.router.up_proj.weight", {l.num_experts, d}, TensorRole::kRouterUp);
+    add("mlp.router.extra_scale", {l.num_experts}, TensorRole::kRouterScale);
+    add("mlp.router.bias", {l.num_experts}, TensorRole::kRouterBias);
+    experts(ExpertLayout::kPerExpert, "mlp.");
+    if (l.shared_intermediate == 0) return;
+    const int64_t w = l.shared_intermediate;
+    add("mlp.shared_expert.gate_proj.weight", {w, d}, TensorRole::kSharedGate);
+    add("mlp.shared_expert.up_proj.weight", {w, d}, TensorRole::kSharedUp);
+    add("mlp.shared_expert.down_proj.weight", {d, w}, TensorRole::kSharedDown);
   }
 
   void experts(ExpertLayout layout, const std::string& block) {
@@ -211,6 +229,8 @@ Category category_of(TensorRole role) {
     case TensorRole::kDenseDown: return Category::kDenseMlp;
     case TensorRole::kRouter:
     case TensorRole::kRouterBias:
+    case TensorRole::kRouterUp:
+    case TensorRole::kRouterScale:
     case TensorRole::kSharedExpertGate: return Category::kRouter;
     case TensorRole::kExpertGate:
     case TensorRole::kExpertUp:

@@ -44,6 +44,8 @@ enum class TensorRole {
   kDenseDown,
   kRouter,
   kRouterBias,
+  kRouterUp,     // cmoe carves (ALGORITHMS.md §5.3): Wc [E, d] (kRouter holds Wg)
+  kRouterScale,  // cmoe carves: extra_scale λ [E]
   kExpertGate,
   kExpertUp,
   kExpertDown,  // per-expert layout

@@ -243,6 +243,7 @@ at::Tensor DecoderLayer::mla_heads(const at::Tensor& x, const ForwardContext& ct
 void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,
                          at::Tensor* experts) const {
   const RoutingRule& r = spec_.routing;
+  if (r.scoring == ScoringFunc::kCmoe) return route_carved(x, ctx, weights, experts);
   const int64_t k = spec_.layers[weights_.layer].top_k;
   const at::Tensor logits = at::linear(x.to(at::kFloat), weights_.router.to(at::kFloat));
   report(ctx, Tap::kRouterLogits, logits);
@@ -296,6 +297,31 @@ void DecoderLayer::route(const at::Tensor& x, const ForwardContext& ctx, at::Ten
   if (log_gate.defined()) *weights = *weights * log_gate.exp().index({*experts});
 }
 
+void DecoderLayer::route_carved(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,
+                                at::Tensor* experts) const {
+  const LayerWeights& w = weights_;
+  const int64_t k = spec_.layers[w.layer].top_k;
+  const at::Tensor xf = x.to(at::kFloat);
+  // s = |(Wc x) ⊙ act(Wg x)| on the raw input; p = softmax(s); selection on p + b (ALGORITHMS.md
+  // §5.3); a gate (DiEP, NAEE) joins the scores like logits and removes an expert at −inf.
+  const at::Tensor scores = (at::linear(xf, w.router_up.to(at::kFloat)) *
+                             gate_activation(spec_, at::linear(xf, w.router.to(at::kFloat))))
+                                .abs();
+  report(ctx, Tap::kRouterLogits, scores);
+  const ExpertGate* gate = expert_gate(ctx, w.layer);
+  const at::Tensor log_gate =
+      gate && gate->log_gate.defined() ? gate->log_gate.to(at::kFloat) : at::Tensor();
+  const at::Tensor probs = (log_gate.defined() ? scores + log_gate : scores).softmax(-1);
+  at::Tensor choice = probs + w.router_bias.to(at::kFloat);
+  if (log_gate.defined())
+    choice = choice.masked_fill(log_gate == -std::numeric_limits<float>::infinity(),
+                                -std::numeric_limits<float>::infinity());
+  *experts = std::get<1>(choice.topk(k, -1));
+  report(ctx, Tap::kRouterTopK, *experts);
+  *weights = 1 + probs.gather(1, *experts) * w.router_scale.to(at::kFloat).index({*experts});
+  if (log_gate.defined()) *weights = *weights * log_gate.exp().index({*experts});
+}
+
 at::Tensor DecoderLayer::routing_weights(const at::Tensor& x, const ForwardContext& ctx) const {
   at::Tensor w, ids;
   route(x, ctx, &w, &ids);
@@ -306,7 +332,7 @@ at::Tensor DecoderLayer::routing_weights(const at::Tensor& x, const ForwardConte
 at::Tensor DecoderLayer::expert_forward(int64_t e, const at::Tensor& x) const {
   const auto& ex = weights_.experts.at(static_cast<size_t>(e));
   const at::Tensor xq = aq(x);
-  const at::Tensor act = at::silu(at::linear(xq, ex.gate.to(x.scalar_type()))) *
+  const at::Tensor act = gate_activation(spec_, at::linear(xq, ex.gate.to(x.scalar_type()))) *
                          at::linear(xq, ex.up.to(x.scalar_type()));
   return at::linear(aq(act), ex.down.to(x.scalar_type()));
 }
@@ -326,8 +352,9 @@ at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) co
     // On the CPU experts are stored-dtype views of the mapping (LayerWeights): convert this one
     // now.
     const at::Tensor xeq = aq(xe);
-    const at::Tensor act = at::silu(at::linear(xeq, experts[e].gate.to(x.scalar_type()))) *
-                           at::linear(xeq, experts[e].up.to(x.scalar_type()));
+    const at::Tensor act =
+        gate_activation(spec_, at::linear(xeq, experts[e].gate.to(x.scalar_type()))) *
+        at::linear(xeq, experts[e].up.to(x.scalar_type()));
     report(ctx, Tap::kExpertAct, act, e, &tokens);
     const at::Tensor w = topk_weights.index({tokens, slots}).unsqueeze(1).to(x.scalar_type());
     out.index_add_(0, tokens, at::linear(aq(act), experts[e].down.to(x.scalar_type())) * w);
@@ -337,8 +364,8 @@ at::Tensor DecoderLayer::moe(const at::Tensor& x3, const ForwardContext& ctx) co
   const LayerWeights& w = weights_;
   if (w.shared_gate.weight.defined()) {
     const at::Tensor xq = aq(x);
-    const at::Tensor act =
-        at::silu(at::linear(xq, w.shared_gate.weight)) * at::linear(xq, w.shared_up.weight);
+    const at::Tensor act = gate_activation(spec_, at::linear(xq, w.shared_gate.weight)) *
+                           at::linear(xq, w.shared_up.weight);
     report(ctx, Tap::kSharedAct, act);
     at::Tensor shared = at::linear(aq(act), w.shared_down.weight);
     if (w.shared_expert_gate.defined())

@@ -116,6 +116,9 @@ class DecoderLayer {
   /// Router top-k: fills `weights` [N, k] (fp32) and `experts` [N, k] (int64) per the routing rule.
   void route(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,
              at::Tensor* experts) const;
+  /// route for a cmoe carve (ScoringFunc::kCmoe).
+  void route_carved(const at::Tensor& x, const ForwardContext& ctx, at::Tensor* weights,
+                    at::Tensor* experts) const;
   /// The input of a quantized linear as the format computes it: per-token int8 when act_bits.
   at::Tensor aq(const at::Tensor& x) const {
     return weights_.act_bits ? quantize_activations_per_token(x, weights_.act_bits) : x;

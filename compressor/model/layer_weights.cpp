@@ -65,6 +65,8 @@ void assign(LayerWeights* w, TensorRole role, int64_t expert, at::Tensor tensor,
     case TensorRole::kDenseDown: w->dense_down.weight = tensor; break;
     case TensorRole::kRouter: w->router = tensor; break;
     case TensorRole::kRouterBias: w->router_bias = tensor; break;
+    case TensorRole::kRouterUp: w->router_up = tensor; break;
+    case TensorRole::kRouterScale: w->router_scale = tensor; break;
     case TensorRole::kExpertGate: w->experts[expert].gate = tensor; break;
     case TensorRole::kExpertUp: w->experts[expert].up = tensor; break;
     case TensorRole::kExpertDown: w->experts[expert].down = tensor; break;

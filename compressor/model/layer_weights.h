@@ -51,7 +51,10 @@ struct LayerWeights {
   at::Tensor q_a_norm, kv_a_norm;
   Linear dense_gate, dense_up, dense_down;
   at::Tensor router;       ///< [E, d]
-  at::Tensor router_bias;  ///< [E] selection bias (e_score_correction_bias)
+  at::Tensor router_bias;  ///< [E] selection bias (e_score_correction_bias; cmoe carves: b)
+  /// cmoe carves (ALGORITHMS.md §5.3): `router` is Wg, `router_up` Wc [E, d], `router_scale`
+  /// extra_scale λ [E].
+  at::Tensor router_up, router_scale;
   std::vector<ExpertWeights> experts;
   Linear shared_gate, shared_up, shared_down;
   at::Tensor shared_expert_gate;  ///< [1, d]

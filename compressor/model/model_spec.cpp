@@ -433,7 +433,79 @@ void parse_gemma3(const JsonReader& f, ModelSpec* spec) {
   for (size_t i = 0; i < sliding.size(); ++i) spec->layers[i].sliding_attention = sliding[i];
 }
 
+bool dense_family(Family family) {
+  return family == Family::kLlama || family == Family::kMistral || family == Family::kQwen2 ||
+         family == Family::kGemma3Text;
+}
+
+/// One entry of config["lathe_cmoe"]["layers"] into `spec`.
+void parse_carved_layer(const JsonReader& e, ModelSpec* spec, std::set<int64_t>* seen) {
+  e.check_keys({"layer", "num_experts", "num_shared_experts", "top_k", "expert_intermediate",
+                "shared_intermediate"});
+  const int64_t i = e.int_at("layer", 0);
+  if (i >= spec->num_layers) {
+    e.fail("layer", "layer " + std::to_string(i) + " is outside [0, num_hidden_layers = " +
+                        std::to_string(spec->num_layers) + ")");
+  }
+  if (!seen->insert(i).second) e.fail("layer", "layer " + std::to_string(i) + " is listed twice");
+  LayerSpec& l = spec->layers[static_cast<size_t>(i)];
+  l.is_moe = true;
+  l.dense_intermediate = 0;
+  l.num_experts = e.int_at("num_experts", 1);
+  l.top_k = e.int_at("top_k", 1);
+  if (l.top_k > l.num_experts) {
+    e.fail("top_k", std::to_string(l.top_k) + " is more than the layer's " +
+                        std::to_string(l.num_experts) + " routed experts");
+  }
+  l.expert_intermediate = e.int_at("expert_intermediate", 1);
+  l.num_shared_experts = e.int_at("num_shared_experts", 0);
+  l.shared_intermediate = e.int_at("shared_intermediate", 0);
+  if ((l.num_shared_experts == 0) != (l.shared_intermediate == 0)) {
+    e.fail("shared_intermediate", "must be 0 exactly when num_shared_experts is 0");
+  }
+}
+
+/// A model carved by the cmoe pass: its base family's config plus config["lathe_cmoe"].
+ModelSpec parse_carved_spec(const json& config, const std::string& file_label) {
+  JsonReader top(config, file_label, "", ErrorKind::kConfig);
+  const auto carve = top.object_at({"lathe_cmoe"});
+  if (!carve)
+    top.fail("lathe_cmoe", "required object: a lathe_cmoe model describes its carve there");
+  carve->check_keys({"version", "base_model_type", "layers"});
+  if (carve->int_at("version") != 1) carve->fail("version", "expected 1");
+  const std::string base = carve->string_at("base_model_type");
+  const auto family = family_from_name(base);
+  if (!family || !dense_family(*family)) {
+    carve->fail(
+        "base_model_type",
+        "expected a dense family (llama, mistral, qwen2, gemma3_text), found \"" + base + "\"");
+  }
+  json base_config = config;
+  base_config["model_type"] = base;
+  base_config.erase("lathe_cmoe");
+  ModelSpec spec = parse_model_spec(base_config, file_label);
+  spec.model_type = kCmoeModelType;
+  spec.carved = true;
+  spec.routing = RoutingRule{};
+  spec.routing.scoring = ScoringFunc::kCmoe;
+  const JsonReader layers = carve->at("layers");
+  if (layers.array_size() == 0) carve->fail("layers", "expected at least one carved layer");
+  std::set<int64_t> seen;
+  for (size_t k = 0; k < layers.array_size(); ++k)
+    parse_carved_layer(layers.element(k), &spec, &seen);
+  return spec;
+}
+
 }  // namespace
+
+const char* scoring_name(ScoringFunc scoring) {
+  switch (scoring) {
+    case ScoringFunc::kSoftmax: return "softmax";
+    case ScoringFunc::kSigmoid: return "sigmoid";
+    case ScoringFunc::kCmoe: return "cmoe";
+  }
+  return "unknown";
+}
 
 const char* family_name(Family family) {
   return family_entry(family).name;
@@ -467,6 +539,7 @@ ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
   JsonReader top(config, file_label, "", ErrorKind::kConfig);
   const std::string model_type = top.string_or({"model_type"}, "");
   if (model_type.empty()) top.fail("model_type", "required string field is missing");
+  if (model_type == kCmoeModelType) return parse_carved_spec(config, file_label);
   auto family = family_from_name(model_type);
   if (!family) {
     std::string known;
@@ -496,7 +569,7 @@ ModelSpec parse_model_spec(const json& config, const std::string& file_label) {
   spec.routing = parse_routing(f, spec.family);
   spec.layers = parse_layers(f, spec.family, spec.num_layers);
   validate_routing(f, spec);
-  spec.mlp_activation = parse_activation(f, act_field, spec.is_moe());
+  spec.mlp_activation = parse_activation(f, act_field, spec.is_moe());  // carves: any activation
   if (spec.family == Family::kGemma3Text) parse_gemma3(f, &spec);
   return spec;
 }
@@ -509,8 +582,35 @@ ModelSpec load_model_spec(const std::filesystem::path& model_dir) {
   return parse_model_spec(parse_json_strict(text, path.string(), ""), path.string());
 }
 
+void write_cmoe_config(nlohmann::json& config, const ModelSpec& spec,
+                       const std::vector<LayerSpec>& layers) {
+  json list = json::array();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LayerSpec& l = layers[i];
+    if (!l.is_moe) continue;
+    list.push_back({{"layer", i},
+                    {"num_experts", l.num_experts},
+                    {"num_shared_experts", l.num_shared_experts},
+                    {"top_k", l.top_k},
+                    {"expert_intermediate", l.expert_intermediate},
+                    {"shared_intermediate", l.shared_intermediate}});
+  }
+  config["model_type"] = kCmoeModelType;
+  config["architectures"] = json::array({"LatheCmoeForCausalLM"});
+  config["lathe_cmoe"] = {
+      {"version", 1}, {"base_model_type", family_name(spec.family)}, {"layers", list}};
+}
+
 bool write_expert_counts(nlohmann::json& config, const ModelSpec& spec,
                          const std::vector<int64_t>& per_layer) {
+  if (spec.carved) {  // a carve lists every layer's own count
+    std::vector<LayerSpec> layers = spec.layers;
+    for (size_t i = 0; i < per_layer.size() && i < layers.size(); ++i) {
+      if (layers[i].is_moe) layers[i].num_experts = per_layer[i];
+    }
+    write_cmoe_config(config, spec, layers);
+    return true;
+  }
   std::set<int64_t> counts;
   for (size_t i = 0; i < per_layer.size() && i < spec.layers.size(); ++i) {
     if (spec.layers[i].is_moe) counts.insert(per_layer[i]);

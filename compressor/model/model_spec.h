@@ -34,8 +34,12 @@ enum class AttentionKind {
   kMla,  ///< DeepSeek multi-head latent attention (low-rank q and kv projections)
 };
 
-/// How the router turns logits into expert weights (FORMATS.md §2 "Routing").
-enum class ScoringFunc { kSoftmax, kSigmoid };
+/// How the router turns logits into expert weights (FORMATS.md §2 "Routing"). kCmoe: the router of
+/// a dense FFN carved by lathe's cmoe pass (ALGORITHMS.md §5.3; docs/cmoe.md): scores
+/// s = |(Wc x) ⊙ act(Wg x)|, p = softmax(s), selection TopA(p + b), combine weight 1 + p·λ.
+enum class ScoringFunc { kSoftmax, kSigmoid, kCmoe };
+/// "softmax", "sigmoid", "cmoe".
+const char* scoring_name(ScoringFunc scoring);
 /// How group-limited routing scores a group of experts: its best expert (DeepSeek-V2) or the sum of
 /// its two best (DeepSeek-V3).
 enum class GroupScore { kMax, kTop2Sum };
@@ -143,6 +147,9 @@ struct ModelSpec {
   std::optional<LocalAttention> local_attention;  ///< Gemma 3 sliding layers; nullopt otherwise
   RoutingRule routing;
   std::vector<LayerSpec> layers;
+  /// A model carved by lathe's cmoe pass (config.json model_type "lathe_cmoe"): its carved layers
+  /// are MoE layers with routing.scoring kCmoe; `family` is the base family (llama, qwen2, …).
+  bool carved = false;
 
   /// True when any layer is MoE.
   bool is_moe() const;
@@ -165,6 +172,17 @@ ModelSpec parse_model_spec(const nlohmann::json& config, const std::string& file
 /// were uniform. The one place that rewrites expert counts (apply's output, the padded exports).
 bool write_expert_counts(nlohmann::json& config, const ModelSpec& spec,
                          const std::vector<int64_t>& per_layer);
+
+/// The model_type of a carved model's config.json, and its object holding the carve.
+inline constexpr const char* kCmoeModelType = "lathe_cmoe";
+
+/// Turns a dense model's config.json into its carved model's (docs/cmoe.md "Checkpoint"):
+/// model_type becomes "lathe_cmoe", the base model_type and every carved layer's sizes go into
+/// config["lathe_cmoe"] (`carved[i]` = the LayerSpec of decoder layer i; dense entries are left
+/// out), and architectures names lathe's class so transformers refuses it clearly. A config that is
+/// already carved keeps its base and gets the new layer list.
+void write_cmoe_config(nlohmann::json& config, const ModelSpec& spec,
+                       const std::vector<LayerSpec>& layers);
 
 /// Reads and parses `<model_dir>/config.json`. Throws ResourceError when the file is missing,
 /// DataError when it is not JSON, then as parse_model_spec.

@@ -203,7 +203,7 @@ nlohmann::json summary_to_json(const ModelSummary& s) {
               {"expert_layout", layout_name(s.layout)},
               {"experts_per_layer", experts},
               {"routing",
-               {{"scoring", spec.routing.scoring == ScoringFunc::kSigmoid ? "sigmoid" : "softmax"},
+               {{"scoring", scoring_name(spec.routing.scoring)},
                 {"renormalize", spec.routing.renormalize},
                 {"scaling_factor", spec.routing.scaling_factor},
                 {"selection_bias", spec.routing.selection_bias},
@@ -251,7 +251,8 @@ std::string human_count(int64_t n) {
 std::string summary_to_text(const ModelSummary& s) {
   const ModelSpec& spec = s.spec;
   std::ostringstream out;
-  out << fmt::format("{}  ({}{})\n", s.path, spec.model_type,
+  out << fmt::format("{}  ({}{}{})\n", s.path, spec.model_type,
+                     spec.carved ? std::string(": carved ") + family_name(spec.family) : "",
                      s.has_weights ? "" : ", config only: figures from config.json");
   out << fmt::format("  layers {}  hidden {}  vocab {}  heads {}/{} kv  head_dim {}  {}\n",
                      spec.num_layers, spec.hidden_size, spec.vocab_size, spec.attention.num_heads,
@@ -272,7 +273,8 @@ std::string summary_to_text(const ModelSummary& s) {
     const RoutingRule& r = spec.routing;
     out << fmt::format(
         "  MoE: experts stored {}; routing {} top-k{}{}{}\n", layout_name(s.layout),
-        r.scoring == ScoringFunc::kSigmoid ? "sigmoid" : "softmax",
+        r.scoring == ScoringFunc::kCmoe ? "cmoe (|Wc x ⊙ act(Wg x)|, softmax, selection bias)"
+                                        : scoring_name(r.scoring),
         r.renormalize ? ", renormalised" : "", r.selection_bias ? ", selection bias" : "",
         r.num_groups > 1 ? fmt::format(", {} of {} groups", r.topk_groups, r.num_groups) : "");
   }

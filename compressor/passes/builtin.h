@@ -95,6 +95,14 @@ void apply_expert_surgery(LayerApplyContext& ctx);
 /// (magnitude pruning without them, with a warning).
 void apply_sparsity(LayerApplyContext& ctx, const std::string& method);
 
+/// The carve of one dense layer per plan.carve (cmoe.cpp; ALGORITHMS.md §5, docs/cmoe.md): one
+/// replay gathers the MLP inputs of the first carve_samples calibration sequences, the FFN is
+/// carved (carve_ffn), its dense gate/up/down are replaced by the router (Wg, Wc, extra_scale, b),
+/// the routed experts and the shared MLP named as ctx.out_spec says, and with finetune "router" the
+/// router is trained. The router's TensorRecord holds the carve (neuron lists, representatives).
+/// ConfigError without ctx.activations.
+void apply_carve(LayerApplyContext& ctx);
+
 /// Round-to-nearest of every tensor of the layer whose plan entry has method "rtn" (rtn.cpp): the
 /// value becomes its exact fp32 dequantization (record_quantized).
 void apply_rtn(LayerApplyContext& ctx);

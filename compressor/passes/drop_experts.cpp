@@ -129,6 +129,8 @@ void apply_expert_surgery(LayerApplyContext& ctx) {
     switch (t.role) {
       case TensorRole::kRouter:
       case TensorRole::kRouterBias:
+      case TensorRole::kRouterUp:
+      case TensorRole::kRouterScale:
       case TensorRole::kExpertsGateUp:
       case TensorRole::kExpertsDown:
         t.value = t.value.index_select(0, index).contiguous();

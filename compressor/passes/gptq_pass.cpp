@@ -151,8 +151,9 @@ class HessianObserver : public TapObserver {
           const LayerWeights& w = *e.weights;
           for (int64_t id : *all_token_experts_) {
             const ExpertWeights& ex = w.experts.at(id);
-            const at::Tensor act = at::silu(at::linear(real, ex.gate.to(real.scalar_type()))) *
-                                   at::linear(real, ex.up.to(real.scalar_type()));
+            const at::Tensor act =
+                gate_activation(spec_, at::linear(real, ex.gate.to(real.scalar_type()))) *
+                at::linear(real, ex.up.to(real.scalar_type()));
             all_token_[id].add(act, diag_);
           }
         }

@@ -34,6 +34,9 @@ struct PassInfo {
   /// Whether a configured instance reads `statistics` (its options may make them unnecessary, e.g.
   /// a uniform sparsity allocation). Unset: whenever `statistics` is not empty.
   std::function<bool(const PassInstance&)> reads_statistics = nullptr;
+  /// The pass cannot run without calibration data streamed through apply (cmoe): a recipe
+  /// without a calibration section is refused.
+  bool needs_calibration = false;
 };
 
 /// Whether `instance` of `info` reads calibration statistics (PassInfo::reads_statistics).
@@ -84,6 +87,12 @@ class Pass {
   /// True when decide runs the model itself on calibration data (naee, diep): run_decide then opens
   /// the model and builds the calibration set for it (DecideContext::model).
   virtual bool decide_needs_model() const { return false; }
+  /// True when apply changes the layers' structure beyond expert counts (cmoe turns dense FFNs
+  /// into MoE blocks): the passes after it run on its output, as a second segment of the run
+  /// (docs/recipes.md "Segments"), and are checked against structure_after.
+  virtual bool changes_structure() const { return false; }
+  /// The model's spec once this pass has run (changes_structure passes). Default: `spec`.
+  virtual ModelSpec structure_after(const ModelSpec& spec) const;
 };
 
 /// Every pass, in the order `lathe passes` prints them.

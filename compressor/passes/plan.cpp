@@ -60,6 +60,21 @@ nlohmann::json CompressionPlan::to_json() const {
     }
     doc["sparsity"] = sparse;
   }
+  if (!carve.empty()) {
+    nlohmann::json c = nlohmann::json::object();
+    for (const auto& [layer, p] : carve) {
+      c[std::to_string(layer)] = {{"experts", p.experts},
+                                  {"shared", p.shared},
+                                  {"active", p.active},
+                                  {"carve_samples", p.carve_samples},
+                                  {"atopk", p.atopk},
+                                  {"finetune", p.finetune},
+                                  {"balance_gamma", p.balance_gamma},
+                                  {"finetune_steps", p.finetune_steps},
+                                  {"finetune_lr", p.finetune_lr}};
+    }
+    doc["carve"] = c;
+  }
   if (!diagnostics.empty()) doc["diagnostics"] = diagnostics;
   if (smoothing) {
     doc["smoothing"] = {{"alpha", smoothing->alpha},
@@ -83,6 +98,37 @@ SmoothingPlan smoothing_from_json(const JsonReader& j) {
     j.fail("alpha", fmt::format("expected a number in [0, 1], found {}", p.alpha));
   if (p.statistic != "absmax" && p.statistic != "range")
     j.fail("statistic", "expected \"absmax\" or \"range\", found \"" + p.statistic + "\"");
+  return p;
+}
+
+CarvePlan carve_plan_from_json(const JsonReader& f) {
+  f.check_keys({"experts", "shared", "active", "carve_samples", "atopk", "finetune",
+                "balance_gamma", "finetune_steps", "finetune_lr"});
+  CarvePlan p;
+  p.experts = f.int_at("experts", 2);
+  p.shared = f.int_or("shared", p.shared);
+  p.active = f.int_or("active", p.active);
+  p.carve_samples = f.int_or("carve_samples", p.carve_samples);
+  p.atopk = f.int_or("atopk", p.atopk);
+  p.finetune = f.string_or("finetune", p.finetune);
+  p.balance_gamma = f.number_or("balance_gamma", p.balance_gamma);
+  p.finetune_steps = f.int_or("finetune_steps", p.finetune_steps);
+  p.finetune_lr = f.number_or("finetune_lr", p.finetune_lr);
+  if (p.shared < 0 || p.shared >= p.experts)
+    f.fail("shared",
+           fmt::format("expected 0 ≤ shared < experts = {}, found {}", p.experts, p.shared));
+  if (p.active < 1 || p.active + p.shared > p.experts)
+    f.fail("active", fmt::format("expected 1 ≤ active ≤ experts − shared = {}, found {}",
+                                 p.experts - p.shared, p.active));
+  if (p.carve_samples < 1) f.fail("carve_samples", "expected at least 1");
+  if (p.atopk < 1) f.fail("atopk", "expected at least 1");
+  if (p.finetune != "none" && p.finetune != "router")
+    f.fail("finetune", "expected \"none\" or \"router\", found \"" + p.finetune + "\"");
+  if (!(p.balance_gamma >= 0 && std::isfinite(p.balance_gamma)))
+    f.fail("balance_gamma", "expected a finite number ≥ 0");
+  if (p.finetune_steps < 0) f.fail("finetune_steps", "expected at least 0");
+  if (!(p.finetune_lr > 0 && std::isfinite(p.finetune_lr)))
+    f.fail("finetune_lr", "expected a positive number");
   return p;
 }
 
@@ -163,7 +209,7 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
   const JsonReader f(doc, where);
   f.check_keys({"format", "version", "pipeline", "model", "weights_fingerprint", "experts",
                 "tensors", "decided_by", "smoothing", "expert_scores", "expert_scale",
-                "diagnostics", "sparsity"});
+                "diagnostics", "sparsity", "carve"});
   if (f.string_at("format") != "lathe-plan") f.fail("format", "expected \"lathe-plan\"");
   const int64_t version = f.int_at("version");
   if (version != 1)
@@ -190,6 +236,8 @@ CompressionPlan CompressionPlan::from_json(const nlohmann::json& doc, const std:
       });
   plan.expert_scale = by_layer<double>(f, "expert_scale", "factor",
                                        [](const JsonReader& v) { return v.as_number(); });
+  plan.carve = by_layer<CarvePlan>(f, "carve", "{experts, shared, active, …}",
+                                   [](const JsonReader& v) { return carve_plan_from_json(v); });
   if (const auto diagnostics = f.object_at("diagnostics"))
     for (const auto& [k, v] : diagnostics->value().items()) plan.diagnostics[k] = v;
   if (const auto smoothing = f.object_at("smoothing"))
@@ -220,6 +268,22 @@ std::optional<std::pair<int64_t, int64_t>> parse_nm_pattern(const std::string& t
 std::optional<std::pair<int64_t, int64_t>> parse_sparsity_pattern(const std::string& text) {
   if (text == "unstructured") return std::make_pair(int64_t{0}, int64_t{0});
   return parse_nm_pattern(text);
+}
+
+std::vector<LayerSpec> carved_layers(const ModelSpec& spec, const CompressionPlan& plan) {
+  std::vector<LayerSpec> layers = spec.layers;
+  for (const auto& [i, c] : plan.carve) {
+    LayerSpec& l = layers.at(static_cast<size_t>(i));
+    const int64_t m = l.dense_intermediate / c.experts;
+    l.is_moe = true;
+    l.num_experts = c.experts - c.shared;
+    l.top_k = c.active;
+    l.expert_intermediate = m;
+    l.num_shared_experts = c.shared;
+    l.shared_intermediate = c.shared * m;
+    l.dense_intermediate = 0;
+  }
+  return layers;
 }
 
 CompressionPlan CompressionPlan::read(const std::string& path) {
@@ -263,6 +327,18 @@ void CompressionPlan::validate(const ModelSpec& spec, const std::vector<std::str
     if (layer < 0 || layer >= spec.num_layers || !spec.layers[layer].is_moe)
       throw DataError(where, field, "not an MoE layer");
     if (!std::isfinite(factor)) throw DataError(where, field, "expected a finite number");
+  }
+  for (const auto& [layer, p] : carve) {
+    const std::string field = "carve." + std::to_string(layer);
+    if (layer < 0 || layer >= spec.num_layers)
+      throw DataError(where, field, "no such decoder layer");
+    const LayerSpec& l = spec.layers[layer];
+    if (l.is_moe) throw DataError(where, field, "an MoE layer: cmoe carves dense FFNs only");
+    if (l.dense_intermediate % p.experts != 0) {
+      throw DataError(where, field + ".experts",
+                      fmt::format("{} experts do not divide the FFN width {}", p.experts,
+                                  l.dense_intermediate));
+    }
   }
   for (const auto& [name, p] : sparsity) {
     const std::string field = "sparsity." + name;

@@ -15,6 +15,7 @@
 namespace lathe {
 
 struct ModelSpec;
+struct LayerSpec;
 
 /// How one tensor is stored after apply. Tensors without an entry keep their dtype and values.
 struct TensorPlan {
@@ -66,6 +67,26 @@ struct SparsityPlan {
   std::string pattern() const;
 };
 
+/// Carving one dense FFN into an MoE (the `cmoe` pass, ALGORITHMS.md §5; docs/cmoe.md): N experts
+/// of I/N neurons, S of them shared (merged into one MLP), A of the N − S routed ones active.
+struct CarvePlan {
+  int64_t experts = 16;           ///< N
+  int64_t shared = 2;             ///< S
+  int64_t active = 2;             ///< A
+  int64_t carve_samples = 8;      ///< calibration sequences the carve's statistics read
+  int64_t atopk = 10;             ///< K_a: neurons marked active per token
+  std::string finetune = "none";  ///< "none" | "router"
+  double balance_gamma = 1e-3;    ///< γ of the bias update while fine-tuning the router
+  int64_t finetune_steps = 0;     ///< router fine-tuning: optimiser steps (0: one epoch)
+  double finetune_lr = 1e-3;      ///< router fine-tuning: Adam's learning rate
+  bool operator==(const CarvePlan& o) const {
+    return experts == o.experts && shared == o.shared && active == o.active &&
+           carve_samples == o.carve_samples && atopk == o.atopk && finetune == o.finetune &&
+           balance_gamma == o.balance_gamma && finetune_steps == o.finetune_steps &&
+           finetune_lr == o.finetune_lr;
+  }
+};
+
 /// "2:4" → {2, 4}: N:M with 0 < N < M (digits only); nullopt for anything else.
 std::optional<std::pair<int64_t, int64_t>> parse_nm_pattern(const std::string& text);
 /// A sparsity pattern as passes and plan.json spell it: "unstructured" → {0, 0}, else
@@ -84,6 +105,8 @@ class CompressionPlan {
   /// ORIGINAL tensor name → its sparsity, applied before any quantization of it (a later
   /// quantization keeps the zeros). Absent: dense.
   std::map<std::string, SparsityPlan> sparsity;
+  /// Dense decoder layer → its carve into an MoE (docs/cmoe.md). Absent: the layer stays as it is.
+  std::map<int64_t, CarvePlan> carve;
   /// Smoothing applied to every layer before quantization. Absent: none.
   std::optional<SmoothingPlan> smoothing;
   /// The scores an expert-pruning pass ranked by (docs/expert_pruning.md): MoE layer → one score
@@ -112,5 +135,9 @@ class CompressionPlan {
                 const std::map<std::string, std::vector<int64_t>>& shapes,
                 const std::string& where) const;
 };
+
+/// The decoder layers of `spec` once `plan`'s carves are applied (docs/cmoe.md): a carved layer is
+/// MoE with N − S routed experts of I/N neurons, top_k A and one shared MLP of S·I/N neurons.
+std::vector<LayerSpec> carved_layers(const ModelSpec& spec, const CompressionPlan& plan);
 
 }  // namespace lathe

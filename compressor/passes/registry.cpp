@@ -9,6 +9,9 @@ namespace lathe {
 
 void Pass::check(const CheckContext&, std::vector<CheckProblem>&) const {}
 void Pass::decide(const DecideContext&, CompressionPlan&) const {}
+ModelSpec Pass::structure_after(const ModelSpec& spec) const {
+  return spec;
+}
 void Pass::apply(LayerApplyContext&) const {}
 
 const std::vector<PassInfo>& pass_registry() {

@@ -16,6 +16,7 @@
 #include <set>
 
 #include "compressor/common/errors.h"
+#include "compressor/model/decoder_layer.h"
 #include "compressor/model/layer_weights.h"
 #include "compressor/model/taps.h"
 #include "compressor/passes/builtin.h"
@@ -92,8 +93,9 @@ class SmoothingObserver : public TapObserver {
 /// layer's own weights compute act(gate x) ⊙ up x from the MoE block input.
 class AllTokenExpertObserver : public TapObserver {
  public:
-  AllTokenExpertObserver(int64_t layer, const std::set<int64_t>& experts, int64_t cap)
-      : layer_(layer) {
+  AllTokenExpertObserver(const ModelSpec& spec, int64_t layer, const std::set<int64_t>& experts,
+                         int64_t cap)
+      : spec_(spec), layer_(layer) {
     for (int64_t e : experts) summaries.try_emplace(e, cap, 200 + static_cast<uint64_t>(e));
   }
   bool wants(Tap tap, int64_t layer) const override {
@@ -103,13 +105,14 @@ class AllTokenExpertObserver : public TapObserver {
     const at::Tensor x = valid_rows(e).to(at::kFloat);
     for (auto& [id, summary] : summaries) {
       const ExpertWeights& w = e.weights->experts.at(id);
-      summary.add(at::silu(at::linear(x, w.gate.to(x.device(), at::kFloat))) *
+      summary.add(gate_activation(spec_, at::linear(x, w.gate.to(x.device(), at::kFloat))) *
                   at::linear(x, w.up.to(x.device(), at::kFloat)));
     }
   }
   std::map<int64_t, ActivationSummary> summaries;
 
  private:
+  const ModelSpec& spec_;
   int64_t layer_;
 };
 
@@ -287,7 +290,8 @@ std::unique_ptr<AllTokenExpertObserver> all_token_statistics(const LayerApplyCon
     auto it = stats.experts.find(e);
     if (it == stats.experts.end() || it->second.tokens() < threshold) sparse.insert(e);
   }
-  auto all = std::make_unique<AllTokenExpertObserver>(ctx.layer, sparse, cap);
+  auto all = std::make_unique<AllTokenExpertObserver>(ctx.out_spec ? *ctx.out_spec : ctx.spec,
+                                                      ctx.layer, sparse, cap);
   if (!sparse.empty()) ctx.activations->run(*all);
   return all;
 }

@@ -67,6 +67,7 @@ TensorRecord unchanged_record(const std::string& name, const std::string& source
 nlohmann::json output_config(const nlohmann::json& config, const ModelSpec& spec,
                              const CompressionPlan& plan, std::vector<std::string>* warnings) {
   nlohmann::json out = config;
+  if (!plan.carve.empty()) write_cmoe_config(out, spec, carved_layers(spec, plan));
   if (plan.experts.empty()) return out;
   std::vector<int64_t> per_layer;
   for (int64_t i = 0; i < spec.num_layers; ++i) {
@@ -149,6 +150,7 @@ bool apply_needs_activations(const ApplyRequest& req,
     needs = req.plan.smoothing.has_value();
     for (const auto& [name, t] : req.plan.tensors) needs = needs || t.method == "gptq";
     for (const auto& [name, t] : req.plan.sparsity) needs = needs || t.method != "magnitude";
+    needs = needs || !req.plan.carve.empty();
   }
   return needs;
 }
@@ -158,9 +160,9 @@ bool apply_needs_activations(const ApplyRequest& req,
 CalibrationSet apply_calibration(const ApplyRequest& req) {
   if (!req.calibration) {
     throw ConfigError("", "calibration",
-                      "gptq and smoothquant quantize with the layers' inputs: give calibration "
-                      "data (a calibration "
-                      "section in the recipe, or --data TASK=FILE for lathe apply)");
+                      "gptq, smoothquant, wanda, sparsegpt and cmoe work from the layers' inputs: "
+                      "give calibration data (a calibration section in the recipe, or --data "
+                      "TASK=FILE for lathe apply)");
   }
   const Tokenizer tokenizer = Tokenizer::from_model_dir(req.model_dir);
   return build_calibration_set(
@@ -246,6 +248,7 @@ std::vector<ApplyStep> apply_steps(const ApplyRequest& req,
     steps.push_back({req.passes[p].name, [pass](LayerApplyContext& c) { pass->apply(c); }});
   }
   if (passes.empty()) {
+    if (!req.plan.carve.empty()) steps.push_back({"cmoe", apply_carve});
     if (!req.plan.experts.empty() || !req.plan.expert_scale.empty())
       steps.push_back({"expert-surgery", apply_expert_surgery});
     for (const char* method : {"magnitude", "wanda", "sparsegpt"}) {  // before any quantization
@@ -533,7 +536,7 @@ struct ApplyRun {
     // off when nothing upstream changed since: layer_replay.h).
     std::optional<LayerReplay> replay;
     if (calibrated) {
-      replay.emplace(out_spec, layout, i, *current, calib_valid, req.streaming, work);
+      replay.emplace(out_spec, layout, i, *current, calib_valid, req.streaming, work, &spec);
       activations.run = [&](TapObserver& observer) { replay->run(tensors, 0, &observer, nullptr); };
     }
     LayerApplyContext ctx{spec,     layout,  i,

@@ -137,8 +137,9 @@ struct GoldenSubject {
 
 /// The golden vectors of linear `t` (per-expert layout) of layer weights `w`; computes a routed
 /// expert's down-projection input into `inputs` when first needed.
-GoldenLinear golden_linear(const ExpectedTensor& t, const GoldenSubject& s, const LayerWeights& w,
-                           int64_t layer_act_bits, std::map<std::string, at::Tensor>* inputs) {
+GoldenLinear golden_linear(const ModelSpec& spec, const ExpectedTensor& t, const GoldenSubject& s,
+                           const LayerWeights& w, int64_t layer_act_bits,
+                           std::map<std::string, at::Tensor>* inputs) {
   const std::string input = input_of(t.role, t.expert);
   Linear scratch;
   const Linear* lin = linear_of(w, t.role, t.expert, &scratch);
@@ -149,8 +150,8 @@ GoldenLinear golden_linear(const ExpectedTensor& t, const GoldenSubject& s, cons
   if (t.role == TensorRole::kExpertDown && !inputs->count(input)) {
     const ExpertWeights& e = w.experts.at(t.expert);
     const at::Tensor x = act_input(inputs->at("mlp_in"), layer_act_bits);
-    (*inputs)[input] =
-        at::silu(at::linear(x, e.gate.to(at::kFloat))) * at::linear(x, e.up.to(at::kFloat));
+    (*inputs)[input] = gate_activation(spec, at::linear(x, e.gate.to(at::kFloat))) *
+                       at::linear(x, e.up.to(at::kFloat));
   }
   const at::Tensor x = inputs->at(input);
   if (!x.defined())
@@ -242,7 +243,7 @@ GoldenLayer GoldenRecorder::record(int64_t layer, const std::vector<LayerTensor>
       expert_recorded = true;
       if (!chosen.count(t.expert)) continue;
     }
-    g.linears.push_back(golden_linear(t, found->second, w, act_bits, &inputs));
+    g.linears.push_back(golden_linear(spec_, t, found->second, w, act_bits, &inputs));
   }
   if (ls.is_moe && expert_recorded) {
     const ForwardContext plain = make_forward_context(spec_, valid, f32, nullptr);

@@ -79,8 +79,10 @@ LayerWeights layer_weights_of(const ModelSpec& spec, ExpertLayout layout, int64_
 
 LayerReplay::LayerReplay(const ModelSpec& spec, ExpertLayout layout, int64_t layer,
                          const ActivationBuffer& input, const at::Tensor& valid,
-                         const StreamingOptions& streaming, const at::TensorOptions& work)
+                         const StreamingOptions& streaming, const at::TensorOptions& work,
+                         const ModelSpec* before)
     : spec_(spec),
+      before_(before),
       layout_(layout),
       layer_(layer),
       input_(input),
@@ -90,6 +92,14 @@ LayerReplay::LayerReplay(const ModelSpec& spec, ExpertLayout layout, int64_t lay
       dense_(!spec.layers.at(layer).is_moe) {}
 
 LayerReplay::~LayerReplay() = default;
+
+const ModelSpec& LayerReplay::spec_for(const std::vector<LayerTensor>& tensors) const {
+  if (!before_ || !spec_.layers.at(layer_).is_moe) return spec_;
+  for (const LayerTensor& t : tensors) {
+    if (t.role == TensorRole::kDenseGate) return *before_;
+  }
+  return spec_;
+}
 
 std::vector<std::pair<std::string, at::Tensor>> LayerReplay::upstream(
     LayerPoint point, const std::vector<LayerTensor>& tensors) {
@@ -132,8 +142,10 @@ uint64_t LayerReplay::ram_in_use() const {
 void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
                       TapObserver* observer, ActivationBuffer* next) {
   at::NoGradGuard no_grad;
-  const LayerWeights w = layer_weights_of(spec_, layout_, layer_, tensors, work_, act_bits);
-  const DecoderLayer layer(spec_, w);
+  const ModelSpec& spec = spec_for(tensors);
+  dense_ = !spec.layers.at(layer_).is_moe;
+  const LayerWeights w = layer_weights_of(spec, layout_, layer_, tensors, work_, act_bits);
+  const DecoderLayer layer(spec, w);
 
   if (cache_ && !valid(*cache_, tensors, act_bits)) cache_.reset();
   const LayerPoint start =
@@ -164,7 +176,7 @@ void LayerReplay::run(const std::vector<LayerTensor>& tensors, int64_t act_bits,
         break;
     }
     ForwardContext fctx =
-        make_forward_context(spec_, valid_.slice(0, b, e).to(work_.device()), work_, observer);
+        make_forward_context(spec, valid_.slice(0, b, e).to(work_.device()), work_, observer);
     fctx.sequence_begin = b;
     starts_[static_cast<size_t>(start)] += 1;
     if (next) {

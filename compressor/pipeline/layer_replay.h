@@ -42,10 +42,13 @@ class LayerReplay {
   /// of `input` ([N, T, d]; `valid` [N, T] marks real tokens). Cached values live in
   /// ActivationBuffers of the working dtype that spill under `streaming.spill_dir` once the RAM
   /// they would take, with the input's, exceeds streaming.memory_limit_bytes. `input` and `valid`
-  /// must outlive this.
+  /// must outlive this. `before` (when given) is the spec the layer's tensors follow until a pass
+  /// changes its structure (the cmoe pass carves a dense FFN): a replay of tensors that still hold
+  /// the dense MLP of a layer `spec` says is MoE runs as `before` says.
   LayerReplay(const ModelSpec& spec, ExpertLayout layout, int64_t layer,
               const ActivationBuffer& input, const at::Tensor& valid,
-              const StreamingOptions& streaming, const at::TensorOptions& work);
+              const StreamingOptions& streaming, const at::TensorOptions& work,
+              const ModelSpec* before = nullptr);
   ~LayerReplay();
 
   /// Runs the layer built from `tensors` (activations fake-quantized to `act_bits` when non-zero)
@@ -67,7 +70,11 @@ class LayerReplay {
   LayerPoint latest_start(const TapObserver* observer) const;
   uint64_t ram_in_use() const;
 
+  /// The spec `tensors` follow now: spec_, or before_ while the dense MLP is not carved yet.
+  const ModelSpec& spec_for(const std::vector<LayerTensor>& tensors) const;
+
   const ModelSpec& spec_;
+  const ModelSpec* before_;
   ExpertLayout layout_;
   int64_t layer_;
   const ActivationBuffer& input_;

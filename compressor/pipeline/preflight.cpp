@@ -92,15 +92,21 @@ std::vector<PassProblem> check_passes(const std::string& model_dir,
   const WeightStore store(model_dir);
   const ExpertLayout layout =
       detect_expert_layout(spec, [&](const std::string& n) { return store.contains(n); });
-  const std::vector<ExpectedTensor> tensors = expected_tensors(spec, layout);
-  const CheckContext ctx{spec, tensors};
+  // Passes after one that changes the structure (cmoe) see the spec it leaves (a second segment).
+  ModelSpec now = spec;
+  std::vector<ExpectedTensor> tensors = expected_tensors(spec, layout);
   std::vector<PassProblem> out;
   for (size_t i = 0; i < passes.size(); ++i) {
     std::vector<CheckProblem> problems;
     try {
       const PassInfo* info = find_pass(passes[i].name);
       if (!info) throw ConfigError("", passes[i].name, "unknown pass \"" + passes[i].name + "\"");
-      info->make(passes[i])->check(ctx, problems);
+      const std::unique_ptr<Pass> pass = info->make(passes[i]);
+      pass->check(CheckContext{now, tensors}, problems);
+      if (problems.empty() && pass->changes_structure()) {
+        now = pass->structure_after(now);
+        tensors = expected_tensors(now, ExpertLayout::kPerExpert);
+      }
     } catch (const Error& e) {
       problems.push_back({e.field().empty() ? passes[i].name : e.field(), e.message()});
     }

@@ -567,6 +567,11 @@ std::optional<PassInstance> RecipeReader::read_pass(const Entry& item) {
     diag_.at(options.key, options.path,
              "pass " + name + " reads calibration statistics (" + join(info->statistics) +
                  "): add a calibration section");
+  if (!calibration_present_ && info->needs_calibration)
+    diag_.at(options.key, options.path,
+             "pass " + name +
+                 " works from the layers' calibration inputs: add a calibration "
+                 "section");
   if (overrides && !info->per_tensor_overrides) {
     diag_.at(overrides->key, options.path + ".overrides",
              "pass " + name + " takes no per-tensor overrides");

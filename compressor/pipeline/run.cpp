@@ -13,6 +13,7 @@
 
 #include "compressor/common/atomic_file.h"
 #include "compressor/common/errors.h"
+#include "compressor/common/file_io.h"
 #include "compressor/eval/eval_report.h"
 #include "compressor/model/architecture.h"
 #include "compressor/model/model_spec.h"
@@ -366,9 +367,11 @@ void evaluate_and_gate(const Recipe& recipe, const RunOptions& options, const fs
   // files, as the reference of the output's KL (docs/eval.md); the before-evaluation's perplexities
   // are the reference's, on the same windows. Task files are scored by each model on its own.
   const bool texts = !recipe.eval->text.empty();
-  nlohmann::json before = evaluate(recipe, recipe.model, "eval before", options, /*texts=*/false);
+  const std::string& original =
+      options.reference_model.empty() ? recipe.model : options.reference_model;
+  nlohmann::json before = evaluate(recipe, original, "eval before", options, /*texts=*/false);
   const nlohmann::json after = evaluate(recipe, partial.string(), "eval after", options,
-                                        /*texts=*/true, texts ? recipe.model : "");
+                                        /*texts=*/true, texts ? original : "");
   if (texts) {
     for (const auto& [name, d] : after.at("divergence").items()) {
       before["perplexity"][name] = d.at("reference_perplexity");
@@ -460,9 +463,67 @@ Report run_report(const Recipe& recipe, const std::string& pipeline, const Compr
   return report;
 }
 
+/// The pass count of the first segment: through the first pass that changes the model's structure
+/// when more passes follow it; 0 when the recipe is one segment.
+size_t first_segment(const Recipe& recipe) {
+  const auto& passes = recipe.pipeline.passes;
+  for (size_t i = 0; i + 1 < passes.size(); ++i) {
+    const PassInfo* info = find_pass(passes[i].name);
+    if (info && info->make(passes[i])->changes_structure()) return i + 1;
+  }
+  return 0;
+}
+
+/// run_recipe of a two-segment recipe (run.h).
+RunResult run_segments(const Recipe& recipe, const RunOptions& options, size_t split) {
+  Recipe first = recipe;
+  first.output = recipe.output + ".segment1";
+  first.pipeline.passes.resize(split);
+  first.pipeline.export_formats.clear();
+  first.pipeline.pad_experts = false;
+  first.eval.reset();
+  first.gate = GateSpec{};
+  first.search.reset();
+  const fs::path done(first.output);
+  const std::string first_pipeline = recipe_pipeline_string(first);
+  bool reuse = false;  // a finished first segment of the same pipeline (a resumed run)
+  if (fs::exists(done / "lathe_manifest.json")) {
+    const nlohmann::json m =
+        nlohmann::json::parse(read_file((done / "lathe_manifest.json").string()), nullptr, false);
+    reuse = m.is_object() && m.value("pipeline", "") == first_pipeline;
+  }
+  std::cerr << fmt::format("[run] segment 1 of 2 ({} pass(es), into {}){}\n", split, first.output,
+                           reuse ? ": finished before, reused" : "");
+  if (!reuse) {
+    RunOptions o = options;
+    o.force = true;  // a stale first segment of other inputs
+    o.golden.rows = 0;
+    run_recipe(first, o);
+  }
+  Recipe second = recipe;
+  second.model = (done / "model").string();
+  second.pipeline.passes.erase(second.pipeline.passes.begin(),
+                               second.pipeline.passes.begin() + static_cast<std::ptrdiff_t>(split));
+  RunOptions o = options;
+  o.reference_model = recipe.model;
+  std::cerr << fmt::format("[run] segment 2 of 2 ({} pass(es), on {})\n",
+                           second.pipeline.passes.size(), second.model);
+  RunResult result = run_recipe(second, o);
+  const fs::path kept = fs::path(recipe.output) / "segments" / "1";
+  fs::create_directories(kept);
+  for (const char* f : {"lathe_manifest.json", "plan.json"})
+    if (fs::exists(done / f))
+      fs::copy_file(done / f, kept / f, fs::copy_options::overwrite_existing);
+  fs::remove_all(done);
+  return result;
+}
+
 }  // namespace
 
 RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
+  if (!options.dry_run) {
+    if (const size_t split = first_segment(recipe)) return run_segments(recipe, options, split);
+  }
   const std::string pipeline = recipe_pipeline_string(recipe);
   std::cerr << "[run] pipeline: " << pipeline << "\n";
   RunResult result;

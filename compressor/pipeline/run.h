@@ -19,6 +19,9 @@ struct RunOptions {
       false;  ///< print the plan (what would be cut and quantized, sizes) and write nothing
   int64_t micro_batch = 8;
   GoldenOptions golden;  ///< golden vectors into verify/ (lathe verify)
+  /// The model eval compares the output against when it is not the recipe's (the second segment
+  /// of a run whose first segment changed the structure: the original model). Empty: recipe.model.
+  std::string reference_model;
 };
 
 struct RunResult {
@@ -31,6 +34,11 @@ struct RunResult {
 /// pipeline string first. A kill at any point and the same command again resume (statistics reused,
 /// applied layers kept); a changed recipe is refused (DataError naming what changed) unless
 /// options.fresh.
+/// A recipe whose passes continue after one that changes the model's structure (cmoe) runs in two
+/// segments (docs/recipes.md "Segments"): the passes up to it into `<output>.segment1` (kept until
+/// the run ends, so a killed run resumes there), then the rest on that model into `output`, whose
+/// eval compares against the original model; the first segment's plan and manifest are kept in
+/// `<output>/segments/1/`.
 RunResult run_recipe(const Recipe& recipe, const RunOptions& options);
 
 /// Observe + decide only (`recipe` checked by preflight_recipe): the plan `lathe apply` executes.

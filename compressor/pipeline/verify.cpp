@@ -284,9 +284,15 @@ void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backen
   block.hidden = spec.hidden_size;
   block.num_experts = ls.num_experts;
   const RoutingRule& r = spec.routing;
-  block.routing.scoring = r.scoring == ScoringFunc::kSigmoid
-                              ? kernels::MoeRouting::Scoring::kSigmoid
-                              : kernels::MoeRouting::Scoring::kSoftmax;
+  block.routing.scoring =
+      r.scoring == ScoringFunc::kSigmoid ? kernels::MoeRouting::Scoring::kSigmoid
+      : r.scoring == ScoringFunc::kCmoe  ? kernels::MoeRouting::Scoring::kCmoe
+                                         : kernels::MoeRouting::Scoring::kSoftmax;
+  if (spec.mlp_activation != MlpActivation::kSilu) {  // a carved Gemma (GeGLU) FFN
+    c->status = "skip";
+    c->note = "the kernels' MoE block computes SwiGLU experts only";
+    return;
+  }
   block.routing.top_k = ls.top_k;
   block.routing.renormalize = r.renormalize;
   block.routing.scaling_factor = r.scaling_factor;
@@ -307,6 +313,8 @@ void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backen
       switch (t.role) {
         case TensorRole::kRouter: block.router = ex.floats(t.name); break;
         case TensorRole::kRouterBias: block.routing.selection_bias = ex.floats(t.name); break;
+        case TensorRole::kRouterUp: block.routing.router_up = ex.floats(t.name); break;
+        case TensorRole::kRouterScale: block.routing.router_scale = ex.floats(t.name); break;
         case TensorRole::kSharedExpertGate: block.shared_expert_gate = ex.floats(t.name); break;
         case TensorRole::kExpertGate: block.gate[t.expert] = ex.view(module, &packed); break;
         case TensorRole::kExpertUp: block.up[t.expert] = ex.view(module, &packed); break;
@@ -318,8 +326,7 @@ void verify_moe(OpenedExport& ex, const GoldenLayer& g, const std::vector<Backen
         case TensorRole::kSharedDown: block.shared_down = ex.view(module, &packed); break;
         default: continue;
       }
-      const bool linear = t.role != TensorRole::kRouter && t.role != TensorRole::kRouterBias &&
-                          t.role != TensorRole::kSharedExpertGate;
+      const bool linear = is_quantizable(t.role);
       if (linear && !packed && !pruned.count(module)) ++unpacked;
     }
   } catch (const Error& e) {
