@@ -174,6 +174,9 @@ void write_gptq_files(const ExportSource& src, const std::filesystem::path& dir,
                       ExportResult* result);
 void write_ct_files(const ExportSource& src, const std::filesystem::path& dir,
                     ExportResult* result);
+/// moe_export.cpp: a cmoe carve as a stock Qwen2-MoE checkpoint (docs/cmoe.md "Export").
+void write_qwen2_moe_files(const ExportSource& src, const std::filesystem::path& dir,
+                           ExportResult* result);
 
 /// Warnings for vLLM, which loads q/k/v, gate/up (w1/w3) and all experts of an MoE layer as one
 /// fused layer with one setting: one line per such set whose modules' `setting` strings differ.

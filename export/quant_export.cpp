@@ -24,9 +24,10 @@ ExportFormat parse_export_format(const std::string& name, const std::string& whe
   if (name == "hf") return ExportFormat::kHf;
   if (name == "gptq") return ExportFormat::kGptq;
   if (name == "compressed-tensors") return ExportFormat::kCompressedTensors;
+  if (name == "qwen2-moe") return ExportFormat::kQwen2Moe;
   throw ConfigError(
       where, field,
-      "unknown export format \"" + name + "\": expected hf, gptq or compressed-tensors");
+      "unknown export format \"" + name + "\": expected hf, gptq, compressed-tensors or qwen2-moe");
 }
 
 const char* export_format_name(ExportFormat format) {
@@ -34,6 +35,7 @@ const char* export_format_name(ExportFormat format) {
     case ExportFormat::kHf: return "hf";
     case ExportFormat::kGptq: return "gptq";
     case ExportFormat::kCompressedTensors: return "compressed-tensors";
+    case ExportFormat::kQwen2Moe: return "qwen2-moe";
   }
   return "";
 }
@@ -43,6 +45,7 @@ const char* export_dir_name(ExportFormat format) {
     case ExportFormat::kHf: return "hf";
     case ExportFormat::kGptq: return "gptq";
     case ExportFormat::kCompressedTensors: return "ct";
+    case ExportFormat::kQwen2Moe: return "qwen2-moe";
   }
   return "";
 }
@@ -112,7 +115,7 @@ ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format,
                                const ExportOptions& options) {
   const fs::path target = fs::path(out_dir) / export_dir_name(format);
   ExportSourceOptions source_options;
-  source_options.require_quant = format != ExportFormat::kHf;
+  source_options.require_quant = format != ExportFormat::kHf && format != ExportFormat::kQwen2Moe;
   source_options.allow_sparse24 = format == ExportFormat::kCompressedTensors;
   source_options.pad_experts = options.pad_experts;
   source_options.target =
@@ -125,6 +128,7 @@ ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format,
     case ExportFormat::kHf: write_hf_files(src, dir.path(), &result); break;
     case ExportFormat::kGptq: write_gptq_files(src, dir.path(), &result); break;
     case ExportFormat::kCompressedTensors: write_ct_files(src, dir.path(), &result); break;
+    case ExportFormat::kQwen2Moe: write_qwen2_moe_files(src, dir.path(), &result); break;
   }
   if (!src.padding().empty()) {
     write_padded_expert_map(src, dir.path());
@@ -139,7 +143,8 @@ ExportResult export_checkpoint(const std::string& out_dir, ExportFormat format,
   // The golden vectors travel with the packed exports, so `lathe verify` can check them on their
   // own; hf has nothing packed to verify.
   const fs::path golden = fs::path(out_dir) / "verify";
-  if (format != ExportFormat::kHf && fs::is_directory(golden)) {
+  const bool packed = format == ExportFormat::kGptq || format == ExportFormat::kCompressedTensors;
+  if (packed && fs::is_directory(golden)) {
     fs::create_directories(dir.path() / "verify");
     for (const auto& e : fs::directory_iterator(golden)) {
       if (e.is_regular_file()) fs::copy_file(e.path(), dir.path() / "verify" / e.path().filename());

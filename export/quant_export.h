@@ -14,7 +14,7 @@ namespace lathe {
 
 struct ModelSpec;
 
-enum class ExportFormat { kHf, kGptq, kCompressedTensors };
+enum class ExportFormat { kHf, kGptq, kCompressedTensors, kQwen2Moe };
 
 /// "hf", "gptq" or "compressed-tensors" (the recipe / CLI names). ConfigError(where, field)
 /// otherwise, listing the choices.

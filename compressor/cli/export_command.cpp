@@ -24,7 +24,9 @@ void add_export_command(CLI::App& app) {
       "checkpoint of a lathe output directory");
   cmd->add_option("out", args->out, "lathe output directory (lathe_manifest.json, model/, quant/)")
       ->required();
-  cmd->add_option("--format", args->format, "hf, gptq or compressed-tensors")->required();
+  cmd->add_option("--format", args->format,
+                  "hf, gptq, compressed-tensors or qwen2-moe (a cmoe carve of llama / qwen2)")
+      ->required();
   cmd->add_flag("--pad-experts", args->pad_experts,
                 "pad expert counts that differ between layers with never-selected dummy experts "
                 "(routers with a "
@@ -38,7 +40,7 @@ void add_export_command(CLI::App& app) {
     const OutputLock lock(args->out);  // the output directory the export adds to
     const ExportResult r = export_checkpoint(args->out, format, options);
     for (const auto& line : r.log) std::cerr << "[export] " << line << "\n";
-    if (format == ExportFormat::kHf) {
+    if (format == ExportFormat::kHf || format == ExportFormat::kQwen2Moe) {
       std::cerr << fmt::format("[export] {}: {} quantized modules stored dequantized; {:.2f} MB\n",
                                r.dir, r.unpacked_modules, r.bytes / 1e6);
     } else {

@@ -143,6 +143,7 @@ class LayerBuilder {
     add("mlp.router.up_proj.weight", {l.num_experts, d}, TensorRole::kRouterUp);
     add("mlp.router.extra_scale", {l.num_experts}, TensorRole::kRouterScale);
     add("mlp.router.bias", {l.num_experts}, TensorRole::kRouterBias);
+    add("mlp.router.stock.weight", {l.num_experts, d}, TensorRole::kRouterStock);
     experts(ExpertLayout::kPerExpert, "mlp.");
     if (l.shared_intermediate == 0) return;
     const int64_t w = l.shared_intermediate;
@@ -231,6 +232,7 @@ Category category_of(TensorRole role) {
     case TensorRole::kRouterBias:
     case TensorRole::kRouterUp:
     case TensorRole::kRouterScale:
+    case TensorRole::kRouterStock:
     case TensorRole::kSharedExpertGate: return Category::kRouter;
     case TensorRole::kExpertGate:
     case TensorRole::kExpertUp:

@@ -46,6 +46,7 @@ enum class TensorRole {
   kRouterBias,
   kRouterUp,     // cmoe carves (ALGORITHMS.md §5.3): Wc [E, d] (kRouter holds Wg)
   kRouterScale,  // cmoe carves: extra_scale λ [E]
+  kRouterStock,  // cmoe carves: the linear softmax router fitted for stock runtimes [E, d]
   kExpertGate,
   kExpertUp,
   kExpertDown,  // per-expert layout

@@ -67,6 +67,7 @@ void assign(LayerWeights* w, TensorRole role, int64_t expert, at::Tensor tensor,
     case TensorRole::kRouterBias: w->router_bias = tensor; break;
     case TensorRole::kRouterUp: w->router_up = tensor; break;
     case TensorRole::kRouterScale: w->router_scale = tensor; break;
+    case TensorRole::kRouterStock: break;  // read by the qwen2-moe export only
     case TensorRole::kExpertGate: w->experts[expert].gate = tensor; break;
     case TensorRole::kExpertUp: w->experts[expert].up = tensor; break;
     case TensorRole::kExpertDown: w->experts[expert].down = tensor; break;

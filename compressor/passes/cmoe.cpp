@@ -303,6 +303,51 @@ nlohmann::json finetune_router(LayerApplyContext& ctx, const CarvePlan& p, const
           {"balance_gamma", p.balance_gamma}};
 }
 
+/// The carved router's choice scores p + b on the rows of x [n, d] (fp32).
+at::Tensor choice_scores(const ModelSpec& spec, const std::vector<LayerTensor>& tensors,
+                         const at::Tensor& x) {
+  auto value = [&](TensorRole role) -> const at::Tensor& {
+    for (const auto& t : tensors)
+      if (t.role == role) return t.value;
+    throw InternalError("", "cmoe", "a carved layer without its router");
+  };
+  const at::Tensor s = (at::linear(x, f32(value(TensorRole::kRouterUp))) *
+                        gate_activation(spec, at::linear(x, f32(value(TensorRole::kRouter)))))
+                           .abs();
+  return s.softmax(-1) + f32(value(TensorRole::kRouterBias));
+}
+
+/// The linear softmax router a stock runtime (the qwen2-moe export) routes the carve with
+/// (docs/cmoe.md "Export"): R fitted by ridge least squares to the carve's choice scores p + b on
+/// the carve inputs `h`, then scaled so its logits span at most 0.01 on those rows (the
+/// renormalised top-A weights are then within about 1% of uniform, which the export's ×A on
+/// down_proj turns into CMoE's weight 1). With every expert active the router is 0 (exact). Returns
+/// the fit's facts.
+nlohmann::json fit_stock_router(LayerApplyContext& ctx, const at::Tensor& h) {
+  const ModelSpec& spec = *ctx.out_spec;
+  const LayerSpec& l = spec.layers[ctx.layer];
+  LayerTensor& stock = find_role(ctx.tensors, TensorRole::kRouterStock);
+  if (l.top_k == l.num_experts) {
+    stock.value = at::zeros({l.num_experts, h.size(1)}, at::kFloat);
+    return {{"exact", true}, {"agreement", 1.0}};
+  }
+  const at::Tensor z = choice_scores(spec, ctx.tensors, h).to(at::kDouble);
+  const at::Tensor x = h.to(at::kDouble);
+  at::Tensor gram = x.t().mm(x);
+  const double ridge = 1e-3 * gram.diagonal().mean().item<double>() + 1e-12;
+  gram.diagonal().add_(ridge);
+  const at::Tensor r = at::linalg_solve(gram, x.t().mm(z)).t().contiguous();  // [k, d]
+  const at::Tensor logits = x.mm(r.t());
+  const double span =
+      (std::get<0>(logits.max(1)) - std::get<0>(logits.min(1))).max().item<double>();
+  stock.value = (r * (span > 0 ? 0.01 / span : 1.0)).to(at::kFloat);
+  // How often the fitted router picks the carve's top-A set on the fit's own rows.
+  const at::Tensor want = std::get<0>(std::get<1>(z.topk(l.top_k, 1)).sort(1));
+  const at::Tensor got = std::get<0>(std::get<1>(logits.topk(l.top_k, 1)).sort(1));
+  const double agreement = (want == got).all(1).to(at::kDouble).mean().item<double>();
+  return {{"exact", false}, {"agreement", agreement}, {"ridge", ridge}};
+}
+
 }  // namespace
 
 void apply_carve(LayerApplyContext& ctx) {
@@ -349,6 +394,10 @@ void apply_carve(LayerApplyContext& ctx) {
         t.value = at::zeros({k}, at::kFloat);
         t.stored = at::kFloat;
         break;
+      case TensorRole::kRouterStock:  // fitted below, once the router is final
+        t.value = at::zeros({k, h.size(1)}, at::kFloat);
+        t.stored = at::kFloat;
+        break;
       case TensorRole::kExpertGate:
         t.value = gate.value.index_select(0, ids(carve.experts.at(e.expert)));
         break;
@@ -392,6 +441,7 @@ void apply_carve(LayerApplyContext& ctx) {
   ctx.tensors = std::move(out);
   nlohmann::json tuned;
   if (p.finetune == "router") tuned = finetune_router(ctx, p, h, target);
+  const nlohmann::json stock = fit_stock_router(ctx, h);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (const LayerTensor& t : ctx.tensors) {
@@ -402,6 +452,7 @@ void apply_carve(LayerApplyContext& ctx) {
     r.bits = 32;
     r.details = {{"cmoe", carve_details(p, carve, seconds)}};
     if (!tuned.is_null()) r.details["cmoe"]["router_finetune"] = tuned;
+    r.details["cmoe"]["stock_router"] = stock;
     replace_record(ctx, std::move(r));
   }
 }

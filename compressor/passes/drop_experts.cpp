@@ -131,6 +131,7 @@ void apply_expert_surgery(LayerApplyContext& ctx) {
       case TensorRole::kRouterBias:
       case TensorRole::kRouterUp:
       case TensorRole::kRouterScale:
+      case TensorRole::kRouterStock:
       case TensorRole::kExpertsGateUp:
       case TensorRole::kExpertsDown:
         t.value = t.value.index_select(0, index).contiguous();

@@ -384,7 +384,8 @@ bool operator==(const Pipeline& a, const Pipeline& b) {
 }
 
 const std::vector<std::string>& export_format_names() {
-  static const std::vector<std::string> names = {"hf", "gptq", "compressed-tensors", "gguf"};
+  static const std::vector<std::string> names = {"hf", "gptq", "compressed-tensors", "qwen2-moe",
+                                                 "gguf"};
   return names;
 }
 

@@ -226,7 +226,8 @@ std::vector<ExportFormat> recipe_exports(const Recipe& recipe, bool* packed) {
                              "export format \"gguf\" is not implemented in this lathe yet");
     }
     exports.push_back(parse_export_format(f, recipe.source, "export"));
-    *packed = *packed || exports.back() != ExportFormat::kHf;
+    *packed = *packed || exports.back() == ExportFormat::kGptq ||
+              exports.back() == ExportFormat::kCompressedTensors;
   }
   return exports;
 }
