@@ -203,6 +203,7 @@ at::Tensor ffn(const ModelSpec& spec, const at::Tensor& x, const at::Tensor& gat
 }
 
 constexpr int64_t kFinetuneBatch = 512;
+constexpr int64_t kStockRows = 4096, kStockSteps = 150;
 
 /// Router fine-tuning of a carved layer (docs/cmoe.md "Router fine-tuning"): Wg, Wc and
 /// extra_scale trained by Adam so that the carved block's output on the layer's carve inputs `h`
@@ -319,33 +320,70 @@ at::Tensor choice_scores(const ModelSpec& spec, const std::vector<LayerTensor>& 
 
 /// The linear softmax router a stock runtime (the qwen2-moe export) routes the carve with
 /// (docs/cmoe.md "Export"): R fitted by ridge least squares to the carve's choice scores p + b on
-/// the carve inputs `h`, then scaled so its logits span at most 0.01 on those rows (the
-/// renormalised top-A weights are then within about 1% of uniform, which the export's ×A on
-/// down_proj turns into CMoE's weight 1). With every expert active the router is 0 (exact). Returns
-/// the fit's facts.
+/// the carve inputs `h`, refined by softmax cross-entropy towards the carve's top-A choice, then
+/// scaled so its logits span at most 0.01 on those rows (the renormalised top-A weights are then
+/// within about 1% of uniform, which the export's ×A on down_proj turns into CMoE's weight 1).
+/// With every expert active the router is 0 (exact); Gemma 3 carves, which no stock family runs,
+/// get 0 unfitted. Returns the fit's facts.
 nlohmann::json fit_stock_router(LayerApplyContext& ctx, const at::Tensor& h) {
   const ModelSpec& spec = *ctx.out_spec;
   const LayerSpec& l = spec.layers[ctx.layer];
   LayerTensor& stock = find_role(ctx.tensors, TensorRole::kRouterStock);
   if (l.top_k == l.num_experts) {
     stock.value = at::zeros({l.num_experts, h.size(1)}, at::kFloat);
-    return {{"exact", true}, {"agreement", 1.0}};
+    return {{"exact", true}, {"agreement", 1.0}, {"overlap", 1.0}};
+  }
+  if (spec.family == Family::kGemma3Text) {  // no stock export takes it: not worth the fit
+    stock.value = at::zeros({l.num_experts, h.size(1)}, at::kFloat);
+    return {{"fitted", false}, {"why", "no stock MoE family runs Gemma 3 (docs/cmoe.md)"}};
   }
   const at::Tensor z = choice_scores(spec, ctx.tensors, h).to(at::kDouble);
   const at::Tensor x = h.to(at::kDouble);
   at::Tensor gram = x.t().mm(x);
   const double ridge = 1e-3 * gram.diagonal().mean().item<double>() + 1e-12;
   gram.diagonal().add_(ridge);
-  const at::Tensor r = at::linalg_solve(gram, x.t().mm(z)).t().contiguous();  // [k, d]
-  const at::Tensor logits = x.mm(r.t());
+  const at::Tensor ls = at::linalg_solve(gram, x.t().mm(z)).t().contiguous();  // [k, d]
+  // Refined by softmax cross-entropy towards the carve's choice (uniform over its top A), Adam from
+  // the least-squares start, on at most kStockRows rows.
+  const int64_t rows = std::min<int64_t>(h.size(0), kStockRows);
+  const at::Tensor xs = h.slice(0, 0, rows).to(at::kFloat);
+  const at::Tensor chosen = std::get<1>(z.slice(0, 0, rows).topk(l.top_k, 1));
+  const at::Tensor target = at::zeros({rows, l.num_experts}, at::kFloat)
+                                .scatter_(1, chosen, 1.0 / static_cast<double>(l.top_k));
+  const at::Tensor start_logits = x.mm(ls.t());
+  const double start_span =
+      (std::get<0>(start_logits.max(1)) - std::get<0>(start_logits.min(1))).max().item<double>();
+  at::Tensor r =
+      (ls * (start_span > 0 ? 4.0 / start_span : 1.0)).to(at::kFloat).requires_grad_(true);
+  at::Tensor m1 = at::zeros_like(r), m2 = at::zeros_like(r);
+  const double lr = 0.02 * r.detach().abs().mean().item<double>() + 1e-12;
+  double first = 0, last = 0;
+  for (int64_t step = 0; step < kStockSteps; ++step) {
+    const at::Tensor loss = -(target * xs.mm(r.t()).log_softmax(1)).sum(1).mean();
+    r.mutable_grad() = at::Tensor();
+    loss.backward();
+    (step == 0 ? first : last) = loss.item<double>();
+    at::NoGradGuard no_grad;
+    const at::Tensor g = r.grad();
+    const double t = static_cast<double>(step + 1);
+    m1.mul_(0.9).add_(g, 0.1);
+    m2.mul_(0.999).addcmul_(g, g, 0.001);
+    r.sub_(lr * (m1 / (1 - std::pow(0.9, t))) / ((m2 / (1 - std::pow(0.999, t))).sqrt() + 1e-12));
+  }
+  const at::Tensor fitted = r.detach().to(at::kDouble);
+  const at::Tensor logits = x.mm(fitted.t());
   const double span =
       (std::get<0>(logits.max(1)) - std::get<0>(logits.min(1))).max().item<double>();
-  stock.value = (r * (span > 0 ? 0.01 / span : 1.0)).to(at::kFloat);
-  // How often the fitted router picks the carve's top-A set on the fit's own rows.
+  stock.value = (fitted * (span > 0 ? 0.01 / span : 1.0)).to(at::kFloat);
+  // How often the fitted router picks the carve's top-A set on the fit's rows, and the mean share
+  // of the carve's choice it picks.
   const at::Tensor want = std::get<0>(std::get<1>(z.topk(l.top_k, 1)).sort(1));
   const at::Tensor got = std::get<0>(std::get<1>(logits.topk(l.top_k, 1)).sort(1));
   const double agreement = (want == got).all(1).to(at::kDouble).mean().item<double>();
-  return {{"exact", false}, {"agreement", agreement}, {"ridge", ridge}};
+  const at::Tensor hits = at::zeros_like(z).scatter_(1, want, 1.0).gather(1, got);
+  const double overlap = hits.mean().item<double>();
+  return {{"exact", false}, {"agreement", agreement}, {"overlap", overlap},
+          {"ridge", ridge}, {"ce_first", first},      {"ce_last", last}};
 }
 
 }  // namespace
