@@ -81,8 +81,8 @@ def run_one(work, model, key, active, finetune, texts, args, seq):
            "stock_router_agreement": sum(c["stock_router"]["agreement"] for c in carves) / max(1, len(carves))}
     tuned = [c["router_finetune"] for c in carves if "router_finetune" in c]
     if tuned:
-        row["finetune_loss"] = [sum(t["loss_first"] for t in tuned) / len(tuned),
-                                sum(t["loss_last"] for t in tuned) / len(tuned)]
+        row["finetune_loss"] = [sum(t["loss_before"] for t in tuned) / len(tuned),
+                                sum(t["loss_after"] for t in tuned) / len(tuned)]
     if model in STOCK:
         row["export_kl"] = export_kl(out, texts, seq, args.threads, log)["kl"]
     a = after["all"]

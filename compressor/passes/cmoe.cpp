@@ -37,19 +37,22 @@ class CarveInputs : public TapObserver {
     const at::Tensor x = e.value->reshape({-1, e.value->size(-1)});
     const int64_t in_batch = x.size(0) / e.seq_len;
     const int64_t keep = std::clamp<int64_t>(sequences_ - e.sequence_begin, 0, in_batch);
+    read_ = std::max(read_, e.sequence_begin + keep);
     if (keep > 0) {
       const at::Tensor valid = e.valid->reshape({-1}).slice(0, 0, keep * e.seq_len);
       parts_.push_back(x.slice(0, 0, keep * e.seq_len).index({valid}).to(at::kFloat).cpu());
     }
     throw StopForward{};
   }
+  /// Sequences read (fewer than asked when the calibration set is smaller).
+  int64_t read() const { return read_; }
   at::Tensor rows() const {
     if (parts_.empty()) return at::empty({0, 0}, at::kFloat);
     return at::cat(parts_, 0);
   }
 
  private:
-  int64_t layer_, sequences_;
+  int64_t layer_, sequences_, read_ = 0;
   std::vector<at::Tensor> parts_;
 };
 
@@ -205,10 +208,70 @@ at::Tensor ffn(const ModelSpec& spec, const at::Tensor& x, const at::Tensor& gat
 constexpr int64_t kFinetuneBatch = 512;
 constexpr int64_t kStockRows = 4096, kStockSteps = 150;
 
+/// The outputs of every routed expert ([n, k, d]) and of the shared MLP ([n, d], zeros without
+/// one) of the carved layer on the rows x, without gradients.
+std::pair<at::Tensor, at::Tensor> expert_outputs(const ModelSpec& spec, const LayerSpec& l,
+                                                 std::vector<LayerTensor>& tensors,
+                                                 const at::Tensor& x) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> outs;
+  for (int64_t e = 0; e < l.num_experts; ++e) {
+    outs.push_back(ffn(spec, x, find_role(tensors, TensorRole::kExpertGate, e).value,
+                       find_role(tensors, TensorRole::kExpertUp, e).value,
+                       find_role(tensors, TensorRole::kExpertDown, e).value));
+  }
+  at::Tensor shared = at::zeros({x.size(0), x.size(1)}, at::kFloat);
+  if (l.shared_intermediate > 0)
+    shared = ffn(spec, x, find_role(tensors, TensorRole::kSharedGate).value,
+                 find_role(tensors, TensorRole::kSharedUp).value,
+                 find_role(tensors, TensorRole::kSharedDown).value);
+  return {at::stack(outs, 1), shared};
+}
+
+/// The router being tuned: Wg, Wc, extra_scale (trained) and the selection bias (moved by γ).
+struct TunedRouter {
+  std::vector<at::Tensor> params;  ///< Wg, Wc, extra_scale
+  at::Tensor bias;
+  /// The carved block's output from the experts' outputs, as DecoderLayer routes it; `chosen` gets
+  /// the selected experts [n, A].
+  at::Tensor output(const ModelSpec& spec, int64_t top_k, const at::Tensor& x,
+                    const std::pair<at::Tensor, at::Tensor>& experts, at::Tensor* chosen) const {
+    const at::Tensor& routed = experts.first;
+    const at::Tensor scores =
+        (at::linear(x, params[1]) * gate_activation(spec, at::linear(x, params[0]))).abs();
+    const at::Tensor probs = scores.softmax(-1);
+    *chosen = std::get<1>((probs.detach() + bias).topk(top_k, -1));
+    const at::Tensor weight = 1 + probs.gather(1, *chosen) * params[2].index({*chosen});
+    const at::Tensor picked =
+        routed.gather(1, chosen->unsqueeze(-1).expand({-1, -1, routed.size(2)}));
+    return experts.second + (picked * weight.unsqueeze(-1)).sum(1);
+  }
+};
+
+/// ‖out − y‖² / ‖y‖².
+at::Tensor relative_error(const at::Tensor& out, const at::Tensor& y) {
+  return (out - y).pow(2).sum() / y.pow(2).sum().clamp_min(1e-30);
+}
+
+/// One Adam step (betas 0.9, 0.999) of `params` with their gradients; `t` counts from 1.
+void adam_step(std::vector<at::Tensor>& params, std::vector<at::Tensor>& m1,
+               std::vector<at::Tensor>& m2, double lr, double t) {
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor g = params[i].grad();
+    if (!g.defined()) continue;
+    m1[i].mul_(0.9).add_(g, 0.1);
+    m2[i].mul_(0.999).addcmul_(g, g, 0.001);
+    const at::Tensor mh = m1[i] / (1 - std::pow(0.9, t)), vh = m2[i] / (1 - std::pow(0.999, t));
+    params[i].sub_(lr * mh / (vh.sqrt() + 1e-8));
+  }
+}
+
 /// Router fine-tuning of a carved layer (docs/cmoe.md "Router fine-tuning"): Wg, Wc and
 /// extra_scale trained by Adam so that the carved block's output on the layer's carve inputs `h`
 /// matches the dense FFN's (`target`), relative squared error; after each step the selection bias
-/// moves by γ against the load imbalance (ALGORITHMS.md §5.4). Returns the loss curve's ends.
+/// moves by γ against the load imbalance (ALGORITHMS.md §5.4). Returns the steps and the error on
+/// (at most 4,096 of) the carve rows before and after.
 nlohmann::json finetune_router(LayerApplyContext& ctx, const CarvePlan& p, const at::Tensor& h,
                                const at::Tensor& target) {
   const ModelSpec& spec = *ctx.out_spec;
@@ -218,15 +281,25 @@ nlohmann::json finetune_router(LayerApplyContext& ctx, const CarvePlan& p, const
   LayerTensor& wc_t = find_role(ctx.tensors, TensorRole::kRouterUp);
   LayerTensor& scale_t = find_role(ctx.tensors, TensorRole::kRouterScale);
   LayerTensor& bias_t = find_role(ctx.tensors, TensorRole::kRouterBias);
-  std::vector<at::Tensor> params = {f32(wg_t.value).clone().requires_grad_(true),
-                                    f32(wc_t.value).clone().requires_grad_(true),
-                                    f32(scale_t.value).clone().requires_grad_(true)};
-  at::Tensor bias = f32(bias_t.value).clone();
+  TunedRouter router{
+      {f32(wg_t.value).clone().requires_grad_(true), f32(wc_t.value).clone().requires_grad_(true),
+       f32(scale_t.value).clone().requires_grad_(true)},
+      f32(bias_t.value).clone()};
   std::vector<at::Tensor> m1, m2;
-  for (const auto& q : params) {
+  for (const auto& q : router.params) {
     m1.push_back(at::zeros_like(q));
     m2.push_back(at::zeros_like(q));
   }
+  const int64_t probe = std::min<int64_t>(tokens, kStockRows);
+  const at::Tensor probe_x = h.slice(0, 0, probe), probe_y = target.slice(0, 0, probe);
+  const auto probe_experts = expert_outputs(spec, l, ctx.tensors, probe_x);
+  auto probe_error = [&] {
+    at::NoGradGuard no_grad;
+    at::Tensor chosen;
+    return relative_error(router.output(spec, l.top_k, probe_x, probe_experts, &chosen), probe_y)
+        .item<double>();
+  };
+  const double before = probe_error();
   const int64_t steps =
       p.finetune_steps > 0
           ? p.finetune_steps
@@ -235,73 +308,31 @@ nlohmann::json finetune_router(LayerApplyContext& ctx, const CarvePlan& p, const
   std::iota(perm.begin(), perm.end(), 0);
   std::shuffle(perm.begin(), perm.end(), std::mt19937_64(static_cast<uint64_t>(ctx.layer)));
   const at::Tensor order = at::tensor(perm, at::kLong);
-  std::vector<double> losses;
   for (int64_t step = 0; step < steps; ++step) {
     const int64_t b = (step * kFinetuneBatch) % tokens;
     const at::Tensor rows = order.slice(0, b, std::min(tokens, b + kFinetuneBatch));
-    const at::Tensor x = h.index_select(0, rows), y = target.index_select(0, rows);
-    at::Tensor routed;
-    at::Tensor shared = at::zeros_like(y);
-    {
-      at::NoGradGuard no_grad;
-      std::vector<at::Tensor> outs;
-      for (int64_t e = 0; e < k; ++e) {
-        outs.push_back(ffn(spec, x, find_role(ctx.tensors, TensorRole::kExpertGate, e).value,
-                           find_role(ctx.tensors, TensorRole::kExpertUp, e).value,
-                           find_role(ctx.tensors, TensorRole::kExpertDown, e).value));
-      }
-      routed = at::stack(outs, 1);  // [n, k, d]
-      if (l.shared_intermediate > 0)
-        shared = ffn(spec, x, find_role(ctx.tensors, TensorRole::kSharedGate).value,
-                     find_role(ctx.tensors, TensorRole::kSharedUp).value,
-                     find_role(ctx.tensors, TensorRole::kSharedDown).value);
-    }
-    const at::Tensor scores =
-        (at::linear(x, params[1]) * gate_activation(spec, at::linear(x, params[0]))).abs();
-    const at::Tensor probs = scores.softmax(-1);
-    const at::Tensor chosen = std::get<1>((probs.detach() + bias).topk(l.top_k, -1));
-    const at::Tensor weight = 1 + probs.gather(1, chosen) * params[2].index({chosen});
-    const at::Tensor picked =
-        routed.gather(1, chosen.unsqueeze(-1).expand({-1, -1, routed.size(2)}));
-    const at::Tensor out = shared + (picked * weight.unsqueeze(-1)).sum(1);
-    const at::Tensor loss = (out - y).pow(2).sum() / y.pow(2).sum().clamp_min(1e-30);
-    for (auto& q : params) q.mutable_grad() = at::Tensor();
+    const at::Tensor x = h.index_select(0, rows);
+    at::Tensor chosen;
+    const at::Tensor loss = relative_error(
+        router.output(spec, l.top_k, x, expert_outputs(spec, l, ctx.tensors, x), &chosen),
+        target.index_select(0, rows));
+    for (auto& q : router.params) q.mutable_grad() = at::Tensor();
     loss.backward();
-    losses.push_back(loss.item<double>());
-    {
-      at::NoGradGuard no_grad;
-      const double b1 = 0.9, b2 = 0.999, t = static_cast<double>(step + 1);
-      for (size_t i = 0; i < params.size(); ++i) {
-        const at::Tensor g = params[i].grad();
-        if (!g.defined()) continue;
-        m1[i].mul_(b1).add_(g, 1 - b1);
-        m2[i].mul_(b2).addcmul_(g, g, 1 - b2);
-        const at::Tensor mh = m1[i] / (1 - std::pow(b1, t)), vh = m2[i] / (1 - std::pow(b2, t));
-        params[i].sub_(p.finetune_lr * mh / (vh.sqrt() + 1e-8));
-      }
-      // Load balance without an auxiliary loss: b_e −= γ above the mean load, += γ below.
-      const at::Tensor load =
-          at::zeros({k}, at::kFloat)
-              .index_add_(0, chosen.reshape({-1}), at::ones({chosen.numel()}, at::kFloat));
-      const at::Tensor mean = load.mean();
-      bias -= p.balance_gamma * ((load > mean).to(at::kFloat) - (load < mean).to(at::kFloat));
-    }
+    adam_step(router.params, m1, m2, p.finetune_lr, static_cast<double>(step + 1));
+    // Load balance without an auxiliary loss: b_e −= γ above the mean load, += γ below.
+    const at::Tensor load =
+        at::zeros({k}, at::kFloat)
+            .index_add_(0, chosen.reshape({-1}), at::ones({chosen.numel()}, at::kFloat));
+    const at::Tensor mean = load.mean();
+    router.bias -= p.balance_gamma * ((load > mean).to(at::kFloat) - (load < mean).to(at::kFloat));
   }
-  wg_t.value = params[0].detach();
-  wc_t.value = params[1].detach();
-  scale_t.value = params[2].detach();
-  bias_t.value = bias;
-  const size_t tail = std::min<size_t>(losses.size(), 8);
-  auto mean_of = [&](size_t from, size_t to) {
-    double s = 0;
-    for (size_t i = from; i < to; ++i) s += losses[i];
-    return s / static_cast<double>(to - from);
-  };
-  return {{"steps", steps},
-          {"loss_first", mean_of(0, tail)},
-          {"loss_last", mean_of(losses.size() - tail, losses.size())},
-          {"lr", p.finetune_lr},
-          {"balance_gamma", p.balance_gamma}};
+  const double after = probe_error();
+  wg_t.value = router.params[0].detach();
+  wc_t.value = router.params[1].detach();
+  scale_t.value = router.params[2].detach();
+  bias_t.value = router.bias;
+  return {{"steps", steps},        {"loss_before", before}, {"loss_after", after},
+          {"probe_tokens", probe}, {"lr", p.finetune_lr},   {"balance_gamma", p.balance_gamma}};
 }
 
 /// The carved router's choice scores p + b on the rows of x [n, d] (fp32).
@@ -401,6 +432,11 @@ void apply_carve(LayerApplyContext& ctx) {
   CarveInputs inputs(ctx.layer, p.carve_samples);
   ctx.activations->run(inputs);
   const at::Tensor h = inputs.rows();
+  if (inputs.read() < p.carve_samples)
+    ctx.warnings.push_back(fmt::format(
+        "cmoe: carve-samples is {} but the calibration set has {} sequences: the carve read {} "
+        "tokens",
+        p.carve_samples, inputs.read(), h.size(0)));
   if (h.size(0) == 0)
     throw DataError(
         "", "calibration",

@@ -91,11 +91,10 @@ TEST(Recipe, FiveMistakesAreAllReportedWithTheirPositions) {
   EXPECT_EQ(lines[2], f + ":9:17: passes.rtn.bits: expected an integer in [2, 8], found \"9\"");
   EXPECT_EQ(lines[3].rfind(f + ":11:17: passes.rtn.overrides[0].match: bad regex: ", 0), 0u)
       << lines[3];
-  EXPECT_EQ(
-      lines[4],
-      f + ":12:5: passes[1]: unknown pass \"gtpq\"; known: rtn, gptq, "
-          "drop-experts, experts-frequency, experts-mass, experts-router-norm, "
-          "experts-random, experts-naee, diep, smoothquant, tcess, magnitude, wanda, sparsegpt");
+  EXPECT_EQ(lines[4], f + ":12:5: passes[1]: unknown pass \"gtpq\"; known: rtn, gptq, "
+                          "drop-experts, experts-frequency, experts-mass, experts-router-norm, "
+                          "experts-random, experts-naee, diep, smoothquant, tcess, magnitude, "
+                          "wanda, sparsegpt, cmoe");
   try {
     load_recipe(f);
   } catch (const ConfigError& e) {
@@ -245,9 +244,10 @@ TEST(Recipe, OverrideMistakes) {
 }
 
 TEST(Recipe, OtherSectionMistakes) {
-  EXPECT_EQ(
-      only_error(std::string(kMinimal) + "export: [hf, onnx]\n"),
-      "r.yaml:3:14: export[1]: expected one of hf, gptq, compressed-tensors, gguf, found \"onnx\"");
+  EXPECT_EQ(only_error(std::string(kMinimal) + "export: [hf, onnx]\n"),
+            "r.yaml:3:14: export[1]: expected one of hf, gptq, compressed-tensors, qwen2-moe, "
+            "gguf, found "
+            "\"onnx\"");
   EXPECT_EQ(only_error(std::string(kMinimal) + "export: [hf, hf]\n"),
             "r.yaml:3:14: export[1]: format hf given twice");
   EXPECT_EQ(only_error(std::string(kMinimal) + "search: {}\n"),
@@ -644,7 +644,7 @@ TEST(PipelineString, MistakesNameTheirColumn) {
   EXPECT_EQ(pipeline_error("rtn{},gtpq{bits=4}", "gtpq"),
             "column 7: unknown stage \"gtpq\"; known: calibrate, rtn, gptq, drop-experts, "
             "experts-frequency, experts-mass, experts-router-norm, experts-random, experts-naee, "
-            "diep, smoothquant, tcess, magnitude, wanda, sparsegpt, export");
+            "diep, smoothquant, tcess, magnitude, wanda, sparsegpt, cmoe, export");
   EXPECT_EQ(pipeline_error("rtn{bitz=4}", "rtn.bitz"),
             "column 5: unknown option \"bitz\" of rtn; valid: bits, group-size, sym, skip");
   EXPECT_EQ(pipeline_error("rtn{bits=9}", "rtn.bits"),
@@ -683,8 +683,9 @@ TEST(PipelineString, MistakesNameTheirColumn) {
             "column 7: calibrate must be the first stage");
   EXPECT_EQ(pipeline_error("export{formats=hf},rtn{}", "rtn"),
             "column 20: export must be the last stage");
-  EXPECT_EQ(pipeline_error("export{formats=hf:onnx}", "export.formats"),
-            "column 8: unknown format \"onnx\"; known: hf, gptq, compressed-tensors, gguf");
+  EXPECT_EQ(
+      pipeline_error("export{formats=hf:onnx}", "export.formats"),
+      "column 8: unknown format \"onnx\"; known: hf, gptq, compressed-tensors, qwen2-moe, gguf");
   EXPECT_EQ(pipeline_error("export{formats=hf:hf}", "export.formats"),
             "column 8: format hf given twice");
   EXPECT_EQ(pipeline_error("export{}", "export.formats"), "column 1: export needs option formats");
