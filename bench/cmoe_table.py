@@ -77,8 +77,11 @@ def run_one(work, model, key, active, finetune, texts, args, seq):
     row = {"eval": after, "original": before, "run_seconds": round(wall, 1), "peak_rss_bytes": rss,
            "apply_seconds": stages.get("apply", (0, 0))[0], "apply_peak_rss_mib": stages.get("apply", (0, 0))[1],
            "carve_seconds_per_layer": sum(c["seconds"] for c in carves) / max(1, len(carves)),
-           "layers": len(carves),
-           "stock_router_agreement": sum(c["stock_router"]["agreement"] for c in carves) / max(1, len(carves))}
+           "layers": len(carves)}
+    fitted = [c["stock_router"] for c in carves if "agreement" in c["stock_router"]]  # not on Gemma
+    if fitted:
+        row["stock_router_agreement"] = sum(f["agreement"] for f in fitted) / len(fitted)
+        row["stock_router_overlap"] = sum(f["overlap"] for f in fitted) / len(fitted)
     tuned = [c["router_finetune"] for c in carves if "router_finetune" in c]
     if tuned:
         row["finetune_loss"] = [sum(t["loss_before"] for t in tuned) / len(tuned),
@@ -118,11 +121,12 @@ def render(rows, models, args):
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     stock = [m for m in models if m in STOCK]
     if stock:
-        lines += ["", "## qwen2-moe export: KL(carved ‖ export) 10⁻³ nats/token; top-A set agreement of the "
-                  "fitted router on the carve's rows", "",
+        lines += ["", "## qwen2-moe export: KL(carved ‖ export) 10⁻³ nats/token / the fitted router's choice on "
+                  "the carve's rows: exact top-A set agreement, mean overlap with the carve's top A", "",
                   "| configuration | " + " | ".join(stock) + " |", "|---|" + "---|" * len(stock)]
         for key, _, _ in CONFIGS:
-            cells = [f"{1000 * rows[m][key]['export_kl']:.1f} / {100 * rows[m][key]['stock_router_agreement']:.0f} %"
+            cells = [f"{1000 * rows[m][key]['export_kl']:.1f} / {100 * rows[m][key]['stock_router_agreement']:.0f} % / "
+                     f"{100 * rows[m][key]['stock_router_overlap']:.0f} %"
                      if key in rows.get(m, {}) else "" for m in stock]
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return lines

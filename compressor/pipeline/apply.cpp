@@ -238,10 +238,9 @@ void restore_resume_state(const fs::path& partial, int64_t layers, bool fresh, R
 using ApplyStep = std::pair<std::string, std::function<void(LayerApplyContext&)>>;
 
 /// The passes' apply hooks; without passes (lathe apply on a plan.json) the plan alone drives the
-/// built-in steps: expert surgery, then each tensor's quantization method.
+/// built-in steps: the carve, expert surgery, sparsity, then each tensor's quantization method.
 std::vector<ApplyStep> apply_steps(const ApplyRequest& req,
-                                   const std::vector<std::unique_ptr<Pass>>& passes,
-                                   bool needs_activations) {
+                                   const std::vector<std::unique_ptr<Pass>>& passes) {
   std::vector<ApplyStep> steps;
   for (size_t p = 0; p < passes.size(); ++p) {
     const Pass* pass = passes[p].get();
@@ -261,10 +260,12 @@ std::vector<ApplyStep> apply_steps(const ApplyRequest& req,
     bool rtn = false;
     for (const auto& [name, t] : req.plan.tensors) rtn = rtn || t.method == "rtn";
     if (rtn) steps.push_back({"rtn", apply_rtn});
+    bool gptq = false;
+    for (const auto& [name, t] : req.plan.tensors) gptq = gptq || t.method == "gptq";
     if (req.plan.smoothing) {
       steps.push_back(
           {"smoothquant", apply_smoothquant});  // smoothing, then GPTQ of the plan's tensors
-    } else if (needs_activations) {
+    } else if (gptq) {
       steps.push_back({"gptq", apply_gptq});
     }
   }
@@ -661,7 +662,7 @@ ApplyResult run_apply(const ApplyRequest& req,
   };
   save_state();
 
-  const std::vector<ApplyStep> steps = apply_steps(req, passes, needs_activations);
+  const std::vector<ApplyStep> steps = apply_steps(req, passes);
   result.timings.resize(steps.size());
   for (size_t p = 0; p < steps.size(); ++p) result.timings[p].name = steps[p].first;
   const std::map<std::string, std::string> metadata = {

@@ -40,6 +40,17 @@ bool needs_statistics(const Recipe& recipe) {
   return false;
 }
 
+/// The pass count of the first segment: through the first pass that changes the model's structure
+/// when more passes follow it; 0 when the recipe is one segment.
+size_t first_segment(const Recipe& recipe) {
+  const auto& passes = recipe.pipeline.passes;
+  for (size_t i = 0; i + 1 < passes.size(); ++i) {
+    const PassInfo* info = find_pass(passes[i].name);
+    if (info && info->make(passes[i])->changes_structure()) return i + 1;
+  }
+  return 0;
+}
+
 ForwardOptions forward_options(const Recipe& recipe) {
   return parse_forward_options(recipe.device, recipe.dtype, recipe.source, "device", "dtype");
 }
@@ -125,8 +136,16 @@ void check_export_expert_counts(const Recipe& recipe, const CompressionPlan& pla
 
 }  // namespace
 
-CompressionPlan plan_recipe(const Recipe& recipe, const std::string& stats_path,
+CompressionPlan plan_recipe(const Recipe& whole, const std::string& stats_path,
                             const RunOptions& options) {
+  Recipe recipe = whole;  // a two-segment recipe: its first segment's plan (run.h)
+  if (const size_t split = first_segment(whole)) {
+    recipe.pipeline.passes.resize(split);
+    std::cerr << fmt::format(
+        "[plan] the passes after {} run on the model it writes (a second segment, docs/recipes.md "
+        "\"Segments\"): this is the first segment's plan\n",
+        whole.pipeline.passes[split - 1].name);
+  }
   const std::string pipeline = recipe_pipeline_string(recipe);
   std::string stats;
   if (needs_statistics(recipe)) {
@@ -203,6 +222,13 @@ std::string describe_plan(const std::string& model_dir, const CompressionPlan& p
     }
     out += fmt::format("  layer {:>3}: keep {}/{} experts, remove [{}]\n", layer, ids.size(), e,
                        removed);
+  }
+  for (const auto& [layer, c] : plan.carve) {
+    out += fmt::format(
+        "  layer {:>3}: carve the FFN into S{}A{}E{} ({} of {} experts active, {} "
+        "neurons each)\n",
+        layer, c.shared, c.active, c.experts, c.shared + c.active, c.experts,
+        spec.layers[layer].dense_intermediate / c.experts);
   }
   for (const auto& [f, n] : formats) out += fmt::format("  {} tensors → {}\n", n, f);
   if (removed_tensors) out += fmt::format("  {} expert tensors removed\n", removed_tensors);
@@ -421,6 +447,16 @@ void evaluate_and_gate(const Recipe& recipe, const RunOptions& options, const fs
 /// `lathe run --dry-run`: the plan described, when no pass needs statistics.
 void dry_run(const Recipe& recipe, const RunOptions& options,
              const std::vector<ExportFormat>& exports) {
+  if (const size_t split = first_segment(recipe)) {  // only the first segment can be planned
+    Recipe first = recipe;
+    first.pipeline.passes.resize(split);
+    dry_run(first, options, {});
+    std::cerr << fmt::format(
+        "[run] dry run: segment 2 ({} pass(es) after {}) is planned on the model segment 1 "
+        "writes (docs/recipes.md \"Segments\")\n",
+        recipe.pipeline.passes.size() - split, recipe.pipeline.passes[split - 1].name);
+    return;
+  }
   if (needs_statistics(recipe)) {
     std::cerr << "[run] dry run: the passes need calibration statistics; run `lathe plan` to "
                  "compute them\n";
@@ -462,17 +498,6 @@ Report run_report(const Recipe& recipe, const std::string& pipeline, const Compr
   for (const StageTiming& t : after)
     if (t.calls > 0) add(t, "");
   return report;
-}
-
-/// The pass count of the first segment: through the first pass that changes the model's structure
-/// when more passes follow it; 0 when the recipe is one segment.
-size_t first_segment(const Recipe& recipe) {
-  const auto& passes = recipe.pipeline.passes;
-  for (size_t i = 0; i + 1 < passes.size(); ++i) {
-    const PassInfo* info = find_pass(passes[i].name);
-    if (info && info->make(passes[i])->changes_structure()) return i + 1;
-  }
-  return 0;
 }
 
 /// run_recipe of a two-segment recipe (run.h).
