@@ -417,43 +417,17 @@ nlohmann::json fit_stock_router(LayerApplyContext& ctx, const at::Tensor& h) {
           {"ridge", ridge}, {"ce_first", first},      {"ce_last", last}};
 }
 
-}  // namespace
-
-void apply_carve(LayerApplyContext& ctx) {
-  const auto it = ctx.plan.carve.find(ctx.layer);
-  if (it == ctx.plan.carve.end()) return;
-  const CarvePlan& p = it->second;
-  if (!ctx.activations || !ctx.out_spec) {
-    throw ConfigError("", "calibration",
-                      "cmoe carves each FFN from its calibration inputs: add a calibration section "
-                      "(or --data TASK=FILE for lathe apply)");
-  }
-  const auto start = std::chrono::steady_clock::now();
-  CarveInputs inputs(ctx.layer, p.carve_samples);
-  ctx.activations->run(inputs);
-  const at::Tensor h = inputs.rows();
-  if (inputs.read() < p.carve_samples)
-    ctx.warnings.push_back(fmt::format(
-        "cmoe: carve-samples is {} but the calibration set has {} sequences: the carve read {} "
-        "tokens",
-        p.carve_samples, inputs.read(), h.size(0)));
-  if (h.size(0) == 0)
-    throw DataError(
-        "", "calibration",
-        fmt::format("layer {}: no calibration token reached the FFN to carve it", ctx.layer));
-  const LayerTensor gate = find_role(ctx.tensors, TensorRole::kDenseGate);
-  const LayerTensor up = find_role(ctx.tensors, TensorRole::kDenseUp);
-  const LayerTensor down = find_role(ctx.tensors, TensorRole::kDenseDown);
-  const Carve carve = carve_ffn(ctx.spec, h, gate.value, up.value, {p.experts, p.shared, p.atopk});
-  const at::Tensor target =
-      p.finetune == "router" ? ffn(ctx.spec, h, gate.value, up.value, down.value) : at::Tensor();
-
+/// The carved layer's tensors (router, routed experts, shared MLP) from the dense gate, up and
+/// down, named and ordered as `out_spec` says; the stock router is zeros until fitted.
+std::vector<LayerTensor> carved_tensors(const ModelSpec& out_spec, int64_t layer,
+                                        const LayerTensor& gate, const LayerTensor& up,
+                                        const LayerTensor& down, const Carve& carve, int64_t d) {
   auto ids = [](const std::vector<int64_t>& v) { return at::tensor(v, at::kLong); };
   const at::Tensor reps = ids(carve.representatives);
   const int64_t k = static_cast<int64_t>(carve.experts.size());
   std::vector<LayerTensor> carved;
   for (const ExpectedTensor& e :
-       expected_layer_tensors(*ctx.out_spec, ExpertLayout::kPerExpert, ctx.layer)) {
+       expected_layer_tensors(out_spec, ExpertLayout::kPerExpert, layer)) {
     LayerTensor t{gate.source, e.name, e.role, e.expert, {}, gate.stored};
     switch (e.role) {
       case TensorRole::kRouter:
@@ -469,7 +443,7 @@ void apply_carve(LayerApplyContext& ctx) {
         t.stored = at::kFloat;
         break;
       case TensorRole::kRouterStock:  // fitted below, once the router is final
-        t.value = at::zeros({k, h.size(1)}, at::kFloat);
+        t.value = at::zeros({k, d}, at::kFloat);
         t.stored = at::kFloat;
         break;
       case TensorRole::kExpertGate:
@@ -503,6 +477,42 @@ void apply_carve(LayerApplyContext& ctx) {
     }
     carved.push_back(std::move(t));
   }
+  return carved;
+}
+
+}  // namespace
+
+void apply_carve(LayerApplyContext& ctx) {
+  const auto it = ctx.plan.carve.find(ctx.layer);
+  if (it == ctx.plan.carve.end()) return;
+  const CarvePlan& p = it->second;
+  if (!ctx.activations || !ctx.out_spec) {
+    throw ConfigError("", "calibration",
+                      "cmoe carves each FFN from its calibration inputs: add a calibration section "
+                      "(or --data TASK=FILE for lathe apply)");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  CarveInputs inputs(ctx.layer, p.carve_samples);
+  ctx.activations->run(inputs);
+  const at::Tensor h = inputs.rows();
+  if (inputs.read() < p.carve_samples)
+    ctx.warnings.push_back(fmt::format(
+        "cmoe: carve-samples is {} but the calibration set has {} sequences: the carve read {} "
+        "tokens",
+        p.carve_samples, inputs.read(), h.size(0)));
+  if (h.size(0) == 0)
+    throw DataError(
+        "", "calibration",
+        fmt::format("layer {}: no calibration token reached the FFN to carve it", ctx.layer));
+  const LayerTensor gate = find_role(ctx.tensors, TensorRole::kDenseGate);
+  const LayerTensor up = find_role(ctx.tensors, TensorRole::kDenseUp);
+  const LayerTensor down = find_role(ctx.tensors, TensorRole::kDenseDown);
+  const Carve carve = carve_ffn(ctx.spec, h, gate.value, up.value, {p.experts, p.shared, p.atopk});
+  const at::Tensor target =
+      p.finetune == "router" ? ffn(ctx.spec, h, gate.value, up.value, down.value) : at::Tensor();
+
+  std::vector<LayerTensor> carved =
+      carved_tensors(*ctx.out_spec, ctx.layer, gate, up, down, carve, h.size(1));
   // The carve takes the dense MLP's place, in the registry's order.
   std::vector<LayerTensor> out;
   for (LayerTensor& t : ctx.tensors) {
