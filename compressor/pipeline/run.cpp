@@ -382,6 +382,10 @@ void add_tensor_and_layer_reports(const ModelSpec& spec, const CompressionPlan& 
       l.sparsity = mean(it->second);
       l.sparsity_target = mean(layer_target.at(i));
     }
+    if (auto it = plan.carve.find(i); it != plan.carve.end()) {
+      const CarvePlan& c = it->second;
+      l.carve = fmt::format("S{}A{}E{}", c.shared, c.active, c.experts);
+    }
     report->layers.push_back(l);
   }
 }
@@ -469,13 +473,16 @@ void dry_run(const Recipe& recipe, const RunOptions& options,
 
 /// The run's report before evaluation: sizes, tensors, layers, and the costs of the stages and
 /// passes: `before` (calibrate, decide), the passes in pipeline order, then `after` (verify);
-/// stages that did not run are left out.
+/// stages that did not run are left out. `options_reference`: the original model of a second
+/// segment (RunOptions::reference_model), named as the report's model.
 Report run_report(const Recipe& recipe, const std::string& pipeline, const CompressionPlan& plan,
                   const ApplyResult& applied, const std::vector<StageTiming>& before,
-                  const std::vector<StageTiming>& after) {
+                  const std::vector<StageTiming>& after, const std::string& options_reference) {
   Report report;
   report.pipeline = pipeline;
-  report.model = recipe.model;
+  report.model = options_reference.empty()
+                     ? recipe.model
+                     : options_reference + " (through segment 1: " + recipe.model + ")";
   report.output = recipe.output;
   report.lathe_version = LATHE_VERSION;
   report.created = utc_now();
@@ -616,7 +623,8 @@ RunResult run_recipe(const Recipe& recipe, const RunOptions& options) {
     run_stage(
         verify, "", [&] { verify_run_exports(recipe, partial, &verify_failures); }, &stage_log);
 
-  Report report = run_report(recipe, pipeline, plan, applied, {calibrate, decide}, {verify});
+  Report report = run_report(recipe, pipeline, plan, applied, {calibrate, decide}, {verify},
+                             options.reference_model);
   if (recipe.eval && (!recipe.eval->text.empty() || !recipe.eval->tasks.empty())) {
     run_stage(
         eval, "", [&] { evaluate_and_gate(recipe, options, partial, &report, &result); },

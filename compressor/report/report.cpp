@@ -32,6 +32,7 @@ std::vector<LayerReport> parse_layers(const JsonReader& top) {
     layer.seconds = r.optional_number({"seconds"}, 0.0).value_or(0.0);
     layer.sparsity = r.optional_number({"sparsity"}, 0.0);
     layer.sparsity_target = r.optional_number({"sparsity_target"}, 0.0);
+    layer.carve = r.string_or({"carve"}, "");
     layers.push_back(layer);
   }
   return layers;
@@ -155,6 +156,7 @@ nlohmann::json report_to_json(const Report& r) {
       layers.back()["sparsity"] = *l.sparsity;
       layers.back()["sparsity_target"] = nullable(l.sparsity_target);
     }
+    if (!l.carve.empty()) layers.back()["carve"] = l.carve;
   }
   for (const auto& t : r.tensors) {
     tensors.push_back({{"name", t.name},

@@ -30,6 +30,9 @@ struct LayerReport {
   /// linears, and the ratio its pass aimed at (the layer's OWL / DLP allocation); null: none
   /// pruned.
   std::optional<double> sparsity, sparsity_target;
+  /// The cmoe pass carved its dense FFN (docs/cmoe.md): "S2A6E16" (S shared, A active routed of
+  /// N experts); empty: not carved.
+  std::string carve;
 };
 
 /// One tensor of the input checkpoint and what became of it.

@@ -387,21 +387,28 @@ std::string error_section(const Report& r) {
 std::string layers_section(const Report& r) {
   std::string out = "<section><h2>Layers</h2>\n";
   if (r.layers.empty()) return out + note("No per-layer records.") + "</section>\n";
-  const bool sparse = has_sparsity(r);
+  const bool sparse = has_sparsity(r), carved = has_carve(r);
   std::vector<std::vector<std::string>> rows;
   for (const auto& l : r.layers) {
-    rows.push_back(
-        {std::to_string(l.layer), format_count(l.experts_before), format_count(l.experts_kept)});
+    rows.push_back({std::to_string(l.layer)});
+    if (carved) rows.back().push_back(l.carve.empty() ? "-" : l.carve);
+    rows.back().push_back(format_count(l.experts_before));
+    rows.back().push_back(format_count(l.experts_kept));
     if (sparse) rows.back().push_back(format_sparsity(l));
     rows.back().push_back(format_rel_err(l.rel_err));
     rows.back().push_back(format_seconds(l.seconds));
   }
-  std::vector<std::string> head = {"layer", "experts before", "experts kept"};
+  std::vector<std::string> head = {"layer"};
+  if (carved) head.push_back("carve");
+  head.push_back("experts before");
+  head.push_back("experts kept");
   if (sparse) head.push_back("sparsity");
   head.push_back("rel. error");
   head.push_back("seconds");
-  const std::string body = table(
-      head, rows, sparse ? std::set<size_t>{0, 1, 2, 3, 4, 5} : std::set<size_t>{0, 1, 2, 3, 4});
+  std::set<size_t> numeric;  // right-aligned columns: all but the carve
+  for (size_t c = 0; c < head.size(); ++c)
+    if (head[c] != "carve") numeric.insert(c);
+  const std::string body = table(head, rows, numeric);
   out += r.layers.size() <= 32
              ? body
              : fmt::format("<details><summary>{} layers</summary>\n", r.layers.size()) + body +

@@ -110,15 +110,18 @@ std::string gate_section(const Report& r) {
 std::string layer_section(const Report& r) {
   std::string out = "## Layers\n\n";
   if (r.layers.empty()) return out + "No per-layer records.\n\n";
-  if (!has_moe_layers(r)) out += "No MoE layers (dense model).\n\n";
+  const bool carved = has_carve(r);
+  if (!has_moe_layers(r) && !carved) out += "No MoE layers (dense model).\n\n";
   const bool sparse = has_sparsity(r);
-  out += sparse ? "| layer | experts before | experts kept | sparsity | rel. error | seconds "
-                  "|\n|---:|---:|---:|---:|---:|---:|\n"
-                : "| layer | experts before | experts kept | rel. error | seconds "
-                  "|\n|---:|---:|---:|---:|---:|\n";
+  out += std::string("| layer | ") + (carved ? "carve | " : "") +
+         "experts before | experts kept | " + (sparse ? "sparsity | " : "") +
+         "rel. error | seconds |\n|---:|" + (carved ? "---|" : "") + "---:|---:|" +
+         (sparse ? "---:|" : "") + "---:|---:|\n";
   for (const auto& l : r.layers) {
-    std::vector<std::string> cells = {std::to_string(l.layer), format_count(l.experts_before),
-                                      format_count(l.experts_kept)};
+    std::vector<std::string> cells = {std::to_string(l.layer)};
+    if (carved) cells.push_back(l.carve.empty() ? "-" : l.carve);
+    cells.push_back(format_count(l.experts_before));
+    cells.push_back(format_count(l.experts_kept));
     if (sparse) cells.push_back(format_sparsity(l));
     cells.push_back(format_rel_err(l.rel_err));
     cells.push_back(format_seconds(l.seconds));

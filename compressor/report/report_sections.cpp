@@ -139,6 +139,12 @@ std::string format_rel_err(const std::optional<double>& value) {
   return fmt::format("{:.3g}%", 100 * *value);
 }
 
+bool has_carve(const Report& report) {
+  for (const auto& l : report.layers)
+    if (!l.carve.empty()) return true;
+  return false;
+}
+
 bool has_sparsity(const Report& report) {
   for (const auto& l : report.layers)
     if (l.sparsity) return true;

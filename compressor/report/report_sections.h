@@ -45,6 +45,8 @@ std::string format_rel_err(const std::optional<double>& value);
 std::string format_count(const std::optional<int64_t>& value);
 /// True when some layer has weight sparsity (the layer tables then show it).
 bool has_sparsity(const Report& report);
+/// Whether any layer was carved by the cmoe pass (LayerReport::carve).
+bool has_carve(const Report& report);
 /// "50.8% (target 50.9%)", or "-" for a dense layer.
 std::string format_sparsity(const LayerReport& layer);
 /// "3.2 s".
