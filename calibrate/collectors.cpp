@@ -186,7 +186,8 @@ struct StatsCollector::Impl {
     }
     const at::Tensor logits = ev.value->to(at::kCPU, at::kFloat);
     const at::Tensor probs =
-        (spec.routing.scoring == ScoringFunc::kSoftmax ? logits.softmax(-1) : logits.sigmoid());
+        (spec.routing.scoring == ScoringFunc::kSigmoid ? logits.sigmoid() : logits.softmax(-1));
+    // (a cmoe carve's "logits" are its scores s; its probabilities are softmax(s), §5.3)
     const at::Tensor onehot_t = task_onehot(ev, task_of, n).t().contiguous();  // [n, R]
     const at::Tensor p = probs.to(at::kDouble);
     acc.tokens += onehot_t.sum(1);

@@ -505,3 +505,21 @@ def test_router_finetuning_with_default_steps_reports_a_loss_curve(tmp_path):
     curve = carve_record(out, 0)["router_finetune"]
     assert curve["steps"] == 8
     assert curve["loss_after"] < curve["loss_before"], curve
+
+
+def test_router_statistics_of_a_carve_are_its_softmax_probabilities(tmp_path):
+    """`lathe calibrate` on a carved model: the router's probability mass is softmax(s) (§5.3), so
+    over the experts it sums to the token count, and the selected experts are A per token."""
+    carved = run_recipe(tmp_path, "carved", MODELS / "llama", "cmoe: {experts: 8, shared: 2, active: 2}",
+                        samples=8, seq_len=64)
+    stats = tmp_path / "stats.h5"
+    proc = lathe("calibrate", carved / "model", "--data", f"prose={TRAIN}", "--samples", 4, "--seq-len", 64,
+                 "--out", stats)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(stats, "r") as f:
+        for layer in range(4):
+            tokens = f[f"expert_tokens/layer_{layer}/router/prose"][()]
+            mass = f[f"router_prob_mass/layer_{layer}/router/prose"][()]
+            assert tokens.shape == mass.shape == (6,)
+            assert tokens.sum() == 2 * 4 * 64  # A experts for each of the 256 tokens
+            assert mass.sum() == pytest.approx(4 * 64, rel=1e-6)  # fp32 probabilities; sigmoid: ~900
