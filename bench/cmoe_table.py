@@ -109,7 +109,8 @@ def render(rows, models, args):
         cells = []
         for m in models:
             r = rows.get(m, {}).get(key)
-            cells.append("" if not r else f"{1000 * r['eval']['all']['kl']:.1f} / {r['eval']['all']['ppl']:.2f}")
+            # max(…, 0): a 100 % carve's KL is rounding noise around 0 (-1e-9), never printed as -0.0
+            cells.append("" if not r else f"{1000 * max(r['eval']['all']['kl'], 0.0):.1f} / {r['eval']['all']['ppl']:.2f}")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     orig = [rows[m][next(iter(rows[m]))]["original"]["all"]["ppl"] for m in models]
     lines.append("| (dense ppl) | " + " | ".join(f"{p:.2f}" for p in orig) + " |")
@@ -143,12 +144,15 @@ def main():
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--merge", action="store_true", help="keep the other models' rows of cmoe.json")
+    ap.add_argument("--render", action="store_true", help="run nothing: rewrite cmoe.md from cmoe.json")
     args = ap.parse_args()
     args.gguf = args.gguf.resolve()
     models = args.models.split(",")
     configs = [c for c in CONFIGS if not args.only or c[0] in args.only.split(",")]
     path = args.out / "cmoe.json"
-    rows = json.loads(path.read_text())["runs"] if args.merge and path.exists() else {}
+    rows = json.loads(path.read_text())["runs"] if (args.merge or args.render) and path.exists() else {}
+    if args.render:
+        models = []
     with tempfile.TemporaryDirectory(prefix="lathe-cmoe-") as tmp:
         work = Path(tmp)
         texts = [str(p) for p in heldout_starts(work, args.chars)]
