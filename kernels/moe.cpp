@@ -41,7 +41,8 @@ void check_expert(const QuantWeightView& gate, const QuantWeightView& up,
 }
 
 // Indices of the k largest values, best first; ties go to the lower index (a stable order).
-std::vector<int64_t> top_indices(const std::vector<float>& v, int64_t k) {
+template <typename T>
+std::vector<int64_t> top_indices(const std::vector<T>& v, int64_t k) {
   std::vector<int64_t> idx(v.size());
   std::iota(idx.begin(), idx.end(), 0);
   std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return v[a] > v[b]; });
@@ -71,7 +72,8 @@ float silu(float v) {
 void route_cmoe(const MoeBlockView& block, const float* x, int32_t* experts, float* weights) {
   const MoeRouting& r = block.routing;
   const int64_t n = block.num_experts, h = block.hidden;
-  std::vector<float> probs(static_cast<size_t>(n)), choice(probs.size());
+  std::vector<float> probs(static_cast<size_t>(n));
+  std::vector<double> choice(probs.size());  // p + b in fp64, as the engine selects
   for (int64_t e = 0; e < n; ++e) {
     double g = 0, u = 0;
     for (int64_t i = 0; i < h; ++i) {
@@ -85,7 +87,7 @@ void route_cmoe(const MoeBlockView& block, const float* x, int32_t* experts, flo
   for (float& p : probs) sum += p = std::exp(p - top);
   for (int64_t e = 0; e < n; ++e) {
     probs[e] /= static_cast<float>(sum);
-    choice[e] = probs[e] + (r.selection_bias ? r.selection_bias[e] : 0.f);
+    choice[e] = static_cast<double>(probs[e]) + (r.selection_bias ? r.selection_bias[e] : 0.0);
   }
   const std::vector<int64_t> pick = top_indices(choice, r.top_k);
   for (int64_t j = 0; j < r.top_k; ++j) {

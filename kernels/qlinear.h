@@ -84,7 +84,8 @@ void qlinear(Backend backend, const QuantWeightView& w, const float* x, int64_t 
 /// decide which experts run); the experts run on `backend`.
 struct MoeRouting {
   /// kCmoe: a carved dense FFN's router (lathe's cmoe pass): s = |(Wc x) ⊙ SiLU(Wg x)| with Wg
-  /// = MoeBlockView::router and Wc = router_up, p = softmax(s), selection on p + selection_bias,
+  /// = MoeBlockView::router and Wc = router_up, p = softmax(s), selection on p + selection_bias
+  /// (summed in fp64),
   /// weight 1 + p·router_scale (renormalize and scaling_factor unused).
   enum class Scoring { kSoftmax, kSigmoid, kCmoe } scoring = Scoring::kSoftmax;
   int64_t top_k = 2;

@@ -312,10 +312,12 @@ void DecoderLayer::route_carved(const at::Tensor& x, const ForwardContext& ctx, 
   const at::Tensor log_gate =
       gate && gate->log_gate.defined() ? gate->log_gate.to(at::kFloat) : at::Tensor();
   const at::Tensor probs = (log_gate.defined() ? scores + log_gate : scores).softmax(-1);
-  at::Tensor choice = probs + w.router_bias.to(at::kFloat);
+  // p + b in fp64: p of the experts behind the top one can be ~1e-17, which fp32 would lose next
+  // to a bias step, leaving the later slots tied on the bias alone.
+  at::Tensor choice = probs.to(at::kDouble) + w.router_bias.to(at::kDouble);
   if (log_gate.defined())
     choice = choice.masked_fill(log_gate == -std::numeric_limits<float>::infinity(),
-                                -std::numeric_limits<float>::infinity());
+                                -std::numeric_limits<double>::infinity());
   *experts = std::get<1>(choice.topk(k, -1));
   report(ctx, Tap::kRouterTopK, *experts);
   *weights = 1 + probs.gather(1, *experts) * w.router_scale.to(at::kFloat).index({*experts});

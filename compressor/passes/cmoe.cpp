@@ -240,7 +240,7 @@ struct TunedRouter {
     const at::Tensor scores =
         (at::linear(x, params[1]) * gate_activation(spec, at::linear(x, params[0]))).abs();
     const at::Tensor probs = scores.softmax(-1);
-    *chosen = std::get<1>((probs.detach() + bias).topk(top_k, -1));
+    *chosen = std::get<1>((probs.detach().to(at::kDouble) + bias.to(at::kDouble)).topk(top_k, -1));
     const at::Tensor weight = 1 + probs.gather(1, *chosen) * params[2].index({*chosen});
     const at::Tensor picked =
         routed.gather(1, chosen->unsqueeze(-1).expand({-1, -1, routed.size(2)}));
@@ -346,7 +346,7 @@ at::Tensor choice_scores(const ModelSpec& spec, const std::vector<LayerTensor>& 
   const at::Tensor s = (at::linear(x, f32(value(TensorRole::kRouterUp))) *
                         gate_activation(spec, at::linear(x, f32(value(TensorRole::kRouter)))))
                            .abs();
-  return s.softmax(-1) + f32(value(TensorRole::kRouterBias));
+  return s.softmax(-1).to(at::kDouble) + value(TensorRole::kRouterBias).to(at::kDouble);
 }
 
 /// The linear softmax router a stock runtime (the qwen2-moe export) routes the carve with

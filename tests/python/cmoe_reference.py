@@ -134,9 +134,10 @@ class CarvedMLP(torch.nn.Module):
             a, b = top.indices[:, self.top_k - 1], top.indices[:, self.top_k]
             margin = top.values[:, self.top_k - 1] - top.values[:, self.top_k]
             # lathe's fp32 p is good to ~1e-6 relative (s up to ~40: 4e-6 absolute in the exponent),
-            # and p + b rounds to ~1e-9 (|b| ≤ 0.03): closer selections may go either way
+            # and lathe adds b in fp64, where p + b rounds to ~1e-17 (|b| ≤ 0.03): closer selections
+            # may go either way
             pair = torch.maximum(p.gather(1, a[:, None]), p.gather(1, b[:, None]))[:, 0]
-            tol = 1e-4 * pair + (1e-7 if bool(self.bias.abs().max() > 0) else 0.0)
+            tol = 1e-4 * pair + (1e-17 if bool(self.bias.abs().max() > 0) else 0.0)
             self.clear.append((margin > tol).reshape(shape[:-1]))
         chosen = top.indices[:, :self.top_k]
         out = self.ffn(x, self.shared) if self.shared is not None else torch.zeros_like(x)

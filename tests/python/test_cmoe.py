@@ -316,7 +316,7 @@ def clear_positions(mlps, shape):
     return torch.cummin(ok.int(), dim=1).values.bool().numpy()
 
 
-@pytest.mark.parametrize("active,finetune", [(2, "none"), (1, "router")])
+@pytest.mark.parametrize("active,finetune", [(2, "none"), (1, "router"), (2, "router")])
 def test_carved_forward_matches_the_reference_router(tmp_path, active, finetune):
     passes = f"cmoe: {{experts: 16, shared: 2, active: {active}, finetune: {finetune}"
     passes += ", finetune-steps: 32}" if finetune == "router" else "}"
