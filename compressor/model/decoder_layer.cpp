@@ -301,12 +301,9 @@ void DecoderLayer::route_carved(const at::Tensor& x, const ForwardContext& ctx, 
                                 at::Tensor* experts) const {
   const LayerWeights& w = weights_;
   const int64_t k = spec_.layers[w.layer].top_k;
-  const at::Tensor xf = x.to(at::kFloat);
-  // s = |(Wc x) ⊙ act(Wg x)| on the raw input; p = softmax(s); selection on p + b (ALGORITHMS.md
-  // §5.3); a gate (DiEP, NAEE) joins the scores like logits and removes an expert at −inf.
-  const at::Tensor scores = (at::linear(xf, w.router_up.to(at::kFloat)) *
-                             gate_activation(spec_, at::linear(xf, w.router.to(at::kFloat))))
-                                .abs();
+  // p = softmax(s); selection on p + b (ALGORITHMS.md §5.3); a gate (DiEP, NAEE) joins the scores
+  // like logits and removes an expert at −inf.
+  const at::Tensor scores = cmoe_router_scores(spec_, x, w.router, w.router_up);
   report(ctx, Tap::kRouterLogits, scores);
   const ExpertGate* gate = expert_gate(ctx, w.layer);
   const at::Tensor log_gate =
@@ -322,6 +319,14 @@ void DecoderLayer::route_carved(const at::Tensor& x, const ForwardContext& ctx, 
   report(ctx, Tap::kRouterTopK, *experts);
   *weights = 1 + probs.gather(1, *experts) * w.router_scale.to(at::kFloat).index({*experts});
   if (log_gate.defined()) *weights = *weights * log_gate.exp().index({*experts});
+}
+
+at::Tensor cmoe_router_scores(const ModelSpec& spec, const at::Tensor& x, const at::Tensor& wg,
+                              const at::Tensor& wc) {
+  const at::Tensor xf = x.to(at::kFloat);
+  return (at::linear(xf, wc.to(at::kFloat)) *
+          gate_activation(spec, at::linear(xf, wg.to(at::kFloat))))
+      .abs();
 }
 
 at::Tensor DecoderLayer::routing_weights(const at::Tensor& x, const ForwardContext& ctx) const {

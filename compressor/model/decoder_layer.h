@@ -147,4 +147,9 @@ at::Tensor model_rms_norm(const ModelSpec& spec, const at::Tensor& x, const at::
 /// The gated MLP's activation of gate(x) (spec.mlp_activation), in x's dtype.
 at::Tensor gate_activation(const ModelSpec& spec, const at::Tensor& x);
 
+/// A cmoe carve's router scores s = |(Wc x) ⊙ act(Wg x)| on the raw MLP input x [n, d], fp32
+/// [n, E] (ALGORITHMS.md §5.3); differentiable in Wg and Wc (router fine-tuning).
+at::Tensor cmoe_router_scores(const ModelSpec& spec, const at::Tensor& x, const at::Tensor& wg,
+                              const at::Tensor& wc);
+
 }  // namespace lathe

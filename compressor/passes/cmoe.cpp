@@ -56,12 +56,6 @@ class CarveInputs : public TapObserver {
   std::vector<at::Tensor> parts_;
 };
 
-/// Rows scaled to unit L2 norm, fp32.
-at::Tensor unit_rows(const at::Tensor& w) {
-  const at::Tensor f = w.to(at::kFloat);
-  return f / f.norm(2, {1}, true).clamp_min(1e-30);
-}
-
 nlohmann::json carve_details(const CarvePlan& p, const Carve& c, double seconds) {
   double shared_rate = 0, routed_rate = 0;
   for (int64_t j : c.shared) shared_rate += c.rates[j];
@@ -237,9 +231,7 @@ struct TunedRouter {
   at::Tensor output(const ModelSpec& spec, int64_t top_k, const at::Tensor& x,
                     const std::pair<at::Tensor, at::Tensor>& experts, at::Tensor* chosen) const {
     const at::Tensor& routed = experts.first;
-    const at::Tensor scores =
-        (at::linear(x, params[1]) * gate_activation(spec, at::linear(x, params[0]))).abs();
-    const at::Tensor probs = scores.softmax(-1);
+    const at::Tensor probs = cmoe_router_scores(spec, x, params[0], params[1]).softmax(-1);
     *chosen = std::get<1>((probs.detach().to(at::kDouble) + bias.to(at::kDouble)).topk(top_k, -1));
     const at::Tensor weight = 1 + probs.gather(1, *chosen) * params[2].index({*chosen});
     const at::Tensor picked =
@@ -253,9 +245,9 @@ at::Tensor relative_error(const at::Tensor& out, const at::Tensor& y) {
   return (out - y).pow(2).sum() / y.pow(2).sum().clamp_min(1e-30);
 }
 
-/// One Adam step (betas 0.9, 0.999) of `params` with their gradients; `t` counts from 1.
+/// One Adam step (betas 0.9, 0.999; ε `eps`) of `params` with their gradients; `t` counts from 1.
 void adam_step(std::vector<at::Tensor>& params, std::vector<at::Tensor>& m1,
-               std::vector<at::Tensor>& m2, double lr, double t) {
+               std::vector<at::Tensor>& m2, double lr, double t, double eps = 1e-8) {
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor g = params[i].grad();
@@ -263,7 +255,7 @@ void adam_step(std::vector<at::Tensor>& params, std::vector<at::Tensor>& m1,
     m1[i].mul_(0.9).add_(g, 0.1);
     m2[i].mul_(0.999).addcmul_(g, g, 0.001);
     const at::Tensor mh = m1[i] / (1 - std::pow(0.9, t)), vh = m2[i] / (1 - std::pow(0.999, t));
-    params[i].sub_(lr * mh / (vh.sqrt() + 1e-8));
+    params[i].sub_(lr * mh / (vh.sqrt() + eps));
   }
 }
 
@@ -335,7 +327,7 @@ nlohmann::json finetune_router(LayerApplyContext& ctx, const CarvePlan& p, const
           {"probe_tokens", probe}, {"lr", p.finetune_lr},   {"balance_gamma", p.balance_gamma}};
 }
 
-/// The carved router's choice scores p + b on the rows of x [n, d] (fp32).
+/// The carved router's choice scores p + b on the rows of x [n, d] (fp64).
 at::Tensor choice_scores(const ModelSpec& spec, const std::vector<LayerTensor>& tensors,
                          const at::Tensor& x) {
   auto value = [&](TensorRole role) -> const at::Tensor& {
@@ -343,9 +335,8 @@ at::Tensor choice_scores(const ModelSpec& spec, const std::vector<LayerTensor>& 
       if (t.role == role) return t.value;
     throw InternalError("", "cmoe", "a carved layer without its router");
   };
-  const at::Tensor s = (at::linear(x, f32(value(TensorRole::kRouterUp))) *
-                        gate_activation(spec, at::linear(x, f32(value(TensorRole::kRouter)))))
-                           .abs();
+  const at::Tensor s =
+      cmoe_router_scores(spec, x, value(TensorRole::kRouter), value(TensorRole::kRouterUp));
   return s.softmax(-1).to(at::kDouble) + value(TensorRole::kRouterBias).to(at::kDouble);
 }
 
@@ -384,24 +375,19 @@ nlohmann::json fit_stock_router(LayerApplyContext& ctx, const at::Tensor& h) {
   const at::Tensor start_logits = x.mm(ls.t());
   const double start_span =
       (std::get<0>(start_logits.max(1)) - std::get<0>(start_logits.min(1))).max().item<double>();
-  at::Tensor r =
-      (ls * (start_span > 0 ? 4.0 / start_span : 1.0)).to(at::kFloat).requires_grad_(true);
-  at::Tensor m1 = at::zeros_like(r), m2 = at::zeros_like(r);
-  const double lr = 0.02 * r.detach().abs().mean().item<double>() + 1e-12;
+  std::vector<at::Tensor> r = {
+      (ls * (start_span > 0 ? 4.0 / start_span : 1.0)).to(at::kFloat).requires_grad_(true)};
+  std::vector<at::Tensor> m1 = {at::zeros_like(r[0])}, m2 = {at::zeros_like(r[0])};
+  const double lr = 0.02 * r[0].detach().abs().mean().item<double>() + 1e-12;
   double first = 0, last = 0;
   for (int64_t step = 0; step < kStockSteps; ++step) {
-    const at::Tensor loss = -(target * xs.mm(r.t()).log_softmax(1)).sum(1).mean();
-    r.mutable_grad() = at::Tensor();
+    const at::Tensor loss = -(target * xs.mm(r[0].t()).log_softmax(1)).sum(1).mean();
+    r[0].mutable_grad() = at::Tensor();
     loss.backward();
     (step == 0 ? first : last) = loss.item<double>();
-    at::NoGradGuard no_grad;
-    const at::Tensor g = r.grad();
-    const double t = static_cast<double>(step + 1);
-    m1.mul_(0.9).add_(g, 0.1);
-    m2.mul_(0.999).addcmul_(g, g, 0.001);
-    r.sub_(lr * (m1 / (1 - std::pow(0.9, t))) / ((m2 / (1 - std::pow(0.999, t))).sqrt() + 1e-12));
+    adam_step(r, m1, m2, lr, static_cast<double>(step + 1), 1e-12);
   }
-  const at::Tensor fitted = r.detach().to(at::kDouble);
+  const at::Tensor fitted = r[0].detach().to(at::kDouble);
   const at::Tensor logits = x.mm(fitted.t());
   const double span =
       (std::get<0>(logits.max(1)) - std::get<0>(logits.min(1))).max().item<double>();
@@ -428,14 +414,18 @@ std::vector<LayerTensor> carved_tensors(const ModelSpec& out_spec, int64_t layer
   std::vector<LayerTensor> carved;
   for (const ExpectedTensor& e :
        expected_layer_tensors(out_spec, ExpertLayout::kPerExpert, layer)) {
-    LayerTensor t{gate.source, e.name, e.role, e.expert, {}, gate.stored};
-    switch (e.role) {
+    const TensorRole r = e.role;
+    // The dense tensor it comes from: up (Wc, expert and shared up), down, else gate.
+    const bool from_up =
+        r == TensorRole::kRouterUp || r == TensorRole::kExpertUp || r == TensorRole::kSharedUp;
+    const bool from_down = r == TensorRole::kExpertDown || r == TensorRole::kSharedDown;
+    const LayerTensor& src = from_down ? down : from_up ? up : gate;
+    LayerTensor t{src.source, e.name, r, e.expert, {}, src.stored};
+    switch (r) {
       case TensorRole::kRouter:
-        t.value = unit_rows(gate.value.index_select(0, reps));
-        t.stored = at::kFloat;
-        break;
       case TensorRole::kRouterUp:
-        t = {up.source, e.name, e.role, -1, unit_rows(up.value.index_select(0, reps)), at::kFloat};
+        t.value = unit_rows(src.value.index_select(0, reps));
+        t.stored = at::kFloat;
         break;
       case TensorRole::kRouterScale:
       case TensorRole::kRouterBias:
@@ -447,32 +437,16 @@ std::vector<LayerTensor> carved_tensors(const ModelSpec& out_spec, int64_t layer
         t.stored = at::kFloat;
         break;
       case TensorRole::kExpertGate:
-        t.value = gate.value.index_select(0, ids(carve.experts.at(e.expert)));
-        break;
       case TensorRole::kExpertUp:
-        t = {up.source,
-             e.name,
-             e.role,
-             e.expert,
-             up.value.index_select(0, ids(carve.experts.at(e.expert))),
-             up.stored};
-        break;
       case TensorRole::kExpertDown:
-        t = {down.source,
-             e.name,
-             e.role,
-             e.expert,
-             down.value.index_select(1, ids(carve.experts.at(e.expert))),
-             down.stored};
-        break;
-      case TensorRole::kSharedGate: t.value = gate.value.index_select(0, ids(carve.shared)); break;
+      case TensorRole::kSharedGate:
       case TensorRole::kSharedUp:
-        t = {up.source, e.name, e.role, -1, up.value.index_select(0, ids(carve.shared)), up.stored};
+      case TensorRole::kSharedDown: {  // rows of gate / up, columns of down
+        const std::vector<int64_t>& neurons =
+            e.expert >= 0 ? carve.experts.at(e.expert) : carve.shared;
+        t.value = src.value.index_select(from_down ? 1 : 0, ids(neurons));
         break;
-      case TensorRole::kSharedDown:
-        t = {down.source, e.name, e.role, -1, down.value.index_select(1, ids(carve.shared)),
-             down.stored};
-        break;
+      }
       default: continue;
     }
     carved.push_back(std::move(t));

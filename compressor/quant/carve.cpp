@@ -22,12 +22,6 @@ std::vector<int64_t> by_rate_descending(const std::vector<int64_t>& ids,
   return out;
 }
 
-/// Rows scaled to unit L2 norm, in fp32 (an all-zero row stays zero).
-at::Tensor unit_rows(const at::Tensor& w) {
-  const at::Tensor f = w.to(at::kFloat);
-  return f / f.norm(2, {1}, true).clamp_min(1e-30);
-}
-
 constexpr int64_t kTokenChunk = 2048;
 
 /// The ATopK markers M [T, I] (uint8): 1 where a neuron is among the K_a largest |a| of a token.
@@ -66,6 +60,11 @@ std::vector<double> to_vector(const at::Tensor& t) {
 }
 
 }  // namespace
+
+at::Tensor unit_rows(const at::Tensor& w) {
+  const at::Tensor f = w.to(at::kFloat);
+  return f / f.norm(2, {1}, true).clamp_min(1e-30);
+}
 
 Carve carve_ffn(const ModelSpec& spec, const at::Tensor& h, const at::Tensor& gate,
                 const at::Tensor& up, const CarveOptions& o) {

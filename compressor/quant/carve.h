@@ -28,6 +28,10 @@ struct Carve {
   int64_t tokens = 0;                    ///< T
 };
 
+/// Rows of `w` scaled to unit L2 norm, in fp32 (an all-zero row stays zero): ĥ, Ĝ, Û of §5.1 and
+/// the router's Wg, Wc.
+at::Tensor unit_rows(const at::Tensor& w);
+
 /// Carves the FFN gate, up ([I, d]) over the calibration rows `h` ([T, d], the MLP input after its
 /// norm, real tokens only): activations a = act(ĥĜᵀ) ⊙ (ĥÛᵀ) with L2-normalised rows ĥ, Ĝ, Û
 /// (`spec.mlp_activation`), the K_a largest |a| per token marked; shared = the S·m highest rates
