@@ -19,7 +19,6 @@ Writes bench/results/cmoe.{md,json}; exits 1 unless every 100 % carve matches it
 """
 import argparse
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gemma_quality import DEFAULT_GGUF, DOMAINS, LATHE, ROOT, heldout_starts, pooled, run_measured  # noqa: E402
+from gemma_quality import DEFAULT_GGUF, DOMAINS, LATHE, ROOT, heldout_starts, pooled, run_pass_recipe  # noqa: E402
 
 TINY = ["llama", "qwen2", "gemma3"]
 N, S = 16, 2
@@ -36,12 +35,6 @@ CONFIGS = [("a25", 2, "none"), ("a50", 6, "none"), ("a75", 10, "none"),
            ("a25-router", 2, "router"), ("a50-router", 6, "router"), ("a75-router", 10, "router"),
            ("a100", N - S, "none")]
 STOCK = {"llama", "qwen2"}  # bases the qwen2-moe export takes
-STAGE = re.compile(r"^\[(\w+)\] done in ([0-9.]+) s, peak RSS ([0-9.]+) MiB", re.M)
-
-
-def model_path(name, gguf):
-    return gguf if name == "gemma-3-270m" else ROOT / "data" / "models" / name
-
 
 def export_kl(out, texts, seq, threads, log):
     """KL(carved ‖ qwen2-moe export), pooled over the texts."""
@@ -55,29 +48,16 @@ def export_kl(out, texts, seq, threads, log):
 
 def run_one(work, model, key, active, finetune, texts, args, seq):
     out = work / f"{model}-{key}"
-    recipe = out.with_suffix(".yaml")
-    sets = "\n".join(f"    - {{task: {d}, path: {ROOT}/data/corpora/{d}/train.txt}}" for d in DOMAINS)
-    exports = "export: [qwen2-moe]\n" if model in STOCK else ""
-    recipe.write_text(
-        f"model: {model_path(model, args.gguf)}\noutput: {out}\ndevice: cpu\n"
-        f"calibration:\n  seq-len: {args.seq_len}\n  samples: {args.samples}\n  seed: 0\n  sets:\n{sets}\n"
-        f"passes:\n  - cmoe: {{experts: {N}, shared: {S}, active: {active}, carve-samples: "
-        f"{args.samples * len(DOMAINS)}, finetune: {finetune}}}\n{exports}"
-        f"eval:\n  text: [{', '.join(texts)}]\n  seq-len: {seq}\n")
     log = out.with_suffix(".log")
-    code, wall, rss = run_measured([LATHE, "--threads", str(args.threads), "run", str(recipe)], log)
-    if code != 0:
-        raise SystemExit(f"{model} {key}: lathe run failed ({code}):\n{log.read_text()[-3000:]}")
-    stages = {m[0]: (float(m[1]), float(m[2])) for m in STAGE.findall(log.read_text())}
-    before = pooled(json.loads((out / "eval_before.json").read_text()), False)
-    after = pooled(json.loads((out / "eval_after.json").read_text()), True)
-    manifest = json.loads((out / "lathe_manifest.json").read_text())
+    row, manifest = run_pass_recipe(
+        out, model, f"cmoe: {{experts: {N}, shared: {S}, active: {active}, carve-samples: "
+        f"{args.samples * len(DOMAINS)}, finetune: {finetune}}}", texts, args, seq,
+        "export: [qwen2-moe]\n" if model in STOCK else "")
+    before, after, wall = row["original"], row["eval"], row["run_seconds"]
     carves = [t["details"]["cmoe"] for t in manifest["tensors"].values()
               if isinstance(t.get("details"), dict) and "cmoe" in t["details"]]
-    row = {"eval": after, "original": before, "run_seconds": round(wall, 1), "peak_rss_bytes": rss,
-           "apply_seconds": stages.get("apply", (0, 0))[0], "apply_peak_rss_mib": stages.get("apply", (0, 0))[1],
-           "carve_seconds_per_layer": sum(c["seconds"] for c in carves) / max(1, len(carves)),
-           "layers": len(carves)}
+    row["carve_seconds_per_layer"] = sum(c["seconds"] for c in carves) / max(1, len(carves))
+    row["layers"] = len(carves)
     fitted = [c["stock_router"] for c in carves if "agreement" in c["stock_router"]]  # not on Gemma
     if fitted:
         row["stock_router_agreement"] = sum(f["agreement"] for f in fitted) / len(fitted)

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,37 @@ def run_measured(cmd, log):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), time.perf_counter() - start, usage.ru_maxrss * 1024
+
+
+STAGE_LINE = r"^\[(\w+)\] done in ([0-9.]+) s, peak RSS ([0-9.]+) MiB"
+
+
+def model_path(name, gguf):
+    """A model of the table scripts: "gemma-3-270m" is the GGUF, any other name data/models/<name>."""
+    return gguf if name == "gemma-3-270m" else ROOT / "data" / "models" / name
+
+
+def run_pass_recipe(out, model, pass_yaml, texts, args, eval_seq_len, extra=""):
+    """Writes out.yaml (the model, calibration on every domain's training text — args.samples ×
+    args.seq_len, seed 0 —, one pass, `extra` top-level YAML, eval on `texts`) and runs it with
+    args.threads threads, stderr to out.log. Returns (the row's measurements: eval after, original,
+    run seconds, peak RSS, apply seconds and peak RSS MiB as lathe's stage log says; the manifest)."""
+    recipe = out.with_suffix(".yaml")
+    sets = "\n".join(f"    - {{task: {d}, path: {ROOT}/data/corpora/{d}/train.txt}}" for d in DOMAINS)
+    recipe.write_text(f"model: {model_path(model, args.gguf)}\noutput: {out}\ndevice: cpu\n"
+                      f"calibration:\n  seq-len: {args.seq_len}\n  samples: {args.samples}\n  seed: 0\n"
+                      f"  sets:\n{sets}\npasses:\n  - {pass_yaml}\n{extra}"
+                      f"eval:\n  text: [{', '.join(texts)}]\n  seq-len: {eval_seq_len}\n")
+    log = out.with_suffix(".log")
+    code, wall, rss = run_measured([LATHE, "--threads", str(args.threads), "run", str(recipe)], log)
+    if code != 0:
+        raise SystemExit(f"{model}: lathe run {recipe} failed ({code}):\n{log.read_text()[-3000:]}")
+    stages = {m[0]: (float(m[1]), float(m[2])) for m in re.findall(STAGE_LINE, log.read_text(), re.M)}
+    row = {"eval": pooled(json.loads((out / "eval_after.json").read_text()), True),
+           "original": pooled(json.loads((out / "eval_before.json").read_text()), False),
+           "run_seconds": round(wall, 1), "peak_rss_bytes": rss,
+           "apply_seconds": stages.get("apply", (0, 0))[0], "apply_peak_rss_mib": stages.get("apply", (0, 0))[1]}
+    return row, json.loads((out / "lathe_manifest.json").read_text())
 
 
 def pooled(doc, divergence):

@@ -18,14 +18,13 @@ magnitude pruning at 50 % and at 2:4 on every model.
 """
 import argparse
 import json
-import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gemma_quality import DEFAULT_GGUF, DOMAINS, LATHE, ROOT, heldout_starts, pooled, run_measured  # noqa: E402
+from gemma_quality import DEFAULT_GGUF, ROOT, heldout_starts, run_pass_recipe  # noqa: E402
 
 TINY = ["llama", "qwen2", "gemma3", "mixtral", "olmoe", "qwen2_moe"]
 # (key, pass YAML)
@@ -46,35 +45,16 @@ CONFIGS = [
 ]
 # SparseGPT must beat magnitude at the same sparsity on every model.
 MUST_BEAT = [("sparsegpt-50", "magnitude-50"), ("sparsegpt-2:4", "magnitude-2:4")]
-STAGE = re.compile(r"^\[(\w+)\] done in ([0-9.]+) s, peak RSS ([0-9.]+) MiB", re.M)
-
-
-def model_path(name, gguf):
-    return gguf if name == "gemma-3-270m" else ROOT / "data" / "models" / name
 
 
 def run_one(work, model, key, pass_yaml, texts, args, eval_seq_len):
     # 4-bit groups: 32 on Gemma; 16 on the tiny models, whose experts are 48 (olmoe) or 96 wide
     pass_yaml = pass_yaml.replace("GROUP", "32" if model == "gemma-3-270m" else "16")
     out = work / f"{model}-{key.replace(':', '')}"
-    recipe = out.with_suffix(".yaml")
-    sets = "\n".join(f"    - {{task: {d}, path: {ROOT}/data/corpora/{d}/train.txt}}" for d in DOMAINS)
-    recipe.write_text(f"model: {model_path(model, args.gguf)}\noutput: {out}\ndevice: cpu\n"
-                      f"calibration:\n  seq-len: {args.seq_len}\n  samples: {args.samples}\n  seed: 0\n"
-                      f"  sets:\n{sets}\npasses:\n  - {pass_yaml}\n"
-                      f"eval:\n  text: [{', '.join(texts)}]\n  seq-len: {eval_seq_len}\n")
-    log = out.with_suffix(".log")
-    code, wall, rss = run_measured([LATHE, "--threads", str(args.threads), "run", str(recipe)], log)
-    if code != 0:
-        raise SystemExit(f"{model} {key}: lathe run failed ({code}):\n{log.read_text()[-3000:]}")
-    stages = {m[0]: (float(m[1]), float(m[2])) for m in STAGE.findall(log.read_text())}
-    before = pooled(json.loads((out / "eval_before.json").read_text()), False)
-    after = pooled(json.loads((out / "eval_after.json").read_text()), True)
-    manifest = json.loads((out / "lathe_manifest.json").read_text())
+    row, manifest = run_pass_recipe(out, model, pass_yaml, texts, args, eval_seq_len)
     zeros = [t["sparsity"]["zeros"] for t in manifest["tensors"].values() if "sparsity" in t]
-    row = {"eval": after, "original": before, "run_seconds": round(wall, 1), "peak_rss_bytes": rss,
-           "apply_seconds": stages.get("apply", (0, 0))[0], "apply_peak_rss_mib": stages.get("apply", (0, 0))[1],
-           "mean_zeros": sum(zeros) / max(1, len(zeros))}
+    row["mean_zeros"] = sum(zeros) / max(1, len(zeros))
+    before, after, wall = row["original"], row["eval"], row["run_seconds"]
     plan = json.loads((out / "plan.json").read_text())
     for diag in plan.get("diagnostics", {}).values():
         if "allocation" in diag:
